@@ -1,0 +1,149 @@
+"""The `regvq` command: a thin Click layer over the library.
+
+Subcommands are imported only when they run, so `regvq --help`, `--version` and shell completion never
+import torch. Error policy, shared by every command:
+
+- usage errors: Click's message, exit 2;
+- RegvqError (and any other failure): one line `regvq: error: ...` on stderr, exit 1; the full traceback
+  only with REGVQ_DEBUG=1;
+- Ctrl-C: exit 130 without a traceback; a closed stdout pipe (`| head`): exit 141 (as if killed by SIGPIPE,
+  like other Unix tools) without a message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from regvq_cli import __version__
+
+# name -> (module, attribute, one-line help). A command is listed here only once it really works.
+COMMANDS = {
+    "models": ("regvq_cli.cli.models", "models", "List, show and publish models."),
+    "completion": ("regvq_cli.cli.completion", "completion", "Print the shell completion script for bash, zsh or fish."),
+}
+
+
+def debug() -> bool:
+    return os.environ.get("REGVQ_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+class CliError(click.ClickException):
+    """A runtime failure shown as one line; exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file=None):
+        click.echo(f"regvq: error: {self.format_message()}", err=True)
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use, and which turns failures into one-line errors."""
+
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        # Help text from the table, without importing every command module.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx) if name in COMMANDS]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise click.exceptions.Exit(SIGPIPE_EXIT) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if debug():
+                raise
+            raise CliError(describe(e)) from e
+
+
+def describe(e: BaseException) -> str:
+    """One line for a failure: our own errors as they are; others with their type and a hint."""
+    from regvq_cli.errors import RegvqError
+
+    if isinstance(e, RegvqError):
+        return str(e)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if "out of memory" in text.lower():
+        return f"out of memory ({text[:120]}); lower --batch-size and run again"
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return f"{type(e).__name__}: {text} (set REGVQ_DEBUG=1 for the traceback)"
+
+
+SIGPIPE_EXIT = 141
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="regvq", message="%(prog)s %(version)s")
+@click.option("-q", "--quiet", count=True, help="Less output on stderr (-q: no progress bars or info; -qq: errors only).")
+@click.option("-v", "--verbose", count=True, help="More output on stderr (-v: details; -vv: debug).")
+@click.pass_context
+def cli(ctx, quiet, verbose):
+    """Tokenize images with Regularized Vector Quantization, and generate from the tokens.
+
+    \b
+    Data goes to stdout, logs and progress bars to stderr.
+    Set REGVQ_DEBUG=1 to see full tracebacks.
+    """
+    from regvq_cli.cli import _common
+
+    _common.set_verbosity(verbose - quiet)
+
+
+def main(argv=None):
+    """Console entry point: run the CLI with the error policy above."""
+    try:
+        code = cli.main(args=argv, prog_name="regvq", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("regvq: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        if debug():
+            raise
+        click.echo("regvq: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        sys.exit(SIGPIPE_EXIT)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        sys.exit(SIGPIPE_EXIT)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_broken_pipe():
+    # The reader went away (`regvq ... | head`): point stdout at /dev/null so the interpreter's final flush
+    # does not print a second error.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

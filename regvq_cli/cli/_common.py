@@ -1,0 +1,100 @@
+"""What every command shares: verbosity, stderr logging, progress bars, common options, JSON output.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+_verbosity = 0  # -2 errors only, -1 no progress/info, 0 normal, 1 details, 2 debug
+
+
+def set_verbosity(level: int) -> None:
+    global _verbosity
+    _verbosity = level
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def info(message: str) -> None:
+    """A progress/info line on stderr (rank 0 only; hidden by -q)."""
+    if _verbosity >= 0 and rank() == 0:
+        click.echo(message, err=True)
+
+
+def detail(message: str) -> None:
+    """A detail line on stderr, shown with -v."""
+    if _verbosity >= 1 and rank() == 0:
+        click.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (hidden only by -qq)."""
+    if _verbosity >= -1:
+        click.echo(f"regvq: warning: {message}", err=True)
+
+
+def progress_enabled() -> bool:
+    return _verbosity >= 0 and rank() == 0 and sys.stderr.isatty()
+
+
+def progress(total=None, desc: str = "", unit: str = "it", **kwargs):
+    """A tqdm bar on stderr; disabled when stderr is not a terminal, on ranks other than 0, and with -q."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress_enabled(),
+                dynamic_ncols=True, leave=False, **kwargs)
+
+
+def emit_json(data) -> None:
+    """Write one JSON document to stdout (data goes to stdout, everything else to stderr)."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def complete_model(ctx, param, incomplete):
+    """Shell completion for --model: shipped model names, without importing torch."""
+    from regvq_cli.engine.resolve import shipped_model_names
+
+    return [name for name in shipped_model_names() if name.startswith(incomplete)]
+
+
+def model_option(default=None, help_text="Model: a shipped name (see `regvq models list`), a folder, a .safetensors file, or a Hub id org/name[@rev]."):
+    return click.option("-m", "--model", default=default, show_default=bool(default), help=help_text,
+                        shell_complete=complete_model)
+
+
+def device_options(f):
+    """--device and --dtype, for commands that run models."""
+    f = click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "fp32", "bf16", "fp16"], case_sensitive=False),
+                     help="Compute dtype; auto is bf16 on CUDA and fp32 elsewhere.")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="Where to run: auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")(f)
+    return f
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+offline_option = click.option("--offline", is_flag=True, help="Never touch the network: use the Hugging Face cache only (like HF_HUB_OFFLINE=1).")
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)

@@ -1,0 +1,49 @@
+"""Device and dtype choice, shared by every command: cuda > mps > cpu, bf16 on GPU, fp32 on CPU."""
+
+from __future__ import annotations
+
+from regvq_cli.errors import RegvqError
+
+DTYPES = {"auto": None, "fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def pick_device(name: str | None = "auto"):
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", _local_rank() % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RegvqError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RegvqError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", _local_rank() % torch.cuda.device_count())
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RegvqError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
+
+
+def pick_dtype(name: str | None, device):
+    """The compute dtype: `auto` means bf16 on CUDA, fp32 elsewhere."""
+    import torch
+
+    key = (name or "auto").lower()
+    if key not in DTYPES:
+        raise RegvqError(f"unknown dtype {name!r}; use auto, fp32, bf16 or fp16")
+    if DTYPES[key] is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, DTYPES[key])
+
+
+def _local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,31 @@
+"""Shared fixtures: the tiny registered model type for checkpoint tests, and a helper to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None, input=None, cwd=None, timeout=300):
+    """Run `python -m regvq_cli ARGS` as a real subprocess; returns the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.pop("REGVQ_DEBUG", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "regvq_cli", *map(str, args)], input=input, capture_output=True,
+                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_model_type(monkeypatch):
+    """Register the tiny `tiny` model type of tests/tiny_model.py for the duration of a test."""
+    from regvq_cli.engine import registry
+    from tests.tiny_model import Tiny
+
+    monkeypatch.setitem(registry.MODEL_TYPES, "tiny", "tests.tiny_model:Tiny")
+    return Tiny

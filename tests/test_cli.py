@@ -1,0 +1,90 @@
+"""The CLI's conventions: instant help, exit codes, one-line errors, quiet pipes, completions."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from regvq_cli import __version__
+from regvq_cli.cli import COMMANDS, cli
+from regvq_cli.cli.completion import SHELLS, completion_script
+from tests.conftest import REPO, run_cli
+
+# Runs the CLI with torch (and transformers) made unimportable: any import of them on this path fails.
+NO_HEAVY_IMPORTS = (
+    "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+    "from regvq_cli.cli import main; main()"
+)
+
+
+def run_without_torch(*args, env=None):
+    return subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, *args], capture_output=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_help_and_version_do_not_import_torch():
+    r = run_without_torch("--help")
+    assert r.returncode == 0, r.stderr.decode()
+    for name in COMMANDS:
+        assert name in r.stdout.decode()
+    r = run_without_torch("--version")
+    assert r.returncode == 0 and r.stdout.decode().strip() == f"regvq {__version__}"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help_without_torch(name):
+    r = run_without_torch(name, "--help")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "Usage: regvq " + name in r.stdout.decode()
+
+
+def test_shell_completion_does_not_import_torch():
+    env = {"_REGVQ_COMPLETE": "bash_complete", "COMP_WORDS": "regvq mo", "COMP_CWORD": "1"}
+    r = run_without_torch(env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "models" in r.stdout.decode()
+
+
+def test_completions_shipped_are_current():
+    for shell in SHELLS:
+        shipped = (REPO / "completions" / f"regvq.{shell}").read_text()
+        assert shipped == completion_script(shell), f"completions/regvq.{shell} is stale: regenerate it with `regvq completion {shell}`"
+
+
+def test_usage_error_exits_2():
+    r = run_cli("models", "--no-such-flag")
+    assert r.returncode == 2
+    assert b"No such option" in r.stderr and r.stdout == b""
+    assert run_cli("no-such-command").returncode == 2
+
+
+def test_runtime_error_is_one_line_exit_1_and_traceback_only_in_debug(tmp_path):
+    r = run_cli("models", "show", str(tmp_path / "nothing.pt"))
+    assert r.returncode == 1
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("regvq: error: ") and "pickle" in lines[0]
+    r = run_cli("models", "show", str(tmp_path / "nothing.pt"), env={"REGVQ_DEBUG": "1"})
+    assert r.returncode == 1 and b"Traceback" in r.stderr
+
+
+def test_closed_pipe_ends_quietly():
+    p = subprocess.Popen([sys.executable, "-m", "regvq_cli", "completion", "zsh"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=REPO)
+    p.stdout.close()  # the reader is gone before the command writes, as with `| head -0`
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 141  # what a shell reports for a tool ended by SIGPIPE
+    assert err == b""
+
+
+def test_cli_runner_models_list_json_is_a_list():
+    result = CliRunner().invoke(cli, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.lstrip().startswith("[")
+
+
+def test_cli_runner_turns_library_errors_into_exit_1(tmp_path):
+    result = CliRunner().invoke(cli, ["models", "show", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "regvq: error:" in result.stderr and "not a model folder" in result.stderr

@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from regvq_cli.engine.resolve import resolve_model, shipped_model_names
+from regvq_cli.errors import RegvqError
+from tests.conftest import REPO, run_cli
+from tests.hub_server import FakeHub
+
+
+def _model_files(model_type="tiny"):
+    """config.json and model.safetensors bytes of a small model, made without torch."""
+    record = {"format": "regvq-model", "format_version": 1, "model_type": model_type,
+              "config": {"codebook_size": 16, "image_size": 8}, "info": {}, "regvq_version": "0"}
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "__metadata__": {"regvq": json.dumps(record)}}).encode()
+    weights = len(header).to_bytes(8, "little") + header + b"\0" * 8
+    return {"config.json": json.dumps(record).encode(), "model.safetensors": weights, "README.md": b"# a card\n"}
+
+
+def _write_model(folder):
+    folder.mkdir(parents=True)
+    for name, data in _model_files().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_local_folder_and_file(tmp_path):
+    folder = _write_model(tmp_path / "m")
+    assert resolve_model(str(folder)).source == "local"
+    assert resolve_model(str(folder / "model.safetensors")).path == folder / "model.safetensors"
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".pth", ".bin"])
+def test_pickle_checkpoints_are_refused(tmp_path, suffix):
+    bad = tmp_path / f"model{suffix}"
+    bad.write_bytes(b"\x80\x04")  # a pickle header
+    with pytest.raises(RegvqError, match="refusing a pickle checkpoint"):
+        resolve_model(str(bad))
+
+
+def test_unknown_name_lists_what_exists():
+    with pytest.raises(RegvqError, match="no model 'not-a-model'"):
+        resolve_model("not-a-model")
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(RegvqError, match="not a model folder"):
+        resolve_model(str(tmp_path))
+
+
+def test_shipped_names_are_folders_with_weights():
+    for name in shipped_model_names():
+        assert (REPO / "models" / name / "model.safetensors").is_file()
+
+
+def test_hub_download_then_offline_from_the_real_cache(tmp_path):
+    """snapshot_download lays out a real HF cache from a local Hub; offline runs then resolve from it."""
+    with FakeHub() as hub:
+        hub.add("acme/tok", {**_model_files(), "big-unrelated.bin": b"x" * 1000})
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        r = run_cli("models", "show", "acme/tok", "--json", env=env)
+        assert r.returncode == 0, r.stderr.decode()
+        shown = json.loads(r.stdout)
+        assert shown["record"]["model_type"] == "tiny" and shown["card"] == "# a card\n"
+        assert "/snapshots/" in shown["path"] and (tmp_path / "hf" / "hub" / "models--acme--tok").is_dir()
+        assert not any("big-unrelated" in req for req in hub.requests)  # only the files we need
+    # the server is gone: both ways of going offline use the cache
+    for extra_env, flag in (({"HF_HUB_OFFLINE": "1"}, []), ({}, ["--offline"])):
+        r = run_cli("models", "show", "acme/tok", *flag, env={**env, **extra_env})
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"# a card" in r.stdout
+
+
+def test_hub_offline_and_not_cached_names_the_id(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = run_cli("models", "show", "acme/missing@v2", env=env)
+    assert r.returncode == 1
+    assert r.stderr.decode().strip().splitlines() == [
+        "regvq: error: acme/missing@v2 is not in the Hugging Face cache and offline mode is on; "
+        "run once online (without --offline / HF_HUB_OFFLINE) to download it"]
+
+
+def test_hub_repo_not_found(tmp_path):
+    with FakeHub() as hub:
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf")}
+        r = run_cli("models", "show", "acme/nothing", env=env)
+    assert r.returncode == 1 and b"no such model on the Hub" in r.stderr
+
+
+def test_push_uploads_the_model_and_writes_a_card(tmp_path):
+    folder = _write_model(tmp_path / "m")
+    (folder / "README.md").unlink()
+    (folder / "notes.txt").write_text("not uploaded")
+    with FakeHub() as hub:
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_test"}
+        r = run_cli("models", "push", folder, "acme/pushed", env=env)
+        assert r.returncode == 0, r.stderr.decode()
+        files = hub.repos["acme/pushed"]["files"]
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    assert files["README.md"].startswith(b"---\nlibrary_name: regvq") and b"# pushed" in files["README.md"]
