@@ -1,0 +1,219 @@
+"""Autoregressive prior: a decoder-only transformer over raster-order image tokens.
+
+LLaMA-style blocks (RMSNorm, SwiGLU, rotary position embedding, no biases) as in LlamaGen (Sun et al. 2024,
+arXiv 2406.06525), which showed this plain recipe works for image tokens. The sequence is
+
+    [condition prefix (Lc tokens)] [start] x_0 x_1 ... x_{N-2}
+
+and the output at [start] predicts x_0, the output at x_i predicts x_{i+1}. The condition prefix (see
+conditioning.py) is empty for `none`, one class embedding, the projected text states (padded positions are
+never attended), or the h*w segmentation-map embeddings. RoPE runs over the whole 1D sequence; relative
+positions are all it needs. Input embedding and output head are separate matrices (not tied): the output
+distribution over codes need not mirror the input embedding geometry, and at these vocab sizes tying saves
+little.
+
+Inference uses a static KV cache, preallocated per batch: `[layers, 2, B, heads, max_len, head_dim]`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.priors.conditioning import CondStates, ConditionEncoder
+from regvq_cli.priors.config import PriorConfig
+from regvq_cli.priors.layers import RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
+
+
+@dataclass
+class ARConfig(PriorConfig):
+    dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    mlp_ratio: float = 8 / 3  # SwiGLU hidden = 8/3 * dim (rounded up to a multiple of 64)
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise RegvqError(f"dim {self.dim} must split into {self.n_heads} heads of even width")
+
+
+class KVCache:
+    """Static key/value cache for one batch: kv [layers, 2, B, heads, max_len, head_dim].
+
+    `length` counts the sequence positions written so far; `valid` [B, max_len] marks padded prefix positions
+    (text) that must never be attended; `prefix_len` is where image token 0 sits (condition + start token).
+    """
+
+    def __init__(self, n_layers, batch, n_heads, max_len, head_dim, device=None, dtype=None):
+        self.kv = torch.zeros(n_layers, 2, batch, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.padded = False
+        self.length = 0
+        self.prefix_len = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.kv.shape[4]
+
+    def reset(self) -> None:
+        self.length, self.prefix_len, self.padded = 0, 0, False
+        self.valid.fill_(True)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ARConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0):
+        B, n, dim = x.shape
+        hd = dim // self.n_heads
+        q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # each [B, H, n, hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.kv[layer, 0, :, :, pos0:pos0 + n] = k
+            cache.kv[layer, 1, :, :, pos0:pos0 + n] = v
+            k = cache.kv[layer, 0, :, :, :pos0 + n]  # [B, H, pos0 + n, hd]
+            v = cache.kv[layer, 1, :, :, :pos0 + n]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        return self.proj(y.transpose(1, 2).reshape(B, n, dim))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ARConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, mlp_hidden(cfg.dim, cfg.mlp_ratio), cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0):
+        x = x + self.resid_dropout(self.attn(self.norm1(x), cos, sin, mask, is_causal, cache, layer, pos0))
+        return x + self.mlp(self.norm2(x))
+
+
+class ARPrior(nn.Module):
+    model_type = "ar"
+    config_class = ARConfig
+
+    def __init__(self, config: ARConfig):
+        super().__init__()
+        self.config = config
+        self.cond = ConditionEncoder(config, config.dim, segmap_as="prefix")
+        self.tok_emb = nn.Embedding(config.codebook_size, config.dim)
+        self.start = nn.Parameter(torch.zeros(config.dim))
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.head = nn.Linear(config.dim, config.codebook_size, bias=False)
+        init_weights(self)
+        nn.init.normal_(self.start, std=0.02)
+        for block in self.blocks:  # residual branches scaled down with depth (GPT-2)
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @property
+    def prefix_len(self) -> int:
+        """Condition tokens before the start token (an upper bound for text: its padded length)."""
+        cfg = self.config
+        return {"none": 0, "class": 1, "text": cfg.text_max_tokens, "segmap": cfg.seq_len}[cfg.cond]
+
+    @property
+    def max_seq_len(self) -> int:
+        # condition + start + x_0 .. x_{N-2}
+        return self.prefix_len + self.config.seq_len
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
+        p = next(self.parameters())
+        cfg = self.config
+        return KVCache(cfg.n_layers, batch, cfg.n_heads, self.max_seq_len, cfg.dim // cfg.n_heads,
+                       device=device or p.device, dtype=dtype or p.dtype)
+
+    def forward(self, tokens, cond=None, *, cond_drop=None, cache: KVCache | None = None, start_pos: int = 0):
+        """Next-token logits.
+
+        tokens: [B, n] image token ids x_{start_pos} .. x_{start_pos+n-1} (n may be 0).
+        cond: the raw condition (or already encoded CondStates); only read when the prefix is processed.
+        cond_drop: [B] bool, rows that get the null condition (classifier-free guidance training).
+        cache: a KVCache from `new_cache`; the first call on an empty cache processes the prefix.
+
+        When the prefix is processed (no cache, or an empty one; start_pos must be 0), returns [B, n+1, V]:
+        row j predicts x_j. Otherwise returns [B, n, V]: row j predicts x_{start_pos+j+1}.
+        """
+        B, n = tokens.shape
+        cfg = self.config
+        prefill = cache is None or cache.length == 0
+        key_valid = None
+        if prefill:
+            if start_pos != 0:
+                raise ValueError("the first call (no cache or an empty one) must start at image token 0")
+            states = cond if isinstance(cond, CondStates) else self.cond(cond, B, drop=cond_drop)
+            parts = [] if states.tokens is None else [states.tokens.to(self.start.dtype)]
+            x = torch.cat(parts + [self.start.expand(B, 1, -1), self.tok_emb(tokens)], dim=1)
+            n_cond = states.length
+            pos0 = 0
+            if states.mask is not None:  # padded text positions are never attended
+                key_valid = torch.cat([states.mask, states.mask.new_ones(B, x.shape[1] - n_cond)], dim=1)
+        else:
+            x = self.tok_emb(tokens)
+            pos0 = cache.prefix_len + start_pos
+            if pos0 > cache.length:
+                raise ValueError(f"image token {start_pos} comes after a gap in the cache")
+        L = x.shape[1]
+        Lk = pos0 + L
+        if cache is not None:
+            if Lk > cache.max_len:
+                raise ValueError(f"sequence of {Lk} positions exceeds the cache ({cache.max_len})")
+            if prefill:
+                cache.valid[:, :L] = True if key_valid is None else key_valid
+                cache.padded = key_valid is not None
+                cache.prefix_len = n_cond + 1
+            key_valid = cache.valid[:, :Lk] if cache.padded else None
+        positions = torch.arange(pos0, Lk, device=x.device)
+        cos, sin = rope_cos_sin(positions, cfg.dim // cfg.n_heads, cfg.rope_theta)
+        # attention mask: causal over absolute positions, and no padded keys; SDPA's fast paths when possible
+        mask, is_causal = None, False
+        if key_valid is None and pos0 == 0:
+            is_causal = L > 1
+        elif key_valid is not None or L > 1:
+            keep = torch.arange(Lk, device=x.device)[None, :] <= positions[:, None]  # [L, Lk]
+            mask = keep[None, None]
+            if key_valid is not None:
+                mask = mask & key_valid[:, None, None, :]  # [B, 1, L, Lk]
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, is_causal, cache, i, pos0)
+        if cache is not None:
+            cache.length = Lk
+        if prefill:
+            x = x[:, n_cond:]  # from the start token on
+        return self.head(self.norm(x))
+
+    def loss(self, x, cond=None, *, drop=None, net=None):
+        """Teacher-forced cross-entropy of token grids x [B, h, w] (or [B, N]); returns (loss, parts).
+
+        `drop` [B] bool replaces conditions by the null; by default, in training mode, each row is dropped with
+        probability `cond_dropout`. `net` runs the network instead of self (e.g. its DistributedDataParallel
+        wrapper, so gradients synchronise).
+        """
+        x = x.flatten(1).long()
+        B = x.shape[0]
+        if drop is None and self.training and self.config.cond != "none" and self.config.cond_dropout > 0:
+            drop = torch.rand(B, device=x.device) < self.config.cond_dropout
+        logits = (net or self)(x[:, :-1], cond, cond_drop=drop)  # [B, N, V]
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1))
+        return ce, {"ce": ce.detach()}

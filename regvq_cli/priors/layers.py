@@ -1,0 +1,97 @@
+"""Transformer pieces shared by the priors: RMSNorm, SwiGLU MLP, rotary position embedding, attention.
+
+RMSNorm: Zhang & Sennrich 2019. SwiGLU: Shazeer 2020, "GLU Variants Improve Transformer". RoPE: Su et al. 2021,
+"RoFormer". Linear layers carry no biases (as in LLaMA / LlamaGen).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x), computed in float32, times a learned gain (or no gain with `affine=False`)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x):
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = y.to(x.dtype)
+        return y * self.weight if self.weight is not None else y
+
+
+def mlp_hidden(dim: int, ratio: float, multiple_of: int = 64) -> int:
+    """Hidden width of the SwiGLU MLP, rounded up to a multiple (2/3 * 4 * dim keeps the usual 4x MLP's cost)."""
+    hidden = int(dim * ratio)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.dropout(self.down(F.silu(gate) * up))
+
+
+def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0):
+    """cos, sin tables [n, head_dim // 2] for integer positions [n], in float32.
+
+    Computed on the fly rather than kept in a buffer: a buffer would be cast to bf16 with the model and lose
+    the precision that long sequences need.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate feature pairs (first half, second half) of x [B, heads, n, head_dim] by the position angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[None, None], sin[None, None]
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class CrossAttention(nn.Module):
+    """Queries from x [B, n, dim], keys/values from a context [B, L, dim]; `mask` [B, L] bool (True = attend)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x, context, mask=None):
+        B, n, dim = x.shape
+        L = context.shape[1]
+        hd = dim // self.n_heads
+        q = self.q(x).view(B, n, self.n_heads, hd).transpose(1, 2)  # [B, H, n, hd]
+        k, v = self.kv(context).view(B, L, 2, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # each [B, H, L, hd]
+        attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return self.proj(y.transpose(1, 2).reshape(B, n, dim))
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-style init: normal(0, std) for linear and embedding weights, zeros for biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)

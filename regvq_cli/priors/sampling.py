@@ -1,0 +1,214 @@
+"""Samplers for the priors: pure functions, one batch of n samples per call, k-diffusion style.
+
+    sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback)        -> [n, h, w]
+    sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
+                     generator, callback)                                                  -> [n, h, w]
+
+`cond` is the raw condition (see conditioning.py; `prepare_condition` builds it from names / prompts / maps),
+for 1 or n samples. Classifier-free guidance with scale `cfg` runs the conditional and the null rows in one
+doubled batch and mixes pred_null + cfg * (pred_cond - pred_null): on logits for the AR prior (as LlamaGen), on
+log p(x_0 | x_t) for diffusion (as Improved VQ-Diffusion, Tang et al. 2022), which is then renormalised.
+`cfg == 1` is the plain conditional model and skips the null rows. Randomness only comes from `generator`
+(default: torch's global one): the same seed gives the same tokens on the same device. `callback(info)` is
+called after every step with {"i", "total", "tokens"}; the caller owns any progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.priors.conditioning import CondStates
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """Keep the top-k logits and the smallest nucleus of mass >= top_p among them; -inf elsewhere.
+
+    One descending sort serves both filters. logits: [..., V]. top_k <= 0 / top_p >= 1 disable each.
+    """
+    V = logits.shape[-1]
+    if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    remove = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    if 0 < top_k < V:
+        remove[..., top_k:] = True
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    if top_p < 1.0:
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly better tokens; the best is always kept
+        remove |= mass_before >= top_p
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def _uniform(shape, device, generator):
+    """U[0, 1) noise drawn on the generator's device (so a CPU generator works for any model device)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def _gumbel(shape, device, generator):
+    u = _uniform(shape, device, generator).clamp_(1e-20, 1.0)
+    return -torch.log(-torch.log(u))
+
+
+def sample_categorical(logits, generator=None):
+    """One draw per row of softmax(logits) [..., V] (Gumbel-max; -inf entries are never drawn)."""
+    return (logits.float() + _gumbel(logits.shape, logits.device, generator)).argmax(dim=-1)
+
+
+def sample_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator=None):
+    """Temperature, then top-k / top-p, then a draw. temperature 0 is greedy (argmax). logits: [..., V]."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    return sample_categorical(filter_logits(logits / temperature, top_k, top_p), generator)
+
+
+def _check_common(n: int, cfg: float, temperature: float, top_k: int, top_p: float):
+    if n < 1:
+        raise RegvqError(f"number of samples must be at least 1, got {n}")
+    if cfg < 0:
+        raise RegvqError(f"guidance scale must be >= 0, got {cfg}")
+    if temperature < 0:
+        raise RegvqError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise RegvqError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise RegvqError(f"top_k must be >= 0, got {top_k}")
+
+
+def _encode(model, cond, n: int, cfg: float):
+    """Condition states for n samples, with n null rows appended when guiding; returns (states, guided)."""
+    states = model.cond(cond, n)
+    guided = cfg != 1.0 and model.config.cond != "none"
+    if guided:
+        states = CondStates.cat(states, model.cond.null(n))
+    return states, guided
+
+
+class _EvalMode:
+    """Run a model in eval mode and restore its previous mode afterwards."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
+@torch.no_grad()
+def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+              top_p: float = 1.0, generator=None, callback=None):
+    """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a KV cache."""
+    _check_common(n, cfg, temperature, top_k, top_p)
+    h, w = model.config.grid_size
+    N = h * w
+    device = next(model.parameters()).device
+    with _EvalMode(model):
+        states, guided = _encode(model, cond, n, cfg)
+        B = 2 * n if guided else n
+        cache = model.new_cache(B)
+        logits = model(torch.zeros(B, 0, dtype=torch.long, device=device), states, cache=cache)[:, -1]  # [B, V]
+        out = torch.empty(n, N, dtype=torch.long, device=device)
+        for i in range(N):
+            logits = logits.float()
+            if guided:
+                logits = logits[n:] + cfg * (logits[:n] - logits[n:])
+            tok = sample_logits(logits, temperature, top_k, top_p, generator)  # [n]
+            out[:, i] = tok
+            if callback is not None:
+                callback({"i": i, "total": N, "tokens": out[:, :i + 1]})
+            if i + 1 < N:
+                step_in = torch.cat([tok, tok]) if guided else tok
+                logits = model(step_in[:, None], cache=cache, start_pos=i)[:, -1]
+    return out.view(n, h, w)
+
+
+def _timesteps(T: int, steps: int) -> list[int]:
+    """steps + 1 decreasing timesteps from T to 0, evenly spaced (all of them when steps == T)."""
+    return [round(T - k * T / steps) for k in range(steps + 1)]
+
+
+@torch.no_grad()
+def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
+                     top_k: int = 0, top_p: float = 1.0, sampler: str = "vq", choice_temperature: float = 4.5,
+                     generator=None, callback=None):
+    """Sample n token grids [n, h, w] from a DiffusionPrior.
+
+    sampler "vq": the reverse process from x_T = all [MASK] in `steps` (<= T, default T) evenly spaced steps,
+    each x_s ~ p(x_s | x_t) = sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t). top_p < 1 truncates p(x_0 | x_t) to its
+    top-probability mass (VQ-Diffusion's truncation sampling), top_k to its k best codes.
+    sampler "maskgit": confidence-ordered parallel decoding (Chang et al. 2022, arXiv 2202.04200): every step
+    draws all masked tokens from p(x_0 | x_t), keeps the most confident ones and re-masks the rest, with a
+    cosine schedule of the masked count over `steps` (default 16) and Gumbel noise on the confidence annealed
+    from `choice_temperature` to 0. The denoiser sees the t whose mask ratio matches the current one.
+    """
+    _check_common(n, cfg, temperature, top_k, top_p)
+    T = model.num_timesteps
+    if sampler not in ("vq", "maskgit"):
+        raise RegvqError(f"unknown diffusion sampler {sampler!r}; use vq or maskgit")
+    steps = steps or (T if sampler == "vq" else 16)
+    if sampler == "vq" and not 1 <= steps <= T:
+        raise RegvqError(f"steps must be in 1..{T} (the prior's number of timesteps), got {steps}")
+    h, w = model.config.grid_size
+    N, K = h * w, model.config.codebook_size
+    if sampler == "maskgit" and not 1 <= steps <= N:
+        raise RegvqError(f"maskgit steps must be in 1..{N} (the number of tokens), got {steps}")
+    device = next(model.parameters()).device
+
+    with _EvalMode(model):
+        states, guided = _encode(model, cond, n, cfg)
+
+        def predict(x, t: int):
+            """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
+            x_in = torch.cat([x, x]) if guided else x
+            t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=device)
+            logp = F.log_softmax(model(x_in, t_in, states).float(), dim=-1)
+            if guided:
+                logp = F.log_softmax(logp[n:] + cfg * (logp[:n] - logp[n:]), dim=-1)
+            if temperature <= 0:
+                return torch.where(F.one_hot(logp.argmax(-1), K).bool(), 0.0, float("-inf"))
+            if temperature != 1.0:
+                logp = logp / temperature
+            return F.log_softmax(filter_logits(logp, top_k, top_p), dim=-1)
+
+        x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
+        if sampler == "vq":
+            ts = _timesteps(T, steps)
+            for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+                log_post = model.q_posterior(predict(x, t), x, model.coefs(t, s))  # [n, N, K+1]
+                if s == 0:
+                    log_post[..., K] = float("-inf")  # x_0 is never [MASK]
+                x = sample_categorical(log_post, generator)
+                if callback is not None:
+                    callback({"i": i, "total": steps, "tokens": x})
+        else:
+            for i in range(steps):
+                is_mask = x == K
+                n_masked = int(is_mask[0].sum())
+                t = model.t_for_mask_ratio(n_masked / N)
+                logp = predict(x, t)
+                drawn = sample_categorical(logp, generator)  # [n, N]
+                conf = logp.gather(-1, drawn[..., None])[..., 0]
+                drawn = torch.where(is_mask, drawn, x)
+                conf = torch.where(is_mask, conf, torch.full_like(conf, float("inf")))  # decided tokens stay
+                # tokens still masked after this step: cosine schedule, at least one fewer each step
+                keep_masked = min(math.floor(N * math.cos(math.pi / 2 * (i + 1) / steps)), n_masked - 1)
+                if keep_masked > 0:
+                    noise = choice_temperature * (1 - (i + 1) / steps)
+                    conf = conf + noise * _gumbel(conf.shape, device, generator)
+                    remask = conf.topk(keep_masked, dim=-1, largest=False).indices
+                    drawn = drawn.scatter(-1, remask, K)
+                x = drawn
+                if callback is not None:
+                    callback({"i": i, "total": steps, "tokens": x})
+    return x.view(n, h, w)
