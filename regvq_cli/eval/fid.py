@@ -290,6 +290,8 @@ def kernel_inception_distance(
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
         raise RegvqError(f"KID needs at least 2 images per set, got {x.shape[0]} and {y.shape[0]}")
+    if m == x.shape[0] == y.shape[0]:
+        n_subsets = 1  # every "subset" is the whole of both sets: the rounds would all agree
     rng = np.random.default_rng(seed)
     values = np.empty(n_subsets)
     for s in range(n_subsets):
