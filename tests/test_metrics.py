@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,19 @@ def test_ssim_matches_direct_implementation():
     for b in range(2):
         assert float(got[b]) == pytest.approx(_ssim_direct(x[b].double().numpy(), y[b].double().numpy()), abs=1e-10)
     assert 0.0 < float(got.min()) < 0.95  # the noise is visible
+
+
+def _ssim_pair():
+    i, j = np.meshgrid(np.arange(24), np.arange(21), indexing="ij")
+    x = np.stack([0.5 + 0.4 * np.sin(0.3 * i + 0.2 * c) * np.cos(0.25 * j) for c in range(3)], -1)
+    y = np.clip(x + 0.15 * np.sin(1.7 * i + 2.3 * j)[..., None] * np.array([1.0, -0.5, 0.8]), 0, 1)
+    return [torch.from_numpy(a).permute(2, 0, 1)[None] for a in (x, y)]  # [1, 3, 24, 21] float64
+
+
+def test_ssim_matches_stored_scikit_image_value():
+    ref = json.loads((Path(__file__).parent / "data" / "ssim_reference.json").read_text())
+    x, y = _ssim_pair()
+    assert float(metrics.ssim(x, y)[0]) == pytest.approx(ref["ssim"], abs=1e-12)
 
 
 def test_ssim_identical_is_one_and_constant_images_by_hand():
