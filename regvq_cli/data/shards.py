@@ -336,6 +336,8 @@ def _atomic_write(path: str, chunks: Iterable) -> str:
     try:
         with open(tmp, "wb") as f:
             for c in chunks:
+                if (len(c) if isinstance(c, bytes) else c.nbytes) == 0:
+                    continue  # memoryview cannot cast an empty array; nothing to write anyway
                 mv = memoryview(c).cast("B") if not isinstance(c, bytes) else c
                 h.update(mv)
                 f.write(mv)
@@ -853,7 +855,10 @@ def verify(out_dir: str | os.PathLike, check_tokens: bool = True) -> list[str]:
             bad = np.nonzero(flat.max(1) >= m["codebook_size"])[0]
             if len(bad):
                 problems.append(f"{name}: row {int(bad[0])} has token ids >= codebook size {m['codebook_size']}")
-    if row != m["count"]:
+    listed_rows = sum(e["count"] for e in m["shards"])
+    if listed_rows != m["count"]:
+        problems.append(f"manifest count {m['count']} != {listed_rows}, the sum of its shard counts")
+    elif row != m["count"]:
         problems.append(f"manifest count {m['count']} != {row} rows in the shards")
     for name in sorted(os.listdir(out_dir)):
         if _SHARD_RE.match(name) and name not in listed:

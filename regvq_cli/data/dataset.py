@@ -1,0 +1,96 @@
+"""torch Datasets over token folders (for prior training) and over image listings (for encode)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from regvq_cli.data.images import DEFAULT_MAX_PIXELS, ImageSkip, load_image, load_segmap
+from regvq_cli.data.inputs import Inputs
+from regvq_cli.data.shards import ShardReader
+
+
+class TokenDataset(Dataset):
+    """Rows of a token folder or shard file, memory-mapped.
+
+    item -> {"tokens": int64 [h, w], "key": str, "index": int64 scalar, and where the folder
+    has them "label": int64 scalar, "caption": str, "segmap": int64 [H, W]}. The default
+    collate gives batched tensors and lists of strings. Token ids outside the codebook raise
+    RegvqError naming the shard and row.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.reader = ShardReader(path)
+        self.grid = self.reader.grid
+        self.codebook_size = self.reader.codebook_size
+        self.label_names = self.reader.label_names
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.reader[i]
+        out: dict[str, Any] = {
+            "tokens": torch.from_numpy(row["tokens"]),
+            "key": row["key"],
+            "index": torch.tensor(row["index"], dtype=torch.int64),
+        }
+        if "label" in row:
+            out["label"] = torch.tensor(row["label"], dtype=torch.int64)
+        if "caption" in row:
+            out["caption"] = row["caption"]
+        if "segmap" in row:
+            out["segmap"] = torch.from_numpy(row["segmap"].astype(np.int64))
+        return out
+
+
+class ImageDataset(Dataset):
+    """Images of an input listing, decoded for encoding (use with DataLoader workers).
+
+    item -> {"i": position in the listing, "image": uint8 [3, H, W] (zeros when skipped),
+    "ok": bool, "reason": "" or the skip reason, and "segmap" [h, w] int64 when
+    `segmap_size` is given}. A skipped input never raises: its reason goes to the manifest.
+    """
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        size: int | tuple[int, int],
+        resize: str = "crop",
+        background: tuple[int, int, int] = (255, 255, 255),
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        segmap_size: tuple[int, int] | None = None,
+        indices: range | None = None,
+    ):
+        self.inputs = inputs
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.resize = resize
+        self.background = tuple(background)
+        self.max_pixels = max_pixels
+        self.segmap_size = segmap_size
+        self.indices = range(len(inputs)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i = self.indices[j]
+        out: dict[str, Any] = {"i": i, "ok": True, "reason": ""}
+        try:
+            img = load_image(self.inputs.path(i), self.size, self.resize, self.background, self.max_pixels)
+            if self.segmap_size is not None:
+                mp = self.inputs.map_path(i)
+                if mp is None:
+                    raise ImageSkip("segmap missing: no maps folder given")
+                out["segmap"] = torch.from_numpy(load_segmap(mp, self.segmap_size, self.resize).astype(np.int64))
+        except ImageSkip as e:
+            img = np.zeros((*self.size, 3), dtype=np.uint8)
+            out.update(ok=False, reason=e.reason)
+            if self.segmap_size is not None:
+                out["segmap"] = torch.zeros(self.segmap_size, dtype=torch.int64)
+        out["image"] = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+        return out

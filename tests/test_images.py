@@ -1,0 +1,277 @@
+"""Image loading: every Pillow mode and format, broken files, bomb limit, resize policies."""
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regvq_cli.data.images import ImageSkip, load_image, load_segmap, resize_geometry
+
+RED = (220, 30, 40)
+
+
+def save(tmp_path, name, im, **kw):
+    path = tmp_path / name
+    im.save(path, **kw)
+    return str(path)
+
+
+def solid(mode_rgb=RED, size=(40, 30)):
+    return Image.new("RGB", size, mode_rgb)
+
+
+def assert_colour(arr, colour, tol=3):
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
+    centre = arr[arr.shape[0] // 2, arr.shape[1] // 2].astype(int)
+    assert np.abs(centre - np.array(colour)).max() <= tol, (centre, colour)
+
+
+@pytest.mark.parametrize("fmt,ext,tol", [("PNG", "png", 0), ("JPEG", "jpg", 6), ("BMP", "bmp", 0),
+                                          ("TIFF", "tif", 0), ("WEBP", "webp", 6), ("GIF", "gif", 30)])
+def test_formats(tmp_path, fmt, ext, tol):
+    path = save(tmp_path, f"a.{ext}", solid(), format=fmt)
+    out = load_image(path, 16)
+    assert out.shape == (16, 16, 3)
+    assert_colour(out, RED, tol)
+
+
+def test_bytes_input_and_hw_size(tmp_path):
+    buf = io.BytesIO()
+    solid().save(buf, "PNG")
+    out = load_image(buf.getvalue(), (12, 20))
+    assert out.shape == (12, 20, 3)
+    assert_colour(out, RED, 0)
+
+
+def test_rgba_composited_on_background(tmp_path):
+    im = Image.new("RGBA", (20, 20), (255, 0, 0, 0))  # fully transparent red
+    im.paste((0, 0, 255, 255), (0, 0, 20, 10))  # opaque blue top half
+    path = save(tmp_path, "a.png", im)
+    out = load_image(path, 20)
+    assert tuple(out[2, 10]) == (0, 0, 255)
+    assert tuple(out[17, 10]) == (255, 255, 255)  # white default background
+    out = load_image(path, 20, background=(0, 128, 0))
+    assert tuple(out[17, 10]) == (0, 128, 0)
+
+
+def test_half_alpha_blends():
+    im = Image.new("RGBA", (8, 8), (0, 0, 0, 128))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    out = load_image(buf.getvalue(), 8)
+    assert abs(int(out[4, 4, 0]) - 127) <= 1  # 0 * a + 255 * (1 - a), a = 128/255
+
+
+def test_la_mode(tmp_path):
+    im = Image.new("LA", (10, 10), (50, 0))
+    im.paste((50, 255), (0, 0, 10, 5))
+    out = load_image(save(tmp_path, "a.png", im), 10)
+    assert tuple(out[2, 5]) == (50, 50, 50)
+    assert tuple(out[8, 5]) == (255, 255, 255)
+
+
+def test_palette_with_transparency(tmp_path):
+    im = Image.new("P", (10, 10), 0)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.paste(1, (0, 0, 10, 5))  # index 1 = red on top; index 0 transparent below
+    path = save(tmp_path, "a.png", im, transparency=0)
+    assert Image.open(path).mode == "P" and "transparency" in Image.open(path).info
+    out = load_image(path, 10, background=(0, 0, 255))
+    assert tuple(out[2, 5]) == (255, 0, 0)
+    assert tuple(out[8, 5]) == (0, 0, 255)
+
+
+def test_16bit_grey_scaled_not_clipped(tmp_path):
+    a = np.full((16, 16), 32896, dtype=np.uint16)  # 128 * 257: mid grey in 16 bits
+    a[:8] = 65535
+    path = save(tmp_path, "a.png", Image.fromarray(a))
+    assert Image.open(path).mode.startswith("I;16")
+    out = load_image(path, 16, resize="stretch")
+    assert tuple(out[12, 8]) == (128, 128, 128)
+    assert tuple(out[2, 8]) == (255, 255, 255)
+    tif = save(tmp_path, "a.tif", Image.fromarray(a))
+    assert tuple(load_image(tif, 16)[12, 8]) == (128, 128, 128)
+
+
+def test_32bit_int_and_float_modes(tmp_path):
+    i32 = Image.fromarray(np.full((8, 8), 257 * 200, dtype=np.int32))
+    assert i32.mode == "I"
+    assert tuple(load_image(save(tmp_path, "i.tif", i32), 8)[4, 4]) == (200, 200, 200)
+    f = np.zeros((8, 8), dtype=np.float32)
+    f[:, 4:] = 1.0
+    out = load_image(save(tmp_path, "f.tif", Image.fromarray(f)), 8, resize="stretch")
+    assert out[4, 0, 0] == 0 and out[4, 7, 0] == 255
+    f2 = np.linspace(-5, 5, 64, dtype=np.float32).reshape(8, 8)  # outside [0, 1]: min-max
+    out = load_image(save(tmp_path, "f2.tif", Image.fromarray(f2)), 8, resize="stretch")
+    assert out[0, 0, 0] == 0 and out[7, 7, 0] == 255
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = save(tmp_path, "a.jpg", solid().convert("CMYK"), quality=95)
+    assert Image.open(path).mode == "CMYK"
+    assert_colour(load_image(path, 16), RED, 8)
+
+
+def test_bilevel_and_ycbcr(tmp_path):
+    im = Image.new("1", (16, 16), 0)
+    im.paste(1, (8, 0, 16, 16))
+    out = load_image(save(tmp_path, "a.bmp", im), 16, resize="stretch")
+    assert tuple(out[8, 2]) == (0, 0, 0) and tuple(out[8, 13]) == (255, 255, 255)
+    out = load_image(save(tmp_path, "y.tif", solid().convert("YCbCr")), 8)
+    assert_colour(out, RED, 4)
+
+
+def test_exif_orientation_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 20, 20))  # red left half as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    path = save(tmp_path, "a.jpg", im, exif=exif, quality=95)
+    out = load_image(path, (40, 20), resize="stretch")  # (h, w): upright is 20 wide, 40 tall
+    # After a 90 degree clockwise turn the stored left half is on top.
+    assert out[5, 10, 0] > 200 and out[5, 10, 2] < 60
+    assert out[35, 10, 2] > 200 and out[35, 10, 0] < 60
+
+
+def test_animated_gif_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    path = tmp_path / "a.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    assert Image.open(path).n_frames == 3
+    assert_colour(load_image(str(path), 8), (255, 0, 0), 2)
+    apng = tmp_path / "a.png"
+    frames[1].save(apng, save_all=True, append_images=[frames[2]])
+    assert_colour(load_image(str(apng), 8), (0, 255, 0), 2)
+
+
+def skip_reason(src, **kw):
+    with pytest.raises(ImageSkip) as e:
+        load_image(src, 16, **kw)
+    return e.value.reason
+
+
+def test_broken_files(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert skip_reason(str(tmp_path / "empty.jpg")) == "empty file"
+    assert skip_reason(b"") == "empty file"
+    (tmp_path / "text.jpg").write_text("hello, not an image\n")
+    assert skip_reason(str(tmp_path / "text.jpg")) == "not an image"
+    assert skip_reason(str(tmp_path / "missing.jpg")) == "unreadable: No such file or directory"
+    assert skip_reason(str(tmp_path)).startswith("unreadable: ")  # a folder
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    data = buf.getvalue()
+    assert skip_reason(data[: len(data) // 2], draft=False) == "truncated"
+
+
+def png_header(w, h):
+    """A PNG that declares w x h but holds one tiny IDAT: only the header is ever read."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def test_pixel_limit(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(png_header(100_000, 100_000))  # 10^10 px, 30 GB if decoded
+    assert skip_reason(str(tmp_path / "bomb.png")).startswith("too large: ")
+    (tmp_path / "big.png").write_bytes(png_header(300, 300))
+    assert skip_reason(str(tmp_path / "big.png"), max_pixels=1000) == "too large: 300x300 > 1000 px"
+    ok = save(tmp_path, "ok.png", solid((1, 2, 3), (30, 30)))
+    assert load_image(ok, 8, max_pixels=900).shape == (8, 8, 3)
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="root reads files regardless of permissions")
+def test_permission_denied(tmp_path):
+    path = save(tmp_path, "a.png", solid())
+    os.chmod(path, 0)
+    try:
+        assert skip_reason(path) == "unreadable: Permission denied"
+    finally:
+        os.chmod(path, 0o644)
+
+
+def quadrants(w, h):
+    """Left half red, right half blue, a green band 2 px wide at the very top."""
+    im = Image.new("RGB", (w, h), (255, 0, 0))
+    im.paste((0, 0, 255), (w // 2, 0, w, h))
+    return im
+
+
+def test_resize_policies(tmp_path):
+    wide = save(tmp_path, "wide.png", quadrants(80, 20))
+    crop = load_image(wide, 10, resize="crop")
+    # Centre square 20x20 of an 80-wide image: half red, half blue.
+    assert crop[5, 2, 0] > 200 and crop[5, 8, 2] > 200
+    pad = load_image(wide, 16, resize="pad", background=(0, 255, 0))
+    assert tuple(pad[0, 8]) == (0, 255, 0) and tuple(pad[15, 8]) == (0, 255, 0)  # bars top/bottom
+    assert pad[8, 1, 0] > 200 and pad[8, 14, 2] > 200
+    stretch = load_image(wide, 10, resize="stretch")
+    assert stretch[5, 1, 0] > 200 and stretch[5, 8, 2] > 200
+    shorter = load_image(wide, 10, resize="shorter-crop")
+    assert np.abs(shorter.astype(int) - crop.astype(int)).max() <= 40
+    with pytest.raises(ValueError):
+        load_image(wide, 10, resize="zoom")
+
+
+def test_geometry_boxes():
+    assert resize_geometry(400, 300, 100, 100, "crop")[0] == (50, 0, 350, 300)
+    box, (rw, rh), crop, _ = resize_geometry(400, 300, 100, 100, "shorter-crop")
+    assert (rw, rh) == (133, 100) and crop == (16, 0, 116, 100)
+    _, (rw, rh), _, off = resize_geometry(400, 300, 100, 100, "pad")
+    assert (rw, rh) == (100, 75) and off == (0, 12)
+    # (h, w) = (50, 100) from 300x300: crop a 300x150 band
+    assert resize_geometry(300, 300, 50, 100, "crop")[0] == (0, 75, 300, 225)
+
+
+def test_jpeg_draft_is_close_to_full_decode(tmp_path):
+    yy, xx = np.mgrid[0:1600, 0:2400]
+    arr = np.stack([(xx // 7) % 256, (yy // 5) % 256, ((xx + yy) // 11) % 256], -1).astype(np.uint8)
+    path = save(tmp_path, "big.jpg", Image.fromarray(arr), quality=92)
+    with Image.open(path) as im:
+        im.draft("RGB", (300, 200))
+        assert im.size[0] < 2400  # the draft path is really taken for this file
+    fast = load_image(path, 64).astype(int)
+    full = load_image(path, 64, draft=False).astype(int)
+    assert np.abs(fast - full).mean() < 3.0
+
+
+def test_segmap_nearest_and_dtypes(tmp_path):
+    ids = np.zeros((40, 40), dtype=np.uint8)
+    ids[:, 20:] = 7
+    ids[:5, :5] = 3
+    path = save(tmp_path, "m.png", Image.fromarray(ids))
+    out = load_segmap(path, 8, resize="stretch")
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 3, 7}
+    assert out[4, 6] == 7 and out[4, 1] == 0 and out[0, 0] == 3
+    big = np.full((10, 10), 1000, dtype=np.uint16)
+    out = load_segmap(save(tmp_path, "b.png", Image.fromarray(big)), 4)
+    assert out.dtype == np.int16 and (out == 1000).all()
+    padded = load_segmap(save(tmp_path, "w.png", Image.fromarray(np.full((10, 40), 5, np.uint8))), 8, "pad", fill=255)
+    assert padded[0, 0] == 255 and padded[4, 4] == 5
+    with pytest.raises(ImageSkip, match="segmap unreadable"):
+        load_segmap(str(tmp_path / "nope.png"), 8)
+    with pytest.raises(ImageSkip, match="segmap decode error"):
+        load_segmap(save(tmp_path, "rgb.png", solid()), 8)
+
+
+def test_segmap_matches_image_geometry(tmp_path):
+    im = quadrants(60, 20)
+    ids = Image.fromarray((np.asarray(im)[..., 2] > 128).astype(np.uint8))  # 1 where blue
+    ip, mp = save(tmp_path, "i.png", im), save(tmp_path, "i_map.png", ids)
+    for policy in ("crop", "shorter-crop", "pad", "stretch"):
+        img = load_image(ip, 12, policy, background=(0, 0, 0))
+        seg = load_segmap(mp, 12, policy)
+        blue = (img[..., 2] > 200)
+        agree = (blue == (seg == 1)).mean()
+        assert agree > 0.9, (policy, agree)
