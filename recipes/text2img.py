@@ -6,9 +6,10 @@ coloured backgrounds, with captions whose colour words are measured from the pix
 
 Writes, under --out:
     images/000000.png ...   RGB pictures, size x size
+    images/metadata.jsonl   one row per image: file_name (relative to images/), text, and the
+                            structured facts (objects with word, colour, position, box, source;
+                            background). `regvq encode OUT/images` picks the captions up.
     masks/000000.png ...    (with --masks) object ids: 0 background, 1 first object, 2 second
-    metadata.jsonl          one row per image: file_name, text, and the structured facts
-                            (objects with word, colour, position, box, source; background)
     objects.json            the vocabulary: object words, colour words, positions, glyph names
 
 How a sample is made (all choices from a generator seeded by (seed, index), so the same seed gives
@@ -232,11 +233,11 @@ def build(out: Path, n: int, size: int = 128, seed: int = 0, sources: tuple[str,
         C.save_png(img, out / "images" / name)
         if masks:
             C.save_png(mask, out / "masks" / name)
-        return {"file_name": f"images/{name}", **row, **({"mask_file_name": f"masks/{name}"} if masks else {})}
+        return {"file_name": name, **row}
 
     workers = C.default_workers() if workers is None else workers
     rows = C.parallel_map(work, n, workers, label)
-    count = C.write_jsonl(out / "metadata.jsonl", rows)
+    count = C.write_jsonl(out / "images" / "metadata.jsonl", rows)
     with open(out / "objects.json", "w", encoding="utf-8") as f:
         json.dump(vocabulary(sprites), f, indent=1, ensure_ascii=False)
     return count
