@@ -1,0 +1,187 @@
+"""Convolutional encoder and decoder of the VQGAN family.
+
+The layout follows the first-stage autoencoder of VQGAN (Esser, Rombach, Ommer, "Taming Transformers for
+High-Resolution Image Synthesis", CVPR 2021), which RegVQ (Zhang et al., CVPR 2023, arXiv 2303.06424) uses
+unchanged: a stack of resolution levels, each with residual blocks (GroupNorm + SiLU + 3x3 conv), optional
+single-head self-attention at chosen resolutions, and a stride-2 down/up-sampling between levels, with a
+middle block (res, attn, res) at the lowest resolution.
+
+With ``ch_mult`` of length L the spatial downsampling factor is ``2 ** (L - 1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    # 32 groups as in VQGAN; fall back to fewer groups for the tiny test widths.
+    groups = 32
+    while channels % groups:
+        groups //= 2
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """x -> norm, silu, conv3x3 -> norm, silu, dropout, conv3x3 -> + skip(x); the skip is a 1x1 conv when
+    the channel count changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions of a feature map, with a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)  # each [B, C, H, W]
+        # [B, 1, HW, C]: one head of width C over HW tokens
+        q, k, v = (t.reshape(B, 1, C, H * W).transpose(2, 3) for t in (q, k, v))
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C]
+        h = h.transpose(2, 3).reshape(B, C, H, W)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a stride-2 3x3 conv; pad right/bottom only so that even sizes halve exactly."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour upsampling followed by a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: residual blocks, each optionally followed by attention, then a resampler."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_blocks: int, attn: bool, dropout: float, resample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.attns = nn.ModuleList()
+        for i in range(num_blocks):
+            self.blocks.append(ResnetBlock(in_ch if i == 0 else out_ch, out_ch, dropout))
+            self.attns.append(AttnBlock(out_ch) if attn else nn.Identity())
+        self.resample = resample if resample is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block, attn in zip(self.blocks, self.attns):
+            x = attn(block(x))
+        return self.resample(x)
+
+
+class MidBlock(nn.Module):
+    """res -> attn -> res at the lowest resolution."""
+
+    def __init__(self, channels: int, dropout: float):
+        super().__init__()
+        self.block1 = ResnetBlock(channels, channels, dropout)
+        self.attn = AttnBlock(channels)
+        self.block2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block2(self.attn(self.block1(x)))
+
+
+class Encoder(nn.Module):
+    """images [B, in_channels, R, R] -> latents [B, z_channels, R / f, R / f] with f = 2 ** (len(ch_mult) - 1).
+
+    ``attn_resolutions`` are spatial sizes (at training resolution ``resolution``) where every residual block
+    is followed by self-attention.
+    """
+
+    def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, attn_resolutions: tuple[int, ...],
+                 z_channels: int, resolution: int, in_channels: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.levels = nn.ModuleList()
+        res = resolution
+        block_in = ch
+        for i, mult in enumerate(ch_mult):
+            block_out = ch * mult
+            last = i == len(ch_mult) - 1
+            self.levels.append(Level(block_in, block_out, num_res_blocks, res in attn_resolutions, dropout,
+                                     None if last else Downsample(block_out)))
+            block_in = block_out
+            if not last:
+                res //= 2
+        self.mid = MidBlock(block_in, dropout)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)  # [B, ch, R, R]
+        for level in self.levels:
+            h = level(h)  # channels ch * mult, halved size after every level but the last
+        h = self.mid(h)  # [B, ch * ch_mult[-1], R/f, R/f]
+        return self.conv_out(F.silu(self.norm_out(h)))  # [B, z_channels, R/f, R/f]
+
+
+class Decoder(nn.Module):
+    """latents [B, z_channels, R / f, R / f] -> images [B, out_channels, R, R] (unbounded; the caller clamps).
+
+    Mirrors the encoder: each level has ``num_res_blocks + 1`` residual blocks, levels run from the widest
+    multiplier down, and every level but the first-resolution one ends with an upsampler.
+    """
+
+    def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, attn_resolutions: tuple[int, ...],
+                 z_channels: int, resolution: int, out_channels: int = 3, dropout: float = 0.0):
+        super().__init__()
+        block_in = ch * ch_mult[-1]
+        res = resolution // 2 ** (len(ch_mult) - 1)
+        self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
+        self.mid = MidBlock(block_in, dropout)
+        self.levels = nn.ModuleList()
+        for i in reversed(range(len(ch_mult))):
+            block_out = ch * ch_mult[i]
+            first = i == 0
+            self.levels.append(Level(block_in, block_out, num_res_blocks + 1, res in attn_resolutions, dropout,
+                                     None if first else Upsample(block_out)))
+            block_in = block_out
+            if not first:
+                res *= 2
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))  # [B, ch * ch_mult[-1], R/f, R/f]
+        for level in self.levels:
+            h = level(h)  # doubled size after every level but the last
+        return self.conv_out(F.silu(self.norm_out(h)))  # [B, out_channels, R, R]
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight the GAN's adaptive weight measures gradient norms at."""
+        return self.conv_out.weight
