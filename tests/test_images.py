@@ -275,3 +275,20 @@ def test_segmap_matches_image_geometry(tmp_path):
         blue = (img[..., 2] > 200)
         agree = (blue == (seg == 1)).mean()
         assert agree > 0.9, (policy, agree)
+
+
+def test_image_dataset_marks_skips(tmp_path):
+    from regvq_cli.data.dataset import ImageDataset
+    from regvq_cli.data.inputs import list_inputs
+
+    (tmp_path / "imgs").mkdir()
+    save(tmp_path / "imgs", "a.png", solid())
+    (tmp_path / "imgs" / "b.jpg").write_bytes(b"")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    Image.fromarray(np.full((30, 40), 4, np.uint8)).save(maps / "a.png")
+    ds = ImageDataset(list_inputs([str(tmp_path / "imgs")], maps_dir=str(maps)), 8, segmap_size=(4, 4))
+    a, b = ds[0], ds[1]
+    assert a["ok"] and a["image"].shape == (3, 8, 8) and int(a["image"][0, 4, 4]) == RED[0]
+    assert a["segmap"].shape == (4, 4) and int(a["segmap"][0, 0]) == 4
+    assert not b["ok"] and b["reason"] == "empty file" and int(b["image"].sum()) == 0

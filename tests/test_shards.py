@@ -368,3 +368,31 @@ def test_safe_output_path_keeps_ordinary_keys_and_refuses_symlink_escape(tmp_pat
     os.symlink(tmp_path, out / "link")
     with pytest.raises(RegvqError, match="outside"):
         safe_output_path(out, "link/x.jpg", ".png")
+
+
+def test_token_dataset_with_dataloader_workers(tmp_path):
+    import pickle
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from regvq_cli.data.dataset import TokenDataset
+
+    run = make_run(n=7, shard_size=3, labels=True, captions=True)
+    write_all(tmp_path, run, skip={2}, labels=True, captions=True)
+    write_manifest(tmp_path)
+    ds = TokenDataset(tmp_path)
+    ds.reader[0]  # opens a memory map; pickling must not carry it
+    assert len(pickle.dumps(ds)) < 4096
+    batches = list(DataLoader(ds, batch_size=4, num_workers=2))
+    tokens = torch.cat([b["tokens"] for b in batches])
+    assert tokens.shape == (6, 4, 5) and tokens.dtype == torch.int64
+    assert torch.equal(tokens, torch.from_numpy(ShardReader(tmp_path).all_tokens()))
+    assert batches[0]["label"].tolist() == [0, 1, 0, 1]  # inputs 0, 1, 3, 4 (2 was skipped)
+    assert batches[0]["caption"][2] == "caption 3 ü" and batches[1]["key"] == ["dir/img5.jpg", "dir/img6.jpg"]
+
+
+def test_empty_input_listing_manifest(tmp_path):
+    run = make_run(n=0)
+    m = write_manifest(tmp_path, run)
+    assert m["shards"] == [] and m["count"] == 0 and verify(tmp_path) == []
