@@ -156,3 +156,11 @@ def test_non_utf8_name_round_trips(tmp_path):
     (tmp_path / name).write_bytes(b"x")
     inp = list_inputs([str(tmp_path)])
     assert inp[0].key == name and os.path.exists(inp[0].path)
+
+
+def test_named_file_paths_fixed_at_listing_time(tmp_path, monkeypatch):
+    touch(tmp_path, "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    inp = list_inputs(["a.jpg"])
+    monkeypatch.chdir("/")
+    assert inp[0].path == str(tmp_path / "a.jpg")

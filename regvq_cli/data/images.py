@@ -188,6 +188,16 @@ def _allow_pixels(max_pixels: int | None) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+def _quiet() -> None:
+    """Inside catch_warnings: silence what Pillow says about images it still decodes.
+
+    Our own pixel limit is checked before load(), so the bomb warning adds nothing, and
+    "Corrupt EXIF data" style notes would flood the terminal on a large, messy dataset.
+    """
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
     """(width, height) after the EXIF orientation is applied, read from the header only."""
     w, h = im.size
@@ -205,7 +215,7 @@ def _draft(im: Image.Image, out_h: int, out_w: int, resize: str) -> None:
     axis (the same margin as Pillow's thumbnail), so the final bicubic pass still averages
     several decoded pixels per output pixel.
     """
-    if im.format != "JPEG":
+    if im.format not in ("JPEG", "MPO"):  # MPO: multi-picture JPEG from cameras
         return
     w, h = _oriented_size(im)
     if resize == "stretch":
@@ -318,8 +328,7 @@ def load_image(
     background = tuple(int(c) for c in background)  # type: ignore[assignment]
     _allow_pixels(max_pixels)
     with warnings.catch_warnings():
-        # Our own limit is checked before load(); Pillow's warning adds nothing.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        _quiet()
         im, fp = _open(src)
         with fp, im:
             if draft and (max_pixels is None or im.size[0] * im.size[1] <= max_pixels):
@@ -357,7 +366,7 @@ def load_segmap(
     _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _quiet()
             im, fp = _open(src)
             with fp, im:
                 frame = _decode(im, max_pixels)

@@ -115,6 +115,7 @@ class Inputs(Sequence):
         self.maps_dir: str | None = None
         self.missing_metadata = 0
         self.unused_metadata = 0
+        self.cwd = os.getcwd()
 
     def __len__(self) -> int:
         return len(self._rel)
@@ -131,9 +132,9 @@ class Inputs(Sequence):
         return self._prefix[self._root[i]] + self._rel[i]
 
     def path(self, i: int) -> str:
-        root = self.roots[self._root[i]]
-        rel = self._rel[i]
-        return os.path.normpath(os.path.join(root, rel)) if root else os.path.abspath(rel)
+        # Named files resolve against the working folder at listing time, not at call time.
+        root = self.roots[self._root[i]] or self.cwd
+        return os.path.normpath(os.path.join(root, self._rel[i]))
 
     def label(self, i: int) -> int:
         return -1 if self.labels is None else int(self.labels[i])
