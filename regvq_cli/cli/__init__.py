@@ -22,7 +22,10 @@ from regvq_cli import __version__
 
 # name -> (module, attribute, one-line help). A command is listed here only once it really works.
 COMMANDS = {
+    "encode": ("regvq_cli.cli.encode", "encode", "Encode image folders or files into token shards."),
+    "decode": ("regvq_cli.cli.decode", "decode", "Decode token shards (or token grids on stdin) back into images."),
     "models": ("regvq_cli.cli.models", "models", "List, show and publish models."),
+    "shards": ("regvq_cli.cli.shards", "shards", "Inspect, verify and merge token folders."),
     "completion": ("regvq_cli.cli.completion", "completion", "Print the shell completion script for bash, zsh or fish."),
 }
 

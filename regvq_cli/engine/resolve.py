@@ -15,6 +15,11 @@ from pathlib import Path
 from regvq_cli.engine.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_record
 from regvq_cli.errors import RegvqError
 
+# The embedded default models, used when a command gets no --model.
+DEFAULT_TOKENIZER = "regvq-tokenizer"
+DEFAULT_TEXT_PRIOR = "regvq-text2img"
+DEFAULT_SEGMAP_PRIOR = "regvq-seg2img"
+
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
@@ -54,7 +59,7 @@ def resolve_model(spec: str, offline: bool = False) -> ResolvedModel:
     if path.exists():
         if path.is_dir() or path.suffix == ".safetensors":
             read_record(path)  # fail early and clearly on a folder or file that is not a regvq model
-            return ResolvedModel(str(path), path, "local")
+            return ResolvedModel(str(path.resolve()), path, "local")
         raise RegvqError(f"{spec}: not a model folder or a .safetensors file")
     if spec in shipped_model_names():
         return ResolvedModel(spec, shipped_models_dir() / spec, "shipped")

@@ -1,0 +1,114 @@
+"""Tokenizer throughput from tensors already on the device: encode and decode images/s, ms per image,
+FLOPs counted by torch's FlopCounterMode, the fraction of the hardware's FLOP floor, and peak memory.
+
+    python benchmarks/bench_tokenizer.py --preset vqgan-f16 --batch-size 64 --dtype bf16 [--compile]
+    python benchmarks/bench_tokenizer.py --model regvq-default --device cpu --batch-size 8
+
+Random weights give the same speed as trained ones (no data-dependent control flow); `--model` measures a
+real model folder. Peak bf16 for the fraction: 790 TFLOP/s (H200, dense); pass --peak-tflops elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+def count_flops(fn, *args) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+def timed(fn, arg, device, iters: int, warmup: int) -> float:
+    """Seconds per call, median of `iters` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn(arg)
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(arg)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="vqgan-f16", help="architecture preset (random weights)")
+    p.add_argument("--model", default=None, help="a model folder / shipped name instead of a preset")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the encode and decode functions")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--peak-tflops", type=float, default=790.0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.runtime import prepare_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    if args.model:
+        from regvq_cli.engine.resolve import load
+
+        model = load(args.model)
+    else:
+        from regvq_cli.tokenizer.model import Tokenizer
+        from regvq_cli.tokenizer.presets import PRESETS
+
+        model = Tokenizer(PRESETS[args.preset])
+    size = args.image_size or model.config.image_size
+    runner = prepare_tokenizer(model, device, dtype, compile=args.compile, channels_last=args.channels_last)
+    images = torch.rand(args.batch_size, 3, size, size, device=device) * 2 - 1
+    with torch.inference_mode():
+        indices = runner.encode(images)
+        enc_flops = count_flops(model.encode, images[:1].to(dtype) if dtype != torch.float32 else images[:1])
+        dec_flops = count_flops(model.decode, indices[:1])
+        t_enc = timed(runner.encode, images, device, args.iters, args.warmup)
+        t_dec = timed(runner.decode, indices, device, args.iters, args.warmup)
+    peak = args.peak_tflops * 1e12
+    rows = []
+    for name, t, flops in (("encode", t_enc, enc_flops), ("decode", t_dec, dec_flops)):
+        ips = args.batch_size / t
+        rows.append({"op": name, "images_per_s": round(ips, 1), "ms_per_image": round(1000 * t / args.batch_size, 3),
+                     "gflop_per_image": round(flops / 1e9, 1),
+                     "floor_fraction": round(ips * flops / peak, 3) if device.type == "cuda" else None})
+    result = {
+        "model": args.model or args.preset, "image_size": size, "batch_size": args.batch_size, "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "dtype": str(dtype),
+        "compile": args.compile, "channels_last": args.channels_last, "torch": torch.__version__,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "rows": rows, "command": " ".join(["python"] + sys.argv),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['model']} {size}px batch {args.batch_size} {device} {dtype} compile={args.compile} torch {torch.__version__}")
+    print(f"{'op':8}{'images/s':>12}{'ms/image':>10}{'GFLOP/img':>11}{'% floor':>9}")
+    for r in rows:
+        frac = f"{100 * r['floor_fraction']:.1f}" if r["floor_fraction"] is not None else "-"
+        print(f"{r['op']:8}{r['images_per_s']:>12}{r['ms_per_image']:>10}{r['gflop_per_image']:>11}{frac:>9}")
+    print(f"command: {result['command']}")
+
+
+if __name__ == "__main__":
+    main()

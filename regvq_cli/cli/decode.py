@@ -1,0 +1,68 @@
+"""`regvq decode`: token shards -> images."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from regvq_cli.cli._common import device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+
+
+@click.command()
+@click.argument("tokens", type=click.Path(allow_dash=True))
+@click.option("-o", "--out", required=True, type=click.Path(), help="Output folder for PNGs (a .png file with --grid).")
+@model_option(help_text="Tokenizer to decode with (default: the one recorded in the manifest).")
+@click.option("--grid", "grid_sheet", is_flag=True, help="Write one contact sheet PNG to OUT instead of one PNG per grid.")
+@click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Decode only the first N grids.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Grids per device batch.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder.")
+@device_options
+@offline_option
+@json_option
+def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, device, dtype, offline, as_json):
+    """Decode TOKENS back into images.
+
+    TOKENS is a token folder (from `regvq encode`), a single shard file, or '-' for JSON lines of token grids
+    on stdin (`[[...], ...]` or `{"tokens": [[...]], "key": "name"}`). PNGs are named after the source keys.
+
+    \b
+    regvq decode tokens/ -o recon/
+    regvq decode tokens/ --limit 64 --grid -o sheet.png
+    """
+    from regvq_cli.engine.checkpoint import file_sha256, weights_path
+    from regvq_cli.engine.decode import decode_source, recorded_tokenizer
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.resolve import load
+    from regvq_cli.errors import RegvqError
+
+    if grid_sheet and not out.lower().endswith(".png"):
+        raise click.BadParameter("with --grid, OUT is the contact sheet's file name and must end in .png", param_hint="--out")
+    rec_id, rec_sha, rec_grid, rec_codes = recorded_tokenizer(tokens)
+    if model is None and rec_id is None:
+        raise click.UsageError("tokens on stdin carry no tokenizer: pass --model")
+    try:
+        tokenizer = load(model or rec_id, offline=offline)
+    except RegvqError as e:
+        if model is None:
+            raise RegvqError(f"the tokenizer recorded with the tokens ({rec_id}) cannot be loaded: {e}; pass --model") from None
+        raise
+    if rec_codes is not None and rec_codes != tokenizer.codebook_size:
+        raise RegvqError(f"the tokens use a codebook of {rec_codes} codes but {model} has {tokenizer.codebook_size}; "
+                         "decode with the tokenizer that made them")
+    native = tokenizer.grid_size(tokenizer.config.image_size)
+    if rec_grid is not None and tuple(rec_grid) != tuple(native):
+        raise RegvqError(f"the tokens are {rec_grid[0]}x{rec_grid[1]} grids but {model} makes {native[0]}x{native[1]}; "
+                         "decode with the tokenizer that made them")
+    if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
+        warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
+    dev = pick_device(device)
+    with progress(desc="decode", unit="img", total=limit) as bar:
+        summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
+                                limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
+                                compile=compile_, callback=lambda n: bar.update(n - bar.n))
+    if as_json:
+        emit_json(summary)
+    else:
+        info(f"{summary['out']}: {summary['decoded']} images decoded ({summary['images_per_s']:.1f} images/s)")

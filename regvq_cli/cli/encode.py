@@ -1,0 +1,91 @@
+"""`regvq encode`: images -> token shards."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from regvq_cli.cli._common import (device_options, emit_json, info, json_option, model_option, offline_option,
+                                   progress, warn)
+
+RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
+               "shorter side to SIZE, then center crop; pad = fit inside, letterbox on --background; stretch = "
+               "resize ignoring aspect ratio.")
+
+
+def parse_color(ctx, param, value):
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+        if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+            raise ValueError
+        return parts
+    except ValueError:
+        raise click.BadParameter("expected R,G,B with values 0-255, e.g. 255,255,255") from None
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output token folder.")
+@click.option("--files-from", type=click.Path(allow_dash=True), help="Read input paths from FILE, one per line ('-' for stdin).")
+@model_option(help_text="Tokenizer: a shipped name, folder, .safetensors file or Hub id (default: the embedded default tokenizer).")
+@click.option("--size", type=click.IntRange(8), help="Input resolution (default: the tokenizer's training size).")
+@click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help=RESIZE_HELP)
+@click.option("--background", default="255,255,255", show_default=True, callback=parse_color, help="R,G,B under transparent pixels and around padded images.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per device batch.")
+@click.option("--shard-size", type=click.IntRange(1), default=4096, show_default=True, help="Inputs per shard file.")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8).")
+@click.option("--maps", "maps_dir", type=click.Path(exists=True, file_okay=False), help="Folder of segmentation-map PNGs parallel to the inputs, carried into the shards.")
+@click.option("--max-pixels", type=click.IntRange(1), default=178_956_970, show_default=True, help="Skip images with more pixels than this (decompression bombs).")
+@click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays); then run `regvq shards merge`.")
+@click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
+@device_options
+@offline_option
+@json_option
+def encode(inputs, out_dir, files_from, model, size, resize, background, batch_size, shard_size, workers, maps_dir,
+           max_pixels, num_workers, worker_id, compile_, device, dtype, offline, as_json):
+    """Encode images into token shards in OUT.
+
+    INPUTS are image folders (walked recursively, in sorted order) and image files. Bad images are skipped and
+    listed in the manifest with the reason; the run goes on. Rerunning the same command resumes: complete
+    shards are kept.
+
+    \b
+    regvq encode ./imgs -o tokens/
+    find /data -name '*.jpg' | regvq encode --files-from - -o tokens/
+    torchrun --nproc-per-node 8 -m regvq_cli encode /data -o tokens/
+    """
+    if not inputs and not files_from:
+        raise click.UsageError("give at least one input folder or file, or --files-from")
+    if worker_id >= num_workers:
+        raise click.BadParameter(f"must be below --num-workers ({num_workers})", param_hint="--worker-id")
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.encode import EncodeOptions, encode_images
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, load
+
+    dev = pick_device(device)
+    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline)
+    opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
+                         batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
+                         num_workers=num_workers, worker_id=worker_id, compile=compile_)
+    with progress(desc="encode", unit="img") as bar:
+        def callback(done, skipped, total):
+            bar.total = total
+            bar.n = done
+            bar.set_postfix(skipped=skipped, refresh=False)
+            bar.refresh()
+
+        summary = encode_images(list(inputs), out_dir, tokenizer, dev, pick_dtype(dtype, dev), opts,
+                                files_from=files_from, stdin=sys.stdin, callback=callback)
+    for item in summary.get("skipped", [])[:20]:
+        warn(f"skipped {item['key']}: {item['reason']}")
+    if len(summary.get("skipped", [])) > 20:
+        warn(f"... and {len(summary['skipped']) - 20} more skipped inputs (see {summary['manifest']})")
+    if as_json:
+        emit_json(summary)
+    else:
+        done = f"{summary['total_encoded']} encoded, {summary['total_skipped']} skipped" if summary["manifest"] else \
+            "this worker's shards are done; run `regvq shards merge` once all workers finish"
+        info(f"{summary['out_dir']}: {done} ({summary['encoded_this_run']} this run at "
+             f"{summary['images_per_s']:.1f} images/s; {summary['shards_reused']} shards reused)")

@@ -1,0 +1,181 @@
+"""Token grids -> images: the work behind `regvq decode`.
+
+Sources: a token folder, a single shard file, or JSON lines of token grids (`-`: stdin), each line either
+`[[...], ...]` (an h x w grid) or `{"tokens": [[...]], "key": "name"}`. Shards come from strangers: output
+paths are confined to the output folder, token values outside the codebook name their shard and row, and the
+tokenizer must match the shards' codebook size and grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from regvq_cli.data.shards import ShardReader, safe_output_path
+from regvq_cli.engine import dist
+from regvq_cli.engine.runtime import prepare_tokenizer
+from regvq_cli.errors import RegvqError
+
+
+class Batch:
+    def __init__(self, tokens: np.ndarray, keys: list[str], where: list[str]):
+        self.tokens, self.keys, self.where = tokens, keys, where  # where: "shard-00003.safetensors row 7"
+
+
+def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None]:
+    """(tokenizer id, weights sha256, grid, codebook size) recorded with a token folder or shard file."""
+    if source == "-":
+        return None, None, None, None
+    reader = ShardReader(source)
+    if reader.manifest is not None:
+        t = reader.manifest["tokenizer"]
+        return t.get("id"), t.get("sha256"), reader.grid, reader.codebook_size
+    from regvq_cli.data.shards import read_shard
+
+    run = read_shard(source)["run"]
+    return run.tokenizer_id, run.tokenizer_sha256, run.grid, run.codebook_size
+
+
+def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+    """Batches of rows from a token folder or shard file; rank r takes the shards j with j % world == r."""
+    reader = ShardReader(source)
+    left = limit if limit is not None else len(reader)
+    for j, path in enumerate(reader.paths):
+        if left <= 0:
+            return
+        n = min(reader.counts[j], left)
+        left -= n
+        if j % world != rank:
+            continue
+        t = reader.shard(j)
+        name = os.path.basename(path)
+        offsets, blob = t["keys_offsets"], t["keys_blob"]
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            keys = [blob[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8", "surrogateescape") for r in range(s, e)]
+            yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys, [f"{name} row {r}" for r in range(s, e)])
+
+
+def json_lines_batches(stream, batch_size: int, limit: int | None) -> Iterator[Batch]:
+    """Batches from JSON lines of token grids; every grid must have the first one's shape."""
+    tokens, keys, where, shape, count = [], [], [], None, 0
+    for lineno, line in enumerate(stream, 1):
+        if limit is not None and count >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise RegvqError(f"stdin line {lineno}: not JSON ({e}); expected a token grid [[...], ...]") from None
+        grid, key = (obj.get("tokens"), obj.get("key")) if isinstance(obj, dict) else (obj, None)
+        try:
+            arr = np.asarray(grid, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            arr = np.zeros(0)
+        if arr.ndim != 2 or arr.size == 0:
+            raise RegvqError(f"stdin line {lineno}: expected an h x w grid of integer token ids")
+        shape = shape or arr.shape
+        if arr.shape != shape:
+            raise RegvqError(f"stdin line {lineno}: grid {arr.shape[0]}x{arr.shape[1]} differs from the first "
+                             f"line's {shape[0]}x{shape[1]}")
+        tokens.append(arr)
+        keys.append(str(key) if key is not None else f"{count:06d}")
+        where.append(f"stdin line {lineno}")
+        count += 1
+        if len(tokens) == batch_size:
+            yield Batch(np.stack(tokens), keys, where)
+            tokens, keys, where = [], [], []
+    if tokens:
+        yield Batch(np.stack(tokens), keys, where)
+
+
+def check_tokens(batch: Batch, codebook_size: int, grid: tuple[int, int] | None) -> None:
+    if grid is not None and tuple(batch.tokens.shape[1:]) != tuple(grid):
+        raise RegvqError(f"{batch.where[0]}: token grid {batch.tokens.shape[1]}x{batch.tokens.shape[2]} does not "
+                         f"match the tokenizer's {grid[0]}x{grid[1]}; pass the tokenizer these tokens came from")
+    flat = batch.tokens.reshape(len(batch.tokens), -1)
+    bad = (flat < 0).any(1) | (flat >= codebook_size).any(1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        value = int(flat[i][(flat[i] < 0) | (flat[i] >= codebook_size)][0])
+        raise RegvqError(f"{batch.where[i]}: token {value} is outside the codebook of {codebook_size}; "
+                         "the data is corrupt or from another tokenizer")
+
+
+def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
+                  compile: bool = False, callback=None) -> dict:
+    """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`)."""
+    runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile)
+    native = tokenizer.grid_size(tokenizer.config.image_size)
+    written, sheet, t0 = 0, [], time.perf_counter()
+    if not grid_sheet:
+        os.makedirs(out, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        pending = []
+        for batch in batches:
+            check_tokens(batch, tokenizer.codebook_size, native)
+            pixels = runner.decode_uint8(torch.from_numpy(batch.tokens)).numpy()  # [b, H, W, 3]
+            if grid_sheet:
+                sheet.append(pixels)
+            else:
+                for key, img in zip(batch.keys, pixels):
+                    pending.append(pool.submit(_save_png, img, safe_output_path(out, key, ".png")))
+            written += len(batch.keys)
+            while len(pending) > 4 * len(batch.keys):  # bound the images waiting to be written
+                pending.pop(0).result()
+            if callback is not None:
+                callback(written)
+        for f in pending:
+            f.result()
+    if grid_sheet:
+        if not sheet:
+            raise RegvqError("nothing to decode: the input has no token grids")
+        parent = os.path.dirname(os.path.abspath(out))
+        os.makedirs(parent, exist_ok=True)
+        _save_png(contact_sheet(np.concatenate(sheet), grid_cols), out)
+    elapsed = time.perf_counter() - t0
+    return {"decoded": written, "out": str(out), "seconds": round(elapsed, 3),
+            "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device)}
+
+
+def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 [n, H, W, 3] -> one uint8 image with the n images in a grid (white gaps of `pad` pixels)."""
+    n, h, w, _ = images.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        sheet[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    return sheet
+
+
+def _save_png(pixels: np.ndarray, path: str) -> bool:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
+                  grid_cols=None, stdin=None, compile=False, callback=None) -> dict:
+    """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several."""
+    rank, world = dist.init(device)
+    if source == "-":
+        if world > 1:
+            raise RegvqError("decoding stdin cannot be split over torchrun ranks; run one process")
+        batches = json_lines_batches(stdin, batch_size, limit)
+    else:
+        batches = shard_batches(source, batch_size, limit, rank, world)
+    summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, callback)
+    summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
+    dist.barrier()
+    return summary
