@@ -59,7 +59,7 @@ DEFAULT_MAX_PIXELS = 178_956_970
 
 RESIZE_POLICIES = ("crop", "shorter-crop", "pad", "stretch")
 
-Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 
 class ImageSkip(Exception):

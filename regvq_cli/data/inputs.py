@@ -43,7 +43,7 @@ import posixpath
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple, TextIO, Union
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
