@@ -196,9 +196,16 @@ def main_part(rgba: np.ndarray) -> np.ndarray:
         part = chroma & (dist < 25.0)
         if (part & opaque).sum() >= 0.25 * n_opaque:
             return part
-    lit = visible & (v > 0.35)
+    return lit_part(rgba)
+
+
+def lit_part(rgba: np.ndarray) -> np.ndarray:
+    """Every visible pixel that is not a dark outline (value > 0.35); for a dark silhouette,
+    every visible pixel. The whole-object fallback of main_part. bool [H, W]."""
+    visible = rgba[..., 3] > 0
+    lit = visible & (rgb_to_hsv(rgba[..., :3])[2] > 0.35)
     # A dark silhouette has almost no lit pixels: repaint all of it.
-    return lit if (lit & opaque).sum() >= 0.25 * n_opaque else visible
+    return lit if (lit & (rgba[..., 3] >= 128)).sum() >= 0.25 * max(int((rgba[..., 3] >= 128).sum()), 1) else visible
 
 
 def recolor(rgba: np.ndarray, part: np.ndarray, color: Color, rng: np.random.Generator) -> np.ndarray:

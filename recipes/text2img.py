@@ -18,10 +18,11 @@ the same bytes whatever the worker count):
   2. one object (or two, side by side or stacked, with probability --two-frac): a word is drawn
      uniformly from the vocabulary (FOCUS words more often), then a picture of it;
   3. with probability 0.85 the object's main colour part is repainted in a colour different
-     from the background (recolor() in _common.py), else it keeps its own colours;
+     from the background (recolor() in _common.py; the whole object when its main part is too
+     small to carry the name), else it keeps its own colours;
   4. the object is scaled and placed at one of nine positions;
   5. the caption names the object's colour only if that colour covers the largest share (and at
-     least 35%) of the object's opaque pixels in the finished image, and the background colour
+     least 45%) of the object's solid pixels in the finished image, and the background colour
      only if it covers at least 60% of the background pixels. Otherwise the word is left out.
 Caption forms, each drawn with a fixed probability: "a red bird", "a red bird on a yellow
 background", "a red bird at the left", "a red bird at the top left on a yellow background";
@@ -44,6 +45,9 @@ import _common as C
 FOCUS = ("bird", "car")
 FOCUS_WEIGHT = 5.0
 RECOLOR_P = 0.85
+# A colour word is used when that colour covers the largest share, and at least MIN_SHARE, of
+# the object's solid pixels in the finished picture.
+MIN_SHARE = 0.45
 # Background colours and their weights: light and mid tones most often, as in clip art.
 BACKGROUNDS = {
     "white": 3.0, "black": 1.0, "gray": 1.5, "red": 1.0, "orange": 1.0, "yellow": 1.5, "green": 1.5,
@@ -149,7 +153,13 @@ class Builder:
             target = None
             if rng.random() < RECOLOR_P:
                 target = self.object_color(rng, bg, taken)
-                rgba = C.recolor(rgba, C.main_part(rgba), C.COLORS[target], rng)
+                painted = C.recolor(rgba, C.main_part(rgba), C.COLORS[target], rng)
+                solid = painted[..., 3] >= 230
+                if C.color_shares(painted, solid)[C.COLOR_NAMES.index(target)] < MIN_SHARE + 0.1:
+                    # The main colour part is too small to name the object by it (a bicycle's
+                    # frame): paint the whole object instead.
+                    painted = C.recolor(rgba, C.lit_part(rgba), C.COLORS[target], rng)
+                rgba = painted
             cx, cy = POSITIONS[p]
             jx, jy = rng.uniform(-0.04, 0.04, size=2) * S
             h, w = rgba.shape[:2]
@@ -168,7 +178,7 @@ class Builder:
             solid = (o["alpha"] >= 0.9) & (mask == k + 1)
             shares = C.color_shares(img, solid)
             top = int(shares.argmax())
-            color = C.COLOR_NAMES[top] if shares[top] >= 0.35 else None
+            color = C.COLOR_NAMES[top] if shares[top] >= MIN_SHARE else None
             sp = o["sprite"]
             word = sp.name if (sp.name == sp.kind or rng.random() < 0.5) else sp.kind
             facts.append({"word": word, "name": sp.name, "kind": sp.kind, "color": color,
