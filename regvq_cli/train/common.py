@@ -1,0 +1,320 @@
+"""Training machinery shared by the tokenizer and prior trainers.
+
+- ``setup_distributed`` / ``cleanup_distributed``: torch.distributed from torchrun's environment variables
+  (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); NCCL on CUDA, gloo on CPU. Without those
+  variables (plain ``python``), or with WORLD_SIZE=1, it runs as a single process and never initialises a
+  process group.
+- ``seed_everything``, ``rng_state`` / ``set_rng_state``: per-rank seeding and capturable RNG state.
+- ``EMA``: exponential moving average of a model's weights (the exported weights).
+- ``save_state`` / ``load_state``: the resume state (``state.pt``), written atomically with ``torch.save``
+  and read back ONLY with ``torch.load(weights_only=True)``; it holds tensors, dicts, lists, numbers and
+  strings, nothing that needs unpickling code.
+- ``MetricsWriter``: ``metrics.jsonl``, one JSON object per line, written by rank 0 only.
+- ``autocast``: bf16 autocast on CUDA, a no-op elsewhere; ``maybe_compile``: optional ``torch.compile``.
+- ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images per second.
+- ``any_rank``, ``all_reduce_mean``, ``gather_objects``: small collectives that are identities with one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..errors import RegvqError
+
+STATE_NAME = "state.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+# ---- distributed ------------------------------------------------------------------------------------------
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    initialized_here: bool  # we created the process group, so cleanup_distributed destroys it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(device: str | None, local_rank: int) -> torch.device:
+    if device not in (None, "", "auto"):
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup_distributed(device: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group described by torchrun's environment, or run alone.
+
+    ``device``: None/"auto" (cuda:LOCAL_RANK when CUDA exists, else CPU) or an explicit device string.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    created = False
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    elif world > 1:
+        if not dist.is_available():
+            raise RegvqError("this PyTorch build has no torch.distributed: run a single process")
+        from datetime import timedelta
+
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+        created = True
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, initialized_here=created)
+
+
+def cleanup_distributed(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (e.g. a time limit reached)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor(1.0 if flag else 0.0, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average a dict of floats over ranks (same keys on every rank)."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a one-element list with one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+# ---- seeding and RNG state --------------------------------------------------------------------------------
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python and torch (CPU and CUDA); ranks get different streams (seed + rank), so that masks,
+    Gumbel noise and dropout differ between ranks while runs stay reproducible."""
+    s = int(seed) + int(rank)
+    random.seed(s)
+    torch.manual_seed(s)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    """This process's RNG state in a form ``torch.load(weights_only=True)`` accepts."""
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+# ---- EMA of weights ---------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers.
+
+    decay_t = min(decay, (1 + t) / (10 + t)): early updates follow the weights closely, so the average is
+    not dominated by the random initialisation. Non-float buffers are copied. ``decay=0`` tracks the model
+    exactly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.model = copy.deepcopy(unwrap(model)).eval()
+        self.model.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        model = unwrap(model)
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_state = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            target = ema_state[name]
+            if value.is_floating_point():
+                target.lerp_(value.to(target.dtype), 1.0 - d)
+            else:
+                target.copy_(value)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
+# ---- resume state -----------------------------------------------------------------------------------------
+
+def save_state(path: str | Path, state: dict) -> None:
+    """torch.save to a temporary name, fsync, then rename: a killed run leaves the old state or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a resume state; only tensors and plain containers (weights_only=True), never arbitrary pickles."""
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RegvqError(f"cannot read the resume state {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "delete it to start over") from e
+
+
+# ---- logging ----------------------------------------------------------------------------------------------
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl`` (only where ``enabled``, i.e. on rank 0)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Throughput:
+    """Images per second over the span since the last ``rate()`` call."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        r = self.count / max(now - self.t0, 1e-9)
+        self.t0, self.count = now, 0
+        return r
+
+
+# ---- precision, compile, schedule -------------------------------------------------------------------------
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op context otherwise (CPU training stays fp32)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
+    if not enabled:
+        return module
+    if not hasattr(torch, "compile"):
+        raise RegvqError("torch.compile needs PyTorch 2.0 or newer: drop --compile")
+    return torch.compile(module)
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int = 0, schedule: str = "constant", max_steps: int = 0,
+          min_ratio: float = 0.1) -> float:
+    """Linear warmup over ``warmup_steps``, then constant, or cosine decay to ``min_ratio * base_lr`` at
+    ``max_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        span = max(1, max_steps - warmup_steps)
+        t = min(1.0, (step - warmup_steps) / span)
+        return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    raise RegvqError(f"unknown learning-rate schedule {schedule!r}: choose constant or cosine")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

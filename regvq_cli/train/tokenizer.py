@@ -1,0 +1,509 @@
+"""Train an image tokenizer (RegVQ, or the VQ / Gumbel-VQ baselines) on image folders.
+
+``train_tokenizer(data, run_dir, cfg, callback=None) -> Path`` is what ``regvq train-tokenizer`` calls. One
+process, or many under torchrun (DDP; NCCL on GPUs, gloo on CPUs). The run directory holds:
+
+    state.pt            resume state (model, optimizers, EMA, step, RNG states, data position); a rerun on
+                        the same directory continues from it
+    metrics.jsonl       every ``log_every`` steps: each loss term, codebook usage %, perplexity, dead codes,
+                        images/s, lr, step (rank 0 only)
+    samples/step-NNNNNN.png   reconstruction grids (top: inputs, bottom: EMA reconstructions)
+    model/              the exported EMA weights (config.json + model.safetensors + README.md)
+
+The objective (RegVQ paper, Zhang et al., CVPR 2023, arXiv 2303.06424, plus VQGAN's stage-1 losses):
+
+    L = l1 * |x - x_hat| + perceptual * P(x, x_hat) + contrastive * (PCL or CL)(x, x_hat)
+        + quantizer terms (prior * KL(P_post || U) for regvq; commitment * beta-term + codebook for vq;
+          gumbel_kl * KL(q || U) for gumbel)
+        + gan * lambda_adaptive * hinge_g(D(x_hat))          once step >= gan_start
+
+and the PatchGAN discriminator minimises the hinge loss on real and reconstructed images (one forward pass
+over both, concatenated, so DDP sees a single forward per backward). Loss weights, temperatures and the
+optimizer settings are not given by the paper; the defaults here are our choices (see the fields).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from ..errors import RegvqError
+from ..tokenizer import losses as L
+from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
+from ..tokenizer.model import Tokenizer, TokenizerConfig
+from ..tokenizer.presets import PRESETS
+from .common import (EMA, METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank, autocast,
+                     barrier, cleanup_distributed, gather_objects, get_rank, load_state, lr_at, maybe_compile,
+                     read_metrics, rng_state, save_state, seed_everything, set_lr, set_rng_state, setup_distributed,
+                     unwrap)
+from .data import AugmentedImages, ShardedBatchSampler, collate
+
+STATE_FORMAT = "regvq-train-tokenizer-state"
+
+
+@dataclass
+class TrainTokenizerConfig:
+    # model
+    preset: str = "tok-test"  # a key of regvq_cli.tokenizer.presets.PRESETS
+    quantizer: str = "regvq"  # "regvq" | "vq" | "gumbel"
+    image_size: int | None = None  # training resolution; None: the preset's
+    codebook_size: int | None = None  # None: the preset's
+    embed_dim: int | None = None  # None: the preset's
+    # RegVQ components
+    use_prior: bool = True
+    prior_weight: float = 0.1
+    use_mask: bool = True
+    mask_ratio: float = 0.4
+    logits: str = "linear"  # "linear" | "distance"
+    temperature: float = 1.0  # Gumbel-softmax temperature (initial value when annealed)
+    temperature_min: float = 1.0 / 16
+    temperature_anneal: float = 0.0  # t = max(min, t0 * exp(-anneal * step))
+    # baselines
+    vq_ema: bool = False
+    vq_l2_norm: bool = False
+    commitment_weight: float = 0.25  # beta of VQ-VAE / VQGAN
+    codebook_weight: float = 1.0
+    gumbel_kl_weight: float = 5e-4
+    # reconstruction losses
+    l1_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    perceptual_net: str = "inception"  # "inception" (offline) | "vgg16" | "vgg19" | "lpips"
+    perceptual_weights: list[str] = field(default_factory=list)  # weight file(s) for vgg / lpips
+    # contrastive (CL / PCL); uses the perceptual network's features
+    contrastive_weight: float = 0.1
+    pcl: bool = True  # weight positions by the sampled-vs-argmax code distance (False: vanilla PatchNCE)
+    pcl_floor: float = 0.1  # weight of unperturbed positions; see regvq_cli.tokenizer.losses
+    tau: float = 0.07
+    num_patches: int = 256
+    # adversarial
+    gan_weight: float = 0.8  # VQGAN's disc_weight, times the adaptive weight
+    gan_start: int = 5000
+    disc_lr: float | None = None  # None: lr
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_norm: str = "batch"
+    # optimisation
+    batch_size: int = 8  # per process
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    grad_clip: float | None = None
+    max_steps: int = 10_000
+    time_limit: float | None = None  # seconds; checkpoint and export when reached
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    compile: bool = False
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str | None = None  # None: cuda:LOCAL_RANK if available, else cpu
+    # data
+    scale_range: tuple[float, float] = (1.0, 1.25)
+    hflip: bool = True
+    num_workers: int = 2
+    # bookkeeping
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    num_samples: int = 8
+    seed: int = 0
+    command: str = ""  # recorded in the model card; default: this process's command line
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        self.scale_range = tuple(self.scale_range)
+        if isinstance(self.perceptual_weights, (str, Path)):
+            self.perceptual_weights = [str(self.perceptual_weights)]
+        self.perceptual_weights = [str(p) for p in self.perceptual_weights]
+        if self.preset not in PRESETS:
+            raise RegvqError(f"unknown tokenizer preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        if self.grad_accum < 1 or self.batch_size < 1 or self.max_steps < 0:
+            raise RegvqError("batch size and gradient accumulation must be >= 1, max steps >= 0")
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise RegvqError(f"mask ratio must lie in [0, 1], got {self.mask_ratio}")
+
+
+def tokenizer_config(cfg: TrainTokenizerConfig) -> TokenizerConfig:
+    """The preset with the training config's overrides applied."""
+    base = PRESETS[cfg.preset]
+    size = cfg.image_size or base.image_size
+    # attention resolutions are absolute sizes: keep them at the same level when the image size changes
+    attn = tuple(r * size // base.image_size for r in base.attn_resolutions)
+    return dataclasses.replace(
+        base, image_size=size, attn_resolutions=attn, quantizer=cfg.quantizer,
+        codebook_size=cfg.codebook_size or base.codebook_size, embed_dim=cfg.embed_dim or base.embed_dim,
+        vq_ema=cfg.vq_ema, vq_l2_norm=cfg.vq_l2_norm, temp_init=cfg.temperature, temp_min=cfg.temperature_min,
+        temp_anneal=cfg.temperature_anneal, logits=cfg.logits, use_prior=cfg.use_prior, use_mask=cfg.use_mask,
+        mask_ratio=cfg.mask_ratio,
+    )
+
+
+def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
+    """Usage % (codes used at least once), perplexity exp(H) and dead codes of a histogram [N]."""
+    counts = counts.double().cpu()
+    n = counts.numel()
+    total = counts.sum().item()
+    if total == 0:
+        return {"usage_pct": 0.0, "perplexity": 0.0, "dead_codes": float(n)}
+    p = counts / total
+    h = -(p[p > 0] * p[p > 0].log()).sum().item()
+    used = int((counts > 0).sum())
+    return {"usage_pct": 100.0 * used / n, "perplexity": math.exp(h), "dead_codes": float(n - used)}
+
+
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Rows of images [k, 3, H, W] in [-1, 1] -> one PNG grid."""
+    arr = [((r.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy() for r in rows]
+    lines = [np.concatenate(list(a), axis=1) for a in arr]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(np.concatenate(lines, axis=0)).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+class TokenizerTrainer:
+    """Owns the model, optimizers, data stream and run directory; ``run()`` trains and exports."""
+
+    def __init__(self, data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig):
+        from ..data.inputs import list_inputs
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.data = [str(d) for d in data]
+        self.dist = setup_distributed(cfg.device)
+        self.device = self.dist.device
+        self.main = self.dist.is_main
+        seed_everything(cfg.seed, self.dist.rank)
+
+        self.inputs = list_inputs(self.data)
+        self.tok_cfg = tokenizer_config(cfg)
+        self.model = Tokenizer(self.tok_cfg).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.use_gan = cfg.gan_weight > 0
+        self.disc = None
+        if self.use_gan:
+            dcfg = DiscriminatorConfig(ndf=cfg.disc_channels, n_layers=cfg.disc_layers, norm=cfg.disc_norm)
+            self.disc = NLayerDiscriminator(dcfg).to(self.device)
+        self.feature_net = None
+        if cfg.perceptual_weight > 0 or cfg.contrastive_weight > 0:
+            from ..nets import build_feature_net
+
+            self.feature_net = build_feature_net(cfg.perceptual_net, cfg.perceptual_weights or None).to(self.device)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.opt_d = None
+        if self.disc is not None:
+            self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas,
+                                           weight_decay=cfg.weight_decay)
+
+        self.step = 0
+        self.batches = 0  # micro-batches consumed by this rank: the data position
+        self.elapsed = 0.0
+        self.skipped: set[int] = set()
+        self.state_path = self.run_dir / STATE_NAME
+        if self.state_path.exists():
+            self._resume()
+
+        if self.dist.world_size > 1:
+            ddp = dict(device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                       broadcast_buffers=False)
+            self.model_ddp = nn.parallel.DistributedDataParallel(self.model, **ddp)
+            self.disc_ddp = nn.parallel.DistributedDataParallel(self.disc, **ddp) if self.disc is not None else None
+        else:
+            self.model_ddp, self.disc_ddp = self.model, self.disc
+        self.model_fwd = maybe_compile(self.model_ddp, cfg.compile)
+
+        self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
+        self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
+        self._loader_iter = None
+        self.window: dict[str, float] = {}
+        self.window_steps = 0
+        self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64)
+        self.last_metrics: dict[str, float] = {}
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        rngs = gather_objects(rng_state())  # every rank's RNG, restored per rank on resume
+        return {
+            "format": STATE_FORMAT, "version": 1,
+            "step": self.step, "batches": self.batches, "elapsed": self.elapsed,
+            "world_size": self.dist.world_size, "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "rng": rngs, "skipped": sorted(self.skipped),
+        }
+
+    def save(self) -> None:
+        state = self._state()  # collective: all ranks take part
+        if self.main:
+            save_state(self.state_path, state)
+        barrier()
+
+    def _resume(self) -> None:
+        state = load_state(self.state_path)
+        if state.get("format") != STATE_FORMAT:
+            raise RegvqError(f"{self.state_path} is not a tokenizer training state; use another run directory")
+        old = state["config"]
+        for key in ("preset", "quantizer", "image_size", "codebook_size", "embed_dim", "logits", "vq_ema"):
+            if old.get(key) != getattr(self.cfg, key):
+                raise RegvqError(f"{self.run_dir} was started with {key}={old.get(key)!r}, not "
+                                 f"{getattr(self.cfg, key)!r}: use the same settings or a new run directory")
+        if (state["disc"] is None) != (self.disc is None):
+            raise RegvqError(f"{self.run_dir} was started {'with' if state['disc'] is not None else 'without'} "
+                             "the GAN loss: keep the GAN weight's on/off setting or use a new run directory")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        if self.disc is not None:
+            self.disc.load_state_dict(state["disc"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
+        self.skipped = set(state.get("skipped", []))
+        if state["world_size"] == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:  # a different number of ranks: the data position still holds; reseed per step
+            seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
+            self.batches = self.batches * state["world_size"] // self.dist.world_size
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def _next_batch(self) -> torch.Tensor:
+        if self._loader_iter is None:
+            sampler = ShardedBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank,
+                                          self.dist.world_size, self.cfg.seed, start_batch=self.batches)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=collate,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0,
+                prefetch_factor=4 if self.cfg.num_workers > 0 else None,
+                generator=torch.Generator().manual_seed(self.cfg.seed),  # never touches the global RNG
+            )
+            self._loader_iter = iter(loader)
+        images, skipped = next(self._loader_iter)
+        self.skipped.update(skipped)
+        self.batches += 1
+        return images.to(self.device, non_blocking=True)
+
+    # ---- one optimisation step --------------------------------------------------------------------------------
+    def _losses(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+        """Generator-side objective for one micro-batch: (total, recon, logged terms, codebook counts)."""
+        cfg = self.cfg
+        with autocast(self.device, cfg.bf16):
+            recon, q = self.model_fwd(x, step=step)
+        terms: dict[str, torch.Tensor] = {"l1": L.l1_loss(recon, x)}
+        rec = cfg.l1_weight * terms["l1"]
+        if self.feature_net is not None:
+            with autocast(self.device, cfg.bf16):
+                with torch.no_grad():
+                    fx = self.feature_net.feature_maps(x)
+                fr = self.feature_net.feature_maps(recon.float())
+            if cfg.perceptual_weight > 0:
+                terms["perceptual"] = L.perceptual_loss(fr, fx, self.feature_net.channel_weights)
+                rec = rec + cfg.perceptual_weight * terms["perceptual"]
+            if cfg.contrastive_weight > 0:
+                use_pcl = cfg.pcl and q.sampled_codes is not None
+                w = L.pcl_weights(q.sampled_codes, q.argmax_codes) if use_pcl else None
+                name = "pcl" if use_pcl else "contrastive"
+                terms[name] = L.contrastive_loss(fr, fx, tau=cfg.tau, num_patches=cfg.num_patches, weights=w,
+                                                 floor=cfg.pcl_floor)
+                rec = rec + cfg.contrastive_weight * terms[name]
+        weights = {"prior_kl": cfg.prior_weight, "commitment": cfg.commitment_weight,
+                   "codebook": cfg.codebook_weight, "kl_uniform": cfg.gumbel_kl_weight}
+        total = rec
+        for name, value in q.losses.items():
+            terms[name] = value
+            total = total + weights[name] * value
+        if self.use_gan and step >= cfg.gan_start:
+            disc = unwrap(self.disc_ddp)
+            disc.requires_grad_(False)  # the generator pass must not leave gradients in D
+            with autocast(self.device, cfg.bf16):
+                g = L.hinge_g_loss(disc(recon))
+            disc.requires_grad_(True)
+            lam = L.adaptive_weight(rec, g, self.model.last_layer)
+            terms["g_loss"], terms["gan_lambda"] = g, lam
+            total = total + cfg.gan_weight * lam * g
+        terms["loss"] = total
+        stats = {k: v for k, v in q.stats.items() if k != "counts"}
+        stats["recon"] = recon.detach()
+        return total, terms, stats, q.stats["counts"]
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        step = self.step
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps)
+        set_lr(self.opt, lr)
+        if self.opt_d is not None:
+            set_lr(self.opt_d, lr_at(step, cfg.disc_lr or cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps))
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        gan_on = self.use_gan and step >= cfg.gan_start
+        if gan_on:
+            self.disc.train()
+            self.opt_d.zero_grad(set_to_none=True)
+        logged: dict[str, float] = {}
+        n_images = 0
+        for micro in range(cfg.grad_accum):
+            last = micro == cfg.grad_accum - 1
+            x = self._next_batch()
+            n_images += x.shape[0]
+            with self._sync(self.model_ddp, last):
+                total, terms, stats, counts = self._losses(x, step)
+                (total / cfg.grad_accum).backward()
+            self.window_counts += counts.double().cpu()
+            if gan_on:
+                with self._sync(self.disc_ddp, last), autocast(self.device, cfg.bf16):
+                    both = self.disc_ddp(torch.cat([x, stats["recon"].to(x.dtype)]))
+                    real, fake = both[: x.shape[0]], both[x.shape[0]:]
+                    d_loss = L.hinge_d_loss(real, fake)
+                (d_loss / cfg.grad_accum).backward()
+                terms["d_loss"] = d_loss.detach()
+                terms["logits_real"], terms["logits_fake"] = real.detach().float().mean(), fake.detach().float().mean()
+            for k, v in terms.items():
+                logged[k] = logged.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            for k, v in stats.items():
+                if k != "recon":
+                    logged[k] = float(v)
+        if cfg.grad_clip:
+            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.opt.step()
+        if gan_on:
+            self.opt_d.step()
+        self.ema.update(self.model)
+        self.step += 1
+        logged["lr"] = lr
+        logged["images"] = float(n_images * self.dist.world_size)
+        return logged
+
+    @staticmethod
+    def _sync(module: nn.Module, sync: bool):
+        """DDP gradient all-reduce only on the last micro-batch of an accumulation."""
+        if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return module.no_sync()
+
+    # ---- logging, samples, export -------------------------------------------------------------------------
+    def _log(self, throughput: Throughput) -> dict[str, float]:
+        avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
+        avg = all_reduce_mean(avg, self.device)
+        record = {"step": self.step, **avg, **codebook_stats(self.window_counts),
+                  "images_per_s": throughput.rate(), "elapsed_s": self.elapsed,
+                  "skipped_files": len(self.skipped), "time": time.time()}
+        record.pop("images", None)
+        self.metrics.write(record)
+        self.window, self.window_steps = {}, 0
+        self.window_counts.zero_()
+        self.last_metrics = record
+        return record
+
+    def sample(self) -> Path | None:
+        """Reconstruction grid of the first ``num_samples`` images with the EMA model (rank 0)."""
+        if not self.main or self.cfg.num_samples <= 0:
+            return None
+        x, k = self.dataset.center_batch(self.cfg.num_samples)
+        if k == 0:
+            return None
+        model = self.ema.model.eval()
+        with torch.no_grad(), autocast(self.device, self.cfg.bf16):
+            recon = model.decode(model.encode(x.to(self.device))).float()
+        path = self.run_dir / "samples" / f"step-{self.step:06d}.png"
+        save_grid([x, recon.cpu()], path)
+        return path
+
+    def model_card(self, final: dict) -> str:
+        cfg, tc = self.cfg, self.tok_cfg
+        command = cfg.command or " ".join(shlex.quote(a) for a in sys.argv)
+        keys = ["l1", "perceptual", "pcl", "contrastive", "prior_kl", "commitment", "codebook", "kl_uniform",
+                "g_loss", "d_loss", "usage_pct", "perplexity", "dead_codes", "images_per_s"]
+        rows = [f"| {k} | {final[k]:.4g} |" for k in keys if k in final]
+        feature = cfg.perceptual_net if (cfg.perceptual_weight > 0 or cfg.contrastive_weight > 0) else "none"
+        lines = [
+            "---", "library_name: regvq", f"tags: [regvq, tokenizer, {tc.quantizer}]", "---", "",
+            f"# {self.run_dir.name}: {tc.quantizer} image tokenizer", "",
+            f"A `{cfg.preset}` tokenizer ({tc.image_size} px, f{2 ** (len(tc.ch_mult) - 1)}, "
+            f"{tc.codebook_size} codes of dimension {tc.embed_dim}) trained with `regvq train-tokenizer`, "
+            f"quantizer `{tc.quantizer}`"
+            + (" (Regularized Vector Quantization, Zhang et al., CVPR 2023)." if tc.quantizer == "regvq" else "."),
+            "", "## Training", "",
+            f"- data: {', '.join(self.data)} ({len(self.inputs)} files, {len(self.skipped)} skipped as unreadable)",
+            f"- steps: {self.step}, batch {cfg.batch_size} x {self.dist.world_size} process(es) x {cfg.grad_accum} "
+            f"accumulation, {self.tok_cfg.image_size} px crops",
+            f"- time: {self.elapsed / 3600:.2f} h",
+            f"- feature network for the perceptual/contrastive losses: {feature}"
+            + (" (the same Inception network FID uses: rFID measured with it is not independent of training)"
+               if feature == "inception" else ""),
+            f"- exported weights: EMA (decay {cfg.ema_decay})", "",
+            "## Final metrics (last logging window, training batches)", "",
+            "| metric | value |", "|---|---|", *rows, "",
+            "## Command", "", "```", command, "```", "",
+            "## Training config", "", "```json", json.dumps(dataclasses.asdict(cfg), indent=2), "```",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def export(self) -> Path:
+        from ..engine.checkpoint import save_model
+
+        folder = self.run_dir / "model"
+        if self.main:
+            final = self.last_metrics or (read_metrics(self.run_dir / METRICS_NAME) or [{}])[-1]
+            info = {
+                "trained_on": {"data": self.data, "files": len(self.inputs), "skipped": len(self.skipped)},
+                "steps": self.step, "image_size": self.tok_cfg.image_size,
+                "final_metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+                "train_config": dataclasses.asdict(self.cfg),
+            }
+            save_model(self.ema.model, folder, card=self.model_card(final), info=info)
+        barrier()
+        return folder
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
+        cfg = self.cfg
+        try:
+            throughput = Throughput()
+            t_last = time.perf_counter()
+            stop = False
+            while self.step < cfg.max_steps and not stop:
+                m = self.train_step()
+                now = time.perf_counter()
+                self.elapsed += now - t_last
+                t_last = now
+                throughput.add(int(m["images"]))
+                for k, v in m.items():
+                    self.window[k] = self.window.get(k, 0.0) + v
+                self.window_steps += 1
+                if cfg.time_limit is not None:
+                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
+                done = stop or self.step >= cfg.max_steps
+                if self.step % cfg.log_every == 0 or done:
+                    self._log(throughput)
+                if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
+                    self.sample()
+                if self.step % cfg.checkpoint_every == 0 or done:
+                    self.save()
+                if callback is not None and self.main:
+                    callback(self.step, {**self.last_metrics, **m, "step": self.step})
+            return self.export()
+        finally:
+            cleanup_distributed(self.dist)
+
+
+def train_tokenizer(data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig | None = None,
+                    callback: Callable[[int, dict], None] | None = None) -> Path:
+    """Train (or resume) a tokenizer on image folders; returns the exported model folder ``run_dir/model``.
+
+    ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar).
+    """
+    return TokenizerTrainer(data, run_dir, cfg or TrainTokenizerConfig()).run(callback)
