@@ -56,7 +56,7 @@ def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     total = x.detach().clone()
     dist.all_reduce(total)
     scaled = x * world
-    return scaled + (total - scaled.detach())
+    return total + (scaled - scaled.detach())
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def straight_through_one_hot(indices: torch.Tensor, probs: torch.Tensor) -> torc
     """One-hot of ``indices`` [B, h, w] in the forward pass, gradient of ``probs`` [B, N, h, w] in the
     backward pass (the straight-through estimator)."""
     hard = F.one_hot(indices, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)  # [B, N, h, w]
-    return hard + probs - probs.detach()
+    return hard + (probs - probs.detach())  # exactly `hard` in the forward pass
 
 
 def embed_one_hot(one_hot: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

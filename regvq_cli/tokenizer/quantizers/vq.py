@@ -72,7 +72,7 @@ class VectorQuantizer(nn.Module):
             losses = {"commitment": F.mse_loss(flat, quant.detach())}
             if not self.use_ema:
                 losses["codebook"] = F.mse_loss(quant, flat.detach())
-            st = flat + (quant - flat).detach()  # straight-through: forward quant, backward identity
+            st = quant.detach() + (flat - flat.detach())  # straight-through: forward quant, backward identity
             codes = st.reshape(B, h, w, D).permute(0, 3, 1, 2).contiguous()
         return QuantizerOutput(codes=codes, indices=idx.reshape(B, h, w), losses=losses, stats={"counts": counts})
 
