@@ -21,6 +21,27 @@ def run_cli(*args, env=None, input=None, cwd=None, timeout=300):
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
 
+class Result:
+    """What a CLI run gave: exit code and the bytes of stdout and stderr (like subprocess.CompletedProcess)."""
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke(*args, input=None):
+    """Run the CLI in this process through Click's CliRunner (no interpreter start-up, no torch import cost)."""
+    from click.testing import CliRunner
+
+    from regvq_cli.cli import cli
+
+    if isinstance(input, str):
+        input = input.encode()
+    r = CliRunner().invoke(cli, [str(a) for a in args], input=input)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return Result(r.exit_code, r.stdout_bytes, r.stderr_bytes or b"")
+
+
 @pytest.fixture
 def tiny_model_type(monkeypatch):
     """Register the tiny `tiny` model type of tests/tiny_model.py for the duration of a test."""

