@@ -26,6 +26,7 @@ COMMANDS = {
     "decode": ("regvq_cli.cli.decode", "decode", "Decode token shards (or token grids on stdin) back into images."),
     "models": ("regvq_cli.cli.models", "models", "List, show and publish models."),
     "shards": ("regvq_cli.cli.shards", "shards", "Inspect, verify and merge token folders."),
+    "train-tokenizer": ("regvq_cli.cli.train_tokenizer", "train_tokenizer", "Train a RegVQ (or VQ / Gumbel-VQ) tokenizer on image folders."),
     "completion": ("regvq_cli.cli.completion", "completion", "Print the shell completion script for bash, zsh or fish."),
 }
 

@@ -1,0 +1,123 @@
+"""`regvq train-tokenizer`: train RegVQ (or the VQ / Gumbel-VQ baselines) on image folders.
+
+The options mirror `regvq_cli.train.tokenizer.TrainTokenizerConfig` field by field; they are declared here
+(not read from the dataclass) so that `--help` and shell completion do not import torch. A test checks that
+every default below equals the dataclass's, except --preset, whose command-line default is a real model
+(the library's is the tiny test preset).
+"""
+
+from __future__ import annotations
+
+import click
+
+from regvq_cli.cli._common import emit_json, info, json_option, progress
+
+PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
+
+# (option, config field, click type, default, help). `None` as default: the preset's value / not set.
+OPTIONS = [
+    ("--preset", "preset", click.Choice(PRESET_NAMES), "small-f16", "Architecture preset (vqgan-f16 is the paper's; small-f16 runs on a CPU)."),
+    ("--quantizer", "quantizer", click.Choice(["regvq", "vq", "gumbel"]), "regvq", "regvq (the paper), or the vq / gumbel baselines."),
+    ("--image-size", "image_size", click.IntRange(8), None, "Training resolution (default: the preset's)."),
+    ("--codebook-size", "codebook_size", click.IntRange(2), None, "Number of codes N (default: the preset's)."),
+    ("--embed-dim", "embed_dim", click.IntRange(1), None, "Code embedding dimension (default: the preset's)."),
+    # RegVQ components
+    ("--prior/--no-prior", "use_prior", bool, True, "Prior distribution regularization: KL of the batch code histogram to uniform."),
+    ("--prior-weight", "prior_weight", float, 0.1, "Weight of the prior KL."),
+    ("--mask/--no-mask", "use_mask", bool, True, "Stochastic mask regularization (Gumbel-sampled codes at masked positions)."),
+    ("--mask-ratio", "mask_ratio", click.FloatRange(0, 1), 0.4, "Fraction of positions masked each step."),
+    ("--logits", "logits", click.Choice(["linear", "distance"]), "linear", "Code logits: a 1x1 projection, or -||z - e||^2 / t."),
+    ("--temperature", "temperature", click.FloatRange(min=0, min_open=True), 1.0, "Gumbel-softmax temperature (initial value when annealed)."),
+    ("--temperature-min", "temperature_min", click.FloatRange(min=0, min_open=True), 1.0 / 16, "Lowest annealed temperature."),
+    ("--temperature-anneal", "temperature_anneal", click.FloatRange(0), 0.0, "Anneal rate: t = max(min, t0 * exp(-rate * step))."),
+    # baselines
+    ("--vq-ema/--no-vq-ema", "vq_ema", bool, False, "vq: EMA codebook updates instead of the codebook loss."),
+    ("--vq-l2-norm/--no-vq-l2-norm", "vq_l2_norm", bool, False, "vq: l2-normalised codes (cosine lookup)."),
+    ("--commitment-weight", "commitment_weight", float, 0.25, "vq: commitment loss weight (beta)."),
+    ("--codebook-weight", "codebook_weight", float, 1.0, "vq: codebook loss weight."),
+    ("--gumbel-kl-weight", "gumbel_kl_weight", float, 5e-4, "gumbel: per-position KL weight."),
+    # reconstruction and contrastive losses
+    ("--l1-weight", "l1_weight", float, 1.0, "L1 reconstruction weight."),
+    ("--perceptual-weight", "perceptual_weight", float, 1.0, "Perceptual loss weight (0 turns it off)."),
+    ("--perceptual-net", "perceptual_net", click.Choice(["inception", "vgg16", "vgg19", "lpips"]), "inception",
+     "Frozen feature network for the perceptual and contrastive losses (inception works offline)."),
+    ("--perceptual-weights", "perceptual_weights", click.Path(exists=True, dir_okay=False), None,
+     "Weights file for vgg16/vgg19/lpips (safetensors, or a torchvision state dict)."),
+    ("--contrastive-weight", "contrastive_weight", float, 0.1, "Contrastive loss weight (0 turns CL/PCL off)."),
+    ("--pcl/--no-pcl", "pcl", bool, True, "Probabilistic contrastive loss (off: vanilla PatchNCE)."),
+    ("--pcl-floor", "pcl_floor", click.FloatRange(0, 1), 0.1, "PCL weight of positions whose code was not perturbed."),
+    ("--tau", "tau", click.FloatRange(min=0, min_open=True), 0.07, "Contrastive temperature."),
+    ("--num-patches", "num_patches", click.IntRange(1), 256, "Locations sampled per feature map for the contrastive loss."),
+    # adversarial
+    ("--gan-weight", "gan_weight", float, 0.8, "Adversarial weight (times the adaptive weight; 0 turns it off)."),
+    ("--gan-start", "gan_start", click.IntRange(0), 5000, "Step at which the discriminator starts."),
+    ("--disc-lr", "disc_lr", float, None, "Discriminator learning rate (default: --lr)."),
+    # optimisation
+    ("--batch-size", "batch_size", click.IntRange(1), 8, "Images per step per process."),
+    ("--lr", "lr", float, 1e-4, "Learning rate (Adam)."),
+    ("--weight-decay", "weight_decay", click.FloatRange(0), 0.0, "Weight decay."),
+    ("--warmup-steps", "warmup_steps", click.IntRange(0), 0, "Linear learning-rate warm-up steps."),
+    ("--lr-schedule", "lr_schedule", click.Choice(["constant", "cosine"]), "constant", "Learning-rate schedule after warm-up."),
+    ("--grad-clip", "grad_clip", click.FloatRange(min=0, min_open=True), None, "Clip gradient norm (default: off)."),
+    ("--max-steps", "max_steps", click.IntRange(0), 10_000, "Stop after this many steps (a rerun with more continues)."),
+    ("--time-limit", "time_limit", click.FloatRange(min=0, min_open=True), None, "Stop after this many seconds, checkpoint and export."),
+    ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
+    ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
+    ("--compile/--no-compile", "compile", bool, False, "torch.compile the model."),
+    ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA."),
+    ("--device", "device", str, None, "cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
+    ("--workers", "num_workers", click.IntRange(0), 2, "Image-decoding processes."),
+    # bookkeeping
+    ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
+    ("--sample-every", "sample_every", click.IntRange(1), 500, "Write a reconstruction grid every N steps."),
+    ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 500, "Save the resume state every N steps."),
+    ("--seed", "seed", int, 0, "Random seed."),
+]
+
+
+def add_options(f):
+    for flag, field, kind, default, help_text in reversed(OPTIONS):
+        if kind is bool:
+            f = click.option(flag, field, default=default, show_default=True, help=help_text)(f)
+        else:
+            f = click.option(flag, field, type=kind, default=default, show_default=default is not None, help=help_text)(f)
+    return f
+
+
+@click.command("train-tokenizer")
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
+@add_options
+@json_option
+def train_tokenizer(data, run_dir, as_json, **fields):
+    """Train an image tokenizer on image folders DATA; export the EMA weights to OUT/model.
+
+    \b
+    regvq train-tokenizer ./photos -o runs/regvq --preset small-f16 --max-steps 20000
+    regvq train-tokenizer ./photos -o runs/vq --quantizer vq            # a baseline, same loop
+    regvq train-tokenizer ./photos -o runs/abl --no-mask --no-pcl       # one row of the ablation
+    torchrun --nproc-per-node 8 -m regvq_cli train-tokenizer ./photos -o runs/big --preset vqgan-f16
+
+    Rerunning on the same OUT resumes from its last checkpoint. OUT holds metrics.jsonl, samples/ and model/.
+    """
+    import shlex
+    import sys
+
+    from regvq_cli.train.tokenizer import TrainTokenizerConfig
+    from regvq_cli.train.tokenizer import train_tokenizer as train
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    if "perceptual_weights" in given:
+        given["perceptual_weights"] = [given["perceptual_weights"]]
+    cfg = TrainTokenizerConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
+    with progress(total=cfg.max_steps, desc="train", unit="step") as bar:
+        def callback(step, metrics):
+            bar.n = step
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "usage_pct", "perplexity", "images_per_s") if k in metrics}, refresh=False)
+            bar.refresh()
+
+        folder = train(list(data), run_dir, cfg, callback=callback)
+    if as_json:
+        emit_json({"model": str(folder), "run_dir": str(run_dir)})
+    else:
+        info(f"model exported to {folder}")
