@@ -81,8 +81,8 @@ def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 or float [..., 3] RGB -> (hue in degrees [0, 360), saturation [0, 1], value [0, 1])."""
     x = np.asarray(rgb, dtype=np.float32)[..., :3] / 255.0
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    mx = x.max(-1)
-    mn = x.min(-1)
+    mx = np.maximum(np.maximum(r, g), b)  # faster than x.max(-1) over a length-3 axis
+    mn = np.minimum(np.minimum(r, g), b)
     d = mx - mn
     safe = np.where(d > 0, d, 1.0)
     h = np.where(

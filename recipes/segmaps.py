@@ -85,7 +85,7 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nda
 def ground_texture(rng: np.random.Generator, kind: str, S: int, top: int) -> np.ndarray:
     """float [S, S, 3] texture of a ground class (only rows below `top` matter)."""
     base, amp = GROUNDS[kind]
-    base = np.array(base, np.float32) + rng.uniform(-12, 12, size=3)
+    base = (np.array(base, np.float32) + rng.uniform(-12, 12, size=3)).astype(np.float32)
     n = 0.6 * smooth_noise(rng, S, S, 6) + 0.4 * smooth_noise(rng, S, S, max(S // 8, 8))
     tex = base + amp * n[..., None]
     y = np.arange(S, dtype=np.float32)[:, None, None]
@@ -116,12 +116,12 @@ def scene_background(rng: np.random.Generator, S: int) -> tuple[np.ndarray, np.n
         hline = horizon + rng.uniform(0, 0.05) * S * np.sin(2 * np.pi * x / S * rng.uniform(0.5, 2) + rng.uniform(0, 6.3))
     hline = np.round(hline).astype(np.int64)
     y = np.arange(S)[:, None]
-    t = np.clip(y / np.maximum(hline[None, :], 1), 0, 1)[..., None]
+    t = np.clip(y.astype(np.float32) / np.maximum(hline[None, :], 1).astype(np.float32), 0, 1)[..., None]
     img = top_c * (1 - t) + hor_c * t + 4.0 * smooth_noise(rng, S, S, 5)[..., None]
     labels = np.full((S, S), CLASS_ID["sky"], np.uint8)
 
     ground = y >= hline[None, :]
-    img[ground] = ground_texture(rng, far, S, int(hline.min()))[ground]
+    img = np.where(ground[..., None], ground_texture(rng, far, S, int(hline.min())), img)
     labels[ground] = CLASS_ID[far]
     bands = [far]
     if rng.random() < 0.35:  # a nearer band of another ground, e.g. a beach in front of water
@@ -129,7 +129,7 @@ def scene_background(rng: np.random.Generator, S: int) -> tuple[np.ndarray, np.n
         y2 = int(hline.max() + rng.uniform(0.35, 0.7) * (S - hline.max()))
         line2 = np.round(y2 + rng.uniform(0, 0.03) * S * np.sin(2 * np.pi * x / S * rng.uniform(0.5, 2))).astype(np.int64)
         front = y >= line2[None, :]
-        img[front] = ground_texture(rng, near, S, int(line2.min()))[front]
+        img = np.where(front[..., None], ground_texture(rng, near, S, int(line2.min())), img)
         labels[front] = CLASS_ID[near]
         bands.append(near)
     return img, labels, {"sky": sky, "grounds": bands, "hline": hline}
