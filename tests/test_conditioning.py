@@ -1,0 +1,160 @@
+"""Conditioning: encoders per kind, null condition, checks against the trained kind, segmaps, text encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.priors.ar import ARConfig, ARPrior
+from regvq_cli.priors.conditioning import (ConditionEncoder, CondStates, TextStateTable, TextStates,
+                                           encode_texts, precompute_text_states, prepare_condition,
+                                           resize_segmap)
+from regvq_cli.priors.config import PriorConfig
+from regvq_cli.priors.diffusion import DiffusionConfig, DiffusionPrior
+
+DIM = 8
+
+
+def config(kind, **kw):
+    return PriorConfig(codebook_size=16, grid_size=(2, 3), cond=kind, num_classes=3, class_names=("a", "b", "c"),
+                       text_dim=5, text_max_tokens=4, seg_classes=4, **kw)
+
+
+def encoder(kind, segmap_as="prefix"):
+    torch.manual_seed(0)
+    return ConditionEncoder(config(kind), DIM, segmap_as)
+
+
+def test_states_per_kind():
+    assert encoder("none")(None, 2).tokens is None
+    s = encoder("class")(torch.tensor([0, 2]), 2)
+    assert s.tokens.shape == (2, 1, DIM) and s.mask is None
+    text = TextStates(torch.randn(2, 3, 5), torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool))
+    s = encoder("text")(text, 2)
+    assert s.tokens.shape == (2, 4, DIM)  # padded to text_max_tokens
+    assert s.mask.tolist() == [[True, True, False, False], [True, True, True, False]]
+    seg = torch.randint(0, 4, (2, 20, 30))
+    s = encoder("segmap")(seg, 2)
+    assert s.tokens.shape == (2, 6, DIM) and s.spatial is None
+    s = encoder("segmap", "spatial")(seg, 2)
+    assert s.tokens is None and s.spatial.shape == (2, 6, DIM)
+
+
+def test_long_text_is_truncated():
+    text = TextStates(torch.randn(1, 9, 5), torch.ones(1, 9, dtype=torch.bool))
+    s = encoder("text")(text, 1)
+    assert s.tokens.shape == (1, 4, DIM)
+    torch.testing.assert_close(s.tokens, encoder("text")(TextStates(text.states[:, :4], text.mask[:, :4]), 1).tokens)
+
+
+@pytest.mark.parametrize("kind", ["class", "text", "segmap"])
+def test_drop_gives_the_null_condition(kind):
+    enc = encoder(kind)
+    cond = {"class": torch.tensor([0, 1, 2]),
+            "text": TextStates(torch.randn(3, 4, 5), torch.ones(3, 4, dtype=torch.bool)),
+            "segmap": torch.randint(0, 4, (3, 2, 3))}[kind]
+    drop = torch.tensor([False, True, False])
+    full, dropped, null = enc(cond, 3), enc(cond, 3, drop=drop), enc.null(3)
+    torch.testing.assert_close(dropped.tokens[0], full.tokens[0])
+    torch.testing.assert_close(dropped.tokens[2], full.tokens[2])
+    torch.testing.assert_close(dropped.tokens[1], null.tokens[1])
+    assert (full.tokens[1] - null.tokens[1]).abs().max() > 1e-6
+    # the null is learned: it receives gradients
+    dropped.tokens.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+
+
+def test_cond_states_cat_expands_masks():
+    a = CondStates(torch.zeros(2, 3, DIM), None)
+    b = CondStates(torch.ones(1, 3, DIM), torch.tensor([[True, False, True]]))
+    c = CondStates.cat(a, b)
+    assert c.tokens.shape == (3, 3, DIM) and c.mask.tolist() == [[True] * 3, [True] * 3, [True, False, True]]
+
+
+def test_wrong_condition_kinds_are_clear_errors():
+    with pytest.raises(RegvqError, match="unconditional"):
+        encoder("none")(torch.tensor([1]), 1)
+    with pytest.raises(RegvqError, match="class-conditional"):
+        encoder("class")(None, 1)
+    with pytest.raises(RegvqError, match="class-conditional.*not text"):
+        encoder("class")(TextStates(torch.zeros(1, 2, 5), torch.ones(1, 2, dtype=torch.bool)), 1)
+    with pytest.raises(RegvqError, match="out of range"):
+        encoder("class")(torch.tensor([3]), 1)
+    with pytest.raises(RegvqError, match="text-conditional"):
+        encoder("text")(torch.tensor([0]), 1)
+    with pytest.raises(RegvqError, match="width 7"):
+        encoder("text")(TextStates(torch.zeros(1, 2, 7), torch.ones(1, 2, dtype=torch.bool)), 1)
+    with pytest.raises(RegvqError, match="label 9"):
+        encoder("segmap")(torch.full((1, 4, 4), 9), 1)
+    with pytest.raises(RegvqError, match="3 samples but 2"):
+        encoder("class")(torch.tensor([0, 1, 2]), 2)
+    # prepare_condition: user-level inputs
+    with pytest.raises(RegvqError, match="not trained on prompts"):
+        prepare_condition(config("class"), prompts=["a cat"])
+    with pytest.raises(RegvqError, match="unconditional.*not trained on class labels"):
+        prepare_condition(config("none"), labels=[1])
+    with pytest.raises(RegvqError, match="unknown class 'zebra'.*a, b, c"):
+        prepare_condition(config("class"), labels=["zebra"])
+    with pytest.raises(RegvqError, match="give class ids or names"):
+        prepare_condition(config("class"))
+
+
+def test_prepare_condition_and_broadcast():
+    ids = prepare_condition(config("class"), labels=["c", 0, "1"])
+    assert ids.tolist() == [2, 0, 1]
+    assert prepare_condition(config("none")) is None
+    seg = prepare_condition(config("segmap"), segmaps=torch.zeros(5, 7, dtype=torch.uint8))
+    assert seg.shape == (1, 5, 7) and seg.dtype == torch.long
+    enc = encoder("class")
+    one, many = enc(torch.tensor([2]), 4), enc(torch.tensor([2, 2, 2, 2]), 4)
+    torch.testing.assert_close(one.tokens, many.tokens)
+
+
+def test_segmap_resize_is_nearest():
+    grid = torch.tensor([[0, 1, 2], [3, 0, 1]])
+    big = grid.repeat_interleave(16, 0).repeat_interleave(16, 1)[None]  # [1, 32, 48], 16x16 blocks
+    assert resize_segmap(big, (2, 3)).tolist() == [grid.tolist()]
+    # no interpolation between labels: every output label occurs in the input
+    odd = torch.randint(0, 4, (1, 37, 23))
+    assert set(resize_segmap(odd, (5, 4)).unique().tolist()) <= set(odd.unique().tolist())
+
+
+def test_diffusion_segmap_is_added_per_position():
+    cfg = DiffusionConfig(codebook_size=16, grid_size=(2, 3), dim=16, n_layers=1, n_heads=2, cond="segmap",
+                          seg_classes=4, num_timesteps=10)
+    torch.manual_seed(0)
+    m = DiffusionPrior(cfg).eval()
+    torch.nn.init.normal_(m.head.weight)  # zero at init (uniform p(x_0)); give the output something to show
+    x, t = torch.full((1, 6), 16), torch.tensor([10])
+    seg = torch.zeros(1, 2, 3, dtype=torch.long)
+    other = seg.clone()
+    other[0, 0, 0] = 3
+    a, b = m(x, t, seg), m(x, t, other)
+    assert (a - b).abs().max() > 1e-5
+
+
+def test_text_encoder_minilm(tmp_path):
+    """The real all-MiniLM-L6-v2 from the bundled package: per-token states, padding, precomputed table."""
+    prompts = ["a red bird", "two small blue squares on green grass"]
+    st = encode_texts(prompts, max_tokens=16)
+    assert st.states.shape == (2, 16, 384) and st.mask.dtype == torch.bool
+    n_tokens = st.mask.sum(1).tolist()
+    assert n_tokens[0] == 5 and n_tokens[1] > n_tokens[0]  # [CLS] a red bird [SEP]
+    assert (st.states[0, 5:] == 0).all() and st.states[0, :5].abs().sum() > 0
+    torch.testing.assert_close(encode_texts(prompts, max_tokens=16).states, st.states)  # deterministic
+    # ahead of time: save, load, look up by caption (fp16 storage)
+    table = precompute_text_states(prompts + [prompts[0]], tmp_path / "text.safetensors", max_tokens=16)
+    assert len(table.captions) == 2
+    loaded = TextStateTable.load(tmp_path / "text.safetensors")
+    got = loaded.lookup([prompts[1], prompts[0]])
+    torch.testing.assert_close(got.states, st.states[[1, 0]], atol=2e-3, rtol=1e-2)
+    assert got.mask.tolist() == st.mask[[1, 0]].tolist()
+    with pytest.raises(RegvqError, match="not in the precomputed"):
+        loaded.lookup(["a blue bird"])
+    # a text prior takes them (through prepare_condition, as the sampler does)
+    cfg = ARConfig(codebook_size=16, grid_size=(2, 2), dim=32, n_layers=1, n_heads=2, cond="text",
+                   text_max_tokens=16)
+    m = ARPrior(cfg).eval()
+    cond = prepare_condition(cfg, prompts=prompts)
+    assert m(torch.zeros(2, 0, dtype=torch.long), cond).shape == (2, 1, 16)
