@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT=${OUT:-results}; PHOTOS=${PHOTOS:-../shared/data/photos}; STEPS=${STEPS:-300}; BATCH=${BATCH:-16}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 
@@ -20,7 +20,7 @@ python3 benchmarks/bench_encode.py --make-jpegs 6000 --source "$PHOTOS" --jpeg-d
 
 for q in vq gumbel regvq; do
   python3 -m regvq_cli -q train-tokenizer "$PHOTOS" -o "/tmp/run-$q" --preset vqgan-f16 --quantizer "$q" \
-    --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --gan-start 100000 --log-every 10 --sample-every 1000000 \
+    --max-steps "$STEPS" --time-limit "${TLIMIT:-100}" --batch-size "$BATCH" --lr 1e-4 --gan-start 100000 --log-every 10 --sample-every 1000000 \
     --checkpoint-every 1000000 --workers 12 --seed 0 --json
   cp "/tmp/run-$q/metrics.jsonl" "$OUT/metrics-$q.jsonl"
   tail -n 1 "$OUT/metrics-$q.jsonl"

@@ -74,6 +74,11 @@ def _to_tf_range(x01: torch.Tensor) -> torch.Tensor:
     return x01 * (hi - lo) + lo
 
 
+def _fp32(x: torch.Tensor):
+    """Autocast off: the TorchScript blocks are not autocast on CUDA, so they must see fp32 inputs."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class InceptionFeatures(nn.Module):
     """Frozen TF-FID Inception-v3. ``forward``: images [B, 3, H, W] in [-1, 1] -> pool3 features [B, 2048].
     ``feature_maps``: intermediate maps of ``feature_layers`` (names from ``BLOCKS``)."""
@@ -98,17 +103,22 @@ class InceptionFeatures(nn.Module):
         return getattr(self.net.net.layers, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = ((x.float() + 1) / 2).clamp(0, 1)
-        if x.shape[-2:] != (299, 299):
-            x = tf_bilinear_resize(x, (299, 299))
-        x = _to_tf_range(x).clamp(*TF_INPUT_RANGE)
-        for name in BLOCKS:
-            x = self._block(name)(x)
-        return x.reshape(x.shape[0], 2048)
+        with _fp32(x):
+            x = ((x.float() + 1) / 2).clamp(0, 1)
+            if x.shape[-2:] != (299, 299):
+                x = tf_bilinear_resize(x, (299, 299))
+            x = _to_tf_range(x).clamp(*TF_INPUT_RANGE)
+            for name in BLOCKS:
+                x = self._block(name)(x)
+            return x.reshape(x.shape[0], 2048)
 
     def feature_maps(self, x: torch.Tensor, layers: tuple[str, ...] | None = None) -> list[torch.Tensor]:
         """images [B, 3, H, W] in [-1, 1] -> [feature map of each layer, in network order]."""
         layers = tuple(layers or self.feature_layers)
+        with _fp32(x):
+            return self._feature_maps(x.float(), layers)
+
+    def _feature_maps(self, x: torch.Tensor, layers: tuple[str, ...]) -> list[torch.Tensor]:
         if min(x.shape[-2:]) < self.min_size:
             scale = self.min_size / min(x.shape[-2:])
             size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
