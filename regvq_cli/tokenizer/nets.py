@@ -17,10 +17,12 @@ import torch.nn.functional as F
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    # 32 groups as in VQGAN; fall back to fewer groups for the tiny test widths.
-    groups = 32
+    # 32 groups as in VQGAN (for its widths, 128 channels and up). Narrow models get fewer groups so that every
+    # group keeps at least 4 channels: one channel per group would be instance norm, which wipes out the mean
+    # colour of flat regions.
+    groups = max(1, min(32, channels // 4))
     while channels % groups:
-        groups //= 2
+        groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 

@@ -1,0 +1,124 @@
+"""The Tokenizer model: config round trip, presets, inference API shapes, save/load through the model format."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
+from regvq_cli.tokenizer.model import Tokenizer, TokenizerConfig
+from regvq_cli.tokenizer.presets import PRESETS
+from regvq_cli.tokenizer.quantizers import QuantizerOutput
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small, busy machine two spinning OpenMP threads per op are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def roundtrip(cfg):
+    return type(cfg)(**json.loads(json.dumps(dataclasses.asdict(cfg))))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_configs_roundtrip_through_json(name):
+    cfg = PRESETS[name]
+    assert roundtrip(cfg) == cfg
+    assert cfg.image_size % 2 ** (len(cfg.ch_mult) - 1) == 0
+
+
+def test_paper_preset_is_the_papers_setting():
+    cfg = PRESETS["vqgan-f16"]
+    assert (cfg.image_size, cfg.codebook_size, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions) == (
+        256, 1024, 128, (1, 1, 2, 2, 4), 2, (16,))
+    assert cfg.quantizer == "regvq" and cfg.mask_ratio == 0.4
+    with torch.device("meta"):  # no memory, no time: just the structure
+        model = Tokenizer(cfg)
+    assert model.grid_size(256) == (16, 16) and model.downsample_factor == 16
+    assert 60e6 < sum(p.numel() for p in model.parameters()) < 90e6  # VQGAN f16 is about 72M
+    with torch.device("meta"):
+        f8 = Tokenizer(PRESETS["vqgan-f8"])
+    assert f8.grid_size(256) == (32, 32)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel", "regvq"])
+@pytest.mark.parametrize("preset", ["tok-test", "tok-test-f8"])
+def test_encode_decode_shapes(preset, quantizer):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PRESETS[preset], quantizer=quantizer)
+    model = Tokenizer(cfg).eval()
+    assert model.model_type == "tokenizer" and model.config_class is TokenizerConfig
+    assert model.codebook_size == cfg.codebook_size
+    f = model.downsample_factor
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        idx = model.encode(x)
+        assert idx.shape == (3, 32 // f, 32 // f) and idx.dtype == torch.long
+        assert int(idx.min()) >= 0 and int(idx.max()) < cfg.codebook_size
+        assert torch.equal(idx, model.encode(x))  # deterministic
+        y = model.decode(idx)
+        assert y.shape == (3, 3, 32, 32) and y.min() >= -1 and y.max() <= 1
+        # non-square inputs work at any multiple of f
+        assert model.encode(torch.zeros(1, 3, 32, 48)).shape == (1, 32 // f, 48 // f)
+        recon, q = model(x)
+    assert isinstance(q, QuantizerOutput)
+    assert recon.shape == x.shape and torch.equal(q.indices, idx)  # eval forward = argmax/argmin
+    assert model.grid_size((32, 64)) == (32 // f, 64 // f)
+    with pytest.raises(RegvqError, match="multiple"):
+        model.grid_size(30)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "gumbel", "regvq"])
+def test_training_forward_backward_reaches_every_trainable_weight(quantizer):
+    torch.manual_seed(0)
+    model = Tokenizer(dataclasses.replace(PRESETS["tok-test"], quantizer=quantizer)).train()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, q = model(x, step=3)
+    loss = (recon - x).abs().mean() + sum(q.losses.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing
+
+
+def test_unknown_quantizer_and_bad_size_are_user_errors():
+    with pytest.raises(RegvqError, match="unknown quantizer"):
+        TokenizerConfig(quantizer="fsq")
+    with pytest.raises(RegvqError, match="multiple"):
+        TokenizerConfig(image_size=100, ch_mult=(1, 2, 2, 4))
+
+
+def test_save_and_load_through_the_model_format(tmp_path):
+    from regvq_cli.engine.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    model = Tokenizer(dataclasses.replace(PRESETS["tok-test"], quantizer="vq", vq_ema=True)).eval()
+    save_model(model, tmp_path / "tok", card="# test\n", info={"note": "unit test"})
+    loaded = load_model(tmp_path / "tok")
+    assert isinstance(loaded, Tokenizer) and loaded.config == model.config
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), model.encode(x))
+        assert torch.equal(loaded.decode(model.encode(x)), model.decode(model.encode(x)))
+
+
+def test_small_cpu_preset_encodes_256px():
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["small-f16"]).eval()
+    with torch.no_grad():
+        idx = model.encode(torch.rand(1, 3, 256, 256) * 2 - 1)
+    assert idx.shape == (1, 16, 16)
+
+
+def test_patchgan_discriminator():
+    d = NLayerDiscriminator(DiscriminatorConfig(ndf=8, n_layers=3))
+    out = d(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 1, 6, 6)  # 70x70 receptive field patches
+    for norm in ("group", "none"):
+        assert NLayerDiscriminator(DiscriminatorConfig(ndf=8, n_layers=2, norm=norm))(torch.randn(1, 3, 32, 32)).ndim == 4
+    assert roundtrip(d.config) == d.config
