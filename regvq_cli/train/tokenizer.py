@@ -186,7 +186,7 @@ class TokenizerTrainer:
         self.dist = setup_distributed(cfg.device)
         self.device = self.dist.device
         self.main = self.dist.is_main
-        seed_everything(cfg.seed, self.dist.rank)
+        seed_everything(cfg.seed)  # the same initial weights on every rank (DDP would broadcast them, the EMA not)
 
         self.inputs = list_inputs(self.data)
         self.tok_cfg = tokenizer_config(cfg)
@@ -210,6 +210,7 @@ class TokenizerTrainer:
             self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas,
                                            weight_decay=cfg.weight_decay)
 
+        seed_everything(cfg.seed, self.dist.rank)  # from here on each rank draws its own masks and noise
         self.step = 0
         self.batches = 0  # micro-batches consumed by this rank: the data position
         self.elapsed = 0.0
