@@ -1,0 +1,558 @@
+"""Train a prior (autoregressive or discrete diffusion) on a token folder written by `regvq encode`.
+
+``train_prior(tokens_dir, run_dir, cfg, callback=None) -> Path`` is what ``regvq train-prior`` calls. One
+process, or many under torchrun (DDP; NCCL on GPUs, gloo on CPUs), with the shared machinery of
+regvq_cli.train.common. The run directory holds:
+
+    state.pt                resume state (model, EMA, optimizer, step, RNG states, data position); a rerun on
+                            the same directory continues from it
+    metrics.jsonl           every ``log_every`` steps: loss terms, lr, samples/s, step (rank 0 only)
+    text_states.safetensors text conditioning: the encoder's states of every distinct caption, computed once
+    samples/step-NNNNNN.npy sampled token grids from the EMA model, and .png when the shards' tokenizer loads
+    model/                  the exported EMA weights (config.json + model.safetensors + README.md)
+
+Token grids are small, so the whole folder is held in memory: tokens, labels, captions, and segmentation maps
+resized (nearest) to the token grid. Batches come from ShardedBatchSampler: deterministic, rank-sharded and
+resumable by the number of batches consumed.
+
+The condition kind defaults to what the shards carry ("auto": labels -> class, captions -> text, maps ->
+segmap; it must be named when a folder has more than one). Rows without a label (-1) or with an empty caption
+train the null condition, as do `cond_dropout` of the others (classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.priors.conditioning import TextStateTable, TextStates, precompute_text_states, resize_segmap
+from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
+from regvq_cli.priors.presets import PRESETS, model_for
+from regvq_cli.train.common import (EMA, METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean,
+                                    any_rank, autocast, barrier, cleanup_distributed, gather_objects, load_state,
+                                    lr_at, maybe_compile, read_metrics, rng_state, save_state, seed_everything,
+                                    set_lr, set_rng_state, setup_distributed)
+from regvq_cli.train.data import ShardedBatchSampler
+
+STATE_FORMAT = "regvq-train-prior-state"
+TEXT_STATES_NAME = "text_states.safetensors"
+
+
+@dataclass
+class TrainPriorConfig:
+    # model
+    kind: str = "ar"  # "ar" | "diffusion"
+    preset: str = ""  # a key of regvq_cli.priors.presets.PRESETS; "" -> "<kind>-small"
+    dropout: float | None = None  # None: the preset's
+    num_timesteps: int | None = None  # diffusion; None: the preset's
+    aux_weight: float | None = None  # diffusion lambda of the x_0 cross-entropy; None: the preset's (paper: 5e-4)
+    # conditioning
+    cond: str = "auto"  # "auto" | "none" | "class" | "text" | "segmap"
+    cond_dropout: float = 0.1  # classifier-free guidance: probability of training the null condition
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    text_max_tokens: int = 32
+    text_states: str | None = None  # precomputed TextStateTable file (e.g. from a machine with the encoder)
+    seg_classes: int | None = None  # None: max label in the maps + 1
+    # optimisation
+    batch_size: int = 32  # per process
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05  # on matrices and embeddings only
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    grad_clip: float | None = 1.0
+    max_steps: int = 10_000
+    time_limit: float | None = None  # seconds; checkpoint and export when reached
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    compile: bool = False
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str | None = None  # None: cuda:LOCAL_RANK if available, else cpu
+    # bookkeeping
+    log_every: int = 50
+    sample_every: int = 1000  # 0: never
+    checkpoint_every: int = 1000
+    num_samples: int = 8
+    sample_cfg: float = 1.5  # guidance scale of the sample grids
+    sample_steps: int | None = None  # diffusion sample grids; None: all timesteps
+    decode_samples: bool = True  # decode sample grids to PNG with the shards' tokenizer when it loads
+    seed: int = 0
+    command: str = ""  # recorded in the model card; default: this process's command line
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.kind not in ("ar", "diffusion"):
+            raise RegvqError(f"unknown prior kind {self.kind!r}: choose ar or diffusion")
+        self.preset = self.preset or f"{self.kind}-small"
+        if self.preset not in PRESETS:
+            raise RegvqError(f"unknown prior preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        if not self.preset.startswith(self.kind + "-"):
+            raise RegvqError(f"preset {self.preset!r} is not for --kind {self.kind}: choose one of "
+                             + ", ".join(k for k in PRESETS if k.startswith(self.kind + "-")))
+        if self.cond not in ("auto", "none", "class", "text", "segmap"):
+            raise RegvqError(f"unknown condition {self.cond!r}: choose auto, none, class, text or segmap")
+        if self.grad_accum < 1 or self.batch_size < 1 or self.max_steps < 0:
+            raise RegvqError("batch size and gradient accumulation must be >= 1, max steps >= 0")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise RegvqError(f"condition dropout must lie in [0, 1), got {self.cond_dropout}")
+
+
+class TokenData:
+    """A token folder in memory: tokens [N, h, w] int32 and, where present, labels [N], captions, segmaps
+    [N, h, w] (nearest-resized to the token grid)."""
+
+    def __init__(self, path, want: set[str]):
+        from regvq_cli.data.shards import ShardReader, decode_strings, read_shard
+
+        self.path = str(path)
+        reader = ShardReader(path)
+        self.grid, self.codebook_size = tuple(reader.grid), reader.codebook_size
+        self.fields = set(reader.fields)
+        self.label_names = list(reader.label_names or [])
+        if reader.manifest is not None:
+            tok = reader.manifest["tokenizer"]
+            self.tokenizer_id, self.tokenizer_sha256 = tok.get("id") or "", tok.get("sha256") or ""
+        else:
+            run = read_shard(path)["run"]
+            self.tokenizer_id, self.tokenizer_sha256 = run.tokenizer_id, run.tokenizer_sha256
+        if len(reader) == 0:
+            raise RegvqError(f"{path} holds no token grids; encode some images first")
+        self.tokens = torch.from_numpy(reader.all_tokens().astype(np.int32))
+        self.labels = self.captions = self.segmaps = None
+        labels, captions, segmaps = [], [], []
+        for j in range(len(reader.paths)):
+            t = reader.shard(j)
+            if "labels" in want:
+                labels.append(np.asarray(t["labels"], dtype=np.int64))
+            if "captions" in want:
+                captions += decode_strings(t["captions_blob"], t["captions_offsets"])
+            if "segmaps" in want:
+                maps = t["segmaps"]
+                for s in range(0, len(maps), 256):  # resize in chunks: full-size maps never all in memory
+                    chunk = torch.from_numpy(np.asarray(maps[s:s + 256]).astype(np.int64))
+                    segmaps.append(resize_segmap(chunk, self.grid).to(torch.int16))
+        if "labels" in want:
+            self.labels = torch.from_numpy(np.concatenate(labels))
+        if "captions" in want:
+            self.captions = captions
+        if "segmaps" in want:
+            self.segmaps = torch.cat(segmaps)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def resolve_cond(cfg: TrainPriorConfig, fields: set[str], path) -> str:
+    """The condition kind to train: the configured one (checked against the shards) or the one they carry."""
+    carried = [k for k, f in (("class", "labels"), ("text", "captions"), ("segmap", "segmaps")) if f in fields]
+    if cfg.cond == "auto":
+        if len(carried) > 1:
+            raise RegvqError(f"{path} carries {' and '.join(carried)} conditions: choose one with --cond "
+                             f"({', '.join(carried)} or none)")
+        return carried[0] if carried else "none"
+    need = {"class": "labels", "text": "captions", "segmap": "segmaps"}.get(cfg.cond)
+    if need is not None and need not in fields:
+        raise RegvqError(f"--cond {cfg.cond} needs {need} in the token shards, and {path} has none; encode with "
+                         + {"labels": "class sub-folders or a label column", "captions": "a text column",
+                            "segmaps": "--maps"}[need] + ", or train with --cond none")
+    return cfg.cond
+
+
+class PriorTrainer:
+    """Owns the model, optimizer, in-memory data and run directory; ``run()`` trains and exports."""
+
+    def __init__(self, tokens_dir, run_dir, cfg: TrainPriorConfig):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.tokens_dir = str(tokens_dir)
+        self.dist = setup_distributed(cfg.device)
+        self.device = self.dist.device
+        self.main = self.dist.is_main
+
+        from regvq_cli.data.shards import ShardReader
+
+        fields = set(ShardReader(tokens_dir).fields)
+        self.cond = resolve_cond(cfg, fields, tokens_dir)
+        want = {"class": {"labels"}, "text": {"captions"}, "segmap": {"segmaps"}}.get(self.cond, set())
+        self.data = TokenData(tokens_dir, want)
+        self.table = self._text_table() if self.cond == "text" else None
+        self.prior_cfg = self._prior_config()
+
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        self.model = model_for(self.prior_cfg).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+
+        seed_everything(cfg.seed, self.dist.rank)  # each rank draws its own timesteps, masks and drops
+        self.step = 0
+        self.batches = 0  # batches consumed by this rank: the data position
+        self.elapsed = 0.0
+        self.state_path = self.run_dir / STATE_NAME
+        if self.state_path.exists():
+            self._resume()
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model_ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.model_ddp = self.model
+        self.model_fwd = maybe_compile(self.model_ddp, cfg.compile)
+        self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
+        self._batch_iter = None
+        self.window: dict[str, float] = {}
+        self.window_steps = 0
+        self.last_metrics: dict[str, float] = {}
+        self._tokenizer = None
+        self.decode_note = ""
+
+    # ---- setup --------------------------------------------------------------------------------------------
+    def _text_table(self) -> TextStateTable:
+        cfg = self.cfg
+        captions = sorted({c for c in self.data.captions if c})
+        if not captions:
+            raise RegvqError(f"{self.tokens_dir} has no captions (all empty): train with --cond none")
+        if cfg.text_states:
+            table = TextStateTable.load(cfg.text_states)
+        else:
+            path = self.run_dir / TEXT_STATES_NAME
+            if self.main and not path.exists():
+                precompute_text_states(captions, path, cfg.text_encoder, cfg.text_max_tokens, device=self.device)
+            barrier()
+            table = TextStateTable.load(path)
+            if table.encoder != cfg.text_encoder or table.max_tokens != cfg.text_max_tokens:
+                raise RegvqError(f"{path} holds {table.encoder} states of {table.max_tokens} tokens, not "
+                                 f"{cfg.text_encoder} / {cfg.text_max_tokens}: delete it or use the same settings")
+        missing = [c for c in captions if c not in table.index]
+        if missing:
+            raise RegvqError(f"{len(missing)} captions of {self.tokens_dir} are not in the text states "
+                             f"{cfg.text_states or ''} (e.g. {missing[0]!r}); recompute them for this folder")
+        return table
+
+    def _prior_config(self):
+        cfg, data = self.cfg, self.data
+        over = dict(codebook_size=data.codebook_size, grid_size=data.grid, cond=self.cond,
+                    cond_dropout=cfg.cond_dropout, tokenizer=data.tokenizer_id,
+                    tokenizer_sha256=data.tokenizer_sha256)
+        if self.cond == "class":
+            n = int(data.labels.max()) + 1 if len(data.labels) else 0
+            names = data.label_names
+            if names:
+                if n > len(names):
+                    raise RegvqError(f"{self.tokens_dir}: label {n - 1} but only {len(names)} label names")
+                n = len(names)
+            if n < 1:
+                raise RegvqError(f"{self.tokens_dir} has no labelled rows: train with --cond none")
+            over.update(num_classes=n, class_names=tuple(names))
+        elif self.cond == "text":
+            over.update(text_encoder=self.table.encoder, text_max_tokens=self.table.max_tokens,
+                        text_dim=self.table.dim)
+        elif self.cond == "segmap":
+            seen = int(data.segmaps.max()) + 1
+            n = cfg.seg_classes or seen
+            if n < seen:
+                raise RegvqError(f"the maps use label {seen - 1} but seg_classes is {n}")
+            over.update(seg_classes=n)
+        for key in ("dropout", "num_timesteps", "aux_weight"):
+            value = getattr(cfg, key)
+            if value is not None:
+                if not hasattr(PRESETS[cfg.preset], key):
+                    raise RegvqError(f"{key} applies to diffusion priors only")
+                over[key] = value
+        return dataclasses.replace(PRESETS[cfg.preset], **over)
+
+    # ---- state --------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        rngs = gather_objects(rng_state())
+        return {"format": STATE_FORMAT, "version": 1, "step": self.step, "batches": self.batches,
+                "elapsed": self.elapsed, "world_size": self.dist.world_size,
+                "config": dataclasses.asdict(self.cfg), "prior_config": dataclasses.asdict(self.prior_cfg),
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "rng": rngs}
+
+    def save(self) -> None:
+        state = self._state()  # collective: all ranks take part
+        if self.main:
+            save_state(self.state_path, state)
+        barrier()
+
+    def _resume(self) -> None:
+        state = load_state(self.state_path)
+        if state.get("format") != STATE_FORMAT:
+            raise RegvqError(f"{self.state_path} is not a prior training state; use another run directory")
+        old = json.loads(json.dumps(state["prior_config"]))
+        new = json.loads(json.dumps(dataclasses.asdict(self.prior_cfg)))
+        diff = sorted(k for k in new if old.get(k) != new[k])
+        if diff:
+            k = diff[0]
+            raise RegvqError(f"{self.run_dir} was started with {k}={old.get(k)!r}, not {new[k]!r}: use the same "
+                             "settings and tokens, or a new run directory")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
+        if state["world_size"] == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:  # a different number of ranks: the data position still holds; reseed
+            seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
+            self.batches = self.batches * state["world_size"] // self.dist.world_size
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    def _condition(self, idx: torch.Tensor):
+        """(raw condition on the device, rows without one [B] bool) for dataset rows idx."""
+        d, dev = self.data, self.device
+        B = idx.shape[0]
+        none = torch.zeros(B, dtype=torch.bool, device=dev)
+        if self.cond == "class":
+            labels = d.labels[idx].to(dev)
+            return labels.clamp(min=0), labels < 0
+        if self.cond == "text":
+            caps = [d.captions[i] for i in idx.tolist()]
+            fill = next((c for c in caps if c), next(iter(self.table.index)))
+            states = self.table.lookup([c or fill for c in caps], device=dev)  # empty captions: dropped below
+            return states, torch.tensor([not c for c in caps], device=dev)
+        if self.cond == "segmap":
+            return d.segmaps[idx].long().to(dev), none
+        return None, none
+
+    def _next_batch(self):
+        if self._batch_iter is None:
+            sampler = ShardedBatchSampler(len(self.data), self.cfg.batch_size, self.dist.rank,
+                                          self.dist.world_size, self.cfg.seed, start_batch=self.batches)
+            self._batch_iter = iter(sampler)
+        idx = torch.tensor([i for i, _ in next(self._batch_iter)], dtype=torch.long)
+        self.batches += 1
+        x = self.data.tokens[idx].long().to(self.device, non_blocking=True)
+        cond, missing = self._condition(idx)
+        return x, cond, missing
+
+    # ---- one optimisation step ----------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps)
+        set_lr(self.opt, lr)
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        logged: dict[str, float] = {}
+        n = 0
+        for micro in range(cfg.grad_accum):
+            x, cond, missing = self._next_batch()
+            n += x.shape[0]
+            drop = None
+            if self.cond != "none":
+                drop = (torch.rand(x.shape[0], device=self.device) < cfg.cond_dropout) | missing
+            with self._sync(micro == cfg.grad_accum - 1), autocast(self.device, cfg.bf16):
+                loss, parts = self.model.loss(x, cond, drop=drop, net=self.model_fwd)
+            (loss / cfg.grad_accum).backward()
+            for k, v in {"loss": loss, **parts}.items():
+                logged[k] = logged.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        if not all(np.isfinite(v) for v in logged.values()):
+            raise RegvqError(f"the loss became {logged['loss']} at step {self.step}: lower the learning rate "
+                             "(--lr) or turn on gradient clipping")
+        if cfg.grad_clip:
+            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step += 1
+        logged["lr"] = lr
+        logged["samples"] = float(n * self.dist.world_size)
+        return logged
+
+    def _sync(self, sync: bool):
+        """DDP gradient all-reduce only on the last micro-batch of an accumulation."""
+        if sync or not isinstance(self.model_ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model_ddp.no_sync()
+
+    # ---- logging, samples, export -------------------------------------------------------------------------
+    def _log(self, throughput: Throughput) -> dict:
+        avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
+        avg = all_reduce_mean(avg, self.device)
+        avg.pop("samples", None)
+        record = {"step": self.step, **avg, "samples_per_s": throughput.rate(), "elapsed_s": self.elapsed,
+                  "time": time.time()}
+        self.metrics.write(record)
+        self.window, self.window_steps = {}, 0
+        self.last_metrics = record
+        return record
+
+    def sample_conditions(self, k: int):
+        """Conditions for k sample grids: classes in turn, the first captions / maps of the data, or None."""
+        d, cfg = self.data, self.prior_cfg
+        if self.cond == "class":
+            return torch.arange(k) % cfg.num_classes
+        if self.cond == "text":
+            caps = [c for c in d.captions if c][:k]
+            caps = (caps * k)[:k]
+            return self.table.lookup(caps)
+        if self.cond == "segmap":
+            return d.segmaps[torch.arange(k) % len(d)].long()
+        return None
+
+    def sample(self) -> Path | None:
+        """Token grids from the EMA model (rank 0), saved as .npy and, when the tokenizer loads, as a PNG."""
+        from regvq_cli.priors.sampling import sample_ar, sample_diffusion
+
+        k = self.cfg.num_samples
+        if not self.main or k <= 0:
+            return None
+        model = self.ema.model.eval()
+        cond = self.sample_conditions(k)
+        if isinstance(cond, TextStates):
+            cond = TextStates(cond.states.to(self.device), cond.mask.to(self.device))
+        elif cond is not None:
+            cond = cond.to(self.device)
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        if self.cfg.kind == "ar":
+            tokens = sample_ar(model, cond, k, cfg=self.cfg.sample_cfg, generator=g)
+        else:
+            tokens = sample_diffusion(model, cond, k, steps=self.cfg.sample_steps, cfg=self.cfg.sample_cfg,
+                                      generator=g)
+        folder = self.run_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{self.step:06d}.npy"
+        np.save(path, tokens.cpu().numpy().astype(np.int32))
+        tok = self._load_tokenizer()
+        if tok is not None:
+            with torch.no_grad():
+                images = tok.decode(tokens.to(self.device)).float().cpu()  # [k, 3, H, W] in [-1, 1]
+            path = folder / f"step-{self.step:06d}.png"
+            _save_row(images, path)
+        return path
+
+    def _load_tokenizer(self):
+        """The shards' tokenizer (checked against the recorded sha256), or None with the reason kept."""
+        if self._tokenizer is not None or self.decode_note:
+            return self._tokenizer
+        if not self.cfg.decode_samples:
+            self.decode_note = "decoding turned off"
+            return None
+        tid, sha = self.data.tokenizer_id, self.data.tokenizer_sha256
+        try:
+            from regvq_cli.engine.checkpoint import file_sha256, weights_path
+            from regvq_cli.engine.resolve import load
+
+            if not tid:
+                raise RegvqError("the shards name no tokenizer")
+            tok = load(tid, device=self.device)
+            if sha and file_sha256(weights_path(tok.regvq_path)) != sha:
+                raise RegvqError(f"tokenizer {tid} does not match the sha256 recorded with the shards")
+        except RegvqError as e:
+            self.decode_note = f"samples not decoded: {e}"
+            return None
+        self._tokenizer = tok.eval()
+        return self._tokenizer
+
+    def model_card(self, final: dict) -> str:
+        cfg, pc = self.cfg, self.prior_cfg
+        command = cfg.command or " ".join(shlex.quote(a) for a in sys.argv)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        what = {"ar": "autoregressive transformer (LlamaGen-style: RoPE, RMSNorm, SwiGLU)",
+                "diffusion": "discrete diffusion prior (VQ-Diffusion mask-and-replace)"}[cfg.kind]
+        cond = {"none": "unconditional", "class": f"class-conditional ({pc.num_classes} classes)",
+                "text": f"text-conditional ({pc.text_encoder} states, {pc.text_max_tokens} tokens)",
+                "segmap": f"conditioned on segmentation maps ({pc.seg_classes} labels)"}[self.cond]
+        rows = [f"| {k} | {v:.4g} |" for k, v in final.items()
+                if k in ("loss", "ce", "vlb", "grad_norm", "samples_per_s")]
+        lines = [
+            "---", "library_name: regvq", f"tags: [regvq, prior, {cfg.kind}]", "---", "",
+            f"# {self.run_dir.name}: {cfg.kind} prior", "",
+            f"A `{cfg.preset}` {what}, {cond}, over {pc.grid_size[0]}x{pc.grid_size[1]} grids of "
+            f"{pc.codebook_size} codes from the tokenizer `{pc.tokenizer or 'unknown'}`; "
+            f"{n_params / 1e6:.1f}M parameters. Trained with `regvq train-prior`.", "",
+            "## Training", "",
+            f"- data: {self.tokens_dir} ({len(self.data)} token grids)",
+            f"- steps: {self.step}, batch {cfg.batch_size} x {self.dist.world_size} process(es) x "
+            f"{cfg.grad_accum} accumulation, lr {cfg.lr}",
+            f"- condition dropout (classifier-free guidance): {cfg.cond_dropout}",
+            f"- time: {self.elapsed / 3600:.2f} h",
+            f"- exported weights: EMA (decay {cfg.ema_decay})", "",
+            "## Final metrics (last logging window, training batches)", "",
+            "| metric | value |", "|---|---|", *rows, "",
+            "## Command", "", "```", command, "```", "",
+            "## Training config", "", "```json", json.dumps(dataclasses.asdict(cfg), indent=2), "```",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def export(self) -> Path:
+        from regvq_cli.engine.checkpoint import save_model
+
+        folder = self.run_dir / "model"
+        if self.main:
+            final = self.last_metrics or (read_metrics(self.run_dir / METRICS_NAME) or [{}])[-1]
+            info = {
+                "trained_on": {"tokens": self.tokens_dir, "rows": len(self.data),
+                               "tokenizer": {"id": self.data.tokenizer_id, "sha256": self.data.tokenizer_sha256}},
+                "steps": self.step,
+                "final_metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+                "train_config": dataclasses.asdict(self.cfg),
+            }
+            if self.decode_note:
+                info["note"] = self.decode_note
+            save_model(self.ema.model, folder, card=self.model_card(final), info=info)
+        barrier()
+        return folder
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
+        cfg = self.cfg
+        try:
+            throughput = Throughput()
+            t_last = time.perf_counter()
+            stop = False
+            while self.step < cfg.max_steps and not stop:
+                m = self.train_step()
+                now = time.perf_counter()
+                self.elapsed += now - t_last
+                t_last = now
+                throughput.add(int(m["samples"]))
+                for k, v in m.items():
+                    self.window[k] = self.window.get(k, 0.0) + v
+                self.window_steps += 1
+                if cfg.time_limit is not None:
+                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
+                done = stop or self.step >= cfg.max_steps
+                if self.step % cfg.log_every == 0 or done:
+                    self._log(throughput)
+                if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
+                    self.sample()
+                    t_last = time.perf_counter()  # sampling time is not training time
+                if self.step % cfg.checkpoint_every == 0 or done:
+                    self.save()
+                if callback is not None and self.main:
+                    callback(self.step, {**self.last_metrics, **m, "step": self.step})
+            return self.export()
+        finally:
+            cleanup_distributed(self.dist)
+
+
+def _save_row(images: torch.Tensor, path: Path) -> None:
+    """Images [k, 3, H, W] in [-1, 1] -> one PNG, side by side."""
+    from PIL import Image
+
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(np.concatenate(list(arr), axis=1)).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def train_prior(tokens_dir, run_dir, cfg: TrainPriorConfig | None = None,
+                callback: Callable[[int, dict], None] | None = None) -> Path:
+    """Train (or resume) a prior on a token folder; returns the exported model folder ``run_dir/model``.
+
+    ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar).
+    """
+    return PriorTrainer(tokens_dir, run_dir, cfg or TrainPriorConfig()).run(callback)
