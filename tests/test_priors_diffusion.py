@@ -179,3 +179,39 @@ def test_learns_toy_class_conditional_distribution():
         assert out.shape == (32, 4, 4) and out.max() < 16  # no [MASK] left
         acc = (out == target).float().mean().item()
         assert acc > 0.9, (kw, acc)
+
+
+# ---- training on a token folder ---------------------------------------------------------------------------
+
+def test_train_segmap_prior_decodes_samples_with_the_shards_tokenizer(tmp_path):
+    import numpy as np
+
+    from regvq_cli.data.shards import RunInfo, write_manifest, write_shard
+    from regvq_cli.engine.checkpoint import file_sha256, load_model, save_model
+    from regvq_cli.priors.training import TrainPriorConfig, train_prior
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS as TOKENIZERS
+
+    torch.manual_seed(0)
+    tok_dir = save_model(Tokenizer(TOKENIZERS["tok-test"]), tmp_path / "tok")  # 32 px, 8x8 grid, 64 codes
+    n = 12
+    rng = np.random.default_rng(0)
+    maps = np.zeros((n, 32, 32), dtype=np.uint8)
+    maps[:, 16:] = rng.integers(1, 3, n)[:, None, None]  # sky (0) over ground 1 or 2
+    tokens = np.where(maps[:, ::4, ::4] == 0, 5, 10 * maps[:, ::4, ::4])  # [n, 8, 8]
+    run = RunInfo(tokenizer_id=str(tok_dir), tokenizer_sha256=file_sha256(tok_dir / "model.safetensors"),
+                  grid=(8, 8), codebook_size=64, num_inputs=n, shard_size=n, segmap_size=(32, 32))
+    write_shard(tmp_path / "tokens", 0, run, tokens, [f"{i}.png" for i in range(n)], segmaps=maps)
+    write_manifest(tmp_path / "tokens")
+    cfg = TrainPriorConfig(kind="diffusion", preset="diffusion-test", batch_size=4, max_steps=2, log_every=1,
+                           sample_every=2, checkpoint_every=2, num_samples=3, sample_steps=4, device="cpu",
+                           command="test")
+    folder = train_prior(tmp_path / "tokens", tmp_path / "run", cfg)
+    model = load_model(folder)
+    assert isinstance(model, DiffusionPrior)
+    assert model.config.cond == "segmap" and model.config.seg_classes == 3
+    assert model.config.tokenizer == str(tok_dir) and model.config.tokenizer_sha256 == run.tokenizer_sha256
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "samples" / "step-000002.png") as im:
+        assert im.size == (3 * 32, 32)  # three decoded samples side by side
