@@ -90,7 +90,9 @@ class InceptionFeatures(nn.Module):
         if unknown:
             raise RegvqError(f"unknown Inception layer(s) {', '.join(unknown)}: choose from {', '.join(BLOCKS)}")
         # .float(): a reduced-precision copy of the weights (see inception_weights_path) computes in fp32
-        self.net = torch.jit.load(str(path or inception_weights_path()), map_location="cpu").float()
+        with warnings.catch_warnings():  # newer PyTorch flags TorchScript loading as deprecated; it still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net = torch.jit.load(str(path or inception_weights_path()), map_location="cpu").float()
         self.feature_layers = tuple(feature_layers)
         self.min_size = min_size
         self.requires_grad_(False)

@@ -498,6 +498,7 @@ class TokenizerTrainer:
                     callback(self.step, {**self.last_metrics, **m, "step": self.step})
             return self.export()
         finally:
+            self._loader_iter = None  # shuts the DataLoader workers down
             cleanup_distributed(self.dist)
 
 
