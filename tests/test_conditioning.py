@@ -158,3 +158,39 @@ def test_text_encoder_minilm(tmp_path):
     m = ARPrior(cfg).eval()
     cond = prepare_condition(cfg, prompts=prompts)
     assert m(torch.zeros(2, 0, dtype=torch.long), cond).shape == (2, 1, 16)
+
+
+def test_train_text_prior_from_precomputed_states(tmp_path):
+    """Training needs no text encoder when the states come precomputed (as on a machine without it)."""
+    import numpy as np
+
+    from regvq_cli.data.shards import RunInfo, write_manifest, write_shard
+    from regvq_cli.engine.checkpoint import load_model
+    from regvq_cli.priors.sampling import sample_ar
+    from regvq_cli.priors.training import TrainPriorConfig, train_prior
+
+    captions = ["a red square", "a blue circle", "", "a red square", "a green star", "a blue circle"]
+    n = len(captions)
+    run = RunInfo(tokenizer_id="", tokenizer_sha256="", grid=(2, 2), codebook_size=8, num_inputs=n, shard_size=n,
+                  captions=True)
+    write_shard(tmp_path / "tokens", 0, run, np.arange(n * 4).reshape(n, 2, 2) % 8, [f"{i}" for i in range(n)],
+                captions=captions)
+    write_manifest(tmp_path / "tokens")
+    unique = sorted(set(c for c in captions if c))
+    g = torch.Generator().manual_seed(0)
+    states = TextStates(torch.randn(len(unique), 6, 10, generator=g), torch.ones(len(unique), 6, dtype=torch.bool))
+    TextStateTable(unique, states, "my-encoder", 6).save(tmp_path / "text.safetensors")
+    cfg = TrainPriorConfig(kind="ar", preset="ar-test", text_states=str(tmp_path / "text.safetensors"),
+                           batch_size=4, max_steps=2, sample_every=2, num_samples=2, device="cpu", command="t")
+    model = load_model(train_prior(tmp_path / "tokens", tmp_path / "run", cfg))
+    c = model.config
+    assert (c.cond, c.text_encoder, c.text_max_tokens, c.text_dim) == ("text", "my-encoder", 6, 10)
+    cond = TextStateTable.load(tmp_path / "text.safetensors").lookup(["a green star"])
+    assert sample_ar(model, cond, 2, cfg=2.0).shape == (2, 2, 2)
+    # a caption missing from the states is caught before training
+    TextStateTable(unique[:1], TextStates(states.states[:1], states.mask[:1]), "my-encoder", 6).save(
+        tmp_path / "partial.safetensors")
+    with pytest.raises(RegvqError, match="not in the text states"):
+        train_prior(tmp_path / "tokens", tmp_path / "run2",
+                    TrainPriorConfig(kind="ar", preset="ar-test", text_states=str(tmp_path / "partial.safetensors"),
+                                     device="cpu"))
