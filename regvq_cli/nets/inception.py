@@ -22,8 +22,10 @@ inputs smaller than ``min_size`` (the network's stride-2 valid convolutions need
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,9 +76,13 @@ def _to_tf_range(x01: torch.Tensor) -> torch.Tensor:
     return x01 * (hi - lo) + lo
 
 
+@contextlib.contextmanager
 def _fp32(x: torch.Tensor):
-    """Autocast off: the TorchScript blocks are not autocast on CUDA, so they must see fp32 inputs."""
-    return torch.autocast(x.device.type, enabled=False)
+    """Run the TorchScript blocks as plain ops: autocast off (they are not autocast on CUDA, so they must see
+    fp32 inputs), and the JIT's optimised executor off (its own autodiff of batch norm fails on CUDA with
+    "tensor does not have a device"; plain autograd is what we want for gradients to the input)."""
+    with torch.autocast(x.device.type, enabled=False), torch.jit.optimized_execution(False):
+        yield
 
 
 class InceptionFeatures(nn.Module):
