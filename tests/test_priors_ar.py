@@ -277,3 +277,16 @@ def test_ddp_training_keeps_ranks_in_sync(tmp_path):
     assert r0["batches"] == r1["batches"] == 3
     assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_train_prior_on_cuda_with_bf16_and_compile(tmp_path, kind):
+    from regvq_cli.engine.checkpoint import load_model
+    from regvq_cli.priors.training import train_prior
+
+    tokens = write_class_shards(tmp_path / "tokens")
+    cfg = train_cfg(kind=kind, preset=f"{kind}-test", device="cuda", bf16=True, compile=True, max_steps=4,
+                    sample_every=4)
+    model = load_model(train_prior(tokens, tmp_path / "run", cfg))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -157,3 +157,24 @@ def test_argument_errors():
         sample_ar(m, c, 0)
     with pytest.raises(RegvqError, match="class-conditional"):
         sample_ar(m, None, 1)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_cache_and_seeded_sampling():
+    dev = torch.device("cuda")
+    m = ar().to(dev, torch.bfloat16)
+    c = torch.tensor([0, 1, 2], device=dev)
+    x = torch.randint(0, K, (3, 9), device=dev)
+    full = m(x[:, :-1], c).float()
+    cache = m.new_cache(3)
+    steps = [m(x[:, :0], c, cache=cache)] + [m(x[:, i:i + 1], cache=cache, start_pos=i) for i in range(8)]
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full, atol=0.1, rtol=0.05)
+    gen_cuda = torch.Generator(device=dev)
+    a = sample_ar(m, c, 3, cfg=2.0, top_k=4, generator=gen_cuda.manual_seed(0))
+    assert a.device.type == "cuda" and torch.equal(a, sample_ar(m, c, 3, cfg=2.0, top_k=4,
+                                                                generator=gen_cuda.manual_seed(0)))
+    d = diffusion().to(dev, torch.bfloat16)
+    for kw in ({"steps": 6}, {"sampler": "maskgit", "steps": 4}):
+        s1 = sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), **kw)
+        assert torch.equal(s1, sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), **kw))
+        assert s1.max() < K
