@@ -149,18 +149,19 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
     top-probability mass (VQ-Diffusion's truncation sampling), top_k to its k best codes.
     sampler "maskgit": confidence-ordered parallel decoding (Chang et al. 2022, arXiv 2202.04200): every step
     draws all masked tokens from p(x_0 | x_t), keeps the most confident ones and re-masks the rest, with a
-    cosine schedule of the masked count over `steps` (default 16) and Gumbel noise on the confidence annealed
-    from `choice_temperature` to 0. The denoiser sees the t whose mask ratio matches the current one.
+    cosine schedule of the masked count over `steps` (default 16, at most h*w) and Gumbel noise on the
+    confidence annealed from `choice_temperature` to 0. The denoiser sees the t whose mask ratio matches the
+    current one.
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     T = model.num_timesteps
     if sampler not in ("vq", "maskgit"):
         raise RegvqError(f"unknown diffusion sampler {sampler!r}; use vq or maskgit")
-    steps = steps or (T if sampler == "vq" else 16)
-    if sampler == "vq" and not 1 <= steps <= T:
-        raise RegvqError(f"steps must be in 1..{T} (the prior's number of timesteps), got {steps}")
     h, w = model.config.grid_size
     N, K = h * w, model.config.codebook_size
+    steps = steps or (T if sampler == "vq" else min(16, N))
+    if sampler == "vq" and not 1 <= steps <= T:
+        raise RegvqError(f"steps must be in 1..{T} (the prior's number of timesteps), got {steps}")
     if sampler == "maskgit" and not 1 <= steps <= N:
         raise RegvqError(f"maskgit steps must be in 1..{N} (the number of tokens), got {steps}")
     device = next(model.parameters()).device
