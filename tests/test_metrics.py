@@ -314,3 +314,24 @@ def test_result_schema_round_trip_and_violations():
     broken(lambda r: r["protocol"].update(image_size=[16]))
     broken(lambda r: r.update(kind="other"))
     broken(lambda r: r.update(warnings="none"))
+
+
+def test_recon_with_the_project_tokenizer(tmp_path):
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS
+
+    torch.manual_seed(0)
+    tok = Tokenizer(PRESETS["tok-test"]).eval()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (10, 32, 32, 3), generator=g, dtype=torch.uint8)
+    cache = tmp_path / "originals.safetensors"
+    res = evaluate_recon(tok, [images[:6], images[6:]], feature_fn=_pooled_features, save_ref_stats=cache, model="tok-test")
+    m = res["metrics"]
+    assert m["codebook_size"] == 64 and 0 < m["codebook_usage"] <= 100 and 1 <= m["codebook_perplexity"] <= 64
+    assert 0 < m["psnr"] < 100 and -1 <= m["ssim"] < 1 and m["l1"] > 0 and m["rfid"] > 0
+    # the cached statistics of the originals reproduce rFID and KID without recomputing them
+    again = evaluate_recon(tok, [images], feature_fn=_pooled_features, ref_stats=cache)
+    for key in ("psnr", "rfid", "kid", "codebook_perplexity"):
+        assert again["metrics"][key] == pytest.approx(m[key], rel=1e-6)
+    with pytest.raises(RegvqError, match="image_size"):
+        evaluate_recon(tok, [images[:, :16, :16]], feature_fn=_pooled_features, ref_stats=cache)

@@ -15,7 +15,7 @@ and, for the codebook metrics, a `codebook_size` attribute (or `config.codebook_
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from regvq_cli.errors import RegvqError
 from regvq_cli.eval import fid as fidlib
 from regvq_cli.eval import metrics
 from regvq_cli.eval.batches import LoadImage, as_batches, quantize_8bit, to_signed
-from regvq_cli.eval.result import PSNR_CAP_DB, make_protocol, make_result
+from regvq_cli.eval.result import PSNR_CAP_DB, feature_info, make_protocol, make_result
 
 
 def tokenizer_codebook_size(tokenizer) -> int | None:
@@ -77,9 +77,12 @@ def evaluate_recon(
     n_total = n_total if n_total is not None else n_known
     if n_known is not None and n_known < fidlib.FID_MIN_IMAGES and feature_fn is not None:
         raise RegvqError(
-            f"rFID needs at least {fidlib.FID_MIN_IMAGES} images, got {n_known}; evaluate more images, or skip FID"
+            f"rFID needs at least {fidlib.FID_MIN_IMAGES} images, got {n_known}; "
+            "evaluate more images, or skip rFID (no feature network)"
         )
-    if feature_fn == "default":
+    if isinstance(feature_fn, str):
+        if feature_fn != "default":
+            raise RegvqError(f"unknown feature network {feature_fn!r}")
         feature_fn = fidlib.default_feature_network(device)
     if codebook_size is None:
         codebook_size = tokenizer_codebook_size(tokenizer)
@@ -87,7 +90,10 @@ def evaluate_recon(
 
     cached_ref = None
     if isinstance(ref_stats, (str, os.PathLike)):
-        cached_ref, _ = fidlib.load_stats(ref_stats)  # protocol checked below, once the image size is known
+        # fail before the long pass when the feature network already disagrees; the image size is
+        # checked once it is known
+        fidlib.check_protocol(fidlib.read_stats_protocol(ref_stats), feature_info(feature_fn), f"the statistics in {ref_stats}")
+        cached_ref, _ = fidlib.load_stats(ref_stats)
     elif ref_stats is not None:
         cached_ref = ref_stats
     need_features = feature_fn is not None
