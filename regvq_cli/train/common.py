@@ -293,11 +293,13 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
-    if not enabled:
-        return module
-    if not hasattr(torch, "compile"):
-        raise RegvqError("torch.compile needs PyTorch 2.0 or newer: drop --compile")
-    return torch.compile(module)
+    """Compile ``module`` in place with ``nn.Module.compile`` (its state-dict keys stay the same, unlike a
+    ``torch.compile`` wrapper's ``_orig_mod.`` prefix) and return it."""
+    if enabled:
+        if not hasattr(module, "compile"):
+            raise RegvqError("compiling needs PyTorch 2.2 or newer: drop --compile")
+        module.compile()
+    return module
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int = 0, schedule: str = "constant", max_steps: int = 0,

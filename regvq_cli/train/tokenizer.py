@@ -226,7 +226,14 @@ class TokenizerTrainer:
             self.disc_ddp = nn.parallel.DistributedDataParallel(self.disc, **ddp) if self.disc is not None else None
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
-        self.model_fwd = maybe_compile(self.model_ddp, cfg.compile)
+        if cfg.compile:
+            # The convolutional bodies only, in place (state-dict keys unchanged). The quantizer (Python-side
+            # schedule, collectives) stays eager, and so does the decoder's output head: the GAN's adaptive
+            # weight back-propagates to its last layer with retain_graph=True, which compiled backward graphs
+            # (donated buffers) refuse.
+            dec = self.model.decoder
+            for net in (self.model.encoder, dec.conv_in, dec.mid, *dec.levels):
+                maybe_compile(net, True)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
         self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
@@ -303,7 +310,7 @@ class TokenizerTrainer:
         """Generator-side objective for one micro-batch: (total, recon, logged terms, codebook counts)."""
         cfg = self.cfg
         with autocast(self.device, cfg.bf16):
-            recon, q = self.model_fwd(x, step=step)
+            recon, q = self.model_ddp(x, step=step)
         terms: dict[str, torch.Tensor] = {"l1": L.l1_loss(recon, x)}
         rec = cfg.l1_weight * terms["l1"]
         if self.feature_net is not None:
