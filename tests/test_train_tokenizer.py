@@ -95,11 +95,11 @@ def test_training_reduces_the_loss(tmp_path):
     # four images, batch four, no scale/flip augmentation: every step sees the same pictures
     data = make_images(tmp_path / "imgs", n=4, size=32)
     losses = []
-    cfg = fast_cfg(max_steps=40, mask_ratio=0.4, hflip=False, scale_range=(1.0, 1.0))
+    cfg = fast_cfg(max_steps=60, mask_ratio=0.4, hflip=False, scale_range=(1.0, 1.0))
     out = train_tokenizer([data], tmp_path / "run", cfg, callback=lambda step, m: losses.append(m["l1"]))
-    assert len(losses) == 40 and (out / "model.safetensors").exists()
+    assert len(losses) == 60 and (out / "model.safetensors").exists()
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.85 * first, (first, last)
+    assert last < 0.8 * first, (first, last)
 
 
 def test_full_objective_writes_metrics_samples_and_model(tmp_path):
