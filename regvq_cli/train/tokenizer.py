@@ -46,7 +46,7 @@ from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
 from .common import (EMA, METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank, autocast,
-                     barrier, cleanup_distributed, gather_objects, get_rank, load_state, lr_at, maybe_compile,
+                     barrier, cleanup_distributed, gather_objects, load_state, lr_at, maybe_compile,
                      read_metrics, rng_state, save_state, seed_everything, set_lr, set_rng_state, setup_distributed,
                      unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate

@@ -85,7 +85,6 @@ class RegVQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor, step: int | None = None) -> QuantizerOutput:
         B, _, h, w = z.shape
-        N = self.codebook_size
         with torch.autocast(z.device.type, enabled=False):
             z = z.float()
             codebook = self.embedding.weight  # [N, D]
