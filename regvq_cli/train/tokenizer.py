@@ -125,7 +125,9 @@ class TrainTokenizerConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         self.scale_range = tuple(self.scale_range)
-        if isinstance(self.perceptual_weights, (str, Path)):
+        if self.perceptual_weights is None:
+            self.perceptual_weights = []
+        elif isinstance(self.perceptual_weights, (str, Path)):
             self.perceptual_weights = [str(self.perceptual_weights)]
         self.perceptual_weights = [str(p) for p in self.perceptual_weights]
         if self.preset not in PRESETS:
