@@ -202,7 +202,7 @@ class DiffusionPrior(nn.Module):
         """
         K = self.config.codebook_size
         c = coefs.to(log_x0.device)[:, None, :]  # [B or 1, 1, 10]
-        log_abar_t, log_bbar_t, log_gbar_t, log_abar_bbar_t = c[..., 0:1], c[..., 1:2], c[..., 2:3], c[..., 3:4]
+        log_bbar_t, log_gbar_t, log_abar_bbar_t = c[..., 1:2], c[..., 2:3], c[..., 3:4]  # column 0 (abar_t) unused
         log_abar_s, log_bbar_s, log_gbar_s = c[..., 4:5], c[..., 5:6], c[..., 6:7]
         log_beta, log_gamma, log_alpha_beta = c[..., 7:8], c[..., 8:9], c[..., 9:10]
         log_x0 = log_x0.float()
