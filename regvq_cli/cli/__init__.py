@@ -24,6 +24,8 @@ from regvq_cli import __version__
 COMMANDS = {
     "encode": ("regvq_cli.cli.encode", "encode", "Encode image folders or files into token shards."),
     "decode": ("regvq_cli.cli.decode", "decode", "Decode token shards (or token grids on stdin) back into images."),
+    "eval": ("regvq_cli.cli.eval", "eval_group", "Measure tokenizers (rFID, PSNR, SSIM, codebook use) and generators (FID, KID)."),
+    "codebook": ("regvq_cli.cli.eval", "codebook", "Codebook health of a tokenizer over data: usage, dead codes, histogram."),
     "models": ("regvq_cli.cli.models", "models", "List, show and publish models."),
     "shards": ("regvq_cli.cli.shards", "shards", "Inspect, verify and merge token folders."),
     "train-tokenizer": ("regvq_cli.cli.train_tokenizer", "train_tokenizer", "Train a RegVQ (or VQ / Gumbel-VQ) tokenizer on image folders."),

@@ -1,0 +1,187 @@
+"""`regvq eval recon | gen` and `regvq codebook`: measured numbers with their protocol."""
+
+from __future__ import annotations
+
+import click
+
+from regvq_cli.cli._common import device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+
+
+MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
+
+
+@click.group("eval")
+def eval_group():
+    """Measure tokenizers and generators; every result carries its protocol (--json for all of it)."""
+
+
+def image_batches(data, size, resize, batch_size, workers, limit):
+    """uint8 [B, H, W, 3] batches of the images in DATA; unreadable files are reported and skipped."""
+    import torch
+
+    from regvq_cli.data.dataset import ImageDataset
+    from regvq_cli.data.inputs import list_inputs
+    from regvq_cli.engine.encode import default_loader_workers
+
+    listing = list_inputs(list(data))
+    n = len(listing) if limit is None else min(limit, len(listing))
+    dataset = ImageDataset(listing, size, resize, indices=range(n))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=default_loader_workers() if workers is None else workers)
+
+    def batches():
+        for batch in loader:
+            for i, reason, ok in zip(batch["i"].tolist(), batch["reason"], batch["ok"].tolist()):
+                if not ok:
+                    warn(f"skipped {listing.key(i)}: {reason}")
+            if batch["ok"].any():
+                yield batch["image"][batch["ok"]].permute(0, 2, 3, 1)
+
+    return batches(), n
+
+
+def shared_options(f):
+    for opt in reversed([
+        click.option("--size", type=click.IntRange(8), default=None, help="Image size the metrics see (default: the tokenizer's, or 256)."),
+        click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help="How images become SIZE x SIZE (see `regvq encode --help`)."),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch."),
+        click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images."),
+        click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes."),
+        click.option("--no-fid", is_flag=True, help="Skip the Inception features (no FID/KID): fast."),
+        click.option("--fid-method", type=click.Choice(["sqrtm", "eigh"]), default="sqrtm", show_default=True, help="Matrix square root of the Frechet distance (eigh: same value, faster)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the KID subsets."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def show(result, as_json):
+    if as_json:
+        emit_json(result)
+        return
+    for w in result.get("warnings", []):
+        warn(w)
+    for name, value in result["metrics"].items():
+        if value is not None:
+            click.echo(f"{name:22} {value:.4f}" if isinstance(value, float) else f"{name:22} {value}")
+    p = result["protocol"]
+    info(f"protocol: {p['n_images']} images at {p['image_size']}, resize {p['resize']}, features {p['feature_network']}")
+
+
+@eval_group.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@model_option(help_text="Tokenizer to evaluate (a shipped name, folder, .safetensors file or Hub id).")
+@shared_options
+@click.option("--ref-stats", type=click.Path(dir_okay=False), default=None, help="Cached Inception statistics of these images: read if present, else written.")
+@device_options
+@offline_option
+@json_option
+def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_method, seed, ref_stats, device, dtype, offline, as_json):
+    """Reconstruction quality of a tokenizer on the images in DATA.
+
+    rFID and KID (TF-FID Inception pool3), PSNR, SSIM, L1, and codebook usage, perplexity and dead codes.
+    """
+    import os
+
+    from regvq_cli.engine.device import pick_device
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, load
+    from regvq_cli.eval.recon import evaluate_recon
+
+    dev = pick_device(device)
+    tokenizer = load(model or DEFAULT_TOKENIZER, device=dev, offline=offline)
+    size = size or tokenizer.config.image_size
+    batches, n = image_batches(data, size, resize, batch_size, workers, limit)
+    if n < MIN_FID_IMAGES and not no_fid:
+        warn(f"{n} images are too few for rFID/KID (at least {MIN_FID_IMAGES}); reporting the other metrics")
+        no_fid = True
+    have_stats = ref_stats is not None and os.path.exists(ref_stats)
+    with progress(total=n, desc="eval", unit="img") as bar:
+        result = evaluate_recon(
+            tokenizer, batches, device=dev, feature_fn=None if no_fid else "default", image_size=size,
+            batch_size=batch_size, resize=resize, ref_stats=ref_stats if have_stats else None,
+            save_ref_stats=ref_stats if ref_stats and not have_stats else None, fid_method=fid_method, seed=seed,
+            data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=lambda done, total: bar.update(done - bar.n))
+    show(result, as_json)
+
+
+@eval_group.command()
+@click.option("--samples", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of generated images.")
+@click.option("--ref", "ref", required=True, type=click.Path(exists=True), help="Reference images (a folder) or cached statistics (.safetensors).")
+@shared_options
+@click.option("--save-ref-stats", type=click.Path(dir_okay=False), default=None, help="Write the reference statistics here for later runs.")
+@click.option("--device", default="auto", show_default=True, help="Where to run: auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+@json_option
+def gen(samples, ref, size, resize, batch_size, limit, workers, no_fid, fid_method, seed, save_ref_stats, device, as_json):
+    """FID, KID and precision/recall of generated SAMPLES against reference images."""
+    from regvq_cli.engine.device import pick_device
+    from regvq_cli.eval.gen import evaluate_gen
+
+    if no_fid:
+        raise click.UsageError("`eval gen` measures features; --no-fid leaves nothing to measure")
+    dev = pick_device(device)
+    size = size or 256
+    sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit)
+    ref_source = ref if ref.endswith(".safetensors") else image_batches([ref], size, resize, batch_size, workers, None)[0]
+    with progress(total=n, desc="eval", unit="img") as bar:
+        result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
+                              resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
+                              data=samples, ref_name=ref, n_samples=n,
+                              callback=lambda done, total: bar.update(done - bar.n))
+    show(result, as_json)
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.argument("data", nargs=-1, type=click.Path(exists=True))
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the usage histogram as a PNG.")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="How many most/least used codes to list.")
+@click.option("--size", type=click.IntRange(8), default=None, help="Image size (default: the tokenizer's).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images.")
+@device_options
+@offline_option
+@json_option
+def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, offline, as_json):
+    """Codebook health of tokenizer MODEL over DATA: usage histogram, dead codes, most and least used codes.
+
+    DATA is image folders/files (encoded with MODEL) or a token folder from `regvq encode`. MODEL defaults to
+    the embedded default tokenizer.
+    """
+    import os
+
+    import torch
+
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, load
+    from regvq_cli.engine.runtime import prepare_tokenizer
+    from regvq_cli.eval.codebook import codebook_report, save_usage_plot
+
+    if not data:
+        raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
+    dev = pick_device(device)
+    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline)
+    n_codes = tokenizer.codebook_size
+    hist = torch.zeros(n_codes, dtype=torch.long)
+    if len(data) == 1 and os.path.isfile(os.path.join(data[0], "manifest.json")):
+        from regvq_cli.data.shards import ShardReader
+
+        reader = ShardReader(data[0])
+        if reader.codebook_size != n_codes:
+            raise click.UsageError(f"the tokens use {reader.codebook_size} codes, the model {n_codes}")
+        for j in range(len(reader.paths)):
+            hist += torch.bincount(torch.from_numpy(reader.shard(j)["tokens"].astype("int64")).flatten(), minlength=n_codes)
+    else:
+        runner = prepare_tokenizer(tokenizer, dev, pick_dtype(dtype, dev))
+        batches, n = image_batches(data, size or tokenizer.config.image_size, "shorter-crop", batch_size, None, limit)
+        with progress(total=n, desc="codebook", unit="img") as bar:
+            for batch in batches:
+                idx = runner.encode_uint8(batch.permute(0, 3, 1, 2))
+                hist += torch.bincount(idx.flatten().cpu(), minlength=n_codes)
+                bar.update(len(batch))
+    report = codebook_report(hist, top_k=top)
+    if plot:
+        save_usage_plot(hist, plot, title=f"{tokenizer.regvq_id}: code usage")
+    if as_json:
+        emit_json(report)
+        return
+    for name, value in report.items():
+        click.echo(f"{name:20} {value}")

@@ -1,0 +1,60 @@
+"""`regvq eval recon | gen` and `regvq codebook` through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.eval.result import validate_result
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS
+from tests.conftest import invoke
+from tests.test_encode_decode import make_images
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(Tokenizer(PRESETS["tok-test"]), tmp_path_factory.mktemp("tok") / "tok")
+
+
+def test_recon_json_follows_the_schema_and_skips_bad_files(tmp_path, tok):
+    imgs = make_images(tmp_path / "imgs", 4)
+    (imgs / "broken.png").write_bytes(b"\x89PNG broken")
+    r = invoke("eval", "recon", imgs, "-m", tok, "--json", "--workers", "0")
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    validate_result(result)
+    assert result["kind"] == "recon" and result["protocol"]["n_images"] == 4
+    assert result["metrics"]["rfid"] is None  # 4 images: too few for FID, said on stderr
+    assert 0 < result["metrics"]["psnr"] < 100 and result["metrics"]["codebook_size"] == 64
+    assert b"skipped broken.png" in r.stderr and b"too few for rFID" in r.stderr
+
+
+def test_gen_measures_fid_kid_precision_recall(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    r = invoke("eval", "gen", "--samples", tmp_path / "a", "--ref", tmp_path / "b", "--size", "32", "--fid-method",
+               "eigh", "--json", "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    validate_result(result)
+    assert result["metrics"]["fid"] > 0 and result["metrics"]["fid_biased"] is True
+    assert result["protocol"]["feature_network"].startswith("inception")
+
+
+def test_codebook_over_images_and_over_tokens(tmp_path, tok):
+    imgs = make_images(tmp_path / "imgs", 3)
+    r = invoke("codebook", tok, imgs, "--json", "--plot", tmp_path / "use.png")
+    assert r.returncode == 0, r.stderr.decode()
+    from_images = json.loads(r.stdout)
+    assert from_images["n_tokens"] == 3 * 8 * 8 and Image.open(tmp_path / "use.png").size[0] > 0
+    assert invoke("encode", imgs, "-o", tmp_path / "tokens", "-m", tok, "--workers", "0").returncode == 0
+    from_tokens = json.loads(invoke("codebook", tok, tmp_path / "tokens", "--json").stdout)
+    assert from_tokens["dead_codes"] == from_images["dead_codes"] and from_tokens["n_tokens"] == from_images["n_tokens"]
