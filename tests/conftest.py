@@ -42,6 +42,18 @@ def invoke(*args, input=None):
     return Result(r.exit_code, r.stdout_bytes, r.stderr_bytes or b"")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: the models here are tiny, and on a small busy machine two spinning OpenMP
+    threads per op make them many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_model_type(monkeypatch):
     """Register the tiny `tiny` model type of tests/tiny_model.py for the duration of a test."""

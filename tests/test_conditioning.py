@@ -16,15 +16,6 @@ from regvq_cli.priors.diffusion import DiffusionConfig, DiffusionPrior
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def config(kind, **kw):
     return PriorConfig(codebook_size=16, grid_size=(2, 3), cond=kind, num_classes=3, class_names=("a", "b", "c"),
                        text_dim=5, text_max_tokens=4, seg_classes=4, **kw)

@@ -10,15 +10,6 @@ from regvq_cli.errors import RegvqError
 from regvq_cli.tokenizer import losses as L
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, busy machine two spinning OpenMP threads per op are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def feats(seed=0, shapes=((2, 8, 6, 6), (2, 16, 3, 3))):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(*s, generator=g) for s in shapes]

@@ -16,15 +16,6 @@ from regvq_cli.priors.sampling import sample_ar
 K, H, W = 17, 3, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(cond="none", **kw) -> ARPrior:
     cfg = ARConfig(codebook_size=K, grid_size=(H, W), dim=32, n_layers=2, n_heads=2, cond=cond, num_classes=4,
                    text_dim=16, text_max_tokens=6, seg_classes=3, **kw)

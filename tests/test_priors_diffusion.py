@@ -17,15 +17,6 @@ from regvq_cli.priors.sampling import sample_diffusion
 K = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(cond="none", T=10, **kw) -> DiffusionPrior:
     cfg = DiffusionConfig(codebook_size=K, grid_size=(2, 3), dim=32, n_layers=2, n_heads=2, num_timesteps=T,
                           cond=cond, num_classes=3, text_dim=8, text_max_tokens=4, seg_classes=3, **kw)

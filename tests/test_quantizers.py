@@ -11,15 +11,6 @@ from regvq_cli.tokenizer.quantizers.base import all_reduce_sum_with_grad, straig
 from regvq_cli.tokenizer.quantizers.regvq import kl_to_uniform
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, busy machine two spinning OpenMP threads per op are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def distance_regvq(codebook, **kw):
     """A RegVQ quantizer with distance logits and a given codebook [N, D] (so choices are controllable)."""
     q = RegVQuantizer(codebook.shape[0], codebook.shape[1], logits="distance", distance_temp=0.01, **kw)

@@ -15,15 +15,6 @@ from regvq_cli.priors.sampling import (filter_logits, sample_ar, sample_categori
 K = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ar(cond="class"):
     torch.manual_seed(0)
     m = ARPrior(ARConfig(codebook_size=K, grid_size=(3, 3), dim=32, n_layers=2, n_heads=2, cond=cond,

@@ -13,15 +13,6 @@ from regvq_cli.tokenizer.presets import PRESETS
 from regvq_cli.tokenizer.quantizers import QuantizerOutput
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, busy machine two spinning OpenMP threads per op are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def roundtrip(cfg):
     return type(cfg)(**json.loads(json.dumps(dataclasses.asdict(cfg))))
 

@@ -13,15 +13,6 @@ from regvq_cli.train.data import AugmentedImages, ShardedBatchSampler
 from regvq_cli.train.tokenizer import TokenizerTrainer, TrainTokenizerConfig, codebook_stats, train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small, busy machine two spinning OpenMP threads per op are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_images(folder, n=8, size=40, seed=0):
     """Flat-coloured images with a coloured rectangle: easy to reconstruct, so the loss falls fast."""
     folder.mkdir(parents=True, exist_ok=True)
