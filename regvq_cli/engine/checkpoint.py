@@ -209,7 +209,6 @@ def load_model(path, device=None, dtype=None):
 
     Returns the model in eval mode on `device` (default cpu), floating-point weights in `dtype` if given.
     """
-    import torch
     from safetensors.torch import load_file
 
     path = Path(path)
