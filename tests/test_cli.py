@@ -47,6 +47,19 @@ def test_shell_completion_does_not_import_torch():
     assert "models" in r.stdout.decode()
 
 
+def test_model_option_completes_shipped_names_without_torch(tmp_path):
+    from tests.test_resolver import _write_model
+
+    for name in ("regvq-alpha", "regvq-beta", "other"):
+        _write_model(tmp_path / name)
+    code = ("import sys; sys.modules['torch'] = None; from pathlib import Path; import regvq_cli.engine.resolve as r; "
+            f"r.shipped_models_dir = lambda: Path({str(tmp_path)!r}); from regvq_cli.cli import main; main()")
+    env = {**os.environ, "_REGVQ_COMPLETE": "bash_complete", "COMP_WORDS": "regvq encode --model regvq-", "COMP_CWORD": "3"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "regvq-alpha" in r.stdout.decode() and "regvq-beta" in r.stdout.decode() and "other" not in r.stdout.decode()
+
+
 def test_completions_shipped_are_current():
     for shell in SHELLS:
         shipped = (REPO / "completions" / f"regvq.{shell}").read_text()

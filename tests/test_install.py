@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.test_resolver import _model_files
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,11 @@ def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
     src = root / "src"
     # Build from a copy, as a fresh clone would be, so the checkout's own files cannot leak in.
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", "runs"))
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", ".pytest_cache", "runs", ".carry"))
+    # a model of our own beside the shipped ones, so the test means something whatever models/ holds
+    (src / "models" / "zz-install-probe").mkdir()
+    for name, data in _model_files().items():
+        (src / "models" / "zz-install-probe" / name).write_bytes(data)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)]
@@ -45,6 +50,6 @@ def test_shipped_models_are_found_after_install(installed):
     assert r.returncode == 0, r.stderr.decode()
     names = sorted(row["name"] for row in json.loads(r.stdout))
     shipped = sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.safetensors").is_file())
-    assert names == shipped
+    assert names == sorted(shipped + ["zz-install-probe"])
     for row in json.loads(r.stdout):
         assert "site-packages" in row["path"]
