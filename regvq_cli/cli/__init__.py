@@ -29,6 +29,8 @@ COMMANDS = {
     "models": ("regvq_cli.cli.models", "models", "List, show and publish models."),
     "shards": ("regvq_cli.cli.shards", "shards", "Inspect, verify and merge token folders."),
     "train-tokenizer": ("regvq_cli.cli.train_tokenizer", "train_tokenizer", "Train a RegVQ (or VQ / Gumbel-VQ) tokenizer on image folders."),
+    "train-prior": ("regvq_cli.cli.train_prior", "train_prior", "Train an autoregressive or discrete-diffusion prior on a token folder."),
+    "sample": ("regvq_cli.cli.sample", "sample", "Generate images (or token grids) from a prior: prompts, classes or segmentation maps."),
     "completion": ("regvq_cli.cli.completion", "completion", "Print the shell completion script for bash, zsh or fish."),
 }
 

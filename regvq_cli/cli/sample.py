@@ -1,0 +1,324 @@
+"""`regvq sample`: generate images (and token grids) from a trained prior.
+
+Conditions (prompts, classes or segmentation maps) each get -n samples, in the order given; sample i is named
+`{i:06d}`. Randomness comes from one generator seeded with --seed, so the same seed, batch size and device give
+the same images.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from regvq_cli.cli._common import (complete_model, device_options, emit_json, info, json_option, model_option,
+                                   offline_option, progress, warn)
+
+SHARD_SIZE = 4096  # samples per shard of --tokens-out
+
+
+@click.command()
+@model_option(help_text="Prior: a shipped name, a folder (e.g. runs/x/model), a .safetensors file or a Hub id "
+                        "(default: regvq-text2img with --prompt, regvq-seg2img with --seg-map).")
+@click.option("-p", "--prompt", "prompts", multiple=True, metavar="TEXT", help="A text prompt (repeatable).")
+@click.option("--prompts-from", type=click.Path(allow_dash=True, dir_okay=False), help="Read prompts from FILE, one per line ('-' for stdin).")
+@click.option("--class", "classes", multiple=True, metavar="NAME|ID", help="A class name or id (repeatable).")
+@click.option("--seg-map", "seg_maps", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PNG",
+              help="A segmentation map: a PNG of label ids, mode L, P or I;16 (repeatable).")
+@click.option("-n", "--num-samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per condition.")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Random seed (default: a fresh one, reported in the output).")
+@click.option("--cfg", "guidance", type=click.FloatRange(0), default=1.5, show_default=True, help="Classifier-free guidance scale (1: off).")
+@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k most likely codes (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Keep the smallest set of codes with this much probability.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="diffusion: denoising steps (default: all timesteps for vq, 16 for maskgit).")
+@click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="diffusion: the reverse process (vq, the default) or MaskGIT confidence decoding.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Samples per device batch.")
+@click.option("--tokenizer", "tokenizer_spec", default=None, shell_complete=complete_model, help="Tokenizer to decode with (default: the one recorded in the prior).")
+@click.option("-o", "--out", default=None, type=click.Path(allow_dash=True), help="A folder for the PNGs, a .png file (one image, or the sheet with --grid), or '-' for one PNG on stdout.")
+@click.option("--grid", "grid_sheet", is_flag=True, help="Write all samples as one contact sheet PNG (OUT is a .png file or '-').")
+@click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
+@click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
+@device_options
+@offline_option
+@json_option
+def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, guidance, temperature, top_k, top_p,
+           steps, sampler, batch_size, tokenizer_spec, out, grid_sheet, cols, tokens_out, device, dtype, offline, as_json):
+    """Generate images from a prior trained with `regvq train-prior`.
+
+    \b
+    regvq sample --prompt "a red bird" -o bird.png
+    regvq sample --prompts-from prompts.txt -n 4 -o out/
+    regvq sample -m runs/ar/model --class 3 --class dog -n 8 --grid -o sheet.png
+    regvq sample --seg-map map.png --seed 1 -o - > scene.png
+    regvq sample -m runs/ar/model --class 0 -n 50000 --tokens-out gen-tokens/   # decode later
+
+    The same --seed, --batch-size and device give the same images.
+    """
+    import os
+    import secrets
+    import time
+
+    prompts = list(prompts) + (read_prompts(prompts_from) if prompts_from else [])
+    given = [(name, list(v)) for name, v in (("prompts", prompts), ("labels", classes), ("segmaps", seg_maps)) if v]
+    if len(given) > 1:
+        raise click.UsageError("give prompts, classes or segmentation maps, not several kinds at once")
+    kind, values = given[0] if given else (None, [])
+    total = max(1, len(values)) * num_samples
+    check_outputs(out, tokens_out, grid_sheet, as_json, total)
+
+    import numpy as np
+    import torch
+
+    from regvq_cli.engine.decode import _save_png, contact_sheet
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.resolve import load
+    from regvq_cli.engine.runtime import prepare_tokenizer
+    from regvq_cli.priors.conditioning import prepare_condition
+
+    dev = pick_device(device)
+    compute_dtype = pick_dtype(dtype, dev)
+    prior = load(model or default_prior(kind), device=dev, offline=offline)
+    pc = prior.config
+    if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
+        raise click.UsageError("--steps and --sampler apply to diffusion priors only")
+    tokenizer = tok_sha = None
+    if out is not None or kind == "segmaps":
+        tokenizer, tok_sha = load_tokenizer(prior, tokenizer_spec, offline)
+    maps = load_maps(values, tokenizer.config.image_size) if kind == "segmaps" else None
+    cond = prepare_condition(pc, device=dev, **({kind: maps if kind == "segmaps" else values} if kind else {}))
+
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    generator = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
+    rows = np.arange(total) // num_samples  # the condition of each sample
+    names = [f"{i:06d}" for i in range(total)]
+    writer = None
+    if tokens_out is not None:
+        fields = {"labels": cond.cpu().numpy()[rows] if kind == "labels" else None,
+                  "captions": [values[r] for r in rows] if kind == "prompts" else None,
+                  "segmaps": maps[rows] if kind == "segmaps" else None}
+        tok_id = tokenizer.regvq_id if tokenizer is not None else pc.tokenizer
+        settings = {"prior": prior.regvq_id, "seed": seed, "cfg": guidance, "temperature": temperature, "top_k": top_k,
+                    "top_p": top_p, "steps": steps, "sampler": sampler, "batch_size": batch_size}
+        writer = TokenWriter(tokens_out, pc, tok_id, tok_sha or pc.tokenizer_sha256, names, fields, settings)
+    runner = prepare_tokenizer(tokenizer, dev, compute_dtype) if out is not None else None
+    single = out is not None and (out == "-" or out.lower().endswith(".png"))
+    options = dict(cfg=guidance, temperature=temperature, top_k=top_k, top_p=top_p)
+    if prior.model_type == "diffusion":
+        options.update(steps=steps, sampler=sampler or "vq")
+    files, sheet, done = [], [], 0
+    t0 = time.perf_counter()
+    try:
+        with progress(total=total, desc="sample", unit="img") as bar:
+            for tokens in token_batches(prior, cond, rows, batch_size, generator, compute_dtype, options):
+                if writer is not None:
+                    writer.add(tokens.cpu().numpy())
+                if runner is not None:
+                    pixels = runner.decode_uint8(tokens).numpy()  # [b, H, W, 3]
+                    if single:
+                        sheet.append(pixels)
+                    else:
+                        for name, img in zip(names[done:done + len(pixels)], pixels):
+                            files.append(os.path.join(out, f"{name}.png"))
+                            _save_png(img, files[-1])
+                done += len(tokens)
+                bar.update(len(tokens))
+        if writer is not None:
+            writer.finish()
+    finally:
+        if writer is not None:
+            writer.close()
+    if single:
+        image = contact_sheet(np.concatenate(sheet), cols) if grid_sheet else sheet[0][0]
+        if out == "-":
+            write_png_to_stdout(image)
+        else:
+            _save_png(image, out)
+            files.append(out)
+    elapsed = time.perf_counter() - t0
+    summary = {"model": prior.regvq_id, "tokenizer": tokenizer.regvq_id if tokenizer is not None else pc.tokenizer,
+               "seed": seed, "images": total, "files": files, "tokens_out": tokens_out, "seconds": round(elapsed, 3),
+               "images_per_s": round(total / max(elapsed, 1e-9), 2), "device": str(dev)}
+    if as_json:
+        emit_json(summary)
+    else:
+        where = ", ".join(w for w in (out if out != "-" else "stdout", tokens_out) if w)
+        info(f"{where}: {total} samples with seed {seed} ({summary['images_per_s']:.1f} images/s)")
+
+
+def read_prompts(path: str) -> list[str]:
+    """Non-empty lines of FILE (or stdin for '-'), stripped."""
+    with click.open_file(path, "r", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def check_outputs(out, tokens_out, grid_sheet, as_json, total) -> None:
+    """Refuse output combinations that cannot work, before any model is loaded."""
+    if out is None and tokens_out is None:
+        raise click.UsageError("give -o (images) and/or --tokens-out (token grids)")
+    single = out is not None and (out == "-" or out.lower().endswith(".png"))
+    if grid_sheet and not single:
+        raise click.BadParameter("with --grid, OUT is the contact sheet: a .png file or '-'", param_hint="--out")
+    if single and not grid_sheet and total > 1:
+        raise click.UsageError(f"-o {out} takes one image but {total} samples are asked for: pass --grid for a "
+                               "contact sheet, or give a folder")
+    if out == "-":
+        if as_json:
+            raise click.UsageError("-o - and --json both write to stdout: choose one")
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write a PNG to a terminal: redirect stdout (> image.png) or pass -o FILE")
+
+
+def default_prior(kind) -> str:
+    """The shipped prior for prompts or maps; a one-line error when it is not installed."""
+    from regvq_cli.engine.resolve import DEFAULT_SEGMAP_PRIOR, DEFAULT_TEXT_PRIOR, shipped_model_names
+    from regvq_cli.errors import RegvqError
+
+    name = {"prompts": DEFAULT_TEXT_PRIOR, "segmaps": DEFAULT_SEGMAP_PRIOR}.get(kind)
+    if name is None:
+        raise click.UsageError("pass --model: there is no default prior for classes or unconditional sampling")
+    if name not in shipped_model_names():
+        what = "text-to-image" if kind == "prompts" else "segmentation-map"
+        raise RegvqError(f"the default {what} prior {name} is not installed; pass --model (a prior from `regvq train-prior`)")
+    return name
+
+
+def load_tokenizer(prior, spec, offline):
+    """The tokenizer to decode with (--tokenizer, else the prior's recorded one) and its weights' sha256."""
+    from regvq_cli.engine.checkpoint import file_sha256, weights_path
+    from regvq_cli.engine.resolve import load
+    from regvq_cli.errors import RegvqError
+
+    pc = prior.config
+    if spec is None:
+        if not pc.tokenizer:
+            raise RegvqError("the prior records no tokenizer: pass --tokenizer")
+        try:
+            tok = load(pc.tokenizer, offline=offline)
+        except RegvqError as e:
+            raise RegvqError(f"the tokenizer recorded in the prior ({pc.tokenizer}) cannot be loaded: {e}; "
+                             "pass --tokenizer") from None
+    else:
+        tok = load(spec, offline=offline)
+    sha = file_sha256(weights_path(tok.regvq_path))
+    if pc.tokenizer_sha256 and sha != pc.tokenizer_sha256:
+        warn(f"{tok.regvq_id} is not the tokenizer the prior was trained on ({pc.tokenizer}); images may look wrong")
+    grid = tuple(tok.grid_size(tok.config.image_size))
+    if tok.codebook_size != pc.codebook_size or grid != tuple(pc.grid_size):
+        raise RegvqError(f"the prior models {pc.grid_size[0]}x{pc.grid_size[1]} grids of {pc.codebook_size} codes but "
+                         f"{tok.regvq_id} makes {grid[0]}x{grid[1]} grids of {tok.codebook_size}; pass the tokenizer "
+                         "the prior was trained on")
+    return tok, sha
+
+
+def load_maps(paths, size):
+    """Segmentation-map PNGs -> label ids [k, size, size] (uint8, or int16 for 16-bit maps), cropped like encode."""
+    import numpy as np
+
+    from regvq_cli.data.images import ImageSkip, load_segmap
+    from regvq_cli.errors import RegvqError
+
+    maps = []
+    for path in paths:
+        try:
+            maps.append(load_segmap(path, size, resize="shorter-crop"))
+        except ImageSkip as e:
+            raise RegvqError(f"{path}: {e.reason}") from None
+    dtype = np.int16 if any(m.dtype == np.int16 for m in maps) else np.uint8
+    return np.stack(maps).astype(dtype)
+
+
+def token_batches(prior, cond, rows, batch_size, generator, dtype, options):
+    """Sampled token grids [b, h, w] on the device, batch by batch; sample i has condition cond[rows[i]]."""
+    import torch
+
+    from regvq_cli.priors.sampling import sample_ar, sample_diffusion
+
+    device = next(prior.parameters()).device
+    sample_fn = sample_diffusion if prior.model_type == "diffusion" else sample_ar
+    # weights stay fp32; bf16 / fp16 only through autocast (the samplers keep their logits in fp32)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and device.type in ("cuda", "cpu"))
+    for start in range(0, len(rows), batch_size):
+        idx = torch.from_numpy(rows[start:start + batch_size]).to(device)
+        with autocast:
+            yield sample_fn(prior, take(cond, idx), len(idx), generator=generator, **options)
+
+
+def take(cond, rows):
+    """The rows of a raw condition (None, ids / maps, or TextStates) for one batch."""
+    from regvq_cli.priors.conditioning import TextStates
+
+    if cond is None:
+        return None
+    if isinstance(cond, TextStates):
+        return TextStates(cond.states[rows], cond.mask[rows])
+    return cond[rows]
+
+
+def write_png_to_stdout(pixels) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)  # as the files: -o - gives the same bytes
+    sys.stdout.flush()
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.buffer.flush()
+
+
+class TokenWriter:
+    """Sampled token grids -> a token folder (shards of SHARD_SIZE rows, each written as soon as it is full).
+
+    `fields` holds the per-sample labels / captions / segmaps (None where the samples have none). The folder is
+    locked while it is written, and one with shards of another run is refused before any sampling.
+    """
+
+    def __init__(self, folder, prior_config, tokenizer_id, tokenizer_sha256, keys, fields, settings):
+        import numpy as np
+
+        from regvq_cli.data.shards import OutputLock, RunInfo, completed_shards, inputs_fingerprint, plan_shards
+        from regvq_cli.errors import RegvqError
+
+        pc = prior_config
+        self.fields = {k: v for k, v in fields.items() if v is not None}
+        maps = self.fields.get("segmaps")
+        self.run = RunInfo(tokenizer_id=tokenizer_id or "", tokenizer_sha256=tokenizer_sha256 or "",
+                           grid=pc.grid_size, codebook_size=pc.codebook_size, num_inputs=len(keys),
+                           shard_size=SHARD_SIZE, labels="labels" in self.fields,
+                           label_names=(pc.class_names or None) if "labels" in self.fields else None,
+                           captions="captions" in self.fields,
+                           segmap_size=None if maps is None else maps.shape[1:],
+                           inputs_sha256=inputs_fingerprint(keys), extra={"sampled": settings})
+        self.folder, self.keys = folder, keys
+        self.plan = plan_shards(len(keys), SHARD_SIZE)
+        self.k = 0
+        self.buffer = np.zeros((0, *pc.grid_size), dtype=np.int64)
+        self.lock = OutputLock(folder).acquire()
+        try:
+            completed_shards(folder, self.run)
+        except RegvqError:
+            self.lock.release()
+            raise RegvqError(f"{folder} holds token shards of another run; choose another --tokens-out or delete "
+                             "them") from None
+
+    def add(self, tokens) -> None:
+        import numpy as np
+
+        from regvq_cli.data.shards import write_shard
+
+        self.buffer = np.concatenate([self.buffer, tokens])
+        while self.k < len(self.plan) and len(self.buffer) >= self.plan[self.k][2] - self.plan[self.k][1]:
+            _, start, stop = self.plan[self.k]
+            extra = {name: value[start:stop] for name, value in self.fields.items()}
+            write_shard(self.folder, self.k, self.run, self.buffer[:stop - start], self.keys[start:stop], **extra)
+            self.buffer = self.buffer[stop - start:]
+            self.k += 1
+
+    def finish(self) -> dict:
+        from regvq_cli.data.shards import write_manifest
+
+        return write_manifest(self.folder, self.run)
+
+    def close(self) -> None:
+        self.lock.release()

@@ -1,0 +1,107 @@
+"""`regvq train-prior`: train an autoregressive or discrete-diffusion prior on a token folder.
+
+The options mirror `regvq_cli.priors.training.TrainPriorConfig` field by field; they are declared here (not
+read from the dataclass) so that `--help` and shell completion do not import torch. A test checks that every
+default below equals the dataclass's; `None` means "the library decides" (for --preset: `<kind>-small`).
+"""
+
+from __future__ import annotations
+
+import click
+
+from regvq_cli.cli._common import emit_json, info, json_option, progress
+from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
+
+PRESET_NAMES = ["ar-test", "ar-small", "ar-b", "ar-l", "diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"]
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+# (option, config field, click type, default, help). `None` as default: not set (the preset's / the library's).
+OPTIONS = [
+    # model
+    ("--kind", "kind", click.Choice(["ar", "diffusion"]), "ar", "ar: a decoder-only transformer over raster order; diffusion: VQ-Diffusion mask-and-replace."),
+    ("--preset", "preset", click.Choice(PRESET_NAMES), None, "Architecture preset (default: <kind>-small)."),
+    ("--dropout", "dropout", click.FloatRange(0, 1, max_open=True), None, "Dropout (default: the preset's)."),
+    ("--num-timesteps", "num_timesteps", click.IntRange(1), None, "diffusion: number of timesteps T (default: the preset's)."),
+    ("--aux-weight", "aux_weight", click.FloatRange(0), None, "diffusion: weight of the x_0 cross-entropy (default: the preset's)."),
+    # conditioning
+    ("--cond", "cond", click.Choice(["auto", "none", "class", "text", "segmap"]), "auto",
+     "Condition: auto takes what the shards carry (labels -> class, captions -> text, maps -> segmap)."),
+    ("--cond-dropout", "cond_dropout", click.FloatRange(0, 1, max_open=True), 0.1, "Probability of training the null condition (classifier-free guidance)."),
+    ("--text-encoder", "text_encoder", str, DEFAULT_TEXT_ENCODER, "text: Hugging Face encoder name or folder (frozen; not saved in the prior)."),
+    ("--text-max-tokens", "text_max_tokens", click.IntRange(1), 32, "text: captions are padded / truncated to this many tokens."),
+    ("--text-states", "text_states", click.Path(exists=True, dir_okay=False), None,
+     "text: precomputed caption states (a text_states.safetensors from an earlier run), so the encoder is not needed."),
+    ("--seg-classes", "seg_classes", click.IntRange(1), None, "segmap: number of map labels (default: the largest label in the maps + 1)."),
+    # optimisation
+    ("--batch-size", "batch_size", click.IntRange(1), 32, "Token grids per step per process."),
+    ("--lr", "lr", POSITIVE, 3e-4, "Learning rate (AdamW)."),
+    ("--betas", "betas", (float, float), (0.9, 0.95), "AdamW betas."),
+    ("--weight-decay", "weight_decay", click.FloatRange(0), 0.05, "Weight decay (matrices and embeddings only)."),
+    ("--warmup-steps", "warmup_steps", click.IntRange(0), 0, "Linear learning-rate warm-up steps."),
+    ("--lr-schedule", "lr_schedule", click.Choice(["constant", "cosine"]), "constant", "Learning-rate schedule after warm-up."),
+    ("--grad-clip", "grad_clip", click.FloatRange(0), 1.0, "Clip the gradient norm (0 turns it off)."),
+    ("--max-steps", "max_steps", click.IntRange(0), 10_000, "Stop after this many steps (a rerun with more continues)."),
+    ("--time-limit", "time_limit", POSITIVE, None, "Stop after this many seconds of training, checkpoint and export."),
+    ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
+    ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
+    ("--compile/--no-compile", "compile", bool, False, "torch.compile the model."),
+    ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA (CPU training stays fp32)."),
+    ("--device", "device", str, None, "cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
+    # bookkeeping
+    ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
+    ("--sample-every", "sample_every", click.IntRange(0), 1000, "Write sample grids to OUT/samples every N steps (0: never)."),
+    ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 1000, "Save the resume state every N steps."),
+    ("--num-samples", "num_samples", click.IntRange(0), 8, "Grids in each sample write."),
+    ("--sample-cfg", "sample_cfg", click.FloatRange(0), 1.5, "Guidance scale of the sample grids."),
+    ("--sample-steps", "sample_steps", click.IntRange(1), None, "diffusion: steps of the sample grids (default: all timesteps)."),
+    ("--decode-samples/--no-decode-samples", "decode_samples", bool, True, "Decode sample grids to PNG with the shards' tokenizer when it loads."),
+    ("--seed", "seed", int, 0, "Random seed."),
+]
+
+
+def add_options(f):
+    for flag, field, kind, default, help_text in reversed(OPTIONS):
+        if kind is bool:
+            f = click.option(flag, field, default=default, show_default=True, help=help_text)(f)
+        else:
+            f = click.option(flag, field, type=kind, default=default, show_default=default is not None, help=help_text)(f)
+    return f
+
+
+@click.command("train-prior")
+@click.argument("tokens", type=click.Path(exists=True))
+@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
+@add_options
+@json_option
+def train_prior(tokens, run_dir, as_json, **fields):
+    """Train a prior over the token grids in TOKENS (a folder from `regvq encode`); export it to OUT/model.
+
+    \b
+    regvq train-prior tokens/ -o runs/ar --kind ar --preset ar-b --max-steps 100000
+    regvq train-prior tokens/ -o runs/t2i --kind diffusion --cond text        # captions from metadata.jsonl
+    regvq train-prior tokens/ -o runs/t2i --cond text --text-states runs/old/text_states.safetensors
+    torchrun --nproc-per-node 8 -m regvq_cli train-prior tokens/ -o runs/big --preset ar-l
+    regvq sample -m runs/ar/model --class 3 -n 16 --grid -o sheet.png
+
+    Rerunning on the same OUT resumes from its last checkpoint (raise --max-steps to train longer). OUT holds
+    metrics.jsonl, samples/, state.pt and model/.
+    """
+    import shlex
+    import sys
+
+    from regvq_cli.priors.training import TrainPriorConfig
+    from regvq_cli.priors.training import train_prior as train
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
+    with progress(total=cfg.max_steps, desc="train", unit="step") as bar:
+        def callback(step, metrics):
+            bar.n = step
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "samples_per_s") if k in metrics}, refresh=False)
+            bar.refresh()
+
+        folder = train(tokens, run_dir, cfg, callback=callback)
+    if as_json:
+        emit_json({"model": str(folder), "run_dir": str(run_dir)})
+    else:
+        info(f"model exported to {folder}")

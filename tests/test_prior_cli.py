@@ -1,0 +1,296 @@
+"""`regvq train-prior` and `regvq sample` end to end: tiny tokenizer -> encode -> train -> sample, and errors."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regvq_cli.cli.train_prior import OPTIONS, PRESET_NAMES
+from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS as TOKENIZERS
+from tests.conftest import invoke
+from tests.test_encode_decode import make_images
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them badly."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr.decode()
+    return r
+
+
+def train(tokens, run, *args):
+    return invoke("train-prior", tokens, "-o", run, "--max-steps", "3", "--batch-size", "4", "--log-every", "1",
+                  "--sample-every", "0", "--device", "cpu", "--json", *args)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A tiny random tokenizer (32 px, 8x8 grid, 64 codes) and 8 images in two class folders, encoded."""
+    root = tmp_path_factory.mktemp("prior_cli")
+    torch.manual_seed(0)
+    tok = save_model(Tokenizer(TOKENIZERS["tok-test"]), root / "tok")
+    make_images(root / "imgs" / "cat", 4, seed=0)
+    make_images(root / "imgs" / "dog", 4, seed=1)
+    ok(invoke("encode", "--workers", "0", root / "imgs", "-o", root / "tokens", "-m", tok, "--device", "cpu"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ar_model(work):
+    r = ok(train(work / "tokens", work / "ar", "--kind", "ar", "--cond", "class", "--preset", "ar-test"))
+    return json.loads(r.stdout)["model"]
+
+
+@pytest.fixture(scope="module")
+def diffusion_model(work):
+    r = ok(train(work / "tokens", work / "diff", "--kind", "diffusion", "--preset", "diffusion-test"))
+    return json.loads(r.stdout)["model"]
+
+
+def test_options_mirror_the_config():
+    from regvq_cli.priors.presets import PRESETS
+    from regvq_cli.priors.training import TrainPriorConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainPriorConfig)}
+    for flag, name, _, default, _ in OPTIONS:
+        assert name in fields, f"{flag} sets {name}, which TrainPriorConfig does not have"
+        want = fields[name].default
+        if name == "preset":
+            want = None  # "" in the config, unset on the command line: both mean <kind>-small
+        assert default == want, f"{flag}: default {default!r}, config has {want!r}"
+    assert set(fields) - {name for _, name, _, _, _ in OPTIONS} == {"command"}  # every field but the recorded command
+    assert sorted(PRESET_NAMES) == sorted(PRESETS)
+
+
+def test_train_exports_and_a_rerun_resumes(work, ar_model):
+    from regvq_cli.engine.resolve import load
+
+    prior = load(ar_model)
+    assert prior.model_type == "ar" and prior.config.class_names == ("cat", "dog")
+    assert prior.config.grid_size == (8, 8) and prior.config.codebook_size == 64
+    assert prior.config.tokenizer == str((work / "tok").resolve())
+    steps = [json.loads(line)["step"] for line in (work / "ar" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    ok(train(work / "tokens", work / "ar", "--kind", "ar", "--cond", "class", "--preset", "ar-test",
+             "--max-steps", "4"))
+    steps = [json.loads(line)["step"] for line in (work / "ar" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_bad_training_values_are_usage_errors(work, tmp_path):
+    r = invoke("train-prior", work / "tokens", "-o", tmp_path / "run", "--cond-dropout", "1.5")
+    assert r.returncode == 2 and b"cond-dropout" in r.stderr
+    r = invoke("train-prior", work / "tokens", "-o", tmp_path / "run", "--kind", "ar", "--preset", "diffusion-test")
+    assert r.returncode == 1 and b"not for --kind ar" in r.stderr
+
+
+def test_sample_classes_to_a_folder_and_a_sheet(ar_model, tmp_path):
+    r = ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "1", "-n", "2", "-o", tmp_path / "out",
+                  "--seed", "1", "--json"))
+    summary = json.loads(r.stdout)
+    assert summary["images"] == 4 and summary["seed"] == 1 and summary["images_per_s"] > 0
+    assert sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(4)]
+    assert [os.path.basename(f) for f in summary["files"]] == [f"{i:06d}.png" for i in range(4)]
+    with Image.open(tmp_path / "out" / "000000.png") as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    ok(invoke("sample", "-m", ar_model, "--class", "dog", "-n", "4", "--grid", "--cols", "2", "-o", tmp_path / "sheet.png"))
+    with Image.open(tmp_path / "sheet.png") as im:
+        assert im.size == (2 * 34 + 2, 2 * 34 + 2)  # 2 x 2 images of 32 px with 2 px gaps
+
+
+def test_same_seed_same_images(ar_model, tmp_path):
+    def run(name, seed):
+        ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "3", "--seed", seed, "-o", tmp_path / name))
+        return [(tmp_path / name / f"{i:06d}.png").read_bytes() for i in range(3)]
+
+    a, b, c = run("a", 7), run("b", 7), run("c", 8)
+    assert a == b
+    assert a != c
+
+
+def test_one_png_on_stdout(ar_model, tmp_path):
+    r = ok(invoke("sample", "-m", ar_model, "--class", "dog", "--seed", "3", "-o", "-"))
+    assert r.stdout.startswith(PNG_MAGIC)
+    ok(invoke("sample", "-m", ar_model, "--class", "dog", "--seed", "3", "-o", tmp_path / "one.png"))
+    assert r.stdout == (tmp_path / "one.png").read_bytes()
+    r = invoke("sample", "-m", ar_model, "--class", "dog", "-n", "2", "-o", "-")
+    assert r.returncode == 2 and b"--grid" in r.stderr
+    r = invoke("sample", "-m", ar_model, "--class", "dog", "-o", "-", "--json")
+    assert r.returncode == 2 and b"stdout" in r.stderr
+
+
+def test_tokens_out_is_a_token_folder_that_decodes_to_the_same_images(ar_model, tmp_path):
+    from regvq_cli.data.dataset import TokenDataset
+
+    ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "4",
+              "-o", tmp_path / "img", "--tokens-out", tmp_path / "tok"))
+    ds = TokenDataset(tmp_path / "tok")
+    assert len(ds) == 4 and ds.grid == (8, 8) and ds.codebook_size == 64 and ds.label_names == ["cat", "dog"]
+    assert [ds[i]["key"] for i in range(4)] == [f"{i:06d}" for i in range(4)]
+    assert [int(ds[i]["label"]) for i in range(4)] == [0, 0, 1, 1]
+    ok(invoke("decode", tmp_path / "tok", "-o", tmp_path / "dec"))
+    for i in range(4):
+        assert (tmp_path / "dec" / f"{i:06d}.png").read_bytes() == (tmp_path / "img" / f"{i:06d}.png").read_bytes()
+    # tokens only, without writing images; same seed, same tokens
+    ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "4",
+              "--tokens-out", tmp_path / "tok2"))
+    again = TokenDataset(tmp_path / "tok2")
+    assert all(torch.equal(again[i]["tokens"], ds[i]["tokens"]) for i in range(4))
+    # a folder of another run is refused before sampling
+    line = one_line_error(invoke("sample", "-m", ar_model, "--class", "cat", "--seed", "5", "--tokens-out", tmp_path / "tok"))
+    assert "another run" in line and "--tokens-out" in line
+    assert len(TokenDataset(tmp_path / "tok")) == 4
+
+
+def test_tokens_out_across_several_shards(ar_model, tmp_path, monkeypatch):
+    from regvq_cli.cli import sample
+    from regvq_cli.data.dataset import TokenDataset
+
+    args = ["sample", "-m", ar_model, "--class", "cat", "-n", "5", "--batch-size", "2", "--seed", "9", "--tokens-out"]
+    ok(invoke(*args, tmp_path / "one"))
+    monkeypatch.setattr(sample, "SHARD_SIZE", 3)  # batches of 2, 2, 1 fill shards of 3 and 2
+    ok(invoke(*args, tmp_path / "two"))
+    one, two = TokenDataset(tmp_path / "one"), TokenDataset(tmp_path / "two")
+    assert len(two.reader.paths) == 2 and len(two) == len(one) == 5
+    for i in range(5):
+        assert two[i]["key"] == one[i]["key"] == f"{i:06d}"
+        assert torch.equal(two[i]["tokens"], one[i]["tokens"])
+
+
+def test_diffusion_maskgit(diffusion_model, tmp_path):
+    from regvq_cli.data.dataset import TokenDataset
+
+    def run(name):
+        ok(invoke("sample", "-m", diffusion_model, "--class", "dog", "-n", "2", "--sampler", "maskgit", "--steps", "4",
+                  "--seed", "2", "-o", tmp_path / name, "--tokens-out", tmp_path / f"{name}-tok"))
+        return [(tmp_path / name / f"{i:06d}.png").read_bytes() for i in range(2)]
+
+    assert run("a") == run("b")
+    assert len(TokenDataset(tmp_path / "a-tok")) == 2
+    ok(invoke("sample", "-m", diffusion_model, "--class", "cat", "--steps", "3", "--grid", "-o", tmp_path / "vq.png"))
+    assert (tmp_path / "vq.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_segmentation_map_prior(work, tmp_path):
+    from regvq_cli.data.dataset import TokenDataset
+
+    imgs = make_images(tmp_path / "imgs", 4, seed=3)
+    (tmp_path / "maps").mkdir()
+    for i in range(4):
+        ids = np.zeros((40, 48), dtype=np.uint8)
+        ids[20:] = 1 + i % 2  # sky (0) over ground 1 or 2
+        Image.fromarray(ids, mode="L").save(tmp_path / "maps" / f"img{i:03d}.png")
+    ok(invoke("encode", "--workers", "0", imgs, "--maps", tmp_path / "maps", "-o", tmp_path / "tokens",
+              "-m", work / "tok", "--device", "cpu"))
+    r = ok(train(tmp_path / "tokens", tmp_path / "run", "--kind", "diffusion", "--preset", "diffusion-test",
+                 "--max-steps", "2"))
+    model = json.loads(r.stdout)["model"]
+    maps = [tmp_path / "maps" / "img000.png", tmp_path / "maps" / "img001.png"]
+    ok(invoke("sample", "-m", model, "--seg-map", maps[0], "--seg-map", maps[1], "--steps", "4", "--seed", "0",
+              "-o", tmp_path / "out", "--tokens-out", tmp_path / "gen"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["000000.png", "000001.png"]
+    ds = TokenDataset(tmp_path / "gen")
+    assert ds[0]["segmap"].shape == (32, 32) and int(ds[1]["segmap"].max()) == 2
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8), mode="L").save(bad)
+    line = one_line_error(invoke("sample", "-m", model, "--seg-map", bad, "-o", tmp_path / "x"))
+    assert "label 7" in line
+
+
+def test_sampler_options_are_for_diffusion_only(ar_model, tmp_path):
+    r = invoke("sample", "-m", ar_model, "--class", "cat", "--sampler", "maskgit", "-o", tmp_path / "x")
+    assert r.returncode == 2 and b"diffusion priors only" in r.stderr
+
+
+def one_line_error(r) -> str:
+    assert r.returncode == 1, r.stderr.decode()
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("regvq: error: "), lines
+    return lines[0]
+
+
+def test_conditions_the_prior_was_not_trained_for(ar_model, tmp_path):
+    line = one_line_error(invoke("sample", "-m", ar_model, "--prompt", "a cat", "-o", tmp_path / "x"))
+    assert "class-conditional" in line and "prompts" in line
+    line = one_line_error(invoke("sample", "-m", ar_model, "--class", "bird", "-o", tmp_path / "x"))
+    assert "unknown class 'bird'" in line and "cat, dog" in line
+    line = one_line_error(invoke("sample", "-m", ar_model, "-o", tmp_path / "x"))
+    assert "give class ids or names" in line
+
+
+def test_no_model_and_no_installed_default(monkeypatch, tmp_path):
+    from regvq_cli.engine import resolve
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    monkeypatch.setattr(resolve, "shipped_models_dir", lambda: empty)
+    line = one_line_error(invoke("sample", "--prompt", "a red bird", "-o", tmp_path / "bird.png"))
+    assert "regvq-text2img" in line and "--model" in line
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(tmp_path / "map.png")
+    line = one_line_error(invoke("sample", "--seg-map", tmp_path / "map.png", "-o", tmp_path / "x"))
+    assert "regvq-seg2img" in line and "--model" in line
+    r = invoke("sample", "--class", "cat", "-o", tmp_path / "x")
+    assert r.returncode == 2 and b"--model" in r.stderr
+
+
+def test_refuses_to_write_a_png_to_a_terminal(tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    main, other = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "regvq_cli", "sample", "-m", tmp_path, "-o", "-"], stdout=other,
+                           stderr=subprocess.PIPE, cwd=REPO, timeout=60)
+    finally:
+        os.close(main)
+        os.close(other)
+    assert r.returncode == 2 and b"terminal" in r.stderr
+
+
+def test_tokenizer_override_warns_on_a_different_tokenizer(ar_model, tmp_path):
+    torch.manual_seed(1)
+    other = save_model(Tokenizer(TOKENIZERS["tok-test"]), tmp_path / "other")
+    r = ok(invoke("sample", "-m", ar_model, "--class", "cat", "--tokenizer", other, "-o", tmp_path / "x.png"))
+    assert b"is not the tokenizer the prior was trained on" in r.stderr
+    r = ok(invoke("sample", "-m", ar_model, "--class", "cat", "-o", tmp_path / "y.png"))
+    assert b"warning" not in r.stderr
+
+
+def test_text_prior(work, tmp_path):
+    from regvq_cli.data.dataset import TokenDataset
+
+    imgs = make_images(tmp_path / "imgs", 4, seed=2)
+    captions = ["a red square", "a blue circle", "a red circle", "a blue square"]
+    with open(imgs / "metadata.jsonl", "w") as f:
+        for i, text in enumerate(captions):
+            f.write(json.dumps({"file_name": f"img{i:03d}.png", "text": text}) + "\n")
+    ok(invoke("encode", "--workers", "0", imgs, "-o", tmp_path / "tokens", "-m", work / "tok", "--device", "cpu"))
+    r = ok(train(tmp_path / "tokens", tmp_path / "run", "--preset", "ar-test", "--max-steps", "2"))
+    model = json.loads(r.stdout)["model"]
+    assert (tmp_path / "run" / "text_states.safetensors").is_file()
+    ok(invoke("sample", "-m", model, "--prompt", "a blue bird", "--prompts-from", "-", "--seed", "0",
+              "-o", tmp_path / "out", "--tokens-out", tmp_path / "gen", input="a red bird\n\na green bird\n"))
+    assert sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(3)]
+    ds = TokenDataset(tmp_path / "gen")
+    assert [ds[i]["caption"] for i in range(3)] == ["a blue bird", "a red bird", "a green bird"]
+    line = one_line_error(invoke("sample", "-m", model, "--class", "0", "-o", tmp_path / "x"))
+    assert "text-conditional" in line
+    assert np.asarray(Image.open(tmp_path / "out" / "000000.png")).shape == (32, 32, 3)
