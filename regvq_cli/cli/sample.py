@@ -70,7 +70,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     import numpy as np
     import torch
 
-    from regvq_cli.engine.decode import _save_png, contact_sheet
+    from regvq_cli.engine.decode import contact_sheet, save_png
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.resolve import load
     from regvq_cli.engine.runtime import prepare_tokenizer
@@ -120,7 +120,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
                     else:
                         for name, img in zip(names[done:done + len(pixels)], pixels):
                             files.append(os.path.join(out, f"{name}.png"))
-                            _save_png(img, files[-1])
+                            save_png(img, files[-1])
                 done += len(tokens)
                 bar.update(len(tokens))
         if writer is not None:
@@ -133,7 +133,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
         if out == "-":
             write_png_to_stdout(image)
         else:
-            _save_png(image, out)
+            save_png(image, out)
             files.append(out)
     elapsed = time.perf_counter() - t0
     summary = {"model": prior.regvq_id, "tokenizer": tokenizer.regvq_id if tokenizer is not None else pc.tokenizer,

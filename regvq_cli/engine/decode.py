@@ -127,7 +127,7 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
                 sheet.append(pixels)
             else:
                 for key, img in zip(batch.keys, pixels):
-                    pending.append(pool.submit(_save_png, img, safe_output_path(out, key, ".png")))
+                    pending.append(pool.submit(save_png, img, safe_output_path(out, key, ".png")))
             written += len(batch.keys)
             while len(pending) > 4 * len(batch.keys):  # bound the images waiting to be written
                 pending.pop(0).result()
@@ -140,7 +140,7 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
             raise RegvqError("nothing to decode: the input has no token grids")
         parent = os.path.dirname(os.path.abspath(out))
         os.makedirs(parent, exist_ok=True)
-        _save_png(contact_sheet(np.concatenate(sheet), grid_cols), out)
+        save_png(contact_sheet(np.concatenate(sheet), grid_cols), out)
     elapsed = time.perf_counter() - t0
     return {"decoded": written, "out": str(out), "seconds": round(elapsed, 3),
             "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device)}
@@ -158,7 +158,8 @@ def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> 
     return sheet
 
 
-def _save_png(pixels: np.ndarray, path: str) -> bool:
+def save_png(pixels: np.ndarray, path: str) -> None:
+    """Write uint8 [H, W, 3] pixels as a PNG, atomically (a temporary name, then a rename)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
