@@ -2,6 +2,7 @@
 
 import json
 import socket
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -15,10 +16,16 @@ from regvq_cli.tokenizer.quantizers import RegVQuantizer, VectorQuantizer
 WORLD = 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct ports that are free now (all held open together while they are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def full_batch():
@@ -38,15 +45,15 @@ def objective(out):
     return (out.codes ** 2).mean() + out.losses["prior_kl"]
 
 
-def _worker(rank, port, tmp, data):
+def _worker(rank, ports, tmp, data):
     import os
 
     from regvq_cli.train.tokenizer import TokenizerTrainer, TrainTokenizerConfig
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
     results = {}
     z = full_batch()[rank * 2 : (rank + 1) * 2]  # each rank holds half of the batch
     regvq, vq = make_quantizers()
@@ -59,7 +66,9 @@ def _worker(rank, port, tmp, data):
     results["ema_codebook"] = vq.embedding.weight.detach().clone()
     dist.destroy_process_group()
 
-    # the trainer joins the group from the environment, as under torchrun
+    # the trainer joins a new group from the environment, as under torchrun; a fresh port, since re-creating
+    # the rendezvous store on the port just released can hang
+    os.environ["MASTER_PORT"] = str(ports[1])
     cfg = TrainTokenizerConfig(preset="tok-test", batch_size=2, num_workers=0, perceptual_weight=0.0,
                                contrastive_weight=0.0, gan_weight=0.5, gan_start=1, max_steps=3, log_every=1,
                                sample_every=2, checkpoint_every=2, lr=1e-3)
@@ -80,7 +89,7 @@ def ranks(tmp_path_factory):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (32, 36, 3), dtype=np.uint8)).save(data / f"{i}.png")
-    mp.spawn(_worker, args=(free_port(), tmp, data), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_ports(2), tmp, data), nprocs=WORLD, join=True)
     return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
