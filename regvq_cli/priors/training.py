@@ -1,8 +1,8 @@
 """Train a prior (autoregressive or discrete diffusion) on a token folder written by `regvq encode`.
 
 ``train_prior(tokens_dir, run_dir, cfg, callback=None) -> Path`` is what ``regvq train-prior`` calls. One
-process, or many under torchrun (DDP; NCCL on GPUs, gloo on CPUs), with the shared machinery of
-regvq_cli.train.common. The run directory holds:
+process, or many under torchrun (DDP; NCCL on GPUs, gloo on CPUs), with the training loop of
+regvq_cli.train.loop and the shared machinery of regvq_cli.train.common. The run directory holds:
 
     state.pt                resume state (model, EMA, optimizer, step, RNG states, data position); a rerun on
                             the same directory continues from it
@@ -22,12 +22,8 @@ train the null condition, as do `cond_dropout` of the others (classifier-free gu
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import shlex
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,11 +36,10 @@ from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import TextStateTable, TextStates, precompute_text_states, resize_segmap
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 from regvq_cli.priors.presets import PRESETS, model_for
-from regvq_cli.train.common import (EMA, METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean,
-                                    any_rank, autocast, barrier, cleanup_distributed, gather_objects, load_state,
-                                    lr_at, maybe_compile, read_metrics, rng_state, save_state, seed_everything,
-                                    set_lr, set_rng_state, setup_distributed)
+from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, autocast, barrier, lr_at, maybe_compile,
+                                    seed_everything, set_lr)
 from regvq_cli.train.data import ShardedBatchSampler
+from regvq_cli.train.loop import Trainer
 
 STATE_FORMAT = "regvq-train-prior-state"
 TEXT_STATES_NAME = "text_states.safetensors"
@@ -170,16 +165,18 @@ def resolve_cond(cfg: TrainPriorConfig, fields: set[str], path) -> str:
     return cfg.cond
 
 
-class PriorTrainer:
-    """Owns the model, optimizer, in-memory data and run directory; ``run()`` trains and exports."""
+class PriorTrainer(Trainer):
+    """Owns the model, optimizer, in-memory data and run directory; ``run()`` (regvq_cli.train.loop) trains and
+    exports."""
+
+    state_format = STATE_FORMAT
+    what = "prior"
+    unit = "samples"
+    count_sampling_time = False  # sampling time is not training time
 
     def __init__(self, tokens_dir, run_dir, cfg: TrainPriorConfig):
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        super().__init__(run_dir, cfg)
         self.tokens_dir = str(tokens_dir)
-        self.dist = setup_distributed(cfg.device)
-        self.device = self.dist.device
-        self.main = self.dist.is_main
 
         from regvq_cli.data.shards import ShardReader
 
@@ -199,10 +196,6 @@ class PriorTrainer:
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
 
         seed_everything(cfg.seed, self.dist.rank)  # each rank draws its own timesteps, masks and drops
-        self.step = 0
-        self.batches = 0  # batches consumed by this rank: the data position
-        self.elapsed = 0.0
-        self.state_path = self.run_dir / STATE_NAME
         if self.state_path.exists():
             self._resume()
         if self.dist.world_size > 1:
@@ -211,13 +204,9 @@ class PriorTrainer:
         else:
             self.model_ddp = self.model
         self.model_fwd = maybe_compile(self.model_ddp, cfg.compile)
-        self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
-        self._batch_iter = None
-        self.window: dict[str, float] = {}
-        self.window_steps = 0
-        self.last_metrics: dict[str, float] = {}
         self._tokenizer = None
         self.decode_note = ""
+        self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
 
     # ---- setup --------------------------------------------------------------------------------------------
     def _text_table(self) -> TextStateTable:
@@ -274,25 +263,11 @@ class PriorTrainer:
                 over[key] = value
         return dataclasses.replace(PRESETS[cfg.preset], **over)
 
-    # ---- state --------------------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        rngs = gather_objects(rng_state())
-        return {"format": STATE_FORMAT, "version": 1, "step": self.step, "batches": self.batches,
-                "elapsed": self.elapsed, "world_size": self.dist.world_size,
-                "config": dataclasses.asdict(self.cfg), "prior_config": dataclasses.asdict(self.prior_cfg),
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "rng": rngs}
+    # ---- what the resume state adds -----------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {"prior_config": dataclasses.asdict(self.prior_cfg)}
 
-    def save(self) -> None:
-        state = self._state()  # collective: all ranks take part
-        if self.main:
-            save_state(self.state_path, state)
-        barrier()
-
-    def _resume(self) -> None:
-        state = load_state(self.state_path)
-        if state.get("format") != STATE_FORMAT:
-            raise RegvqError(f"{self.state_path} is not a prior training state; use another run directory")
+    def _restore(self, state: dict) -> None:
         old = json.loads(json.dumps(state["prior_config"]))
         new = json.loads(json.dumps(dataclasses.asdict(self.prior_cfg)))
         diff = sorted(k for k in new if old.get(k) != new[k])
@@ -300,15 +275,6 @@ class PriorTrainer:
             k = diff[0]
             raise RegvqError(f"{self.run_dir} was started with {k}={old.get(k)!r}, not {new[k]!r}: use the same "
                              "settings and tokens, or a new run directory")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
-        self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
-        if state["world_size"] == self.dist.world_size:
-            set_rng_state(state["rng"][self.dist.rank])
-        else:  # a different number of ranks: the data position still holds; reseed
-            seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
-            self.batches = self.batches * state["world_size"] // self.dist.world_size
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _condition(self, idx: torch.Tensor):
@@ -354,7 +320,7 @@ class PriorTrainer:
             drop = None
             if self.cond != "none":
                 drop = (torch.rand(x.shape[0], device=self.device) < cfg.cond_dropout) | missing
-            with self._sync(micro == cfg.grad_accum - 1), autocast(self.device, cfg.bf16):
+            with self._sync(self.model_ddp, micro == cfg.grad_accum - 1), autocast(self.device, cfg.bf16):
                 loss, parts = self.model.loss(x, cond, drop=drop, net=self.model_fwd)
             (loss / cfg.grad_accum).backward()
             for k, v in {"loss": loss, **parts}.items():
@@ -371,24 +337,7 @@ class PriorTrainer:
         logged["samples"] = float(n * self.dist.world_size)
         return logged
 
-    def _sync(self, sync: bool):
-        """DDP gradient all-reduce only on the last micro-batch of an accumulation."""
-        if sync or not isinstance(self.model_ddp, nn.parallel.DistributedDataParallel):
-            return contextlib.nullcontext()
-        return self.model_ddp.no_sync()
-
-    # ---- logging, samples, export -------------------------------------------------------------------------
-    def _log(self, throughput: Throughput) -> dict:
-        avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
-        avg = all_reduce_mean(avg, self.device)
-        avg.pop("samples", None)
-        record = {"step": self.step, **avg, "samples_per_s": throughput.rate(), "elapsed_s": self.elapsed,
-                  "time": time.time()}
-        self.metrics.write(record)
-        self.window, self.window_steps = {}, 0
-        self.last_metrics = record
-        return record
-
+    # ---- samples, model card ------------------------------------------------------------------------------
     def sample_conditions(self, k: int):
         """Conditions for k sample grids: classes in turn, the first captions / maps of the data, or None."""
         d, cfg = self.data, self.prior_cfg
@@ -458,7 +407,6 @@ class PriorTrainer:
 
     def model_card(self, final: dict) -> str:
         cfg, pc = self.cfg, self.prior_cfg
-        command = cfg.command or " ".join(shlex.quote(a) for a in sys.argv)
         n_params = sum(p.numel() for p in self.model.parameters())
         what = {"ar": "autoregressive transformer (LlamaGen-style: RoPE, RMSNorm, SwiGLU)",
                 "diffusion": "discrete diffusion prior (VQ-Diffusion mask-and-replace)"}[cfg.kind]
@@ -479,64 +427,16 @@ class PriorTrainer:
             f"{cfg.grad_accum} accumulation, lr {cfg.lr}",
             f"- condition dropout (classifier-free guidance): {cfg.cond_dropout}",
             f"- time: {self.elapsed / 3600:.2f} h",
-            f"- exported weights: EMA (decay {cfg.ema_decay})", "",
-            "## Final metrics (last logging window, training batches)", "",
-            "| metric | value |", "|---|---|", *rows, "",
-            "## Command", "", "```", command, "```", "",
-            "## Training config", "", "```json", json.dumps(dataclasses.asdict(cfg), indent=2), "```",
+            *self._card_end(rows),
         ]
         return "\n".join(lines) + "\n"
 
-    def export(self) -> Path:
-        from regvq_cli.engine.checkpoint import save_model
-
-        folder = self.run_dir / "model"
-        if self.main:
-            final = self.last_metrics or (read_metrics(self.run_dir / METRICS_NAME) or [{}])[-1]
-            info = {
-                "trained_on": {"tokens": self.tokens_dir, "rows": len(self.data),
-                               "tokenizer": {"id": self.data.tokenizer_id, "sha256": self.data.tokenizer_sha256}},
-                "steps": self.step,
-                "final_metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-                "train_config": dataclasses.asdict(self.cfg),
-            }
-            if self.decode_note:
-                info["note"] = self.decode_note
-            save_model(self.ema.model, folder, card=self.model_card(final), info=info)
-        barrier()
-        return folder
-
-    # ---- the loop -----------------------------------------------------------------------------------------
-    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
-        cfg = self.cfg
-        try:
-            throughput = Throughput()
-            t_last = time.perf_counter()
-            stop = False
-            while self.step < cfg.max_steps and not stop:
-                m = self.train_step()
-                now = time.perf_counter()
-                self.elapsed += now - t_last
-                t_last = now
-                throughput.add(int(m["samples"]))
-                for k, v in m.items():
-                    self.window[k] = self.window.get(k, 0.0) + v
-                self.window_steps += 1
-                if cfg.time_limit is not None:
-                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
-                done = stop or self.step >= cfg.max_steps
-                if self.step % cfg.log_every == 0 or done:
-                    self._log(throughput)
-                if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
-                    self.sample()
-                    t_last = time.perf_counter()  # sampling time is not training time
-                if self.step % cfg.checkpoint_every == 0 or done:
-                    self.save()
-                if callback is not None and self.main:
-                    callback(self.step, {**self.last_metrics, **m, "step": self.step})
-            return self.export()
-        finally:
-            cleanup_distributed(self.dist)
+    def _export_info(self) -> dict:
+        info = {"trained_on": {"tokens": self.tokens_dir, "rows": len(self.data),
+                               "tokenizer": {"id": self.data.tokenizer_id, "sha256": self.data.tokenizer_sha256}}}
+        if self.decode_note:
+            info["note"] = self.decode_note
+        return info
 
 
 def _save_row(images: torch.Tensor, path: Path) -> None:

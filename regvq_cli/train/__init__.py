@@ -1,1 +1,2 @@
-"""Training loops: ``tokenizer`` (train_tokenizer), shared machinery in ``common`` and the data stream in ``data``."""
+"""Training: ``tokenizer`` (train_tokenizer), the loop both trainers share in ``loop`` (Trainer), shared machinery
+in ``common`` and the data stream in ``data``."""

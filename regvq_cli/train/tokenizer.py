@@ -24,13 +24,8 @@ optimizer settings are not given by the paper; the defaults here are our choices
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
-import shlex
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,11 +40,9 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import (EMA, METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank, autocast,
-                     barrier, cleanup_distributed, gather_objects, load_state, lr_at, maybe_compile,
-                     read_metrics, rng_state, save_state, seed_everything, set_lr, set_rng_state, setup_distributed,
-                     unwrap)
+from .common import EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile, seed_everything, set_lr, unwrap
 from .data import AugmentedImages, ShardedBatchSampler, collate
+from .loop import Trainer
 
 STATE_FORMAT = "regvq-train-tokenizer-state"
 
@@ -176,18 +169,20 @@ def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     tmp.replace(path)
 
 
-class TokenizerTrainer:
-    """Owns the model, optimizers, data stream and run directory; ``run()`` trains and exports."""
+class TokenizerTrainer(Trainer):
+    """Owns the model, optimizers, data stream and run directory; ``run()`` (regvq_cli.train.loop) trains and
+    exports."""
+
+    state_format = STATE_FORMAT
+    what = "tokenizer"
+    unit = "images"
+    count_sampling_time = True
 
     def __init__(self, data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig):
         from ..data.inputs import list_inputs
 
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        super().__init__(run_dir, cfg)
         self.data = [str(d) for d in data]
-        self.dist = setup_distributed(cfg.device)
-        self.device = self.dist.device
-        self.main = self.dist.is_main
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP would broadcast them, the EMA not)
 
         self.inputs = list_inputs(self.data)
@@ -213,11 +208,7 @@ class TokenizerTrainer:
                                            weight_decay=cfg.weight_decay)
 
         seed_everything(cfg.seed, self.dist.rank)  # from here on each rank draws its own masks and noise
-        self.step = 0
-        self.batches = 0  # micro-batches consumed by this rank: the data position
-        self.elapsed = 0.0
         self.skipped: set[int] = set()
-        self.state_path = self.run_dir / STATE_NAME
         if self.state_path.exists():
             self._resume()
 
@@ -238,36 +229,16 @@ class TokenizerTrainer:
                 maybe_compile(net, True)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
+        self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64)  # codes since the last log
         self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
-        self._loader_iter = None
-        self.window: dict[str, float] = {}
-        self.window_steps = 0
-        self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64)
-        self.last_metrics: dict[str, float] = {}
 
-    # ---- state ----------------------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        rngs = gather_objects(rng_state())  # every rank's RNG, restored per rank on resume
-        return {
-            "format": STATE_FORMAT, "version": 1,
-            "step": self.step, "batches": self.batches, "elapsed": self.elapsed,
-            "world_size": self.dist.world_size, "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "disc": self.disc.state_dict() if self.disc is not None else None,
-            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
-            "rng": rngs, "skipped": sorted(self.skipped),
-        }
+    # ---- what the resume state adds -----------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {"disc": self.disc.state_dict() if self.disc is not None else None,
+                "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+                "skipped": sorted(self.skipped)}
 
-    def save(self) -> None:
-        state = self._state()  # collective: all ranks take part
-        if self.main:
-            save_state(self.state_path, state)
-        barrier()
-
-    def _resume(self) -> None:
-        state = load_state(self.state_path)
-        if state.get("format") != STATE_FORMAT:
-            raise RegvqError(f"{self.state_path} is not a tokenizer training state; use another run directory")
+    def _restore(self, state: dict) -> None:
         old = state["config"]
         for key in ("preset", "quantizer", "image_size", "codebook_size", "embed_dim", "logits", "vq_ema"):
             if old.get(key) != getattr(self.cfg, key):
@@ -276,23 +247,14 @@ class TokenizerTrainer:
         if (state["disc"] is None) != (self.disc is None):
             raise RegvqError(f"{self.run_dir} was started {'with' if state['disc'] is not None else 'without'} "
                              "the GAN loss: keep the GAN weight's on/off setting or use a new run directory")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
         if self.disc is not None:
             self.disc.load_state_dict(state["disc"])
             self.opt_d.load_state_dict(state["opt_d"])
-        self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
         self.skipped = set(state.get("skipped", []))
-        if state["world_size"] == self.dist.world_size:
-            set_rng_state(state["rng"][self.dist.rank])
-        else:  # a different number of ranks: the data position still holds; reseed per step
-            seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
-            self.batches = self.batches * state["world_size"] // self.dist.world_size
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _next_batch(self) -> torch.Tensor:
-        if self._loader_iter is None:
+        if self._batch_iter is None:
             sampler = ShardedBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank,
                                           self.dist.world_size, self.cfg.seed, start_batch=self.batches)
             loader = torch.utils.data.DataLoader(
@@ -301,10 +263,10 @@ class TokenizerTrainer:
                 prefetch_factor=4 if self.cfg.num_workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.cfg.seed),  # never touches the global RNG
             )
-            self._loader_iter = iter(loader)
-        images, skipped = next(self._loader_iter)
+            self._batch_iter = iter(loader)
+        images, skipped = next(self._batch_iter)
         self.skipped.update(skipped)
-        self.batches += 1
+        self.batches += 1  # micro-batches
         return images.to(self.device, non_blocking=True)
 
     # ---- one optimisation step --------------------------------------------------------------------------------
@@ -397,26 +359,12 @@ class TokenizerTrainer:
         logged["images"] = float(n_images * self.dist.world_size)
         return logged
 
-    @staticmethod
-    def _sync(module: nn.Module, sync: bool):
-        """DDP gradient all-reduce only on the last micro-batch of an accumulation."""
-        if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
-            return contextlib.nullcontext()
-        return module.no_sync()
-
-    # ---- logging, samples, export -------------------------------------------------------------------------
-    def _log(self, throughput: Throughput) -> dict[str, float]:
-        avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
-        avg = all_reduce_mean(avg, self.device)
-        record = {"step": self.step, **avg, **codebook_stats(self.window_counts),
-                  "images_per_s": throughput.rate(), "elapsed_s": self.elapsed,
-                  "skipped_files": len(self.skipped), "time": time.time()}
-        record.pop("images", None)
-        self.metrics.write(record)
-        self.window, self.window_steps = {}, 0
+    # ---- logging, samples, model card ---------------------------------------------------------------------
+    def _window_extra(self) -> dict[str, float]:
+        """Codebook usage over the window (then reset) and the unreadable files so far."""
+        extra = {**codebook_stats(self.window_counts), "skipped_files": len(self.skipped)}
         self.window_counts.zero_()
-        self.last_metrics = record
-        return record
+        return extra
 
     def sample(self) -> Path | None:
         """Reconstruction grid of the first ``num_samples`` images with the EMA model (rank 0)."""
@@ -434,7 +382,6 @@ class TokenizerTrainer:
 
     def model_card(self, final: dict) -> str:
         cfg, tc = self.cfg, self.tok_cfg
-        command = cfg.command or " ".join(shlex.quote(a) for a in sys.argv)
         keys = ["l1", "perceptual", "pcl", "contrastive", "prior_kl", "commitment", "codebook", "kl_uniform",
                 "g_loss", "d_loss", "usage_pct", "perplexity", "dead_codes", "images_per_s"]
         rows = [f"| {k} | {final[k]:.4g} |" for k in keys if k in final]
@@ -454,61 +401,13 @@ class TokenizerTrainer:
             f"- feature network for the perceptual/contrastive losses: {feature}"
             + (" (the same Inception network FID uses: rFID measured with it is not independent of training)"
                if feature == "inception" else ""),
-            f"- exported weights: EMA (decay {cfg.ema_decay})", "",
-            "## Final metrics (last logging window, training batches)", "",
-            "| metric | value |", "|---|---|", *rows, "",
-            "## Command", "", "```", command, "```", "",
-            "## Training config", "", "```json", json.dumps(dataclasses.asdict(cfg), indent=2), "```",
+            *self._card_end(rows),
         ]
         return "\n".join(lines) + "\n"
 
-    def export(self) -> Path:
-        from ..engine.checkpoint import save_model
-
-        folder = self.run_dir / "model"
-        if self.main:
-            final = self.last_metrics or (read_metrics(self.run_dir / METRICS_NAME) or [{}])[-1]
-            info = {
-                "trained_on": {"data": self.data, "files": len(self.inputs), "skipped": len(self.skipped)},
-                "steps": self.step, "image_size": self.tok_cfg.image_size,
-                "final_metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-                "train_config": dataclasses.asdict(self.cfg),
-            }
-            save_model(self.ema.model, folder, card=self.model_card(final), info=info)
-        barrier()
-        return folder
-
-    # ---- the loop -------------------------------------------------------------------------------------------
-    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
-        cfg = self.cfg
-        try:
-            throughput = Throughput()
-            t_last = time.perf_counter()
-            stop = False
-            while self.step < cfg.max_steps and not stop:
-                m = self.train_step()
-                now = time.perf_counter()
-                self.elapsed += now - t_last
-                t_last = now
-                throughput.add(int(m["images"]))
-                for k, v in m.items():
-                    self.window[k] = self.window.get(k, 0.0) + v
-                self.window_steps += 1
-                if cfg.time_limit is not None:
-                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
-                done = stop or self.step >= cfg.max_steps
-                if self.step % cfg.log_every == 0 or done:
-                    self._log(throughput)
-                if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
-                    self.sample()
-                if self.step % cfg.checkpoint_every == 0 or done:
-                    self.save()
-                if callback is not None and self.main:
-                    callback(self.step, {**self.last_metrics, **m, "step": self.step})
-            return self.export()
-        finally:
-            self._loader_iter = None  # shuts the DataLoader workers down
-            cleanup_distributed(self.dist)
+    def _export_info(self) -> dict:
+        return {"trained_on": {"data": self.data, "files": len(self.inputs), "skipped": len(self.skipped)},
+                "image_size": self.tok_cfg.image_size}
 
 
 def train_tokenizer(data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig | None = None,

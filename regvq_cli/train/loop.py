@@ -1,0 +1,189 @@
+"""The training loop shared by the tokenizer trainer (regvq_cli.train.tokenizer) and the prior trainer
+(regvq_cli.priors.training).
+
+``Trainer`` owns what both do the same way: the step counter and data position, the loop (throughput, metric
+windows, a time limit every rank agrees on, the log / sample / checkpoint cadence, the progress callback,
+cleanup), the resume state ``state.pt``, ``metrics.jsonl`` and the export of the EMA weights to ``run_dir/model``.
+
+A subclass calls ``super().__init__(run_dir, cfg)`` first, then builds ``self.model``, ``self.ema`` and
+``self.opt``, calls ``self._resume()`` when ``self.state_path`` exists, wraps the model for DDP, and creates
+``self.metrics`` last (creating it makes ``run_dir``, so a run that fails to set up leaves nothing behind). It
+supplies:
+
+    train_step() -> dict        one optimisation step; the values to log, including ``self.unit``: how many
+                                items (images, token grids) all ranks consumed in it
+    sample() -> Path | None     sample grids from the EMA model (rank 0)
+    model_card(final) -> str    the exported README.md, ending with ``self._card_end(rows)``
+    _export_info() -> dict      what the exported config.json's ``info`` records besides the steps, the final
+                                metrics and the training config
+    _extra_state() -> dict      what it adds to the resume state
+    _restore(state)             refuse a resume state from other settings; load what ``_extra_state`` added
+    _window_extra() -> dict     fields it adds to each metrics record (optional)
+
+The config must have the bookkeeping fields both training configs share: max_steps, time_limit, log_every,
+sample_every, checkpoint_every, ema_decay, device, seed and command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import RegvqError
+from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank, barrier,
+                     cleanup_distributed, gather_objects, load_state, read_metrics, rng_state, save_state,
+                     seed_everything, set_rng_state, setup_distributed)
+
+
+class Trainer:
+    state_format = ""  # the resume state's "format"; a state of another format is refused
+    what = ""  # "tokenizer" | "prior": what the messages call the state
+    unit = "images"  # the key of train_step's item count; the metrics get f"{unit}_per_s"
+    count_sampling_time = True  # whether the seconds spent in sample() add to elapsed (and so to the time limit)
+
+    def __init__(self, run_dir: str | Path, cfg):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = setup_distributed(cfg.device)
+        self.device = self.dist.device
+        self.main = self.dist.is_main
+        self.step = 0
+        self.batches = 0  # batches consumed by this rank: the data position
+        self.elapsed = 0.0  # training seconds, over all resumed runs
+        self.state_path = self.run_dir / STATE_NAME
+        self.metrics: MetricsWriter | None = None  # the subclass creates it last
+        self._batch_iter = None  # the subclass's batch stream; None: (re)start it at self.batches
+        self.window: dict[str, float] = {}  # sums of train_step's values since the last log
+        self.window_steps = 0
+        self.last_metrics: dict[str, float] = {}
+
+    # ---- hooks with a default -------------------------------------------------------------------------------
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _restore(self, state: dict) -> None:
+        pass
+
+    def _window_extra(self) -> dict[str, float]:
+        return {}
+
+    @staticmethod
+    def _sync(module: nn.Module, sync: bool):
+        """DDP gradient all-reduce only on the last micro-batch of an accumulation."""
+        if sync or not isinstance(module, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return module.no_sync()
+
+    # ---- resume state -----------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        rngs = gather_objects(rng_state())  # every rank's RNG, restored per rank on resume
+        return {
+            "format": self.state_format, "version": 1,
+            "step": self.step, "batches": self.batches, "elapsed": self.elapsed,
+            "world_size": self.dist.world_size, "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+            "rng": rngs, **self._extra_state(),
+        }
+
+    def save(self) -> None:
+        state = self._state()  # collective: all ranks take part
+        if self.main:
+            save_state(self.state_path, state)
+        barrier()
+
+    def _resume(self) -> None:
+        state = load_state(self.state_path)
+        if state.get("format") != self.state_format:
+            raise RegvqError(f"{self.state_path} is not a {self.what} training state; use another run directory")
+        self._restore(state)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
+        if state["world_size"] == self.dist.world_size:
+            set_rng_state(state["rng"][self.dist.rank])
+        else:  # a different number of ranks: the data position still holds; reseed per step
+            seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
+            self.batches = self.batches * state["world_size"] // self.dist.world_size
+
+    # ---- logging and export -----------------------------------------------------------------------------------
+    def _log(self, throughput: Throughput) -> dict[str, float]:
+        """Average the window over its steps and the ranks, write one metrics record, start a new window."""
+        avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
+        avg = all_reduce_mean(avg, self.device)
+        avg.pop(self.unit, None)  # reported as a rate instead
+        record = {"step": self.step, **avg, **self._window_extra(), f"{self.unit}_per_s": throughput.rate(),
+                  "elapsed_s": self.elapsed, "time": time.time()}
+        self.metrics.write(record)
+        self.window, self.window_steps = {}, 0
+        self.last_metrics = record
+        return record
+
+    def _card_end(self, rows: list[str]) -> list[str]:
+        """The model card's last lines: the EMA note, the final metrics table, the command, the config."""
+        cfg = self.cfg
+        command = cfg.command or " ".join(shlex.quote(a) for a in sys.argv)
+        return [
+            f"- exported weights: EMA (decay {cfg.ema_decay})", "",
+            "## Final metrics (last logging window, training batches)", "",
+            "| metric | value |", "|---|---|", *rows, "",
+            "## Command", "", "```", command, "```", "",
+            "## Training config", "", "```json", json.dumps(dataclasses.asdict(cfg), indent=2), "```",
+        ]
+
+    def export(self) -> Path:
+        """The EMA weights as a model folder ``run_dir/model`` (written by rank 0)."""
+        from ..engine.checkpoint import save_model
+
+        folder = self.run_dir / "model"
+        if self.main:
+            final = self.last_metrics or (read_metrics(self.run_dir / METRICS_NAME) or [{}])[-1]
+            info = {**self._export_info(), "steps": self.step,
+                    "final_metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+                    "train_config": dataclasses.asdict(self.cfg)}
+            save_model(self.ema.model, folder, card=self.model_card(final), info=info)
+        barrier()
+        return folder
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
+        """Train to ``max_steps`` (or the time limit), then export; ``callback(step, metrics)`` on rank 0."""
+        cfg = self.cfg
+        try:
+            throughput = Throughput()
+            t_last = time.perf_counter()
+            stop = False
+            while self.step < cfg.max_steps and not stop:
+                m = self.train_step()
+                now = time.perf_counter()
+                self.elapsed += now - t_last
+                t_last = now
+                throughput.add(int(m[self.unit]))
+                for k, v in m.items():
+                    self.window[k] = self.window.get(k, 0.0) + v
+                self.window_steps += 1
+                if cfg.time_limit is not None:  # every rank stops at the same step
+                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
+                done = stop or self.step >= cfg.max_steps
+                if self.step % cfg.log_every == 0 or done:
+                    self._log(throughput)
+                if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
+                    self.sample()
+                    if not self.count_sampling_time:
+                        t_last = time.perf_counter()
+                if self.step % cfg.checkpoint_every == 0 or done:
+                    self.save()
+                if callback is not None and self.main:
+                    callback(self.step, {**self.last_metrics, **m, "step": self.step})
+            return self.export()
+        finally:
+            self._batch_iter = None  # shuts DataLoader workers down
+            cleanup_distributed(self.dist)
