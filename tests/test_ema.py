@@ -8,7 +8,7 @@ from regvq_cli.train.common import EMA
 def test_decay_warms_up_to_its_cap():
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, decay=0.999)
-    for t, want in ((0, 0.1), ((8, 0.5), (989, 990 / 999), (10**6, 0.999)):
+    for t, want in ((0, 0.1), (8, 0.5), (989, 990 / 999), (10**6, 0.999)):
         ema.updates = t
         with torch.no_grad():
             ema.model.weight.zero_()
