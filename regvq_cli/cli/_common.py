@@ -5,6 +5,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -52,6 +53,34 @@ def progress(total=None, desc: str = "", unit: str = "it", **kwargs):
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress_enabled(),
                 dynamic_ncols=True, leave=False, **kwargs)
+
+
+@contextlib.contextmanager
+def training_progress(max_steps: int, keys: tuple[str, ...]):
+    """A step bar for a training run; yields the `callback(step, metrics)` the trainers call."""
+    with progress(total=max_steps, desc="train", unit="step") as bar:
+        def callback(step, metrics):
+            bar.n = step
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in keys if k in metrics}, refresh=False)
+            bar.refresh()
+
+        yield callback
+
+
+def table_options(table):
+    """Click options from rows (flag, config field, click type, default, help); `bool` rows are on/off flags.
+
+    Training commands declare their options this way, mirroring a config dataclass without importing it."""
+    def decorate(f):
+        for flag, field, kind, default, help_text in reversed(table):
+            if kind is bool:
+                f = click.option(flag, field, default=default, show_default=True, help=help_text)(f)
+            else:
+                f = click.option(flag, field, type=kind, default=default, show_default=default is not None,
+                                 help=help_text)(f)
+        return f
+
+    return decorate
 
 
 def emit_json(data) -> None:

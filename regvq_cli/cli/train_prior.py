@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import emit_json, info, json_option, progress
+from regvq_cli.cli._common import emit_json, info, json_option, table_options, training_progress
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-b", "ar-l", "diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"]
@@ -59,19 +59,11 @@ OPTIONS = [
 ]
 
 
-def add_options(f):
-    for flag, field, kind, default, help_text in reversed(OPTIONS):
-        if kind is bool:
-            f = click.option(flag, field, default=default, show_default=True, help=help_text)(f)
-        else:
-            f = click.option(flag, field, type=kind, default=default, show_default=default is not None, help=help_text)(f)
-    return f
-
 
 @click.command("train-prior")
 @click.argument("tokens", type=click.Path(exists=True))
 @click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
-@add_options
+@table_options(OPTIONS)
 @json_option
 def train_prior(tokens, run_dir, as_json, **fields):
     """Train a prior over the token grids in TOKENS (a folder from `regvq encode`); export it to OUT/model.
@@ -94,12 +86,7 @@ def train_prior(tokens, run_dir, as_json, **fields):
 
     given = {k: v for k, v in fields.items() if v is not None}
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
-    with progress(total=cfg.max_steps, desc="train", unit="step") as bar:
-        def callback(step, metrics):
-            bar.n = step
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "samples_per_s") if k in metrics}, refresh=False)
-            bar.refresh()
-
+    with training_progress(cfg.max_steps, ("loss", "samples_per_s")) as callback:
         folder = train(tokens, run_dir, cfg, callback=callback)
     if as_json:
         emit_json({"model": str(folder), "run_dir": str(run_dir)})

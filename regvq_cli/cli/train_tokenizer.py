@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import emit_json, info, json_option, progress
+from regvq_cli.cli._common import emit_json, info, json_option, table_options, training_progress
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 
@@ -75,19 +75,11 @@ OPTIONS = [
 ]
 
 
-def add_options(f):
-    for flag, field, kind, default, help_text in reversed(OPTIONS):
-        if kind is bool:
-            f = click.option(flag, field, default=default, show_default=True, help=help_text)(f)
-        else:
-            f = click.option(flag, field, type=kind, default=default, show_default=default is not None, help=help_text)(f)
-    return f
-
 
 @click.command("train-tokenizer")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
-@add_options
+@table_options(OPTIONS)
 @json_option
 def train_tokenizer(data, run_dir, as_json, **fields):
     """Train an image tokenizer on image folders DATA; export the EMA weights to OUT/model.
@@ -110,12 +102,7 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     if "perceptual_weights" in given:
         given["perceptual_weights"] = [given["perceptual_weights"]]
     cfg = TrainTokenizerConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
-    with progress(total=cfg.max_steps, desc="train", unit="step") as bar:
-        def callback(step, metrics):
-            bar.n = step
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "usage_pct", "perplexity", "images_per_s") if k in metrics}, refresh=False)
-            bar.refresh()
-
+    with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback)
     if as_json:
         emit_json({"model": str(folder), "run_dir": str(run_dir)})
