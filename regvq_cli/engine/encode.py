@@ -85,7 +85,7 @@ def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions
     lock = OutputLock(out_dir, worker=(worker, workers) if workers > 1 else None).acquire()
     try:
         done_before = set(completed_shards(out_dir, run))
-        mine = [p for p in shards_for_worker(plan_shards(len(listing), opts.shard_size), worker, workers)]
+        mine = shards_for_worker(plan_shards(len(listing), opts.shard_size), worker, workers)
         todo = [p for p in mine if p[0] not in done_before]
         stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback)
         stats["shards_reused"] = len(mine) - len(todo)
@@ -93,7 +93,7 @@ def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions
         stats["encoded"], stats["skipped"] = int(counts[0]), int(counts[1])
         dist.barrier()
         manifest = None
-        if worker == 0 or workers == 1 or world == 1:
+        if rank == 0:  # under torchrun rank 0 alone; a job-array worker writes it if it finishes last
             have = set(completed_shards(out_dir))
             if all(k in have for k, _, _ in plan_shards(len(listing), opts.shard_size)):
                 manifest = write_manifest(out_dir, run)
