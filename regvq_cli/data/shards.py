@@ -677,16 +677,21 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return m
 
 
+def _checked_shard(path: str, hint: str = "") -> _ShardFile:
+    """_parse_shard, with unreadable or malformed files as one-line RegvqErrors."""
+    try:
+        return _parse_shard(path)
+    except OSError as e:
+        raise RegvqError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise RegvqError(f"{path} is not a valid regvq shard ({e}){hint}") from None
+
+
 def read_shard(path: str | os.PathLike) -> dict:
     """One shard file: {"tensors": memory-mapped arrays, "keys", "captions" (or None),
     "skipped", "run" (RunInfo), "shard_index", "inputs"}."""
     path = os.fspath(path)
-    try:
-        s = _parse_shard(path)
-    except OSError as e:
-        raise RegvqError(f"cannot read {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise RegvqError(f"{path} is not a valid regvq shard ({e})") from None
+    s = _checked_shard(path)
     t = _mmap_tensors(path, s.header)
     caps = decode_strings(t["captions_blob"], t["captions_offsets"]) if "captions_blob" in t else None
     return {
@@ -745,12 +750,7 @@ class ShardReader(Sequence):
         """Memory-mapped tensors of shard j (the j-th in the manifest)."""
         if j not in self._open:
             path = self.paths[j]
-            try:
-                s = _parse_shard(path)
-            except OSError as e:
-                raise RegvqError(f"cannot read {path}: {e.strerror or e}") from None
-            except ValueError as e:
-                raise RegvqError(f"{path} is not a valid regvq shard ({e}); run `regvq shards verify`") from None
+            s = _checked_shard(path, hint="; run `regvq shards verify`")
             if s.count != self.counts[j]:
                 raise RegvqError(f"{path} has {s.count} rows, the manifest says {self.counts[j]}; run `regvq shards verify`")
             self._open[j] = _mmap_tensors(path, s.header)
