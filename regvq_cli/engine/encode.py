@@ -160,7 +160,8 @@ def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, 
             if ok.any():
                 rows = batch["i"][ok].tolist()
                 parts.index += rows
-                parts.tokens.append(runner.encode_uint8(batch["image"][ok]))
+                images = batch["image"] if ok.all() else batch["image"][ok]  # keep the pinned tensor when it can
+                parts.tokens.append(runner.encode_uint8(images))
                 if run.segmap_size is not None:
                     parts.segmaps.append(batch["segmap"][ok].numpy())
             stats["encoded"] += int(ok.sum())
