@@ -100,3 +100,11 @@ def test_push_uploads_the_model_and_writes_a_card(tmp_path):
     assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
     assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
     assert files["README.md"].startswith(b"---\nlibrary_name: regvq") and b"# pushed" in files["README.md"]
+
+
+def test_missing_embedded_default_says_to_pass_a_model(monkeypatch, tmp_path):
+    import regvq_cli.engine.resolve as resolve
+
+    monkeypatch.setattr(resolve, "shipped_models_dir", lambda: tmp_path)  # an install without shipped models
+    with pytest.raises(RegvqError, match="no embedded default model 'regvq-tokenizer': pass --model"):
+        resolve_model(resolve.DEFAULT_TOKENIZER)

@@ -65,6 +65,11 @@ def resolve_model(spec: str, offline: bool = False) -> ResolvedModel:
         return ResolvedModel(spec, shipped_models_dir() / spec, "shipped")
     if HUB_ID.match(spec):
         return _resolve_hub(spec, offline)
+    if spec in (DEFAULT_TOKENIZER, DEFAULT_TEXT_PRIOR, DEFAULT_SEGMAP_PRIOR):
+        raise RegvqError(
+            f"this regvq has no embedded default model {spec!r}: pass --model (a model folder, a .safetensors "
+            "file or a Hub id), e.g. one exported by `regvq train-tokenizer` / `regvq train-prior`"
+        )
     names = ", ".join(shipped_model_names()) or "none installed"
     raise RegvqError(
         f"no model {spec!r}: not a shipped model ({names}), an existing folder or .safetensors file, "
