@@ -1,0 +1,92 @@
+"""Prior sampling speed: token grids per second for AR (with and without guidance) and discrete diffusion
+(VQ-Diffusion reverse process and MaskGIT) at several batch sizes, class-conditional, random weights.
+
+    python benchmarks/bench_sample.py --ar ar-b --diffusion diffusion-b --batch-sizes 1 64 256 --steps 16 50 100
+    python benchmarks/bench_sample.py --ar ar-test --diffusion diffusion-test --device cpu --batch-sizes 1 4
+
+Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+
+def timed(fn, device) -> float:
+    import torch
+
+    fn()  # warm-up (and compilation, kernel selection)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ar", default="ar-b", help="AR preset ('' to skip)")
+    p.add_argument("--diffusion", default="diffusion-b", help="diffusion preset ('' to skip)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256])
+    p.add_argument("--steps", type=int, nargs="+", default=[16, 50, 100])
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.priors.presets import model_for, preset
+    from regvq_cli.priors.sampling import sample_ar, sample_diffusion
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    rows = []
+
+    def build(name):
+        cfg = dataclasses.replace(preset(name), cond="class", num_classes=10, codebook_size=args.codebook_size)
+        return model_for(cfg).to(device=device, dtype=dtype).eval()
+
+    with torch.inference_mode():
+        if args.ar:
+            model = build(args.ar)
+            for b in args.batch_sizes:
+                cond = torch.arange(b, device=device) % 10
+                for cfg in (1.0, args.cfg):
+                    t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0), device)
+                    rows.append({"model": args.ar, "sampler": "ar", "cfg": cfg, "steps": None, "batch": b,
+                                 "images_per_s": round(b / t, 2), "ms_per_batch": round(1000 * t, 1)})
+        if args.diffusion:
+            model = build(args.diffusion)
+            for b in args.batch_sizes:
+                cond = torch.arange(b, device=device) % 10
+                for sampler in ("vq", "maskgit"):
+                    for steps in args.steps:
+                        t = timed(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg, sampler=sampler), device)
+                        rows.append({"model": args.diffusion, "sampler": sampler, "cfg": args.cfg, "steps": steps,
+                                     "batch": b, "images_per_s": round(b / t, 2), "ms_per_batch": round(1000 * t, 1)})
+    result = {"device": str(device), "dtype": str(dtype), "torch": torch.__version__, "rows": rows,
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "command": " ".join(["python"] + sys.argv)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{device} {dtype} torch {torch.__version__}")
+    print(f"{'model':16}{'sampler':9}{'cfg':>5}{'steps':>7}{'batch':>7}{'images/s':>11}{'ms/batch':>10}")
+    for r in rows:
+        print(f"{r['model']:16}{r['sampler']:9}{r['cfg']:>5}{str(r['steps'] or '-'):>7}{r['batch']:>7}"
+              f"{r['images_per_s']:>11}{r['ms_per_batch']:>10}")
+    print(f"command: {result['command']}")
+
+
+if __name__ == "__main__":
+    main()
