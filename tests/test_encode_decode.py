@@ -217,3 +217,15 @@ def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()
     assert b"Traceback" not in err and err.decode().strip().endswith("regvq: interrupted")
+
+
+def test_resumed_work_is_planned_without_listing_every_index():
+    from regvq_cli.engine.encode import _Positions, _ShardBatches
+
+    todo = [(1, 4, 8), (3, 12, 15), (4, 16, 17)]  # (shard, start, stop) left to do
+    positions = _Positions(todo)
+    assert [positions[j] for j in range(len(positions))] == [4, 5, 6, 7, 12, 13, 14, 16]
+    batches = _ShardBatches(todo, 3)
+    assert list(batches) == [[0, 1, 2], [3], [4, 5, 6], [7]] and len(batches) == 4  # never across shards
+    huge = _Positions([(0, 0, 10**9)])
+    assert len(huge) == 10**9 and huge[10**9 - 1] == 10**9 - 1

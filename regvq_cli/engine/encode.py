@@ -13,9 +13,12 @@ are written by a background thread.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,34 +125,58 @@ def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions
     return summary
 
 
-def _shard_batches(todo, batch_size):
-    """Dataset positions, batch by batch; batches never cross a shard boundary."""
-    batches, pos = [], 0
-    for _, start, stop in todo:
-        n = stop - start
-        for b in range(0, n, batch_size):
-            batches.append(list(range(pos + b, pos + min(b + batch_size, n))))
-        pos += n
-    return batches
+class _Positions(Sequence):
+    """The input indices of the shards to do, in order, computed on demand: position j -> input index.
+
+    A list of them would cost tens of bytes per input, gigabytes for a hundred million files."""
+
+    def __init__(self, todo):
+        self.starts = [start for _, start, _ in todo]
+        self.offsets = list(itertools.accumulate((stop - start for _, start, stop in todo), initial=0))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, j: int) -> int:
+        k = bisect.bisect_right(self.offsets, j) - 1
+        return self.starts[k] + j - self.offsets[k]
+
+
+class _ShardBatches:
+    """Dataset positions, batch by batch; batches never cross a shard boundary. Made lazily."""
+
+    def __init__(self, todo, batch_size: int):
+        self.sizes = [stop - start for _, start, stop in todo]
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        pos = 0
+        for n in self.sizes:
+            for b in range(0, n, self.batch_size):
+                yield list(range(pos + b, pos + min(b + self.batch_size, n)))
+            pos += n
+
+    def __len__(self) -> int:
+        return sum(-(-n // self.batch_size) for n in self.sizes)
 
 
 def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback) -> dict:
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
     if not todo:
         return stats
-    indices = [i for _, start, stop in todo for i in range(start, stop)]
+    positions = _Positions(todo)
     dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
-                           segmap_size=run.segmap_size, indices=indices)
+                           segmap_size=run.segmap_size, indices=positions)
     workers = default_loader_workers() if opts.workers is None else opts.workers
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_shard_batches(todo, opts.batch_size), num_workers=workers,
+        dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
     )
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile)
     shard_of = {k: (start, stop) for k, start, stop in todo}
     order = iter([k for k, _, _ in todo])
     current, parts = next(order), _ShardParts()
-    total = len(indices)
+    total = len(positions)
     t_start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []
