@@ -1,0 +1,74 @@
+"""Resident memory of `regvq encode` against the number of input files: it should stay flat.
+
+    python benchmarks/bench_memory.py --counts 20000 100000 --work /tmp/memtest
+
+Makes a folder of N hard links to one small PNG (N files to list, decode and encode, no disk cost), encodes it
+with the tiny test tokenizer in a subprocess, and reports that process's peak resident set (VmHWM, main
+process; decoding workers are separate processes of constant size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def make_folder(root: Path, n: int) -> Path:
+    from PIL import Image
+
+    folder = root / f"links-{n}"
+    if folder.exists() and sum(1 for _ in os.scandir(folder)) == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    source = root / "one.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(source)
+    for i in range(n):
+        os.link(source, folder / f"{i:09d}.png")
+    return folder
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--counts", type=int, nargs="+", default=[20000, 100000])
+    p.add_argument("--work", type=Path, default=Path("/tmp/regvq-memtest"))
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from regvq_cli.engine.checkpoint import save_model
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = save_model(Tokenizer(PRESETS["tok-test"]), args.work / "tok")
+    print(f"{'files':>10}{'peak RSS MB':>13}{'seconds':>9}{'images/s':>10}")
+    for n in args.counts:
+        folder = make_folder(args.work, n)
+        out = args.work / f"tokens-{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        code = ("import sys, resource; from regvq_cli.cli import main\n"
+                "try:\n    main()\nexcept SystemExit as e:\n"
+                "    print('VmHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1],"
+                " file=sys.stderr); raise")
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", code, "-q", "encode", str(folder), "-o", str(out), "-m", str(model),
+                            "--batch-size", "256", "--workers", str(args.workers), "--shard-size", "8192"],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        seconds = time.perf_counter() - t
+        if r.returncode != 0:
+            sys.exit(r.stderr)
+        peak_kb = int(next(line for line in r.stderr.splitlines() if line.startswith("VmHWM")).split()[1])
+        print(f"{n:>10}{peak_kb / 1024:>13.0f}{seconds:>9.1f}{n / seconds:>10.0f}")
+        shutil.rmtree(out)
+    print(f"torch {torch.__version__}; command: {' '.join(['python'] + sys.argv)}")
+
+
+if __name__ == "__main__":
+    main()
