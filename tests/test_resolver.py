@@ -108,3 +108,13 @@ def test_missing_embedded_default_says_to_pass_a_model(monkeypatch, tmp_path):
     monkeypatch.setattr(resolve, "shipped_models_dir", lambda: tmp_path)  # an install without shipped models
     with pytest.raises(RegvqError, match="no embedded default model 'regvq-tokenizer': pass --model"):
         resolve_model(resolve.DEFAULT_TOKENIZER)
+
+
+def test_a_model_of_the_wrong_kind_is_named(tmp_path):
+    from regvq_cli.engine.resolve import PRIOR, TOKENIZER, load
+
+    folder = _write_model(tmp_path / "m")  # a "tiny" model: neither a tokenizer nor a prior
+    with pytest.raises(RegvqError, match=r"is a tiny model; this command needs a prior \(from `regvq train-prior`\)"):
+        load(str(folder), expect=PRIOR)
+    with pytest.raises(RegvqError, match="needs a tokenizer"):
+        load(str(folder), expect=TOKENIZER)

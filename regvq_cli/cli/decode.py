@@ -34,7 +34,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, de
     from regvq_cli.engine.checkpoint import file_sha256, weights_path
     from regvq_cli.engine.decode import decode_source, recorded_tokenizer
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.engine.resolve import load
+    from regvq_cli.engine.resolve import TOKENIZER, load
     from regvq_cli.errors import RegvqError
 
     if grid_sheet and not out.lower().endswith(".png"):
@@ -43,7 +43,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, de
     if model is None and rec_id is None:
         raise click.UsageError("tokens on stdin carry no tokenizer: pass --model")
     try:
-        tokenizer = load(model or rec_id, offline=offline)
+        tokenizer = load(model or rec_id, offline=offline, expect=TOKENIZER)
     except RegvqError as e:
         if model is None:
             raise RegvqError(f"the tokenizer recorded with the tokens ({rec_id}) cannot be loaded: {e}; pass --model") from None

@@ -62,10 +62,10 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, batch_s
         raise click.BadParameter(f"must be below --num-workers ({num_workers})", param_hint="--worker-id")
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.encode import EncodeOptions, encode_images
-    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, load
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
 
     dev = pick_device(device)
-    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline)
+    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
                          num_workers=num_workers, worker_id=worker_id, compile=compile_)

@@ -83,11 +83,11 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     import os
 
     from regvq_cli.engine.device import pick_device
-    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, load
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
     from regvq_cli.eval.recon import evaluate_recon
 
     dev = pick_device(device)
-    tokenizer = load(model or DEFAULT_TOKENIZER, device=dev, offline=offline)
+    tokenizer = load(model or DEFAULT_TOKENIZER, device=dev, offline=offline, expect=TOKENIZER)
     size = size or tokenizer.config.image_size
     batches, n = image_batches(data, size, resize, batch_size, workers, limit)
     if n < MIN_FID_IMAGES and not no_fid:
@@ -151,14 +151,14 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     import torch
 
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, load
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.eval.codebook import codebook_report, save_usage_plot
 
     if not data:
         raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
     dev = pick_device(device)
-    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline)
+    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
     n_codes = tokenizer.codebook_size
     hist = torch.zeros(n_codes, dtype=torch.long)
     if len(data) == 1 and os.path.isfile(os.path.join(data[0], "manifest.json")):

@@ -108,11 +108,24 @@ def _resolve_hub(spec: str, offline: bool) -> ResolvedModel:
     return ResolvedModel(spec, folder, "hub")
 
 
-def load(spec: str, device=None, dtype=None, offline: bool = False):
-    """Resolve and load in one step; the model carries `.regvq_id` and `.regvq_path`."""
+TOKENIZER = ("tokenizer",)
+PRIOR = ("ar", "diffusion")
+
+
+def load(spec: str, device=None, dtype=None, offline: bool = False, expect: tuple[str, ...] | None = None):
+    """Resolve and load in one step; the model carries `.regvq_id` and `.regvq_path`.
+
+    `expect`: the model types the caller can use (e.g. TOKENIZER or PRIOR); another type is a clear error.
+    """
     from regvq_cli.engine.checkpoint import load_model
 
     ref = resolve_model(spec, offline=offline)
+    if expect is not None:
+        kind = read_record(ref.path)["model_type"]
+        if kind not in expect:
+            want = "a tokenizer (from `regvq train-tokenizer`)" if expect == TOKENIZER else \
+                "a prior (from `regvq train-prior`)" if expect == PRIOR else " or ".join(expect)
+            raise RegvqError(f"{spec} is a {kind} model; this command needs {want}")
     model = load_model(ref.path, device=device, dtype=dtype)
     model.regvq_id = ref.id
     model.regvq_path = ref.path
