@@ -19,15 +19,6 @@ from tests.test_encode_decode import make_images
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads slow them badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ok(r):
     assert r.returncode == 0, r.stderr.decode()
     return r
@@ -294,3 +285,14 @@ def test_text_prior(work, tmp_path):
     line = one_line_error(invoke("sample", "-m", model, "--class", "0", "-o", tmp_path / "x"))
     assert "text-conditional" in line
     assert np.asarray(Image.open(tmp_path / "out" / "000000.png")).shape == (32, 32, 3)
+
+
+def test_eval_gen_samples_a_class_prior_in_turn(work, ar_model, tmp_path):
+    ref = make_images(tmp_path / "ref", 12, seed=3)
+    r = ok(invoke("eval", "gen", "-m", ar_model, "-n", "12", "--ref", ref, "--fid-method", "eigh", "--device", "cpu",
+                  "--workers", "0", "--json"))
+    result = json.loads(r.stdout)
+    assert result["kind"] == "gen" and result["protocol"]["n_images"] == 12 and result["protocol"]["model"] == ar_model
+    assert result["metrics"]["fid"] > 0 and result["protocol"]["image_size"] == [32, 32]
+    r = invoke("eval", "gen", "--ref", ref)
+    assert r.returncode == 2 and b"either --samples DIR or --model PRIOR" in r.stderr

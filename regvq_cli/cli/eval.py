@@ -104,29 +104,71 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
 
 
 @eval_group.command()
-@click.option("--samples", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of generated images.")
+@click.option("--samples", type=click.Path(exists=True, file_okay=False), help="Folder of generated images.")
+@click.option("-m", "--model", "prior_spec", default=None, help="A prior to sample from instead of --samples (unconditional or class-conditional; classes in turn).")
+@click.option("-n", "--num-samples", type=click.IntRange(1), default=1000, show_default=True, help="With --model: how many images to generate.")
+@click.option("--cfg", "guidance", type=click.FloatRange(0), default=1.5, show_default=True, help="With --model: classifier-free guidance scale.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="With a diffusion --model: denoising steps.")
+@click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="With a diffusion --model: the sampler.")
 @click.option("--ref", "ref", required=True, type=click.Path(exists=True), help="Reference images (a folder) or cached statistics (.safetensors).")
 @shared_options
 @click.option("--save-ref-stats", type=click.Path(dir_okay=False), default=None, help="Write the reference statistics here for later runs.")
-@click.option("--device", default="auto", show_default=True, help="Where to run: auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+@device_options
+@offline_option
 @json_option
-def gen(samples, ref, size, resize, batch_size, limit, workers, no_fid, fid_method, seed, save_ref_stats, device, as_json):
-    """FID, KID and precision/recall of generated SAMPLES against reference images."""
-    from regvq_cli.engine.device import pick_device
+def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, resize, batch_size, limit, workers, no_fid,
+        fid_method, seed, save_ref_stats, device, dtype, offline, as_json):
+    """FID, KID and precision/recall of generated images against reference images.
+
+    The images are a folder (--samples) or are sampled here from a prior (--model, decoded with its tokenizer).
+    """
+    from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.eval.gen import evaluate_gen
 
     if no_fid:
         raise click.UsageError("`eval gen` measures features; --no-fid leaves nothing to measure")
+    if (samples is None) == (prior_spec is None):
+        raise click.UsageError("give either --samples DIR or --model PRIOR")
     dev = pick_device(device)
-    size = size or 256
-    sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit)
+    if samples is not None:
+        size = size or 256
+        sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit)
+    else:
+        sample_batches, n, size = prior_batches(prior_spec, num_samples, guidance, steps, sampler, batch_size, seed,
+                                                dev, pick_dtype(dtype, dev), offline)
     ref_source = ref if ref.endswith(".safetensors") else image_batches([ref], size, resize, batch_size, workers, None)[0]
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
                               resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
-                              data=samples, ref_name=ref, n_samples=n,
+                              data=samples, ref_name=ref, model=prior_spec, n_samples=n,
                               callback=lambda done, total: bar.update(done - bar.n))
     show(result, as_json)
+
+
+def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, dtype, offline):
+    """uint8 [B, H, W, 3] batches sampled from a prior (classes in turn) and decoded; also n and the image size."""
+    import numpy as np
+    import torch
+
+    from regvq_cli.cli.sample import load_tokenizer, token_batches
+    from regvq_cli.engine.resolve import PRIOR, load
+    from regvq_cli.engine.runtime import prepare_tokenizer
+    from regvq_cli.priors.conditioning import prepare_condition
+
+    prior = load(spec, device=device, offline=offline, expect=PRIOR)
+    pc = prior.config
+    if pc.cond not in ("none", "class"):
+        raise click.UsageError(f"{spec} is {pc.cond}-conditioned: generate with `regvq sample ... -o DIR` and pass --samples DIR")
+    tokenizer, _ = load_tokenizer(prior, None, offline)
+    runner = prepare_tokenizer(tokenizer, device, dtype)
+    cond = prepare_condition(pc, device=device, labels=list(range(pc.num_classes))) if pc.cond == "class" else None
+    rows = np.arange(n) % (pc.num_classes if pc.cond == "class" else 1)
+    options = dict(cfg=guidance)
+    if prior.model_type == "diffusion":
+        options.update(steps=steps, sampler=sampler or "vq")
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+    tokens = token_batches(prior, cond, rows, batch_size, generator, dtype, options)
+    return (runner.decode_uint8(t) for t in tokens), n, tokenizer.config.image_size
 
 
 @click.command()
