@@ -172,7 +172,6 @@ class PriorTrainer(Trainer):
     state_format = STATE_FORMAT
     what = "prior"
     unit = "samples"
-    count_sampling_time = False  # sampling time is not training time
 
     def __init__(self, tokens_dir, run_dir, cfg: TrainPriorConfig):
         super().__init__(run_dir, cfg)

@@ -47,7 +47,6 @@ class Trainer:
     state_format = ""  # the resume state's "format"; a state of another format is refused
     what = ""  # "tokenizer" | "prior": what the messages call the state
     unit = "images"  # the key of train_step's item count; the metrics get f"{unit}_per_s"
-    count_sampling_time = True  # whether the seconds spent in sample() add to elapsed (and so to the time limit)
 
     def __init__(self, run_dir: str | Path, cfg):
         self.cfg = cfg
@@ -176,9 +175,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or done:
                     self._log(throughput)
                 if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
-                    self.sample()
-                    if not self.count_sampling_time:
-                        t_last = time.perf_counter()
+                    self.sample()  # its seconds count: the time limit bounds the run's wall time
                 if self.step % cfg.checkpoint_every == 0 or done:
                     self.save()
                 if callback is not None and self.main:

@@ -176,7 +176,6 @@ class TokenizerTrainer(Trainer):
     state_format = STATE_FORMAT
     what = "tokenizer"
     unit = "images"
-    count_sampling_time = True
 
     def __init__(self, data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig):
         from ..data.inputs import list_inputs
