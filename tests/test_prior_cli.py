@@ -95,9 +95,10 @@ def test_sample_classes_to_a_folder_and_a_sheet(ar_model, tmp_path):
                   "--seed", "1", "--json"))
     summary = json.loads(r.stdout)
     assert summary["images"] == 4 and summary["seed"] == 1 and summary["images_per_s"] > 0
-    assert sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(4)]
-    assert [os.path.basename(f) for f in summary["files"]] == [f"{i:06d}.png" for i in range(4)]
-    with Image.open(tmp_path / "out" / "000000.png") as im:
+    names = ["000000-cat.png", "000001-cat.png", "000002-dog.png", "000003-dog.png"]  # class 1 is "dog"
+    assert sorted(os.listdir(tmp_path / "out")) == names
+    assert [os.path.basename(f) for f in summary["files"]] == names
+    with Image.open(tmp_path / "out" / "000000-cat.png") as im:
         assert im.size == (32, 32) and im.mode == "RGB"
     ok(invoke("sample", "-m", ar_model, "--class", "dog", "-n", "4", "--grid", "--cols", "2", "-o", tmp_path / "sheet.png"))
     with Image.open(tmp_path / "sheet.png") as im:
@@ -107,7 +108,7 @@ def test_sample_classes_to_a_folder_and_a_sheet(ar_model, tmp_path):
 def test_same_seed_same_images(ar_model, tmp_path):
     def run(name, seed):
         ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "3", "--seed", seed, "-o", tmp_path / name))
-        return [(tmp_path / name / f"{i:06d}.png").read_bytes() for i in range(3)]
+        return [(tmp_path / name / f"{i:06d}-cat.png").read_bytes() for i in range(3)]
 
     a, b, c = run("a", 7), run("b", 7), run("c", 8)
     assert a == b
@@ -132,11 +133,12 @@ def test_tokens_out_is_a_token_folder_that_decodes_to_the_same_images(ar_model, 
               "-o", tmp_path / "img", "--tokens-out", tmp_path / "tok"))
     ds = TokenDataset(tmp_path / "tok")
     assert len(ds) == 4 and ds.grid == (8, 8) and ds.codebook_size == 64 and ds.label_names == ["cat", "dog"]
-    assert [ds[i]["key"] for i in range(4)] == [f"{i:06d}" for i in range(4)]
+    keys = ["000000-cat", "000001-cat", "000002-dog", "000003-dog"]
+    assert [ds[i]["key"] for i in range(4)] == keys
     assert [int(ds[i]["label"]) for i in range(4)] == [0, 0, 1, 1]
     ok(invoke("decode", tmp_path / "tok", "-o", tmp_path / "dec"))
-    for i in range(4):
-        assert (tmp_path / "dec" / f"{i:06d}.png").read_bytes() == (tmp_path / "img" / f"{i:06d}.png").read_bytes()
+    for key in keys:
+        assert (tmp_path / "dec" / f"{key}.png").read_bytes() == (tmp_path / "img" / f"{key}.png").read_bytes()
     # tokens only, without writing images; same seed, same tokens
     ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "4",
               "--tokens-out", tmp_path / "tok2"))
@@ -159,7 +161,7 @@ def test_tokens_out_across_several_shards(ar_model, tmp_path, monkeypatch):
     one, two = TokenDataset(tmp_path / "one"), TokenDataset(tmp_path / "two")
     assert len(two.reader.paths) == 2 and len(two) == len(one) == 5
     for i in range(5):
-        assert two[i]["key"] == one[i]["key"] == f"{i:06d}"
+        assert two[i]["key"] == one[i]["key"] == f"{i:06d}-cat"
         assert torch.equal(two[i]["tokens"], one[i]["tokens"])
 
 
@@ -169,7 +171,7 @@ def test_diffusion_maskgit(diffusion_model, tmp_path):
     def run(name):
         ok(invoke("sample", "-m", diffusion_model, "--class", "dog", "-n", "2", "--sampler", "maskgit", "--steps", "4",
                   "--seed", "2", "-o", tmp_path / name, "--tokens-out", tmp_path / f"{name}-tok"))
-        return [(tmp_path / name / f"{i:06d}.png").read_bytes() for i in range(2)]
+        return [(tmp_path / name / f"{i:06d}-dog.png").read_bytes() for i in range(2)]
 
     assert run("a") == run("b")
     assert len(TokenDataset(tmp_path / "a-tok")) == 2
@@ -194,7 +196,7 @@ def test_segmentation_map_prior(work, tmp_path):
     maps = [tmp_path / "maps" / "img000.png", tmp_path / "maps" / "img001.png"]
     ok(invoke("sample", "-m", model, "--seg-map", maps[0], "--seg-map", maps[1], "--steps", "4", "--seed", "0",
               "-o", tmp_path / "out", "--tokens-out", tmp_path / "gen"))
-    assert sorted(os.listdir(tmp_path / "out")) == ["000000.png", "000001.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["000000-img000.png", "000001-img001.png"]
     ds = TokenDataset(tmp_path / "gen")
     assert ds[0]["segmap"].shape == (32, 32) and int(ds[1]["segmap"].max()) == 2
     bad = tmp_path / "bad.png"
@@ -279,12 +281,13 @@ def test_text_prior(work, tmp_path):
     assert (tmp_path / "run" / "text_states.safetensors").is_file()
     ok(invoke("sample", "-m", model, "--prompt", "a blue bird", "--prompts-from", "-", "--seed", "0",
               "-o", tmp_path / "out", "--tokens-out", tmp_path / "gen", input="a red bird\n\na green bird\n"))
-    assert sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(3)]
+    assert sorted(os.listdir(tmp_path / "out")) == ["000000-a-blue-bird.png", "000001-a-red-bird.png",
+                                                    "000002-a-green-bird.png"]
     ds = TokenDataset(tmp_path / "gen")
     assert [ds[i]["caption"] for i in range(3)] == ["a blue bird", "a red bird", "a green bird"]
     line = one_line_error(invoke("sample", "-m", model, "--class", "0", "-o", tmp_path / "x"))
     assert "text-conditional" in line
-    assert np.asarray(Image.open(tmp_path / "out" / "000000.png")).shape == (32, 32, 3)
+    assert np.asarray(Image.open(tmp_path / "out" / "000000-a-blue-bird.png")).shape == (32, 32, 3)
 
 
 def test_eval_gen_samples_a_class_prior_in_turn(work, ar_model, tmp_path):

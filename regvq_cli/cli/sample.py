@@ -53,7 +53,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     regvq sample --seg-map map.png --seed 1 -o - > scene.png
     regvq sample -m runs/ar/model --class 0 -n 50000 --tokens-out gen-tokens/   # decode later
 
-    The same --seed, --batch-size and device give the same images.
+    Files are named by sample number and condition (000003-dog.png, 000000-a-red-bird.png). The same --seed,
+    --batch-size and device give the same images.
     """
     import os
     import secrets
@@ -91,7 +92,9 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     seed = secrets.randbelow(2**31) if seed is None else seed
     generator = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
     rows = np.arange(total) // num_samples  # the condition of each sample
-    names = [f"{i:06d}" for i in range(total)]
+    named = [pc.class_names[int(v)] if kind == "labels" and str(v).isdigit() and pc.class_names
+             and int(v) < len(pc.class_names) else v for v in values]
+    names = [f"{i:06d}" + (f"-{slug(named[r])}" if kind else "") for i, r in enumerate(rows)]
     writer = None
     if tokens_out is not None:
         fields = {"labels": cond.cpu().numpy()[rows] if kind == "labels" else None,
@@ -144,6 +147,15 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     else:
         where = ", ".join(w for w in (out if out != "-" else "stdout", tokens_out) if w)
         info(f"{where}: {total} samples with seed {seed} ({summary['images_per_s']:.1f} images/s)")
+
+
+def slug(condition) -> str:
+    """A file-name part naming a condition: "a red bird" -> "a-red-bird", a map path -> its stem, a class as given."""
+    import os
+    import re
+
+    text = os.path.splitext(os.path.basename(condition))[0] if str(condition).lower().endswith(".png") else str(condition)
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:48] or "x"
 
 
 def read_prompts(path: str) -> list[str]:
