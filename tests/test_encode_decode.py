@@ -144,8 +144,12 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
     for name in os.listdir(tmp_path / "one"):
         if not name.startswith("."):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
-    r = invoke("decode", tmp_path / "two", "-o", tmp_path / "rec", "--device", "cpu")
-    assert r.returncode == 0 and len(os.listdir(tmp_path / "rec")) == 7
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
+           "decode", str(tmp_path / "two"), "-o", str(tmp_path / "rec"), "--device", "cpu", "--json"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert sorted(os.listdir(tmp_path / "rec")) == [f"img{i:03d}.png" for i in range(7)]  # ranks split the shards
+    assert json.loads(r.stdout)["decoded"] == 7  # one document, from rank 0, counting both ranks
 
 
 def test_labels_and_captions_are_carried(tmp_path, tokenizer_dir):

@@ -84,7 +84,10 @@ def table_options(table):
 
 
 def emit_json(data) -> None:
-    """Write one JSON document to stdout (data goes to stdout, everything else to stderr)."""
+    """Write one JSON document to stdout (data goes to stdout, everything else to stderr); under torchrun only
+    rank 0 writes it, so a run prints one document (its counts summed over the ranks)."""
+    if rank() != 0:
+        return
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
