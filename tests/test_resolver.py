@@ -118,3 +118,27 @@ def test_a_model_of_the_wrong_kind_is_named(tmp_path):
         load(str(folder), expect=PRIOR)
     with pytest.raises(RegvqError, match="needs a tokenizer"):
         load(str(folder), expect=TOKENIZER)
+
+
+def test_models_list_and_show_a_shipped_model(monkeypatch, tmp_path):
+    import torch
+
+    import regvq_cli.engine.resolve as resolve
+    from regvq_cli.engine.checkpoint import save_model
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS
+    from tests.conftest import invoke
+
+    torch.manual_seed(0)
+    save_model(Tokenizer(PRESETS["tok-test"]), tmp_path / "regvq-tiny", card="# regvq-tiny\n\nA card.\n",
+               dtype=torch.bfloat16)
+    monkeypatch.setattr(resolve, "shipped_models_dir", lambda: tmp_path)
+    r = invoke("models", "list")
+    assert r.returncode == 0, r.stderr.decode()
+    header, row = r.stdout.decode().splitlines()
+    assert header.split() == ["NAME", "KIND", "SIZE", "PARAMS", "CODES", "RES", "COND"]
+    assert row.split()[:2] == ["regvq-tiny", "tokenizer"] and row.split()[-3:] == ["64", "32", "-"]
+    r = invoke("models", "show", "regvq-tiny")
+    assert r.returncode == 0 and b"A card." in r.stdout and b'"model_type": "tokenizer"' in r.stdout
+    rows = json.loads(invoke("models", "list", "--json").stdout)
+    assert rows[0]["parameters"] == sum(p.numel() for p in Tokenizer(PRESETS["tok-test"]).state_dict().values())
