@@ -169,7 +169,7 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
                   grid_cols=None, stdin=None, compile=False, callback=None) -> dict:
     """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several."""
-    rank, world = dist.init(device)
+    rank, world, _ = dist.join(device)
     if source == "-":
         if world > 1:
             raise RegvqError("decoding stdin cannot be split over torchrun ranks; run one process")

@@ -1,5 +1,5 @@
-"""torch.distributed for work split by rank (encode, decode): set up from torchrun's environment, or a single
-process when there is none. Training has its own setup in `regvq_cli.train.common`, with the same rules."""
+"""torch.distributed from torchrun's environment, or a single process when there is none. Encode and decode
+split their work by rank with it; training (`regvq_cli.train.common.setup_distributed`) joins through it too."""
 
 from __future__ import annotations
 
@@ -11,16 +11,28 @@ def world_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init(device) -> tuple[int, int]:
-    """Join torchrun's process group if there is one (nccl on CUDA, gloo otherwise); return (rank, world)."""
+def join(device, timeout_s: float = 1800.0) -> tuple[int, int, bool]:
+    """Join torchrun's process group if there is one (nccl on CUDA, gloo otherwise).
+
+    Returns (rank, world size, whether this call created the group: then its caller destroys it)."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
+    from regvq_cli.errors import RegvqError
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
     rank, world = world_from_env()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, **kwargs)
-    return rank, world
+    if world == 1:
+        return rank, world, False
+    if not dist.is_available():
+        raise RegvqError("this PyTorch build has no torch.distributed: run a single process")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s), **kwargs)
+    return rank, world, True
 
 
 def barrier() -> None:

@@ -63,7 +63,7 @@ def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions
     `callback(done, skipped, total)` is called after each batch. Returns the run summary.
     """
     t0 = time.perf_counter()
-    rank, world = dist.init(device)
+    rank, world, _ = dist.join(device)
     if world > 1 and opts.num_workers > 1:
         raise RegvqError("use either torchrun or --num-workers/--worker-id, not both")
     worker, workers = (rank, world) if world > 1 else (opts.worker_id, opts.num_workers)

@@ -36,7 +36,8 @@ from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import TextStateTable, TextStates, precompute_text_states, resize_segmap
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 from regvq_cli.priors.presets import PRESETS, model_for
-from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, autocast, barrier, lr_at, maybe_compile,
+from regvq_cli.engine.dist import barrier
+from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile,
                                     seed_everything, set_lr)
 from regvq_cli.train.data import ShardedBatchSampler
 from regvq_cli.train.loop import Trainer

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..engine.dist import join
 from ..errors import RegvqError
 
 STATE_NAME = "state.pt"
@@ -69,24 +70,11 @@ def setup_distributed(device: str | None = None, timeout_s: float = 1800.0) -> D
 
     ``device``: None/"auto" (cuda:LOCAL_RANK when CUDA exists, else CPU) or an explicit device string.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    created = False
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    elif world > 1:
-        if not dist.is_available():
-            raise RegvqError("this PyTorch build has no torch.distributed: run a single process")
-        from datetime import timedelta
-
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
-        created = True
+    rank, world, created = join(dev, timeout_s)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, initialized_here=created)
 
 
@@ -105,11 +93,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -37,8 +37,9 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..engine.dist import barrier
 from ..errors import RegvqError
-from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank, barrier,
+from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank,
                      cleanup_distributed, gather_objects, load_state, read_metrics, rng_state, save_state,
                      seed_everything, set_rng_state, setup_distributed)
 
