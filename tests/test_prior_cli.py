@@ -299,3 +299,55 @@ def test_eval_gen_samples_a_class_prior_in_turn(work, ar_model, tmp_path):
     assert result["metrics"]["fid"] > 0 and result["protocol"]["image_size"] == [32, 32]
     r = invoke("eval", "gen", "--ref", ref)
     assert r.returncode == 2 and b"either --samples DIR or --model PRIOR" in r.stderr
+
+
+# ---- --init: fine-tuning from a model -----------------------------------------------------------------------
+
+def test_init_starts_a_new_run_from_the_models_weights_and_a_rerun_resumes(work, ar_model, tmp_path):
+    from regvq_cli.engine.resolve import load
+
+    base = load(ar_model)
+    run = tmp_path / "ft"
+    # no --kind / --preset / --cond: the model's. lr 1e-30 moves no fp32 weight, so after a real step the exported
+    # EMA must still equal the init weights exactly; --cond-dropout and --dropout follow the command line
+    args = ["--init", ar_model, "--lr", "1e-30", "--weight-decay", "0", "--cond-dropout", "0.2", "--dropout", "0.1"]
+    r = ok(train(work / "tokens", run, *args, "--max-steps", "1"))
+    ft = load(json.loads(r.stdout)["model"])
+    want, got = base.state_dict(), ft.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert ft.config == dataclasses.replace(base.config, cond_dropout=0.2, dropout=0.1)
+    record = json.loads((run / "model" / "config.json").read_text())
+    assert record["info"]["init"]["spec"] == ar_model and record["info"]["train_config"]["init"] == ar_model
+    assert record["info"]["train_config"]["preset"] == "ar-test" and record["info"]["train_config"]["cond"] == "auto"
+    assert "fine-tuned from" in (run / "model" / "README.md").read_text()
+    # a rerun continues the run (the resume state wins over --init, even one that no longer resolves)
+    r = ok(train(work / "tokens", run, *args[2:], "--init", tmp_path / "gone", "--max-steps", "2"))
+    assert b"--init is ignored" in r.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    record = json.loads((run / "model" / "config.json").read_text())
+    assert record["info"]["init"]["spec"] == ar_model and record["info"]["steps"] == 2
+
+
+def test_init_refuses_another_architecture_or_other_data(work, ar_model, tmp_path):
+    torch.manual_seed(0)
+    f8 = save_model(Tokenizer(TOKENIZERS["tok-test-f8"]), tmp_path / "tok-f8")
+    make_images(tmp_path / "imgs" / "cat", 2, seed=0)
+    make_images(tmp_path / "imgs" / "dog", 2, seed=1)
+    ok(invoke("encode", "--workers", "0", tmp_path / "imgs", "-o", tmp_path / "tokens-f8", "-m", f8, "--device", "cpu"))
+    ok(invoke("encode", "--workers", "0", tmp_path / "imgs" / "cat", "-o", tmp_path / "unlabelled", "-m", work / "tok",
+              "--device", "cpu"))
+    cases = [
+        (work / "tokens", ["--kind", "diffusion"], "is a ar prior, not diffusion"),
+        (work / "tokens", ["--preset", "ar-small"], "not a ar-small prior (its dim is 32, the preset's 384)"),
+        (work / "tokens", ["--preset", "diffusion-test"], "not a diffusion-test prior (it is a ar prior)"),
+        (work / "tokens", ["--cond", "none"], "models cond 'class', but"),
+        (tmp_path / "tokens-f8", [], "models grid_size (8, 8), but"),
+        (tmp_path / "unlabelled", [], "is conditioned on class (labels)"),
+    ]
+    for tokens, args, words in cases:
+        line = one_line_error(train(tokens, tmp_path / "run", "--init", ar_model, *args))
+        assert line.startswith("regvq: error: --init") and words in line, line
+        assert not (tmp_path / "run").exists()
+    line = one_line_error(train(work / "tokens", tmp_path / "run", "--init", work / "tok"))
+    assert "needs a prior" in line

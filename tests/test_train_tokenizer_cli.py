@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import click
+import pytest
 
 from regvq_cli.cli.train_tokenizer import OPTIONS, PRESET_NAMES
 from regvq_cli.engine.resolve import load
@@ -50,3 +51,87 @@ def test_bad_values_are_usage_errors(tmp_path):
     r = invoke("train-tokenizer", tmp_path, "-o", tmp_path / "run", "--mask-ratio", "1.5")
     assert r.returncode == 2 and b"mask-ratio" in r.stderr
     assert isinstance(OPTIONS[0][2], click.Choice)
+
+
+# ---- --init: fine-tuning from a model -----------------------------------------------------------------------
+
+FAST = ["--batch-size", "4", "--workers", "0", "--perceptual-weight", "0", "--contrastive-weight", "0",
+        "--log-every", "1", "--sample-every", "100", "--device", "cpu"]
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_init_starts_a_new_run_from_the_models_weights_and_a_rerun_resumes(tmp_path):
+    import torch
+
+    imgs = make_images(tmp_path / "imgs", 4)
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "base", "--preset", "tok-test", "--max-steps", "2", *FAST,
+               "--gan-weight", "0", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    base_dir = json.loads(r.stdout)["model"]
+    base = load(base_dir)
+    # lr 0: one real step (with a fresh discriminator) leaves the weights as they are, so the exported EMA must
+    # equal the init weights exactly. No --preset: the command line's default (small-f16) is not a conflict; the
+    # quantizer switches follow the flags.
+    ft_run = tmp_path / "ft"
+    r = invoke("train-tokenizer", imgs, "-o", ft_run, "--init", base_dir, "--max-steps", "1", "--lr", "0",
+               "--gan-weight", "0.5", "--gan-start", "0", "--no-prior", "--mask-ratio", "0.2", *FAST, "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    ft = load(json.loads(r.stdout)["model"])
+    want, got = _weights(base), _weights(ft)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert ft.config == dataclasses.replace(base.config, use_prior=False, mask_ratio=0.2)
+    record = json.loads((ft_run / "model" / "config.json").read_text())
+    assert record["info"]["init"]["spec"] == str(base_dir) and record["info"]["steps"] == 1
+    assert len(record["info"]["init"]["sha256"]) == 64
+    assert record["info"]["train_config"]["init"] == str(base_dir)
+    assert record["info"]["train_config"]["preset"] == "tok-test"  # the model's, not the command line's default
+    assert "fine-tuned from" in (ft_run / "model" / "README.md").read_text()
+    steps = [json.loads(line)["step"] for line in (ft_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]
+    # a rerun with a resume state continues it: --init (here a path that is gone) is ignored
+    r = invoke("train-tokenizer", imgs, "-o", ft_run, "--init", tmp_path / "gone", "--max-steps", "2", "--lr", "0",
+               "--gan-weight", "0.5", "--gan-start", "0", "--no-prior", "--mask-ratio", "0.2", *FAST)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"resume state" in r.stderr and b"--init is ignored" in r.stderr
+    steps = [json.loads(line)["step"] for line in (ft_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    record = json.loads((ft_run / "model" / "config.json").read_text())
+    assert record["info"]["init"]["spec"] == str(base_dir) and record["info"]["steps"] == 2
+    assert record["info"]["train_config"]["init"] == str(base_dir)
+
+
+def test_init_refuses_a_conflicting_architecture(tmp_path):
+    from regvq_cli.engine.checkpoint import save_model
+    from regvq_cli.errors import RegvqError
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.train.tokenizer import TokenizerTrainer
+
+    imgs = make_images(tmp_path / "imgs", 2)
+    model = save_model(Tokenizer(PRESETS["tok-test"]), tmp_path / "tok")
+    for args, words in ((["--preset", "tok-test-f8"], [b"not a tok-test-f8 tokenizer", b"ch_mult", b"--preset"]),
+                        (["--codebook-size", "128"], [b"codebook_size 64, not 128", b"--codebook-size"]),
+                        (["--quantizer", "regvq", "--logits", "distance"], [b"logits linear, not distance"])):
+        r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--init", model, *args, *FAST)
+        assert r.returncode == 1, r.stderr.decode()
+        err = r.stderr.decode().strip()
+        assert len(err.splitlines()) == 1 and err.startswith("regvq: error: --init") and "Traceback" not in err
+        assert all(w in r.stderr for w in words), err
+        assert not (tmp_path / "run").exists()
+    # the matching preset, given explicitly, is fine
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--init", model, "--preset", "tok-test",
+               "--max-steps", "0", *FAST)
+    assert r.returncode == 0, r.stderr.decode()
+    # the library refuses fields set away from their defaults that the model does not have
+    cfg = TrainTokenizerConfig(init=str(model), quantizer="vq", num_workers=0, device="cpu")
+    with pytest.raises(RegvqError, match="quantizer regvq, not vq"):
+        TokenizerTrainer([imgs], tmp_path / "lib", cfg)
+    # a prior is not a tokenizer
+    from regvq_cli.priors.presets import PRESETS as PRIORS
+    from regvq_cli.priors.presets import model_for
+
+    prior = save_model(model_for(PRIORS["ar-test"]), tmp_path / "prior")
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run2", "--init", prior, *FAST)
+    assert r.returncode == 1 and b"needs a tokenizer" in r.stderr, r.stderr.decode()

@@ -3,6 +3,10 @@
 The options mirror `regvq_cli.priors.training.TrainPriorConfig` field by field; they are declared here (not
 read from the dataclass) so that `--help` and shell completion do not import torch. A test checks that every
 default below equals the dataclass's; `None` means "the library decides" (for --preset: `<kind>-small`).
+
+`--init MODEL` fine-tunes: the library takes the architecture from MODEL's config and checks its data fields
+against the tokens; this command also refuses a --kind, --preset or --num-timesteps given explicitly that MODEL
+does not have, before any weights are read. With --init, an explicit --preset alone implies its --kind.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import emit_json, info, json_option, table_options, training_progress
+from regvq_cli.cli.train_tokenizer import ModelSpec, explicit_options, resumable
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-b", "ar-l", "diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"]
@@ -23,6 +28,12 @@ OPTIONS = [
     ("--dropout", "dropout", click.FloatRange(0, 1, max_open=True), None, "Dropout (default: the preset's)."),
     ("--num-timesteps", "num_timesteps", click.IntRange(1), None, "diffusion: number of timesteps T (default: the preset's)."),
     ("--aux-weight", "aux_weight", click.FloatRange(0), None, "diffusion: weight of the x_0 cross-entropy (default: the preset's)."),
+    ("--init", "init", ModelSpec(), None,
+     "Fine-tune: start a new run from this prior's weights (a shipped name, folder, .safetensors file or Hub id). "
+     "Its config fixes the architecture (a --kind, --preset or --num-timesteps it does not have is an error) and "
+     "must fit TOKENS: codebook size, grid, condition, classes, segmentation labels and text encoder (--cond auto "
+     "and the text options' defaults mean the model's). --dropout, --aux-weight, --cond-dropout, lr, ... follow "
+     "the command line; the EMA starts from its weights. Ignored when OUT has a resume state."),
     # conditioning
     ("--cond", "cond", click.Choice(["auto", "none", "class", "text", "segmap"]), "auto",
      "Condition: auto takes what the shards carry (labels -> class, captions -> text, maps -> segmap)."),
@@ -72,20 +83,30 @@ def train_prior(tokens, run_dir, as_json, **fields):
     regvq train-prior tokens/ -o runs/ar --kind ar --preset ar-b --max-steps 100000
     regvq train-prior tokens/ -o runs/t2i --kind diffusion --cond text        # captions from metadata.jsonl
     regvq train-prior tokens/ -o runs/t2i --cond text --text-states runs/old/text_states.safetensors
+    regvq train-prior my-tokens/ -o runs/ft --init regvq-text2img --lr 5e-5     # fine-tune a prior
     torchrun --nproc-per-node 8 -m regvq_cli train-prior tokens/ -o runs/big --preset ar-l
     regvq sample -m runs/ar/model --class 3 -n 16 --grid -o sheet.png
 
     Rerunning on the same OUT resumes from its last checkpoint (raise --max-steps to train longer). OUT holds
-    metrics.jsonl, samples/, state.pt and model/.
+    metrics.jsonl, samples/, state.pt and model/. --init starts a new run (step 0) from a prior's weights; its
+    model card records the model.
     """
     import shlex
     import sys
 
-    from regvq_cli.priors.training import TrainPriorConfig
+    from regvq_cli.priors.training import TrainPriorConfig, check_init_options
     from regvq_cli.priors.training import train_prior as train
 
     given = {k: v for k, v in fields.items() if v is not None}
+    explicit = explicit_options(("kind", "preset", "num_timesteps"), given) if given.get("init") else {}
+    if "preset" in explicit and "kind" not in explicit:
+        given["kind"] = explicit["preset"].split("-")[0]  # the default kind must not refuse the preset
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
+    if cfg.init:
+        if resumable(run_dir):
+            info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
+        else:
+            check_init_options(cfg.init, explicit)
     with training_progress(cfg.max_steps, ("loss", "samples_per_s")) as callback:
         folder = train(tokens, run_dir, cfg, callback=callback)
     if as_json:

@@ -4,15 +4,32 @@ The options mirror `regvq_cli.train.tokenizer.TrainTokenizerConfig` field by fie
 (not read from the dataclass) so that `--help` and shell completion do not import torch. A test checks that
 every default below equals the dataclass's, except --preset, whose command-line default is a real model
 (the library's is the tiny test preset).
+
+`--init MODEL` fine-tunes: the library takes the architecture from MODEL's config; this command also refuses an
+architecture option given explicitly (`--preset` included, whose default it cannot tell from the library's) that
+MODEL does not have, before any weights are read.
 """
 
 from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import emit_json, info, json_option, table_options, training_progress
+from regvq_cli.cli._common import complete_model, emit_json, info, json_option, table_options, training_progress
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
+# the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
+INIT_ARCH = ("preset", "quantizer", "image_size", "codebook_size", "embed_dim", "logits", "vq_ema", "vq_l2_norm")
+
+
+class ModelSpec(click.ParamType):
+    """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
+
+    name = "model"
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(name) for name in complete_model(ctx, param, incomplete)]
 
 # (option, config field, click type, default, help). `None` as default: the preset's value / not set.
 OPTIONS = [
@@ -21,6 +38,12 @@ OPTIONS = [
     ("--image-size", "image_size", click.IntRange(8), None, "Training resolution (default: the preset's)."),
     ("--codebook-size", "codebook_size", click.IntRange(2), None, "Number of codes N (default: the preset's)."),
     ("--embed-dim", "embed_dim", click.IntRange(1), None, "Code embedding dimension (default: the preset's)."),
+    ("--init", "init", ModelSpec(), None,
+     "Fine-tune: start a new run from this tokenizer's weights (a shipped name, folder, .safetensors file or Hub id). "
+     "Its config fixes the architecture: a --preset, --quantizer, --image-size, --codebook-size, --embed-dim, "
+     "--logits, --vq-ema or --vq-l2-norm it does not have is an error. The rest (--prior/--mask/--mask-ratio, "
+     "temperatures, losses, lr, ...) follows the command line; the EMA starts from its weights, the discriminator "
+     "from scratch. Ignored when OUT has a resume state."),
     # RegVQ components
     ("--prior/--no-prior", "use_prior", bool, True, "Prior distribution regularization: KL of the batch code histogram to uniform."),
     ("--prior-weight", "prior_weight", float, 0.1, "Weight of the prior KL."),
@@ -88,23 +111,49 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     regvq train-tokenizer ./photos -o runs/regvq --preset small-f16 --max-steps 20000
     regvq train-tokenizer ./photos -o runs/vq --quantizer vq            # a baseline, same loop
     regvq train-tokenizer ./photos -o runs/abl --no-mask --no-pcl       # one row of the ablation
+    regvq train-tokenizer ./faces -o runs/ft --init regvq-tokenizer --lr 2e-5   # fine-tune a model
     torchrun --nproc-per-node 8 -m regvq_cli train-tokenizer ./photos -o runs/big --preset vqgan-f16
 
     Rerunning on the same OUT resumes from its last checkpoint. OUT holds metrics.jsonl, samples/ and model/.
+    --init starts a new run (step 0) from a model's weights; its model card records the model.
     """
     import shlex
     import sys
 
-    from regvq_cli.train.tokenizer import TrainTokenizerConfig
+    from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options
     from regvq_cli.train.tokenizer import train_tokenizer as train
 
     given = {k: v for k, v in fields.items() if v is not None}
     if "perceptual_weights" in given:
         given["perceptual_weights"] = [given["perceptual_weights"]]
     cfg = TrainTokenizerConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
+    if cfg.init:
+        explicit = explicit_options(INIT_ARCH, given)
+        if resumable(run_dir):
+            info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
+        else:
+            check_init_options(cfg.init, explicit)
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback)
     if as_json:
         emit_json({"model": str(folder), "run_dir": str(run_dir)})
     else:
         info(f"model exported to {folder}")
+
+
+def explicit_options(names, given: dict) -> dict:
+    """The options among `names` that the command line (or the environment) set, not their defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {k: given[k] for k in names
+            if k in given and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def resumable(run_dir) -> bool:
+    """Whether the run folder holds a resume state (which takes precedence over --init)."""
+    from pathlib import Path
+
+    from regvq_cli.train.common import STATE_NAME
+
+    return (Path(run_dir) / STATE_NAME).exists()

@@ -18,10 +18,20 @@ resumable by the number of batches consumed.
 The condition kind defaults to what the shards carry ("auto": labels -> class, captions -> text, maps ->
 segmap; it must be named when a folder has more than one). Rows without a label (-1) or with an empty caption
 train the null condition, as do `cond_dropout` of the others (classifier-free guidance).
+
+Fine-tuning (`init`: a shipped name, model folder, .safetensors file or Hub id of a prior) starts a new run from
+a prior's weights. Its config fixes the architecture: `kind` and `preset` are taken from it (`custom` when no
+preset has its layout), and `kind` or `num_timesteps` set to something else is an error (the command line checks
+every option it was given: `check_init_options`). Its data fields (DATA_FIELDS: codebook size, grid, condition,
+classes and their names, segmentation labels, text encoder) must be what the token folder gives; `cond` "auto"
+means the model's condition, and `text_encoder` / `text_max_tokens` left at their defaults mean the model's. The
+tokenizer fields follow the token folder. `dropout`, `aux_weight` (when set) and `cond_dropout` follow this
+config. The EMA starts from the model's weights. A resume state takes precedence (regvq_cli.train.loop).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -32,9 +42,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from regvq_cli.engine.resolve import PRIOR
 from regvq_cli.errors import RegvqError
+from regvq_cli.priors.ar import ARConfig
 from regvq_cli.priors.conditioning import TextStateTable, TextStates, precompute_text_states, resize_segmap
-from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
+from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER, PriorConfig
+from regvq_cli.priors.diffusion import DiffusionConfig
 from regvq_cli.priors.presets import PRESETS, model_for
 from regvq_cli.engine.dist import barrier
 from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile,
@@ -86,9 +99,14 @@ class TrainPriorConfig:
     decode_samples: bool = True  # decode sample grids to PNG with the shards' tokenizer when it loads
     seed: int = 0
     command: str = ""  # recorded in the model card; default: this process's command line
+    # fine-tuning: a prior (shipped name, folder, .safetensors, Hub id) to start a new run from; its config gives
+    # the architecture and must fit the tokens (see the module docstring); ignored when the run has a resume state
+    init: str | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        if self.init is not None:
+            self.init = str(self.init)
         if self.kind not in ("ar", "diffusion"):
             raise RegvqError(f"unknown prior kind {self.kind!r}: choose ar or diffusion")
         self.preset = self.preset or f"{self.kind}-small"
@@ -166,6 +184,96 @@ def resolve_cond(cfg: TrainPriorConfig, fields: set[str], path) -> str:
     return cfg.cond
 
 
+# ---- fine-tuning from a model (init) ----------------------------------------------------------------------
+
+# PriorConfig fields that the token folder gives; a fine-tuned prior must model the same
+DATA_FIELDS = ("codebook_size", "grid_size", "cond", "num_classes", "class_names", "seg_classes", "text_encoder",
+               "text_max_tokens", "text_dim")
+# TrainPriorConfig fields that shape the network and are None unless set (the options the presets also take)
+TUNABLE = ("dropout", "num_timesteps", "aux_weight")
+
+
+def _plain(value):
+    """Lists (from JSON) as tuples, so configs read back from files compare equal to dataclass values."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _layout_fields(kind: str) -> list[str]:
+    """The architecture fields of a preset of ``kind``: its config's own fields but the ones options override."""
+    cls = ARConfig if kind == "ar" else DiffusionConfig
+    shared = {f.name for f in dataclasses.fields(PriorConfig)}
+    return [f.name for f in dataclasses.fields(cls) if f.name not in shared and f.name not in TUNABLE]
+
+
+def preset_difference(name: str, kind: str, model_config: dict) -> str | None:
+    """How a prior config (a dict, e.g. from config.json) of ``kind`` differs from preset ``name``; None if not."""
+    preset_kind = name.split("-")[0]
+    if preset_kind != kind:
+        return f"it is a {kind} prior"
+    p = dataclasses.asdict(PRESETS[name])
+    for key in _layout_fields(kind):
+        have = _plain(model_config.get(key))
+        if have != _plain(p[key]):
+            return f"its {key} is {have}, the preset's {_plain(p[key])}"
+    return None
+
+
+def matching_preset(kind: str, model_config: dict) -> str | None:
+    """The preset whose architecture a prior config of ``kind`` has, if any."""
+    return next((n for n in PRESETS if preset_difference(n, kind, model_config) is None), None)
+
+
+def check_init_architecture(values: dict, kind: str, model_config: dict, spec: str) -> None:
+    """Refuse ``kind``, ``preset`` or ``num_timesteps`` values (as given in ``values``) that the init model
+    ``spec`` (its kind and config as a dict) does not have; one line naming the first mismatch."""
+    hint = "with --init the architecture is the model's: drop {}, or train from scratch without --init"
+    for key, value in values.items():
+        if key == "kind" and value != kind:
+            raise RegvqError(f"--init {spec} is a {kind} prior, not {value}; " + hint.format("--kind"))
+        if key == "preset":
+            diff = preset_difference(value, kind, model_config)
+            if diff is not None:
+                raise RegvqError(f"--init {spec} is not a {value} prior ({diff}); " + hint.format("--preset"))
+        if key == "num_timesteps" and kind == "diffusion" and model_config.get(key) != value:
+            raise RegvqError(f"--init {spec} has num_timesteps {model_config.get(key)}, not {value}; "
+                             + hint.format("--num-timesteps"))
+
+
+def check_init_options(spec: str, values: dict) -> None:
+    """``check_init_architecture`` for the command line: ``values`` are the architecture options it was given
+    explicitly. Reads the model's config only (no weights); a model that is not a prior is left to the trainer,
+    whose loader says what it is."""
+    from regvq_cli.engine.checkpoint import read_record
+    from regvq_cli.engine.resolve import resolve_model
+
+    record = read_record(resolve_model(spec).path)
+    if record["model_type"] in PRIOR:
+        check_init_architecture(values, record["model_type"], record["config"], spec)
+
+
+def init_train_config(cfg: TrainPriorConfig, base: PriorConfig) -> TrainPriorConfig:
+    """``cfg`` with the architecture of the init model's config ``base`` (a copy; ``cfg`` is not changed): a
+    ``kind`` other than the default or a ``num_timesteps`` that differs is an error; ``kind`` and ``preset`` are
+    taken from it, and so are the text encoder settings left at their defaults."""
+    kind = "ar" if isinstance(base, ARConfig) else "diffusion"
+    base_dict = json.loads(json.dumps(dataclasses.asdict(base)))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainPriorConfig)}
+    given = {k: getattr(cfg, k) for k in ("kind", "num_timesteps") if getattr(cfg, k) != defaults[k]}
+    check_init_architecture(given, kind, base_dict, cfg.init)
+    out = copy.copy(cfg)
+    out.kind = kind
+    out.preset = matching_preset(kind, base_dict) or "custom"  # set directly: "custom" is not a key of PRESETS
+    if base.cond == "text":
+        for key in ("text_encoder", "text_max_tokens"):
+            if getattr(out, key) == defaults[key]:
+                setattr(out, key, getattr(base, key))
+    return out
+
+
+def _prior_config_class(kind: str):
+    return ARConfig if kind == "ar" else DiffusionConfig
+
+
 class PriorTrainer(Trainer):
     """Owns the model, optimizer, in-memory data and run directory; ``run()`` (regvq_cli.train.loop) trains and
     exports."""
@@ -180,8 +288,13 @@ class PriorTrainer(Trainer):
 
         from regvq_cli.data.shards import ShardReader
 
+        self.init_config, init_model = self._init_source(
+            PRIOR, lambda state: _prior_config_class(state["config"]["kind"])(**state["prior_config"]))
+        if self.init_config is not None:
+            self.cfg = init_train_config(self.cfg, self.init_config)
+        cfg = self.cfg
         fields = set(ShardReader(tokens_dir).fields)
-        self.cond = resolve_cond(cfg, fields, tokens_dir)
+        self.cond = self._resolve_cond(fields)
         want = {"class": {"labels"}, "text": {"captions"}, "segmap": {"segmaps"}}.get(self.cond, set())
         self.data = TokenData(tokens_dir, want)
         self.table = self._text_table() if self.cond == "text" else None
@@ -189,7 +302,10 @@ class PriorTrainer(Trainer):
 
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self.model = model_for(self.prior_cfg).to(self.device)
-        self.ema = EMA(self.model, cfg.ema_decay)
+        if init_model is not None:
+            self.model.load_state_dict(init_model.state_dict())
+            del init_model
+        self.ema = EMA(self.model, cfg.ema_decay)  # after the init weights: the EMA starts from them
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -209,6 +325,17 @@ class PriorTrainer(Trainer):
         self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
 
     # ---- setup --------------------------------------------------------------------------------------------
+    def _resolve_cond(self, fields: set[str]) -> str:
+        """The condition to train; fine-tuning: "auto" is the init model's, which the shards must carry."""
+        cfg, base = self.cfg, self.init_config
+        if base is None or cfg.cond != "auto":
+            return resolve_cond(cfg, fields, self.tokens_dir)
+        need = {"class": "labels", "text": "captions", "segmap": "segmaps"}.get(base.cond)
+        if need is not None and need not in fields:
+            raise RegvqError(f"--init {cfg.init} is conditioned on {base.cond} ({need}), and {self.tokens_dir} has "
+                             f"no {need}: fine-tune it on tokens that carry them, or train from scratch")
+        return base.cond
+
     def _text_table(self) -> TextStateTable:
         cfg = self.cfg
         captions = sorted({c for c in self.data.captions if c})
@@ -232,7 +359,7 @@ class PriorTrainer(Trainer):
         return table
 
     def _prior_config(self):
-        cfg, data = self.cfg, self.data
+        cfg, data, init = self.cfg, self.data, self.init_config  # init: the config of the model fine-tuned, or None
         over = dict(codebook_size=data.codebook_size, grid_size=data.grid, cond=self.cond,
                     cond_dropout=cfg.cond_dropout, tokenizer=data.tokenizer_id,
                     tokenizer_sha256=data.tokenizer_sha256)
@@ -243,6 +370,8 @@ class PriorTrainer(Trainer):
                 if n > len(names):
                     raise RegvqError(f"{self.tokens_dir}: label {n - 1} but only {len(names)} label names")
                 n = len(names)
+            elif init is not None and init.cond == "class" and n <= init.num_classes:
+                n, names = init.num_classes, list(init.class_names)  # unnamed ids among the model's classes
             if n < 1:
                 raise RegvqError(f"{self.tokens_dir} has no labelled rows: train with --cond none")
             over.update(num_classes=n, class_names=tuple(names))
@@ -251,17 +380,26 @@ class PriorTrainer(Trainer):
                         text_dim=self.table.dim)
         elif self.cond == "segmap":
             seen = int(data.segmaps.max()) + 1
-            n = cfg.seg_classes or seen
+            n = cfg.seg_classes or (init.seg_classes if init is not None else 0) or seen
             if n < seen:
                 raise RegvqError(f"the maps use label {seen - 1} but seg_classes is {n}")
             over.update(seg_classes=n)
-        for key in ("dropout", "num_timesteps", "aux_weight"):
+        template = init if init is not None else PRESETS[cfg.preset]
+        for key in TUNABLE:
             value = getattr(cfg, key)
             if value is not None:
-                if not hasattr(PRESETS[cfg.preset], key):
+                if not hasattr(template, key):
                     raise RegvqError(f"{key} applies to diffusion priors only")
                 over[key] = value
-        return dataclasses.replace(PRESETS[cfg.preset], **over)
+        new = dataclasses.replace(template, **over)
+        if init is not None:  # fine-tuning: the data must be what the model was trained to model
+            for key in DATA_FIELDS:
+                old, now = _plain(getattr(init, key)), _plain(getattr(new, key))
+                if old != now:
+                    raise RegvqError(f"--init {cfg.init} models {key} {_short(old)}, but {self.tokens_dir} gives "
+                                     f"{_short(now)}: fine-tune on tokens like the model's (same tokenizer grid, "
+                                     "codebook and conditions), or train from scratch without --init")
+        return new
 
     # ---- what the resume state adds -----------------------------------------------------------------------
     def _extra_state(self) -> dict:
@@ -420,7 +558,7 @@ class PriorTrainer(Trainer):
             f"# {self.run_dir.name}: {cfg.kind} prior", "",
             f"A `{cfg.preset}` {what}, {cond}, over {pc.grid_size[0]}x{pc.grid_size[1]} grids of "
             f"{pc.codebook_size} codes from the tokenizer `{pc.tokenizer or 'unknown'}`; "
-            f"{n_params / 1e6:.1f}M parameters. Trained with `regvq train-prior`.", "",
+            f"{n_params / 1e6:.1f}M parameters. {_sentence(self._trained_with('regvq train-prior'))}.", "",
             "## Training", "",
             f"- data: {self.tokens_dir} ({len(self.data)} token grids)",
             f"- steps: {self.step}, batch {cfg.batch_size} x {self.dist.world_size} process(es) x "
@@ -437,6 +575,15 @@ class PriorTrainer(Trainer):
         if self.decode_note:
             info["note"] = self.decode_note
         return info
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _short(value) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _save_row(images: torch.Tensor, path: Path) -> None:

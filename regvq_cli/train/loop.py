@@ -5,10 +5,11 @@
 windows, a time limit every rank agrees on, the log / sample / checkpoint cadence, the progress callback,
 cleanup), the resume state ``state.pt``, ``metrics.jsonl`` and the export of the EMA weights to ``run_dir/model``.
 
-A subclass calls ``super().__init__(run_dir, cfg)`` first, then builds ``self.model``, ``self.ema`` and
-``self.opt``, calls ``self._resume()`` when ``self.state_path`` exists, wraps the model for DDP, and creates
-``self.metrics`` last (creating it makes ``run_dir``, so a run that fails to set up leaves nothing behind). It
-supplies:
+A subclass calls ``super().__init__(run_dir, cfg)`` first (which keeps a copy of ``cfg`` as ``self.cfg``), asks
+``self._init_source()`` where the weights start (fine-tuning from ``cfg.init``, or a resume state's record of it),
+then builds ``self.model`` (loading the init weights), ``self.ema`` and ``self.opt``, calls ``self._resume()`` when
+``self.state_path`` exists, wraps the model for DDP, and creates ``self.metrics`` last (creating it makes
+``run_dir``, so a run that fails to set up leaves nothing behind). It supplies:
 
     train_step() -> dict        one optimisation step; the values to log, including ``self.unit``: how many
                                 items (images, token grids) all ranks consumed in it
@@ -21,12 +22,19 @@ supplies:
     _window_extra() -> dict     fields it adds to each metrics record (optional)
 
 The config must have the bookkeeping fields both training configs share: max_steps, time_limit, log_every,
-sample_every, checkpoint_every, ema_decay, device, seed and command.
+sample_every, checkpoint_every, ema_decay, device, seed, command and init.
+
+Fine-tuning (``cfg.init``, a model spec the engine resolver accepts) starts a NEW run from a model's weights: step
+0, a fresh optimizer, the EMA starting from those weights. A resume state takes precedence: a run folder that has
+one continues it, whatever ``cfg.init`` says now, and ``cfg.init`` becomes what the state was started with (a
+rerun continues, it never restarts from the init model, which need not exist any more). The exported config.json's
+``info["init"]`` and the model card record the model a run was started from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import shlex
@@ -50,7 +58,7 @@ class Trainer:
     unit = "images"  # the key of train_step's item count; the metrics get f"{unit}_per_s"
 
     def __init__(self, run_dir: str | Path, cfg):
-        self.cfg = cfg
+        self.cfg = copy.copy(cfg)  # fine-tuning fills in architecture fields; the caller's config stays as it was
         self.run_dir = Path(run_dir)
         self.dist = setup_distributed(cfg.device)
         self.device = self.dist.device
@@ -64,6 +72,8 @@ class Trainer:
         self.window: dict[str, float] = {}  # sums of train_step's values since the last log
         self.window_steps = 0
         self.last_metrics: dict[str, float] = {}
+        self.init_info: dict | None = None  # the model this run was started from: spec, resolved id, sha256
+        self._state_cache: dict | None = None  # the resume state, read once
 
     # ---- hooks with a default -------------------------------------------------------------------------------
     def _extra_state(self) -> dict:
@@ -90,7 +100,7 @@ class Trainer:
             "step": self.step, "batches": self.batches, "elapsed": self.elapsed,
             "world_size": self.dist.world_size, "config": dataclasses.asdict(self.cfg),
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "rng": rngs, **self._extra_state(),
+            "rng": rngs, "init": self.init_info, **self._extra_state(),
         }
 
     def save(self) -> None:
@@ -99,10 +109,43 @@ class Trainer:
             save_state(self.state_path, state)
         barrier()
 
+    def _read_state(self) -> dict | None:
+        """The resume state (read once, checked to be this trainer's), or None when the run folder has none."""
+        if self._state_cache is None and self.state_path.exists():
+            state = load_state(self.state_path)
+            if state.get("format") != self.state_format:
+                raise RegvqError(f"{self.state_path} is not a {self.what} training state; use another run directory")
+            self._state_cache = state
+        return self._state_cache
+
+    def _init_source(self, expect: tuple[str, ...], config_of_state: Callable[[dict], object]):
+        """Where the weights start: ``(architecture config, init model)``.
+
+        - a resume state: the state decides. A run it records as started from a model gives that model's config
+          (``config_of_state(state)``) and no init model (the state holds the weights); ``cfg.init`` becomes the
+          state's. A run from scratch gives ``(None, None)``.
+        - no state, ``cfg.init`` set: the model, loaded on the CPU (``expect``: the model types this trainer
+          takes), and its config.
+        - no state, no ``cfg.init``: ``(None, None)``, a run from scratch.
+        """
+        state = self._read_state()
+        if state is not None:
+            self.cfg.init = state["config"].get("init")
+            self.init_info = state.get("init")
+            return (config_of_state(state) if self.cfg.init else None), None
+        if not self.cfg.init:
+            return None, None
+        from ..engine.checkpoint import file_sha256, weights_path
+        from ..engine.resolve import load
+
+        model = load(self.cfg.init, expect=expect)
+        self.init_info = {"spec": str(self.cfg.init), "id": model.regvq_id,
+                          "sha256": file_sha256(weights_path(model.regvq_path))}
+        return model.config, model
+
     def _resume(self) -> None:
-        state = load_state(self.state_path)
-        if state.get("format") != self.state_format:
-            raise RegvqError(f"{self.state_path} is not a {self.what} training state; use another run directory")
+        state = self._read_state()
+        self._state_cache = None  # the weights are about to be copied: do not keep a second copy
         self._restore(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -127,11 +170,22 @@ class Trainer:
         self.last_metrics = record
         return record
 
+    def _trained_with(self, command: str) -> str:
+        """"trained with `COMMAND`", or "fine-tuned from `MODEL` with `COMMAND`" for a run started from a model."""
+        if self.init_info:
+            return f"fine-tuned from `{self.init_info['id']}` with `{command}`"
+        return f"trained with `{command}`"
+
     def _card_end(self, rows: list[str]) -> list[str]:
         """The model card's last lines: the EMA note, the final metrics table, the command, the config."""
         cfg = self.cfg
         command = cfg.command or " ".join(shlex.quote(a) for a in sys.argv)
+        init = []
+        if self.init_info:
+            init = [f"- fine-tuned from: `{self.init_info['id']}` (weights sha256 {self.init_info['sha256'][:16]}...); "
+                    "steps count from the start of the fine-tuning"]
         return [
+            *init,
             f"- exported weights: EMA (decay {cfg.ema_decay})", "",
             "## Final metrics (last logging window, training batches)", "",
             "| metric | value |", "|---|---|", *rows, "",
@@ -146,7 +200,7 @@ class Trainer:
         folder = self.run_dir / "model"
         if self.main:
             final = self.last_metrics or (read_metrics(self.run_dir / METRICS_NAME) or [{}])[-1]
-            info = {**self._export_info(), "steps": self.step,
+            info = {**self._export_info(), **({"init": self.init_info} if self.init_info else {}), "steps": self.step,
                     "final_metrics": {k: v for k, v in final.items() if isinstance(v, (int, float))},
                     "train_config": dataclasses.asdict(self.cfg)}
             save_model(self.ema.model, folder, card=self.model_card(final), info=info)

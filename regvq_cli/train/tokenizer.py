@@ -20,10 +20,20 @@ The objective (RegVQ paper, Zhang et al., CVPR 2023, arXiv 2303.06424, plus VQGA
 and the PatchGAN discriminator minimises the hinge loss on real and reconstructed images (one forward pass
 over both, concatenated, so DDP sees a single forward per backward). Loss weights, temperatures and the
 optimizer settings are not given by the paper; the defaults here are our choices (see the fields).
+
+Fine-tuning (``init``: a shipped name, model folder, .safetensors file or Hub id) starts a new run from a
+tokenizer's weights. Its config fixes the architecture: the layout, ``quantizer``, ``image_size``,
+``codebook_size``, ``embed_dim``, ``logits``, ``vq_ema`` and ``vq_l2_norm`` (ARCH_FIELDS) are filled in from it,
+and one set to something else than its default that differs from the model's is an error (the command line
+checks every option it was given: ``check_init_options``). ``preset`` becomes the preset whose layout the model
+has (``custom`` when none has it). The quantizer's training switches (``use_prior``, ``use_mask``,
+``mask_ratio``, the temperatures) and everything else follow this config. The EMA starts from the model's
+weights, the discriminator and the optimizers from scratch. A resume state takes precedence (regvq_cli.train.loop).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -35,6 +45,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from ..engine.resolve import TOKENIZER
 from ..errors import RegvqError
 from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
@@ -114,10 +125,15 @@ class TrainTokenizerConfig:
     num_samples: int = 8
     seed: int = 0
     command: str = ""  # recorded in the model card; default: this process's command line
+    # fine-tuning: a tokenizer (shipped name, folder, .safetensors, Hub id) to start a new run from; its config
+    # gives the architecture (see the module docstring); ignored when the run folder has a resume state
+    init: str | None = None
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
         self.scale_range = tuple(self.scale_range)
+        if self.init is not None:
+            self.init = str(self.init)
         if self.perceptual_weights is None:
             self.perceptual_weights = []
         elif isinstance(self.perceptual_weights, (str, Path)):
@@ -143,6 +159,87 @@ def tokenizer_config(cfg: TrainTokenizerConfig) -> TokenizerConfig:
         vq_ema=cfg.vq_ema, vq_l2_norm=cfg.vq_l2_norm, temp_init=cfg.temperature, temp_min=cfg.temperature_min,
         temp_anneal=cfg.temperature_anneal, logits=cfg.logits, use_prior=cfg.use_prior, use_mask=cfg.use_mask,
         mask_ratio=cfg.mask_ratio,
+    )
+
+
+# ---- fine-tuning from a model (init) ----------------------------------------------------------------------
+
+# TrainTokenizerConfig fields that the init model's config decides (besides the preset's layout)
+ARCH_FIELDS = ("quantizer", "image_size", "codebook_size", "embed_dim", "logits", "vq_ema", "vq_l2_norm")
+# TokenizerConfig fields of a preset that shape the network (attention resolutions scale with the image size)
+LAYOUT_FIELDS = ("in_channels", "ch", "ch_mult", "num_res_blocks", "z_channels", "attn_resolutions")
+
+
+def _plain(value):
+    """Lists (from JSON) as tuples, so configs read back from files compare equal to dataclass values."""
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def preset_difference(name: str, model_config: dict) -> str | None:
+    """How a tokenizer config (a dict, e.g. from config.json) differs from preset ``name``'s layout; None if not."""
+    p = dataclasses.asdict(PRESETS[name])
+    size = model_config["image_size"]
+    want = {k: _plain(p[k]) for k in LAYOUT_FIELDS}
+    want["attn_resolutions"] = tuple(r * size // p["image_size"] for r in p["attn_resolutions"])
+    for key in LAYOUT_FIELDS:
+        have = _plain(model_config.get(key))
+        if have != want[key]:
+            return f"its {key} is {have}, the preset's {want[key]}"
+    return None
+
+
+def matching_preset(model_config: dict) -> str | None:
+    """The preset whose layout a tokenizer config has, if any."""
+    return next((name for name in PRESETS if preset_difference(name, model_config) is None), None)
+
+
+def check_init_architecture(values: dict, model_config: dict, spec: str) -> None:
+    """Refuse architecture settings (``preset`` and ARCH_FIELDS, as given in ``values``) that the init model
+    ``spec`` (its config as a dict) does not have; one line naming the first mismatch."""
+    hint = "with --init the architecture is the model's: drop {}, or train from scratch without --init"
+    for key, value in values.items():
+        if key == "preset":
+            diff = preset_difference(value, model_config)
+            if diff is not None:
+                raise RegvqError(f"--init {spec} is not a {value} tokenizer ({diff}); " + hint.format("--preset"))
+            continue
+        have = _plain(model_config.get(key))
+        if have != _plain(value):
+            flag = "--" + key.replace("_", "-")
+            raise RegvqError(f"--init {spec} has {key} {have}, not {value}; " + hint.format(flag))
+
+
+def check_init_options(spec: str, values: dict) -> None:
+    """``check_init_architecture`` for the command line: ``values`` are the architecture options it was given
+    explicitly. Reads the model's config only (no weights); a model that is not a tokenizer is left to the
+    trainer, whose loader says what it is."""
+    from ..engine.checkpoint import read_record
+    from ..engine.resolve import resolve_model
+
+    record = read_record(resolve_model(spec).path)
+    if record["model_type"] == "tokenizer":
+        check_init_architecture(values, record["config"], spec)
+
+
+def init_train_config(cfg: TrainTokenizerConfig, base: TokenizerConfig) -> TrainTokenizerConfig:
+    """``cfg`` with the architecture of the init model's config ``base``: fields set away from their defaults
+    must agree with it; ARCH_FIELDS and ``preset`` are then taken from it (a copy; ``cfg`` is not changed)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainTokenizerConfig)}
+    base_dict = dataclasses.asdict(base)
+    check_init_architecture({k: getattr(cfg, k) for k in ARCH_FIELDS if getattr(cfg, k) != defaults[k]},
+                            base_dict, cfg.init)
+    out = copy.copy(cfg)
+    out.preset = matching_preset(base_dict) or "custom"  # set directly: "custom" is not a key of PRESETS
+    for key in ARCH_FIELDS:
+        setattr(out, key, getattr(base, key))
+    return out
+
+
+def init_tokenizer_config(cfg: TrainTokenizerConfig, base: TokenizerConfig) -> TokenizerConfig:
+    """The init model's config with the quantizer's training switches of ``cfg`` (they shape no weights)."""
+    return dataclasses.replace(
+        base, temp_init=cfg.temperature, temp_min=cfg.temperature_min, temp_anneal=cfg.temperature_anneal,
+        use_prior=cfg.use_prior, use_mask=cfg.use_mask, mask_ratio=cfg.mask_ratio,
     )
 
 
@@ -185,9 +282,18 @@ class TokenizerTrainer(Trainer):
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP would broadcast them, the EMA not)
 
         self.inputs = list_inputs(self.data)
-        self.tok_cfg = tokenizer_config(cfg)
+        base, init_model = self._init_source(TOKENIZER, lambda state: TokenizerConfig(**state["tokenizer_config"]))
+        if base is not None:
+            self.cfg = cfg = init_train_config(self.cfg, base)
+            self.tok_cfg = init_tokenizer_config(cfg, base)
+        else:
+            cfg = self.cfg
+            self.tok_cfg = tokenizer_config(cfg)
         self.model = Tokenizer(self.tok_cfg).to(self.device)
-        self.ema = EMA(self.model, cfg.ema_decay)
+        if init_model is not None:
+            self.model.load_state_dict(init_model.state_dict())
+            del init_model
+        self.ema = EMA(self.model, cfg.ema_decay)  # after the init weights: the EMA starts from them
         self.use_gan = cfg.gan_weight > 0
         self.disc = None
         if self.use_gan:
@@ -235,7 +341,8 @@ class TokenizerTrainer(Trainer):
     def _extra_state(self) -> dict:
         return {"disc": self.disc.state_dict() if self.disc is not None else None,
                 "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
-                "skipped": sorted(self.skipped)}
+                "skipped": sorted(self.skipped),
+                "tokenizer_config": dataclasses.asdict(self.tok_cfg)}  # a fine-tuned run's architecture
 
     def _restore(self, state: dict) -> None:
         old = state["config"]
@@ -389,7 +496,7 @@ class TokenizerTrainer(Trainer):
             "---", "library_name: regvq", f"tags: [regvq, tokenizer, {tc.quantizer}]", "---", "",
             f"# {self.run_dir.name}: {tc.quantizer} image tokenizer", "",
             f"A `{cfg.preset}` tokenizer ({tc.image_size} px, f{2 ** (len(tc.ch_mult) - 1)}, "
-            f"{tc.codebook_size} codes of dimension {tc.embed_dim}) trained with `regvq train-tokenizer`, "
+            f"{tc.codebook_size} codes of dimension {tc.embed_dim}) {self._trained_with('regvq train-tokenizer')}, "
             f"quantizer `{tc.quantizer}`"
             + (" (Regularized Vector Quantization, Zhang et al., CVPR 2023)." if tc.quantizer == "regvq" else "."),
             "", "## Training", "",
