@@ -69,7 +69,7 @@ def show(result, as_json):
 
 @eval_group.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@model_option(help_text="Tokenizer to evaluate (a shipped name, folder, .safetensors file or Hub id).")
+@model_option(help_text="Tokenizer to evaluate: a shipped name, folder, .safetensors file or Hub id (default: regvq-tokenizer).")
 @shared_options
 @click.option("--ref-stats", type=click.Path(dir_okay=False), default=None, help="Cached Inception statistics of these images: read if present, else written.")
 @device_options

@@ -340,8 +340,10 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None):
     if key not in _ENCODERS:
         try:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
         except ImportError:
             raise RegvqError("text conditioning needs transformers: pip install 'regvq[text]'") from None
+        hf_logging.disable_progress_bar()  # a weight-loading bar per prompt run is noise; the caller owns the bars
         source = resolve_text_encoder(name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
