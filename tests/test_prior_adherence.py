@@ -1,0 +1,148 @@
+"""The measurements of benchmarks/prior_adherence.py on constructed pictures (no model, CPU, fast)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "prior_adherence.py"
+
+
+@pytest.fixture(scope="module")
+def pa():
+    spec = importlib.util.spec_from_file_location("prior_adherence", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def disc(cx: float, cy: float, fg=(220, 30, 30), bg=(40, 80, 220), size=128, r=0.18) -> np.ndarray:
+    """A disc of colour fg centred at (cx, cy) (fractions of the side) on a flat bg."""
+    y, x = (np.mgrid[:size, :size] + 0.5) / size
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = bg
+    img[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = fg
+    return img
+
+
+def test_red_disc_on_blue_at_the_left(pa):
+    m = pa.measure_text(disc(0.25, 0.5))
+    assert m["background"] == "blue"
+    assert m["object"] == "red"
+    x, y = m["centroid"]
+    assert x == pytest.approx(0.25, abs=0.02) and y == pytest.approx(0.5, abs=0.02)
+    assert pa.position_ok("at the left", m["centroid"], 2) and pa.position_ok("at the left", m["centroid"], 3)
+    assert not pa.position_ok("at the right", m["centroid"], 2)
+    assert not pa.position_ok("at the top", m["centroid"], 3)
+
+
+def test_other_colours_and_positions(pa):
+    m = pa.measure_text(disc(0.5, 0.8, fg=(250, 230, 40), bg=(245, 245, 245)))
+    assert (m["background"], m["object"]) == ("white", "yellow")
+    assert pa.position_ok("at the bottom", m["centroid"], 3) and not pa.position_ok("at the top", m["centroid"], 2)
+    # Near the centre: in the right half but not in the right third.
+    m = pa.measure_text(disc(0.55, 0.5))
+    assert pa.position_ok("at the right", m["centroid"], 2) and not pa.position_ok("at the right", m["centroid"], 3)
+
+
+def test_flat_picture_has_no_object(pa):
+    img = np.full((64, 64, 3), (40, 160, 60), np.uint8)
+    m = pa.measure_text(img)
+    assert m["background"] == "green" and m["object"] is None and m["centroid"] is None
+    assert not pa.position_ok("at the left", m["centroid"])
+
+
+def test_score_text(pa):
+    prompts = [{"prompt": "a red bird on a blue background", "object": "bird", "color": "red", "background": "blue",
+                "position": None},
+               {"prompt": "a red car at the left", "object": "car", "color": "red", "background": None,
+                "position": "at the left"}]
+    images = np.stack([disc(0.5, 0.5), disc(0.5, 0.5, bg=(255, 255, 255)),  # prompt 0: right; bg wrong
+                       disc(0.25, 0.5), disc(0.75, 0.5)])  # prompt 1: left, right
+    r = pa.score_text(prompts, images, n=2)
+    assert r["rates"]["background"] == 0.5
+    assert r["rates"]["object_color"] == 1.0
+    assert r["rates"]["position_half"] == 0.5
+    assert r["chance"]["object_color"] == pytest.approx(1 / 12)
+    assert r["counts"] == {"images": 4, "background_images": 2, "position_images": 2}
+
+
+def test_prompt_set(pa):
+    ps = pa.text_prompts(48)
+    assert len(ps) == 48 and ps == pa.text_prompts(48)  # fixed
+    assert {"bird", "car"} <= {p["object"] for p in ps}
+    bg = [p for p in ps if p["background"]]
+    pos = [p for p in ps if p["position"]]
+    assert len(bg) == 32 and len(pos) == 16
+    assert all(p["color"] != p["background"] and "background" in p["prompt"] for p in bg)
+    assert all("background" not in p["prompt"] for p in pos)
+    assert sorted(p["position"] for p in pos) == sorted(pa.POSITIONS * 4)
+    assert len(pa.text_prompts(12)) == 12
+
+
+def scene(horizon: int, ground: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A map (sky 0 over a ground class 1-4, a square 'house' thing 10, as in segmaps.py) and its perfect
+    picture."""
+    colors = {0: (90, 150, 230), 1: (70, 150, 55), 2: (222, 200, 150), 3: (40, 95, 165), 4: (236, 240, 248)}
+    m = np.zeros((size, size), np.uint8)
+    m[horizon:] = ground
+    m[4:10, 4:10] = 10  # house: not scored
+    img = np.zeros((size, size, 3), np.uint8)
+    for c, rgb in colors.items():
+        img[m == c] = rgb
+    img[m == 10] = (200, 30, 30)
+    return img, m
+
+
+def test_perfect_segmentation_scores_one_and_shuffled_lower(pa):
+    pairs = [scene(10, 1), scene(20, 2), scene(14, 3), scene(24, 4), scene(8, 1)]
+    real = np.stack([p[0] for p in pairs])
+    maps = np.stack([p[1] for p in pairs])
+    for k in (1, 8):
+        refs = pa.stuff_refs(real, maps, k)
+        perfect = pa.stuff_iou(real, maps, refs)
+        assert perfect["miou"] == pytest.approx(1.0)
+        assert set(perfect["per_class"]) == {"sky", "grass", "sand", "water", "snow"}
+        assert pa.stuff_iou(np.roll(real, -1, axis=0), maps, refs)["miou"] < 0.6
+
+    # Noisy generated copies (2 per scene) still score well; their shuffle scores low.
+    rng = np.random.default_rng(0)
+    gen = np.repeat(real, 2, axis=0).astype(np.int16) + rng.integers(-10, 11, size=(10, 32, 32, 3))
+    r = pa.score_segmap(real, maps, np.clip(gen, 0, 255).astype(np.uint8), 2, pa.stuff_refs(real, maps))
+    assert r["ceiling_real"]["miou"] == pytest.approx(1.0)
+    assert r["generated"]["miou"] > 0.95
+    assert r["floor_shuffled_generated"]["miou"] < 0.6 and r["floor_shuffled_real"]["miou"] < 0.6
+
+
+def test_several_references_tell_sky_kinds_apart(pa):
+    """A blue and a gray sky averaged into one colour send blue sky to water; two references per class do not."""
+    real, maps = [], []
+    for sky, ground, rgb in (((55, 110, 215), 3, (40, 95, 165)), ((200, 204, 210), 4, (236, 240, 248))):
+        m = np.zeros((16, 16), np.uint8)
+        m[8:] = ground
+        img = np.zeros((16, 16, 3), np.uint8)
+        img[:8], img[8:] = sky, rgb
+        real.append(img)
+        maps.append(m)
+    real, maps = np.stack(real), np.stack(maps)
+    assert pa.stuff_iou(real, maps, pa.stuff_refs(real, maps, 1))["miou"] < 0.9
+    assert pa.stuff_iou(real, maps, pa.stuff_refs(real, maps, 2))["miou"] == pytest.approx(1.0)
+
+
+def test_classify_stuff(pa):
+    refs = (np.array([[90, 150, 230], [70, 150, 55], [80, 160, 240]], float), np.array([0, 1, 0]))
+    img = np.array([[[250, 250, 250], [60, 140, 60], [85, 160, 245]]], np.uint8)
+    assert pa.classify_stuff(img, refs).tolist() == [[0, 1, 0]]  # white goes to sky: there is no snow reference
+
+
+def test_recipe_measurement_agrees_with_recipe_facts(pa):
+    """The measurement on the recipe's own pictures reads back what the recipe recorded (needs its packages)."""
+    if not (Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf").is_file()
+            and Path("/usr/share/openclipart/png").is_dir()):
+        pytest.skip("needs apt packages fonts-noto-color-emoji and openclipart-png")
+    images, facts = pa.recipe_pictures(24, 128, seed=5)
+    r = pa.score_recipe(images, facts)
+    assert r["background"] >= 0.9 and r["object_color"] >= 0.85
