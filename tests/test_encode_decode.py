@@ -39,7 +39,7 @@ def encode(*args, **kw):
     return invoke("encode", "--workers", "0", *args, **kw)
 
 
-def test_round_trip_folder_to_images(tmp_path, tokenizer_dir):
+def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     imgs = make_images(tmp_path / "imgs", 5)
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")
     assert r.returncode == 0, r.stderr.decode()
@@ -53,6 +53,11 @@ def test_round_trip_folder_to_images(tmp_path, tokenizer_dir):
     assert rec.shape == (32, 32, 3) and rec.dtype == np.uint8
     r = invoke("decode", tmp_path / "tok", "--grid", "-o", tmp_path / "sheet.png")
     assert r.returncode == 0 and Image.open(tmp_path / "sheet.png").size[0] > 32
+    # a bare file name (no folder part), as in `regvq decode tokens/ --grid -o recon.png`
+    monkeypatch.chdir(tmp_path)
+    r = invoke("decode", "tok", "--grid", "-o", "recon.png")
+    assert r.returncode == 0, r.stderr.decode()
+    assert Image.open(tmp_path / "recon.png").size == Image.open(tmp_path / "sheet.png").size
 
 
 def test_files_from_stdin_and_single_files(tmp_path, tokenizer_dir):

@@ -160,7 +160,7 @@ def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> 
 
 def save_png(pixels: np.ndarray, path: str) -> None:
     """Write uint8 [H, W, 3] pixels as a PNG, atomically (a temporary name, then a rename)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # "recon.png" has no folder part
     tmp = f"{path}.tmp-{os.getpid()}"
     Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
     os.replace(tmp, path)
