@@ -13,7 +13,8 @@ from regvq_cli.tokenizer.quantizers.regvq import kl_to_uniform
 
 def distance_regvq(codebook, **kw):
     """A RegVQ quantizer with distance logits and a given codebook [N, D] (so choices are controllable)."""
-    q = RegVQuantizer(codebook.shape[0], codebook.shape[1], logits="distance", distance_temp=0.01, **kw)
+    kw.setdefault("distance_temp", 0.01)
+    q = RegVQuantizer(codebook.shape[0], codebook.shape[1], logits="distance", **kw)
     with torch.no_grad():
         q.embedding.weight.copy_(codebook)
     return q
@@ -99,6 +100,22 @@ def test_mask_ratio_in_expectation_and_fresh_each_call():
     q.use_mask, q.mask_ratio = True, 0.4
     q.eval()
     assert not q(z).mask.any()
+
+
+def test_sharpness_stats_max_prob_and_sample_agreement():
+    """max_prob is the mean top-1 probability; sample_agreement how often a Gumbel sample is the argmax code."""
+    torch.manual_seed(0)
+    codebook = torch.randn(16, 4)
+    z = grid_of(codebook, list(range(16)) * 64)  # every position exactly on a code
+    flat = distance_regvq(codebook, distance_temp=1e6, mask_ratio=0.5).train()  # ~uniform distributions
+    st = flat(z).stats
+    assert st["max_prob"].item() == pytest.approx(1 / 16, rel=1e-3)
+    assert st["sample_agreement"].item() == pytest.approx(1 / 16, abs=0.03)  # a sample is a uniform draw
+    sharp = distance_regvq(codebook, distance_temp=1e-4, mask_ratio=0.5).train()  # one-hot distributions
+    st = sharp(z).stats
+    assert st["max_prob"].item() == pytest.approx(1.0) and st["sample_agreement"].item() == 1.0
+    sharp.use_mask = False
+    assert "sample_agreement" not in sharp(z).stats
 
 
 @pytest.mark.parametrize("logits", ["linear", "distance"])

@@ -102,10 +102,12 @@ class RegVQuantizer(nn.Module):
                 m = mask[:, None].to(probs.dtype)  # [B, 1, h, w]
                 onehot = onehot_argmax * (1 - m) + onehot_sampled * m
                 used = torch.where(mask, sampled, argmax)
+                agreement = (sampled == argmax).float().mean()
             else:
                 mask = torch.zeros_like(argmax, dtype=torch.bool)
                 onehot = onehot_argmax
                 used = argmax
+                agreement = None
             codes = embed_one_hot(onehot, codebook)  # [B, D, h, w]
 
             # Prior distribution regularization on the global batch's histogram of argmax choices.
@@ -118,7 +120,12 @@ class RegVQuantizer(nn.Module):
             kl = kl_to_uniform(counts / total)
 
         losses: dict[str, torch.Tensor] = {}
-        stats = {"counts": counts.detach(), "temperature": torch.tensor(temp), "mask_fraction": mask.float().mean()}
+        # How peaked the code distributions are: mean top-1 probability, and how often a Gumbel sample is the
+        # argmax code. While they are low, masked positions get near-random codes (the decoder learns to hedge).
+        stats = {"counts": counts.detach(), "temperature": torch.tensor(temp), "mask_fraction": mask.float().mean(),
+                 "max_prob": probs.detach().amax(1).mean()}
+        if agreement is not None:
+            stats["sample_agreement"] = agreement
         if self.use_prior:
             losses["prior_kl"] = kl
         else:
