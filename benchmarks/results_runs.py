@@ -1,0 +1,163 @@
+"""Train and evaluate the tokenizers behind docs/results.md's comparisons, at equal steps, seed, data and network.
+
+    python benchmarks/results_runs.py run --train DIR [DIR...] --val DIR --out results/ [--only a,b] [--parallel 3]
+        [--preset small-f16] [--steps 2000] [--batch-size 32] [--workers 16] [--eval-limit 2000]
+    python benchmarks/results_runs.py table --out results/        # markdown tables from the rows written so far
+    python benchmarks/results_runs.py list                        # the runs and their flags
+
+Each run is one `regvq train-tokenizer` (GAN off, so that the comparison is of the quantizers and losses) and one
+`regvq eval recon` on the held-out folder; its row (flags, commands, final training metrics, held-out metrics)
+is written to OUT/rows/NAME.json. A run whose row exists is skipped, so a long comparison can be split over
+several calls (`--only`) and the rows collected. `--parallel K` trains K runs at once (small presets leave a
+large GPU mostly idle).
+
+The comparisons (the paper: Zhang et al., CVPR 2023, arXiv 2303.06424):
+  quantizers   deterministic VQ, Gumbel-VQ, RegVQ (Table 1, Fig. 1)
+  ablation     straight-through argmax -> +prior -> +mask -> +CL -> +PCL, cumulative (Table 2)
+  mask         mask ratio 0, 0.2, 0.4, 0.6, 1.0 (Fig. 3; PSNR here, generation FID needs priors)
+  codebook     RegVQ with 1,024 and 4,096 codes (Fig. 8)
+Runs shared between comparisons are trained once (RegVQ with the defaults is the last ablation row, mask 0.4
+and codebook 1,024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REGVQ = [sys.executable, "-m", "regvq_cli"]
+FULL = []  # RegVQ with every default: prior, mask 0.4, PCL
+
+RUNS: dict[str, list[str]] = {
+    "vq": ["--quantizer", "vq"],
+    "gumbel": ["--quantizer", "gumbel"],
+    "regvq": FULL,
+    "st-argmax": ["--no-prior", "--no-mask", "--contrastive-weight", "0"],
+    "plus-prior": ["--no-mask", "--contrastive-weight", "0"],
+    "plus-mask": ["--contrastive-weight", "0"],
+    "plus-cl": ["--no-pcl"],
+    "mask-0.0": ["--mask-ratio", "0"],
+    "mask-0.2": ["--mask-ratio", "0.2"],
+    "mask-0.6": ["--mask-ratio", "0.6"],
+    "mask-1.0": ["--mask-ratio", "1"],
+    "codebook-4096": ["--codebook-size", "4096"],
+}
+
+TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "quantizers": ("Deterministic VQ, Gumbel-VQ and RegVQ",
+                   [("VQ", "vq"), ("Gumbel-VQ", "gumbel"), ("RegVQ", "regvq")]),
+    "ablation": ("Cumulative ablation",
+                 [("straight-through argmax", "st-argmax"), ("+ prior", "plus-prior"), ("+ mask", "plus-mask"),
+                  ("+ CL", "plus-cl"), ("+ PCL (RegVQ)", "regvq")]),
+    "mask": ("Mask ratio",
+             [("0", "mask-0.0"), ("0.2", "mask-0.2"), ("0.4", "regvq"), ("0.6", "mask-0.6"), ("1.0", "mask-1.0")]),
+    "codebook": ("Codebook size", [("1,024", "regvq"), ("4,096", "codebook-4096")]),
+}
+
+
+def train_command(args, name: str) -> list[str]:
+    return [*REGVQ, "-q", "train-tokenizer", *args.train, "-o", str(Path(args.out) / "runs" / name),
+            "--preset", args.preset, "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+            "--max-steps", str(args.steps), "--gan-start", "100000000", "--log-every", "50",
+            "--sample-every", "100000000", "--checkpoint-every", "500", "--workers", str(args.workers),
+            "--seed", str(args.seed), *RUNS[name]]
+
+
+def eval_command(args, name: str) -> list[str]:
+    return [*REGVQ, "-q", "eval", "recon", "--model", str(Path(args.out) / "runs" / name / "model"), args.val,
+            "--limit", str(args.eval_limit), "--fid-method", "eigh", "--workers", str(args.workers), "--json"]
+
+
+def run_one(args, name: str) -> dict:
+    """Train and evaluate one run; returns its row (also written to OUT/rows/NAME.json)."""
+    row_path = Path(args.out) / "rows" / f"{name}.json"
+    if row_path.exists():
+        return json.loads(row_path.read_text())
+    log = Path(args.out) / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train, evaluate = train_command(args, name), eval_command(args, name)
+    with open(log, "w") as f:
+        subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, check=True)
+        train_s = time.time() - t0
+        result = subprocess.run(evaluate, capture_output=True, text=True, check=True)
+        f.write(result.stderr)
+    metrics_file = Path(args.out) / "runs" / name / "metrics.jsonl"
+    last = json.loads(metrics_file.read_text().splitlines()[-1])
+    row = {"name": name, "flags": RUNS[name], "train_command": shlex.join(["regvq"] + train[3:]),
+           "eval_command": shlex.join(["regvq"] + evaluate[3:]), "train_seconds": round(train_s, 1),
+           "final_training_metrics": last, "eval": json.loads(result.stdout)}
+    row_path.parent.mkdir(parents=True, exist_ok=True)
+    row_path.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def cmd_run(args) -> None:
+    names = args.only.split(",") if args.only else list(RUNS)
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        sys.exit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for row in pool.map(lambda n: run_one(args, n), names):
+            m = row["eval"]["metrics"]
+            print(f"{row['name']}: psnr {m['psnr']:.2f} rfid {m.get('rfid', float('nan')):.1f} "
+                  f"usage {m['codebook_usage']:.1f}% ({row['train_seconds']} s)", file=sys.stderr)
+
+
+def cmd_table(args) -> None:
+    rows = {p.stem: json.loads(p.read_text()) for p in sorted((Path(args.out) / "rows").glob("*.json"))}
+    for title, entries in TABLES.values():
+        present = [(label, rows[name]) for label, name in entries if name in rows]
+        if not present:
+            continue
+        print(f"### {title}\n")
+        print("| run | rFID | KID | PSNR | SSIM | codebook usage | perplexity | training L1 |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for label, row in present:
+            m, t = row["eval"]["metrics"], row["final_training_metrics"]
+            print(f"| {label} | {m.get('rfid', float('nan')):.1f} | {m.get('kid', float('nan')):.4f} | "
+                  f"{m['psnr']:.2f} | {m['ssim']:.3f} | {m['codebook_usage']:.1f}% | "
+                  f"{m['codebook_perplexity']:.0f} | {t.get('l1', float('nan')):.3f} |")
+        first = present[0][1]
+        protocol = {k: v for k, v in first["eval"]["protocol"].items() if k != "model"}
+        print(f"\nSteps {first['final_training_metrics'].get('step')}, protocol: {json.dumps(protocol, sort_keys=True)}")
+        print("Commands: " + "; ".join(f"`{row['train_command']}`" for _, row in present) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="train and evaluate runs")
+    run.add_argument("--train", nargs="+", required=True, help="training image folders")
+    run.add_argument("--val", required=True, help="held-out image folder")
+    run.add_argument("--out", required=True)
+    run.add_argument("--only", default="", help="comma list of run names (default: all)")
+    run.add_argument("--parallel", type=int, default=1)
+    run.add_argument("--preset", default="small-f16")
+    run.add_argument("--steps", type=int, default=2000)
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--lr", type=float, default=2e-4)
+    run.add_argument("--workers", type=int, default=4)
+    run.add_argument("--eval-limit", type=int, default=2000)
+    run.add_argument("--seed", type=int, default=0)
+    table = sub.add_parser("table", help="markdown tables from OUT/rows")
+    table.add_argument("--out", required=True)
+    sub.add_parser("list", help="the runs and their flags")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        cmd_run(args)
+    elif args.cmd == "table":
+        cmd_table(args)
+    else:
+        for name, flags in RUNS.items():
+            print(f"{name}: {shlex.join(flags) or '(the defaults)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""benchmarks/results_runs.py: the comparisons name real runs, the flags are real options, rows become tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "results_runs.py"
+
+
+@pytest.fixture(scope="module")
+def rr():
+    spec = importlib.util.spec_from_file_location("results_runs", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tables_name_known_runs_and_flags_are_train_tokenizer_options(rr):
+    from regvq_cli.cli.train_tokenizer import OPTIONS
+
+    for _, entries in rr.TABLES.values():
+        assert all(name in rr.RUNS for _, name in entries)
+    known = set()
+    for row in OPTIONS:
+        known.update(part for part in row[0].split("/") if part.startswith("--"))
+    for flags in rr.RUNS.values():
+        assert all(f in known for f in flags if f.startswith("--")), flags
+    # the cumulative ablation adds one switch per row
+    ablation = [set(rr.RUNS[name]) for _, name in rr.TABLES["ablation"][1]]
+    assert ablation[0] >= ablation[1] >= ablation[2] and ablation[-1] == set()
+
+
+def test_table_from_rows(rr, tmp_path, capsys):
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    for name, psnr in (("vq", 18.0), ("regvq", 19.5)):
+        row = {"name": name, "train_command": f"regvq train-tokenizer x -o {name}",
+               "final_training_metrics": {"step": 100, "l1": 0.2},
+               "eval": {"metrics": {"psnr": psnr, "ssim": 0.5, "rfid": 50.0, "kid": 0.01, "codebook_usage": 90.0,
+                                    "codebook_perplexity": 500.0}, "protocol": {"n_images": 10, "model": "m"}}}
+        (rows / f"{name}.json").write_text(json.dumps(row))
+    rr.main(["table", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| VQ | 50.0 | 0.0100 | 18.00 |" in out and "| RegVQ |" in out and "| Gumbel-VQ |" not in out
+    assert "### Codebook size" in out and "| 4,096 |" not in out  # only rows that exist
