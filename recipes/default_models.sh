@@ -12,6 +12,7 @@
 #   TOK_TIME, T2I_TIME, SEG_TIME    seconds of training, counted over all resumed calls of a run
 #   TOK_STEPS, T2I_STEPS, SEG_STEPS step to stop at (to rerun a model card's numbers exactly)
 #   TOK_RUN, MASK_RATIO, GAN_START  the tokenizer's run folder name, mask ratio and discriminator start
+#   TOK_INIT                   start the tokenizer from a model's weights (e.g. regvq-tokenizer) instead of scratch
 #   WORKERS                    recipe and loader processes (default: all cores)
 #   N_PHOTOS, N_T2I, N_SCENES, N_TOK_T2I, N_TOK_SCENES, TOK_PRESET, T2I_PRESET, SEG_PRESET
 #                              smaller sets and models, for a smoke test
@@ -48,7 +49,7 @@ stage_tokenizer() {
   regvq -q train-tokenizer "$DATA/photos/train" "$DATA/tok-t2i/images" "$DATA/tok-scenes/images" -o "$run" \
     --preset "${TOK_PRESET:-small-f16}" --quantizer regvq --mask-ratio "${MASK_RATIO:-0.4}" --batch-size 32 --lr 2e-4 \
     --max-steps "${TOK_STEPS:-1000000}" --time-limit "${TOK_TIME:-480}" --gan-start "${GAN_START:-100000}" --log-every 50 \
-    --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 --json
+    --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 ${TOK_INIT:+--init "$TOK_INIT"} --json
   regvq eval recon --model "$run/model" "$DATA/photos/val" --limit 5000 --fid-method eigh --workers "$WORKERS" \
     --json > "$run/eval-photos-val.json"
 }
