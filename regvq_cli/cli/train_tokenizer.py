@@ -88,6 +88,9 @@ OPTIONS = [
     ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
     ("--compile/--no-compile", "compile", bool, False, "torch.compile the model."),
     ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA."),
+    ("--feature-dtype", "feature_dtype", click.Choice(["auto", "fp32"]), "auto",
+     "Precision of the perceptual/contrastive feature network: auto = bf16 on CUDA with --bf16 (faster), fp32 "
+     "elsewhere; fp32 = always fp32. FID evaluation always computes in fp32."),
     ("--device", "device", str, None, "cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
     ("--workers", "num_workers", click.IntRange(0), 2, "Image-decoding processes."),
     # bookkeeping

@@ -18,11 +18,19 @@ when it is fed generated tensors, which a caller can do beforehand.
 ``feature_maps`` is for training losses (perceptual, contrastive): no clamp, no resize except upsampling
 inputs smaller than ``min_size`` (the network's stride-2 valid convolutions need about 43 px to reach
 ``mixed_7``). The network is frozen and always in eval mode; gradients flow to its input.
+
+Precision. Both run the TorchScript blocks as plain ops with autocast off, so the precision is whatever the
+weights and inputs are, never autocast's choice. A loaded network computes in fp32, as the FID protocol
+requires. ``with_compute_dtype(torch.bfloat16)`` gives a copy for the training losses only: its convolution
+weights are cast to bf16 (the batch-norm statistics stay fp32: batch norm runs mixed, bf16 activations with
+fp32 statistics) and ``feature_maps`` feeds it bf16 inputs, after the fp32 preprocessing; the maps come out
+in bf16 and the losses compute in fp32 from them. Its ``forward`` (FID features) refuses to run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import warnings
@@ -77,10 +85,11 @@ def _to_tf_range(x01: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _fp32(x: torch.Tensor):
-    """Run the TorchScript blocks as plain ops: autocast off (they are not autocast on CUDA, so they must see
-    fp32 inputs), and the JIT's optimised executor off (its own autodiff of batch norm fails on CUDA with
-    "tensor does not have a device"; plain autograd is what we want for gradients to the input)."""
+def _plain_ops(x: torch.Tensor):
+    """Run the TorchScript blocks as plain ops: autocast off (they compute in the dtype of their inputs and
+    weights, fp32 or that of ``with_compute_dtype``, never in autocast's per-op choice), and the JIT's optimised
+    executor off (its own autodiff of batch norm fails on CUDA with "tensor does not have a device"; plain
+    autograd is what we want for gradients to the input)."""
     with torch.autocast(x.device.type, enabled=False), torch.jit.optimized_execution(False):
         yield
 
@@ -110,8 +119,24 @@ class InceptionFeatures(nn.Module):
     def _block(self, name: str) -> nn.Module:
         return getattr(self.net.net.layers, name)
 
+    compute_dtype = torch.float32  # what the blocks compute in; see with_compute_dtype
+
+    def with_compute_dtype(self, dtype: torch.dtype) -> "InceptionFeatures":
+        """A copy whose ``feature_maps`` computes in ``dtype`` (torch.bfloat16 for the training losses on a GPU,
+        where bf16 convolutions are much faster than fp32); this network is left as it is. The convolution
+        weights are cast to ``dtype``, the batch-norm statistics (``mean``, ``var``, ``beta``) stay fp32. Not for
+        FID: the copy's ``forward`` raises."""
+        out = copy.deepcopy(self)
+        if dtype != self.compute_dtype:
+            _cast_conv_weights(out.net, dtype)
+            out.compute_dtype = dtype
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _fp32(x):
+        if self.compute_dtype != torch.float32:
+            raise RegvqError(f"this Inception copy computes in {self.compute_dtype} (training losses only); "
+                             "FID features need the fp32 network")
+        with _plain_ops(x):
             x = ((x.float() + 1) / 2).clamp(0, 1)
             if x.shape[-2:] != (299, 299):
                 x = tf_bilinear_resize(x, (299, 299))
@@ -123,7 +148,7 @@ class InceptionFeatures(nn.Module):
     def feature_maps(self, x: torch.Tensor, layers: tuple[str, ...] | None = None) -> list[torch.Tensor]:
         """images [B, 3, H, W] in [-1, 1] -> [feature map of each layer, in network order]."""
         layers = tuple(layers or self.feature_layers)
-        with _fp32(x):
+        with _plain_ops(x):
             return self._feature_maps(x.float(), layers)
 
     def _feature_maps(self, x: torch.Tensor, layers: tuple[str, ...]) -> list[torch.Tensor]:
@@ -131,7 +156,7 @@ class InceptionFeatures(nn.Module):
             scale = self.min_size / min(x.shape[-2:])
             size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        x = _to_tf_range((x + 1) / 2)
+        x = _to_tf_range((x + 1) / 2).to(self.compute_dtype)  # preprocessing in fp32; a no-op for fp32
         last = max(BLOCKS.index(n) for n in layers)
         out = []
         for name in BLOCKS[: last + 1]:
@@ -141,3 +166,12 @@ class InceptionFeatures(nn.Module):
         return out
 
     channel_weights = None  # plain (unweighted) channel sums in the perceptual loss
+
+
+def _cast_conv_weights(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the ``weight`` of every (TorchScript) module under ``module`` to ``dtype``, in place. In the TF-FID
+    file each convolution layer holds ``weight`` (its forward casts it to the input's dtype: a no-op once they
+    agree) and its batch-norm statistics ``mean``, ``var``, ``beta``, which are left in fp32."""
+    for sub in module.modules():
+        if isinstance(getattr(sub, "weight", None), torch.Tensor):
+            setattr(sub, "weight", sub.weight.detach().to(dtype))

@@ -130,9 +130,14 @@ def patch_nce(feat_q: torch.Tensor, feat_k: torch.Tensor, positions: torch.Tenso
 
 def sample_positions(h: int, w: int, num_patches: int, device: torch.device,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Up to ``num_patches`` distinct flat positions of an h x w map, at random."""
+    """Up to ``num_patches`` distinct flat positions of an h x w map, at random: from ``generator`` when given,
+    else from the global RNG of ``device`` (the CPU's for the CPU; an accelerator's own, so that no permutation
+    is drawn on the CPU and copied over, which would make the host wait for the device every call)."""
+    k = min(num_patches, h * w)
+    if generator is None and torch.device(device).type != "cpu":
+        return torch.rand(h * w, device=device).argsort()[:k]  # a uniform random order, drawn on the device
     perm = torch.randperm(h * w, generator=generator, device="cpu" if generator is None else generator.device)
-    return perm[: min(num_patches, h * w)].to(device)
+    return perm[:k].to(device)
 
 
 def contrastive_loss(feats_recon: list[torch.Tensor], feats_input: list[torch.Tensor], *, tau: float = 0.07,

