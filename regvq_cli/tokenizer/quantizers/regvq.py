@@ -116,7 +116,7 @@ class RegVQuantizer(nn.Module):
             total = float(B * h * w)
             if sync:
                 counts = all_reduce_sum_with_grad(counts)
-                total = float(all_reduce_sum(torch.tensor(total, device=z.device)))
+                total = all_reduce_sum(torch.tensor(total, device=z.device))  # stays on the device: no host sync
             kl = kl_to_uniform(counts / total)
 
         losses: dict[str, torch.Tensor] = {}
