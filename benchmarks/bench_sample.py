@@ -2,9 +2,12 @@
 (VQ-Diffusion reverse process and MaskGIT) at several batch sizes, class-conditional, random weights.
 
     python benchmarks/bench_sample.py --ar ar-b --diffusion diffusion-b --batch-sizes 1 64 256 --steps 16 50 100
+    python benchmarks/bench_sample.py --ar ar-b --diffusion '' --batch-sizes 1 256 --cuda-graphs
     python benchmarks/bench_sample.py --ar ar-test --diffusion diffusion-test --device cpu --batch-sizes 1 4
 
-Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype.
+Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype. --cuda-graphs
+(CUDA only) adds AR rows `ar-graph`: sample_ar(cuda_graphs=True), whose time includes recording the graphs, as
+every call records its own.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main(argv=None):
     p.add_argument("--codebook-size", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--cuda-graphs", action="store_true", help="also time AR sampling with CUDA graphs")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -50,6 +54,8 @@ def main(argv=None):
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    if args.cuda_graphs and device.type != "cuda":
+        p.error(f"--cuda-graphs needs a CUDA device, not {device}")
     rows = []
 
     def build(name):
@@ -62,9 +68,11 @@ def main(argv=None):
             for b in args.batch_sizes:
                 cond = torch.arange(b, device=device) % 10
                 for cfg in (1.0, args.cfg):
-                    t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0), device)
-                    rows.append({"model": args.ar, "sampler": "ar", "cfg": cfg, "steps": None, "batch": b,
-                                 "images_per_s": round(b / t, 2), "ms_per_batch": round(1000 * t, 1)})
+                    for graphs in (False, True) if args.cuda_graphs else (False,):
+                        t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs), device)
+                        rows.append({"model": args.ar, "sampler": "ar-graph" if graphs else "ar", "cfg": cfg,
+                                     "steps": None, "batch": b, "images_per_s": round(b / t, 2),
+                                     "ms_per_batch": round(1000 * t, 1)})
         if args.diffusion:
             model = build(args.diffusion)
             for b in args.batch_sizes:

@@ -12,7 +12,9 @@ positions are all it needs. Input embedding and output head are separate matrice
 distribution over codes need not mirror the input embedding geometry, and at these vocab sizes tying saves
 little.
 
-Inference uses a static KV cache, preallocated per batch: `[layers, 2, B, heads, max_len, head_dim]`.
+Inference uses a static KV cache, preallocated per batch: `[layers, 2, B, heads, max_len, head_dim]`. `forward`
+fills it (the prefix, or any chunk at a Python-int position); `decode_step` advances it one token at a position held
+in a tensor, with the same shapes and kernels at every step, so a sampler can record the step as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ class KVCache:
         self.length, self.prefix_len, self.padded = 0, 0, False
         self.valid.fill_(True)
 
+    def store(self, layer: int, pos0, k, v, window: int | None = None):
+        """Write k, v [B, H, n, hd] at cache positions pos0 .. pos0+n-1 and return the keys and values to attend.
+
+        pos0 an int: returns positions [0, pos0+n). pos0 a position tensor [1] (decode_step, n = 1): written in
+        place, returns positions [0, window) whatever pos0 holds, so the shapes never depend on it.
+        """
+        kv = self.kv[layer]  # [2, B, H, max_len, hd]
+        if torch.is_tensor(pos0):
+            kv[0].index_copy_(2, pos0, k.to(kv.dtype))
+            kv[1].index_copy_(2, pos0, v.to(kv.dtype))
+            return kv[0, :, :, :window], kv[1, :, :, :window]
+        n = k.shape[2]
+        kv[0, :, :, pos0:pos0 + n] = k
+        kv[1, :, :, pos0:pos0 + n] = v
+        return kv[0, :, :, :pos0 + n], kv[1, :, :, :pos0 + n]  # [B, H, pos0 + n, hd]
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ARConfig):
@@ -77,16 +95,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0):
+    def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0, window=None):
         B, n, dim = x.shape
         hd = dim // self.n_heads
         q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # each [B, H, n, hd]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            cache.kv[layer, 0, :, :, pos0:pos0 + n] = k
-            cache.kv[layer, 1, :, :, pos0:pos0 + n] = v
-            k = cache.kv[layer, 0, :, :, :pos0 + n]  # [B, H, pos0 + n, hd]
-            v = cache.kv[layer, 1, :, :, :pos0 + n]
+            k, v = cache.store(layer, pos0, k, v, window)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
         return self.proj(y.transpose(1, 2).reshape(B, n, dim))
@@ -101,8 +116,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, mlp_hidden(cfg.dim, cfg.mlp_ratio), cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0):
-        x = x + self.resid_dropout(self.attn(self.norm1(x), cos, sin, mask, is_causal, cache, layer, pos0))
+    def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0, window=None):
+        x = x + self.resid_dropout(self.attn(self.norm1(x), cos, sin, mask, is_causal, cache, layer, pos0, window))
         return x + self.mlp(self.norm2(x))
 
 
@@ -202,6 +217,28 @@ class ARPrior(nn.Module):
         if prefill:
             x = x[:, n_cond:]  # from the start token on
         return self.head(self.norm(x))
+
+    def decode_step(self, tokens, pos, cache: KVCache, window: int | None = None):
+        """Logits [B, V] for x_{pos+1} from tokens [B, 1] = x_pos, on a cache holding the prefix and x_<pos.
+
+        pos: 0-d long tensor on the model's device. Nothing on the host depends on its value: k/v are written in
+        place at cache position prefix_len + pos and attention reads the first `window` cache positions (default
+        all; must exceed prefix_len + pos) with later ones masked, so every call runs the same kernels on the same
+        buffers and can be recorded as a CUDA graph. Inference only (no dropout); `cache.length` is not updated.
+        """
+        cfg = self.config
+        window = window or cache.max_len
+        p = (pos + cache.prefix_len).reshape(1)  # [1] cache position of x_pos
+        cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd/2] each
+        keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
+        # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would convert a
+        # bool mask in every layer; this is built once per step)
+        mask = torch.zeros(keep.shape, dtype=cache.kv.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
+        mask = mask[:, None, None, :]
+        x = self.tok_emb(tokens)  # [B, 1, dim]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, False, cache, i, p, window)
+        return self.head(self.norm(x))[:, 0]
 
     def loss(self, x, cond=None, *, drop=None, net=None):
         """Teacher-forced cross-entropy of token grids x [B, h, w] (or [B, N]); returns (loss, parts).

@@ -1,6 +1,7 @@
 """Samplers for the priors: pure functions, one batch of n samples per call, k-diffusion style.
 
-    sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback)        -> [n, h, w]
+    sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback,
+              cuda_graphs)                                                                 -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
                      generator, callback)                                                  -> [n, h, w]
 
@@ -11,10 +12,16 @@ log p(x_0 | x_t) for diffusion (as Improved VQ-Diffusion, Tang et al. 2022), whi
 `cfg == 1` is the plain conditional model and skips the null rows. Randomness only comes from `generator`
 (default: torch's global one): the same seed gives the same tokens on the same device. `callback(info)` is
 called after every step with {"i", "total", "tokens"}; the caller owns any progress bar.
+
+The AR decode loop is CUDA-graph friendly: after the prefix, every step is the same fixed-shape work on
+preallocated buffers (`ARPrior.decode_step` on the static KV cache, then sampling as tensor ops with no host sync;
+which options are active is settled in Python before the loop). `cuda_graphs=True` records that step once as a
+CUDA graph and replays it per token; on a CPU (or any non-CUDA) model it is an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -105,31 +112,105 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+# KV caches of at least this many bytes are attended in growing windows (see _windows)
+SPLIT_CACHE_BYTES = 2 ** 30
+
+
+def _windows(cache) -> list[int]:
+    """Attention windows of the decode steps (how many cache positions a step reads): the whole cache, or, for a
+    large one, 4 growing windows so that early steps do not read the part not written yet (attention reads
+    dominate at large batches). Each window is one CUDA graph; a step takes the smallest that covers it."""
+    parts = 4 if cache.kv.nbytes >= SPLIT_CACHE_BYTES else 1
+    return [-(-cache.max_len * k // parts) for k in range(1, parts + 1)]
+
+
+@contextlib.contextmanager
+def _cuda_graphed(step, generator, device):
+    """Yield run(window): `step(window)` recorded once per window as a CUDA graph, then replayed.
+
+    The first run of a window executes the step eagerly (a real step, and the warm-up a capture needs on its
+    stream), then records it. Recording executes nothing and leaves the generator's offset alone; each replay
+    advances it as the eager step would, so the tokens are those of the eager loop. The random draws use
+    `generator`, registered with every graph, or the default CUDA generator, which graphs always register.
+    """
+    stream, pool, graphs = torch.cuda.Stream(device), torch.cuda.graph_pool_handle(), {}
+
+    def run(window: int):
+        if window in graphs:
+            graphs[window].replay()
+            return
+        step(window)
+        graphs[window] = graph = torch.cuda.CUDAGraph()
+        if generator is not None:
+            graph.register_generator_state(generator)
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            step(window)
+
+    stream.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(stream):  # captures cannot use the default stream: the whole loop runs on this one
+            yield run
+    finally:
+        torch.cuda.current_stream(device).wait_stream(stream)
+
+
+def _check_graphable(device, generator):
+    if device.type != "cuda":
+        raise RegvqError(f"cuda_graphs needs the model on a CUDA device; it is on {device} (leave cuda_graphs off)")
+    gen = None if generator is None else generator.device  # one made for plain "cuda" may carry no index
+    if gen is not None and (gen.type != "cuda" or gen.index not in (None, device.index)):
+        raise RegvqError(f"cuda_graphs draws random numbers inside the graph: give a torch.Generator on {device} "
+                         f"(or none, for the default one), not one on {gen}")
+
+
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
-              top_p: float = 1.0, generator=None, callback=None):
-    """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a KV cache."""
+              top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False):
+    """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a static KV cache.
+
+    One forward pass over the prefix, then N - 1 identical steps on preallocated buffers (draw x_i, then
+    `decode_step` for the logits of x_{i+1}), then a last draw. cuda_graphs=True (CUDA only) replays each step as
+    a recorded CUDA graph: the same tokens as the default eager loop for the same generator state, which must
+    then be None (the default CUDA generator) or a CUDA generator on the model's device.
+    """
     _check_common(n, cfg, temperature, top_k, top_p)
     h, w = model.config.grid_size
     N = h * w
     device = next(model.parameters()).device
+    if cuda_graphs:
+        _check_graphable(device, generator)
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
         B = 2 * n if guided else n
         cache = model.new_cache(B)
-        logits = model(torch.zeros(B, 0, dtype=torch.long, device=device), states, cache=cache)[:, -1]  # [B, V]
+        # the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos [] = next token
+        logits = model(torch.zeros(B, 0, dtype=torch.long, device=device), states, cache=cache)[:, -1].float()
         out = torch.empty(n, N, dtype=torch.long, device=device)
-        for i in range(N):
-            logits = logits.float()
-            if guided:
-                logits = logits[n:] + cfg * (logits[:n] - logits[n:])
-            tok = sample_logits(logits, temperature, top_k, top_p, generator)  # [n]
-            out[:, i] = tok
-            if callback is not None:
-                callback({"i": i, "total": N, "tokens": out[:, :i + 1]})
-            if i + 1 < N:
-                step_in = torch.cat([tok, tok]) if guided else tok
-                logits = model(step_in[:, None], cache=cache, start_pos=i)[:, -1]
+        pos = torch.zeros((), dtype=torch.long, device=device)
+        windows = _windows(cache)
+
+        def draw():
+            """x_pos [n] from the logits, written to out[:, pos]."""
+            mixed = logits[n:] + cfg * (logits[:n] - logits[n:]) if guided else logits  # [n, V]
+            tok = sample_logits(mixed, temperature, top_k, top_p, generator)
+            out.index_copy_(1, pos[None], tok[:, None])
+            return tok
+
+        def step(window: int):
+            """Draw x_pos, put the logits of x_{pos+1} in `logits`, advance pos: buffers only, no host sync."""
+            tok = draw()
+            tok_in = torch.cat([tok, tok]) if guided else tok  # [B]
+            logits.copy_(model.decode_step(tok_in[:, None], pos, cache, window))
+            pos.add_(1)
+
+        with _cuda_graphed(step, generator, device) if cuda_graphs else contextlib.nullcontext(step) as run:
+            for i in range(N):
+                if i + 1 < N:
+                    run(next(w for w in windows if w > cache.prefix_len + i))  # x_i sits at prefix_len + i
+                else:
+                    draw()
+                if callback is not None:
+                    callback({"i": i, "total": N, "tokens": out[:, :i + 1]})
     return out.view(n, h, w)
 
 

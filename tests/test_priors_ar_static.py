@@ -1,0 +1,184 @@
+"""The CUDA-graph friendly AR decode path: `ARPrior.decode_step` on the static KV cache, and `sample_ar` built on it.
+
+CPU: decode_step equals the full forward pass at every position (all condition kinds, whole cache or windows);
+sample_ar draws exactly the tokens of the former dynamic-cache loop (`dynamic_sample_ar` below) for the same seed;
+the step that the graph path records reads no tensor value on the host (NoHostReads below).
+GPU (`-m gpu`): the recorded graphs replay the eager loop token for token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from regvq_cli.errors import RegvqError
+from regvq_cli.priors import sampling
+from regvq_cli.priors.conditioning import CondStates
+from regvq_cli.priors.sampling import _encode, sample_ar, sample_logits
+from tests.test_priors_ar import KINDS, H, K, W, raw_cond, tiny
+
+
+def peaked(kind):
+    """A tiny prior with larger weights than the init: peaked, condition-dependent predictions."""
+    m = tiny(kind)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return m
+
+
+@torch.no_grad()
+def dynamic_sample_ar(model, cond, n, *, cfg=1.0, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """The sampler as it was before decode_step: `forward` on the cache, the attended length growing per step."""
+    N = H * W
+    states, guided = _encode(model, cond, n, cfg)
+    B = 2 * n if guided else n
+    cache = model.new_cache(B)
+    logits = model(torch.zeros(B, 0, dtype=torch.long), states, cache=cache)[:, -1]
+    out = torch.empty(n, N, dtype=torch.long)
+    for i in range(N):
+        logits = logits.float()
+        if guided:
+            logits = logits[n:] + cfg * (logits[:n] - logits[n:])
+        tok = sample_logits(logits, temperature, top_k, top_p, generator)
+        out[:, i] = tok
+        if i + 1 < N:
+            step_in = torch.cat([tok, tok]) if guided else tok
+            logits = model(step_in[:, None], cache=cache, start_pos=i)[:, -1]
+    return out.view(n, H, W)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_step_matches_full_forward(kind):
+    m = tiny(kind)
+    x = torch.randint(0, K, (2, H * W))
+    full = m(x[:, :-1], raw_cond(kind))  # [2, N, K]: row j predicts x_j
+    with torch.no_grad():
+        for window in (None, "tight"):
+            cache = m.new_cache(2)
+            steps = [m(x[:, :0], raw_cond(kind), cache=cache)[:, 0]]  # the prefix: predicts x_0
+            for i in range(H * W - 1):
+                w = cache.prefix_len + i + 1 if window == "tight" else None  # the fewest positions that work
+                steps.append(m.decode_step(x[:, i:i + 1], torch.tensor(i), cache, w))
+            assert all(s.shape == (2, K) for s in steps)
+            torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_decode_step_guidance_at_scale_one_is_the_conditional_model():
+    m = peaked("class")
+    c = torch.tensor([0, 2])
+    x = torch.randint(0, K, (2, 4))
+    with torch.no_grad():
+        both, cond_only = m.new_cache(4), m.new_cache(2)
+        x2 = x.repeat(2, 1)  # conditional rows, then null rows
+        m(x2[:, :0], CondStates.cat(m.cond(c, 2), m.cond.null(2)), cache=both)
+        m(x[:, :0], c, cache=cond_only)
+        for i in range(4):
+            pos = torch.tensor(i)
+            lb, lc = m.decode_step(x2[:, i:i + 1], pos, both), m.decode_step(x[:, i:i + 1], pos, cond_only)
+            torch.testing.assert_close(lb[2:] + 1.0 * (lb[:2] - lb[2:]), lc, atol=1e-5, rtol=1e-5)
+            assert (lb[2:] - lc).abs().max() > 1e-4  # the null rows differ: the check above means something
+
+
+OPTIONS = [dict(), dict(cfg=3.0), dict(cfg=2.0, temperature=0.8, top_k=5, top_p=0.9), dict(temperature=0.0),
+           dict(cfg=4.0, temperature=0.0)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("windows", [1, 4])
+def test_sample_ar_draws_the_tokens_of_the_dynamic_cache_loop(kind, windows, monkeypatch):
+    if windows == 4:  # every cache counts as large: attention over 4 growing windows
+        monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)
+    m = peaked(kind)
+    cache = m.new_cache(2)
+    assert len(sampling._windows(cache)) == windows and sampling._windows(cache)[-1] == cache.max_len
+    for seed, opts in enumerate(OPTIONS):
+        if kind == "none" and "cfg" in opts:
+            continue
+        static = sample_ar(m, raw_cond(kind), 2, generator=gen(seed), **opts)
+        assert torch.equal(static, dynamic_sample_ar(m, raw_cond(kind), 2, generator=gen(seed), **opts)), opts
+    greedy = sample_ar(m, raw_cond(kind), 2, temperature=0.0)  # no generator needed, none consumed
+    assert torch.equal(greedy, sample_ar(m, raw_cond(kind), 2, temperature=0.0, generator=gen(9)))
+
+
+class NoHostReads(TorchDispatchMode):
+    """Fails on what a CUDA graph cannot record: a tensor value read on the host (.item(), bool(), int() all
+    dispatch `_local_scalar_dense`) or an output whose shape depends on tensor values."""
+
+    SHAPE_FROM_VALUES = {torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func is torch.ops.aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func is torch.ops.aten._local_scalar_dense.default or func in self.SHAPE_FROM_VALUES or bool_index:
+            raise AssertionError(f"{func} needs tensor values on the host")
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_host_reads_catches_syncs():
+    x = torch.tensor([0.5, -1.0])
+    for bad in (lambda: x.sum().item(), lambda: bool(x.max() > 0), lambda: x[x > 0], lambda: x.nonzero()):
+        with pytest.raises(AssertionError, match="needs tensor values on the host"), NoHostReads():
+            bad()
+
+
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_the_recorded_step_reads_no_values_on_the_host(kind, monkeypatch):
+    """The graph path on a CPU, every step (what a capture records) run under NoHostReads."""
+    windows = []
+
+    @contextlib.contextmanager
+    def checked(step, generator, device):
+        def run(window):
+            windows.append(window)
+            with NoHostReads():
+                step(window)
+        yield run
+
+    monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
+    monkeypatch.setattr(sampling, "_cuda_graphed", checked)
+    monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)
+    m = peaked(kind)
+    for opts in (dict(cfg=3.0, temperature=0.9, top_k=6, top_p=0.95), dict(temperature=0.0)):
+        windows.clear()
+        graphed = sample_ar(m, raw_cond(kind), 2, generator=gen(0), cuda_graphs=True, **opts)
+        assert len(windows) == H * W - 1 and len(set(windows)) >= 2 and windows == sorted(windows)
+        assert torch.equal(graphed, sample_ar(m, raw_cond(kind), 2, generator=gen(0), **opts))
+
+
+def test_cuda_graphs_refused_off_cuda():
+    with pytest.raises(RegvqError, match="cuda_graphs needs the model on a CUDA device"):
+        sample_ar(tiny("class"), raw_cond("class"), 2, cuda_graphs=True)
+    cuda0 = torch.device("cuda", 0)
+    sampling._check_graphable(cuda0, None)  # the default CUDA generator
+    with pytest.raises(RegvqError, match="give a torch.Generator on cuda:0"):
+        sampling._check_graphable(cuda0, gen(0))  # a CPU generator cannot draw inside a CUDA graph
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["class", "text"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_replay_equals_the_eager_loop(kind, dtype, monkeypatch):
+    monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)  # several windows, so several graphs
+    dev = torch.device("cuda")
+    m = peaked(kind).to(dev, dtype)
+    cond = raw_cond(kind)
+    cond = type(cond)(*(t.to(dev) for t in cond)) if kind == "text" else cond.to(dev)
+    g = torch.Generator(device=dev)
+    for opts in (dict(cfg=3.0, top_k=5, top_p=0.9), dict(temperature=0.7)):
+        eager = sample_ar(m, cond, 2, generator=g.manual_seed(0), **opts)
+        graphed = sample_ar(m, cond, 2, generator=g.manual_seed(0), cuda_graphs=True, **opts)
+        assert graphed.device == dev and torch.equal(graphed, eager), opts
+        # the default CUDA generator works too
+        torch.cuda.manual_seed(1)
+        eager = sample_ar(m, cond, 2, **opts)
+        torch.cuda.manual_seed(1)
+        assert torch.equal(sample_ar(m, cond, 2, cuda_graphs=True, **opts), eager), opts
+    with pytest.raises(RegvqError, match="give a torch.Generator on cuda"):
+        sample_ar(m, cond, 2, generator=gen(0), cuda_graphs=True)
