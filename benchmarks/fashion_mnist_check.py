@@ -144,6 +144,12 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, default=2.5, help="classifier-free guidance scale of the samples")
     ap.add_argument("--clf-epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ar-preset", default=PRIORS["ar"], help=f"AR prior preset (default {PRIORS['ar']}; ar-b on a GPU)")
+    ap.add_argument("--diffusion-preset", default=PRIORS["diffusion"],
+                    help=f"diffusion prior preset (default {PRIORS['diffusion']}; diffusion-b on a GPU)")
+    ap.add_argument("--source", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
+                    help="folder of the Fashion-MNIST IDX .gz files (default: where the Debian package puts them)")
+    ap.add_argument("--workers", type=int, default=1, help="image-decoding processes of train-tokenizer and encode")
     a = ap.parse_args(argv)
 
     import torch
@@ -153,7 +159,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     data, tok_run, tokens = work / "data", work / "tokenizer", work / "tokens"
     times: dict[str, float] = {}
-    results: dict = {"settings": vars(a) | {"work": str(work)}}
+    results: dict = {"settings": vars(a) | {"work": str(work), "source": str(a.source)}}
 
     def stage(name: str, done: bool, fn) -> None:
         t = time.perf_counter()
@@ -164,12 +170,12 @@ def main(argv=None):
     # 1. data
     stage("data", (data / "classes.json").is_file(), lambda: subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "fashion_mnist.py"), "--out", str(data), "--size", "32",
-         "--n", str(a.n), "--seed", str(a.seed)], check=True))
+         "--n", str(a.n), "--seed", str(a.seed), "--source", str(a.source)], check=True))
 
     # 2. tokenizer
     stage("tokenizer", (tok_run / "model" / "config.json").is_file(), lambda: regvq(
         "train-tokenizer", data / "train", "-o", tok_run, "--preset", "tok-test", "--perceptual-weight", "0",
-        "--contrastive-weight", "0", "--workers", "1", "--max-steps", a.tok_steps, "--batch-size", a.tok_batch,
+        "--contrastive-weight", "0", "--workers", a.workers, "--max-steps", a.tok_steps, "--batch-size", a.tok_batch,
         "--lr", a.tok_lr, "--sample-every", max(1, a.tok_steps // 4), "--checkpoint-every", a.tok_steps,
         "--seed", a.seed))
     t = time.perf_counter()
@@ -178,11 +184,11 @@ def main(argv=None):
 
     # 3. encode (class sub-folders -> labels)
     stage("encode", (tokens / "manifest.json").is_file(), lambda: regvq(
-        "encode", data / "train", "-o", tokens, "-m", tok_run / "model", "--workers", "1"))
+        "encode", data / "train", "-o", tokens, "-m", tok_run / "model", "--workers", a.workers))
     regvq("decode", tokens, "--limit", 64, "--grid", "-o", work / "recon_sheet.png")
 
     # 4. priors
-    for kind, preset in PRIORS.items():
+    for kind, preset in (("ar", a.ar_preset), ("diffusion", a.diffusion_preset)):
         run = work / f"prior_{kind}"
         stage(f"prior_{kind}", (run / "model" / "config.json").is_file(), lambda kind=kind, preset=preset, run=run:
               regvq("train-prior", tokens, "-o", run, "--kind", kind, "--cond", "class", "--preset", preset,
