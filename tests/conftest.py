@@ -28,6 +28,16 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
+def load_benchmark(name: str):
+    """Import benchmarks/NAME.py as a module (benchmarks/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def invoke(*args, input=None):
     """Run the CLI in this process through Click's CliRunner (no interpreter start-up, no torch import cost)."""
     from click.testing import CliRunner

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "prior_adherence.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def pa():
-    spec = importlib.util.spec_from_file_location("prior_adherence", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("prior_adherence")
 
 
 def disc(cx: float, cy: float, fg=(220, 30, 30), bg=(40, 80, 220), size=128, r=0.18) -> np.ndarray:
