@@ -102,6 +102,17 @@ def test_mask_ratio_in_expectation_and_fresh_each_call():
     assert not q(z).mask.any()
 
 
+def test_mask_warmup_ramps_the_ratio_linearly():
+    torch.manual_seed(0)
+    q = RegVQuantizer(16, 4, mask_ratio=0.4, mask_warmup=100).train()
+    z = torch.randn(8, 4, 32, 32)
+    assert q.mask_ratio_at(0) == 0.0 and q.mask_ratio_at(50) == pytest.approx(0.2) and q.mask_ratio_at(500) == 0.4
+    assert not q(z, step=0).mask.any()
+    assert q(z, step=50).mask.float().mean().item() == pytest.approx(0.2, abs=0.02)
+    assert q(z, step=100).mask.float().mean().item() == pytest.approx(0.4, abs=0.02)
+    assert q(z).mask.float().mean().item() == pytest.approx(0.4, abs=0.02)  # no step given: the full ratio
+
+
 def test_sharpness_stats_max_prob_and_sample_agreement():
     """max_prob is the mean top-1 probability; sample_agreement how often a Gumbel sample is the argmax code."""
     torch.manual_seed(0)

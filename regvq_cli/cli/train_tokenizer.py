@@ -49,6 +49,7 @@ OPTIONS = [
     ("--prior-weight", "prior_weight", float, 0.1, "Weight of the prior KL."),
     ("--mask/--no-mask", "use_mask", bool, True, "Stochastic mask regularization (Gumbel-sampled codes at masked positions)."),
     ("--mask-ratio", "mask_ratio", click.FloatRange(0, 1), 0.4, "Fraction of positions masked each step."),
+    ("--mask-warmup", "mask_warmup", click.IntRange(0), 0, "Steps over which the mask ratio ramps linearly up from 0 (0: from the start)."),
     ("--logits", "logits", click.Choice(["linear", "distance"]), "linear", "Code logits: a 1x1 projection, or -||z - e||^2 / t."),
     ("--temperature", "temperature", click.FloatRange(min=0, min_open=True), 1.0, "Gumbel-softmax temperature (initial value when annealed)."),
     ("--temperature-min", "temperature_min", click.FloatRange(min=0, min_open=True), 1.0 / 16, "Lowest annealed temperature."),

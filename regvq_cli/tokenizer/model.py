@@ -52,6 +52,7 @@ class TokenizerConfig:
     use_prior: bool = True  # prior distribution regularization (KL of the batch histogram to uniform)
     use_mask: bool = True  # stochastic mask regularization
     mask_ratio: float = 0.4
+    mask_warmup: int = 0  # steps over which the mask ratio ramps linearly from 0 (0: the full ratio at once)
 
     def __post_init__(self):
         self.ch_mult = tuple(self.ch_mult)
@@ -84,7 +85,7 @@ class Tokenizer(nn.Module):
         else:
             self.quantizer = RegVQuantizer(c.codebook_size, c.embed_dim, logits=c.logits,
                                            distance_temp=c.distance_temp, use_prior=c.use_prior,
-                                           use_mask=c.use_mask, mask_ratio=c.mask_ratio, temp_init=c.temp_init,
+                                           use_mask=c.use_mask, mask_ratio=c.mask_ratio, mask_warmup=c.mask_warmup, temp_init=c.temp_init,
                                            temp_min=c.temp_min, temp_anneal=c.temp_anneal)
         self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)
         self.decoder = Decoder(out_channels=c.in_channels, **net_args)

@@ -80,6 +80,7 @@ class TrainTokenizerConfig:
     prior_weight: float = 0.1
     use_mask: bool = True
     mask_ratio: float = 0.4
+    mask_warmup: int = 0  # steps over which the mask ratio ramps up from 0 (our addition; the paper is silent)
     logits: str = "linear"  # "linear" | "distance"
     temperature: float = 1.0  # Gumbel-softmax temperature (initial value when annealed)
     temperature_min: float = 1.0 / 16
@@ -184,6 +185,7 @@ def tokenizer_config(cfg: TrainTokenizerConfig) -> TokenizerConfig:
         vq_ema=cfg.vq_ema, vq_l2_norm=cfg.vq_l2_norm, temp_init=cfg.temperature, temp_min=cfg.temperature_min,
         temp_anneal=cfg.temperature_anneal, logits=cfg.logits, use_prior=cfg.use_prior, use_mask=cfg.use_mask,
         mask_ratio=cfg.mask_ratio,
+        mask_warmup=cfg.mask_warmup,
     )
 
 
@@ -264,7 +266,7 @@ def init_tokenizer_config(cfg: TrainTokenizerConfig, base: TokenizerConfig) -> T
     """The init model's config with the quantizer's training switches of ``cfg`` (they shape no weights)."""
     return dataclasses.replace(
         base, temp_init=cfg.temperature, temp_min=cfg.temperature_min, temp_anneal=cfg.temperature_anneal,
-        use_prior=cfg.use_prior, use_mask=cfg.use_mask, mask_ratio=cfg.mask_ratio,
+        use_prior=cfg.use_prior, use_mask=cfg.use_mask, mask_ratio=cfg.mask_ratio, mask_warmup=cfg.mask_warmup,
     )
 
 

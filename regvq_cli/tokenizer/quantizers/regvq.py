@@ -25,7 +25,9 @@ regularizers act on them:
    the Gumbel-softmax backward), the others the argmax code (straight-through with the softmax backward);
    the decoder sees Xargmax * (1 - M) + Xgumbel * M. This trades the train/inference misalignment of
    purely stochastic quantization against the unperturbed reconstruction objective of purely deterministic
-   quantization.
+   quantization. ``mask_warmup`` (ours; 0 by default, the paper's setting) ramps the ratio up from 0 over that
+   many steps: while the code distributions are still nearly flat a Gumbel sample is almost never the argmax
+   code (``sample_agreement`` in the stats), so early masking feeds the decoder near-random codes.
 
 The output carries the embeddings of the code used and of the argmax code at every position, and the mask,
 so that the probabilistic contrastive loss (losses.py) can weight positions by how far the sampled code
@@ -54,7 +56,8 @@ def kl_to_uniform(p: torch.Tensor) -> torch.Tensor:
 
 class RegVQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, *, logits: str = "linear", distance_temp: float = 1.0,
-                 use_prior: bool = True, use_mask: bool = True, mask_ratio: float = 0.4, temp_init: float = 1.0,
+                 use_prior: bool = True, use_mask: bool = True, mask_ratio: float = 0.4, mask_warmup: int = 0,
+                 temp_init: float = 1.0,
                  temp_min: float = 1.0 / 16, temp_anneal: float = 0.0):
         super().__init__()
         if logits not in ("linear", "distance"):
@@ -68,6 +71,7 @@ class RegVQuantizer(nn.Module):
         self.use_prior = use_prior
         self.use_mask = use_mask
         self.mask_ratio = mask_ratio
+        self.mask_warmup = mask_warmup
         self.temp_init, self.temp_min, self.temp_anneal = temp_init, temp_min, temp_anneal
         self.embedding = nn.Embedding(codebook_size, dim)
         if logits == "linear":
@@ -94,11 +98,12 @@ class RegVQuantizer(nn.Module):
             onehot_argmax = straight_through_one_hot(argmax, probs)  # forward one-hot, backward softmax
 
             temp = temperature_at(step, self.temp_init, self.temp_min, self.temp_anneal)
-            if self.training and self.use_mask and self.mask_ratio > 0:
+            ratio = self.mask_ratio_at(step)
+            if self.training and self.use_mask and ratio > 0:
                 soft = gumbel_softmax(logits, temp)
                 sampled = soft.argmax(1)
                 onehot_sampled = straight_through_one_hot(sampled, soft)  # backward: Gumbel-softmax
-                mask = torch.rand(B, h, w, device=z.device) < self.mask_ratio  # fresh every call
+                mask = torch.rand(B, h, w, device=z.device) < ratio  # fresh every call
                 m = mask[:, None].to(probs.dtype)  # [B, 1, h, w]
                 onehot = onehot_argmax * (1 - m) + onehot_sampled * m
                 used = torch.where(mask, sampled, argmax)
@@ -135,6 +140,12 @@ class RegVQuantizer(nn.Module):
             sampled_codes=lookup(used, codebook).detach(), argmax_codes=lookup(argmax, codebook).detach(),
             mask=mask, logits=logits,
         )
+
+    def mask_ratio_at(self, step: int | None) -> float:
+        """The mask ratio at a training step: ramps linearly from 0 over ``mask_warmup`` steps, then holds."""
+        if not self.mask_warmup or step is None:
+            return self.mask_ratio
+        return self.mask_ratio * min(1.0, step / self.mask_warmup)
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, D, h, w] -> indices [B, h, w] (argmax of the logits; deterministic)."""
