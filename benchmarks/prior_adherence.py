@@ -4,6 +4,10 @@
         [--cfg 1.5] [--save DIR] [--json]
     python benchmarks/prior_adherence.py segmap --model PRIOR [--tokenizer TOK] [-n 2] [--scenes 16] [--seed 0]
         [--scene-seed 12345] [--refs-per-class 8] [--save DIR] [--json]
+    python benchmarks/prior_adherence.py tokenizer [--tokenizer TOK] [--ceiling-pictures 64] [--save DIR] [--json]
+
+The tokenizer mode is the text ceilings alone: how much of the caption recipe's pictures survives an encode and
+decode, the acceptance test of a tokenizer meant for the text prior.
 
 Images are sampled exactly as `regvq sample` does (same token batches, generator seeded with --seed, --cfg,
 temperature 1, no top-k/top-p), decoded with the tokenizer and measured on the CPU.
@@ -367,6 +371,21 @@ def run_text(a) -> dict:
             "ceiling_tokenizer": {**score_recipe(roundtrip(tok, dev, pics, a.batch_size), facts), "seed": RECIPE_SEED}}
 
 
+def run_tokenizer(a) -> dict:
+    """The text ceilings alone: what a tokenizer keeps of the caption recipe's pictures (no prior involved)."""
+    from regvq_cli.engine.device import pick_device
+    from regvq_cli.engine.resolve import TOKENIZER, load
+
+    dev = pick_device(a.device)
+    tok = load(a.tokenizer, device=dev, expect=TOKENIZER)
+    pics, facts = recipe_pictures(a.ceiling_pictures, int(tok.config.image_size), RECIPE_SEED)
+    back = roundtrip(tok, dev, pics, a.batch_size)
+    save_images(a.save, back, [f"{j:06d}-{f['text'].replace(' ', '-')}" for j, f in enumerate(facts)])
+    return {"mode": "tokenizer", "tokenizer": tok.regvq_id, "pictures": len(pics), "seed": RECIPE_SEED,
+            "image_size": int(tok.config.image_size),
+            "ceiling_recipe": score_recipe(pics, facts), "ceiling_tokenizer": score_recipe(back, facts)}
+
+
 def run_segmap(a) -> dict:
     prior, tok, dev = load_models(a.model, a.tokenizer, a.device)
     size = tok.config.image_size
@@ -390,6 +409,12 @@ def run_segmap(a) -> dict:
 
 def report(r: dict) -> None:
     f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    if r["mode"] == "tokenizer":
+        print(f"tokenizer {r['tokenizer']}: {r['pictures']} recipe pictures (seed {r['seed']}), {r['seconds']:.0f} s")
+        for k, v in r["ceiling_tokenizer"].items():
+            if k != "pictures":
+                print(f"  {k:32s} after the tokenizer {f(v)}   as made {f(r['ceiling_recipe'].get(k))}")
+        return
     print(f"{r['mode']}: {r['model']} (tokenizer {r['tokenizer']}), seed {r['seed']}, cfg {r['cfg']}, "
           f"{r['seconds']:.0f} s")
     if r["mode"] == "text":
@@ -438,9 +463,16 @@ def main(argv=None) -> None:
                            help="held-out scenes the reference colours come from (default 128)")
             p.add_argument("--refs-per-class", type=int, default=8,
                            help="reference colours per stuff class (k-means; 1: the mean colour; default 8)")
+    p = sub.add_parser("tokenizer", help="what a tokenizer alone keeps of the caption recipe's pictures")
+    p.add_argument("--tokenizer", default="regvq-tokenizer", help="a shipped name, folder, ... (default regvq-tokenizer)")
+    p.add_argument("--ceiling-pictures", type=int, default=64, help="recipe pictures (default 64)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save", default=None, metavar="DIR", help="also write the decoded PNGs here")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    r = run_text(a) if a.mode == "text" else run_segmap(a)
+    r = {"text": run_text, "segmap": run_segmap, "tokenizer": run_tokenizer}[a.mode](a)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(r, indent=1))

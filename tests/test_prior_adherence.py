@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,22 @@ def test_recipe_measurement_agrees_with_recipe_facts(pa):
     images, facts = pa.recipe_pictures(24, 128, seed=5)
     r = pa.score_recipe(images, facts)
     assert r["background"] >= 0.9 and r["object_color"] >= 0.85
+
+
+def test_tokenizer_mode_scores_a_round_trip(pa, monkeypatch, capsys):
+    """The tokenizer mode scores the recipe pictures as made and after encode/decode (here an identity stand-in)."""
+    if not (Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf").is_file()
+            and Path("/usr/share/openclipart/png").is_dir()):
+        pytest.skip("needs apt packages fonts-noto-color-emoji and openclipart-png")
+    import types
+
+    import regvq_cli.engine.resolve as resolve
+
+    fake = types.SimpleNamespace(regvq_id="identity", config=types.SimpleNamespace(image_size=128))
+    monkeypatch.setattr(resolve, "load", lambda spec, device=None, expect=None: fake)
+    monkeypatch.setattr(pa, "roundtrip", lambda tok, dev, images, batch_size: images[:, :, ::-1])  # mirrored
+    pa.main(["tokenizer", "--ceiling-pictures", "12", "--device", "cpu", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["mode"] == "tokenizer" and r["pictures"] == 12
+    assert r["ceiling_tokenizer"]["object_color"] == r["ceiling_recipe"]["object_color"]  # colours survive a mirror
+    assert r["ceiling_tokenizer"]["position_half"] < r["ceiling_recipe"]["position_half"]  # positions do not
