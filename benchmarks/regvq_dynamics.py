@@ -4,8 +4,10 @@ distributions sharpen? A minutes-long probe, not a benchmark of record.
     python benchmarks/regvq_dynamics.py --steps 600 '{"quantizer": "vq"}' '{"quantizer": "regvq"}' \
         '{"quantizer": "regvq", "use_prior": false}' '{"quantizer": "regvq", "prior_weight": 0.01, "logit_init": 30}'
 
-Each JSON argument is one run: TokenizerConfig fields, plus `prior_weight` (default 0.1, as train-tokenizer) and
-`logit_init` (multiply the initial 1x1 logit projection by this; default 1). Every run: the same seed, a 64 px
+Each JSON argument is one run: TokenizerConfig fields, plus `prior_weight` (default 0.1, as train-tokenizer),
+`prior_start` / `prior_ramp` (the prior is off before step prior_start, then ramps up linearly over prior_ramp
+steps; default 0 / 0: on from the start) and `logit_init` (multiply the initial 1x1 logit projection by this;
+default 1). Every run: the same seed, a 64 px
 f8 network (16 channels, 1,024 codes of dimension 32), Adam 2e-4 (betas 0.5, 0.9), batch 8, L1 plus the
 quantizer's own terms (no perceptual, contrastive or GAN loss), on 600 one-object pictures of recipes/text2img.py
 (seed 7) resized to 64 px. Every 200 steps on 48 held-out recipe pictures (seed 12345): L1 of the argmax
@@ -41,6 +43,7 @@ def as_uint8(x: torch.Tensor) -> np.ndarray:
 def run(spec: dict, steps: int, train: np.ndarray, val: np.ndarray, facts: list, pa) -> list[dict]:
     spec = dict(spec)
     prior_weight, logit_init = spec.pop("prior_weight", 0.1), spec.pop("logit_init", 1.0)
+    prior_start, prior_ramp = spec.pop("prior_start", 0), spec.pop("prior_ramp", 0)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cfg = TokenizerConfig(image_size=SIZE, ch=16, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(),
@@ -56,7 +59,9 @@ def run(spec: dict, steps: int, train: np.ndarray, val: np.ndarray, facts: list,
         recon, q = model(x, step=step)
         loss = (recon - x).abs().mean()
         for name, value in q.losses.items():
-            loss = loss + (prior_weight if name == "prior_kl" else 1.0) * value
+            if name == "prior_kl":  # off until prior_start, then ramped linearly over prior_ramp steps
+                value = value * prior_weight * min(1.0, max(0, step - prior_start) / max(1, prior_ramp))
+            loss = loss + value
         opt.zero_grad()
         loss.backward()
         opt.step()
