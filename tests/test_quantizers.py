@@ -283,3 +283,24 @@ def test_all_reduce_with_grad_is_identity_in_one_process():
     y = all_reduce_sum_with_grad(x)
     (y * 2).sum().backward()
     assert torch.equal(y, x) and torch.allclose(x.grad, torch.full((5,), 2.0))
+
+
+def test_logit_init_scales_the_initial_projection_only():
+    torch.manual_seed(0)
+    a = RegVQuantizer(64, 8)
+    torch.manual_seed(0)
+    b = RegVQuantizer(64, 8, logit_init=30.0)
+    torch.testing.assert_close(b.proj.weight, 30.0 * a.proj.weight)
+    torch.testing.assert_close(b.proj.bias, a.proj.bias)
+    z = torch.randn(2, 8, 4, 4)
+    assert b.eval()(z).stats["max_prob"] > 5 * a.eval()(z).stats["max_prob"]  # sharper from the start
+
+
+def test_prior_weight_schedule():
+    from regvq_cli.train.tokenizer import TrainTokenizerConfig, prior_weight_at
+
+    assert prior_weight_at(TrainTokenizerConfig(prior_weight=0.1), 0) == pytest.approx(0.1)  # default: on at once
+    cfg = TrainTokenizerConfig(prior_weight=0.01, prior_start=200, prior_ramp=400)
+    assert prior_weight_at(cfg, 199) == 0.0
+    assert prior_weight_at(cfg, 399) == pytest.approx(0.005)
+    assert prior_weight_at(cfg, 599) == pytest.approx(0.01) and prior_weight_at(cfg, 10_000) == pytest.approx(0.01)

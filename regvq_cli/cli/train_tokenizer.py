@@ -47,10 +47,13 @@ OPTIONS = [
     # RegVQ components
     ("--prior/--no-prior", "use_prior", bool, True, "Prior distribution regularization: KL of the batch code histogram to uniform."),
     ("--prior-weight", "prior_weight", float, 0.1, "Weight of the prior KL."),
+    ("--prior-start", "prior_start", click.IntRange(0), 0, "Step before which the prior KL is off."),
+    ("--prior-ramp", "prior_ramp", click.IntRange(0), 0, "Steps over which the prior weight then ramps up linearly."),
     ("--mask/--no-mask", "use_mask", bool, True, "Stochastic mask regularization (Gumbel-sampled codes at masked positions)."),
     ("--mask-ratio", "mask_ratio", click.FloatRange(0, 1), 0.4, "Fraction of positions masked each step."),
     ("--mask-warmup", "mask_warmup", click.IntRange(0), 0, "Steps over which the mask ratio ramps linearly up from 0 (0: from the start)."),
     ("--logits", "logits", click.Choice(["linear", "distance"]), "linear", "Code logits: a 1x1 projection, or -||z - e||^2 / t."),
+    ("--logit-init", "logit_init", click.FloatRange(min=0, min_open=True), 1.0, "linear logits: scale of the projection's initial weights (>1: sharper code distributions from the start)."),
     ("--temperature", "temperature", click.FloatRange(min=0, min_open=True), 1.0, "Gumbel-softmax temperature (initial value when annealed)."),
     ("--temperature-min", "temperature_min", click.FloatRange(min=0, min_open=True), 1.0 / 16, "Lowest annealed temperature."),
     ("--temperature-anneal", "temperature_anneal", click.FloatRange(0), 0.0, "Anneal rate: t = max(min, t0 * exp(-rate * step))."),

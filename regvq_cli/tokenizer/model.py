@@ -49,6 +49,7 @@ class TokenizerConfig:
     # regvq options
     logits: str = "linear"  # "linear" (1x1 projection) or "distance" (-||z - e||^2 / distance_temp)
     distance_temp: float = 1.0
+    logit_init: float = 1.0  # linear logits: scale of the projection's initial weights (ours; 1: PyTorch's default)
     use_prior: bool = True  # prior distribution regularization (KL of the batch histogram to uniform)
     use_mask: bool = True  # stochastic mask regularization
     mask_ratio: float = 0.4
@@ -84,7 +85,7 @@ class Tokenizer(nn.Module):
                                              temp_init=c.temp_init, temp_min=c.temp_min, temp_anneal=c.temp_anneal)
         else:
             self.quantizer = RegVQuantizer(c.codebook_size, c.embed_dim, logits=c.logits,
-                                           distance_temp=c.distance_temp, use_prior=c.use_prior,
+                                           distance_temp=c.distance_temp, logit_init=c.logit_init, use_prior=c.use_prior,
                                            use_mask=c.use_mask, mask_ratio=c.mask_ratio, mask_warmup=c.mask_warmup, temp_init=c.temp_init,
                                            temp_min=c.temp_min, temp_anneal=c.temp_anneal)
         self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)

@@ -78,10 +78,13 @@ class TrainTokenizerConfig:
     # RegVQ components
     use_prior: bool = True
     prior_weight: float = 0.1
+    prior_start: int = 0  # the prior KL is off before this step (ours; the paper is silent)
+    prior_ramp: int = 0  # ... then its weight ramps up linearly over this many steps
     use_mask: bool = True
     mask_ratio: float = 0.4
     mask_warmup: int = 0  # steps over which the mask ratio ramps up from 0 (our addition; the paper is silent)
     logits: str = "linear"  # "linear" | "distance"
+    logit_init: float = 1.0  # linear logits: scale of the initial projection weights (ours; see docs/results.md)
     temperature: float = 1.0  # Gumbel-softmax temperature (initial value when annealed)
     temperature_min: float = 1.0 / 16
     temperature_anneal: float = 0.0  # t = max(min, t0 * exp(-anneal * step))
@@ -184,8 +187,7 @@ def tokenizer_config(cfg: TrainTokenizerConfig) -> TokenizerConfig:
         codebook_size=cfg.codebook_size or base.codebook_size, embed_dim=cfg.embed_dim or base.embed_dim,
         vq_ema=cfg.vq_ema, vq_l2_norm=cfg.vq_l2_norm, temp_init=cfg.temperature, temp_min=cfg.temperature_min,
         temp_anneal=cfg.temperature_anneal, logits=cfg.logits, use_prior=cfg.use_prior, use_mask=cfg.use_mask,
-        mask_ratio=cfg.mask_ratio,
-        mask_warmup=cfg.mask_warmup,
+        mask_ratio=cfg.mask_ratio, mask_warmup=cfg.mask_warmup, logit_init=cfg.logit_init,
     )
 
 
@@ -268,6 +270,13 @@ def init_tokenizer_config(cfg: TrainTokenizerConfig, base: TokenizerConfig) -> T
         base, temp_init=cfg.temperature, temp_min=cfg.temperature_min, temp_anneal=cfg.temperature_anneal,
         use_prior=cfg.use_prior, use_mask=cfg.use_mask, mask_ratio=cfg.mask_ratio, mask_warmup=cfg.mask_warmup,
     )
+
+
+def prior_weight_at(cfg: TrainTokenizerConfig, step: int) -> float:
+    """The prior KL's weight at a step: 0 before ``prior_start``, then ramped linearly over ``prior_ramp`` steps."""
+    if step < cfg.prior_start:
+        return 0.0
+    return cfg.prior_weight * min(1.0, (step - cfg.prior_start + 1) / max(1, cfg.prior_ramp))
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
@@ -441,7 +450,7 @@ class TokenizerTrainer(Trainer):
                 terms[name] = L.contrastive_loss(fr, fx, tau=cfg.tau, num_patches=cfg.num_patches, weights=w,
                                                  floor=cfg.pcl_floor)
                 rec = rec + cfg.contrastive_weight * terms[name]
-        weights = {"prior_kl": cfg.prior_weight, "commitment": cfg.commitment_weight,
+        weights = {"prior_kl": prior_weight_at(cfg, step), "commitment": cfg.commitment_weight,
                    "codebook": cfg.codebook_weight, "kl_uniform": cfg.gumbel_kl_weight}
         total = rec
         for name, value in q.losses.items():

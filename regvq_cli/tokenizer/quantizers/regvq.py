@@ -56,6 +56,7 @@ def kl_to_uniform(p: torch.Tensor) -> torch.Tensor:
 
 class RegVQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, *, logits: str = "linear", distance_temp: float = 1.0,
+                 logit_init: float = 1.0,
                  use_prior: bool = True, use_mask: bool = True, mask_ratio: float = 0.4, mask_warmup: int = 0,
                  temp_init: float = 1.0,
                  temp_min: float = 1.0 / 16, temp_anneal: float = 0.0):
@@ -76,6 +77,8 @@ class RegVQuantizer(nn.Module):
         self.embedding = nn.Embedding(codebook_size, dim)
         if logits == "linear":
             self.proj = nn.Conv2d(dim, codebook_size, 1)
+            with torch.no_grad():  # logit_init > 1: sharper distributions from the start (docs/results.md)
+                self.proj.weight.mul_(logit_init)
 
     def compute_logits(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, D, h, w] (float32) -> logits [B, N, h, w]."""
