@@ -130,3 +130,32 @@ def human_count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(n)
+
+
+class ModelSpec(click.ParamType):
+    """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
+
+    name = "model"
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(name) for name in complete_model(ctx, param, incomplete)]
+
+
+def explicit_options(names, given: dict) -> dict:
+    """The options among `names` that the command line (or the environment) set, not their defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {k: given[k] for k in names
+            if k in given and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def resumable(run_dir) -> bool:
+    """Whether the run folder holds a resume state (which takes precedence over --init)."""
+    from pathlib import Path
+
+    from regvq_cli.train.common import STATE_NAME
+
+    return (Path(run_dir) / STATE_NAME).exists()

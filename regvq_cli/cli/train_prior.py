@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import emit_json, info, json_option, table_options, training_progress
-from regvq_cli.cli.train_tokenizer import ModelSpec, explicit_options, resumable
+from regvq_cli.cli._common import (ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
+                                   training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-b", "ar-l", "diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"]

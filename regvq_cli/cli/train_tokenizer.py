@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import complete_model, emit_json, info, json_option, table_options, training_progress
+from regvq_cli.cli._common import (ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
+                                   training_progress)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
 INIT_ARCH = ("preset", "quantizer", "image_size", "codebook_size", "embed_dim", "logits", "vq_ema", "vq_l2_norm")
 
-
-class ModelSpec(click.ParamType):
-    """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
-
-    name = "model"
-
-    def shell_complete(self, ctx, param, incomplete):
-        from click.shell_completion import CompletionItem
-
-        return [CompletionItem(name) for name in complete_model(ctx, param, incomplete)]
 
 # (option, config field, click type, default, help). `None` as default: the preset's value / not set.
 OPTIONS = [
@@ -146,21 +137,3 @@ def train_tokenizer(data, run_dir, as_json, **fields):
         emit_json({"model": str(folder), "run_dir": str(run_dir)})
     else:
         info(f"model exported to {folder}")
-
-
-def explicit_options(names, given: dict) -> dict:
-    """The options among `names` that the command line (or the environment) set, not their defaults."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    return {k: given[k] for k in names
-            if k in given and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
-
-
-def resumable(run_dir) -> bool:
-    """Whether the run folder holds a resume state (which takes precedence over --init)."""
-    from pathlib import Path
-
-    from regvq_cli.train.common import STATE_NAME
-
-    return (Path(run_dir) / STATE_NAME).exists()
