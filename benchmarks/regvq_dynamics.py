@@ -4,10 +4,8 @@ distributions sharpen? A minutes-long probe, not a benchmark of record.
     python benchmarks/regvq_dynamics.py --steps 600 '{"quantizer": "vq"}' '{"quantizer": "regvq"}' \
         '{"quantizer": "regvq", "use_prior": false}' '{"quantizer": "regvq", "prior_weight": 0.01, "logit_init": 30}'
 
-Each JSON argument is one run: TokenizerConfig fields, plus `prior_weight` (default 0.1, as train-tokenizer),
-`prior_start` / `prior_ramp` (the prior is off before step prior_start, then ramps up linearly over prior_ramp
-steps; default 0 / 0: on from the start) and `logit_init` (multiply the initial 1x1 logit projection by this;
-default 1). Every run: the same seed, a 64 px
+Each JSON argument is one run: TokenizerConfig fields (e.g. `use_prior`, `mask_ratio`, `logit_init`), plus the
+prior's schedule as train-tokenizer has it: `prior_weight` (default 0.1), `prior_start`, `prior_ramp` (default 0). Every run: the same seed, a 64 px
 f8 network (16 channels, 1,024 codes of dimension 32), Adam 2e-4 (betas 0.5, 0.9), batch 8, L1 plus the
 quantizer's own terms (no perceptual, contrastive or GAN loss), on 600 one-object pictures of recipes/text2img.py
 (seed 7) resized to 64 px. Every 200 steps on 48 held-out recipe pictures (seed 12345): L1 of the argmax
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from regvq_cli.tokenizer.model import Tokenizer, TokenizerConfig
+from regvq_cli.train.tokenizer import TrainTokenizerConfig, prior_weight_at
 
 SIZE = 64
 
@@ -42,16 +41,12 @@ def as_uint8(x: torch.Tensor) -> np.ndarray:
 
 def run(spec: dict, steps: int, train: np.ndarray, val: np.ndarray, facts: list, pa) -> list[dict]:
     spec = dict(spec)
-    prior_weight, logit_init = spec.pop("prior_weight", 0.1), spec.pop("logit_init", 1.0)
-    prior_start, prior_ramp = spec.pop("prior_start", 0), spec.pop("prior_ramp", 0)
+    schedule = TrainTokenizerConfig(**{k: spec.pop(k) for k in ("prior_weight", "prior_start", "prior_ramp") if k in spec})
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cfg = TokenizerConfig(image_size=SIZE, ch=16, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(),
                           z_channels=64, embed_dim=32, codebook_size=1024, **spec)
     model = Tokenizer(cfg)
-    if logit_init != 1.0:
-        with torch.no_grad():
-            model.quantizer.proj.weight.mul_(logit_init)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.9))
     val_x, rows = as_tensor(val), []
     for step in range(1, steps + 1):
@@ -59,9 +54,8 @@ def run(spec: dict, steps: int, train: np.ndarray, val: np.ndarray, facts: list,
         recon, q = model(x, step=step)
         loss = (recon - x).abs().mean()
         for name, value in q.losses.items():
-            if name == "prior_kl":  # off until prior_start, then ramped linearly over prior_ramp steps
-                value = value * prior_weight * min(1.0, max(0, step - prior_start) / max(1, prior_ramp))
-            loss = loss + value
+            weight = prior_weight_at(schedule, step - 1) if name == "prior_kl" else 1.0  # the trainer counts from 0
+            loss = loss + weight * value
         opt.zero_grad()
         loss.backward()
         opt.step()
