@@ -39,11 +39,11 @@ def as_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def run(spec: dict, steps: int, train: np.ndarray, val: np.ndarray, facts: list, pa) -> list[dict]:
+def run(spec: dict, steps: int, train: np.ndarray, val: np.ndarray, facts: list, pa, seed: int = 0) -> list[dict]:
     spec = dict(spec)
     schedule = TrainTokenizerConfig(**{k: spec.pop(k) for k in ("prior_weight", "prior_start", "prior_ramp") if k in spec})
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     cfg = TokenizerConfig(image_size=SIZE, ch=16, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(),
                           z_channels=64, embed_dim=32, codebook_size=1024, **spec)
     model = Tokenizer(cfg)
@@ -77,6 +77,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="one JSON object per run (see the module docstring)")
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import prior_adherence as pa  # the recipes' colour measurement
@@ -86,8 +87,8 @@ def main(argv=None) -> None:
     val, facts = pa.recipe_pictures(48, SIZE, seed=pa.RECIPE_SEED)
     for text in a.runs:
         t0 = time.perf_counter()
-        rows = run(json.loads(text), a.steps, train, val, facts, pa)
-        print(json.dumps({"run": json.loads(text), "rows": rows, "seconds": round(time.perf_counter() - t0)}), flush=True)
+        rows = run(json.loads(text), a.steps, train, val, facts, pa, a.seed)
+        print(json.dumps({"run": json.loads(text), "seed": a.seed, "rows": rows, "seconds": round(time.perf_counter() - t0)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #   bash recipes/default_models.sh data       # build the training sets under $DATA (CPU only; = tokdata priordata)
 #   bash recipes/default_models.sh tokenizer  # train the tokenizer on photos + emoji/clip art + scenes
 #   bash recipes/default_models.sh priors     # encode the captioned and the map sets, train both priors
+#                                             # (= tokens t2iprior segprior; the last two can run side by side)
 #
 # Environment:
 #   DATA, RUNS                 where the sets and the runs go (default data/, runs/)
@@ -13,6 +14,8 @@
 #   TOK_STEPS, T2I_STEPS, SEG_STEPS step to stop at (to rerun a model card's numbers exactly)
 #   TOK_RUN, MASK_RATIO, GAN_START  the tokenizer's run folder name, mask ratio and discriminator start
 #   TOK_INIT                   start the tokenizer from a model's weights (e.g. regvq-tokenizer) instead of scratch
+#   LOGIT_INIT, PRIOR_WEIGHT, PRIOR_START, PRIOR_RAMP   the tokenizer's code-logit scale at init and the prior
+#                              KL's weight and schedule (defaults: 30, 0.01, 300, 600; docs/method.md)
 #   WORKERS                    recipe and loader processes (default: all cores)
 #   N_PHOTOS, N_T2I, N_SCENES, N_TOK_T2I, N_TOK_SCENES, TOK_PRESET, T2I_PRESET, SEG_PRESET
 #                              smaller sets and models, for a smoke test
@@ -49,18 +52,29 @@ stage_tokenizer() {
   regvq -q train-tokenizer "$DATA/photos/train" "$DATA/tok-t2i/images" "$DATA/tok-scenes/images" -o "$run" \
     --preset "${TOK_PRESET:-small-f16}" --quantizer regvq --mask-ratio "${MASK_RATIO:-0.4}" --batch-size 32 --lr 2e-4 \
     --max-steps "${TOK_STEPS:-1000000}" --time-limit "${TOK_TIME:-480}" --gan-start "${GAN_START:-100000}" --log-every 50 \
-    --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 ${TOK_INIT:+--init "$TOK_INIT"} --json
+    --logit-init "${LOGIT_INIT:-30}" --prior-weight "${PRIOR_WEIGHT:-0.01}" --prior-start "${PRIOR_START:-300}" \
+    --prior-ramp "${PRIOR_RAMP:-600}" --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 \
+    ${TOK_INIT:+--init "$TOK_INIT"} --json
   regvq eval recon --model "$run/model" "$DATA/photos/val" --limit 5000 --fid-method eigh --workers "$WORKERS" \
     --json > "$run/eval-photos-val.json"
 }
 
-stage_priors() {
+stage_priors() { stage_tokens; stage_t2iprior; stage_segprior; }
+
+stage_tokens() {
+  # the priors' sets as tokens of the tokenizer trained above
   local tok="$RUNS/tokenizer/model"
   [ -f "$RUNS/t2i-tokens/manifest.json" ] || regvq -q encode "$DATA/t2i/images" -o "$RUNS/t2i-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
   [ -f "$RUNS/scenes-tokens/manifest.json" ] || regvq -q encode "$DATA/scenes/images" --maps "$DATA/scenes/maps" -o "$RUNS/scenes-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
+}
+
+stage_t2iprior() {
   regvq -q train-prior "$RUNS/t2i-tokens" -o "$RUNS/text2img" --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-small}" --cond text \
     --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-240}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
+}
+
+stage_segprior() {
   regvq -q train-prior "$RUNS/scenes-tokens" -o "$RUNS/seg2img" --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
     --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${SEG_STEPS:-1000000}" --time-limit "${SEG_TIME:-180}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
