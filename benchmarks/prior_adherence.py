@@ -371,6 +371,26 @@ def run_text(a) -> dict:
             "ceiling_tokenizer": {**score_recipe(roundtrip(tok, dev, pics, a.batch_size), facts), "seed": RECIPE_SEED}}
 
 
+def code_confidence(tok, dev, images: np.ndarray, batch_size: int) -> dict | None:
+    """Top-1 probability of the tokenizer's code distributions over these pictures (fp32), where the quantizer
+    predicts distributions (RegVQ, Gumbel-VQ): near 1/N they are flat and Gumbel samples are near-random codes."""
+    import torch
+
+    quantizer = tok.quantizer
+    if not hasattr(quantizer, "compute_logits"):
+        return None
+    top = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2)
+            x = x.to(dev, torch.float32) / 127.5 - 1
+            z = tok.float().quant_conv(tok.encoder(x))  # [B, D, h, w]
+            top.append(quantizer.compute_logits(z.float()).softmax(1).amax(1).flatten().cpu())
+    top = torch.cat(top)
+    return {"mean": round(top.mean().item(), 4), "median": round(top.median().item(), 4),
+            "uniform": round(1 / tok.codebook_size, 6)}
+
+
 def run_tokenizer(a) -> dict:
     """The text ceilings alone: what a tokenizer keeps of the caption recipe's pictures (no prior involved)."""
     from regvq_cli.engine.device import pick_device
@@ -383,7 +403,8 @@ def run_tokenizer(a) -> dict:
     save_images(a.save, back, [f"{j:06d}-{f['text'].replace(' ', '-')}" for j, f in enumerate(facts)])
     return {"mode": "tokenizer", "tokenizer": tok.regvq_id, "pictures": len(pics), "seed": RECIPE_SEED,
             "image_size": int(tok.config.image_size),
-            "ceiling_recipe": score_recipe(pics, facts), "ceiling_tokenizer": score_recipe(back, facts)}
+            "ceiling_recipe": score_recipe(pics, facts), "ceiling_tokenizer": score_recipe(back, facts),
+            "code_top1_probability": code_confidence(tok, dev, pics, a.batch_size)}
 
 
 def run_segmap(a) -> dict:
