@@ -376,7 +376,7 @@ def code_confidence(tok, dev, images: np.ndarray, batch_size: int) -> dict | Non
     predicts distributions (RegVQ, Gumbel-VQ): near 1/N they are flat and Gumbel samples are near-random codes."""
     import torch
 
-    quantizer = tok.quantizer
+    quantizer = getattr(tok, "quantizer", None)
     if not hasattr(quantizer, "compute_logits"):
         return None
     top = []

@@ -162,3 +162,27 @@ def test_tokenizer_mode_scores_a_round_trip(pa, monkeypatch, capsys):
     assert r["mode"] == "tokenizer" and r["pictures"] == 12
     assert r["ceiling_tokenizer"]["object_color"] == r["ceiling_recipe"]["object_color"]  # colours survive a mirror
     assert r["ceiling_tokenizer"]["position_half"] < r["ceiling_recipe"]["position_half"]  # positions do not
+    assert r["code_top1_probability"] is None  # no code distributions to measure
+
+
+def test_code_confidence_sees_sharper_logits(pa):
+    """Top-1 code probability: near 1/N for flat logits, higher when the logit projection starts sharper;
+    None for a deterministic VQ."""
+    import numpy as np
+    import torch
+
+    import dataclasses
+
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    rows = {}
+    for q, k in (("regvq", 1.0), ("regvq", 30.0), ("vq", 1.0)):
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(PRESETS["tok-test"], quantizer=q, logit_init=k)
+        rows[q, k] = pa.code_confidence(Tokenizer(cfg).eval(), torch.device("cpu"), images, 2)
+    flat, sharp = rows["regvq", 1.0], rows["regvq", 30.0]
+    assert flat["uniform"] == pytest.approx(1 / cfg.codebook_size, rel=1e-3)
+    assert flat["mean"] < 3 * flat["uniform"] < sharp["mean"] <= 1
+    assert rows["vq", 1.0] is None
