@@ -7,7 +7,8 @@
 
 Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype. --cuda-graphs
 (CUDA only) adds AR rows `ar-graph`: sample_ar(cuda_graphs=True), whose time includes recording the graphs, as
-every call records its own.
+every call records its own. --compile adds rows with the decode step compiled (`-compile`; the warm-up call pays
+for the compilation, the timed one does not).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--cuda-graphs", action="store_true", help="also time AR sampling with CUDA graphs")
+    p.add_argument("--compile", action="store_true", help="also time AR sampling with the decode step compiled")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -62,15 +64,19 @@ def main(argv=None):
         cfg = dataclasses.replace(preset(name), cond="class", num_classes=10, codebook_size=args.codebook_size)
         return model_for(cfg).to(device=device, dtype=dtype).eval()
 
+    variants = [(g, c) for c in ((False, True) if args.compile else (False,))
+                for g in ((False, True) if args.cuda_graphs else (False,))]
     with torch.inference_mode():
         if args.ar:
             model = build(args.ar)
             for b in args.batch_sizes:
                 cond = torch.arange(b, device=device) % 10
                 for cfg in (1.0, args.cfg):
-                    for graphs in (False, True) if args.cuda_graphs else (False,):
-                        t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs), device)
-                        rows.append({"model": args.ar, "sampler": "ar-graph" if graphs else "ar", "cfg": cfg,
+                    for graphs, comp in variants:
+                        t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
+                                                    compile=comp), device)
+                        name = "ar" + ("-graph" if graphs else "") + ("-compile" if comp else "")
+                        rows.append({"model": args.ar, "sampler": name, "cfg": cfg,
                                      "steps": None, "batch": b, "images_per_s": round(b / t, 2),
                                      "ms_per_batch": round(1000 * t, 1)})
         if args.diffusion:

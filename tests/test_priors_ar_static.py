@@ -182,3 +182,13 @@ def test_cuda_graph_replay_equals_the_eager_loop(kind, dtype, monkeypatch):
         assert torch.equal(sample_ar(m, cond, 2, cuda_graphs=True, **opts), eager), opts
     with pytest.raises(RegvqError, match="give a torch.Generator on cuda"):
         sample_ar(m, cond, 2, generator=gen(0), cuda_graphs=True)
+
+
+def test_compiled_decode_step_draws_the_same_tokens():
+    """compile=True (torch.compile of the decode step, on the CPU here): the tokens of the eager loop, and the
+    compiled step is made once per model."""
+    m = peaked("class")
+    for opts in (dict(cfg=3.0, top_k=6), dict(temperature=0.8, top_p=0.9)):
+        eager = sample_ar(m, raw_cond("class"), 2, generator=gen(0), **opts)
+        assert torch.equal(sample_ar(m, raw_cond("class"), 2, generator=gen(0), compile=True, **opts), eager), opts
+    assert sampling.compiled_decode_step(m) is sampling.compiled_decode_step(m)

@@ -1,7 +1,7 @@
 """Samplers for the priors: pure functions, one batch of n samples per call, k-diffusion style.
 
     sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback,
-              cuda_graphs)                                                                 -> [n, h, w]
+              cuda_graphs, compile)                                                        -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
                      generator, callback)                                                  -> [n, h, w]
 
@@ -16,7 +16,9 @@ called after every step with {"i", "total", "tokens"}; the caller owns any progr
 The AR decode loop is CUDA-graph friendly: after the prefix, every step is the same fixed-shape work on
 preallocated buffers (`ARPrior.decode_step` on the static KV cache, then sampling as tensor ops with no host sync;
 which options are active is settled in Python before the loop). `cuda_graphs=True` records that step once as a
-CUDA graph and replays it per token; on a CPU (or any non-CUDA) model it is an error.
+CUDA graph and replays it per token; on a CPU (or any non-CUDA) model it is an error. `compile=True` runs the
+decode step through `torch.compile` (fusing the norms, rotary embedding and MLP gate into fewer kernels: at batch
+1 a step is launch-bound), alone or inside the recorded graph.
 """
 
 from __future__ import annotations
@@ -163,15 +165,27 @@ def _check_graphable(device, generator):
                          f"(or none, for the default one), not one on {gen}")
 
 
+def compiled_decode_step(model):
+    """`model.decode_step` through torch.compile, made once per model and kept on it (fixed shapes: each
+    batch size and attention window compiles once)."""
+    fn = model.__dict__.get("_compiled_decode_step")
+    if fn is None:
+        fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
+        model.__dict__["_compiled_decode_step"] = fn
+    return fn
+
+
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
-              top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False):
+              top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False,
+              compile: bool = False):
     """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a static KV cache.
 
     One forward pass over the prefix, then N - 1 identical steps on preallocated buffers (draw x_i, then
     `decode_step` for the logits of x_{i+1}), then a last draw. cuda_graphs=True (CUDA only) replays each step as
     a recorded CUDA graph: the same tokens as the default eager loop for the same generator state, which must
-    then be None (the default CUDA generator) or a CUDA generator on the model's device.
+    then be None (the default CUDA generator) or a CUDA generator on the model's device. compile=True compiles
+    the decode step (once per model; the first call pays for it).
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     h, w = model.config.grid_size
@@ -188,6 +202,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
         out = torch.empty(n, N, dtype=torch.long, device=device)
         pos = torch.zeros((), dtype=torch.long, device=device)
         windows = _windows(cache)
+        decode_step = compiled_decode_step(model) if compile else model.decode_step
 
         def draw():
             """x_pos [n] from the logits, written to out[:, pos]."""
@@ -200,7 +215,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
             """Draw x_pos, put the logits of x_{pos+1} in `logits`, advance pos: buffers only, no host sync."""
             tok = draw()
             tok_in = torch.cat([tok, tok]) if guided else tok  # [B]
-            logits.copy_(model.decode_step(tok_in[:, None], pos, cache, window))
+            logits.copy_(decode_step(tok_in[:, None], pos, cache, window))
             pos.add_(1)
 
         with _cuda_graphed(step, generator, device) if cuda_graphs else contextlib.nullcontext(step) as run:
