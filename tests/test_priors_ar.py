@@ -223,6 +223,53 @@ def test_train_prior_resume_is_identical(tmp_path):
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)
 
 
+def test_train_prior_steps_return_host_numbers_and_log_window_means(tmp_path, monkeypatch):
+    """A step returns host numbers only (no wait for the device); the logged loss is the mean of its window."""
+    from regvq_cli.priors.training import PriorTrainer
+
+    trainer = PriorTrainer(write_class_shards(tmp_path / "tokens"), tmp_path / "run",
+                           train_cfg(max_steps=4, log_every=2, sample_every=0))
+    seen, returned = [], []
+    loss_fn = trainer.model.loss
+
+    def spy(*a, **k):
+        loss, parts = loss_fn(*a, **k)
+        seen.append(float(loss))
+        return loss, parts
+
+    monkeypatch.setattr(trainer.model, "loss", spy)
+    step_once = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda: returned.append(step_once()) or returned[-1])
+    trainer.run()
+    assert all(set(m) == {"lr", "samples"} and all(isinstance(v, float) for v in m.values()) for m in returned)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4] and trainer.pending == {}
+    for w, record in enumerate(records):
+        assert record["loss"] == pytest.approx(sum(seen[2 * w: 2 * w + 2]) / 2, rel=1e-5)
+        assert record["grad_norm"] > 0
+
+
+def test_train_prior_stops_on_a_non_finite_loss_before_saving_it(tmp_path, monkeypatch):
+    """A NaN loss is found at the next log or checkpoint, whichever comes first: the run stops with a one-line
+    error and the checkpoint on disk is the last good one."""
+    from regvq_cli.errors import RegvqError
+    from regvq_cli.priors.training import PriorTrainer
+
+    trainer = PriorTrainer(write_class_shards(tmp_path / "tokens"), tmp_path / "run",
+                           train_cfg(max_steps=8, log_every=4, checkpoint_every=2, sample_every=0))
+    loss_fn = trainer.model.loss
+
+    def nan_at_step_3(*a, **k):
+        loss, parts = loss_fn(*a, **k)
+        return (loss * float("nan"), parts) if trainer.step == 2 else (loss, parts)
+
+    monkeypatch.setattr(trainer.model, "loss", nan_at_step_3)
+    with pytest.raises(RegvqError, match="the loss became nan by step 4.*--lr.*last checkpoint is kept"):
+        trainer.run()
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
 def load_weights(folder):
     from safetensors.torch import load_file
 

@@ -445,12 +445,14 @@ class PriorTrainer(Trainer):
 
     # ---- one optimisation step ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        """One optimisation step. Loss terms and the gradient norm go to the window's device-side sums (read at
+        the next log), so the step does not wait for the GPU; it returns host numbers only."""
         cfg = self.cfg
         lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.max_steps)
         set_lr(self.opt, lr)
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        logged: dict[str, float] = {}
+        summed: dict[str, torch.Tensor] = {}  # loss terms, averaged over the micro-batches
         n = 0
         for micro in range(cfg.grad_accum):
             x, cond, missing = self._next_batch()
@@ -462,18 +464,15 @@ class PriorTrainer(Trainer):
                 loss, parts = self.model.loss(x, cond, drop=drop, net=self.model_fwd)
             (loss / cfg.grad_accum).backward()
             for k, v in {"loss": loss, **parts}.items():
-                logged[k] = logged.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-        if not all(np.isfinite(v) for v in logged.values()):
-            raise RegvqError(f"the loss became {logged['loss']} at step {self.step}: lower the learning rate "
-                             "(--lr) or turn on gradient clipping")
+                v = v.detach().float() / cfg.grad_accum
+                summed[k] = summed[k] + v if k in summed else v
         if cfg.grad_clip:
-            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+            summed["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         self.ema.update(self.model)
         self.step += 1
-        logged["lr"] = lr
-        logged["samples"] = float(n * self.dist.world_size)
-        return logged
+        self._add_pending(summed)
+        return {"lr": lr, "samples": float(n * self.dist.world_size)}
 
     # ---- samples, model card ------------------------------------------------------------------------------
     def sample_conditions(self, k: int):

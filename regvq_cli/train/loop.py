@@ -37,12 +37,14 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from ..engine.dist import barrier
@@ -70,6 +72,7 @@ class Trainer:
         self.metrics: MetricsWriter | None = None  # the subclass creates it last
         self._batch_iter = None  # the subclass's batch stream; None: (re)start it at self.batches
         self.window: dict[str, float] = {}  # sums of train_step's values since the last log
+        self.pending: dict[str, torch.Tensor] = {}  # the same, for values still on the device (see _add_pending)
         self.window_steps = 0
         self.last_metrics: dict[str, float] = {}
         self.init_info: dict | None = None  # the model this run was started from: spec, resolved id, sha256
@@ -158,8 +161,30 @@ class Trainer:
             self.batches = self.batches * state["world_size"] // self.dist.world_size
 
     # ---- logging and export -----------------------------------------------------------------------------------
+    def _add_pending(self, values: dict) -> None:
+        """Add one step's tensor values (losses, statistics) to the window's sums where they are: a step need not
+        wait for the GPU. They reach the host at the next log or checkpoint (_flush_pending)."""
+        for k, v in values.items():
+            v = torch.as_tensor(v).detach().float()
+            self.pending[k] = self.pending[k] + v if k in self.pending else v
+
+    def _flush_pending(self) -> None:
+        """Bring the pending sums to the host (the one wait for the GPU per log) and stop on a non-finite loss
+        before anything is logged or saved with it."""
+        if self.pending:
+            keys = list(self.pending)
+            sums = torch.stack([self.pending[k].to(self.device).reshape(()) for k in keys]).tolist()
+            for k, v in zip(keys, sums):
+                self.window[k] = self.window.get(k, 0.0) + v
+            self.pending = {}
+        loss = self.window.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise RegvqError(f"the loss became {loss} by step {self.step}: lower the learning rate (--lr) or clip "
+                             "the gradient norm (--grad-clip); the last checkpoint is kept, resume from it")
+
     def _log(self, throughput: Throughput) -> dict[str, float]:
         """Average the window over its steps and the ranks, write one metrics record, start a new window."""
+        self._flush_pending()
         avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
         avg = all_reduce_mean(avg, self.device)
         avg.pop(self.unit, None)  # reported as a rate instead
@@ -232,6 +257,7 @@ class Trainer:
                 if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
                     self.sample()  # its seconds count: the time limit bounds the run's wall time
                 if self.step % cfg.checkpoint_every == 0 or done:
+                    self._flush_pending()  # never save weights a non-finite loss has reached
                     self.save()
                 if callback is not None and self.main:
                     callback(self.step, {**self.last_metrics, **m, "step": self.step})

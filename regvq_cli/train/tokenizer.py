@@ -377,9 +377,8 @@ class TokenizerTrainer(Trainer):
                 maybe_compile(net, True)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
-        # codes since the last log, and the sums of the logged values since then: on the device, read at logging
+        # codes since the last log: on the device, read at logging
         self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64, device=self.device)
-        self.pending: dict[str, torch.Tensor] = {}
         self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
 
     # ---- what the resume state adds -----------------------------------------------------------------------
@@ -517,22 +516,6 @@ class TokenizerTrainer(Trainer):
         self.step += 1
         self._add_pending({**summed, **last})
         return {"lr": lr, "images": float(n_images * self.dist.world_size)}
-
-    def _add_pending(self, values: dict[str, torch.Tensor]) -> None:
-        """Add one step's values to the window's sums, where they are (no host synchronisation)."""
-        for k, v in values.items():
-            v = torch.as_tensor(v).detach().float()
-            self.pending[k] = self.pending[k] + v if k in self.pending else v
-
-    def _log(self, throughput) -> dict[str, float]:
-        """Bring the window's sums to the host (the one wait for the GPU per log), then log as the loop does."""
-        if self.pending:
-            keys = list(self.pending)
-            sums = torch.stack([self.pending[k].to(self.device).reshape(()) for k in keys]).tolist()
-            for k, v in zip(keys, sums):
-                self.window[k] = self.window.get(k, 0.0) + v
-            self.pending = {}
-        return super()._log(throughput)
 
     def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
         with training_precision(self.device):  # TF32 and cuDNN autotuning on CUDA, for this run only
