@@ -14,6 +14,9 @@
 #   TOK_STEPS, T2I_STEPS, SEG_STEPS step to stop at (to rerun a model card's numbers exactly)
 #   TOK_RUN, MASK_RATIO, GAN_START  the tokenizer's run folder name, mask ratio and discriminator start
 #   TOK_INIT                   start the tokenizer from a model's weights (e.g. regvq-tokenizer) instead of scratch
+#   T2I_KIND, SEG_KIND         ar (default) or diffusion
+#   T2I_RUN, SEG_RUN, T2I_INIT, SEG_INIT   the priors' run folder names (text2img, seg2img) and models to start
+#                              them from (e.g. regvq-text2img, to train it further)
 #   LOGIT_INIT, PRIOR_WEIGHT, PRIOR_START, PRIOR_RAMP   the tokenizer's code-logit scale at init and the prior
 #                              KL's weight and schedule (defaults: 30, 0.01, 300, 600; docs/method.md)
 #   WORKERS                    recipe and loader processes (default: all cores)
@@ -69,13 +72,13 @@ stage_tokens() {
 }
 
 stage_t2iprior() {
-  regvq -q train-prior "$RUNS/t2i-tokens" -o "$RUNS/text2img" --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-small}" --cond text \
+  regvq -q train-prior "$RUNS/t2i-tokens" -o "$RUNS/${T2I_RUN:-text2img}" ${T2I_INIT:+--init "$T2I_INIT"} --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-small}" --cond text \
     --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-240}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
 }
 
 stage_segprior() {
-  regvq -q train-prior "$RUNS/scenes-tokens" -o "$RUNS/seg2img" --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
+  regvq -q train-prior "$RUNS/scenes-tokens" -o "$RUNS/${SEG_RUN:-seg2img}" ${SEG_INIT:+--init "$SEG_INIT"} --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
     --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${SEG_STEPS:-1000000}" --time-limit "${SEG_TIME:-180}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
 }
