@@ -192,3 +192,19 @@ def test_compiled_decode_step_draws_the_same_tokens():
         eager = sample_ar(m, raw_cond("class"), 2, generator=gen(0), **opts)
         assert torch.equal(sample_ar(m, raw_cond("class"), 2, generator=gen(0), compile=True, **opts), eager), opts
     assert sampling.compiled_decode_step(m) is sampling.compiled_decode_step(m)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_step_replays_in_a_cuda_graph(dtype, monkeypatch):
+    """compile=True with cuda_graphs=True on a GPU: the recorded compiled step draws the tokens of the compiled
+    eager loop (the compiled kernels may round differently from the plain ones, so that is the reference)."""
+    monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)
+    dev = torch.device("cuda")
+    m = peaked("class").to(dev, dtype)
+    cond = raw_cond("class").to(dev)
+    g = torch.Generator(device=dev)
+    for opts in (dict(cfg=3.0, top_k=5), dict(temperature=0.7, top_p=0.9)):
+        compiled = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, **opts)
+        both = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, cuda_graphs=True, **opts)
+        assert both.device.type == "cuda" and torch.equal(both, compiled), opts
