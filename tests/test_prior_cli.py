@@ -210,6 +210,40 @@ def test_sampler_options_are_for_diffusion_only(ar_model, tmp_path):
     assert r.returncode == 2 and b"diffusion priors only" in r.stderr
 
 
+def test_compile_is_for_ar_priors(ar_model, diffusion_model, tmp_path):
+    """--compile runs the AR decode step through torch.compile (here on the CPU) and writes the same kind of
+    output; a diffusion prior refuses it."""
+    from regvq_cli.data.dataset import TokenDataset
+
+    ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "2", "--seed", "1", "--compile",
+              "--tokens-out", tmp_path / "tok", "--device", "cpu"))
+    ds = TokenDataset(tmp_path / "tok")
+    assert len(ds) == 2 and ds.grid == (8, 8) and int(ds[0]["tokens"].max()) < 64
+    r = invoke("sample", "-m", diffusion_model, "--class", "cat", "--compile", "-o", tmp_path / "x")
+    assert r.returncode == 2 and b"AR priors only" in r.stderr
+
+
+@pytest.mark.gpu
+def test_sample_on_a_gpu_replays_cuda_graphs_with_the_eager_tokens(ar_model, tmp_path):
+    """On CUDA the command samples with bf16 weights and CUDA graphs: the same tokens for the same seed, and the
+    tokens of the plain eager loop on the same bf16 weights."""
+    from regvq_cli.data.dataset import TokenDataset
+    from regvq_cli.engine.checkpoint import load_model
+    from regvq_cli.priors.sampling import sample_ar
+
+    for name in ("a", "b"):
+        ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "3",
+                  "--tokens-out", tmp_path / name, "--device", "cuda"))
+    a, b = TokenDataset(tmp_path / "a"), TokenDataset(tmp_path / "b")
+    got = torch.stack([a[i]["tokens"] for i in range(4)])
+    assert torch.equal(got, torch.stack([b[i]["tokens"] for i in range(4)]))
+    dev = torch.device("cuda")
+    prior = load_model(ar_model, device=dev).to(torch.bfloat16)
+    want = sample_ar(prior, torch.tensor([0, 0, 1, 1], device=dev), 4, cfg=1.5,
+                     generator=torch.Generator(device=dev).manual_seed(3))
+    assert torch.equal(got, want.cpu().to(got.dtype))
+
+
 def one_line_error(r) -> str:
     assert r.returncode == 1, r.stderr.decode()
     lines = r.stderr.decode().strip().splitlines()
