@@ -169,14 +169,14 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
                   grid_cols=None, stdin=None, compile=False, callback=None) -> dict:
     """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several."""
-    rank, world, _ = dist.join(device)
-    if source == "-":
-        if world > 1:
-            raise RegvqError("decoding stdin cannot be split over torchrun ranks; run one process")
-        batches = json_lines_batches(stdin, batch_size, limit)
-    else:
-        batches = shard_batches(source, batch_size, limit, rank, world)
-    summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, callback)
-    summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
-    dist.barrier()
-    return summary
+    with dist.group(device) as (rank, world):
+        if source == "-":
+            if world > 1:
+                raise RegvqError("decoding stdin cannot be split over torchrun ranks; run one process")
+            batches = json_lines_batches(stdin, batch_size, limit)
+        else:
+            batches = shard_batches(source, batch_size, limit, rank, world)
+        summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, callback)
+        summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
+        dist.barrier()
+        return summary

@@ -3,6 +3,7 @@ split their work by rank with it; training (`regvq_cli.train.common.setup_distri
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -33,6 +34,18 @@ def join(device, timeout_s: float = 1800.0) -> tuple[int, int, bool]:
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s), **kwargs)
     return rank, world, True
+
+
+@contextlib.contextmanager
+def group(device, timeout_s: float = 1800.0):
+    """join() for the length of a with block, yielding (rank, world size). A group this call created is destroyed
+    when the block ends: a gloo group left to the interpreter's exit can abort the process after the work is done."""
+    rank, world, created = join(device, timeout_s)
+    try:
+        yield rank, world
+    finally:
+        if created:
+            shutdown()
 
 
 def barrier() -> None:

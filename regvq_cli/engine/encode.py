@@ -62,8 +62,12 @@ def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions
     `tokenizer` is a loaded Tokenizer carrying `.regvq_id` / `.regvq_path` (from `engine.resolve.load`).
     `callback(done, skipped, total)` is called after each batch. Returns the run summary.
     """
+    with dist.group(device) as (rank, world):
+        return _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, stdin, callback, rank, world)
+
+
+def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, stdin, callback, rank, world) -> dict:
     t0 = time.perf_counter()
-    rank, world, _ = dist.join(device)
     if world > 1 and opts.num_workers > 1:
         raise RegvqError("use either torchrun or --num-workers/--worker-id, not both")
     worker, workers = (rank, world) if world > 1 else (opts.worker_id, opts.num_workers)
@@ -160,23 +164,29 @@ class _ShardBatches:
         return sum(-(-n // self.batch_size) for n in self.sizes)
 
 
+def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False):
+    """The decoding pipeline: a DataLoader over the inputs of the shards `todo` ((k, start, stop), in order),
+    batches of decoded uint8 images [b, size, size, 3] (with "i", "ok", "reason", and "segmap" with maps) that
+    never cross a shard boundary, decoded by `opts.workers` processes."""
+    dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
+                           segmap_size=segmap_size, indices=_Positions(todo))
+    workers = default_loader_workers() if opts.workers is None else opts.workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,
+        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+
+
 def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback) -> dict:
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
     if not todo:
         return stats
-    positions = _Positions(todo)
-    dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
-                           segmap_size=run.segmap_size, indices=positions)
-    workers = default_loader_workers() if opts.workers is None else opts.workers
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
-    )
+    loader = image_batches(listing, todo, opts, size, run.segmap_size, pin_memory=device.type == "cuda")
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile)
     shard_of = {k: (start, stop) for k, start, stop in todo}
     order = iter([k for k, _, _ in todo])
     current, parts = next(order), _ShardParts()
-    total = len(positions)
+    total = len(loader.dataset)
     t_start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []

@@ -1,0 +1,32 @@
+"""The throughput benchmarks run end to end on a CPU with tiny models and report what they say they report."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import load_benchmark
+from tests.test_encode_decode import make_images
+
+
+def test_bench_encode_reports_the_command_and_the_decoding_pipeline_alone(tmp_path, capsys):
+    make_images(tmp_path / "imgs", 12)
+    bench = load_benchmark("bench_encode")
+    bench.main(["--jpeg-dir", str(tmp_path / "imgs"), "--preset", "tok-test", "--batch-size", "4", "--workers", "0",
+                "--device", "cpu", "--loader-only", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 12 and r["images_per_s"] > 0 and r["loader_only_images_per_s"] > 0
+    bench.main(["--jpeg-dir", str(tmp_path / "imgs"), "--preset", "tok-test", "--batch-size", "4", "--workers", "0",
+                "--device", "cpu", "--json"])
+    assert json.loads(capsys.readouterr().out)["loader_only_images_per_s"] is None
+
+
+def test_bench_sample_rows_for_ar_and_diffusion(capsys):
+    bench = load_benchmark("bench_sample")
+    bench.main(["--ar", "ar-test", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "1", "2",
+                "--steps", "2", "--codebook-size", "16", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    ar = [(r["sampler"], r["cfg"], r["batch"]) for r in rows if r["model"] == "ar-test"]
+    assert ar == [("ar", 1.0, 1), ("ar", 4.0, 1), ("ar", 1.0, 2), ("ar", 4.0, 2)]
+    assert {(r["sampler"], r["batch"]) for r in rows if r["model"] == "diffusion-test"} == {
+        ("vq", 1), ("maskgit", 1), ("vq", 2), ("maskgit", 2)}
+    assert all(r["images_per_s"] > 0 for r in rows)
