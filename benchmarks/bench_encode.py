@@ -25,18 +25,29 @@ from pathlib import Path
 from PIL import Image
 
 
-def make_jpegs(source: Path, out: Path, n: int, seed: int = 0) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _jpeg_part(args) -> None:
+    """JPEGs i = part, part + parts, ... of make_jpegs (one process's share)."""
+    source, out, n, seed, part, parts = args
     photos = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    rng = random.Random(seed)
     opened = [Image.open(p).convert("RGB") for p in photos]
-    for i in range(n):
+    for i in range(part, n, parts):
+        rng = random.Random(seed * 1_000_003 + i)  # per image: the same files whatever the number of processes
         im = opened[i % len(opened)]
         side = rng.randint(256, min(512, *im.size))
         x, y = rng.randint(0, im.size[0] - side), rng.randint(0, im.size[1] - side)
         w = min(side, im.size[0] - x)
         crop = im.crop((x, y, x + w, y + int(side * rng.uniform(0.75, 1.0))))
         crop.save(out / f"{i:06d}.jpg", quality=90)
+
+
+def make_jpegs(source: Path, out: Path, n: int, seed: int = 0, processes: int | None = None) -> None:
+    """n JPEGs of 256-512 px, random crops of the source photos, written by several processes."""
+    from multiprocessing import Pool
+
+    out.mkdir(parents=True, exist_ok=True)
+    parts = max(1, min(processes or os.cpu_count() or 1, n))
+    with Pool(parts) as pool:
+        pool.map(_jpeg_part, [(source, out, n, seed, k, parts) for k in range(parts)])
 
 
 def loader_images_per_s(folder: Path, size: int, opts, pin_memory: bool) -> float:
@@ -80,7 +91,7 @@ def main(argv=None):
     from regvq_cli.engine.encode import EncodeOptions, encode_images
     from regvq_cli.engine.resolve import load
 
-    if args.make_jpegs:
+    if args.make_jpegs and sum(1 for _ in args.jpeg_dir.glob("*.jpg")) != args.make_jpegs:  # else: made before
         t = time.perf_counter()
         make_jpegs(args.source, args.jpeg_dir, args.make_jpegs)
         print(f"wrote {args.make_jpegs} JPEGs in {time.perf_counter() - t:.1f}s", file=sys.stderr)

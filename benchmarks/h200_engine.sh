@@ -34,7 +34,7 @@ stage_encode() {
   # regvq encode end to end from 256-512 px JPEGs
   for spec in "--model regvq-tokenizer" "--preset vqgan-f16 --compile"; do
     name="encode_$(echo "$spec" | tr -c 'a-z0-9\n' '_')"
-    py benchmarks/bench_encode.py --make-jpegs 6000 --source "$PHOTOS" --jpeg-dir /tmp/jpegs $spec --batch-size 128 \
+    py benchmarks/bench_encode.py --make-jpegs 20000 --source "$PHOTOS" --jpeg-dir /tmp/jpegs $spec --batch-size 128 \
       --workers "$WORKERS" --loader-only --json > "$OUT/$name.json" &&
       py -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d["images_per_s"], "images/s; decoding alone", d["loader_only_images_per_s"])' "$OUT/$name.json"
   done

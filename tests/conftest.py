@@ -34,6 +34,7 @@ def load_benchmark(name: str):
 
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # importable by name, so its functions can go to worker processes
     spec.loader.exec_module(mod)
     return mod
 

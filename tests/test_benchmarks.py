@@ -30,3 +30,19 @@ def test_bench_sample_rows_for_ar_and_diffusion(capsys):
     assert {(r["sampler"], r["batch"]) for r in rows if r["model"] == "diffusion-test"} == {
         ("vq", 1), ("maskgit", 1), ("vq", 2), ("maskgit", 2)}
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_make_jpegs_writes_the_same_files_with_any_number_of_processes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "src").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (600, 700, 3), dtype=np.uint8)).save(tmp_path / "src" / "a.png")
+    bench = load_benchmark("bench_encode")
+    bench.make_jpegs(tmp_path / "src", tmp_path / "one", 5, processes=1)
+    bench.make_jpegs(tmp_path / "src", tmp_path / "two", 5, processes=2)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == [f"{i:06d}.jpg" for i in range(5)]
+    assert all((tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes() for n in names)
+    assert all(256 <= max(Image.open(tmp_path / "one" / n).size) <= 512 for n in names)
