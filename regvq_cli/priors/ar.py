@@ -98,8 +98,9 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0, window=None):
         B, n, dim = x.shape
         hd = dim // self.n_heads
-        q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # each [B, H, n, hd]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, n, hd]
+        q, k = apply_rope(qkv[:2], cos, sin)  # q and k rotated together (half the kernels); each [B, H, n, hd]
+        v = qkv[2]
         if cache is not None:
             k, v = cache.store(layer, pos0, k, v, window)
         p = self.dropout if self.training else 0.0

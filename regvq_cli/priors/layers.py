@@ -22,10 +22,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x):
-        y = x.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = y.to(x.dtype)
-        return y * self.weight if self.weight is not None else y
+        # F.rms_norm does exactly this (upcast, normalise, cast back, then the gain) in one call: one fused
+        # kernel on CUDA instead of eight, which counts when a decode step is launch-bound
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def mlp_hidden(dim: int, ratio: float, multiple_of: int = 64) -> int:
@@ -58,7 +57,7 @@ def rope_cos_sin(positions, head_dim: int, theta: float = 10000.0):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate feature pairs (first half, second half) of x [B, heads, n, head_dim] by the position angles."""
+    """Rotate feature pairs (first half, second half) of x [..., n, head_dim] by the angles cos, sin [n, head_dim/2]."""
     x1, x2 = x.float().chunk(2, dim=-1)
     cos, sin = cos[None, None], sin[None, None]
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
