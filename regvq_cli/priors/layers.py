@@ -23,8 +23,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # F.rms_norm does exactly this (upcast, normalise, cast back, then the gain) in one call: one fused
-        # kernel on CUDA instead of eight, which counts when a decode step is launch-bound
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # kernel on CUDA instead of eight, which counts when a decode step is launch-bound. Its fused kernel
+        # wants the gain in x's dtype; under autocast (fp32 gain, bf16 x) the gain is applied after, promoting.
+        if self.weight is None or self.weight.dtype == x.dtype:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), None, self.eps) * self.weight
 
 
 def mlp_hidden(dim: int, ratio: float, multiple_of: int = 64) -> int:
