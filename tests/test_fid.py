@@ -304,6 +304,59 @@ def test_evaluate_gen_from_batches_quantizes():
     assert a["metrics"]["fid"] == pytest.approx(b["metrics"]["fid"], rel=1e-9)
 
 
+def test_knn_agreement_on_constructed_features():
+    from regvq_cli.eval.gen import knn_agreement
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 5
+    names = ["cat", "dog", "eel"]
+    ref_y = torch.arange(60) % 3
+    ref = centres[ref_y] + torch.randn(60, 16, generator=g)
+    smp_y = torch.arange(30) % 3
+    smp = centres[smp_y] + torch.randn(30, 16, generator=g)
+    ref_names, smp_names = [names[i] for i in ref_y], [names[i] for i in smp_y]
+    good = knn_agreement(ref, ref_names, smp, smp_names)
+    assert good["rate"] == 1.0 and good["n"] == 30 and good["k"] == 5 and good["chance"] == pytest.approx(1 / 3, abs=1e-4)
+    assert good["reference_leave_one_out"] == 1.0 and good["per_class"] == {"cat": 1.0, "dog": 1.0, "eel": 1.0}
+    # samples that ignore the requested class: agreement falls to what the shifted labels give (0 here)
+    shifted = knn_agreement(ref, ref_names, smp, [names[(i + 1) % 3] for i in smp_y])
+    assert shifted["rate"] == 0.0
+    # a class the reference lacks is left out and counted
+    odd = knn_agreement(ref, ref_names, smp, smp_names[:-1] + ["fox"])
+    assert odd["n"] == 29 and odd["n_unknown"] == 1 and odd["unknown_classes"] == ["fox"] and odd["rate"] == 1.0
+
+
+def test_knn_vote_breaks_ties_towards_the_nearest():
+    from regvq_cli.eval.gen import _knn_vote
+
+    labels = torch.tensor([0, 1, 1, 0])
+    sims = torch.tensor([[0.9, 0.8, 0.7, 0.6]])  # votes 0, 1, 1, 0: a tie, the nearest is class 0
+    assert _knn_vote(sims, labels, 4).tolist() == [0]
+    assert _knn_vote(sims, labels, 3).tolist() == [1]  # 0, 1, 1: majority
+
+
+def test_evaluate_gen_reports_class_agreement_for_labelled_batches():
+    g = torch.Generator().manual_seed(3)
+    colours = torch.tensor([[0.9, -0.9, -0.9], [-0.9, 0.9, -0.9]])  # red and green images
+
+    def batches(n, names):
+        y = torch.arange(n) % 2
+        x = colours[y][:, :, None, None] + 0.1 * torch.randn(n, 3, 8, 8, generator=g)
+        return [(x.clamp(-1, 1), [names[i] for i in y])]
+
+    res = evaluate_gen(batches(12, ["red", "green"]), batches(20, ["red", "green"]), feature_fn=_pooled_features)
+    validate_result(json.loads(json.dumps(res)))
+    agreement = res["metrics"]["class_agreement"]
+    assert agreement["rate"] == 1.0 and agreement["n"] == 12 and agreement["reference_leave_one_out"] == 1.0
+    swapped = evaluate_gen(batches(12, ["green", "red"]), batches(20, ["red", "green"]), feature_fn=_pooled_features)
+    assert swapped["metrics"]["class_agreement"]["rate"] == 0.0
+    plain_ref = [x for x, _ in batches(20, ["red", "green"])]
+    unmatched = evaluate_gen(batches(12, ["red", "green"]), plain_ref, feature_fn=_pooled_features)
+    assert unmatched["metrics"]["class_agreement"] is None
+    assert any("class agreement not measured" in w for w in unmatched["warnings"])
+    assert evaluate_gen(plain_ref, plain_ref, feature_fn=_pooled_features)["metrics"]["class_agreement"] is None
+
+
 # -- the Inception network (real weights; about 0.15 s per image on 2 CPU cores) ---------------------
 
 INCEPTION_REFERENCE = DATA / "inception_reference.json"

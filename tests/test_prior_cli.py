@@ -331,6 +331,15 @@ def test_eval_gen_samples_a_class_prior_in_turn(work, ar_model, tmp_path):
     result = json.loads(r.stdout)
     assert result["kind"] == "gen" and result["protocol"]["n_images"] == 12 and result["protocol"]["model"] == ar_model
     assert result["metrics"]["fid"] > 0 and result["protocol"]["image_size"] == [32, 32]
+    assert result["metrics"]["class_agreement"] is None  # the reference has no classes
+    assert any("class agreement not measured" in w for w in result["warnings"])
+    # a reference in class sub-folders named like the prior's classes: agreement of the samples' classes
+    make_images(tmp_path / "ref2" / "cat", 6, seed=4)
+    make_images(tmp_path / "ref2" / "dog", 6, seed=5)
+    r = ok(invoke("eval", "gen", "-m", ar_model, "-n", "12", "--ref", tmp_path / "ref2", "--fid-method", "eigh",
+                  "--device", "cpu", "--workers", "0"))
+    line = next(x for x in r.stdout.decode().splitlines() if x.startswith("class_agreement"))
+    assert "over 12 samples (chance 0.5; the 5-NN classifier on the references:" in line
     r = invoke("eval", "gen", "--ref", ref)
     assert r.returncode == 2 and b"either --samples DIR or --model PRIOR" in r.stderr
 

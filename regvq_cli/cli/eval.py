@@ -15,8 +15,9 @@ def eval_group():
     """Measure tokenizers and generators; every result carries its protocol (--json for all of it)."""
 
 
-def image_batches(data, size, resize, batch_size, workers, limit):
-    """uint8 [B, H, W, 3] batches of the images in DATA; unreadable files are reported and skipped."""
+def image_batches(data, size, resize, batch_size, workers, limit, with_classes=False):
+    """uint8 [B, H, W, 3] batches of the images in DATA; unreadable files are reported and skipped. With
+    with_classes, and a class for every image (sub-folders or a metadata label), (images, class names) pairs."""
     import torch
 
     from regvq_cli.data.dataset import ImageDataset
@@ -26,6 +27,9 @@ def image_batches(data, size, resize, batch_size, workers, limit):
     listing = list_inputs(list(data))
     n = len(listing) if limit is None else min(limit, len(listing))
     dataset = ImageDataset(listing, size, resize, indices=range(n))
+    names = None
+    if with_classes and listing.has_labels and (listing.labels[:n] >= 0).all():
+        names = [listing.label_names[v] if listing.label_names else str(v) for v in listing.labels[:n].tolist()]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=default_loader_workers() if workers is None else workers)
 
     def batches():
@@ -34,7 +38,8 @@ def image_batches(data, size, resize, batch_size, workers, limit):
                 if not ok:
                     warn(f"skipped {listing.key(i)}: {reason}")
             if batch["ok"].any():
-                yield batch["image"][batch["ok"]].permute(0, 2, 3, 1)
+                images = batch["image"][batch["ok"]].permute(0, 2, 3, 1)
+                yield images if names is None else (images, [names[i] for i in batch["i"][batch["ok"]].tolist()])
 
     return batches(), n
 
@@ -61,7 +66,11 @@ def show(result, as_json):
     for w in result.get("warnings", []):
         warn(w)
     for name, value in result["metrics"].items():
-        if value is not None:
+        if isinstance(value, dict) and name == "class_agreement":
+            loo = value["reference_leave_one_out"]
+            click.echo(f"{name:22} {value['rate']} over {value['n']} samples (chance {value['chance']}; the "
+                       f"{value['k']}-NN classifier on the references: {loo})")
+        elif value is not None:
             click.echo(f"{name:22} {value:.4f}" if isinstance(value, float) else f"{name:22} {value}")
     p = result["protocol"]
     info(f"protocol: {p['n_images']} images at {p['image_size']}, resize {p['resize']}, features {p['feature_network']}")
@@ -121,6 +130,9 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     """FID, KID and precision/recall of generated images against reference images.
 
     The images are a folder (--samples) or are sampled here from a prior (--model, decoded with its tokenizer).
+    Where both the samples and the reference images have classes (class sub-folders; a class-conditional
+    --model), it also reports class agreement: how often a 5-NN classifier over the reference images' features
+    names each sample's class, beside that classifier's leave-one-out accuracy on the references.
     """
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.eval.gen import evaluate_gen
@@ -132,11 +144,12 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     dev = pick_device(device)
     if samples is not None:
         size = size or 256
-        sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit)
+        sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit, with_classes=True)
     else:
         sample_batches, n, size = prior_batches(prior_spec, num_samples, guidance, steps, sampler, batch_size, seed,
                                                 dev, pick_dtype(dtype, dev), offline)
-    ref_source = ref if ref.endswith(".safetensors") else image_batches([ref], size, resize, batch_size, workers, None)[0]
+    ref_source = (ref if ref.endswith(".safetensors") else
+                  image_batches([ref], size, resize, batch_size, workers, None, with_classes=True)[0])
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
                               resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
@@ -168,7 +181,11 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
         options.update(steps=steps, sampler=sampler or "vq")
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
     tokens = token_batches(prior, cond, rows, batch_size, generator, dtype, options)
-    return (runner.decode_uint8(t) for t in tokens), n, tokenizer.config.image_size
+    if pc.cond != "class":
+        return (runner.decode_uint8(t) for t in tokens), n, tokenizer.config.image_size
+    names = [pc.class_names[r] if pc.class_names else str(r) for r in rows.tolist()]  # the class of each sample
+    batches = ((runner.decode_uint8(t), names[i * batch_size:i * batch_size + len(t)]) for i, t in enumerate(tokens))
+    return batches, n, tokenizer.config.image_size
 
 
 @click.command()

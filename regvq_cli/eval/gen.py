@@ -10,6 +10,7 @@ The result follows the schema in `regvq_cli.eval.result` (kind "gen").
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -22,10 +23,16 @@ from regvq_cli.eval.batches import LoadImage, as_batches, quantize_8bit, to_sign
 from regvq_cli.eval.result import feature_info, make_protocol, make_result
 
 
-def _features(batches, feature_fn, device, stats, image_hw, what, progress):
-    """Feed 8-bit-rounded batches through feature_fn into stats; returns the image size [H, W] seen."""
+def _features(batches, feature_fn, device, stats, image_hw, what, progress, names=None):
+    """Feed 8-bit-rounded batches through feature_fn into stats; returns the image size [H, W] seen.
+
+    A batch may be (images, class names): the names are appended to `names`, in feature order."""
     with torch.no_grad():
         for batch in batches:
+            if isinstance(batch, tuple):
+                batch, batch_names = batch
+                if names is not None:
+                    names.extend(batch_names)
             x = quantize_8bit(to_signed(batch).to(device))
             hw = list(x.shape[-2:])
             if image_hw is None:
@@ -107,13 +114,13 @@ def evaluate_gen(
         if callback is not None:
             callback(n_done, n_total)
 
-    sample_stats = fidlib.FeatureStats(keep_features=True)
-    image_hw = _features(sample_batches, feature_fn, device, sample_stats, None, "samples", progress)
+    sample_stats, sample_names, ref_names = fidlib.FeatureStats(keep_features=True), [], []
+    image_hw = _features(sample_batches, feature_fn, device, sample_stats, None, "samples", progress, sample_names)
     if sample_stats.n == 0:
         raise RegvqError("no samples to evaluate")
     if ref_batches is not None:
         ref_stats = fidlib.FeatureStats(keep_features=True)
-        _features(ref_batches, feature_fn, device, ref_stats, image_hw, "reference images", progress)
+        _features(ref_batches, feature_fn, device, ref_stats, image_hw, "reference images", progress, ref_names)
         if ref_stats.n == 0:
             raise RegvqError("no reference images to evaluate against")
 
@@ -149,6 +156,16 @@ def evaluate_gen(
             precision, recall = fidlib.precision_recall(ref_stats.features, sample_stats.features, k=pr_k)
         else:
             warnings.append(f"precision/recall with k={pr_k} needs more than {pr_k} images per set: not computed")
+    agreement = None
+    if sample_names:
+        if len(ref_names) != ref_stats.n or ref_stats.features is None:
+            warnings.append("the samples carry classes but the reference images do not (class sub-folders): "
+                            "class agreement not measured")
+        else:
+            agreement = knn_agreement(ref_stats.features, ref_names, sample_stats.features, sample_names)
+            if agreement["unknown_classes"]:
+                warnings.append(f"{agreement['n_unknown']} samples ask for classes the reference lacks "
+                                f"({', '.join(agreement['unknown_classes'])}): left out of the class agreement")
     result_metrics = {
         "fid": fid["fid"],
         "fid_biased": fid["fid_biased"],
@@ -156,5 +173,53 @@ def evaluate_gen(
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
+        "class_agreement": agreement,
     }
     return make_result("gen", result_metrics, protocol, warnings)
+
+
+def _knn_vote(sims: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Majority label of each row's k most similar references (ties go to the nearer one). sims [M, N]."""
+    top = sims.topk(k, dim=1).indices  # [M, k], most similar first
+    votes = labels[top]  # [M, k]
+    counts = (votes[:, :, None] == votes[:, None, :]).sum(-1)  # [M, k]: how many of the k share each vote
+    # the first (nearest) neighbour among those with the most votes
+    best = (counts == counts.max(1, keepdim=True).values).float().argmax(1)
+    return votes.gather(1, best[:, None])[:, 0]
+
+
+def knn_agreement(ref_features, ref_names, sample_features, sample_names, k: int = 5, chunk: int = 1024) -> dict:
+    """How often a k-nearest-neighbour classifier (cosine similarity of the feature vectors, majority of k) over
+    the labelled reference images names each sample's requested class. Samples whose class the reference does
+    not have are left out (and counted). Also the classifier's own leave-one-out accuracy on the references, so
+    the rate can be read against what the classifier manages on real images.
+
+    Returns {"rate", "n", "k", "chance", "per_class": {name: rate}, "reference_leave_one_out",
+    "unknown_classes", "n_unknown", "classifier"}."""
+    classes = sorted(set(ref_names))
+    index = {c: i for i, c in enumerate(classes)}
+    ref = torch.nn.functional.normalize(torch.as_tensor(ref_features).double(), dim=1)
+    smp = torch.nn.functional.normalize(torch.as_tensor(sample_features).double(), dim=1)
+    ref_y = torch.tensor([index[c] for c in ref_names])
+    known = [i for i, c in enumerate(sample_names) if c in index]
+    unknown = sorted({c for c in sample_names if c not in index})
+    k_ref = min(k, len(ref_names))
+
+    def predict(x, exclude_self=False):
+        out = []
+        for s in range(0, len(x), chunk):
+            sims = x[s:s + chunk] @ ref.T  # [m, N]
+            if exclude_self:
+                sims[torch.arange(len(sims)), torch.arange(s, s + len(sims))] = -math.inf
+            out.append(_knn_vote(sims, ref_y, min(k_ref, ref.shape[0] - exclude_self)))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+    want = torch.tensor([index[sample_names[i]] for i in known], dtype=torch.long)
+    hit = (predict(smp[known]) == want) if known else torch.zeros(0, dtype=torch.bool)
+    loo = (predict(ref, exclude_self=True) == ref_y).double().mean().item() if len(ref_names) > 1 else None
+    per_class = {c: round(hit[want == i].double().mean().item(), 4) for i, c in enumerate(classes) if (want == i).any()}
+    return {"rate": round(hit.double().mean().item(), 4) if known else None, "n": len(known), "k": k_ref,
+            "chance": round(1 / len(classes), 4), "per_class": per_class,
+            "reference_leave_one_out": None if loo is None else round(loo, 4),
+            "unknown_classes": unknown, "n_unknown": len(sample_names) - len(known),
+            "classifier": f"{k_ref}-NN, cosine similarity of the feature vectors, over the reference images"}

@@ -21,6 +21,9 @@ metrics, kind "recon" (the tokenizer reconstructs every image; images in [0, 1] 
     dead_codes              number of codes never used
 metrics, kind "gen" (generated samples against reference images):
     fid, fid_biased, kid, kid_std, precision, recall (improved precision/recall, k = 3)
+    class_agreement         where samples and references both carry class names: how often a k-NN classifier
+                            over the reference features names each sample's requested class (see
+                            regvq_cli.eval.gen.knn_agreement for its keys), else null
 protocol (both kinds):
     n_images                images evaluated (recon: originals; gen: samples)
     n_ref                   gen: reference images; recon: null
@@ -79,6 +82,7 @@ METRIC_TYPES = {
         "kid_std": _OPT_NUM,
         "precision": _OPT_NUM,
         "recall": _OPT_NUM,
+        "class_agreement": (dict, type(None)),
     },
 }
 
