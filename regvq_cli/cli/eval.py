@@ -179,6 +179,8 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
     options = dict(cfg=guidance)
     if prior.model_type == "diffusion":
         options.update(steps=steps, sampler=sampler or "vq")
+    else:
+        options.update(cuda_graphs=device.type == "cuda")  # as `regvq sample` does
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
     tokens = token_batches(prior, cond, rows, batch_size, generator, dtype, options)
     if pc.cond != "class":
