@@ -25,6 +25,9 @@ balanced list. Per image:
                to drop blurred edges; named like the recipe names an object: the most common colour, if it covers
                >= MIN_SHARE (45%) of them. Fewer than MIN_FG of the pixels: no object (a miss).
   position     the object pixels' centroid lies in the named half (and, stricter, the named third).
+  object kind  which of OBJECTS a small CNN, trained here on --kind-train recipe pictures of those objects
+               (recoloured, on varied backgrounds: it goes by shape), names; reported with its accuracy on
+               held-out recipe pictures and on the same pictures after the tokenizer, the ceilings to read it by.
 Rates are over images: background (background prompts), object colour (all prompts), position (position
 prompts). Chance: 1/12 for a colour, 1/2 for a half, 1/3 for a third; "chance_marginal" is the agreement expected
 if the measured colours were independent of the prompts (sum over colours of measured share x prompted share).
@@ -215,6 +218,77 @@ def score_text(prompts: list[dict], images: np.ndarray, n: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# text: which object (a small CNN trained here on recipe pictures of the prompt objects)
+# ---------------------------------------------------------------------------------------------
+
+KIND_SIZE = 64  # the object classifier's input size
+KIND_SEED = 777  # its training pictures (held-out ones: KIND_SEED + 1)
+
+
+def kind_pictures(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """One-object recipe pictures whose object is one of OBJECTS, at KIND_SIZE: uint8 [count, S, S, 3], kinds."""
+    from PIL import Image
+
+    only = {src: [sp for sp in lst if sp.kind in OBJECTS] for src, lst in text2img.load_sources(["emoji", "clipart"]).items()}
+    builder = text2img.Builder(only, 128, seed, two_frac=0.0)
+    rows = [builder(i) for i in range(count)]
+    images = [np.asarray(Image.fromarray(r[0]).resize((KIND_SIZE, KIND_SIZE), Image.Resampling.BICUBIC)) for r in rows]
+    return np.stack(images), [r[2]["objects"][0]["kind"] for r in rows]
+
+
+def _kind_batch(images: np.ndarray):
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.nn.functional.interpolate(x, size=KIND_SIZE, mode="bilinear", antialias=True, align_corners=False)
+
+
+class KindClassifier:
+    """Names the object of a picture among OBJECTS: a 4-layer CNN trained on recipe pictures (recoloured sprites
+    on varied backgrounds, so it has to go by shape). Not a metric of record: read its rate against its own
+    accuracy on held-out recipe pictures and on the same pictures after the tokenizer."""
+
+    def __init__(self, train: int = 3000, epochs: int = 6, seed: int = KIND_SEED):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        images, kinds = kind_pictures(train, seed)
+        y = torch.tensor([OBJECTS.index(k) for k in kinds])
+        x = _kind_batch(images)
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+
+        self.net = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, len(OBJECTS)))
+        opt = torch.optim.AdamW(self.net.parameters(), 2e-3, weight_decay=1e-4)
+        g = torch.Generator().manual_seed(seed)
+        self.net.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=g).split(64):
+                xb = x[idx]
+                flip = torch.rand(len(idx), generator=g) < 0.5  # objects face either way
+                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                loss = nn.functional.cross_entropy(self.net(xb), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        self.net.eval()
+
+    def __call__(self, images: np.ndarray) -> list[str]:
+        import torch
+
+        with torch.no_grad():
+            out = [self.net(_kind_batch(images[i:i + 256])).argmax(1) for i in range(0, len(images), 256)]
+        return [OBJECTS[int(k)] for k in torch.cat(out)]
+
+
+def kind_rates(classifier: KindClassifier, images: np.ndarray, kinds: list[str]) -> float:
+    return float(np.mean([a == b for a, b in zip(classifier(images), kinds)]))
+
+
+# ---------------------------------------------------------------------------------------------
 # segmap: stuff classes by colour
 # ---------------------------------------------------------------------------------------------
 
@@ -360,6 +434,21 @@ def run_text(a) -> dict:
     images = generate(prior, tok, dev, {"prompts": [p["prompt"] for p in prompts]}, a.n, a.seed, a.cfg, a.batch_size)
     save_images(a.save, images, [f"{j:06d}-{prompts[j // a.n]['prompt'].replace(' ', '-')}" for j in range(len(images))])
     pics, facts = recipe_pictures(a.ceiling_pictures, int(images.shape[1]), RECIPE_SEED)
+    kind = None
+    if a.kind_train:
+        classifier = KindClassifier(a.kind_train)
+        held, held_kinds = kind_pictures(a.ceiling_pictures, KIND_SEED + 1)
+        size = int(images.shape[1])
+        from PIL import Image
+
+        held_full = np.stack([np.asarray(Image.fromarray(h).resize((size, size), Image.Resampling.BICUBIC)) for h in held])
+        kind = {"rate": kind_rates(classifier, images, [prompts[j // a.n]["object"] for j in range(len(images))]),
+                "chance": 1 / len(OBJECTS),
+                "classifier_on_recipe_pictures": kind_rates(classifier, held, held_kinds),
+                "classifier_after_the_tokenizer": kind_rates(classifier, roundtrip(tok, dev, held_full, a.batch_size),
+                                                             held_kinds),
+                "classifier": f"4-layer CNN at {KIND_SIZE} px trained on {a.kind_train} recipe pictures of "
+                              f"{', '.join(OBJECTS)} (seed {KIND_SEED}); held-out pictures seed {KIND_SEED + 1}"}
     return {"mode": "text", "model": prior.regvq_id, "tokenizer": tok.regvq_id, "seed": a.seed, "cfg": a.cfg,
             "n_per_prompt": a.n, "prompts": len(prompts), "image_size": int(images.shape[1]),
             "protocol": {"objects": sorted({p["object"] for p in prompts}), "colors": C.COLOR_NAMES,
@@ -367,6 +456,7 @@ def run_text(a) -> dict:
                          "background_share": BG_SHARE, "object_share": text2img.MIN_SHARE, "fg_dist": FG_DIST,
                          "min_fg": MIN_FG, "classifier": "recipes/_common.py classify_colors"},
             **score_text(prompts, images, a.n),
+            "object_kind": kind,
             "ceiling_recipe": {**score_recipe(pics, facts), "seed": RECIPE_SEED},
             "ceiling_tokenizer": {**score_recipe(roundtrip(tok, dev, pics, a.batch_size), facts), "seed": RECIPE_SEED}}
 
@@ -449,6 +539,10 @@ def report(r: dict) -> None:
             extra = "" if chance is None else f"   chance {f(chance)}" + ("" if k not in r["chance_marginal"] else f", marginal {f(marg)}")
             print(f"  {k:32s} {f(v)}{extra}"
                   + ("" if k not in r["ceiling_recipe"] else f"   recipe pictures {f(ceil)}, after tokenizer {f(tokc)}"))
+        kind = r.get("object_kind")
+        if kind:
+            print(f"  {'object_kind':32s} {f(kind['rate'])}   chance {f(kind['chance'])}   recipe pictures "
+                  f"{f(kind['classifier_on_recipe_pictures'])}, after tokenizer {f(kind['classifier_after_the_tokenizer'])}")
     else:
         print(f"{r['scenes']} scenes (seed {r['scene_seed']}) x {r['n_per_scene']} = {r['images']} images")
         rows = ["generated", "ceiling_real", "ceiling_tokenizer", "floor_shuffled_real", "floor_shuffled_generated"]
@@ -477,6 +571,9 @@ def main(argv=None) -> None:
             p.add_argument("--prompts", type=int, default=48, help="number of prompts (default 48)")
             p.add_argument("--ceiling-pictures", type=int, default=64,
                            help="recipe pictures for the ceilings (default 64)")
+            p.add_argument("--kind-train", type=int, default=3000,
+                           help="recipe pictures to train the object classifier on (0: no object-kind rate; "
+                                "default 3000, about a minute on a CPU)")
         else:
             p.add_argument("--scenes", type=int, default=16, help="number of scenes (default 16)")
             p.add_argument("--scene-seed", type=int, default=12345, help="segmaps.py seed (default 12345)")
