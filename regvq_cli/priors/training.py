@@ -51,7 +51,7 @@ from regvq_cli.priors.diffusion import DiffusionConfig
 from regvq_cli.priors.presets import PRESETS, model_for
 from regvq_cli.engine.dist import barrier
 from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile,
-                                    seed_everything, set_lr)
+                                    plain_value, seed_everything, set_lr)
 from regvq_cli.train.data import ShardedBatchSampler
 from regvq_cli.train.loop import Trainer
 
@@ -193,16 +193,15 @@ DATA_FIELDS = ("codebook_size", "grid_size", "cond", "num_classes", "class_names
 TUNABLE = ("dropout", "num_timesteps", "aux_weight")
 
 
-def _plain(value):
-    """Lists (from JSON) as tuples, so configs read back from files compare equal to dataclass values."""
-    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+def _prior_config_class(kind: str):
+    return ARConfig if kind == "ar" else DiffusionConfig
 
 
 def _layout_fields(kind: str) -> list[str]:
     """The architecture fields of a preset of ``kind``: its config's own fields but the ones options override."""
-    cls = ARConfig if kind == "ar" else DiffusionConfig
     shared = {f.name for f in dataclasses.fields(PriorConfig)}
-    return [f.name for f in dataclasses.fields(cls) if f.name not in shared and f.name not in TUNABLE]
+    fields = dataclasses.fields(_prior_config_class(kind))
+    return [f.name for f in fields if f.name not in shared and f.name not in TUNABLE]
 
 
 def preset_difference(name: str, kind: str, model_config: dict) -> str | None:
@@ -212,9 +211,9 @@ def preset_difference(name: str, kind: str, model_config: dict) -> str | None:
         return f"it is a {kind} prior"
     p = dataclasses.asdict(PRESETS[name])
     for key in _layout_fields(kind):
-        have = _plain(model_config.get(key))
-        if have != _plain(p[key]):
-            return f"its {key} is {have}, the preset's {_plain(p[key])}"
+        have = plain_value(model_config.get(key))
+        if have != plain_value(p[key]):
+            return f"its {key} is {have}, the preset's {plain_value(p[key])}"
     return None
 
 
@@ -268,10 +267,6 @@ def init_train_config(cfg: TrainPriorConfig, base: PriorConfig) -> TrainPriorCon
             if getattr(out, key) == defaults[key]:
                 setattr(out, key, getattr(base, key))
     return out
-
-
-def _prior_config_class(kind: str):
-    return ARConfig if kind == "ar" else DiffusionConfig
 
 
 class PriorTrainer(Trainer):
@@ -394,7 +389,7 @@ class PriorTrainer(Trainer):
         new = dataclasses.replace(template, **over)
         if init is not None:  # fine-tuning: the data must be what the model was trained to model
             for key in DATA_FIELDS:
-                old, now = _plain(getattr(init, key)), _plain(getattr(new, key))
+                old, now = plain_value(getattr(init, key)), plain_value(getattr(new, key))
                 if old != now:
                     raise RegvqError(f"--init {cfg.init} models {key} {_short(old)}, but {self.tokens_dir} gives "
                                      f"{_short(now)}: fine-tune on tokens like the model's (same tokenizer grid, "

@@ -85,9 +85,10 @@ class Tokenizer(nn.Module):
                                              temp_init=c.temp_init, temp_min=c.temp_min, temp_anneal=c.temp_anneal)
         else:
             self.quantizer = RegVQuantizer(c.codebook_size, c.embed_dim, logits=c.logits,
-                                           distance_temp=c.distance_temp, logit_init=c.logit_init, use_prior=c.use_prior,
-                                           use_mask=c.use_mask, mask_ratio=c.mask_ratio, mask_warmup=c.mask_warmup, temp_init=c.temp_init,
-                                           temp_min=c.temp_min, temp_anneal=c.temp_anneal)
+                                           distance_temp=c.distance_temp, logit_init=c.logit_init,
+                                           use_prior=c.use_prior, use_mask=c.use_mask, mask_ratio=c.mask_ratio,
+                                           mask_warmup=c.mask_warmup, temp_init=c.temp_init, temp_min=c.temp_min,
+                                           temp_anneal=c.temp_anneal)
         self.post_quant_conv = nn.Conv2d(c.embed_dim, c.z_channels, 1)
         self.decoder = Decoder(out_channels=c.in_channels, **net_args)
 

@@ -14,6 +14,7 @@
   autotuning on CUDA for the length of a training run; ``maybe_compile``: optional ``torch.compile``.
 - ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images per second.
 - ``any_rank``, ``all_reduce_mean``, ``gather_objects``: small collectives that are identities with one process.
+- ``plain_value``: config values read from JSON (lists) in the form dataclasses hold them (tuples).
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def plain_value(value):
+    """Lists (from JSON) as tuples, so configs read back from files compare equal to dataclass values."""
+    return tuple(plain_value(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def unwrap(model: nn.Module) -> nn.Module:

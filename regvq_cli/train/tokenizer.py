@@ -59,8 +59,8 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile, seed_everything, set_lr,
-                     training_precision, unwrap)
+from .common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile, plain_value, seed_everything,
+                     set_lr, training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
 
@@ -199,19 +199,14 @@ ARCH_FIELDS = ("quantizer", "image_size", "codebook_size", "embed_dim", "logits"
 LAYOUT_FIELDS = ("in_channels", "ch", "ch_mult", "num_res_blocks", "z_channels", "attn_resolutions")
 
 
-def _plain(value):
-    """Lists (from JSON) as tuples, so configs read back from files compare equal to dataclass values."""
-    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def preset_difference(name: str, model_config: dict) -> str | None:
     """How a tokenizer config (a dict, e.g. from config.json) differs from preset ``name``'s layout; None if not."""
     p = dataclasses.asdict(PRESETS[name])
     size = model_config["image_size"]
-    want = {k: _plain(p[k]) for k in LAYOUT_FIELDS}
+    want = {k: plain_value(p[k]) for k in LAYOUT_FIELDS}
     want["attn_resolutions"] = tuple(r * size // p["image_size"] for r in p["attn_resolutions"])
     for key in LAYOUT_FIELDS:
-        have = _plain(model_config.get(key))
+        have = plain_value(model_config.get(key))
         if have != want[key]:
             return f"its {key} is {have}, the preset's {want[key]}"
     return None
@@ -232,8 +227,8 @@ def check_init_architecture(values: dict, model_config: dict, spec: str) -> None
             if diff is not None:
                 raise RegvqError(f"--init {spec} is not a {value} tokenizer ({diff}); " + hint.format("--preset"))
             continue
-        have = _plain(model_config.get(key))
-        if have != _plain(value):
+        have = plain_value(model_config.get(key))
+        if have != plain_value(value):
             flag = "--" + key.replace("_", "-")
             raise RegvqError(f"--init {spec} has {key} {have}, not {value}; " + hint.format(flag))
 
@@ -504,7 +499,7 @@ class TokenizerTrainer(Trainer):
                 terms["d_loss"] = d_loss.detach()
                 terms["logits_real"], terms["logits_fake"] = real.detach().float().mean(), fake.detach().float().mean()
             for k, v in terms.items():
-                v = v.detach().float() if cfg.grad_accum == 1 else v.detach().float() / cfg.grad_accum
+                v = v.detach().float() / cfg.grad_accum
                 summed[k] = summed[k] + v if k in summed else v
             last.update({k: v for k, v in stats.items() if k != "recon"})
         if cfg.grad_clip:
