@@ -51,6 +51,7 @@ pictures, real and generated (chance floors).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -110,11 +111,17 @@ def text_prompts(n: int = 48) -> list[dict]:
     return out
 
 
+@functools.cache
+def recipe_sprites() -> dict:
+    """The caption recipe's emoji and clip-art sprites, loaded once (the text mode draws three picture sets)."""
+    return text2img.load_sources(["emoji", "clipart"])
+
+
 def recipe_pictures(count: int = 64, size: int = 256, seed: int = RECIPE_SEED) -> tuple[np.ndarray, list[dict]]:
     """One-object pictures of recipes/text2img.py at `seed`, resized to `size`, and the facts the recipe recorded."""
     from PIL import Image
 
-    builder = text2img.Builder(text2img.load_sources(["emoji", "clipart"]), 128, seed, two_frac=0.0)
+    builder = text2img.Builder(recipe_sprites(), 128, seed, two_frac=0.0)
     rows = [builder(i) for i in range(count)]
     images = [np.asarray(Image.fromarray(r[0]).resize((size, size), Image.Resampling.BICUBIC)) for r in rows]
     return np.stack(images), [r[2] for r in rows]
@@ -229,7 +236,7 @@ def kind_pictures(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """One-object recipe pictures whose object is one of OBJECTS, at KIND_SIZE: uint8 [count, S, S, 3], kinds."""
     from PIL import Image
 
-    only = {src: [sp for sp in lst if sp.kind in OBJECTS] for src, lst in text2img.load_sources(["emoji", "clipart"]).items()}
+    only = {src: [sp for sp in lst if sp.kind in OBJECTS] for src, lst in recipe_sprites().items()}
     builder = text2img.Builder(only, 128, seed, two_frac=0.0)
     rows = [builder(i) for i in range(count)]
     images = [np.asarray(Image.fromarray(r[0]).resize((KIND_SIZE, KIND_SIZE), Image.Resampling.BICUBIC)) for r in rows]
