@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..engine.dist import join
+from ..engine.dist import join, shutdown
 from ..errors import RegvqError
 
 STATE_NAME = "state.pt"
@@ -81,8 +81,9 @@ def setup_distributed(device: str | None = None, timeout_s: float = 1800.0) -> D
 
 
 def cleanup_distributed(info: DistInfo) -> None:
-    if info.initialized_here and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group if setup_distributed created it (as engine.dist.group does for encode/decode)."""
+    if info.initialized_here:
+        shutdown()
 
 
 def is_distributed() -> bool:
