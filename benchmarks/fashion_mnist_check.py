@@ -29,6 +29,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,18 @@ def regvq(*args: str) -> dict | None:
     if res.returncode != 0:
         raise SystemExit(f"command failed with exit code {res.returncode}: {' '.join(cmd)}")
     return json.loads(res.stdout) if "--json" in args else None
+
+
+def regvq_all(commands: list[tuple]) -> None:
+    """Run several `python -m regvq_cli ARGS` at once and wait for all of them."""
+    procs = []
+    for args in commands:
+        print("$ regvq " + " ".join(map(str, args)) + " &", file=sys.stderr, flush=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "regvq_cli", "-q", *map(str, args)], cwd=ROOT,
+                                      stdout=subprocess.DEVNULL))
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"command failed: {' '.join(map(str, failed[0]))}")
 
 
 def load_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -150,6 +163,8 @@ def main(argv=None):
     ap.add_argument("--source", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                     help="folder of the Fashion-MNIST IDX .gz files (default: where the Debian package puts them)")
     ap.add_argument("--workers", type=int, default=1, help="image-decoding processes of train-tokenizer and encode")
+    ap.add_argument("--parallel-priors", action="store_true",
+                    help="train (and sample) the AR and the diffusion prior at the same time (one GPU holds both)")
     a = ap.parse_args(argv)
 
     import torch
@@ -187,23 +202,38 @@ def main(argv=None):
         "encode", data / "train", "-o", tokens, "-m", tok_run / "model", "--workers", a.workers))
     regvq("decode", tokens, "--limit", 64, "--grid", "-o", work / "recon_sheet.png")
 
-    # 4. priors
-    for kind, preset in (("ar", a.ar_preset), ("diffusion", a.diffusion_preset)):
-        run = work / f"prior_{kind}"
-        stage(f"prior_{kind}", (run / "model" / "config.json").is_file(), lambda kind=kind, preset=preset, run=run:
-              regvq("train-prior", tokens, "-o", run, "--kind", kind, "--cond", "class", "--preset", preset,
-                    "--max-steps", a.prior_steps, "--batch-size", a.prior_batch, "--lr", a.prior_lr,
-                    "--sample-every", 0, "--checkpoint-every", a.prior_steps, "--seed", a.seed))
+    # 4. priors (side by side with --parallel-priors: on a large GPU neither fills it)
+    def train_prior_cmd(kind, preset):
+        return ("train-prior", tokens, "-o", work / f"prior_{kind}", "--kind", kind, "--cond", "class", "--preset",
+                preset, "--max-steps", a.prior_steps, "--batch-size", a.prior_batch, "--lr", a.prior_lr,
+                "--sample-every", 0, "--checkpoint-every", a.prior_steps, "--seed", a.seed)
+
+    todo = [(kind, preset) for kind, preset in (("ar", a.ar_preset), ("diffusion", a.diffusion_preset))
+            if not (work / f"prior_{kind}" / "model" / "config.json").is_file()]
+    if a.parallel_priors and len(todo) == 2:
+        stage("priors_side_by_side", False, lambda: regvq_all([train_prior_cmd(*t) for t in todo]))
+    else:
+        for kind, preset in (("ar", a.ar_preset), ("diffusion", a.diffusion_preset)):
+            stage(f"prior_{kind}", (kind, preset) not in todo, lambda kind=kind, preset=preset:
+                  regvq(*train_prior_cmd(kind, preset)))
 
     # 5. samples: one `regvq sample --class NAME` per class and prior
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
+
+    def sample_all(kind):
+        for name in classes:
+            regvq("sample", "-m", work / f"prior_{kind}" / "model", "--class", name, "-n", a.samples,
+                  "--seed", a.seed, "--cfg", a.cfg, "-o", work / "samples" / kind / name)
+
+    todo = [kind for kind in PRIORS if not all(len(list((work / "samples" / kind / c).glob("*.png"))) >= a.samples
+                                                for c in classes)]
+    if a.parallel_priors and len(todo) == 2:
+        with ThreadPoolExecutor(2) as pool:  # the two priors' sampling commands side by side
+            stage("samples_side_by_side", False, lambda: list(pool.map(sample_all, todo)))
+    else:
+        for kind in PRIORS:
+            stage(f"sample_{kind}", kind not in todo, lambda kind=kind: sample_all(kind))
     for kind in PRIORS:
-        def sample_all(kind=kind):
-            for name in classes:
-                regvq("sample", "-m", work / f"prior_{kind}" / "model", "--class", name, "-n", a.samples,
-                      "--seed", a.seed, "--cfg", a.cfg, "-o", work / "samples" / kind / name)
-        stage(f"sample_{kind}", all(len(list((work / "samples" / kind / c).glob("*.png"))) >= a.samples
-                                    for c in classes), sample_all)
         contact_sheet([sorted((work / "samples" / kind / c).glob("*.png"))[:a.samples] for c in classes],
                       work / f"sheet_{kind}.png")
 

@@ -59,9 +59,9 @@ stage_train() {
 }
 
 stage_fmnist() {
-  py benchmarks/fashion_mnist_check.py --work /tmp/fmnist --source "$FMNIST" --n 20000 --tok-steps 3000 --tok-batch 128 \
-    --ar-preset ar-small --diffusion-preset diffusion-small --prior-steps 4000 --prior-batch 256 --prior-lr 6e-4 \
-    --samples 64 --workers "$WORKERS" > "$OUT/fmnist.txt" 2>&1
+  py benchmarks/fashion_mnist_check.py --work /tmp/fmnist --source "$FMNIST" --n 20000 --tok-steps 2000 --tok-batch 128 \
+    --ar-preset ar-small --diffusion-preset diffusion-small --prior-steps 2500 --prior-batch 256 --prior-lr 6e-4 \
+    --samples 32 --workers "$WORKERS" --parallel-priors > "$OUT/fmnist.txt" 2>&1
   cp /tmp/fmnist/results.json "$OUT/fmnist.json" 2>/dev/null; tail -n 12 "$OUT/fmnist.txt"
 }
 

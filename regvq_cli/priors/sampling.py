@@ -170,6 +170,9 @@ def compiled_decode_step(model):
     batch size and attention window compiles once)."""
     fn = model.__dict__.get("_compiled_decode_step")
     if fn is None:
+        # Dynamo counts compilations per code object, across models: a few models, dtypes and batch sizes in one
+        # process, times the attention windows of each, pass its default limit of 8 (then fullgraph fails).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
         model.__dict__["_compiled_decode_step"] = fn
     return fn
