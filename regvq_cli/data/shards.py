@@ -526,8 +526,14 @@ def _scan(out_dir: str) -> tuple[dict[int, _ShardFile], dict[str, str]]:
 
 def _run_difference(a: RunInfo, b: RunInfo) -> str:
     da, db = a.to_dict(), b.to_dict()
-    diff = [f for f in da if da[f] != db[f]]
-    return ", ".join(f"{f} {json.dumps(da[f])[:60]} vs {json.dumps(db[f])[:60]}" for f in diff)
+    diff = []
+    for f in da:
+        if isinstance(da[f], dict) and isinstance(db[f], dict):  # name the keys: e.g. preprocessing.jpeg_decoder
+            x, y = da[f], db[f]
+            diff += [(f"{f}.{k}", x.get(k), y.get(k)) for k in {**x, **y} if x.get(k) != y.get(k)]
+        elif da[f] != db[f]:
+            diff.append((f, da[f], db[f]))
+    return ", ".join(f"{f} {json.dumps(u)[:60]} vs {json.dumps(v)[:60]}" for f, u, v in diff)
 
 
 def completed_shards(out_dir: str | os.PathLike, run: RunInfo | None = None) -> list[int]:
