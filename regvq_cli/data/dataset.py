@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from regvq_cli.data.images import DEFAULT_MAX_PIXELS, ImageSkip, load_image, load_segmap
+from regvq_cli.data.images import DEFAULT_MAX_PIXELS, ImageSkip, load_image, load_segmap, passthrough_jpeg
 from regvq_cli.data.inputs import Inputs
 from regvq_cli.data.shards import ShardReader
 
@@ -54,6 +54,10 @@ class ImageDataset(Dataset):
     item -> {"i": position in the listing, "image": uint8 [3, H, W] (zeros when skipped),
     "ok": bool, "reason": "" or the skip reason, and "segmap" [h, w] int64 when
     `segmap_size` is given}. A skipped input never raises: its reason goes to the manifest.
+
+    With `jpeg_passthrough`, a JPEG that `passthrough_jpeg` accepts is not decoded here: its
+    item has "jpeg" (the file's bytes) and "orientation" (EXIF, 1 = upright) instead of
+    "image", for a decoder on the device (engine.jpeg). `collate` batches such mixed items.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class ImageDataset(Dataset):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         segmap_size: tuple[int, int] | None = None,
         indices: range | None = None,
+        jpeg_passthrough: bool = False,
     ):
         self.inputs = inputs
         self.size = (size, size) if isinstance(size, int) else tuple(size)
@@ -73,6 +78,7 @@ class ImageDataset(Dataset):
         self.max_pixels = max_pixels
         self.segmap_size = segmap_size
         self.indices = range(len(inputs)) if indices is None else indices
+        self.jpeg_passthrough = jpeg_passthrough
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -81,16 +87,49 @@ class ImageDataset(Dataset):
         i = self.indices[j]
         out: dict[str, Any] = {"i": i, "ok": True, "reason": ""}
         try:
-            img = load_image(self.inputs.path(i), self.size, self.resize, self.background, self.max_pixels)
+            path = self.inputs.path(i)
+            jpeg = passthrough_jpeg(path, self.max_pixels) if self.jpeg_passthrough else None
+            if jpeg is None:
+                img = load_image(path, self.size, self.resize, self.background, self.max_pixels)
+                out["image"] = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+            else:
+                out["jpeg"], out["orientation"] = jpeg
             if self.segmap_size is not None:
                 mp = self.inputs.map_path(i)
                 if mp is None:
                     raise ImageSkip("segmap missing: no maps folder given")
                 out["segmap"] = torch.from_numpy(load_segmap(mp, self.segmap_size, self.resize).astype(np.int64))
         except ImageSkip as e:
-            img = np.zeros((*self.size, 3), dtype=np.uint8)
-            out.update(ok=False, reason=e.reason)
+            out.pop("jpeg", None)
+            out.pop("orientation", None)
+            out.update(ok=False, reason=e.reason, image=torch.zeros((3, *self.size), dtype=torch.uint8))
             if self.segmap_size is not None:
                 out["segmap"] = torch.zeros(self.segmap_size, dtype=torch.int64)
-        out["image"] = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+        return out
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Items -> one batch for `regvq encode` (the default collate cannot stack the JPEGs' bytes).
+
+        {"i": int64 [b], "ok": bool [b], "reason": b strings,
+         "image": uint8 [n_image, 3, H, W], the decoded inputs only (ok, not JPEG bytes), in order,
+         "jpeg": bool [b], the inputs passed on as JPEG bytes (ok until they are decoded),
+         "jpeg_bytes": uint8 [total], those files one after another, "jpeg_sizes": int64 [n_jpeg],
+         "orientation": int64 [n_jpeg], and "segmap": int64 [b, h, w] with maps}
+        Skipped inputs carry no pixels.
+        """
+        decoded = [it["image"] for it in items if it["ok"] and "jpeg" not in it]
+        jpegs = [it for it in items if "jpeg" in it]
+        out = {
+            "i": torch.tensor([it["i"] for it in items], dtype=torch.int64),
+            "ok": torch.tensor([it["ok"] for it in items], dtype=torch.bool),
+            "reason": [it["reason"] for it in items],
+            # default_collate stacks into shared memory in a worker process: no copy on the way out
+            "image": default_collate(decoded) if decoded else torch.zeros((0, 3, *self.size), dtype=torch.uint8),
+            "jpeg": torch.tensor(["jpeg" in it for it in items], dtype=torch.bool),
+            "jpeg_bytes": torch.from_numpy(np.frombuffer(bytearray().join(it["jpeg"] for it in jpegs), np.uint8)),
+            "jpeg_sizes": torch.tensor([len(it["jpeg"]) for it in jpegs], dtype=torch.int64),
+            "orientation": torch.tensor([it["orientation"] for it in jpegs], dtype=torch.int64),
+        }
+        if self.segmap_size is not None:
+            out["segmap"] = default_collate([it["segmap"] for it in items])
         return out

@@ -1,7 +1,8 @@
 """Open any image Pillow can open and turn it into a fixed-size RGB uint8 array.
 
 `load_image` is the one entry point for pictures, `load_segmap` the one for segmentation
-maps (same geometry, nearest-neighbour resampling). Both raise `ImageSkip(reason)` for an
+maps (same geometry, nearest-neighbour resampling); `passthrough_jpeg` picks out the plain
+JPEGs a GPU decoder can take undecoded (engine.jpeg). They raise `ImageSkip(reason)` for an
 input that cannot be used; the reason is a short, stable string meant for the manifest's
 `skipped` list:
 
@@ -49,6 +50,7 @@ __all__ = [
     "ImageSkip",
     "load_image",
     "load_segmap",
+    "passthrough_jpeg",
     "to_rgb",
     "resize_geometry",
 ]
@@ -198,14 +200,18 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 = upright), read from the header only."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not lose an otherwise good image
+        return 1
+
+
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
     """(width, height) after the EXIF orientation is applied, read from the header only."""
     w, h = im.size
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # a broken EXIF block must not lose an otherwise good image
-        orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
 
 def _draft(im: Image.Image, out_h: int, out_w: int, resize: str) -> None:
@@ -345,6 +351,32 @@ def load_image(
                 canvas.paste(rgb, offset)
                 rgb = canvas
             return np.array(rgb, dtype=np.uint8)
+
+
+def passthrough_jpeg(src: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes, int] | None:
+    """The file's bytes and EXIF orientation when another JPEG decoder can take it as is; else None.
+
+    That is a JPEG (not MPO) in mode RGB or L (not CMYK), within `max_pixels`, whose stream ends with the EOI
+    marker FF D9 (a little zero or whitespace padding after it is allowed): a truncated file is left to
+    `load_image`, which reports it. Only the header is parsed. Raises ImageSkip with `load_image`'s reason for
+    a file that is no image at all (empty, unreadable, not an image).
+    """
+    _allow_pixels(max_pixels)
+    with warnings.catch_warnings():
+        _quiet()
+        im, fp = _open(src)
+        with fp, im:
+            w, h = im.size
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or (max_pixels is not None and w * h > max_pixels):
+                return None
+            orientation = _orientation(im)
+            try:
+                fp.seek(0)
+                data = fp.read()
+            except OSError as e:
+                raise ImageSkip(f"unreadable: {e.strerror or e}") from None
+    complete = data[-32:].rstrip(b"\0 \t\r\n").endswith(b"\xff\xd9")
+    return (data, orientation) if complete else None
 
 
 def load_segmap(
