@@ -1,4 +1,5 @@
-"""`regvq encode` end to end, from a folder of JPEGs to token shards: images/s with the CPU decoding pipeline.
+"""`regvq encode` end to end, from a folder of JPEGs to token shards: images/s with the CPU decoding pipeline,
+or with --jpeg-decoder nvjpeg (auto on a CUDA device with torchvision) the JPEGs decoded on the GPU.
 
     python benchmarks/bench_encode.py --make-jpegs 5000 --source ../shared/data/photos --jpeg-dir /tmp/jpegs \
         --preset vqgan-f16 --batch-size 64 --workers 15
@@ -7,7 +8,8 @@
 --jpeg-dir, so the input resembles a real dataset. The tokenizer has random weights (speed does not depend on
 them) unless --model names a real one. Prints images/s of the whole command, and with --loader-only first the
 rate of its decoding pipeline alone (the same DataLoader, workers and batches, no model, no shards): if the two
-are close, the CPU decoding is the limit.
+are close, the CPU decoding is the limit. With the nvjpeg decoder the pipeline alone reads the files and their
+headers (the decoding is on the device).
 """
 
 from __future__ import annotations
@@ -50,16 +52,17 @@ def make_jpegs(source: Path, out: Path, n: int, seed: int = 0, processes: int | 
         pool.map(_jpeg_part, [(source, out, n, seed, k, parts) for k in range(parts)])
 
 
-def loader_images_per_s(folder: Path, size: int, opts, pin_memory: bool) -> float:
+def loader_images_per_s(folder: Path, size: int, opts, pin_memory: bool, jpeg_passthrough: bool = False) -> float:
     """Images/s of `regvq encode`'s decoding pipeline alone over `folder`, timed after its first batch (worker
-    start-up excluded; 0 when there is only one batch)."""
+    start-up excluded; 0 when there is only one batch). With jpeg_passthrough, as for the nvjpeg decoder: JPEGs
+    are read and their headers parsed, not decoded."""
     from regvq_cli.data.inputs import list_inputs
     from regvq_cli.data.shards import plan_shards
     from regvq_cli.engine.encode import image_batches
 
     listing = list_inputs([str(folder)])
     batches = iter(image_batches(listing, plan_shards(len(listing), opts.shard_size), opts, size,
-                                 pin_memory=pin_memory))
+                                 pin_memory=pin_memory, jpeg_passthrough=jpeg_passthrough))
     next(batches)  # the workers are up
     n, t = 0, time.perf_counter()
     for batch in batches:
@@ -80,6 +83,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--jpeg-decoder", choices=["auto", "pillow", "nvjpeg"], default="auto")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -89,6 +93,7 @@ def main(argv=None):
     from regvq_cli.engine.checkpoint import save_model
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.encode import EncodeOptions, encode_images
+    from regvq_cli.engine.jpeg import pick_decoder
     from regvq_cli.engine.resolve import load
 
     if args.make_jpegs and sum(1 for _ in args.jpeg_dir.glob("*.jpg")) != args.make_jpegs:  # else: made before
@@ -104,21 +109,22 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     opts = EncodeOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
-                         compile=args.compile)
+                         compile=args.compile, jpeg_decoder=args.jpeg_decoder)
+    decoder = pick_decoder(args.jpeg_decoder, device)
     n = sum(1 for _ in args.jpeg_dir.iterdir())
-    loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts,
-                                      device.type == "cuda") if args.loader_only else None
+    loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts, device.type == "cuda",
+                                      jpeg_passthrough=decoder == "nvjpeg") if args.loader_only else None
     summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", load(args.model), device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
-              "compile": args.compile, "cpus": os.cpu_count(), "torch": torch.__version__,
+              "compile": args.compile, "jpeg_decoder": decoder, "cpus": os.cpu_count(), "torch": torch.__version__,
               "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else
           f"encode {n} JPEGs: {result['images_per_s']:.1f} images/s ({result['wall_s']:.1f}s wall incl. start-up) "
-          f"{device} {dtype} batch {args.batch_size} workers {args.workers}"
+          f"{device} {dtype} batch {args.batch_size} workers {args.workers} JPEG decoder {decoder}"
           + (f"; decoding pipeline alone: {loader_rate:.1f} images/s" if loader_rate else "")
           + f"\ncommand: {result['command']}")
 

@@ -12,6 +12,11 @@ from regvq_cli.cli._common import (device_options, emit_json, info, json_option,
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
                "shorter side to SIZE, then center crop; pad = fit inside, letterbox on --background; stretch = "
                "resize ignoring aspect ratio.")
+JPEG_DECODER_HELP = ("Who decodes JPEGs: nvjpeg = the GPU (torchvision), faster when the CPU decoding is the "
+                     "limit, but its pixels are not bit-identical to Pillow's, so tokens mostly but not always "
+                     "agree; pillow = the CPU decoding workers, like every other format; auto = nvjpeg on a CUDA "
+                     "device with torchvision installed, else pillow. Other formats, CMYK and truncated JPEGs "
+                     "always go to Pillow.")
 
 
 def parse_color(ctx, param, value):
@@ -40,11 +45,12 @@ def parse_color(ctx, param, value):
 @click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays); then run `regvq shards merge`.")
 @click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
+@click.option("--jpeg-decoder", type=click.Choice(["auto", "pillow", "nvjpeg"]), default="auto", show_default=True, help=JPEG_DECODER_HELP)
 @device_options
 @offline_option
 @json_option
 def encode(inputs, out_dir, files_from, model, size, resize, background, batch_size, shard_size, workers, maps_dir,
-           max_pixels, num_workers, worker_id, compile_, device, dtype, offline, as_json):
+           max_pixels, num_workers, worker_id, compile_, jpeg_decoder, device, dtype, offline, as_json):
     """Encode images into token shards in OUT.
 
     INPUTS are image folders (walked recursively, in sorted order) and image files. Bad images are skipped and
@@ -68,7 +74,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, batch_s
     tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
-                         num_workers=num_workers, worker_id=worker_id, compile=compile_)
+                         num_workers=num_workers, worker_id=worker_id, compile=compile_, jpeg_decoder=jpeg_decoder)
     with progress(desc="encode", unit="img") as bar:
         def callback(done, skipped, total):
             bar.total = total

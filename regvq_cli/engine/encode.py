@@ -8,7 +8,8 @@ same bytes as an uninterrupted one.
 
 Pipeline: DataLoader workers decode images on the CPU (pinned memory) while the device encodes the previous
 batch; token grids stay on the device until their shard is complete (one host sync per shard); shard files
-are written by a background thread.
+are written by a background thread. With the nvjpeg decoder (`engine.jpeg`) the workers pass plain JPEGs on
+undecoded and the device decodes them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from regvq_cli.data.images import DEFAULT_MAX_PIXELS
 from regvq_cli.data.inputs import list_inputs
 from regvq_cli.data.shards import (OutputLock, RunInfo, completed_shards, inputs_fingerprint, plan_shards,
                                    shards_for_worker, write_manifest, write_shard)
-from regvq_cli.engine import dist
+from regvq_cli.engine import dist, jpeg
 from regvq_cli.engine.checkpoint import file_sha256, weights_path
 from regvq_cli.engine.runtime import prepare_tokenizer
 from regvq_cli.errors import RegvqError
@@ -49,6 +50,7 @@ class EncodeOptions:
     num_workers: int = 1  # job-array split: this process is worker `worker_id` of `num_workers`
     worker_id: int = 0
     compile: bool = False
+    jpeg_decoder: str = "auto"  # "auto" (nvjpeg when available), "pillow" or "nvjpeg"
 
 
 def default_loader_workers() -> int:
@@ -74,6 +76,11 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     listing = list_inputs(inputs, files_from=files_from, maps_dir=opts.maps_dir, stdin=stdin)
     size = opts.size or tokenizer.config.image_size
     grid = tokenizer.grid_size(size)
+    decoder = jpeg.pick_decoder(opts.jpeg_decoder, device)
+    preprocessing = {"size": [size, size], "resize": opts.resize, "background": list(opts.background),
+                     "max_pixels": opts.max_pixels}
+    if decoder == "nvjpeg":  # other pixels than Pillow's; a Pillow run records no decoder, as before it existed
+        preprocessing["jpeg_decoder"] = "nvjpeg"
     run = RunInfo(
         tokenizer_id=str(tokenizer.regvq_id),
         tokenizer_sha256=file_sha256(weights_path(tokenizer.regvq_path)),
@@ -81,8 +88,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         codebook_size=tokenizer.codebook_size,
         num_inputs=len(listing),
         shard_size=opts.shard_size,
-        preprocessing={"size": [size, size], "resize": opts.resize, "background": list(opts.background),
-                       "max_pixels": opts.max_pixels},
+        preprocessing=preprocessing,
         labels=listing.has_labels,
         label_names=listing.label_names,
         captions=listing.has_captions,
@@ -94,7 +100,8 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         done_before = set(completed_shards(out_dir, run))
         mine = shards_for_worker(plan_shards(len(listing), opts.shard_size), worker, workers)
         todo = [p for p in mine if p[0] not in done_before]
-        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback)
+        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback,
+                               nvjpeg=decoder == "nvjpeg")
         stats["shards_reused"] = len(mine) - len(todo)
         counts = dist.all_sum([stats["encoded"], stats["skipped"]], device)
         stats["encoded"], stats["skipped"] = int(counts[0]), int(counts[1])
@@ -164,24 +171,28 @@ class _ShardBatches:
         return sum(-(-n // self.batch_size) for n in self.sizes)
 
 
-def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False):
+def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False,
+                  jpeg_passthrough: bool = False):
     """The decoding pipeline: a DataLoader over the inputs of the shards `todo` ((k, start, stop), in order),
-    batches of decoded uint8 images [b, size, size, 3] (with "i", "ok", "reason", and "segmap" with maps) that
-    never cross a shard boundary, decoded by `opts.workers` processes."""
+    batches that never cross a shard boundary, decoded by `opts.workers` processes: see `ImageDataset.collate`
+    (decoded uint8 images [n, 3, size, size], and with `jpeg_passthrough` the bytes of plain JPEGs)."""
     dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
-                           segmap_size=segmap_size, indices=_Positions(todo))
+                           segmap_size=segmap_size, indices=_Positions(todo), jpeg_passthrough=jpeg_passthrough)
     workers = default_loader_workers() if opts.workers is None else opts.workers
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,
-        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+        collate_fn=dataset.collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        persistent_workers=False,
     )
 
 
-def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback) -> dict:
+def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback,
+                   nvjpeg: bool = False) -> dict:
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
     if not todo:
         return stats
-    loader = image_batches(listing, todo, opts, size, run.segmap_size, pin_memory=device.type == "cuda")
+    loader = image_batches(listing, todo, opts, size, run.segmap_size, pin_memory=device.type == "cuda",
+                           jpeg_passthrough=nvjpeg)
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile)
     shard_of = {k: (start, stop) for k, start, stop in todo}
     order = iter([k for k, _, _ in todo])
@@ -191,13 +202,15 @@ def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, 
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []
         for batch in loader:  # batches follow the shards in order (see _shard_batches)
-            ok = batch["ok"]
-            for i, reason in zip(batch["i"][~ok].tolist(), [r for r, good in zip(batch["reason"], ok.tolist()) if not good]):
-                parts.skipped.append((listing.key(i), reason))
+            # images: uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, with JPEGs
+            # decoded by nvjpeg, on the device
+            images, ok, reasons = jpeg.batch_pixels(batch, device, (size, size), opts.resize, opts.background,
+                                                    opts.max_pixels)
+            for i, good, reason in zip(batch["i"].tolist(), ok.tolist(), reasons):
+                if not good:
+                    parts.skipped.append((listing.key(i), reason))
             if ok.any():
-                rows = batch["i"][ok].tolist()
-                parts.index += rows
-                images = batch["image"] if ok.all() else batch["image"][ok]  # keep the pinned tensor when it can
+                parts.index += batch["i"][ok].tolist()
                 parts.tokens.append(runner.encode_uint8(images))
                 if run.segmap_size is not None:
                     parts.segmaps.append(batch["segmap"][ok].numpy())

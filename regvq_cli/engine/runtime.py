@@ -49,7 +49,8 @@ class TokenizerRunner:
 
     @torch.inference_mode()
     def encode_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels uint8 [B, 3, H, W] -> long [B, h, w] on the device."""
+        """pixels uint8 [B, 3, H, W] (on the host, pinned for an asynchronous copy, or on the device) -> long
+        [B, h, w] on the device."""
         x = pixels.to(self.device, non_blocking=True)
         x = (x.to(self.dtype) / 127.5 - 1).contiguous(memory_format=self.memory_format)
         return self._encode(x)

@@ -1,0 +1,255 @@
+"""`regvq encode --jpeg-decoder nvjpeg`: JPEGs decoded, oriented and resized on the device.
+
+torchvision is not needed on a CPU: a Pillow decoder stands in for nvjpeg (same contract: RGB as stored, no EXIF
+orientation, one failing stream fails the whole batch), so everything around the decoder runs here. The `gpu`
+test runs the real decoder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from regvq_cli.data.dataset import ImageDataset
+from regvq_cli.data.images import ImageSkip, load_image, passthrough_jpeg
+from regvq_cli.data.inputs import list_inputs
+from regvq_cli.data.shards import ShardReader
+from regvq_cli.engine import jpeg
+from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS
+from tests.conftest import REPO, invoke
+
+PHOTOS = REPO / "examples" / "images"
+REFUSED = b"a stream the decoder refuses"  # a JPEG comment that makes the stand-in decoder fail
+
+
+def photo(name: str, size: tuple[int, int]) -> Image.Image:
+    """An example photo resized to size (w, h): real picture content, any size."""
+    return Image.open(PHOTOS / name).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def make_folder(folder, scale: int = 1):
+    """A folder mixing what nvjpeg takes, what Pillow must decode and what is skipped; scale multiplies the sizes.
+    Returns {name: expected skip reason} for the inputs that are skipped."""
+    folder.mkdir(parents=True)
+    photo("chelsea.jpg", (120 * scale, 90 * scale)).save(folder / "a.jpg", quality=90)
+    photo("coffee.jpg", (160 * scale, 200 * scale)).save(folder / "b.jpg", quality=85)  # Pillow drafts it
+    photo("astronaut.jpg", (48 * scale, 64 * scale)).save(folder / "c1.jpg", quality=90)  # c1, c2: same shape
+    photo("hubble_deep_field.jpg", (48 * scale, 64 * scale)).save(folder / "c2.jpg", quality=90)
+    photo("chelsea.jpg", (70 * scale, 50 * scale)).convert("L").save(folder / "grey.jpg", quality=90)
+    photo("coffee.jpg", (60 * scale, 60 * scale)).convert("CMYK").save(folder / "cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter anticlockwise
+    photo("astronaut.jpg", (100 * scale, 60 * scale)).save(folder / "rotated.jpg", quality=90, exif=exif)
+    rgba = photo("chelsea.jpg", (50 * scale, 40 * scale)).convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    rgba.save(folder / "alpha.png")
+    photo("coffee.jpg", (80 * scale, 60 * scale)).save(folder / "refused.jpg", quality=90, comment=REFUSED)
+    good = (folder / "a.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("hello")
+    return {"truncated.jpg": "truncated", "empty.jpg": "empty file", "text.jpg": "not an image"}
+
+
+def pillow_decode(datas: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """Stands in for nvjpeg_decode: uint8 [3, h, w] RGB as stored; a marked stream fails the whole call."""
+    raws = [d.numpy().tobytes() for d in datas]
+    if any(REFUSED in raw for raw in raws):
+        raise RuntimeError("nvjpeg: the stream cannot be decoded")
+    return [torch.from_numpy(np.array(Image.open(io.BytesIO(raw)).convert("RGB"))).permute(2, 0, 1).to(device)
+            for raw in raws]
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """nvjpeg 'available' on any device, decoding with Pillow."""
+    monkeypatch.setattr(jpeg, "nvjpeg_available", lambda device: True)
+    monkeypatch.setattr(jpeg, "nvjpeg_decode", pillow_decode)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(Tokenizer(PRESETS["tok-test"]), tmp_path_factory.mktemp("tok") / "tok")
+
+
+def chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).permute(2, 0, 1).contiguous()
+
+
+def png_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# Measured on the example photos (mean / max abs difference, grey levels): 0.05-0.35 / 1-2 for shorter-crop,
+# pad and stretch; crop up to 0.34 / 13, the large ones on the rows or columns at the cut, where Pillow's
+# filter also reads the pixels just outside the crop box and interpolate() (given the box alone) cannot.
+@pytest.mark.parametrize("policy", ["crop", "shorter-crop", "pad", "stretch"])
+@pytest.mark.parametrize("src, size", [((200, 300), (32, 32)), ((256, 385), (48, 40)), ((168, 93), (100, 100)),
+                                       ((24, 20), (32, 32)), ((24, 20), (100, 100))])
+def test_resize_tensor_matches_pillow_bicubic(policy, src, size):
+    a = np.array(photo("chelsea.jpg", (385, 256)))[: src[0], : src[1]]
+    ref = load_image(png_bytes(a), size, policy, (10, 200, 30), draft=False).astype(int)
+    out = jpeg.resize_tensor(chw(a), *size, policy, (10, 200, 30))
+    assert out.dtype == torch.uint8 and out.shape == (3, *size)
+    diff = np.abs(out.permute(1, 2, 0).numpy().astype(int) - ref)
+    assert diff.mean() < 0.5, diff.mean()
+    inner = diff[2:-2, 2:-2] if policy == "crop" else diff  # crop: the cut edges, see above
+    assert inner.max() <= 4 and diff.max() <= 16, (inner.max(), diff.max())
+
+
+def test_resize_tensor_batches_like_one_by_one():
+    a = np.array(photo("coffee.jpg", (90, 70)))
+    batch = torch.stack([chw(a), chw(a[::-1].copy())])
+    out = jpeg.resize_tensor(batch, 32, 40, "pad", (1, 2, 3))
+    assert out.shape == (2, 3, 32, 40)
+    assert torch.equal(out[1], jpeg.resize_tensor(batch[1], 32, 40, "pad", (1, 2, 3)))
+    assert torch.equal(jpeg.resize_tensor(chw(a[:32, :40].copy()), 32, 40, "stretch"), chw(a[:32, :40].copy()))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_apply_orientation_matches_exif_transpose(orientation):
+    a = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    im = Image.fromarray(a)
+    im.getexif()[0x0112] = orientation
+    ref = np.array(ImageOps.exif_transpose(im))
+    assert torch.equal(jpeg.apply_orientation(chw(a), orientation), chw(ref))
+
+
+def test_passthrough_takes_only_complete_plain_jpegs(tmp_path):
+    skipped = make_folder(tmp_path / "imgs")
+    taken = {}
+    for path in sorted((tmp_path / "imgs").iterdir()):
+        try:
+            got = passthrough_jpeg(path)
+        except ImageSkip as e:
+            taken[path.name] = e.reason
+        else:
+            taken[path.name] = None if got is None else got[1]  # the orientation
+            assert got is None or got[0] == path.read_bytes()
+    assert taken == {"a.jpg": 1, "b.jpg": 1, "c1.jpg": 1, "c2.jpg": 1, "grey.jpg": 1, "rotated.jpg": 6,
+                     "refused.jpg": 1, "cmyk.jpg": None, "alpha.png": None, "truncated.jpg": None,
+                     "empty.jpg": "empty file", "text.jpg": "not an image"}
+    assert all(taken[name] == reason for name, reason in skipped.items() if reason != "truncated")
+    assert passthrough_jpeg(tmp_path / "imgs" / "a.jpg", max_pixels=100) is None  # too large: Pillow reports it
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes((tmp_path / "imgs" / "a.jpg").read_bytes() + b"\0" * 16)
+    assert passthrough_jpeg(padded) is not None
+
+
+def test_batch_pixels_match_pillow_and_fall_back_to_it(tmp_path, stand_in):
+    skipped = make_folder(tmp_path / "imgs")
+    listing = list_inputs([str(tmp_path / "imgs")])
+    ds = ImageDataset(listing, 32, "shorter-crop", jpeg_passthrough=True)
+    batch = ds.collate([ds[j] for j in range(len(ds))])
+    names = [listing.key(i) for i in batch["i"].tolist()]
+    assert [n for n, j in zip(names, batch["jpeg"].tolist()) if j] == [
+        "a.jpg", "b.jpg", "c1.jpg", "c2.jpg", "grey.jpg", "refused.jpg", "rotated.jpg"]
+    assert batch["image"].shape == (2, 3, 32, 32)  # alpha.png and cmyk.jpg; the skipped ones carry no pixels
+    pixels, ok, reasons = jpeg.batch_pixels(batch, "cpu", (32, 32), "shorter-crop", (255, 255, 255), None)
+    assert {n: r for n, good, r in zip(names, ok.tolist(), reasons) if not good} == skipped
+    kept = [n for n, good in zip(names, ok.tolist()) if good]
+    assert pixels.shape == (len(kept), 3, 32, 32)
+    for name, px in zip(kept, pixels):
+        ref = load_image(tmp_path / "imgs" / name, 32, "shorter-crop", draft=False)
+        diff = np.abs(px.permute(1, 2, 0).numpy().astype(int) - ref)
+        assert diff.mean() < 1.0, (name, diff.mean())  # measured: at most 0.3
+        if name in ("alpha.png", "cmyk.jpg", "refused.jpg"):  # decoded by Pillow (in the worker or as fallback)
+            assert np.array_equal(px.permute(1, 2, 0).numpy(), load_image(tmp_path / "imgs" / name, 32, "shorter-crop"))
+
+
+def shard_rows(folder) -> dict[str, np.ndarray]:
+    reader = ShardReader(folder)
+    return {row["key"]: row["tokens"] for row in reader}
+
+
+def test_encode_with_the_device_decoder_skips_and_encodes_like_pillow(tmp_path, tokenizer_dir, stand_in):
+    make_folder(tmp_path / "imgs")
+    args = ["encode", tmp_path / "imgs", "-m", tokenizer_dir, "--device", "cpu", "--batch-size", "5",
+            "--shard-size", "7", "--json"]
+    r = invoke(*args, "-o", tmp_path / "pil", "--jpeg-decoder", "pillow", "--workers", "0")
+    assert r.returncode == 0, r.stderr.decode()
+    r = invoke(*args, "-o", tmp_path / "gpu", "--jpeg-decoder", "nvjpeg", "--workers", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    pil, gpu = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("pil", "gpu"))
+    assert gpu["skipped"] == pil["skipped"] and len(pil["skipped"]) == 3
+    assert "jpeg_decoder" not in pil["preprocessing"] and gpu["preprocessing"]["jpeg_decoder"] == "nvjpeg"
+    a, b = shard_rows(tmp_path / "pil"), shard_rows(tmp_path / "gpu")
+    assert list(a) == list(b) and len(a) == 9
+    agree = np.mean([(a[k] == b[k]).mean() for k in a])
+    assert agree >= 0.9, agree  # measured 0.988-0.995 with three random-weight tiny tokenizers (8 x 8 tokens)
+    # the decoder is part of the run: resuming with the other one is refused, naming it
+    r = invoke(*args, "-o", tmp_path / "pil", "--jpeg-decoder", "nvjpeg", "--workers", "0")
+    assert r.returncode == 1 and b"preprocessing.jpeg_decoder null vs \"nvjpeg\"" in r.stderr
+
+
+def test_nvjpeg_without_a_gpu_is_a_clean_error(tmp_path, tokenizer_dir):
+    make_folder(tmp_path / "imgs")
+    r = invoke("encode", tmp_path / "imgs", "-o", tmp_path / "tok", "-m", tokenizer_dir, "--device", "cpu",
+               "--jpeg-decoder", "nvjpeg")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "--jpeg-decoder nvjpeg needs a CUDA device" in err, err
+
+
+def test_auto_is_pillow_without_nvjpeg():
+    assert jpeg.pick_decoder("auto", "cpu") == "pillow" and jpeg.pick_decoder("pillow", "cpu") == "pillow"
+
+
+@pytest.mark.gpu
+def test_nvjpeg_on_cuda_matches_the_pillow_path(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = torch.device("cuda")
+    assert jpeg.nvjpeg_available(device)
+    real = jpeg.nvjpeg_decode
+
+    def refusing(datas, dev):  # the real decoder, failing the batch on the marked file as on a bad stream
+        if any(REFUSED in d.numpy().tobytes() for d in datas):
+            raise RuntimeError("refused")
+        return real(datas, dev)
+
+    monkeypatch.setattr(jpeg, "nvjpeg_decode", refusing)
+    skipped = make_folder(tmp_path / "imgs", scale=3)
+    listing = list_inputs([str(tmp_path / "imgs")])
+    ds = ImageDataset(listing, 256, "shorter-crop", jpeg_passthrough=True)
+    batch = ds.collate([ds[j] for j in range(len(ds))])
+    pixels, ok, reasons = jpeg.batch_pixels(batch, device, (256, 256), "shorter-crop", (255, 255, 255), None)
+    names = [listing.key(i) for i in batch["i"].tolist()]
+    assert {n: r for n, good, r in zip(names, ok.tolist(), reasons) if not good} == skipped
+    kept = [n for n, good in zip(names, ok.tolist()) if good]
+    for name, px in zip(kept, pixels.cpu()):
+        ref = load_image(tmp_path / "imgs" / name, 256, "shorter-crop", draft=False)
+        diff = np.abs(px.permute(1, 2, 0).numpy().astype(int) - ref)
+        assert diff.mean() < 3, (name, diff.mean())
+    # the shipped tokenizer, end to end on the GPU
+    args = ["encode", tmp_path / "imgs", "--device", "cuda", "--batch-size", "4", "--json", "--workers", "2"]
+    assert invoke(*args, "-o", tmp_path / "pil", "--jpeg-decoder", "pillow").returncode == 0
+    r = invoke(*args, "-o", tmp_path / "gpu", "--jpeg-decoder", "nvjpeg")
+    assert r.returncode == 0, r.stderr.decode()
+    pil, gpu = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("pil", "gpu"))
+    assert gpu["skipped"] == pil["skipped"] and gpu["preprocessing"]["jpeg_decoder"] == "nvjpeg"
+    a, b = shard_rows(tmp_path / "pil"), shard_rows(tmp_path / "gpu")
+    assert list(a) == list(b)
+    agree = np.mean([(a[k] == b[k]).mean() for k in a])
+    assert agree >= 0.9, agree
+
+
+def test_bench_encode_with_the_device_decoder(tmp_path, capsys, stand_in):
+    from tests.conftest import load_benchmark
+
+    make_folder(tmp_path / "imgs")
+    bench = load_benchmark("bench_encode")
+    bench.main(["--jpeg-dir", str(tmp_path / "imgs"), "--preset", "tok-test", "--batch-size", "4", "--workers", "0",
+                "--device", "cpu", "--jpeg-decoder", "nvjpeg", "--loader-only", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["jpeg_decoder"] == "nvjpeg" and r["images_per_s"] > 0 and r["loader_only_images_per_s"] > 0
