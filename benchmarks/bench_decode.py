@@ -47,7 +47,7 @@ def main(argv=None):
         args.model = str(save_model(Tokenizer(PRESETS[args.preset]), tmp / "model"))
     tokenizer = load(args.model)
     grid = tokenizer.grid_size(tokenizer.config.image_size)
-    run = RunInfo(tokenizer_id=args.model, tokenizer_sha256=file_sha256(weights_path(args.model)), grid=grid,
+    run = RunInfo(tokenizer_id=args.model, tokenizer_sha256=file_sha256(weights_path(tokenizer.regvq_path)), grid=grid,
                   codebook_size=tokenizer.codebook_size, num_inputs=args.n, shard_size=args.n)
     tokens = np.random.default_rng(0).integers(0, tokenizer.codebook_size, (args.n, *grid))
     write_shard(tmp / "tokens", 0, run, tokens, [f"{i:06d}" for i in range(args.n)])

@@ -1,5 +1,5 @@
 """`regvq encode` end to end, from a folder of JPEGs to token shards: images/s with the CPU decoding pipeline,
-or with --jpeg-decoder nvjpeg (auto on a CUDA device with torchvision) the JPEGs decoded on the GPU.
+or with --jpeg-decoder nvjpeg the JPEGs decoded on the GPU.
 
     python benchmarks/bench_encode.py --make-jpegs 5000 --source ../shared/data/photos --jpeg-dir /tmp/jpegs \
         --preset vqgan-f16 --batch-size 64 --workers 15
@@ -83,7 +83,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--jpeg-decoder", choices=["auto", "pillow", "nvjpeg"], default="auto")
+    p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -21,6 +21,7 @@ from regvq_cli.data.inputs import list_inputs
 from regvq_cli.data.shards import ShardReader
 from regvq_cli.engine import jpeg
 from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.errors import RegvqError
 from regvq_cli.tokenizer.model import Tokenizer
 from regvq_cli.tokenizer.presets import PRESETS
 from tests.conftest import REPO, invoke
@@ -200,8 +201,10 @@ def test_nvjpeg_without_a_gpu_is_a_clean_error(tmp_path, tokenizer_dir):
     assert r.returncode == 1 and err.count("\n") == 1 and "--jpeg-decoder nvjpeg needs a CUDA device" in err, err
 
 
-def test_auto_is_pillow_without_nvjpeg():
-    assert jpeg.pick_decoder("auto", "cpu") == "pillow" and jpeg.pick_decoder("pillow", "cpu") == "pillow"
+def test_pillow_is_always_available_and_unknown_names_are_refused():
+    assert jpeg.pick_decoder("pillow", "cpu") == "pillow"
+    with pytest.raises(RegvqError, match="unknown JPEG decoder"):
+        jpeg.pick_decoder("auto", "cpu")
 
 
 @pytest.mark.gpu

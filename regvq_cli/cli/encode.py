@@ -12,11 +12,10 @@ from regvq_cli.cli._common import (device_options, emit_json, info, json_option,
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
                "shorter side to SIZE, then center crop; pad = fit inside, letterbox on --background; stretch = "
                "resize ignoring aspect ratio.")
-JPEG_DECODER_HELP = ("Who decodes JPEGs: nvjpeg = the GPU (torchvision), faster when the CPU decoding is the "
-                     "limit, but its pixels are not bit-identical to Pillow's, so tokens mostly but not always "
-                     "agree; pillow = the CPU decoding workers, like every other format; auto = nvjpeg on a CUDA "
-                     "device with torchvision installed, else pillow. Other formats, CMYK and truncated JPEGs "
-                     "always go to Pillow.")
+JPEG_DECODER_HELP = ("Who decodes JPEGs: pillow = the CPU decoding workers, like every other format; nvjpeg = "
+                     "the GPU (needs torchvision), for hosts where the CPU decoding is the limit (few cores per "
+                     "GPU, large photos). nvjpeg pixels are not bit-identical to Pillow's, so tokens mostly but "
+                     "not always agree. Other formats, CMYK and truncated JPEGs always go to Pillow.")
 
 
 def parse_color(ctx, param, value):
@@ -45,7 +44,7 @@ def parse_color(ctx, param, value):
 @click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays); then run `regvq shards merge`.")
 @click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
-@click.option("--jpeg-decoder", type=click.Choice(["auto", "pillow", "nvjpeg"]), default="auto", show_default=True, help=JPEG_DECODER_HELP)
+@click.option("--jpeg-decoder", type=click.Choice(["pillow", "nvjpeg"]), default="pillow", show_default=True, help=JPEG_DECODER_HELP)
 @device_options
 @offline_option
 @json_option

@@ -118,7 +118,8 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
     written, sheet, t0 = 0, [], time.perf_counter()
     if not grid_sheet:
         os.makedirs(out, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+    # PNG compression (zlib, which releases the GIL) is the limit of a fast tokenizer on a GPU: one thread per core
+    with ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1))) as pool:
         pending = []
         for batch in batches:
             check_tokens(batch, tokenizer.codebook_size, native)

@@ -50,7 +50,7 @@ class EncodeOptions:
     num_workers: int = 1  # job-array split: this process is worker `worker_id` of `num_workers`
     worker_id: int = 0
     compile: bool = False
-    jpeg_decoder: str = "auto"  # "auto" (nvjpeg when available), "pillow" or "nvjpeg"
+    jpeg_decoder: str = "pillow"  # or "nvjpeg": JPEGs decoded on the GPU (engine/jpeg.py)
 
 
 def default_loader_workers() -> int:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from regvq_cli.data.images import ImageSkip, load_image, resize_geometry
 from regvq_cli.errors import RegvqError
 
-DECODERS = ("auto", "pillow", "nvjpeg")
+DECODERS = ("pillow", "nvjpeg")
 
 
 def nvjpeg_available(device) -> bool:
@@ -39,20 +39,16 @@ def nvjpeg_available(device) -> bool:
 
 
 def pick_decoder(name: str, device) -> str:
-    """--jpeg-decoder auto | pillow | nvjpeg -> the decoder that runs, "pillow" or "nvjpeg"."""
+    """--jpeg-decoder pillow | nvjpeg -> the same name, once it is known that the decoder can run here."""
     if name not in DECODERS:
         raise RegvqError(f"unknown JPEG decoder {name!r}; use {', '.join(DECODERS)}")
-    if name == "pillow":
-        return "pillow"
-    if nvjpeg_available(device):
-        return "nvjpeg"
-    if name == "nvjpeg":
+    if name == "nvjpeg" and not nvjpeg_available(device):
         if torch.device(device).type != "cuda":
             raise RegvqError(f"--jpeg-decoder nvjpeg needs a CUDA device, not {device}; "
                              "use --device cuda, or --jpeg-decoder pillow")
         raise RegvqError("--jpeg-decoder nvjpeg needs torchvision 0.20 or later built for this torch "
                          "(pip install torchvision), or use --jpeg-decoder pillow")
-    return "pillow"
+    return name
 
 
 def nvjpeg_decode(datas: list[torch.Tensor], device) -> list[torch.Tensor]:
