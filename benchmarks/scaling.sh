@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One GPU against several on one host, through torchrun: `regvq encode` of N JPEGs with the default tokenizer,
+# then `regvq train-prior` (ar-b, unconditional) on the tokens. Prints images/s and samples/s for each and
+# writes the raw results under $OUT.
+#
+#   OUT=results GPUS=2 PHOTOS=../shared/data/photos bash benchmarks/scaling.sh
+#
+# N JPEGs (default 40000) of 256-512 px are made from PHOTOS first; W decoding workers per process (default 15);
+# STEPS prior steps (default 120) at BS grids per process (default 64). DEV="--device cpu" runs it on a CPU.
+set -euo pipefail
+OUT=${OUT:-results}; GPUS=${GPUS:-2}; PHOTOS=${PHOTOS:-../shared/data/photos}
+N=${N:-40000}; STEPS=${STEPS:-120}; W=${W:-15}; PRESET=${PRESET:-ar-b}; BS=${BS:-64}; WORK=${WORK:-/tmp/regvq-scaling}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT" "$WORK"
+run() { python3 -m torch.distributed.run --standalone --nproc-per-node "$1" -m regvq_cli -q "${@:2}"; }
+python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
+make_jpegs(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))" "$PHOTOS" "$WORK/jpegs" "$N"
+for np in 1 "$GPUS"; do
+  rm -rf "$WORK/tokens$np"
+  run "$np" encode "$WORK/jpegs" -o "$WORK/tokens$np" --batch-size 128 --workers "$W" --json ${DEV:-} > "$OUT/encode_np$np.json"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
+print("encode,", sys.argv[2], "process(es):", d["images_per_s"], "images/s,", d["seconds"], "s")' "$OUT/encode_np$np.json" "$np"
+done
+for np in 1 "$GPUS"; do
+  rm -rf "$WORK/prior$np"
+  run "$np" train-prior "$WORK/tokens1" -o "$WORK/prior$np" --kind ar --cond none --preset "$PRESET" --batch-size "$BS" \
+    --max-steps "$STEPS" --log-every 20 --sample-every 0 --checkpoint-every 1000000 --json ${DEV:-} > /dev/null
+  cp "$WORK/prior$np/metrics.jsonl" "$OUT/prior_np$np.jsonl"
+  python3 -c 'import json,sys; r=[json.loads(l)["samples_per_s"] for l in open(sys.argv[1])]; r = r[1:] or r
+print(f"train-prior, {sys.argv[2]} process(es): {sum(r) / len(r):.0f} samples/s (after the first log window)")' \
+    "$OUT/prior_np$np.jsonl" "$np"
+done
