@@ -91,21 +91,31 @@ def png_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# Measured on the example photos (mean / max abs difference, grey levels): 0.05-0.35 / 1-2 for shorter-crop,
-# pad and stretch; crop up to 0.34 / 13, the large ones on the rows or columns at the cut, where Pillow's
-# filter also reads the pixels just outside the crop box and interpolate() (given the box alone) cannot.
+# The device path computes Pillow's own bicubic weights and, like Pillow's classic order, a horizontal pass
+# rounded to 8 bits, then the vertical one. What still differs: Pillow's fixed-point weights (+-1), the order of
+# the passes that newer Pillow picks for some sizes (a few levels where the 8-bit intermediate clips), and its
+# box-filter step when shrinking by 3x or more (`reducing_gap`). Measured on these crops of an example photo:
+# most cases exact, the others mean <= 0.35 and max <= 3 grey levels.
 @pytest.mark.parametrize("policy", ["crop", "shorter-crop", "pad", "stretch"])
 @pytest.mark.parametrize("src, size", [((200, 300), (32, 32)), ((256, 385), (48, 40)), ((168, 93), (100, 100)),
-                                       ((24, 20), (32, 32)), ((24, 20), (100, 100))])
+                                       ((24, 20), (32, 32)), ((24, 20), (100, 100)), ((250, 250), (256, 256)),
+                                       ((255, 199), (100, 120))])
 def test_resize_tensor_matches_pillow_bicubic(policy, src, size):
     a = np.array(photo("chelsea.jpg", (385, 256)))[: src[0], : src[1]]
     ref = load_image(png_bytes(a), size, policy, (10, 200, 30), draft=False).astype(int)
     out = jpeg.resize_tensor(chw(a), *size, policy, (10, 200, 30))
     assert out.dtype == torch.uint8 and out.shape == (3, *size)
     diff = np.abs(out.permute(1, 2, 0).numpy().astype(int) - ref)
-    assert diff.mean() < 0.5, diff.mean()
-    inner = diff[2:-2, 2:-2] if policy == "crop" else diff  # crop: the cut edges, see above
-    assert inner.max() <= 4 and diff.max() <= 16, (inner.max(), diff.max())
+    assert diff.mean() < 0.4 and diff.max() <= 3 and (diff > 1).mean() < 0.01, (diff.mean(), diff.max())
+
+
+def test_resize_tensor_is_pillow_up_to_fixed_point_along_one_axis():
+    """One axis resized, the other kept: no pass order and no intermediate rounding to differ in."""
+    a = np.random.default_rng(0).integers(0, 256, (37, 90, 3), dtype=np.uint8)
+    for w in (23, 64, 90, 200):
+        ref = np.array(Image.fromarray(a).resize((w, 37), Image.Resampling.BICUBIC, reducing_gap=None)).astype(int)
+        diff = np.abs(jpeg.resize_tensor(chw(a), 37, w, "stretch").permute(1, 2, 0).numpy().astype(int) - ref)
+        assert diff.max() <= 1 and diff.mean() < 0.01, (w, diff.mean(), diff.max())
 
 
 def test_resize_tensor_batches_like_one_by_one():

@@ -3,14 +3,15 @@
 On a many-core GPU host, decoding JPEGs with Pillow in the DataLoader workers caps `regvq encode` well below
 what the tokenizer does. With this path on, the workers only read each JPEG's header (format, colour mode,
 size, EXIF orientation, a complete stream: `data.images.passthrough_jpeg`) and hand its bytes on; the main
-process decodes the batch's JPEGs in one `torchvision.io.decode_jpeg` call on the device, then orients,
-resizes, crops and pads them there with `load_image`'s geometry (`resize_geometry`). Everything else (PNG,
+process decodes the batch's JPEGs in one `torchvision.io.decode_jpeg` call on the device, turns them upright,
+and resizes, crops and pads them all at once with `load_image`'s geometry (`resize_geometry`) and Pillow's
+bicubic weights, as batched matrix products (`resize_batch`): a few kernels per batch, not per picture. Everything else (PNG,
 GIF, CMYK JPEGs, truncated files, ...) is decoded by Pillow in the workers as before, and a JPEG that nvjpeg
 refuses is decoded by Pillow in the main process, so every input is encoded or skipped with Pillow's reason.
 
 The pixels are close to Pillow's, not identical: another IDCT and chroma upsampling, no reduced-scale draft
-decode of large JPEGs, and bicubic resampling in float32 where Pillow rounds between its two passes. Tokens
-agree at most positions, not all.
+decode of large JPEGs, and small differences in the resampling (see `resize_batch`). Tokens agree at most
+positions, not all.
 """
 
 from __future__ import annotations
@@ -95,25 +96,88 @@ def apply_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
     return img
 
 
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's BICUBIC kernel: Keys' cubic convolution with a = -0.5, zero beyond |x| >= 2."""
+    a, x = -0.5, x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _axis_weights(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int, n_max: int) -> torch.Tensor:
+    """Pillow's resampling along one axis as a matrix, for a batch: float [B, n_out, n_max] with row j the weights
+    of the source pixels for canvas position j (zero rows outside the pasted region).
+
+    Every argument but n_out / n_max is a float tensor [B]: the source length, the resized box [box0, box1) of
+    the source, the length it is resized to, the first kept position and the number kept of the resized line,
+    and where that part lands on the canvas. The taps and their normalisation follow Pillow's
+    `precompute_coeffs` (the kernel widened by the shrink factor, so shrinking is antialiased; source pixels
+    outside the box are read where the kernel reaches them, as Pillow does)."""
+    j = torch.arange(n_out, device=n_in.device, dtype=torch.float64)[None]  # [1, n_out]
+    pasted = (j >= offset[:, None]) & (j < (offset + n_kept)[:, None])  # [B, n_out]
+    scale = ((box1 - box0) / n_resized)[:, None]  # source pixels per resized pixel, [B, 1]
+    widen = scale.clamp(min=1.0)
+    center = box0[:, None] + (j - offset[:, None] + first[:, None] + 0.5) * scale  # [B, n_out], source coordinates
+    support = 2.0 * widen
+    lo = (center - support + 0.5).floor().clamp(min=0)[..., None]  # Pillow's xmin, inclusive
+    hi = torch.minimum((center + support + 0.5).floor(), n_in[:, None])[..., None]  # its xmax, exclusive
+    x = torch.arange(n_max, device=n_in.device, dtype=torch.float64)  # [n_max]
+    w = _bicubic((x + 0.5 - center[..., None]) / widen[..., None]) * ((x >= lo) & (x < hi))  # [B, n_out, n_max]
+    total = w.sum(-1, keepdim=True)
+    w = torch.where(total != 0, w / total, w)
+    return (w * pasted[..., None]).float()
+
+
+def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str = "crop",
+                 background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
+    """uint8 [3, h_i, w_i] pictures of any sizes (one device) -> uint8 [n, 3, out_h, out_w] with `load_image`'s
+    geometry and Pillow's bicubic kernel, as two batched matrix products: out = Wy @ x @ Wx^T per channel, with
+    the pictures zero-padded to the largest and the rows of Wy / Wx built for each picture's box, crop and
+    placement (`resize_geometry`). The horizontal pass is rounded to 8 bits before the vertical one, as in Pillow;
+    what differs is Pillow's fixed-point weights and, for shrinking by 3x or more, its box-filter `reducing_gap`
+    step (pure bicubic here)."""
+    if not images:
+        return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
+    device = images[0].device
+    out = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)
+    bg = torch.tensor(background, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    order = sorted(range(len(images)), key=lambda i: images[i].shape[-2] * images[i].shape[-1])  # less padding
+    start = 0
+    while start < len(order):  # chunks whose float32 copy stays <= 256 MiB (one picture at least)
+        stop, h_max, w_max = start, 0, 0
+        while stop < len(order):
+            h, w = images[order[stop]].shape[-2:]
+            if stop > start and (stop + 1 - start) * 3 * max(h_max, h) * max(w_max, w) * 4 > 1 << 28:
+                break
+            h_max, w_max, stop = max(h_max, h), max(w_max, w), stop + 1
+        rows = order[start:stop]
+        x = torch.zeros((len(rows), 3, h_max, w_max), dtype=torch.float32, device=device)
+        geo = []  # per picture: (source w, h), box, resized size, crop, offset
+        for k, i in enumerate(rows):
+            h, w = images[i].shape[-2:]
+            x[k, :, :h, :w] = images[i]
+            box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
+            geo.append((w, h, *box, rw, rh, *crop, *offset))
+        g = torch.tensor(geo, dtype=torch.float64).to(device).unbind(1)
+        (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy) = g
+        wx = _axis_weights(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, w_max)  # [n, out_w, w_max]
+        wy = _axis_weights(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, h_max)  # [n, out_h, h_max]
+        # horizontal pass, rounded to 8 bits as Pillow stores it, then the vertical pass
+        t = (x @ wx.transpose(1, 2)[:, None]).add_(0.5).floor_().clamp_(0, 255)  # [n, 3, h_max, out_w]
+        y = wy[:, None] @ t  # [n, 3, out_h, out_w]
+        covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
+        y = torch.where(covered, y, bg)  # "pad": the background around the picture
+        out[torch.tensor(rows, device=device)] = y.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # half up
+        start = stop
+    return out
+
+
 def resize_tensor(img: torch.Tensor, out_h: int, out_w: int, resize: str = "crop",
                   background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
-    """uint8 [3, h, w] or [n, 3, h, w] (any device) -> uint8 [..., 3, out_h, out_w] with `load_image`'s
-    geometry: the source box, bicubic resampling (antialiased when shrinking, Pillow's kernel), the crop and,
-    for "pad", the `background` canvas."""
-    h, w = img.shape[-2:]
-    box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
-    x = img[..., box[1]:box[3], box[0]:box[2]]
-    if (rh, rw) != tuple(x.shape[-2:]):
-        batch = x.reshape(-1, *x.shape[-3:]).float()  # interpolate wants [n, c, h, w]
-        y = F.interpolate(batch, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
-        x = y.round_().clamp_(0, 255).to(torch.uint8).reshape(*x.shape[:-2], rh, rw)
-    x = x[..., crop[1]:crop[3], crop[0]:crop[2]]
-    if resize == "pad" and (rw, rh) != (out_w, out_h):
-        canvas = torch.tensor(background, dtype=torch.uint8, device=img.device).view(3, 1, 1)
-        canvas = canvas.expand(*x.shape[:-2], out_h, out_w).clone()
-        canvas[..., offset[1]:offset[1] + rh, offset[0]:offset[0] + rw] = x
-        x = canvas
-    return x
+    """uint8 [3, h, w] or [n, 3, h, w] (any device) -> uint8 [..., 3, out_h, out_w]: `resize_batch` of one size."""
+    if img.dim() == 3:
+        return resize_batch([img], out_h, out_w, resize, background)[0]
+    return resize_batch(list(img), out_h, out_w, resize, background)
 
 
 def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, background: tuple[int, int, int],
@@ -132,23 +196,17 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
     rows = batch["jpeg"].nonzero().flatten().tolist()
     datas = list(batch["jpeg_bytes"].split(batch["jpeg_sizes"].tolist()))  # uint8 [n_bytes] each
     pictures = {}  # row -> uint8 [3, out_h, out_w] on the device
-    same_shape = {}  # (h, w) -> [(row, uint8 [3, h, w] upright)]: resized together
+    upright = {}  # row -> uint8 [3, h, w] decoded by nvjpeg, turned upright: resized together below
     for row, data, img, orientation in zip(rows, datas, decode_jpegs(datas, device), batch["orientation"].tolist()):
         if img is not None:
-            img = apply_orientation(img, orientation)
-            same_shape.setdefault(tuple(img.shape[-2:]), []).append((row, img))
+            upright[row] = apply_orientation(img, orientation)
             continue
         try:
             px = load_image(data.numpy().tobytes(), size, resize, background, max_pixels)  # uint8 [H, W, 3]
             pictures[row] = torch.from_numpy(px).permute(2, 0, 1).to(device)
         except ImageSkip as e:
             ok[row], reasons[row] = False, e.reason
-    for (h, w), group in same_shape.items():
-        step = max(1, (1 << 26) // (3 * h * w))  # images per interpolate call: its float32 copy stays <= 256 MiB
-        for k in range(0, len(group), step):
-            part = group[k:k + step]
-            resized = resize_tensor(torch.stack([img for _, img in part]), out_h, out_w, resize, background)
-            pictures.update(zip([row for row, _ in part], resized))
+    pictures.update(zip(upright, resize_batch(list(upright.values()), out_h, out_w, resize, background)))
     place = (ok.cumsum(0) - 1).tolist()  # row -> its index among the ok rows
     pixels = torch.empty((int(ok.sum()), 3, out_h, out_w), dtype=torch.uint8, device=device)
     decoded = [place[row] for row in (batch["ok"] & ~batch["jpeg"]).nonzero().flatten().tolist()]
