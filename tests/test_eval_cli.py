@@ -58,3 +58,19 @@ def test_codebook_over_images_and_over_tokens(tmp_path, tok):
     assert invoke("encode", imgs, "-o", tmp_path / "tokens", "-m", tok, "--workers", "0").returncode == 0
     from_tokens = json.loads(invoke("codebook", tok, tmp_path / "tokens", "--json").stdout)
     assert from_tokens["dead_codes"] == from_images["dead_codes"] and from_tokens["n_tokens"] == from_images["n_tokens"]
+
+
+def test_codebook_over_nothing_usable_is_an_error(tmp_path, tok):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not an image")
+    r = invoke("codebook", tok, tmp_path / "imgs")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "skipped broken.png" in err and "error: no tokens to count" in err, err
+    assert "Traceback" not in err
+
+
+def test_codebook_table_shortens_a_long_dead_code_list(tmp_path, tok):
+    r = invoke("codebook", tok, make_images(tmp_path / "imgs", 1))
+    line = next(x for x in r.stdout.decode().splitlines() if x.startswith("dead_code_indices"))
+    dead = int(next(x for x in r.stdout.decode().splitlines() if x.startswith("dead_codes")).split()[1])
+    assert r.returncode == 0 and dead > 20 and f"({dead} in all; --json lists them)" in line, line

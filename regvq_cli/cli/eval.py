@@ -214,6 +214,7 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
     from regvq_cli.engine.runtime import prepare_tokenizer
+    from regvq_cli.errors import RegvqError
     from regvq_cli.eval.codebook import codebook_report, save_usage_plot
 
     if not data:
@@ -238,6 +239,8 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
                 idx = runner.encode_uint8(batch.permute(0, 3, 1, 2))
                 hist += torch.bincount(idx.flatten().cpu(), minlength=n_codes)
                 bar.update(len(batch))
+    if int(hist.sum()) == 0:
+        raise RegvqError("no tokens to count: DATA held no usable image or token row")
     report = codebook_report(hist, top_k=top)
     if plot:
         save_usage_plot(hist, plot, title=f"{tokenizer.regvq_id}: code usage")
@@ -245,4 +248,6 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
         emit_json(report)
         return
     for name, value in report.items():
+        if name == "dead_code_indices" and len(value) > 20:  # the whole list is in --json
+            value = f"{value[:20]} ... ({len(value)} in all; --json lists them)"
         click.echo(f"{name:20} {value}")

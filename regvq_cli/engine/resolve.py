@@ -125,7 +125,7 @@ def load(spec: str, device=None, dtype=None, offline: bool = False, expect: tupl
         if kind not in expect:
             want = "a tokenizer (from `regvq train-tokenizer`)" if expect == TOKENIZER else \
                 "a prior (from `regvq train-prior`)" if expect == PRIOR else " or ".join(expect)
-            raise RegvqError(f"{spec} is a {kind} model; this command needs {want}")
+            raise RegvqError(f"{spec} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} model; this command needs {want}")
     model = load_model(ref.path, device=device, dtype=dtype)
     model.regvq_id = ref.id
     model.regvq_path = ref.path
