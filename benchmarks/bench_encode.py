@@ -1,5 +1,6 @@
 """`regvq encode` end to end, from a folder of JPEGs to token shards: images/s with the CPU decoding pipeline,
-or with --jpeg-decoder nvjpeg the JPEGs decoded on the GPU.
+with --resize-on device the resizing moved from the workers to the device, with --jpeg-decoder nvjpeg the JPEGs
+decoded on the GPU too.
 
     python benchmarks/bench_encode.py --make-jpegs 5000 --source ../shared/data/photos --jpeg-dir /tmp/jpegs \
         --preset vqgan-f16 --batch-size 64 --workers 15
@@ -84,6 +85,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
+    p.add_argument("--resize-on", choices=["workers", "device"], default="workers")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -109,7 +111,8 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     opts = EncodeOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
-                         compile=args.compile, jpeg_decoder=args.jpeg_decoder)
+                         compile=args.compile, jpeg_decoder=args.jpeg_decoder,
+                         resize_on=args.resize_on)
     decoder = pick_decoder(args.jpeg_decoder, device)
     n = sum(1 for _ in args.jpeg_dir.iterdir())
     loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts, device.type == "cuda",
@@ -119,12 +122,12 @@ def main(argv=None):
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
-              "compile": args.compile, "jpeg_decoder": decoder, "cpus": os.cpu_count(), "torch": torch.__version__,
-              "command": " ".join(["python"] + sys.argv)}
+              "compile": args.compile, "jpeg_decoder": decoder, "resize_on": args.resize_on, "cpus": os.cpu_count(),
+              "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else
           f"encode {n} JPEGs: {result['images_per_s']:.1f} images/s ({result['wall_s']:.1f}s wall incl. start-up) "
-          f"{device} {dtype} batch {args.batch_size} workers {args.workers} JPEG decoder {decoder}"
+          f"{device} {dtype} batch {args.batch_size} workers {args.workers} JPEG decoder {decoder} resize on {args.resize_on}"
           + (f"; decoding pipeline alone: {loader_rate:.1f} images/s" if loader_rate else "")
           + f"\ncommand: {result['command']}")
 

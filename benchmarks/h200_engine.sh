@@ -31,8 +31,10 @@ stage_tokenizer() {
 }
 
 stage_encode() {
-  # regvq encode end to end from 256-512 px JPEGs
-  for spec in "--model regvq-tokenizer" "--preset vqgan-f16 --compile"; do
+  # regvq encode end to end from 256-512 px JPEGs: the workers decode and resize (the default), the workers decode
+  # and the GPU resizes, nvjpeg decodes on the GPU; then the paper's preset
+  for spec in "--model regvq-tokenizer" "--model regvq-tokenizer --resize-on device" \
+              "--model regvq-tokenizer --jpeg-decoder nvjpeg" "--preset vqgan-f16 --resize-on device"; do
     name="encode_$(echo "$spec" | tr -c 'a-z0-9\n' '_')"
     py benchmarks/bench_encode.py --make-jpegs 20000 --source "$PHOTOS" --jpeg-dir /tmp/jpegs $spec --batch-size 128 \
       --workers "$WORKERS" --loader-only --json > "$OUT/$name.json" &&

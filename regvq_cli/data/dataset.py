@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from regvq_cli.data.images import DEFAULT_MAX_PIXELS, ImageSkip, load_image, load_segmap, passthrough_jpeg
+from regvq_cli.data.images import (DEFAULT_MAX_PIXELS, ImageSkip, decode_image, load_image, load_segmap,
+                                  passthrough_jpeg)
 from regvq_cli.data.inputs import Inputs
 from regvq_cli.data.shards import ShardReader
 
@@ -57,7 +58,9 @@ class ImageDataset(Dataset):
 
     With `jpeg_passthrough`, a JPEG that `passthrough_jpeg` accepts is not decoded here: its
     item has "jpeg" (the file's bytes) and "orientation" (EXIF, 1 = upright) instead of
-    "image", for a decoder on the device (engine.jpeg). `collate` batches such mixed items.
+    "image", for a decoder on the device (engine.jpeg). With `fit_on_device`, the other inputs
+    are decoded but not resized: "raw" uint8 [h, w, 3] at the decoded size (`decode_image`)
+    instead of "image", for `engine.jpeg.resize_batch`. `collate` batches such mixed items.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class ImageDataset(Dataset):
         segmap_size: tuple[int, int] | None = None,
         indices: range | None = None,
         jpeg_passthrough: bool = False,
+        fit_on_device: bool = False,
     ):
         self.inputs = inputs
         self.size = (size, size) if isinstance(size, int) else tuple(size)
@@ -79,6 +83,7 @@ class ImageDataset(Dataset):
         self.segmap_size = segmap_size
         self.indices = range(len(inputs)) if indices is None else indices
         self.jpeg_passthrough = jpeg_passthrough
+        self.fit_on_device = fit_on_device
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -89,7 +94,10 @@ class ImageDataset(Dataset):
         try:
             path = self.inputs.path(i)
             jpeg = passthrough_jpeg(path, self.max_pixels) if self.jpeg_passthrough else None
-            if jpeg is None:
+            if jpeg is None and self.fit_on_device:
+                out["raw"] = torch.from_numpy(decode_image(path, self.size, self.resize, self.background,
+                                                           self.max_pixels))
+            elif jpeg is None:
                 img = load_image(path, self.size, self.resize, self.background, self.max_pixels)
                 out["image"] = torch.from_numpy(img).permute(2, 0, 1).contiguous()
             else:
@@ -100,8 +108,8 @@ class ImageDataset(Dataset):
                     raise ImageSkip("segmap missing: no maps folder given")
                 out["segmap"] = torch.from_numpy(load_segmap(mp, self.segmap_size, self.resize).astype(np.int64))
         except ImageSkip as e:
-            out.pop("jpeg", None)
-            out.pop("orientation", None)
+            for key in ("jpeg", "orientation", "raw"):
+                out.pop(key, None)
             out.update(ok=False, reason=e.reason, image=torch.zeros((3, *self.size), dtype=torch.uint8))
             if self.segmap_size is not None:
                 out["segmap"] = torch.zeros(self.segmap_size, dtype=torch.int64)
@@ -114,11 +122,15 @@ class ImageDataset(Dataset):
          "image": uint8 [n_image, 3, H, W], the decoded inputs only (ok, not JPEG bytes), in order,
          "jpeg": bool [b], the inputs passed on as JPEG bytes (ok until they are decoded),
          "jpeg_bytes": uint8 [total], those files one after another, "jpeg_sizes": int64 [n_jpeg],
-         "orientation": int64 [n_jpeg], and "segmap": int64 [b, h, w] with maps}
+         "orientation": int64 [n_jpeg],
+         "raw": bool [b], the inputs decoded but not resized, "raw_pixels": uint8 [total], their pixels
+         [h, w, 3] one after another, "raw_shapes": int64 [n_raw, 2] their (h, w),
+         and "segmap": int64 [b, h, w] with maps}
         Skipped inputs carry no pixels.
         """
-        decoded = [it["image"] for it in items if it["ok"] and "jpeg" not in it]
+        decoded = [it["image"] for it in items if it["ok"] and "image" in it]
         jpegs = [it for it in items if "jpeg" in it]
+        raws = [it["raw"] for it in items if "raw" in it]
         out = {
             "i": torch.tensor([it["i"] for it in items], dtype=torch.int64),
             "ok": torch.tensor([it["ok"] for it in items], dtype=torch.bool),
@@ -129,6 +141,9 @@ class ImageDataset(Dataset):
             "jpeg_bytes": torch.from_numpy(np.frombuffer(bytearray().join(it["jpeg"] for it in jpegs), np.uint8)),
             "jpeg_sizes": torch.tensor([len(it["jpeg"]) for it in jpegs], dtype=torch.int64),
             "orientation": torch.tensor([it["orientation"] for it in jpegs], dtype=torch.int64),
+            "raw": torch.tensor(["raw" in it for it in items], dtype=torch.bool),
+            "raw_pixels": torch.cat([r.flatten() for r in raws]) if raws else torch.zeros(0, dtype=torch.uint8),
+            "raw_shapes": torch.tensor([r.shape[:2] for r in raws], dtype=torch.int64).reshape(-1, 2),
         }
         if self.segmap_size is not None:
             out["segmap"] = default_collate([it["segmap"] for it in items])

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "RESIZE_POLICIES",
     "ImageSkip",
+    "decode_image",
     "load_image",
     "load_segmap",
     "passthrough_jpeg",
@@ -329,9 +330,39 @@ def load_image(
     Raises ImageSkip(reason) for an input that cannot be used.
     """
     out_h, out_w = _hw(size)
+    return _with_rgb(src, out_h, out_w, resize, background, max_pixels, draft,
+                     lambda rgb: _fit(rgb, out_h, out_w, resize, background))
+
+
+def decode_image(
+    src: Source,
+    size: int | tuple[int, int],
+    resize: str = "crop",
+    background: tuple[int, int, int] = (255, 255, 255),
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_side: float = 4.0,
+) -> np.ndarray:
+    """`load_image` up to the resize, for a resize elsewhere (`engine.jpeg.resize_batch`, on a GPU): uint8
+    [h, w, 3], upright RGB at the decoded size (a JPEG's reduced-scale draft included, as in `load_image`).
+    A picture with more than `max_side`^2 times the target's pixels is resized here as `load_image` does, so
+    what travels stays bounded; resizing a picture of the target size again changes nothing."""
+    out_h, out_w = _hw(size)
+
+    def keep_or_fit(rgb: Image.Image) -> np.ndarray:
+        if rgb.size[0] * rgb.size[1] > max_side * max_side * out_h * out_w:
+            return _fit(rgb, out_h, out_w, resize, background)
+        return np.array(rgb, dtype=np.uint8)
+
+    return _with_rgb(src, out_h, out_w, resize, background, max_pixels, True, keep_or_fit)
+
+
+def _with_rgb(src: Source, out_h: int, out_w: int, resize: str, background, max_pixels: int | None, draft: bool,
+              use):
+    """Open `src`, decode it (reduced-scale JPEG draft where allowed), turn it upright and to RGB, and return
+    use(rgb) while the file is still open. Raises ImageSkip(reason)."""
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
-    background = tuple(int(c) for c in background)  # type: ignore[assignment]
+    background = tuple(int(c) for c in background)
     _allow_pixels(max_pixels)
     with warnings.catch_warnings():
         _quiet()
@@ -339,18 +370,23 @@ def load_image(
         with fp, im:
             if draft and (max_pixels is None or im.size[0] * im.size[1] <= max_pixels):
                 _draft(im, out_h, out_w, resize)
-            frame = _decode(im, max_pixels)
-            rgb = to_rgb(frame, background)
-            box, (rw, rh), crop, offset = resize_geometry(rgb.size[0], rgb.size[1], out_h, out_w, resize)
-            if (rw, rh) != rgb.size or box != (0, 0) + rgb.size:
-                rgb = rgb.resize((rw, rh), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
-            if crop != (0, 0, rw, rh):
-                rgb = rgb.crop(crop)
-            if resize == "pad" and (rw, rh) != (out_w, out_h):
-                canvas = Image.new("RGB", (out_w, out_h), background)
-                canvas.paste(rgb, offset)
-                rgb = canvas
-            return np.array(rgb, dtype=np.uint8)
+            return use(to_rgb(_decode(im, max_pixels), background))
+
+
+def _fit(rgb: Image.Image, out_h: int, out_w: int, resize: str, background) -> np.ndarray:
+    """An RGB picture -> uint8 [out_h, out_w, 3] by `resize_geometry`, Pillow's bicubic and, for pad, the
+    background canvas."""
+    background = tuple(int(c) for c in background)
+    box, (rw, rh), crop, offset = resize_geometry(rgb.size[0], rgb.size[1], out_h, out_w, resize)
+    if (rw, rh) != rgb.size or box != (0, 0) + rgb.size:
+        rgb = rgb.resize((rw, rh), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    if crop != (0, 0, rw, rh):
+        rgb = rgb.crop(crop)
+    if resize == "pad" and (rw, rh) != (out_w, out_h):
+        canvas = Image.new("RGB", (out_w, out_h), background)
+        canvas.paste(rgb, offset)
+        rgb = canvas
+    return np.array(rgb, dtype=np.uint8)
 
 
 def passthrough_jpeg(src: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes, int] | None:

@@ -51,6 +51,7 @@ class EncodeOptions:
     worker_id: int = 0
     compile: bool = False
     jpeg_decoder: str = "pillow"  # or "nvjpeg": JPEGs decoded on the GPU (engine/jpeg.py)
+    resize_on: str = "workers"  # or "device": the workers decode, the device resizes (engine/jpeg.py)
 
 
 def default_loader_workers() -> int:
@@ -81,6 +82,10 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
                      "max_pixels": opts.max_pixels}
     if decoder == "nvjpeg":  # other pixels than Pillow's; a Pillow run records no decoder, as before it existed
         preprocessing["jpeg_decoder"] = "nvjpeg"
+    if opts.resize_on not in ("workers", "device"):
+        raise RegvqError(f"unknown --resize-on {opts.resize_on!r}; use workers or device")
+    if opts.resize_on == "device":  # likewise: close to the workers' pixels, not the same
+        preprocessing["resize_on"] = "device"
     run = RunInfo(
         tokenizer_id=str(tokenizer.regvq_id),
         tokenizer_sha256=file_sha256(weights_path(tokenizer.regvq_path)),
@@ -175,9 +180,11 @@ def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=Non
                   jpeg_passthrough: bool = False):
     """The decoding pipeline: a DataLoader over the inputs of the shards `todo` ((k, start, stop), in order),
     batches that never cross a shard boundary, decoded by `opts.workers` processes: see `ImageDataset.collate`
-    (decoded uint8 images [n, 3, size, size], and with `jpeg_passthrough` the bytes of plain JPEGs)."""
+    (decoded uint8 images [n, 3, size, size], or with opts.resize_on == "device" at their decoded sizes, and
+    with `jpeg_passthrough` the bytes of plain JPEGs)."""
     dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
-                           segmap_size=segmap_size, indices=_Positions(todo), jpeg_passthrough=jpeg_passthrough)
+                           segmap_size=segmap_size, indices=_Positions(todo), jpeg_passthrough=jpeg_passthrough,
+                           fit_on_device=opts.resize_on == "device")
     workers = default_loader_workers() if opts.workers is None else opts.workers
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,

@@ -1,23 +1,27 @@
-"""JPEG decoding on the GPU for `regvq encode` (nvjpeg, through torchvision).
+"""Pixels made on the device for `regvq encode`: batched resizing, and JPEG decoding with nvjpeg (torchvision).
 
-On a many-core GPU host, decoding JPEGs with Pillow in the DataLoader workers caps `regvq encode` well below
-what the tokenizer does. With this path on, the workers only read each JPEG's header (format, colour mode,
-size, EXIF orientation, a complete stream: `data.images.passthrough_jpeg`) and hand its bytes on; the main
-process decodes the batch's JPEGs in one `torchvision.io.decode_jpeg` call on the device, turns them upright,
-and resizes, crops and pads them all at once with `load_image`'s geometry (`resize_geometry`) and Pillow's
-bicubic weights, as batched matrix products (`resize_batch`): a few kernels per batch, not per picture. Everything else (PNG,
-GIF, CMYK JPEGs, truncated files, ...) is decoded by Pillow in the workers as before, and a JPEG that nvjpeg
-refuses is decoded by Pillow in the main process, so every input is encoded or skipped with Pillow's reason.
+On a many-core GPU host the CPU decoding workers, not the tokenizer, set the pace of `regvq encode`, and most
+of a worker's time goes to resizing (Pillow's bicubic: about 1.6 of 2.5 ms for a 256-512 px JPEG). Two steps
+move work to the device:
 
-The pixels are close to Pillow's, not identical: another IDCT and chroma upsampling, no reduced-scale draft
-decode of large JPEGs, and small differences in the resampling (see `resize_batch`). Tokens agree at most
-positions, not all.
+- `--resize-on device`: the workers decode (and turn upright, composite alpha) but do not resize; a batch's
+  pictures travel at their decoded sizes and are resized at once by `resize_batch`.
+- `--jpeg-decoder nvjpeg`: the workers only read each plain JPEG's header (format, colour mode, size, EXIF
+  orientation, a complete stream: `data.images.passthrough_jpeg`) and hand its bytes on; the main process
+  decodes the batch's JPEGs in one `torchvision.io.decode_jpeg` call on the device and turns them upright.
+  Everything else (PNG, GIF, CMYK JPEGs, truncated files, ...) is decoded by Pillow in the workers, and a JPEG
+  that nvjpeg refuses is decoded by Pillow in the main process, so every input is encoded or skipped with
+  Pillow's reason.
+
+`resize_batch` applies `load_image`'s geometry (`resize_geometry`) with Pillow's bicubic weights as two batched
+matrix products: a few kernels per batch, not per picture. The pixels are close to Pillow's, not identical
+(see `resize_batch`; nvjpeg also has its own IDCT and chroma upsampling and no reduced-scale draft decode of
+large JPEGs). Tokens agree at most positions, not all.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from regvq_cli.data.images import ImageSkip, load_image, resize_geometry
 from regvq_cli.errors import RegvqError
@@ -185,18 +189,25 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
     """A batch of `ImageDataset.collate` -> (pixels, ok, reasons): pixels uint8 [n_ok, 3, H, W] in input order,
     ok bool [b] and reasons [b] as the batch's, updated for the JPEGs decoded here.
 
-    The workers' decoded images are copied over; the JPEG bytes are decoded on `device`, turned upright and
-    resized there. A JPEG that nvjpeg refuses goes to `load_image` (Pillow), which decodes it or says why it is
-    skipped. Without JPEG bytes the batch's own (pinned) image tensor comes back as it is.
+    The workers' resized images are copied over; their decoded but unresized pictures ("raw") go to the device
+    in one copy; the JPEG bytes are decoded on `device` and turned upright. Both kinds are then resized together
+    (`resize_batch`). A JPEG that nvjpeg refuses goes to `load_image` (Pillow), which decodes it or says why it
+    is skipped. With neither kind the batch's own (pinned) image tensor comes back as it is.
     """
-    if not batch["jpeg"].any():
+    if not batch["jpeg"].any() and not batch["raw"].any():
         return batch["image"], batch["ok"], batch["reason"]
     out_h, out_w = size
     ok, reasons = batch["ok"].clone(), list(batch["reason"])
+    pictures = {}  # row -> uint8 [3, out_h, out_w] on the device
+    upright = {}  # row -> uint8 [3, h, w] on the device, upright, at its decoded size: resized together below
+    if batch["raw"].any():
+        flat = batch["raw_pixels"].to(device, non_blocking=True)
+        shapes = batch["raw_shapes"].tolist()
+        parts = flat.split([h * w * 3 for h, w in shapes])
+        for row, part, (h, w) in zip(batch["raw"].nonzero().flatten().tolist(), parts, shapes):
+            upright[row] = part.view(h, w, 3).permute(2, 0, 1)
     rows = batch["jpeg"].nonzero().flatten().tolist()
     datas = list(batch["jpeg_bytes"].split(batch["jpeg_sizes"].tolist()))  # uint8 [n_bytes] each
-    pictures = {}  # row -> uint8 [3, out_h, out_w] on the device
-    upright = {}  # row -> uint8 [3, h, w] decoded by nvjpeg, turned upright: resized together below
     for row, data, img, orientation in zip(rows, datas, decode_jpegs(datas, device), batch["orientation"].tolist()):
         if img is not None:
             upright[row] = apply_orientation(img, orientation)
@@ -209,7 +220,7 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
     pictures.update(zip(upright, resize_batch(list(upright.values()), out_h, out_w, resize, background)))
     place = (ok.cumsum(0) - 1).tolist()  # row -> its index among the ok rows
     pixels = torch.empty((int(ok.sum()), 3, out_h, out_w), dtype=torch.uint8, device=device)
-    decoded = [place[row] for row in (batch["ok"] & ~batch["jpeg"]).nonzero().flatten().tolist()]
+    decoded = [place[row] for row in (batch["ok"] & ~batch["jpeg"] & ~batch["raw"]).nonzero().flatten().tolist()]
     if decoded:
         pixels[torch.tensor(decoded, device=device)] = batch["image"].to(device, non_blocking=True)
     for row, px in pictures.items():
