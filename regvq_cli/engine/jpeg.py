@@ -129,7 +129,7 @@ def _axis_weights(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int
     w = _bicubic((x + 0.5 - center[..., None]) / widen[..., None]) * ((x >= lo) & (x < hi))  # [B, n_out, n_max]
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / total, w)
-    return (w * pasted[..., None]).float()
+    return w * pasted[..., None]
 
 
 def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str = "crop",
@@ -139,23 +139,24 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
     the pictures zero-padded to the largest and the rows of Wy / Wx built for each picture's box, crop and
     placement (`resize_geometry`). The horizontal pass is rounded to 8 bits before the vertical one, as in Pillow;
     what differs is Pillow's fixed-point weights and, for shrinking by 3x or more, its box-filter `reducing_gap`
-    step (pure bicubic here)."""
+    step (pure bicubic here). The arithmetic is float64: no TF32 or summation-order rounding to make a GPU's
+    pixels differ from the CPU's (bar exact ties)."""
     if not images:
         return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
     device = images[0].device
     out = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)
-    bg = torch.tensor(background, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    bg = torch.tensor(background, dtype=torch.float64, device=device).view(1, 3, 1, 1)
     order = sorted(range(len(images)), key=lambda i: images[i].shape[-2] * images[i].shape[-1])  # less padding
     start = 0
-    while start < len(order):  # chunks whose float32 copy stays <= 256 MiB (one picture at least)
+    while start < len(order):  # chunks whose float64 copy stays <= 256 MiB (one picture at least)
         stop, h_max, w_max = start, 0, 0
         while stop < len(order):
             h, w = images[order[stop]].shape[-2:]
-            if stop > start and (stop + 1 - start) * 3 * max(h_max, h) * max(w_max, w) * 4 > 1 << 28:
+            if stop > start and (stop + 1 - start) * 3 * max(h_max, h) * max(w_max, w) * 8 > 1 << 28:
                 break
             h_max, w_max, stop = max(h_max, h), max(w_max, w), stop + 1
         rows = order[start:stop]
-        x = torch.zeros((len(rows), 3, h_max, w_max), dtype=torch.float32, device=device)
+        x = torch.zeros((len(rows), 3, h_max, w_max), dtype=torch.float64, device=device)
         geo = []  # per picture: (source w, h), box, resized size, crop, offset
         for k, i in enumerate(rows):
             h, w = images[i].shape[-2:]
