@@ -1,8 +1,9 @@
 """Open any image Pillow can open and turn it into a fixed-size RGB uint8 array.
 
 `load_image` is the one entry point for pictures, `load_segmap` the one for segmentation
-maps (same geometry, nearest-neighbour resampling); `passthrough_jpeg` picks out the plain
-JPEGs a GPU decoder can take undecoded (engine.jpeg). They raise `ImageSkip(reason)` for an
+maps (same geometry, nearest-neighbour resampling); `decode_image` stops before the resize
+(for a resize on the GPU) and `passthrough_jpeg` picks out the plain JPEGs a GPU decoder can
+take undecoded (engine.jpeg). They raise `ImageSkip(reason)` for an
 input that cannot be used; the reason is a short, stable string meant for the manifest's
 `skipped` list:
 

@@ -8,8 +8,8 @@ same bytes as an uninterrupted one.
 
 Pipeline: DataLoader workers decode images on the CPU (pinned memory) while the device encodes the previous
 batch; token grids stay on the device until their shard is complete (one host sync per shard); shard files
-are written by a background thread. With the nvjpeg decoder (`engine.jpeg`) the workers pass plain JPEGs on
-undecoded and the device decodes them.
+are written by a background thread. With `resize_on="device"` the workers decode but leave the resizing to
+the device, and with the nvjpeg decoder they pass plain JPEGs on undecoded (`engine.jpeg`).
 """
 
 from __future__ import annotations
@@ -209,8 +209,8 @@ def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, 
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []
         for batch in loader:  # batches follow the shards in order (see _shard_batches)
-            # images: uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, with JPEGs
-            # decoded by nvjpeg, on the device
+            # images: uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when resized
+            # or decoded there, on the device
             images, ok, reasons = jpeg.batch_pixels(batch, device, (size, size), opts.resize, opts.background,
                                                     opts.max_pixels)
             for i, good, reason in zip(batch["i"].tolist(), ok.tolist(), reasons):
