@@ -166,6 +166,7 @@ def main(argv=None):
     ap.add_argument("--quantizer", choices=["regvq", "vq", "gumbel"], default="regvq",
                     help="the tokenizer's quantizer: compare the priors' agreement over each one's tokens")
     ap.add_argument("--codebook-size", type=int, default=0, help="codes of the tokenizer (default: the preset's, 64)")
+    ap.add_argument("--tok-extra", default="", help="more train-tokenizer options, e.g. '--prior-weight 0.01'")
     ap.add_argument("--parallel-priors", action="store_true",
                     help="train (and sample) the AR and the diffusion prior at the same time (one GPU holds both)")
     a = ap.parse_args(argv)
@@ -195,7 +196,8 @@ def main(argv=None):
         "train-tokenizer", data / "train", "-o", tok_run, "--preset", "tok-test", "--perceptual-weight", "0",
         "--contrastive-weight", "0", "--workers", a.workers, "--max-steps", a.tok_steps, "--batch-size", a.tok_batch,
         "--lr", a.tok_lr, "--sample-every", max(1, a.tok_steps // 4), "--checkpoint-every", a.tok_steps,
-        "--seed", a.seed, "--quantizer", a.quantizer, *(["--codebook-size", a.codebook_size] if a.codebook_size else [])))
+        "--seed", a.seed, "--quantizer", a.quantizer, *(["--codebook-size", a.codebook_size] if a.codebook_size else []),
+        *a.tok_extra.split()))
     t = time.perf_counter()
     recon = regvq("eval", "recon", data / "test", "-m", tok_run / "model", "--no-fid", "--json")["metrics"]
     times["tokenizer_eval"] = round(time.perf_counter() - t, 1)
@@ -263,7 +265,7 @@ def main(argv=None):
     agreement["overall"] = hits_all / n_all
 
     results |= {"tokenizer_psnr": recon["psnr"], "tokenizer_ssim": recon["ssim"],
-                "tokenizer_codebook_usage": recon["codebook_usage"], "tokenizer_perplexity": recon.get("perplexity"),
+                "tokenizer_codebook_usage": recon["codebook_usage"], "tokenizer_perplexity": recon["codebook_perplexity"],
                 "classifier_test_accuracy": test_acc,
                 "classifier_test_images": int(len(y_test)), "agreement": agreement,
                 "agreement_per_class": per_class, "chance": 1 / len(classes), "seconds": times}
