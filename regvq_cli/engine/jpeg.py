@@ -199,7 +199,7 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
         return batch["image"], batch["ok"], batch["reason"]
     out_h, out_w = size
     ok, reasons = batch["ok"].clone(), list(batch["reason"])
-    pictures = {}  # row -> uint8 [3, out_h, out_w] on the device
+    fallback = {}  # row -> uint8 [3, out_h, out_w] on the device: JPEGs nvjpeg refused, decoded by Pillow
     upright = {}  # row -> uint8 [3, h, w] on the device, upright, at its decoded size: resized together below
     if batch["raw"].any():
         flat = batch["raw_pixels"].to(device, non_blocking=True)
@@ -215,15 +215,19 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
             continue
         try:
             px = load_image(data.numpy().tobytes(), size, resize, background, max_pixels)  # uint8 [H, W, 3]
-            pictures[row] = torch.from_numpy(px).permute(2, 0, 1).to(device)
+            fallback[row] = torch.from_numpy(px).permute(2, 0, 1).to(device)
         except ImageSkip as e:
             ok[row], reasons[row] = False, e.reason
-    pictures.update(zip(upright, resize_batch(list(upright.values()), out_h, out_w, resize, background)))
     place = (ok.cumsum(0) - 1).tolist()  # row -> its index among the ok rows
     pixels = torch.empty((int(ok.sum()), 3, out_h, out_w), dtype=torch.uint8, device=device)
-    decoded = [place[row] for row in (batch["ok"] & ~batch["jpeg"] & ~batch["raw"]).nonzero().flatten().tolist()]
-    if decoded:
-        pixels[torch.tensor(decoded, device=device)] = batch["image"].to(device, non_blocking=True)
-    for row, px in pictures.items():
+
+    def put(rows: list[int], images: torch.Tensor) -> None:  # one indexed copy for a group of rows
+        if rows:
+            pixels[torch.tensor([place[row] for row in rows], device=device)] = images
+
+    put((batch["ok"] & ~batch["jpeg"] & ~batch["raw"]).nonzero().flatten().tolist(),
+        batch["image"].to(device, non_blocking=True))  # resized by the workers
+    put(list(upright), resize_batch(list(upright.values()), out_h, out_w, resize, background))
+    for row, px in fallback.items():
         pixels[place[row]] = px
     return pixels, ok, reasons
