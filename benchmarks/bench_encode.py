@@ -53,17 +53,17 @@ def make_jpegs(source: Path, out: Path, n: int, seed: int = 0, processes: int | 
         pool.map(_jpeg_part, [(source, out, n, seed, k, parts) for k in range(parts)])
 
 
-def loader_images_per_s(folder: Path, size: int, opts, pin_memory: bool, jpeg_passthrough: bool = False) -> float:
+def loader_images_per_s(folder: Path, size: int, opts, pin_memory: bool) -> float:
     """Images/s of `regvq encode`'s decoding pipeline alone over `folder`, timed after its first batch (worker
-    start-up excluded; 0 when there is only one batch). With jpeg_passthrough, as for the nvjpeg decoder: JPEGs
-    are read and their headers parsed, not decoded."""
+    start-up excluded; 0 when there is only one batch). With opts.jpeg_decoder "nvjpeg" the workers read the JPEGs
+    and parse their headers, and do not decode them."""
     from regvq_cli.data.inputs import list_inputs
     from regvq_cli.data.shards import plan_shards
     from regvq_cli.engine.encode import image_batches
 
     listing = list_inputs([str(folder)])
     batches = iter(image_batches(listing, plan_shards(len(listing), opts.shard_size), opts, size,
-                                 pin_memory=pin_memory, jpeg_passthrough=jpeg_passthrough))
+                                 pin_memory=pin_memory))
     next(batches)  # the workers are up
     n, t = 0, time.perf_counter()
     for batch in batches:
@@ -115,8 +115,8 @@ def main(argv=None):
                          resize_on=args.resize_on)
     decoder = pick_decoder(args.jpeg_decoder, device)
     n = sum(1 for _ in args.jpeg_dir.iterdir())
-    loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts, device.type == "cuda",
-                                      jpeg_passthrough=decoder == "nvjpeg") if args.loader_only else None
+    loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts, device.type == "cuda") \
+        if args.loader_only else None
     summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", load(args.model), device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
               "loader_only_images_per_s": loader_rate,

@@ -105,8 +105,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         done_before = set(completed_shards(out_dir, run))
         mine = shards_for_worker(plan_shards(len(listing), opts.shard_size), worker, workers)
         todo = [p for p in mine if p[0] not in done_before]
-        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback,
-                               nvjpeg=decoder == "nvjpeg")
+        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback)
         stats["shards_reused"] = len(mine) - len(todo)
         counts = dist.all_sum([stats["encoded"], stats["skipped"]], device)
         stats["encoded"], stats["skipped"] = int(counts[0]), int(counts[1])
@@ -176,14 +175,14 @@ class _ShardBatches:
         return sum(-(-n // self.batch_size) for n in self.sizes)
 
 
-def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False,
-                  jpeg_passthrough: bool = False):
+def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False):
     """The decoding pipeline: a DataLoader over the inputs of the shards `todo` ((k, start, stop), in order),
     batches that never cross a shard boundary, decoded by `opts.workers` processes: see `ImageDataset.collate`
     (decoded uint8 images [n, 3, size, size], or with opts.resize_on == "device" at their decoded sizes, and
-    with `jpeg_passthrough` the bytes of plain JPEGs)."""
+    with opts.jpeg_decoder == "nvjpeg" the bytes of plain JPEGs)."""
     dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
-                           segmap_size=segmap_size, indices=_Positions(todo), jpeg_passthrough=jpeg_passthrough,
+                           segmap_size=segmap_size, indices=_Positions(todo),
+                           jpeg_passthrough=opts.jpeg_decoder == "nvjpeg",
                            fit_on_device=opts.resize_on == "device")
     workers = default_loader_workers() if opts.workers is None else opts.workers
     return torch.utils.data.DataLoader(
@@ -193,13 +192,11 @@ def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=Non
     )
 
 
-def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback,
-                   nvjpeg: bool = False) -> dict:
+def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback) -> dict:
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
     if not todo:
         return stats
-    loader = image_batches(listing, todo, opts, size, run.segmap_size, pin_memory=device.type == "cuda",
-                           jpeg_passthrough=nvjpeg)
+    loader = image_batches(listing, todo, opts, size, run.segmap_size, pin_memory=device.type == "cuda")
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile)
     shard_of = {k: (start, stop) for k, start, stop in todo}
     order = iter([k for k, _, _ in todo])
