@@ -5,14 +5,19 @@
 #
 #   bash recipes/default_models.sh data       # build the training sets under $DATA (CPU only; = tokdata priordata)
 #   bash recipes/default_models.sh tokenizer  # train the tokenizer on photos + emoji/clip art + scenes
+#   bash recipes/default_models.sh ship_tokenizer   # bf16 copy of the tokenizer run into models/regvq-tokenizer
 #   bash recipes/default_models.sh priors     # encode the captioned and the map sets, train both priors
 #                                             # (= tokens t2iprior segprior; the last two can run side by side)
+#   bash recipes/default_models.sh ship_priors      # bf16 copies into models/regvq-text2img, models/regvq-seg2img
 #
 # Environment:
 #   DATA, RUNS                 where the sets and the runs go (default data/, runs/)
 #   TOK_TIME, T2I_TIME, SEG_TIME    seconds of training, counted over all resumed calls of a run
 #   TOK_STEPS, T2I_STEPS, SEG_STEPS step to stop at (to rerun a model card's numbers exactly)
 #   TOK_RUN, MASK_RATIO, GAN_START  the tokenizer's run folder name, mask ratio and discriminator start
+#   TOK_BATCH, TOK_LR          the tokenizer's batch size and learning rate (default 32, 2e-4)
+#   TOK_MODEL                  the tokenizer that encodes the priors' sets (default: the tokenizer run's model;
+#                              the shipped priors use regvq-tokenizer, after `ship_tokenizer`)
 #   TOK_INIT                   start the tokenizer from a model's weights (e.g. regvq-tokenizer) instead of scratch
 #   T2I_KIND, SEG_KIND         ar (default) or diffusion
 #   T2I_RUN, SEG_RUN, T2I_INIT, SEG_INIT   the priors' run folder names (text2img, seg2img) and models to start
@@ -53,7 +58,7 @@ stage_tokenizer() {
   # TOK_RUN names the run folder, MASK_RATIO the share of Gumbel-sampled positions (the paper's 0.4 default)
   local run="$RUNS/${TOK_RUN:-tokenizer}"
   regvq -q train-tokenizer "$DATA/photos/train" "$DATA/tok-t2i/images" "$DATA/tok-scenes/images" -o "$run" \
-    --preset "${TOK_PRESET:-small-f16}" --quantizer regvq --mask-ratio "${MASK_RATIO:-0.4}" --batch-size 32 --lr 2e-4 \
+    --preset "${TOK_PRESET:-small-f16}" --quantizer regvq --mask-ratio "${MASK_RATIO:-0.4}" --batch-size "${TOK_BATCH:-32}" --lr "${TOK_LR:-2e-4}" \
     --max-steps "${TOK_STEPS:-1000000}" --time-limit "${TOK_TIME:-480}" --gan-start "${GAN_START:-100000}" --log-every 50 \
     --logit-init "${LOGIT_INIT:-30}" --prior-weight "${PRIOR_WEIGHT:-0.01}" --prior-start "${PRIOR_START:-300}" \
     --prior-ramp "${PRIOR_RAMP:-600}" --sample-every 1000 --checkpoint-every 1000 --workers "$WORKERS" --seed 0 \
@@ -64,9 +69,17 @@ stage_tokenizer() {
 
 stage_priors() { stage_tokens; stage_t2iprior; stage_segprior; }
 
+# bf16 copies of the runs' exports into models/ (the cards there are kept); ship the tokenizer before encoding
+# the priors' sets with TOK_MODEL=regvq-tokenizer, so the priors record the shipped tokenizer's name and sha256
+stage_ship_tokenizer() { python3 recipes/ship.py "$RUNS/${TOK_RUN:-tokenizer}/model" models/regvq-tokenizer; }
+stage_ship_priors() {
+  python3 recipes/ship.py "$RUNS/${T2I_RUN:-text2img}/model" models/regvq-text2img
+  python3 recipes/ship.py "$RUNS/${SEG_RUN:-seg2img}/model" models/regvq-seg2img
+}
+
 stage_tokens() {
   # the priors' sets as tokens of the tokenizer trained above
-  local tok="$RUNS/tokenizer/model"
+  local tok="${TOK_MODEL:-$RUNS/${TOK_RUN:-tokenizer}/model}"
   [ -f "$RUNS/t2i-tokens/manifest.json" ] || regvq -q encode "$DATA/t2i/images" -o "$RUNS/t2i-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
   [ -f "$RUNS/scenes-tokens/manifest.json" ] || regvq -q encode "$DATA/scenes/images" --maps "$DATA/scenes/maps" -o "$RUNS/scenes-tokens" --model "$tok" --batch-size 256 --workers "$WORKERS"
 }
