@@ -40,6 +40,9 @@ stage_encode() {
       --workers "$WORKERS" --loader-only --json > "$OUT/$name.json" &&
       py -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d["images_per_s"], "images/s; decoding alone", d["loader_only_images_per_s"])' "$OUT/$name.json"
   done
+  # the device-side resize of the last three alone
+  py benchmarks/bench_resize.py --batch-size 128 --json > "$OUT/resize.json" &&
+    py -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d["images_per_s"], "images/s")' "$OUT/resize.json"
 }
 
 stage_sample() {

@@ -25,6 +25,15 @@ def test_bench_encode_reports_the_command_and_the_decoding_pipeline_alone(tmp_pa
     assert json.loads(capsys.readouterr().out)["loader_only_images_per_s"] is None
 
 
+def test_bench_resize_reports_images_per_s_and_the_command(capsys):
+    bench = load_benchmark("bench_resize")
+    bench.main(["--device", "cpu", "--batch-size", "3", "--min-side", "20", "--max-side", "40", "--size", "16",
+                "--iters", "1", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["images_per_s"] > 0 and r["batch_size"] == 3 and r["sides"] == [20, 40]
+    assert r["command"].startswith("python benchmarks/bench_resize.py --device cpu")
+
+
 def test_bench_sample_rows_for_ar_and_diffusion(capsys):
     bench = load_benchmark("bench_sample")
     bench.main(["--ar", "ar-test", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "1", "2",
