@@ -30,7 +30,8 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     names = None
     if with_classes and listing.has_labels and (listing.labels[:n] >= 0).all():
         names = [listing.label_names[v] if listing.label_names else str(v) for v in listing.labels[:n].tolist()]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=default_loader_workers() if workers is None else workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate,
+                                         num_workers=default_loader_workers() if workers is None else workers)
 
     def batches():
         for batch in loader:
@@ -38,7 +39,7 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
                 if not ok:
                     warn(f"skipped {listing.key(i)}: {reason}")
             if batch["ok"].any():
-                images = batch["image"][batch["ok"]].permute(0, 2, 3, 1)
+                images = batch["image"].permute(0, 2, 3, 1)  # the readable ones only, in order
                 yield images if names is None else (images, [names[i] for i in batch["i"][batch["ok"]].tolist()])
 
     return batches(), n

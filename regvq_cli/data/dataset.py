@@ -52,7 +52,7 @@ class TokenDataset(Dataset):
 class ImageDataset(Dataset):
     """Images of an input listing, decoded for encoding (use with DataLoader workers).
 
-    item -> {"i": position in the listing, "image": uint8 [3, H, W] (zeros when skipped),
+    item -> {"i": position in the listing, "image": uint8 [3, H, W] (absent when skipped),
     "ok": bool, "reason": "" or the skip reason, and "segmap" [h, w] int64 when
     `segmap_size` is given}. A skipped input never raises: its reason goes to the manifest.
 
@@ -110,7 +110,7 @@ class ImageDataset(Dataset):
         except ImageSkip as e:
             for key in ("jpeg", "orientation", "raw"):
                 out.pop(key, None)
-            out.update(ok=False, reason=e.reason, image=torch.zeros((3, *self.size), dtype=torch.uint8))
+            out.update(ok=False, reason=e.reason)  # no pixels: `collate` batches the readable ones
             if self.segmap_size is not None:
                 out["segmap"] = torch.zeros(self.segmap_size, dtype=torch.int64)
         return out
@@ -128,7 +128,7 @@ class ImageDataset(Dataset):
          and "segmap": int64 [b, h, w] with maps}
         Skipped inputs carry no pixels.
         """
-        decoded = [it["image"] for it in items if it["ok"] and "image" in it]
+        decoded = [it["image"] for it in items if "image" in it]
         jpegs = [it for it in items if "jpeg" in it]
         raws = [it["raw"] for it in items if "raw" in it]
         out = {
