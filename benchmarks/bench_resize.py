@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     batch = pictures(args.batch_size, args.min_side, args.max_side, device)
     s = seconds_per_batch(batch, args.size, device, args.iters)
+    command = " ".join(["python benchmarks/bench_resize.py", *(sys.argv[1:] if argv is None else argv)])
     result = {"images_per_s": round(args.batch_size / s, 1), "ms_per_batch": round(1000 * s, 2),
               "batch_size": args.batch_size, "sides": [args.min_side, args.max_side], "size": args.size,
-              "device": str(device), "torch": torch.__version__, "command": " ".join(["python benchmarks/bench_resize.py", *(sys.argv[1:] if argv is None else argv)])}
+              "device": str(device), "torch": torch.__version__, "command": command}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -21,8 +21,8 @@ def main() -> None:
     ap.add_argument("dest", type=Path, help="the shipped folder (models/NAME)")
     args = ap.parse_args()
     model = load_model(args.src)
-    card = None if (args.dest / "README.md").exists() else ""
-    save_model(model, args.dest, card=card, info=model.regvq_record.get("info"), dtype=torch.bfloat16)
+    # card=None keeps the destination's README.md, or writes a minimal one where there is none
+    save_model(model, args.dest, info=model.regvq_record.get("info"), dtype=torch.bfloat16)
     print(f"{args.src} -> {args.dest} (bf16)")
 
 

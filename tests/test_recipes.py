@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -390,3 +391,35 @@ def test_pack_npz_is_lossless_and_tar_splits(tmp_path):
         run("pack.py", "unpack", p, "-o", tmp_path / "su")
     assert len(list((tmp_path / "su").rglob("*.png"))) == 12
     assert (tmp_path / "su" / "images" / "metadata.jsonl").exists()
+
+
+def test_ship_casts_a_run_to_bf16_and_keeps_the_card(tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    from regvq_cli.engine.checkpoint import load_model, save_model
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS
+
+    model = Tokenizer(PRESETS["tok-test"])
+    save_model(model, tmp_path / "run" / "model", info={"steps": 7})
+    dest = tmp_path / "models" / "tok"
+    dest.mkdir(parents=True)
+    (dest / "README.md").write_text("# the card\n")
+    env = {**os.environ, "PYTHONPATH": str(RECIPES.parent)}
+    r = subprocess.run([sys.executable, str(RECIPES / "ship.py"), str(tmp_path / "run" / "model"), str(dest)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (dest / "README.md").read_text() == "# the card\n"
+    shipped = load_model(dest)
+    assert shipped.regvq_record["info"] == {"steps": 7}
+    with safe_open(str(dest / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()}
+    assert dtypes == {torch.bfloat16}
+    for (name, a), (_, b) in zip(model.state_dict().items(), shipped.state_dict().items()):
+        if a.is_floating_point():
+            assert torch.equal(a.to(torch.bfloat16).float(), b.float()), name
+    # a folder without a card gets a minimal one, not an empty file
+    r = subprocess.run([sys.executable, str(RECIPES / "ship.py"), str(tmp_path / "run" / "model"),
+                        str(tmp_path / "models" / "new")], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and (tmp_path / "models" / "new" / "README.md").read_text().strip()
