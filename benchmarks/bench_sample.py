@@ -8,7 +8,9 @@
 Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype. --cuda-graphs
 (CUDA only) adds AR rows `ar-graph`: sample_ar(cuda_graphs=True), whose time includes recording the graphs, as
 every call records its own. --compile adds rows with the decode step compiled (`-compile`; the warm-up call pays
-for the compilation, the timed one does not).
+for the compilation, the timed one does not). --profile N adds, per batch size, the N operations that took the
+most time in one eager AR call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many
+kernels or operators ran per token: where a step's time goes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,27 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
+def profiled(fn, device, top: int, tokens: int) -> dict:
+    """One call of `fn` under torch.profiler: the `top` entries by self time and the count per token."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    fn()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    return {"unit": "device kernels" if cuda else "cpu operators", "ms_total": round(total / 1000, 2),
+            "per_token": round(sum(e.count for e in events) / tokens, 1),
+            "top": [{"name": e.key[:100], "ms": round(getattr(e, key) / 1000, 3), "calls": e.count}
+                    for e in events[:top]]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ar", default="ar-b", help="AR preset ('' to skip)")
@@ -45,6 +68,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto")
     p.add_argument("--cuda-graphs", action="store_true", help="also time AR sampling with CUDA graphs")
     p.add_argument("--compile", action="store_true", help="also time AR sampling with the decode step compiled")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile one eager AR call per batch size and list its N costliest entries")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -58,7 +83,7 @@ def main(argv=None):
     dtype = pick_dtype(args.dtype, device)
     if args.cuda_graphs and device.type != "cuda":
         p.error(f"--cuda-graphs needs a CUDA device, not {device}")
-    rows = []
+    rows, profiles = [], []
 
     def build(name):
         cfg = dataclasses.replace(preset(name), cond="class", num_classes=10, codebook_size=args.codebook_size)
@@ -79,6 +104,11 @@ def main(argv=None):
                         rows.append({"model": args.ar, "sampler": name, "cfg": cfg,
                                      "steps": None, "batch": b, "images_per_s": round(b / t, 2),
                                      "ms_per_batch": round(1000 * t, 1)})
+                if args.profile:
+                    tokens = model.config.grid_size[0] * model.config.grid_size[1]
+                    prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0), device, args.profile,
+                                    tokens)
+                    profiles.append({"model": args.ar, "batch": b, "cfg": args.cfg, **prof})
         if args.diffusion:
             model = build(args.diffusion)
             for b in args.batch_sizes:
@@ -89,6 +119,7 @@ def main(argv=None):
                         rows.append({"model": args.diffusion, "sampler": sampler, "cfg": args.cfg, "steps": steps,
                                      "batch": b, "images_per_s": round(b / t, 2), "ms_per_batch": round(1000 * t, 1)})
     result = {"device": str(device), "dtype": str(dtype), "torch": torch.__version__, "rows": rows,
+              **({"profile": profiles} if args.profile else {}),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "command": " ".join(["python"] + sys.argv)}
     if args.json:
@@ -99,6 +130,11 @@ def main(argv=None):
     for r in rows:
         print(f"{r['model']:16}{r['sampler']:9}{r['cfg']:>5}{str(r['steps'] or '-'):>7}{r['batch']:>7}"
               f"{r['images_per_s']:>11}{r['ms_per_batch']:>10}")
+    for pr in profiles:
+        print(f"profile {pr['model']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in {pr['unit']}, "
+              f"{pr['per_token']} per token")
+        for e in pr["top"]:
+            print(f"  {e['ms']:>10.3f} ms {e['calls']:>7}x  {e['name']}")
     print(f"command: {result['command']}")
 
 

@@ -48,6 +48,9 @@ stage_encode() {
 stage_sample() {
   py benchmarks/bench_sample.py --ar ar-b --diffusion diffusion-b --batch-sizes 1 64 256 --steps 16 50 100 \
     --cuda-graphs --json > "$OUT/sample.json" && py -c 'import json,sys; d=json.load(open(sys.argv[1])); [print(r) for r in d["rows"]]' "$OUT/sample.json"
+  # where an AR step's time goes at batch 1 and 256: the costliest kernels of one eager call, kernels per token
+  py benchmarks/bench_sample.py --ar ar-b --diffusion '' --batch-sizes 1 256 --profile 15 > "$OUT/sample_profile.txt" &&
+    grep -A3 '^profile' "$OUT/sample_profile.txt"
 }
 
 stage_train() {

@@ -46,6 +46,17 @@ def test_bench_sample_rows_for_ar_and_diffusion(capsys):
     assert all(r["images_per_s"] > 0 for r in rows)
 
 
+def test_bench_sample_profile_lists_the_costliest_operations(capsys):
+    bench = load_benchmark("bench_sample")
+    bench.main(["--ar", "ar-test", "--diffusion", "", "--device", "cpu", "--batch-sizes", "1", "--codebook-size",
+                "16", "--profile", "3", "--json"])
+    prof = json.loads(capsys.readouterr().out)["profile"]
+    assert [(p["model"], p["batch"]) for p in prof] == [("ar-test", 1)]
+    top = prof[0]["top"]
+    assert len(top) == 3 and top[0]["ms"] >= top[1]["ms"] >= top[2]["ms"] > 0
+    assert prof[0]["unit"] == "cpu operators" and prof[0]["per_token"] > 1  # several operators per token
+
+
 def test_make_jpegs_writes_the_same_files_with_any_number_of_processes(tmp_path):
     import numpy as np
     from PIL import Image
