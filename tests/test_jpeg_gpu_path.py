@@ -183,6 +183,16 @@ def shard_rows(folder) -> dict[str, np.ndarray]:
     return {row["key"]: row["tokens"] for row in reader}
 
 
+def compare_encodes(ref, other) -> tuple[dict, dict, float]:
+    """Two encodes of `make_folder`: both skipped the same 3 inputs and kept the same 9 keys; returns their
+    manifests and the mean share of token positions that agree."""
+    m_ref, m_other = (json.loads((d / "manifest.json").read_text()) for d in (ref, other))
+    assert m_other["skipped"] == m_ref["skipped"] and len(m_ref["skipped"]) == 3
+    a, b = shard_rows(ref), shard_rows(other)
+    assert list(a) == list(b) and len(a) == 9
+    return m_ref, m_other, float(np.mean([(a[k] == b[k]).mean() for k in a]))
+
+
 def test_encode_with_the_device_decoder_skips_and_encodes_like_pillow(tmp_path, tokenizer_dir, stand_in):
     make_folder(tmp_path / "imgs")
     args = ["encode", tmp_path / "imgs", "-m", tokenizer_dir, "--device", "cpu", "--batch-size", "5",
@@ -191,12 +201,8 @@ def test_encode_with_the_device_decoder_skips_and_encodes_like_pillow(tmp_path, 
     assert r.returncode == 0, r.stderr.decode()
     r = invoke(*args, "-o", tmp_path / "gpu", "--jpeg-decoder", "nvjpeg", "--workers", "1")
     assert r.returncode == 0, r.stderr.decode()
-    pil, gpu = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("pil", "gpu"))
-    assert gpu["skipped"] == pil["skipped"] and len(pil["skipped"]) == 3
+    pil, gpu, agree = compare_encodes(tmp_path / "pil", tmp_path / "gpu")
     assert "jpeg_decoder" not in pil["preprocessing"] and gpu["preprocessing"]["jpeg_decoder"] == "nvjpeg"
-    a, b = shard_rows(tmp_path / "pil"), shard_rows(tmp_path / "gpu")
-    assert list(a) == list(b) and len(a) == 9
-    agree = np.mean([(a[k] == b[k]).mean() for k in a])
     assert agree >= 0.9, agree  # measured 0.988-0.995 with three random-weight tiny tokenizers (8 x 8 tokens)
     # the decoder is part of the run: resuming with the other one is refused, naming it
     r = invoke(*args, "-o", tmp_path / "pil", "--jpeg-decoder", "nvjpeg", "--workers", "0")
@@ -300,12 +306,8 @@ def test_encode_with_the_resize_on_the_device_skips_and_encodes_like_the_workers
     assert invoke(*args, "-o", tmp_path / "workers").returncode == 0
     r = invoke(*args, "-o", tmp_path / "device", "--resize-on", "device")
     assert r.returncode == 0, r.stderr.decode()
-    w, d = (json.loads((tmp_path / x / "manifest.json").read_text()) for x in ("workers", "device"))
-    assert d["skipped"] == w["skipped"] and len(w["skipped"]) == 3
+    w, d, agree = compare_encodes(tmp_path / "workers", tmp_path / "device")
     assert "resize_on" not in w["preprocessing"] and d["preprocessing"]["resize_on"] == "device"
-    a, b = shard_rows(tmp_path / "workers"), shard_rows(tmp_path / "device")
-    assert list(a) == list(b) and len(a) == 9
-    agree = np.mean([(a[k] == b[k]).mean() for k in a])
     # measured 1.0 with three random-weight tiny tokenizers; 0.99993 with regvq-tokenizer over 400 JPEGs
     assert agree >= 0.9, agree
     r = invoke(*args, "-o", tmp_path / "workers", "--resize-on", "device")
