@@ -1,7 +1,7 @@
 """Train and evaluate the tokenizers behind docs/results.md's comparisons, at equal steps, seed, data and network.
 
     python benchmarks/results_runs.py run --train DIR [DIR...] --val DIR --out results/ [--only a,b] [--parallel 3]
-        [--preset small-f16] [--steps 2000] [--batch-size 32] [--workers 16] [--eval-limit 2000]
+        [--preset small-f16] [--steps 2000] [--batch-size 32] [--workers 16] [--eval-limit 2000] [--deadline S]
     python benchmarks/results_runs.py table --out results/        # markdown tables from the rows written so far
     python benchmarks/results_runs.py list                        # the runs and their flags
 
@@ -9,7 +9,8 @@ Each run is one `regvq train-tokenizer` (GAN off, so that the comparison is of t
 `regvq eval recon` on the held-out folder; its row (flags, commands, final training metrics, held-out metrics)
 is written to OUT/rows/NAME.json. A run whose row exists is skipped, so a long comparison can be split over
 several calls (`--only`) and the rows collected. `--parallel K` trains K runs at once (small presets leave a
-large GPU mostly idle).
+large GPU partly idle). `--deadline S` stops everything S seconds after the start: a training run gets SIGTERM,
+checkpoints and exits, and the same command later resumes it (for machines lent in slices of time).
 
 The comparisons (the paper: Zhang et al., CVPR 2023, arXiv 2303.06424):
   quantizers   deterministic VQ, Gumbel-VQ, RegVQ (Table 1, Fig. 1)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -79,25 +81,51 @@ def eval_command(args, name: str) -> list[str]:
             "--limit", str(args.eval_limit), "--fid-method", "eigh", "--workers", str(args.workers), "--json"]
 
 
-def run_one(args, name: str) -> dict:
-    """Train and evaluate one run; returns its row (also written to OUT/rows/NAME.json)."""
+def number(metrics: dict, key: str) -> float:
+    """A metric, NaN where it is absent or was not computed (rFID/KID on too few images are null)."""
+    value = metrics.get(key)
+    return float("nan") if value is None else value
+
+
+def finished(cmd: list[str], deadline: float | None, stdout=None) -> tuple[bool, str]:
+    """Run ``cmd``; at the deadline send it SIGTERM (a training run checkpoints) and return ``(False, "")``.
+    Otherwise ``(True, its stdout when stdout=PIPE)``; a failure raises CalledProcessError."""
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT if stdout is not subprocess.PIPE else None,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=None if deadline is None else max(deadline - time.time(), 0.0))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate()
+        return False, ""
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return True, out or ""
+
+
+def run_one(args, name: str) -> dict | None:
+    """Train and evaluate one run; returns its row (also written to OUT/rows/NAME.json), or None when the deadline
+    stopped it first (its checkpoint is kept: the next call resumes it)."""
     row_path = Path(args.out) / "rows" / f"{name}.json"
     if row_path.exists():
         return json.loads(row_path.read_text())
+    deadline = args.start + args.deadline if args.deadline else None
+    if deadline is not None and time.time() >= deadline:
+        return None
     log = Path(args.out) / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     train, evaluate = train_command(args, name), eval_command(args, name)
-    with open(log, "w") as f:
-        subprocess.run(train, stdout=f, stderr=subprocess.STDOUT, check=True)
-        train_s = time.time() - t0
-        result = subprocess.run(evaluate, capture_output=True, text=True, check=True)
-        f.write(result.stderr)
+    with open(log, "a") as f:
+        if not finished(train, deadline, stdout=f)[0]:
+            return None
+    done, result = finished(evaluate, deadline, stdout=subprocess.PIPE)
+    if not done:
+        return None
     metrics_file = Path(args.out) / "runs" / name / "metrics.jsonl"
     last = json.loads(metrics_file.read_text().splitlines()[-1])
     row = {"name": name, "flags": RUNS[name], "train_command": shlex.join(["regvq"] + train[3:]),
-           "eval_command": shlex.join(["regvq"] + evaluate[3:]), "train_seconds": round(train_s, 1),
-           "final_training_metrics": last, "eval": json.loads(result.stdout)}
+           "eval_command": shlex.join(["regvq"] + evaluate[3:]), "train_seconds": round(last["elapsed_s"], 1),
+           "final_training_metrics": last, "eval": json.loads(result)}
     row_path.parent.mkdir(parents=True, exist_ok=True)
     row_path.write_text(json.dumps(row, indent=2) + "\n")
     return row
@@ -108,11 +136,19 @@ def cmd_run(args) -> None:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         sys.exit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
+    args.start = time.time()
+    left = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        for row in pool.map(lambda n: run_one(args, n), names):
+        for name, row in zip(names, pool.map(lambda n: run_one(args, n), names)):
+            if row is None:
+                left.append(name)
+                continue
             m = row["eval"]["metrics"]
-            print(f"{row['name']}: psnr {m['psnr']:.2f} rfid {m.get('rfid', float('nan')):.1f} "
+            print(f"{row['name']}: psnr {m['psnr']:.2f} rfid {number(m, 'rfid'):.1f} "
                   f"usage {m['codebook_usage']:.1f}% ({row['train_seconds']} s)", file=sys.stderr)
+    if left:
+        print(f"deadline reached; not finished: {','.join(left)} (run the same command again to resume)",
+              file=sys.stderr)
 
 
 def cmd_table(args) -> None:
@@ -126,9 +162,9 @@ def cmd_table(args) -> None:
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, row in present:
             m, t = row["eval"]["metrics"], row["final_training_metrics"]
-            print(f"| {label} | {m.get('rfid', float('nan')):.1f} | {m.get('kid', float('nan')):.4f} | "
+            print(f"| {label} | {number(m, 'rfid'):.1f} | {number(m, 'kid'):.4f} | "
                   f"{m['psnr']:.2f} | {m['ssim']:.3f} | {m['codebook_usage']:.1f}% | "
-                  f"{m['codebook_perplexity']:.0f} | {t.get('l1', float('nan')):.3f} |")
+                  f"{m['codebook_perplexity']:.0f} | {number(t, 'l1'):.3f} |")
         first = present[0][1]
         protocol = {k: v for k, v in first["eval"]["protocol"].items() if k != "model"}
         print(f"\nSteps {first['final_training_metrics'].get('step')}, protocol: {json.dumps(protocol, sort_keys=True)}")
@@ -151,6 +187,8 @@ def main(argv=None) -> None:
     run.add_argument("--workers", type=int, default=4)
     run.add_argument("--eval-limit", type=int, default=2000)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--deadline", type=float, default=None,
+                     help="seconds: stop then, checkpointing the runs in progress (resumed by the same command)")
     table = sub.add_parser("table", help="markdown tables from OUT/rows")
     table.add_argument("--out", required=True)
     sub.add_parser("list", help="the runs and their flags")

@@ -41,3 +41,19 @@ def test_table_from_rows(rr, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| VQ | 50.0 | 0.0100 | 18.00 |" in out and "| RegVQ |" in out and "| Gumbel-VQ |" not in out
     assert "### Codebook size" in out and "| 4,096 |" not in out  # only rows that exist
+
+
+def test_a_deadline_stops_a_command_with_sigterm_and_reports_it_unfinished(rr, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    catch = ("import signal, sys, time, pathlib\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(tmp_path / 'term')!r}).touch(), sys.exit(0)))\n"
+             "time.sleep(60)")
+    t0 = time.time()
+    assert rr.finished([sys.executable, "-c", catch], deadline=time.time() + 5.0) == (False, "")
+    assert time.time() - t0 < 30 and (tmp_path / "term").exists()  # it got SIGTERM, not a kill
+    assert rr.finished([sys.executable, "-c", "print('ok')"], None, stdout=subprocess.PIPE) == (True, "ok\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        rr.finished([sys.executable, "-c", "raise SystemExit(3)"], None)

@@ -1,13 +1,15 @@
 """Tokenizer training: data stream, a few real steps, outputs, resume, time limit, baselines."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from regvq_cli.errors import RegvqError
+from regvq_cli.errors import RegvqError, TrainingStopped
 from regvq_cli.train import common
 from regvq_cli.train.data import AugmentedImages, ShardedBatchSampler
 from regvq_cli.train.tokenizer import TokenizerTrainer, TrainTokenizerConfig, codebook_stats, train_tokenizer
@@ -149,6 +151,25 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert again.step == 4
     with pytest.raises(RegvqError, match="quantizer"):
         TokenizerTrainer([data], tmp_path / "b", fast_cfg(max_steps=6, quantizer="vq", **kw))
+
+
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
+    data = make_images(tmp_path / "imgs", n=4)
+
+    def preempt(step, metrics):  # what a scheduler or `timeout` does: SIGTERM mid-run
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer = TokenizerTrainer([data], tmp_path / "run", fast_cfg(max_steps=6, checkpoint_every=100))
+    with pytest.raises(TrainingStopped, match="step 3 of 6.*again to resume") as stopped:
+        trainer.run(preempt)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lasts only as long as the run
+    assert common.load_state(tmp_path / "run" / "state.pt")["step"] == 3  # not the last periodic checkpoint (0)
+    assert not (tmp_path / "run" / "model").exists()  # a stopped run is not a finished model
+    resumed = TokenizerTrainer([data], tmp_path / "run", fast_cfg(max_steps=6, checkpoint_every=100))
+    assert resumed.step == 3
+    assert (resumed.run() / "config.json").exists() and resumed.step == 6
 
 
 def test_time_limit_stops_and_exports(tmp_path):

@@ -2,6 +2,11 @@
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import click
 import pytest
@@ -51,6 +56,29 @@ def test_bad_values_are_usage_errors(tmp_path):
     r = invoke("train-tokenizer", tmp_path, "-o", tmp_path / "run", "--mask-ratio", "1.5")
     assert r.returncode == 2 and b"mask-ratio" in r.stderr
     assert isinstance(OPTIONS[0][2], click.Choice)
+
+
+def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    imgs = make_images(tmp_path / "imgs", 4)
+    args = ["train-tokenizer", str(imgs), "-o", str(tmp_path / "run"), "--preset", "tok-test", "--batch-size", "2",
+            "--workers", "0", "--perceptual-weight", "0", "--contrastive-weight", "0", "--log-every", "1",
+            "--sample-every", "100000", "--checkpoint-every", "100000", "--device", "cpu"]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "regvq_cli", *args, "--max-steps", "100000"],
+                            stderr=subprocess.PIPE, env={**os.environ, "REGVQ_DEBUG": ""})
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and proc.poll() is None:
+        assert time.time() < deadline, "training never logged a step"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert b"again to resume" in stderr and b"Traceback" not in stderr
+    step = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert step >= 2 and not (tmp_path / "run" / "model").exists()
+    r = invoke(*args, "--max-steps", step + 1)  # the same run folder: resumes from the stop, one step more
+    assert r.returncode == 0, r.stderr.decode()
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()][-2:] == [step, step + 1]
 
 
 # ---- --init: fine-tuning from a model -----------------------------------------------------------------------

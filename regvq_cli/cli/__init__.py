@@ -80,7 +80,9 @@ class LazyGroup(click.Group):
         except Exception as e:
             if debug():
                 raise
-            raise CliError(describe(e)) from e
+            error = CliError(describe(e))
+            error.exit_code = getattr(e, "exit_code", 1)  # e.g. 128 + the signal for a training run stopped by one
+            raise error from e
 
 
 def describe(e: BaseException) -> str:

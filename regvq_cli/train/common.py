@@ -14,6 +14,7 @@
   autotuning on CUDA for the length of a training run; ``maybe_compile``: optional ``torch.compile``.
 - ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images per second.
 - ``any_rank``, ``all_reduce_mean``, ``gather_objects``: small collectives that are identities with one process.
+- ``StopRequest``: SIGTERM or a first Ctrl-C asks a training loop to stop after its step and checkpoint.
 - ``plain_value``: config values read from JSON (lists) in the form dataclasses hold them (tuples).
 """
 
@@ -25,6 +26,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +99,33 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+class StopRequest:
+    """While entered: SIGTERM (a scheduler's pre-emption notice, ``timeout``, torchrun passing one on) or a first
+    Ctrl-C sets ``requested`` instead of killing the process, so the loop can finish its step and checkpoint.
+    A second Ctrl-C interrupts at once. Outside the main thread signals cannot be caught; it does nothing there."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        self.requested, self.signum = True, signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C raises KeyboardInterrupt
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -39,6 +39,7 @@ import dataclasses
 import json
 import math
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,9 +49,9 @@ import torch
 import torch.nn as nn
 
 from ..engine.dist import barrier
-from ..errors import RegvqError
-from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, Throughput, all_reduce_mean, any_rank,
-                     cleanup_distributed, gather_objects, load_state, read_metrics, rng_state, save_state,
+from ..errors import RegvqError, TrainingStopped
+from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, StopRequest, Throughput, all_reduce_mean,
+                     any_rank, cleanup_distributed, gather_objects, load_state, read_metrics, rng_state, save_state,
                      seed_everything, set_rng_state, setup_distributed)
 
 
@@ -234,33 +235,46 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
-        """Train to ``max_steps`` (or the time limit), then export; ``callback(step, metrics)`` on rank 0."""
+        """Train to ``max_steps`` (or the time limit), then export; ``callback(step, metrics)`` on rank 0.
+
+        SIGTERM or Ctrl-C stops it after the current step with a checkpoint and raises TrainingStopped: rerunning
+        resumes there, so a pre-empted or interrupted run loses nothing."""
         cfg = self.cfg
         try:
-            throughput = Throughput()
-            t_last = time.perf_counter()
-            stop = False
-            while self.step < cfg.max_steps and not stop:
-                m = self.train_step()
-                now = time.perf_counter()
-                self.elapsed += now - t_last
-                t_last = now
-                throughput.add(int(m[self.unit]))
-                for k, v in m.items():
-                    self.window[k] = self.window.get(k, 0.0) + v
-                self.window_steps += 1
-                if cfg.time_limit is not None:  # every rank stops at the same step
-                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
-                done = stop or self.step >= cfg.max_steps
-                if self.step % cfg.log_every == 0 or done:
-                    self._log(throughput)
-                if cfg.sample_every > 0 and (self.step % cfg.sample_every == 0 or done):
-                    self.sample()  # its seconds count: the time limit bounds the run's wall time
-                if self.step % cfg.checkpoint_every == 0 or done:
-                    self._flush_pending()  # never save weights a non-finite loss has reached
-                    self.save()
-                if callback is not None and self.main:
-                    callback(self.step, {**self.last_metrics, **m, "step": self.step})
+            with StopRequest() as request:
+                throughput = Throughput()
+                t_last = time.perf_counter()
+                stop = interrupted = False
+                while self.step < cfg.max_steps and not stop:
+                    m = self.train_step()
+                    now = time.perf_counter()
+                    self.elapsed += now - t_last
+                    t_last = now
+                    throughput.add(int(m[self.unit]))
+                    for k, v in m.items():
+                        self.window[k] = self.window.get(k, 0.0) + v
+                    self.window_steps += 1
+                    if cfg.time_limit is not None:  # every rank stops at the same step
+                        stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
+                    if self.dist.world_size == 1:
+                        interrupted = request.requested
+                    elif self.step % cfg.log_every == 0:  # ranks may see the signal at different steps: agree
+                        interrupted = any_rank(request.requested, self.device)
+                    stop = stop or interrupted
+                    done = stop or self.step >= cfg.max_steps
+                    if self.step % cfg.log_every == 0 or done:
+                        self._log(throughput)
+                    if cfg.sample_every > 0 and not interrupted and (self.step % cfg.sample_every == 0 or done):
+                        self.sample()  # its seconds count: the time limit bounds the run's wall time
+                    if self.step % cfg.checkpoint_every == 0 or done:
+                        self._flush_pending()  # never save weights a non-finite loss has reached
+                        self.save()
+                    if callback is not None and self.main:
+                        callback(self.step, {**self.last_metrics, **m, "step": self.step})
+            if interrupted:
+                raise TrainingStopped(f"stopped at step {self.step} of {cfg.max_steps}; its checkpoint is in "
+                                      f"{self.state_path}: run the same command again to resume",
+                                      request.signum or signal.SIGTERM)
             return self.export()
         finally:
             self._batch_iter = None  # shuts DataLoader workers down
