@@ -2,6 +2,8 @@
 
     python benchmarks/results_runs.py run --train DIR [DIR...] --val DIR --out results/ [--only a,b] [--parallel 3]
         [--preset small-f16] [--steps 2000] [--batch-size 32] [--workers 16] [--eval-limit 2000] [--deadline S]
+    python benchmarks/results_runs.py gen --train DIR --out results/ [--only a,b] [--kind ar] [--prior-preset ar-small]
+        [--prior-steps 2000] [--samples 2000] [--parallel 5] [--deadline S]
     python benchmarks/results_runs.py table --out results/        # markdown tables from the rows written so far
     python benchmarks/results_runs.py list                        # the runs and their flags
 
@@ -17,9 +19,13 @@ The comparisons (the paper: Zhang et al., CVPR 2023, arXiv 2303.06424):
   ablation     straight-through argmax -> +prior -> +mask -> +CL -> +PCL, cumulative (Table 2)
   mask         mask ratio 0, 0.2, 0.4, 0.6, 1.0 (Fig. 3; PSNR here, generation FID needs priors)
   codebook     RegVQ with 1,024 and 4,096 codes (Fig. 8)
-and, beside the quantizers, RegVQ with the shipped tokenizer's prior schedule (not the paper's).
-Runs shared between comparisons are trained once (RegVQ with the defaults is the last ablation row, mask 0.4
-and codebook 1,024).
+and, beside the quantizers, RegVQ with the shipped tokenizer's prior schedule (not the paper's), with the mask and
+codebook sweeps repeated on it. Runs shared between comparisons are trained once (RegVQ with the defaults is the
+last ablation row, mask 0.4 and codebook 1,024).
+
+`gen` measures what a tokenizer gives a prior (the generation side of Fig. 3): for each finished run it encodes
+the training images, trains a small unconditional prior on the tokens (same preset, steps and seed for all) and
+writes FID, KID and precision/recall of its samples against the reference images to OUT/gen/NAME-KIND.json.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from pathlib import Path
 REGVQ = [sys.executable, "-m", "regvq_cli"]
 FULL = []  # RegVQ with every default: prior, mask 0.4, PCL
 
+# not the paper's: sharper initial logits and a weak prior KL that starts late (the shipped tokenizer's recipe,
+# docs/results.md); its schedule is in steps, sized for runs of 1,200-2,000
+LATE = ["--logit-init", "30", "--prior-weight", "0.01", "--prior-start", "300", "--prior-ramp", "600"]
+
 RUNS: dict[str, list[str]] = {
     "vq": ["--quantizer", "vq"],
     "gumbel": ["--quantizer", "gumbel"],
@@ -50,9 +60,11 @@ RUNS: dict[str, list[str]] = {
     "mask-0.6": ["--mask-ratio", "0.6"],
     "mask-1.0": ["--mask-ratio", "1"],
     "codebook-4096": ["--codebook-size", "4096"],
-    # not the paper's: sharper initial logits and a weak prior KL that starts late (the shipped tokenizer's recipe,
-    # docs/results.md); its schedule is in steps, sized for runs of about 2,000
-    "regvq-late-prior": ["--logit-init", "30", "--prior-weight", "0.01", "--prior-start", "300", "--prior-ramp", "600"],
+    "regvq-late-prior": LATE,
+    # the mask and codebook sweeps again on that recipe: with the paper's prior the codes stay uniform early on
+    # (docs/results.md), which leaves the mask nothing to trade
+    **{f"late-mask-{r}": [*LATE, "--mask-ratio", r] for r in ("0.0", "0.2", "0.6", "1.0")},
+    "late-codebook-4096": [*LATE, "--codebook-size", "4096"],
 }
 
 TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -65,6 +77,11 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "mask": ("Mask ratio",
              [("0", "mask-0.0"), ("0.2", "mask-0.2"), ("0.4", "regvq"), ("0.6", "mask-0.6"), ("1.0", "mask-1.0")]),
     "codebook": ("Codebook size", [("1,024", "regvq"), ("4,096", "codebook-4096")]),
+    "mask-late": ("Mask ratio, logits x30 and the late prior",
+                  [("0", "late-mask-0.0"), ("0.2", "late-mask-0.2"), ("0.4", "regvq-late-prior"),
+                   ("0.6", "late-mask-0.6"), ("1.0", "late-mask-1.0")]),
+    "codebook-late": ("Codebook size, logits x30 and the late prior",
+                      [("1,024", "regvq-late-prior"), ("4,096", "late-codebook-4096")]),
 }
 
 
@@ -103,35 +120,87 @@ def finished(cmd: list[str], deadline: float | None, stdout=None) -> tuple[bool,
     return True, out or ""
 
 
-def run_one(args, name: str) -> dict | None:
-    """Train and evaluate one run; returns its row (also written to OUT/rows/NAME.json), or None when the deadline
-    stopped it first (its checkpoint is kept: the next call resumes it)."""
-    row_path = Path(args.out) / "rows" / f"{name}.json"
-    if row_path.exists():
-        return json.loads(row_path.read_text())
+def run_chain(args, name: str, commands: list[list[str]], log_name: str) -> str | None:
+    """Run the commands in turn, all but the last logging to OUT/logs/LOG_NAME.log; the last one's stdout, or None
+    when the deadline stopped one (what was done is kept: the same call later resumes)."""
     deadline = args.start + args.deadline if args.deadline else None
     if deadline is not None and time.time() >= deadline:
         return None
-    log = Path(args.out) / "logs" / f"{name}.log"
+    log = Path(args.out) / "logs" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    train, evaluate = train_command(args, name), eval_command(args, name)
     with open(log, "a") as f:
-        if not finished(train, deadline, stdout=f)[0]:
-            return None
-    done, result = finished(evaluate, deadline, stdout=subprocess.PIPE)
-    if not done:
+        for cmd in commands[:-1]:
+            if not finished(cmd, deadline, stdout=f)[0]:
+                return None
+    done, out = finished(commands[-1], deadline, stdout=subprocess.PIPE)
+    return out if done else None
+
+
+def last_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def command_text(cmd: list[str]) -> str:
+    return shlex.join(["regvq"] + cmd[3:])
+
+
+def run_one(args, name: str) -> dict | None:
+    """Train and evaluate one tokenizer; returns its row (also written to OUT/rows/NAME.json), or None when the
+    deadline stopped it first."""
+    row_path = Path(args.out) / "rows" / f"{name}.json"
+    if row_path.exists():
+        return json.loads(row_path.read_text())
+    train, evaluate = train_command(args, name), eval_command(args, name)
+    result = run_chain(args, name, [train, evaluate], name)
+    if result is None:
         return None
-    metrics_file = Path(args.out) / "runs" / name / "metrics.jsonl"
-    last = json.loads(metrics_file.read_text().splitlines()[-1])
-    row = {"name": name, "flags": RUNS[name], "train_command": shlex.join(["regvq"] + train[3:]),
-           "eval_command": shlex.join(["regvq"] + evaluate[3:]), "train_seconds": round(last["elapsed_s"], 1),
+    last = last_metrics(Path(args.out) / "runs" / name)
+    row = {"name": name, "flags": RUNS[name], "train_command": command_text(train),
+           "eval_command": command_text(evaluate), "train_seconds": round(last["elapsed_s"], 1),
            "final_training_metrics": last, "eval": json.loads(result)}
     row_path.parent.mkdir(parents=True, exist_ok=True)
     row_path.write_text(json.dumps(row, indent=2) + "\n")
     return row
 
 
-def cmd_run(args) -> None:
+def gen_commands(args, name: str) -> list[list[str]]:
+    """Encode the training images with run NAME's tokenizer, train a small unconditional prior on the tokens,
+    sample from it and measure the samples against the reference images."""
+    out = Path(args.out)
+    tokens, prior = out / "tokens" / name, out / "priors" / f"{name}-{args.kind}"
+    encode = [*REGVQ, "-q", "encode", *args.train, "-o", str(tokens), "-m", str(out / "runs" / name / "model"),
+              "--workers", str(args.workers), "--batch-size", "128"]
+    train = [*REGVQ, "-q", "train-prior", str(tokens), "-o", str(prior), "--kind", args.kind,
+             "--preset", args.prior_preset, "--cond", "none", "--batch-size", str(args.prior_batch_size),
+             "--max-steps", str(args.prior_steps), "--log-every", "50", "--sample-every", "100000000",
+             "--checkpoint-every", "500", "--seed", str(args.seed)]
+    evaluate = [*REGVQ, "-q", "eval", "gen", "--model", str(prior / "model"), "-n", str(args.samples),
+                "--ref", args.ref or args.train[0], "--batch-size", "128", "--fid-method", "eigh",
+                "--workers", str(args.workers), "--seed", str(args.seed), "--json"]
+    return [encode, train, evaluate]
+
+
+def gen_one(args, name: str) -> dict | None:
+    """The generation row of tokenizer run NAME (OUT/gen/NAME-KIND.json), or None when the deadline came first."""
+    row_path = Path(args.out) / "gen" / f"{name}-{args.kind}.json"
+    if row_path.exists():
+        return json.loads(row_path.read_text())
+    if not (Path(args.out) / "rows" / f"{name}.json").exists():
+        sys.exit(f"{name} has no tokenizer row yet: run `results_runs.py run --only {name}` first")
+    commands = gen_commands(args, name)
+    result = run_chain(args, name, commands, f"{name}-{args.kind}")
+    if result is None:
+        return None
+    row = {"name": name, "kind": args.kind, "commands": [command_text(c) for c in commands],
+           "prior_final_metrics": last_metrics(Path(args.out) / "priors" / f"{name}-{args.kind}"),
+           "eval": json.loads(result)}
+    row_path.parent.mkdir(parents=True, exist_ok=True)
+    row_path.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def in_pool(args, one, report) -> None:
+    """one(args, name) for the named runs, --parallel at a time; report(row) for each finished one."""
     names = args.only.split(",") if args.only else list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
@@ -139,20 +208,36 @@ def cmd_run(args) -> None:
     args.start = time.time()
     left = []
     with ThreadPoolExecutor(args.parallel) as pool:
-        for name, row in zip(names, pool.map(lambda n: run_one(args, n), names)):
+        for name, row in zip(names, pool.map(lambda n: one(args, n), names)):
             if row is None:
                 left.append(name)
-                continue
-            m = row["eval"]["metrics"]
-            print(f"{row['name']}: psnr {m['psnr']:.2f} rfid {number(m, 'rfid'):.1f} "
-                  f"usage {m['codebook_usage']:.1f}% ({row['train_seconds']} s)", file=sys.stderr)
+            else:
+                print(report(row), file=sys.stderr)
     if left:
         print(f"deadline reached; not finished: {','.join(left)} (run the same command again to resume)",
               file=sys.stderr)
 
 
+def cmd_run(args) -> None:
+    def report(row):
+        m = row["eval"]["metrics"]
+        return (f"{row['name']}: psnr {m['psnr']:.2f} rfid {number(m, 'rfid'):.1f} "
+                f"usage {m['codebook_usage']:.1f}% ({row['train_seconds']} s)")
+
+    in_pool(args, run_one, report)
+
+
+def cmd_gen(args) -> None:
+    def report(row):
+        m = row["eval"]["metrics"]
+        return f"{row['name']} ({row['kind']} prior): fid {number(m, 'fid'):.1f} kid {number(m, 'kid'):.4f}"
+
+    in_pool(args, gen_one, report)
+
+
 def cmd_table(args) -> None:
     rows = {p.stem: json.loads(p.read_text()) for p in sorted((Path(args.out) / "rows").glob("*.json"))}
+    gens = {p.stem: json.loads(p.read_text()) for p in sorted((Path(args.out) / "gen").glob("*.json"))}
     for title, entries in TABLES.values():
         present = [(label, rows[name]) for label, name in entries if name in rows]
         if not present:
@@ -167,8 +252,21 @@ def cmd_table(args) -> None:
                   f"{m['codebook_perplexity']:.0f} | {number(t, 'l1'):.3f} |")
         first = present[0][1]
         protocol = {k: v for k, v in first["eval"]["protocol"].items() if k != "model"}
-        print(f"\nSteps {first['final_training_metrics'].get('step')}, protocol: {json.dumps(protocol, sort_keys=True)}")
+        steps = first["final_training_metrics"].get("step")
+        print(f"\nSteps {steps}, protocol: {json.dumps(protocol, sort_keys=True)}")
         print("Commands: " + "; ".join(f"`{row['train_command']}`" for _, row in present) + "\n")
+        generated = [(label, gens[f"{row['name']}-{kind}"], row) for label, row in present
+                     for kind in ("ar", "diffusion") if f"{row['name']}-{kind}" in gens]
+        if generated:
+            print("Generation: a small unconditional prior per tokenizer, its samples against the reference images\n")
+            print("| run | prior | FID | KID | precision | recall | prior CE (training) | tokenizer PSNR |")
+            print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for label, g, row in generated:
+                m = g["eval"]["metrics"]
+                print(f"| {label} | {g['kind']} | {number(m, 'fid'):.1f} | {number(m, 'kid'):.4f} | "
+                      f"{number(m, 'precision'):.3f} | {number(m, 'recall'):.3f} | "
+                      f"{number(g['prior_final_metrics'], 'ce'):.3f} | {row['eval']['metrics']['psnr']:.2f} |")
+            print("\nCommands, per run: " + "; ".join(f"`{c}`" for c in generated[0][1]["commands"]) + "\n")
 
 
 def main(argv=None) -> None:
@@ -189,12 +287,29 @@ def main(argv=None) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--deadline", type=float, default=None,
                      help="seconds: stop then, checkpointing the runs in progress (resumed by the same command)")
-    table = sub.add_parser("table", help="markdown tables from OUT/rows")
+    gen = sub.add_parser("gen", help="a small prior per finished run: generation FID/KID/precision/recall")
+    gen.add_argument("--train", nargs="+", required=True, help="the runs' training image folders (encoded)")
+    gen.add_argument("--ref", default=None, help="reference images for FID (default: the first --train folder)")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--only", default="", help="comma list of run names (default: all)")
+    gen.add_argument("--parallel", type=int, default=1)
+    gen.add_argument("--kind", choices=("ar", "diffusion"), default="ar")
+    gen.add_argument("--prior-preset", default="ar-small")
+    gen.add_argument("--prior-steps", type=int, default=2000)
+    gen.add_argument("--prior-batch-size", type=int, default=64)
+    gen.add_argument("--samples", type=int, default=2000)
+    gen.add_argument("--workers", type=int, default=4)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--deadline", type=float, default=None,
+                     help="seconds: stop then, checkpointing the priors in training (resumed by the same command)")
+    table = sub.add_parser("table", help="markdown tables from OUT/rows and OUT/gen")
     table.add_argument("--out", required=True)
     sub.add_parser("list", help="the runs and their flags")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         cmd_run(args)
+    elif args.cmd == "gen":
+        cmd_gen(args)
     elif args.cmd == "table":
         cmd_table(args)
     else:

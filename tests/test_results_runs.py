@@ -57,3 +57,24 @@ def test_a_deadline_stops_a_command_with_sigterm_and_reports_it_unfinished(rr, t
     assert rr.finished([sys.executable, "-c", "print('ok')"], None, stdout=subprocess.PIPE) == (True, "ok\n")
     with pytest.raises(subprocess.CalledProcessError):
         rr.finished([sys.executable, "-c", "raise SystemExit(3)"], None)
+
+
+def test_gen_chains_encode_prior_training_and_eval_gen_into_a_row(rr, tmp_path):
+    """The three commands of a generation row run as written (flags that exist, folders that line up)."""
+    from argparse import Namespace
+
+    from tests.test_train_tokenizer import fast_cfg, make_images
+    from regvq_cli.train.tokenizer import train_tokenizer
+
+    imgs = make_images(tmp_path / "imgs", n=12, size=32)
+    out = tmp_path / "out"
+    train_tokenizer([imgs], out / "runs" / "vq", fast_cfg(max_steps=1, quantizer="vq"))
+    (out / "rows").mkdir()
+    (out / "rows" / "vq.json").write_text("{}")  # gen_one needs the tokenizer's row to exist, nothing in it
+    args = Namespace(out=str(out), train=[str(imgs)], ref=None, kind="ar", prior_preset="ar-test", prior_steps=2,
+                     prior_batch_size=4, samples=10, workers=0, seed=0, deadline=None, start=0.0)
+    row = rr.gen_one(args, "vq")
+    assert row["kind"] == "ar" and row["prior_final_metrics"]["step"] == 2
+    assert row["eval"]["metrics"]["fid"] is not None and row["eval"]["protocol"]["n_images"] == 10
+    assert json.loads((out / "gen" / "vq-ar.json").read_text()) == row
+    assert rr.gen_one(args, "vq") == row  # a finished row is read back, not redone
