@@ -73,6 +73,7 @@ def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_pa
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1].startswith("regvq: stopped at step ")
     assert b"again to resume" in stderr and b"Traceback" not in stderr
     step = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert step >= 2 and not (tmp_path / "run" / "model").exists()

@@ -43,9 +43,10 @@ class CliError(click.ClickException):
     """A runtime failure shown as one line; exit code 1."""
 
     exit_code = 1
+    label = "error: "
 
     def show(self, file=None):
-        click.echo(f"regvq: error: {self.format_message()}", err=True)
+        click.echo(f"regvq: {self.label}{self.format_message()}", err=True)
 
 
 class LazyGroup(click.Group):
@@ -81,7 +82,8 @@ class LazyGroup(click.Group):
             if debug():
                 raise
             error = CliError(describe(e))
-            error.exit_code = getattr(e, "exit_code", 1)  # e.g. 128 + the signal for a training run stopped by one
+            if hasattr(e, "exit_code"):  # a training run stopped by a signal: 128 + the signal, and not an error
+                error.exit_code, error.label = e.exit_code, ""
             raise error from e
 
 

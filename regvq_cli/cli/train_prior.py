@@ -87,7 +87,8 @@ def train_prior(tokens, run_dir, as_json, **fields):
     torchrun --nproc-per-node 8 -m regvq_cli train-prior tokens/ -o runs/big --preset ar-l
     regvq sample -m runs/ar/model --class 3 -n 16 --grid -o sheet.png
 
-    Rerunning on the same OUT resumes from its last checkpoint (raise --max-steps to train longer). OUT holds
+    Rerunning on the same OUT resumes from its last checkpoint (raise --max-steps to train longer); SIGTERM or
+    Ctrl-C stops after the current step and checkpoints first (exit 128 + the signal). OUT holds
     metrics.jsonl, samples/, state.pt and model/. --init starts a new run (step 0) from a prior's weights; its
     model card records the model.
     """

@@ -112,7 +112,8 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     regvq train-tokenizer ./faces -o runs/ft --init regvq-tokenizer --lr 2e-5   # fine-tune a model
     torchrun --nproc-per-node 8 -m regvq_cli train-tokenizer ./photos -o runs/big --preset vqgan-f16
 
-    Rerunning on the same OUT resumes from its last checkpoint. OUT holds metrics.jsonl, samples/ and model/.
+    Rerunning on the same OUT resumes from its last checkpoint; SIGTERM or Ctrl-C stops after the current step
+    and checkpoints first (exit 128 + the signal). OUT holds metrics.jsonl, samples/ and model/.
     --init starts a new run (step 0) from a model's weights; its model card records the model.
     """
     import shlex
