@@ -10,7 +10,8 @@ The tokenizer mode is the text ceilings alone: how much of the caption recipe's 
 decode, the acceptance test of a tokenizer meant for the text prior.
 
 Images are sampled exactly as `regvq sample` does (same token batches, generator seeded with --seed, --cfg,
-temperature 1, no top-k/top-p), decoded with the tokenizer and measured on the CPU.
+--temperature, --top-k, --top-p; by default temperature 1 and no truncation, as `regvq sample`), decoded with the
+tokenizer and measured on the CPU.
 
 text protocol. A fixed prompt set, the same for every run and model, from the vocabulary of recipes/text2img.py:
 objects OBJECTS (those the recipe has), the recipe's 12 colour words. Two thirds of the prompts are
@@ -379,9 +380,10 @@ def load_models(model: str, tokenizer: str | None, device: str):
     return prior, tok, dev
 
 
-def generate(prior, tok, dev, cond_kwargs: dict, n: int, seed: int, cfg: float, batch_size: int) -> np.ndarray:
+def generate(prior, tok, dev, cond_kwargs: dict, n: int, seed: int, cfg: float, batch_size: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
     """n samples per condition, condition-major, as uint8 [k * n, H, W, 3]; the same images as `regvq sample`
-    with the same seed, -n, --cfg, --batch-size and device."""
+    with the same seed, -n, --cfg, --temperature, --top-k, --top-p, --batch-size and device."""
     import torch
 
     from regvq_cli.cli.sample import token_batches
@@ -394,7 +396,7 @@ def generate(prior, tok, dev, cond_kwargs: dict, n: int, seed: int, cfg: float, 
     count = len(next(iter(cond_kwargs.values())))
     rows = np.arange(count * n) // n
     gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
-    options = dict(cfg=cfg, temperature=1.0, top_k=0, top_p=1.0)
+    options = dict(cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p)
     if prior.model_type == "diffusion":
         options.update(steps=None, sampler="vq")
     runner = prepare_tokenizer(tok, dev, dtype)
@@ -438,7 +440,8 @@ def save_images(folder: str | None, images: np.ndarray, names: list[str]) -> Non
 def run_text(a) -> dict:
     prompts = text_prompts(a.prompts)
     prior, tok, dev = load_models(a.model, a.tokenizer, a.device)
-    images = generate(prior, tok, dev, {"prompts": [p["prompt"] for p in prompts]}, a.n, a.seed, a.cfg, a.batch_size)
+    images = generate(prior, tok, dev, {"prompts": [p["prompt"] for p in prompts]}, a.n, a.seed, a.cfg, a.batch_size,
+                      a.temperature, a.top_k, a.top_p)
     save_images(a.save, images, [f"{j:06d}-{prompts[j // a.n]['prompt'].replace(' ', '-')}" for j in range(len(images))])
     pics, facts = recipe_pictures(a.ceiling_pictures, int(images.shape[1]), RECIPE_SEED)
     kind = None
@@ -457,6 +460,7 @@ def run_text(a) -> dict:
                 "classifier": f"4-layer CNN at {KIND_SIZE} px trained on {a.kind_train} recipe pictures of "
                               f"{', '.join(OBJECTS)} (seed {KIND_SEED}); held-out pictures seed {KIND_SEED + 1}"}
     return {"mode": "text", "model": prior.regvq_id, "tokenizer": tok.regvq_id, "seed": a.seed, "cfg": a.cfg,
+            "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
             "n_per_prompt": a.n, "prompts": len(prompts), "image_size": int(images.shape[1]),
             "protocol": {"objects": sorted({p["object"] for p in prompts}), "colors": C.COLOR_NAMES,
                          "positions": POSITIONS, "prompt_seed": PROMPT_SEED, "border": "1/16 of the side",
@@ -510,9 +514,11 @@ def run_segmap(a) -> dict:
     real, maps = make_scenes(a.scenes + a.ref_scenes, size, a.scene_seed)
     refs = stuff_refs(real[a.scenes:], maps[a.scenes:], a.refs_per_class)
     real, maps = real[:a.scenes], maps[:a.scenes]
-    images = generate(prior, tok, dev, {"segmaps": maps}, a.n, a.seed, a.cfg, a.batch_size)
+    images = generate(prior, tok, dev, {"segmaps": maps}, a.n, a.seed, a.cfg, a.batch_size,
+                      a.temperature, a.top_k, a.top_p)
     save_images(a.save, images, [f"{j:06d}-scene{j // a.n}" for j in range(len(images))])
     return {"mode": "segmap", "model": prior.regvq_id, "tokenizer": tok.regvq_id, "seed": a.seed, "cfg": a.cfg,
+            "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
             "n_per_scene": a.n, "scenes": a.scenes, "scene_seed": a.scene_seed, "image_size": int(size),
             "images": int(len(images)),
             "protocol": {"stuff": segmaps.STUFF, "scored": "pixels whose map label is a stuff class",
@@ -570,6 +576,9 @@ def main(argv=None) -> None:
         p.add_argument("-n", type=int, default=n, help=f"images per condition (default {n})")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--cfg", type=float, default=1.5, help="guidance scale (default 1.5, as regvq sample)")
+        p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+        p.add_argument("--top-k", type=int, default=0, help="keep the k most likely codes (default 0: all)")
+        p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1: all)")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--device", default="auto")
         p.add_argument("--save", default=None, metavar="DIR", help="also write the sampled PNGs here")

@@ -101,3 +101,51 @@ def test_cli_runner_turns_library_errors_into_exit_1(tmp_path):
     result = CliRunner().invoke(cli, ["models", "show", str(tmp_path)])
     assert result.exit_code == 1
     assert "regvq: error:" in result.stderr and "not a model folder" in result.stderr
+
+
+def _commands():
+    """Every leaf command under the CLI, loaded."""
+    import click
+
+    ctx = click.Context(cli)
+    todo = [(name, cli.get_command(ctx, name)) for name in cli.list_commands(ctx)]
+    while todo:
+        name, cmd = todo.pop()
+        if isinstance(cmd, click.Group):
+            todo += [(f"{name} {sub}", cmd.get_command(ctx, sub)) for sub in cmd.list_commands(ctx)]
+        else:
+            yield name, cmd
+
+
+def test_out_of_memory_names_the_batch_size_to_try_on_every_batched_command():
+    import click
+    import torch
+
+    from regvq_cli.cli._common import batch_size_hint
+
+    batched = [name for name, cmd in _commands() if any(p.name == "batch_size" for p in cmd.params)]
+    assert {"encode", "decode", "sample", "eval recon", "eval gen", "train-tokenizer", "train-prior"} <= set(batched)
+    for name, cmd in _commands():
+        if name in batched:
+            assert getattr(cmd.callback, "__wrapped__", None) is not None, f"{name} lacks @batch_size_hint"
+
+    @click.command()
+    @click.option("--batch-size", type=int, default=64)
+    @click.option("--grad-accum", type=int, default=1)
+    @batch_size_hint
+    def train(batch_size, grad_accum):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    r = CliRunner().invoke(cli.__class__(commands={"train": train}), ["train", "--batch-size", "48"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == ("regvq: error: out of memory at --batch-size 48: run the same command with "
+                                "--batch-size 24 (raise --grad-accum to keep the effective batch)")
+
+    @click.command()
+    @click.option("--batch-size", type=int, default=64)
+    @batch_size_hint
+    def other(batch_size):
+        raise ValueError("not memory")
+
+    r = CliRunner().invoke(cli.__class__(commands={"other": other}), ["other"])
+    assert "ValueError: not memory" in r.stderr and "batch-size" not in r.stderr  # anything else passes through

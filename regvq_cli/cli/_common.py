@@ -6,6 +6,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -111,6 +112,28 @@ def device_options(f):
     f = click.option("--device", default="auto", show_default=True,
                      help="Where to run: auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")(f)
     return f
+
+
+def batch_size_hint(f):
+    """Decorate a command whose parameters include batch_size: an out-of-memory error becomes one line that names
+    the --batch-size that failed and one to try (half of it). Work already written (token shards, checkpoints)
+    stays, so the same command with the smaller batch resumes."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except Exception as e:  # torch.OutOfMemoryError and older RuntimeErrors; torch is imported lazily
+            size = kwargs.get("batch_size")
+            if not size or "out of memory" not in str(e).lower():
+                raise
+            from regvq_cli.errors import RegvqError
+
+            tip = " (raise --grad-accum to keep the effective batch)" if "grad_accum" in kwargs else ""
+            raise RegvqError(f"out of memory at --batch-size {size}: run the same command with --batch-size "
+                             f"{max(1, size // 2)}{tip}") from e
+
+    return wrapper
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

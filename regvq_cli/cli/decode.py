@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+from regvq_cli.cli._common import batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
 
 
 @click.command()
@@ -21,6 +21,7 @@ from regvq_cli.cli._common import device_options, emit_json, info, json_option, 
 @device_options
 @offline_option
 @json_option
+@batch_size_hint
 def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, device, dtype, offline, as_json):
     """Decode TOKENS back into images.
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (device_options, emit_json, info, json_option, model_option, offline_option,
+from regvq_cli.cli._common import (batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option,
                                    progress, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -55,6 +55,7 @@ def parse_color(ctx, param, value):
 @device_options
 @offline_option
 @json_option
+@batch_size_hint
 def encode(inputs, out_dir, files_from, model, size, resize, background, batch_size, shard_size, workers, maps_dir,
            max_pixels, num_workers, worker_id, compile_, jpeg_decoder, resize_on, device, dtype, offline, as_json):
     """Encode images into token shards in OUT.

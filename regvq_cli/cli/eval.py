@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+from regvq_cli.cli._common import batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -85,6 +85,7 @@ def show(result, as_json):
 @device_options
 @offline_option
 @json_option
+@batch_size_hint
 def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_method, seed, ref_stats, device, dtype, offline, as_json):
     """Reconstruction quality of a tokenizer on the images in DATA.
 
@@ -126,6 +127,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
 @device_options
 @offline_option
 @json_option
+@batch_size_hint
 def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, resize, batch_size, limit, workers, no_fid,
         fid_method, seed, save_ref_stats, device, dtype, offline, as_json):
     """FID, KID and precision/recall of generated images against reference images.
@@ -202,6 +204,7 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
 @device_options
 @offline_option
 @json_option
+@batch_size_hint
 def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, offline, as_json):
     """Codebook health of tokenizer MODEL over DATA: usage histogram, dead codes, most and least used codes.
 

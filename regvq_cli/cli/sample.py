@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (complete_model, device_options, emit_json, info, json_option, model_option,
+from regvq_cli.cli._common import (batch_size_hint, complete_model, device_options, emit_json, info, json_option, model_option,
                                    offline_option, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
@@ -43,6 +43,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @device_options
 @offline_option
 @json_option
+@batch_size_hint
 def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, guidance, temperature, top_k, top_p,
            steps, sampler, batch_size, tokenizer_spec, out, grid_sheet, cols, tokens_out, compile_, device, dtype, offline,
            as_json):

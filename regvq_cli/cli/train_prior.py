@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
+from regvq_cli.cli._common import (batch_size_hint, ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
                                    training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
@@ -76,6 +76,7 @@ OPTIONS = [
 @click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
 @table_options(OPTIONS)
 @json_option
+@batch_size_hint
 def train_prior(tokens, run_dir, as_json, **fields):
     """Train a prior over the token grids in TOKENS (a folder from `regvq encode`); export it to OUT/model.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
+from regvq_cli.cli._common import (batch_size_hint, ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
                                    training_progress)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
@@ -102,6 +102,7 @@ OPTIONS = [
 @click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
 @table_options(OPTIONS)
 @json_option
+@batch_size_hint
 def train_tokenizer(data, run_dir, as_json, **fields):
     """Train an image tokenizer on image folders DATA; export the EMA weights to OUT/model.
 
