@@ -4,7 +4,8 @@ encoder, tokenizer) are filled in from the token shards at training time with `d
 AR sizes follow LlamaGen (Sun et al. 2024): `ar-b` is its GPT-B (12 layers x 768), `ar-l` its GPT-L (24 x 1024).
 With a 1024-code vocabulary they have 87M and 306M parameters (LlamaGen's 111M / 343M count its 16384-code
 embedding and head). The diffusion presets mirror the widths and depths; their blocks add cross-attention and
-adaLN modulation, so they are larger (132M, 461M).
+adaLN modulation, so they are larger (132M, 461M). `ar-m` and `diffusion-m` are the largest of each kind whose
+bf16 file stays under 60 MB with text conditioning (27.0M and 27.5M parameters): the shipped priors' size cap.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ PRESETS: dict[str, ARConfig | DiffusionConfig] = {
     # tiny, for tests: runs in milliseconds on a CPU
     "ar-test": ARConfig(codebook_size=16, grid_size=(4, 4), dim=32, n_layers=2, n_heads=2),
     "ar-small": ARConfig(dim=384, n_layers=8, n_heads=6),
+    "ar-m": ARConfig(dim=512, n_layers=8, n_heads=8),
     "ar-b": ARConfig(dim=768, n_layers=12, n_heads=12),
     "ar-l": ARConfig(dim=1024, n_layers=24, n_heads=16),
     "diffusion-test": DiffusionConfig(codebook_size=16, grid_size=(4, 4), dim=32, n_layers=2, n_heads=2,
                                       num_timesteps=20),
     "diffusion-small": DiffusionConfig(dim=384, n_layers=8, n_heads=6),
+    "diffusion-m": DiffusionConfig(dim=384, n_layers=7, n_heads=6),
     "diffusion-b": DiffusionConfig(dim=768, n_layers=12, n_heads=12),
     "diffusion-l": DiffusionConfig(dim=1024, n_layers=24, n_heads=16),
 }
