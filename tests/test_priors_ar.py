@@ -120,9 +120,8 @@ def test_presets():
     assert cfg is not PRESETS["ar-test"] and cfg == PRESETS["ar-test"]
 
 
-@pytest.mark.parametrize("name", ["ar-m", "diffusion-m"])
-def test_the_m_presets_fit_the_shipped_models_60_mb_with_text_conditioning(name):
-    text = dataclasses.replace(preset(name), codebook_size=1024, grid_size=(16, 16), cond="text", text_dim=384,
+def test_ar_m_fits_the_shipped_models_60_mb_with_text_conditioning():
+    text = dataclasses.replace(preset("ar-m"), codebook_size=1024, grid_size=(16, 16), cond="text", text_dim=384,
                                text_max_tokens=32)
     with torch.device("meta"):
         n = sum(p.numel() for p in model_for(text).parameters())

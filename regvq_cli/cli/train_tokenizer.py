@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, ModelSpec, emit_json, explicit_options, info, json_option, resumable, table_options,
+from regvq_cli.cli._common import (ModelSpec, batch_size_hint, emit_json, explicit_options, info, json_option, resumable, table_options,
                                    training_progress)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
