@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from tests.conftest import load_benchmark
 from tests.test_encode_decode import make_images
 
@@ -71,3 +73,13 @@ def test_make_jpegs_writes_the_same_files_with_any_number_of_processes(tmp_path)
     assert names == [f"{i:06d}.jpg" for i in range(5)]
     assert all((tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes() for n in names)
     assert all(256 <= max(Image.open(tmp_path / "one" / n).size) <= 512 for n in names)
+
+
+def test_bench_attention_times_every_backend_with_and_without_the_mask_and_checks_them():
+    bench = load_benchmark("bench_attention")
+    results = bench.rows_for(3, 2, 8, 16, torch.device("cpu"), torch.float32, iters=1)
+    assert {(r["mask"], r["backend"]) for r in results} == {(m, b) for m in (False, True)
+                                                           for b in [*bench.BACKENDS, "two matmuls"]}
+    timed = [r for r in results if "ms" in r]
+    assert any(r["backend"] == "math" for r in timed) and all(r["ms"] > 0 for r in timed)
+    assert all(r["max_abs_diff"] < 1e-5 for r in timed)  # fp32 on the CPU: every backend that ran agrees

@@ -1,0 +1,106 @@
+"""One AR decode step's attention on its own: one query per row against a KV cache of P positions, through each
+SDPA backend, with and without the additive mask the decode step passes, against the bandwidth floor of reading
+the keys and values once. Each backend's output is compared with fp32 attention of the same inputs.
+
+    python benchmarks/bench_attention.py --rows 512 --positions 64 256 [--heads 12 --head-dim 64] [--json]
+
+`--rows` is the batch times 2 with guidance (`ar-b` at batch 256 with CFG: 512 rows, 12 heads of 64). The mask
+rows hide the last quarter of the positions, as a step early in a cache window does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BANDWIDTH = 4.3e12  # bytes/s, H200 HBM3e
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def seconds(fn, device, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters
+
+
+def two_matmuls(q, k, v, mask):
+    """The reference: scores, softmax in fp32, weighted values."""
+    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        s = s + mask
+    return torch.softmax(s.float(), -1).to(q.dtype) @ v
+
+
+def rows_for(rows: int, heads: int, positions: int, head_dim: int, device, dtype, iters: int) -> list[dict]:
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(rows, heads, 1, head_dim, device=device, dtype=dtype, generator=g)
+    k = torch.randn(rows, heads, positions, head_dim, device=device, dtype=dtype, generator=g)
+    v = torch.randn(rows, heads, positions, head_dim, device=device, dtype=dtype, generator=g)
+    keep = torch.arange(positions, device=device) < positions - positions // 4
+    mask = torch.zeros(rows, 1, 1, positions, device=device, dtype=dtype).masked_fill_(~keep, float("-inf"))
+    floor = (k.nbytes + v.nbytes) / BANDWIDTH
+    # every backend is checked against fp32 attention of the same inputs
+    reference = {m: two_matmuls(q.float(), k.float(), v.float(), mask.float() if m else None) for m in (False, True)}
+    out = []
+    for masked in (False, True):
+        m = mask if masked else None
+        for name, backend in [*BACKENDS.items(), ("two matmuls", None)]:
+            if backend is None:
+                fn = lambda: two_matmuls(q, k, v, m)  # noqa: E731
+            else:
+                def fn(backend=backend):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+            try:
+                diff = (fn().float() - reference[masked]).abs().max().item()
+                s = seconds(fn, device, iters)
+            except RuntimeError as e:  # a backend that does not take these inputs (dtype, mask, device)
+                out.append({"positions": positions, "mask": masked, "backend": name, "error": str(e).splitlines()[0][:80]})
+                continue
+            out.append({"positions": positions, "mask": masked, "backend": name, "ms": s * 1e3,
+                        "floor_fraction": floor / s, "max_abs_diff": diff})
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--positions", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    device, dtype = torch.device(a.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    results = [r for p in a.positions for r in rows_for(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters)]
+    command = "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.json:
+        print(json.dumps({"device": str(device), "torch": torch.__version__, "rows": a.rows, "heads": a.heads,
+                          "head_dim": a.head_dim, "dtype": a.dtype, "results": results, "command": command}, indent=2))
+        return
+    print(f"{device} {a.dtype} torch {torch.__version__}: {a.rows} rows x {a.heads} heads x {a.head_dim}, one query")
+    print(f"{'positions':>9}  {'mask':>4}  {'backend':<12} {'ms':>8}  {'floor':>6}  {'max |diff|':>10}")
+    for r in results:
+        tail = r["error"] if "error" in r else f"{r['ms']:8.4f}  {r['floor_fraction']:6.1%}  {r['max_abs_diff']:10.2e}"
+        print(f"{r['positions']:>9}  {'yes' if r['mask'] else 'no':>4}  {r['backend']:<12} {tail}")
+    print(f"command: {command}")
+
+
+if __name__ == "__main__":
+    main()
