@@ -120,7 +120,7 @@ def finished(cmd: list[str], deadline: float | None, stdout=None) -> tuple[bool,
     return True, out or ""
 
 
-def run_chain(args, name: str, commands: list[list[str]], log_name: str) -> str | None:
+def run_chain(args, commands: list[list[str]], log_name: str) -> str | None:
     """Run the commands in turn, all but the last logging to OUT/logs/LOG_NAME.log; the last one's stdout, or None
     when the deadline stopped one (what was done is kept: the same call later resumes)."""
     deadline = args.start + args.deadline if args.deadline else None
@@ -151,7 +151,7 @@ def run_one(args, name: str) -> dict | None:
     if row_path.exists():
         return json.loads(row_path.read_text())
     train, evaluate = train_command(args, name), eval_command(args, name)
-    result = run_chain(args, name, [train, evaluate], name)
+    result = run_chain(args, [train, evaluate], name)
     if result is None:
         return None
     last = last_metrics(Path(args.out) / "runs" / name)
@@ -186,7 +186,7 @@ def gen_one(args, name: str) -> dict | None:
     if row_path.exists():
         return json.loads(row_path.read_text())
     commands = gen_commands(args, name)
-    result = run_chain(args, name, commands, f"{name}-{args.kind}")
+    result = run_chain(args, commands, f"{name}-{args.kind}")
     if result is None:
         return None
     row = {"name": name, "kind": args.kind, "commands": [command_text(c) for c in commands],
