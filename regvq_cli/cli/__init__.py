@@ -81,8 +81,10 @@ class LazyGroup(click.Group):
         except Exception as e:
             if debug():
                 raise
+            from regvq_cli.errors import TrainingStopped
+
             error = CliError(describe(e))
-            if hasattr(e, "exit_code"):  # a training run stopped by a signal: 128 + the signal, and not an error
+            if isinstance(e, TrainingStopped):  # stopped by a signal with a checkpoint: 128 + the signal, no "error:"
                 error.exit_code, error.label = e.exit_code, ""
             raise error from e
 
