@@ -121,19 +121,25 @@ def finished(cmd: list[str], deadline: float | None, stdout=None) -> tuple[bool,
 
 
 def run_chain(args, commands: list[list[str]], log_name: str) -> str | None:
-    """Run the commands in turn, all but the last logging to OUT/logs/LOG_NAME.log; the last one's stdout, or None
-    when the deadline stopped one (what was done is kept: the same call later resumes)."""
+    """Run the commands in turn, all but the last logging to OUT/logs/LOG_NAME.log (each with its start time and
+    duration there); the last one's stdout, or None when the deadline stopped one (what was done is kept: the same
+    call later resumes)."""
     deadline = args.start + args.deadline if args.deadline else None
     if deadline is not None and time.time() >= deadline:
         return None
     log = Path(args.out) / "logs" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
-        for cmd in commands[:-1]:
-            if not finished(cmd, deadline, stdout=f)[0]:
+        for i, cmd in enumerate(commands):
+            last = i == len(commands) - 1
+            started = time.time()
+            print(f"[{time.strftime('%H:%M:%S')}] {command_text(cmd)}", file=f, flush=True)
+            done, out = finished(cmd, deadline, stdout=subprocess.PIPE if last else f)
+            print(f"[{time.strftime('%H:%M:%S')}] {'done' if done else 'stopped at the deadline'} after "
+                  f"{time.time() - started:.0f} s", file=f, flush=True)
+            if not done:
                 return None
-    done, out = finished(commands[-1], deadline, stdout=subprocess.PIPE)
-    return out if done else None
+    return out
 
 
 def last_metrics(run_dir: Path) -> dict:

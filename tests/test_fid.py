@@ -171,6 +171,23 @@ def test_precision_recall_direct_and_extremes():
         fidlib.precision_recall(real[:3], fake, k=3)
 
 
+def test_float64_work_stays_on_cuda_and_falls_back_to_the_cpu_elsewhere():
+    assert fidlib.float64_device("cuda:1") == torch.device("cuda:1")
+    assert fidlib.float64_device("mps") == torch.device("cpu")  # MPS has no float64
+    assert fidlib.float64_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.gpu
+def test_precision_recall_and_knn_agreement_on_cuda_match_the_cpu():
+    from regvq_cli.eval.gen import knn_agreement
+
+    real, fake = _gauss(300, 16, 12), _gauss(200, 16, 13, shift=0.5)
+    assert fidlib.precision_recall(real, fake, batch_size=64, device="cuda") == \
+        fidlib.precision_recall(real, fake, batch_size=64)
+    names = [("a", "b", "c")[i % 3] for i in range(300)]
+    assert knn_agreement(real, names, fake, names[:200], device="cuda") == knn_agreement(real, names, fake, names[:200])
+
+
 # -- cached statistics ---------------------------------------------------------------------------
 
 

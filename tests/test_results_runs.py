@@ -78,3 +78,7 @@ def test_gen_chains_encode_prior_training_and_eval_gen_into_a_row(rr, tmp_path):
     assert row["eval"]["metrics"]["fid"] is not None and row["eval"]["protocol"]["n_images"] == 10
     assert json.loads((out / "gen" / "vq-ar.json").read_text()) == row
     assert rr.gen_one(args, "vq") == row  # a finished row is read back, not redone
+    log = (out / "logs" / "vq-ar.log").read_text()
+    assert [line.split("] ", 1)[1].split()[:3] for line in log.splitlines() if "] regvq" in line] == \
+        [["regvq", "-q", "encode"], ["regvq", "-q", "train-prior"], ["regvq", "-q", "eval"]]
+    assert log.count("] done after") == 3  # where the time of a row went

@@ -153,7 +153,7 @@ def evaluate_gen(
             ref_stats.features, sample_stats.features, kid_subsets, kid_subset_size, seed
         )
         if min(ref_stats.n, sample_stats.n) > pr_k:
-            precision, recall = fidlib.precision_recall(ref_stats.features, sample_stats.features, k=pr_k)
+            precision, recall = fidlib.precision_recall(ref_stats.features, sample_stats.features, k=pr_k, device=device)
         else:
             warnings.append(f"precision/recall with k={pr_k} needs more than {pr_k} images per set: not computed")
     agreement = None
@@ -162,7 +162,8 @@ def evaluate_gen(
             warnings.append("the samples carry classes but the reference images do not (class sub-folders): "
                             "class agreement not measured")
         else:
-            agreement = knn_agreement(ref_stats.features, ref_names, sample_stats.features, sample_names)
+            agreement = knn_agreement(ref_stats.features, ref_names, sample_stats.features, sample_names,
+                                      device=device)
             if agreement["unknown_classes"]:
                 warnings.append(f"{agreement['n_unknown']} samples ask for classes the reference lacks "
                                 f"({', '.join(agreement['unknown_classes'])}): left out of the class agreement")
@@ -188,7 +189,8 @@ def _knn_vote(sims: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     return votes.gather(1, best[:, None])[:, 0]
 
 
-def knn_agreement(ref_features, ref_names, sample_features, sample_names, k: int = 5, chunk: int = 1024) -> dict:
+def knn_agreement(ref_features, ref_names, sample_features, sample_names, k: int = 5, chunk: int = 1024,
+                  device="cpu") -> dict:
     """How often a k-nearest-neighbour classifier (cosine similarity of the feature vectors, majority of k) over
     the labelled reference images names each sample's requested class. Samples whose class the reference does
     not have are left out (and counted). Also the classifier's own leave-one-out accuracy on the references, so
@@ -198,9 +200,10 @@ def knn_agreement(ref_features, ref_names, sample_features, sample_names, k: int
     "unknown_classes", "n_unknown", "classifier"}."""
     classes = sorted(set(ref_names))
     index = {c: i for i, c in enumerate(classes)}
-    ref = torch.nn.functional.normalize(torch.as_tensor(ref_features).double(), dim=1)
-    smp = torch.nn.functional.normalize(torch.as_tensor(sample_features).double(), dim=1)
-    ref_y = torch.tensor([index[c] for c in ref_names])
+    device = fidlib.float64_device(device)
+    ref = torch.nn.functional.normalize(torch.as_tensor(ref_features).to(device).double(), dim=1)
+    smp = torch.nn.functional.normalize(torch.as_tensor(sample_features).to(device).double(), dim=1)
+    ref_y = torch.tensor([index[c] for c in ref_names], device=device)
     known = [i for i, c in enumerate(sample_names) if c in index]
     unknown = sorted({c for c in sample_names if c not in index})
     k_ref = min(k, len(ref_names))
@@ -212,10 +215,10 @@ def knn_agreement(ref_features, ref_names, sample_features, sample_names, k: int
             if exclude_self:
                 sims[torch.arange(len(sims)), torch.arange(s, s + len(sims))] = -math.inf
             out.append(_knn_vote(sims, ref_y, min(k_ref, ref.shape[0] - exclude_self)))
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
 
-    want = torch.tensor([index[sample_names[i]] for i in known], dtype=torch.long)
-    hit = (predict(smp[known]) == want) if known else torch.zeros(0, dtype=torch.bool)
+    want = torch.tensor([index[sample_names[i]] for i in known], dtype=torch.long, device=device)
+    hit = (predict(smp[known]) == want) if known else torch.zeros(0, dtype=torch.bool, device=device)
     loo = (predict(ref, exclude_self=True) == ref_y).double().mean().item() if len(ref_names) > 1 else None
     per_class = {c: round(hit[want == i].double().mean().item(), 4) for i, c in enumerate(classes) if (want == i).any()}
     return {"rate": round(hit.double().mean().item(), 4) if known else None, "n": len(known), "k": k_ref,
