@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -104,11 +105,19 @@ def number(metrics: dict, key: str) -> float:
     return float("nan") if value is None else value
 
 
-def finished(cmd: list[str], deadline: float | None, stdout=None) -> tuple[bool, str]:
+def child_env(parallel: int) -> dict:
+    """The environment of each command: the CPU cores split between the --parallel runs, so that their CPU work
+    (data loading aside: those are separate processes) does not run parallel x cores threads on the cores."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(parallel, 1))))
+    return env
+
+
+def finished(cmd: list[str], deadline: float | None, stdout=None, env=None) -> tuple[bool, str]:
     """Run ``cmd``; at the deadline send it SIGTERM (a training run checkpoints) and return ``(False, "")``.
     Otherwise ``(True, its stdout when stdout=PIPE)``; a failure raises CalledProcessError."""
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT if stdout is not subprocess.PIPE else None,
-                            text=True)
+                            text=True, env=env)
     try:
         out, _ = proc.communicate(timeout=None if deadline is None else max(deadline - time.time(), 0.0))
     except subprocess.TimeoutExpired:
@@ -134,7 +143,8 @@ def run_chain(args, commands: list[list[str]], log_name: str) -> str | None:
             last = i == len(commands) - 1
             started = time.time()
             print(f"[{time.strftime('%H:%M:%S')}] {command_text(cmd)}", file=f, flush=True)
-            done, out = finished(cmd, deadline, stdout=subprocess.PIPE if last else f)
+            done, out = finished(cmd, deadline, stdout=subprocess.PIPE if last else f,
+                                 env=child_env(args.parallel))
             print(f"[{time.strftime('%H:%M:%S')}] {'done' if done else 'stopped at the deadline'} after "
                   f"{time.time() - started:.0f} s", file=f, flush=True)
             if not done:

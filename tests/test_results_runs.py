@@ -72,7 +72,7 @@ def test_gen_chains_encode_prior_training_and_eval_gen_into_a_row(rr, tmp_path):
     (out / "rows").mkdir()
     (out / "rows" / "vq.json").write_text("{}")  # gen_one needs the tokenizer's row to exist, nothing in it
     args = Namespace(out=str(out), train=[str(imgs)], ref=None, kind="ar", prior_preset="ar-test", prior_steps=2,
-                     prior_batch_size=4, samples=10, workers=0, seed=0, deadline=None, start=0.0)
+                     prior_batch_size=4, samples=10, workers=0, seed=0, deadline=None, start=0.0, parallel=1)
     row = rr.gen_one(args, "vq")
     assert row["kind"] == "ar" and row["prior_final_metrics"]["step"] == 2
     assert row["eval"]["metrics"]["fid"] is not None and row["eval"]["protocol"]["n_images"] == 10
@@ -82,3 +82,11 @@ def test_gen_chains_encode_prior_training_and_eval_gen_into_a_row(rr, tmp_path):
     assert [line.split("] ", 1)[1].split()[:3] for line in log.splitlines() if "] regvq" in line] == \
         [["regvq", "-q", "encode"], ["regvq", "-q", "train-prior"], ["regvq", "-q", "eval"]]
     assert log.count("] done after") == 3  # where the time of a row went
+
+
+def test_parallel_runs_split_the_cpu_threads_unless_told(rr, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rr.os, "cpu_count", lambda: 16)
+    assert rr.child_env(5)["OMP_NUM_THREADS"] == "3" and rr.child_env(32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert rr.child_env(5)["OMP_NUM_THREADS"] == "8"
