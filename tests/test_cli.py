@@ -149,3 +149,11 @@ def test_out_of_memory_names_the_batch_size_to_try_on_every_batched_command():
 
     r = CliRunner().invoke(cli.__class__(commands={"other": other}), ["other"])
     assert "ValueError: not memory" in r.stderr and "batch-size" not in r.stderr  # anything else passes through
+
+
+def test_rates_and_counts_read_as_text():
+    from regvq_cli.cli._common import human_rate, plural
+
+    assert human_rate(12.345) == "12.3 images/s" and human_rate(0.0) == "0.0 images/s"
+    assert human_rate(0.087) == "11.5 s per image"  # not "0.1 images/s"
+    assert (plural(1, "sample"), plural(0, "sample"), plural(3, "image")) == ("1 sample", "0 samples", "3 images")

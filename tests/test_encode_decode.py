@@ -89,6 +89,15 @@ def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, tokenizer_dir):
     assert b"skipped text.jpg: not an image" in r.stderr
 
 
+def test_only_bad_files_is_an_error_with_the_reasons_kept(tmp_path, tokenizer_dir):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "text.jpg").write_text("hello")
+    r = encode(bad, "-o", tmp_path / "tok", "-m", tokenizer_dir)
+    assert r.returncode == 1 and b"regvq: error: no input could be encoded (1 skipped" in r.stderr
+    assert json.loads((tmp_path / "tok" / "manifest.json").read_text())["skipped"][0]["key"] == "text.jpg"
+
+
 def test_missing_input_is_a_clean_error(tmp_path, tokenizer_dir):
     r = encode(tmp_path / "nope", "-o", tmp_path / "tok", "-m", tokenizer_dir)
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1 and b"regvq: error:" in r.stderr

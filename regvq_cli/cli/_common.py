@@ -155,6 +155,17 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def human_rate(images_per_s: float) -> str:
+    """'12.3 images/s', or '11.5 s per image' below one a second (where '0.1 images/s' says little)."""
+    if 0 < images_per_s < 1:
+        return f"{1 / images_per_s:.1f} s per image"
+    return f"{images_per_s:.1f} images/s"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 class ModelSpec(click.ParamType):
     """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
 

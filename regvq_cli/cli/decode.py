@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+from regvq_cli.cli._common import batch_size_hint, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, warn
 
 
 @click.command()
@@ -66,4 +66,4 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, de
     if as_json:
         emit_json(summary)
     else:
-        info(f"{summary['out']}: {summary['decoded']} images decoded ({summary['images_per_s']:.1f} images/s)")
+        info(f"{summary['out']}: {plural(summary['decoded'], 'image')} decoded ({human_rate(summary['images_per_s'])})")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option,
+from regvq_cli.cli._common import (batch_size_hint, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
                                    progress, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -102,4 +102,9 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, batch_s
         done = f"{summary['total_encoded']} encoded, {summary['total_skipped']} skipped" if summary["manifest"] else \
             "this worker's shards are done; run `regvq shards merge` once all workers finish"
         info(f"{summary['out_dir']}: {done} ({summary['encoded_this_run']} this run at "
-             f"{summary['images_per_s']:.1f} images/s; {summary['shards_reused']} shards reused)")
+             f"{human_rate(summary['images_per_s'])}; {summary['shards_reused']} shards reused)")
+    if summary["manifest"] and summary["total_encoded"] == 0:
+        from regvq_cli.errors import RegvqError
+
+        raise RegvqError(f"no input could be encoded ({summary['total_skipped']} skipped; the reasons are above "
+                         f"and in {summary['manifest']}); check that they are images")

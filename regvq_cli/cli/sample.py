@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, complete_model, device_options, emit_json, info, json_option, model_option,
-                                   offline_option, progress, warn)
+from regvq_cli.cli._common import (batch_size_hint, complete_model, device_options, emit_json, human_rate, info, json_option, model_option,
+                                   offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -154,7 +154,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
         emit_json(summary)
     else:
         where = ", ".join(w for w in (out if out != "-" else "stdout", tokens_out) if w)
-        info(f"{where}: {total} samples with seed {seed} ({summary['images_per_s']:.1f} images/s)")
+        info(f"{where}: {plural(total, 'sample')} with seed {seed} ({human_rate(summary['images_per_s'])})")
 
 
 def slug(condition) -> str:
