@@ -396,3 +396,13 @@ def test_empty_input_listing_manifest(tmp_path):
     run = make_run(n=0)
     m = write_manifest(tmp_path, run)
     assert m["shards"] == [] and m["count"] == 0 and verify(tmp_path) == []
+
+
+def test_a_manifest_given_as_a_shard_points_at_its_folder(tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "manifest.json").write_text('{"format": "regvq-tokens"}')
+    with pytest.raises(RegvqError, match=r"manifest, not a shard: pass the folder \(.*tok\)"):
+        S.read_shard(tmp_path / "tok" / "manifest.json")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(RegvqError, match="is not a valid regvq shard"):
+        S.read_shard(tmp_path / "other.json")

@@ -690,6 +690,9 @@ def _checked_shard(path: str, hint: str = "") -> _ShardFile:
     except OSError as e:
         raise RegvqError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:
+        if os.path.basename(path) == MANIFEST:
+            raise RegvqError(f"{path} is a token folder's manifest, not a shard: pass the folder "
+                             f"({os.path.dirname(path) or '.'})") from None
         raise RegvqError(f"{path} is not a valid regvq shard ({e}){hint}") from None
 
 
