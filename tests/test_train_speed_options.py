@@ -347,3 +347,19 @@ def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
     assert _flags() == before  # TF32 and autotuning were for the run only
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in ("loss", "perceptual", "pcl", "g_loss"))
+
+
+def test_the_peak_that_mfu_divides_by(monkeypatch):
+    from regvq_cli.train.common import peak_flops
+
+    monkeypatch.delenv("REGVQ_PEAK_TFLOPS", raising=False)
+    assert peak_flops(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert peak_flops(torch.device("cuda")) == 790e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    assert peak_flops(torch.device("cuda")) is None  # unknown: TFLOP/s only, unless told
+    monkeypatch.setenv("REGVQ_PEAK_TFLOPS", "165")
+    assert peak_flops(torch.device("cuda")) == 165e12 and peak_flops(torch.device("cpu")) == 165e12
+    monkeypatch.setenv("REGVQ_PEAK_TFLOPS", "fast")
+    with pytest.raises(RegvqError, match="not a number"):
+        peak_flops(torch.device("cpu"))

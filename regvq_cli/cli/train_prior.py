@@ -91,7 +91,8 @@ def train_prior(tokens, run_dir, as_json, **fields):
     Rerunning on the same OUT resumes from its last checkpoint (raise --max-steps to train longer); SIGTERM or
     Ctrl-C stops after the current step and checkpoints first (exit 128 + the signal). OUT holds
     metrics.jsonl, samples/, state.pt and model/. --init starts a new run (step 0) from a prior's weights; its
-    model card records the model.
+    model card records the model. metrics.jsonl logs the model's TFLOP/s per GPU (one step's FLOPs, counted) and
+    MFU against the GPU's bf16 peak where it is known (H200) or set in REGVQ_PEAK_TFLOPS.
     """
     import shlex
     import sys
@@ -109,7 +110,7 @@ def train_prior(tokens, run_dir, as_json, **fields):
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
         else:
             check_init_options(cfg.init, explicit)
-    with training_progress(cfg.max_steps, ("loss", "samples_per_s")) as callback:
+    with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:
         folder = train(tokens, run_dir, cfg, callback=callback)
     if as_json:
         emit_json({"model": str(folder), "run_dir": str(run_dir)})

@@ -115,7 +115,9 @@ def train_tokenizer(data, run_dir, as_json, **fields):
 
     Rerunning on the same OUT resumes from its last checkpoint; SIGTERM or Ctrl-C stops after the current step
     and checkpoints first (exit 128 + the signal). OUT holds metrics.jsonl, samples/ and model/.
-    --init starts a new run (step 0) from a model's weights; its model card records the model.
+    --init starts a new run (step 0) from a model's weights; its model card records the model. metrics.jsonl
+    logs the TFLOP/s per GPU of the whole step (autoencoder, feature network, discriminator; one step's FLOPs,
+    counted) and MFU against the GPU's bf16 peak where it is known (H200) or set in REGVQ_PEAK_TFLOPS.
     """
     import shlex
     import sys
@@ -133,7 +135,7 @@ def train_tokenizer(data, run_dir, as_json, **fields):
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
         else:
             check_init_options(cfg.init, explicit)
-    with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s")) as callback:
+    with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback)
     if as_json:
         emit_json({"model": str(folder), "run_dir": str(run_dir)})

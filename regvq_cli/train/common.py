@@ -12,7 +12,8 @@
 - ``MetricsWriter``: ``metrics.jsonl``, one JSON object per line, written by rank 0 only.
 - ``autocast``: bf16 autocast on CUDA, a no-op elsewhere; ``training_precision``: TF32 matmuls and cuDNN
   autotuning on CUDA for the length of a training run; ``maybe_compile``: optional ``torch.compile``.
-- ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images per second.
+- ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images and FLOPs per second;
+  ``flop_counter`` / ``peak_flops``: a step's FLOPs and the GPU's peak, for MFU.
 - ``any_rank``, ``all_reduce_mean``, ``gather_objects``: small collectives that are identities with one process.
 - ``StopRequest``: SIGTERM or a first Ctrl-C asks a training loop to stop after its step and checkpoint.
 - ``plain_value``: config values read from JSON (lists) in the form dataclasses hold them (tuples).
@@ -292,20 +293,71 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class Throughput:
-    """Images per second over the span since the last ``rate()`` call."""
+    """Items (images, token grids) and model FLOPs per second over the span since the last ``rate()`` call."""
 
     def __init__(self):
         self.t0 = time.perf_counter()
         self.count = 0
+        self.flops = 0.0
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, flops: float = 0.0) -> None:
         self.count += n
+        self.flops += flops
 
-    def rate(self) -> float:
+    def rate(self) -> tuple[float, float]:
+        """(items per second, FLOP per second) since the last call."""
         now = time.perf_counter()
-        r = self.count / max(now - self.t0, 1e-9)
-        self.t0, self.count = now, 0
-        return r
+        seconds = max(now - self.t0, 1e-9)
+        rates = self.count / seconds, self.flops / seconds
+        self.t0, self.count, self.flops = now, 0, 0.0
+        return rates
+
+
+# ---- FLOPs and the hardware's peak -----------------------------------------------------------------------
+
+# dense bf16 FLOP/s a GPU reaches on large matmuls, by a substring of its name: what MFU is a fraction of.
+# H200: measured there with torch 2.11 (docs/performance.md). Others: set REGVQ_PEAK_TFLOPS.
+PEAK_BF16_FLOPS = {"H200": 790e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The peak that MFU divides by: REGVQ_PEAK_TFLOPS (in TFLOP/s) when set, else a known GPU's dense bf16 peak,
+    else None (no MFU is reported, only the achieved TFLOP/s)."""
+    env = os.environ.get("REGVQ_PEAK_TFLOPS")
+    if env:
+        try:
+            return float(env) * 1e12
+        except ValueError:
+            raise RegvqError(f"REGVQ_PEAK_TFLOPS={env!r} is not a number: set it to the GPU's peak in TFLOP/s "
+                             "(e.g. 790)") from None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None
+
+
+def flop_counter():
+    """A context that counts the matmul, convolution and attention FLOPs of everything run inside it, forward and
+    backward, from the shapes (torch's FLOP formulas); ``.total`` after. Unlike torch's FlopCounterMode it puts
+    no hooks on modules: those reorder gradient accumulation, and a counted step must give the same bits as an
+    uncounted one (a resumed run matches an uninterrupted one)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class FlopCount(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    return FlopCount()
 
 
 # ---- precision, compile, schedule -------------------------------------------------------------------------

@@ -51,8 +51,10 @@ import torch.nn as nn
 from ..engine.dist import barrier
 from ..errors import RegvqError, TrainingStopped
 from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, StopRequest, Throughput, all_reduce_mean,
-                     any_rank, cleanup_distributed, gather_objects, load_state, read_metrics, rng_state, save_state,
-                     seed_everything, set_rng_state, setup_distributed)
+                     any_rank, cleanup_distributed, flop_counter, gather_objects, load_state, peak_flops, read_metrics,
+                     rng_state, save_state, seed_everything, set_rng_state, setup_distributed)
+
+_NOT_COUNTED = object()  # no step's FLOPs counted yet
 
 
 class Trainer:
@@ -78,6 +80,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.init_info: dict | None = None  # the model this run was started from: spec, resolved id, sha256
         self._state_cache: dict | None = None  # the resume state, read once
+        self.peak_flops: float | None = None  # the GPU's bf16 FLOP/s that MFU divides by (None: unknown)
 
     # ---- hooks with a default -------------------------------------------------------------------------------
     def _extra_state(self) -> dict:
@@ -88,6 +91,11 @@ class Trainer:
 
     def _window_extra(self) -> dict[str, float]:
         return {}
+
+    def _flop_phase(self):
+        """What decides the FLOPs of the next step (a step's FLOPs are counted again when it changes); a
+        tokenizer's discriminator starting is one. Default: they never change."""
+        return None
 
     @staticmethod
     def _sync(module: nn.Module, sync: bool):
@@ -189,7 +197,12 @@ class Trainer:
         avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
         avg = all_reduce_mean(avg, self.device)
         avg.pop(self.unit, None)  # reported as a rate instead
-        record = {"step": self.step, **avg, **self._window_extra(), f"{self.unit}_per_s": throughput.rate(),
+        items_per_s, flop_per_s = throughput.rate()
+        # model FLOPs per second of this process (one GPU), and that as a fraction of the GPU's bf16 peak
+        speed = {"tflops": flop_per_s / 1e12} if flop_per_s else {}
+        if flop_per_s and self.peak_flops:
+            speed["mfu"] = flop_per_s / self.peak_flops
+        record = {"step": self.step, **avg, **self._window_extra(), f"{self.unit}_per_s": items_per_s, **speed,
                   "elapsed_s": self.elapsed, "time": time.time()}
         self.metrics.write(record)
         self.window, self.window_steps = {}, 0
@@ -243,14 +256,22 @@ class Trainer:
         try:
             with StopRequest() as request:
                 throughput = Throughput()
+                self.peak_flops = peak_flops(self.device)
+                step_flops, counted_phase = 0.0, _NOT_COUNTED
                 t_last = time.perf_counter()
                 stop = interrupted = False
                 while self.step < cfg.max_steps and not stop:
-                    m = self.train_step()
+                    phase = self._flop_phase()
+                    if phase != counted_phase:  # count one step's FLOPs (the others do the same work)
+                        with flop_counter() as counter:
+                            m = self.train_step()
+                        step_flops, counted_phase = float(counter.total), phase
+                    else:
+                        m = self.train_step()
                     now = time.perf_counter()
                     self.elapsed += now - t_last
                     t_last = now
-                    throughput.add(int(m[self.unit]))
+                    throughput.add(int(m[self.unit]), step_flops)
                     for k, v in m.items():
                         self.window[k] = self.window.get(k, 0.0) + v
                     self.window_steps += 1

@@ -512,6 +512,9 @@ class TokenizerTrainer(Trainer):
         self._add_pending({**summed, **last})
         return {"lr": lr, "images": float(n_images * self.dist.world_size)}
 
+    def _flop_phase(self) -> bool:
+        return self.use_gan and self.step >= self.cfg.gan_start  # the discriminator's passes join the step
+
     def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
         with training_precision(self.device):  # TF32 and cuDNN autotuning on CUDA, for this run only
             return super().run(callback)
