@@ -25,7 +25,8 @@ last ablation row, mask 0.4 and codebook 1,024).
 
 `gen` measures what a tokenizer gives a prior (the generation side of Fig. 3): for each finished run it encodes
 the training images, trains a small unconditional prior on the tokens (same preset, steps and seed for all) and
-writes FID, KID and precision/recall of its samples against the reference images to OUT/gen/NAME-KIND.json.
+writes FID, KID and precision/recall of its samples against the reference images to OUT/gen/NAME-KIND.json. The
+reference images' statistics are computed once for all runs (OUT/ref-stats-SIZE.safetensors).
 """
 
 from __future__ import annotations
@@ -191,9 +192,27 @@ def gen_commands(args, name: str) -> list[list[str]]:
              "--max-steps", str(args.prior_steps), "--log-every", "50", "--sample-every", "100000000",
              "--checkpoint-every", "500", "--seed", str(args.seed)]
     evaluate = [*REGVQ, "-q", "eval", "gen", "--model", str(prior / "model"), "-n", str(args.samples),
-                "--ref", args.ref or args.train[0], "--batch-size", "128", "--fid-method", "eigh",
+                "--ref", str(ref_stats_path(args)), "--batch-size", "128", "--fid-method", "eigh",
                 "--workers", str(args.workers), "--seed", str(args.seed), "--json"]
     return [encode, train, evaluate]
+
+
+def ref_stats_path(args) -> Path:
+    return Path(args.out) / f"ref-stats-{args.ref_size}.safetensors"
+
+
+def ref_stats_command(args) -> list[str]:
+    """The reference images' statistics, computed once for every run's evaluation."""
+    return [*REGVQ, "-q", "eval", "gen", "--ref", args.ref or args.train[0], "--save-ref-stats",
+            str(ref_stats_path(args)), "--size", str(args.ref_size), "--batch-size", "128",
+            "--workers", str(args.workers), "--json"]
+
+
+def ensure_ref_stats(args) -> bool:
+    """Compute the reference statistics unless they exist; False when the deadline came first."""
+    if ref_stats_path(args).exists():
+        return True
+    return run_chain(args, [ref_stats_command(args)], "ref-stats") is not None
 
 
 def gen_one(args, name: str) -> dict | None:
@@ -205,7 +224,8 @@ def gen_one(args, name: str) -> dict | None:
     result = run_chain(args, commands, f"{name}-{args.kind}")
     if result is None:
         return None
-    row = {"name": name, "kind": args.kind, "commands": [command_text(c) for c in commands],
+    row = {"name": name, "kind": args.kind, "ref_stats_command": command_text(ref_stats_command(args)),
+           "commands": [command_text(c) for c in commands],
            "prior_final_metrics": last_metrics(Path(args.out) / "priors" / f"{name}-{args.kind}"),
            "eval": json.loads(result)}
     row_path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +243,6 @@ def run_names(args) -> list[str]:
 
 def in_pool(args, names: list[str], one, report) -> None:
     """one(args, name) for the named runs, --parallel at a time; report(row) for each finished one."""
-    args.start = time.time()
     left = []
     with ThreadPoolExecutor(args.parallel) as pool:
         for name, row in zip(names, pool.map(lambda n: one(args, n), names)):
@@ -255,6 +274,10 @@ def cmd_gen(args) -> None:
     if len(ready) < len(names):
         print(f"no tokenizer row yet, skipped: {','.join(n for n in names if n not in ready)} "
               "(`results_runs.py run` makes them)", file=sys.stderr)
+    if ready and not ensure_ref_stats(args):
+        print("deadline reached while computing the reference statistics (run the same command again to resume)",
+              file=sys.stderr)
+        return
     in_pool(args, ready, gen_one, report)
 
 
@@ -318,10 +341,13 @@ def main(argv=None) -> None:
     gen.add_argument("--prior-steps", type=int, default=2000)
     gen.add_argument("--prior-batch-size", type=int, default=64)
     gen.add_argument("--samples", type=int, default=2000)
+    gen.add_argument("--ref-size", type=int, default=256,
+                     help="image size of the reference statistics: the tokenizers' (computed once, OUT/ref-stats-*)")
     table = sub.add_parser("table", help="markdown tables from OUT/rows and OUT/gen")
     table.add_argument("--out", required=True)
     sub.add_parser("list", help="the runs and their flags")
     args = ap.parse_args(argv)
+    args.start = time.time()  # --deadline counts from here
     if args.cmd == "run":
         cmd_run(args)
     elif args.cmd == "gen":

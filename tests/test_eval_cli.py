@@ -48,6 +48,22 @@ def test_gen_measures_fid_kid_precision_recall(tmp_path):
     assert result["metrics"]["fid"] > 0 and result["metrics"]["fid_biased"] is True
     assert result["protocol"]["feature_network"].startswith("inception")
 
+    # the reference's statistics computed once, alone, then used in place of its images: the same numbers
+    stats = tmp_path / "b-stats.safetensors"
+    r = invoke("eval", "gen", "--ref", tmp_path / "b", "--save-ref-stats", stats, "--size", "32", "--json",
+               "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    saved = json.loads(r.stdout)
+    assert saved["n_images"] == 12 and saved["features_kept"] and saved["protocol"]["image_size"] == [32, 32]
+    r = invoke("eval", "gen", "--samples", tmp_path / "a", "--ref", stats, "--size", "32", "--fid-method", "eigh",
+               "--json", "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    cached = json.loads(r.stdout)["metrics"]
+    for key in ("fid", "kid", "precision", "recall"):
+        assert cached[key] == pytest.approx(result["metrics"][key], rel=1e-6), key
+    r = invoke("eval", "gen", "--ref", stats, "--save-ref-stats", tmp_path / "again.safetensors")
+    assert r.returncode == 2 and b"already statistics" in r.stderr
+
 
 def test_codebook_over_images_and_over_tokens(tmp_path, tok):
     imgs = make_images(tmp_path / "imgs", 3)

@@ -72,10 +72,13 @@ def test_gen_chains_encode_prior_training_and_eval_gen_into_a_row(rr, tmp_path):
     (out / "rows").mkdir()
     (out / "rows" / "vq.json").write_text("{}")  # gen_one needs the tokenizer's row to exist, nothing in it
     args = Namespace(out=str(out), train=[str(imgs)], ref=None, kind="ar", prior_preset="ar-test", prior_steps=2,
-                     prior_batch_size=4, samples=10, workers=0, seed=0, deadline=None, start=0.0, parallel=1)
+                     prior_batch_size=4, samples=10, workers=0, seed=0, deadline=None, start=0.0, parallel=1,
+                     ref_size=32)
+    assert rr.ensure_ref_stats(args) and rr.ref_stats_path(args).exists()
     row = rr.gen_one(args, "vq")
     assert row["kind"] == "ar" and row["prior_final_metrics"]["step"] == 2
     assert row["eval"]["metrics"]["fid"] is not None and row["eval"]["protocol"]["n_images"] == 10
+    assert row["eval"]["protocol"]["n_ref"] == 12 and row["eval"]["metrics"]["precision"] is not None  # cached, with features
     assert json.loads((out / "gen" / "vq-ar.json").read_text()) == row
     assert rr.gen_one(args, "vq") == row  # a finished row is read back, not redone
     log = (out / "logs" / "vq-ar.log").read_text()

@@ -136,14 +136,37 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     Where both the samples and the reference images have classes (class sub-folders; a class-conditional
     --model), it also reports class agreement: how often a 5-NN classifier over the reference images' features
     names each sample's class, beside that classifier's leave-one-out accuracy on the references.
+
+    With --save-ref-stats and neither --samples nor --model it only computes the reference statistics, once for
+    many comparisons:
+
+    \b
+    regvq eval gen --ref train/ --save-ref-stats train-stats.safetensors
+    regvq eval gen --model runs/a/model --ref train-stats.safetensors
     """
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.eval.gen import evaluate_gen
+    from regvq_cli.eval.gen import evaluate_gen, save_reference_stats
 
     if no_fid:
         raise click.UsageError("`eval gen` measures features; --no-fid leaves nothing to measure")
+    if samples is None and prior_spec is None and save_ref_stats is not None:  # only cache the reference's
+        if ref.endswith(".safetensors"):
+            raise click.UsageError("--ref is already statistics; give the reference images to compute them from")
+        dev = pick_device(device)
+        batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit)
+        with progress(total=n, desc="reference", unit="img") as bar:
+            saved = save_reference_stats(batches, save_ref_stats, device=dev, batch_size=batch_size, resize=resize,
+                                         seed=seed, ref_name=ref, callback=lambda done, total: bar.update(done - bar.n))
+        if as_json:
+            emit_json(saved)
+        else:
+            kept = "with" if saved["features_kept"] else "without (too many for KID and precision/recall)"
+            info(f"{saved['path']}: statistics of {saved['n_images']} reference images, {kept} their features; "
+                 f"pass it as --ref")
+        return
     if (samples is None) == (prior_spec is None):
-        raise click.UsageError("give either --samples DIR or --model PRIOR")
+        raise click.UsageError("give either --samples DIR or --model PRIOR (or --save-ref-stats alone, to cache "
+                               "the reference's statistics)")
     dev = pick_device(device)
     if samples is not None:
         size = size or 256

@@ -48,6 +48,50 @@ def _is_stats_file(ref) -> bool:
     return isinstance(ref, (str, os.PathLike)) and Path(ref).suffix == ".safetensors"
 
 
+def _stats_protocol(protocol: dict, n: int) -> dict:
+    """The protocol cached reference statistics carry: the evaluation's, as the statistics' own data."""
+    return dict(protocol, n_images=n, n_ref=None, data=protocol["ref"], ref=None, model=None)
+
+
+def save_reference_stats(
+    ref,
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    feature_fn: fidlib.FeatureFn | str = "default",
+    load_image: LoadImage | None = None,
+    image_size=None,
+    batch_size: int = 32,
+    resize: str | None = None,
+    seed: int = 0,
+    ref_name: str | None = None,
+    callback: Callable[[int, int | None], None] | None = None,
+) -> dict:
+    """Run the reference images once through the feature network and write their statistics to `path` (the
+    features too, when small enough), for `evaluate_gen(..., ref=path)` later: many models compared with one
+    reference set read it once. Returns {"path", "n_images", "features_kept", "protocol"}."""
+    if isinstance(feature_fn, str):
+        if feature_fn != "default":
+            raise RegvqError(f"unknown feature network {feature_fn!r}")
+        feature_fn = fidlib.default_feature_network(device)
+    batches, n_known = as_batches(ref, load_image, image_size, batch_size, what="reference images")
+    stats, done = fidlib.FeatureStats(keep_features=True), 0
+
+    def progress(b: int) -> None:
+        nonlocal done
+        done += b
+        if callback is not None:
+            callback(done, n_known)
+
+    image_hw = _features(batches, feature_fn, device, stats, None, "reference images", progress)
+    if stats.n == 0:
+        raise RegvqError("no reference images to compute statistics of")
+    protocol = _stats_protocol(make_protocol(n_images=stats.n, image_size=image_hw, feature_fn=feature_fn,
+                                             resize=resize, seed=seed, ref=ref_name), stats.n)
+    kept = fidlib.save_stats(path, stats, protocol)
+    return {"path": str(path), "n_images": stats.n, "features_kept": kept, "protocol": protocol}
+
+
 def evaluate_gen(
     samples,
     ref,
@@ -138,8 +182,7 @@ def evaluate_gen(
     if ref_protocol is not None:
         fidlib.check_protocol(ref_protocol, protocol, what=f"the statistics in {ref}")
     if save_ref_stats is not None and ref_batches is not None:
-        ref_protocol_out = dict(protocol, n_images=ref_stats.n, n_ref=None, data=protocol["ref"], ref=None, model=None)
-        fidlib.save_stats(save_ref_stats, ref_stats, ref_protocol_out)
+        fidlib.save_stats(save_ref_stats, ref_stats, _stats_protocol(protocol, ref_stats.n))
 
     warnings: list[str] = []
     fid = fidlib.fid_from_stats(sample_stats, ref_stats, method=fid_method)
