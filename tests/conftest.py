@@ -73,3 +73,19 @@ def tiny_model_type(monkeypatch):
 
     monkeypatch.setitem(registry.MODEL_TYPES, "tiny", "tests.tiny_model:Tiny")
     return Tiny
+
+
+@pytest.fixture
+def credited_flops(monkeypatch):
+    """The FLOPs a training loop credits to each step, in order (the loop's Throughput, spied on)."""
+    from regvq_cli.train import loop
+
+    credited = []
+
+    class Spy(loop.Throughput):
+        def add(self, n, flops=0.0):
+            credited.append(flops)
+            super().add(n, flops)
+
+    monkeypatch.setattr(loop, "Throughput", Spy)
+    return credited

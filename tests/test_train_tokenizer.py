@@ -125,22 +125,12 @@ def test_full_objective_writes_metrics_samples_and_model(tmp_path):
     assert info["trained_on"]["skipped"] == records[-1]["skipped_files"]
 
 
-def test_the_counted_step_flops_follow_the_discriminator_joining(tmp_path, monkeypatch):
+def test_the_counted_step_flops_follow_the_discriminator_joining(tmp_path, monkeypatch, credited_flops):
     """A step's FLOPs are counted once, and again when the GAN starts (the discriminator's passes join)."""
-    from regvq_cli.train import loop
-
-    credited = []
-
-    class Spy(loop.Throughput):
-        def add(self, n, flops=0.0):
-            credited.append(flops)
-            super().add(n, flops)
-
-    monkeypatch.setattr(loop, "Throughput", Spy)
     monkeypatch.delenv("REGVQ_PEAK_TFLOPS", raising=False)
     train_tokenizer([make_images(tmp_path / "imgs", n=4)], tmp_path / "run",
                     fast_cfg(max_steps=4, gan_weight=0.5, gan_start=2))
-    assert credited[0] == credited[1] < credited[2] == credited[3]
+    assert credited_flops[0] == credited_flops[1] < credited_flops[2] == credited_flops[3]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["tflops"] > 0 and "mfu" not in r for r in records)  # no known peak on a CPU
 

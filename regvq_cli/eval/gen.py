@@ -48,6 +48,15 @@ def _is_stats_file(ref) -> bool:
     return isinstance(ref, (str, os.PathLike)) and Path(ref).suffix == ".safetensors"
 
 
+def _feature_network(feature_fn, device):
+    """"default" -> the Inception network on `device`; a callable stays as it is."""
+    if not isinstance(feature_fn, str):
+        return feature_fn
+    if feature_fn != "default":
+        raise RegvqError(f"unknown feature network {feature_fn!r}")
+    return fidlib.default_feature_network(device)
+
+
 def _stats_protocol(protocol: dict, n: int) -> dict:
     """The protocol cached reference statistics carry: the evaluation's, as the statistics' own data."""
     return dict(protocol, n_images=n, n_ref=None, data=protocol["ref"], ref=None, model=None)
@@ -70,10 +79,7 @@ def save_reference_stats(
     """Run the reference images once through the feature network and write their statistics to `path` (the
     features too, when small enough), for `evaluate_gen(..., ref=path)` later: many models compared with one
     reference set read it once. Returns {"path", "n_images", "features_kept", "protocol"}."""
-    if isinstance(feature_fn, str):
-        if feature_fn != "default":
-            raise RegvqError(f"unknown feature network {feature_fn!r}")
-        feature_fn = fidlib.default_feature_network(device)
+    feature_fn = _feature_network(feature_fn, device)
     batches, n_known = as_batches(ref, load_image, image_size, batch_size, what="reference images")
     stats, done = fidlib.FeatureStats(keep_features=True), 0
 
@@ -132,10 +138,7 @@ def evaluate_gen(
         raise RegvqError(
             f"FID needs at least {fidlib.FID_MIN_IMAGES} samples, got {n_sample_known}; generate more images"
         )
-    if isinstance(feature_fn, str):
-        if feature_fn != "default":
-            raise RegvqError(f"unknown feature network {feature_fn!r}")
-        feature_fn = fidlib.default_feature_network(device)
+    feature_fn = _feature_network(feature_fn, device)
 
     ref_stats, ref_protocol, ref_batches, n_ref_known = None, None, None, None
     if _is_stats_file(ref):
