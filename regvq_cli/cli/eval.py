@@ -277,4 +277,6 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     for name, value in report.items():
         if name == "dead_code_indices" and len(value) > 20:  # the whole list is in --json
             value = f"{value[:20]} ... ({len(value)} in all; --json lists them)"
+        elif isinstance(value, float):
+            value = f"{value:.4f}"  # --json has every digit
         click.echo(f"{name:20} {value}")
