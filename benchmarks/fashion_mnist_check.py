@@ -16,6 +16,7 @@ Every stage runs the real command-line tool (`python -m regvq_cli ...`), as a us
   6. classifier a few conv layers trained here on the real 32 px train images (held-out accuracy on the
                 test split); the agreement rate is the fraction of samples it puts in the requested class
                 (chance: 10%). The classifier is a yardstick for this check only, not a metric of record.
+  7. --fid      regvq eval gen of each prior's samples against the test split (FID, KID, precision/recall).
 
 It prints a small table (tokenizer PSNR, classifier accuracy, agreement per prior, time of each stage) and
 writes it to WORK/results.json. Contact sheets (one row per class) go to WORK/sheet_<prior>.png.
@@ -167,6 +168,9 @@ def main(argv=None):
                     help="the tokenizer's quantizer: compare the priors' agreement over each one's tokens")
     ap.add_argument("--codebook-size", type=int, default=0, help="codes of the tokenizer (default: the preset's, 64)")
     ap.add_argument("--tok-extra", default="", help="more train-tokenizer options, e.g. '--prior-weight 0.01'")
+    ap.add_argument("--fid", action="store_true",
+                    help="also `regvq eval gen` each prior's samples against the test split: FID, KID, precision/recall "
+                         "and Inception 5-NN class agreement (a few minutes on a CPU)")
     ap.add_argument("--parallel-priors", action="store_true",
                     help="train (and sample) the AR and the diffusion prior at the same time (one GPU holds both)")
     a = ap.parse_args(argv)
@@ -264,11 +268,23 @@ def main(argv=None):
         n_all += len(labels)
     agreement["overall"] = hits_all / n_all
 
+    # 7. generation metrics against the test split (class sub-folders on both sides: class agreement too)
+    gen_metrics = {}
+    if a.fid:
+        t = time.perf_counter()
+        for kind in PRIORS:
+            m = regvq("eval", "gen", "--samples", work / "samples" / kind, "--ref", data / "test", "--size", 32,
+                      "--fid-method", "eigh", "--workers", a.workers, "--json")["metrics"]
+            gen_metrics[kind] = {k: m[k] for k in ("fid", "kid", "kid_std", "precision", "recall")}
+            gen_metrics[kind]["inception_class_agreement"] = (m["class_agreement"] or {}).get("rate")
+        times["eval_gen"] = round(time.perf_counter() - t, 1)
+
     results |= {"tokenizer_psnr": recon["psnr"], "tokenizer_ssim": recon["ssim"],
                 "tokenizer_codebook_usage": recon["codebook_usage"], "tokenizer_perplexity": recon["codebook_perplexity"],
                 "classifier_test_accuracy": test_acc,
                 "classifier_test_images": int(len(y_test)), "agreement": agreement,
-                "agreement_per_class": per_class, "chance": 1 / len(classes), "seconds": times}
+                "agreement_per_class": per_class, "chance": 1 / len(classes), "seconds": times,
+                **({"generation": gen_metrics} if gen_metrics else {})}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     rows = [("tokenizer PSNR (test, dB)", f"{recon['psnr']:.2f}"),
@@ -276,6 +292,9 @@ def main(argv=None):
             (f"classifier test accuracy ({len(y_test)} images)", f"{test_acc:.3f}"),
             *[(f"agreement {k}", f"{v:.3f}") for k, v in agreement.items()],
             ("chance", f"{1 / len(classes):.3f}"),
+            *[(f"{kind} samples: FID / KID / precision / recall",
+               " / ".join("-" if m[k] is None else f"{m[k]:.4g}" for k in ("fid", "kid", "precision", "recall")))
+              for kind, m in gen_metrics.items()],
             *[(f"time {k} (s)", f"{v:.1f}") for k, v in times.items()]]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
