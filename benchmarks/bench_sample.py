@@ -36,8 +36,13 @@ def timed(fn, device) -> float:
 
 
 def profiled(fn, device, top: int, tokens: int) -> dict:
-    """One call of `fn` under torch.profiler: the `top` entries by self time and the count per token."""
+    """One call of `fn` under torch.profiler: the total time and count per token of the kernels (CUDA) or
+    operators (CPU), and the `top` operators by their share of that time.
+
+    On CUDA an operator's device time is the time of the kernels it launched, and the profiler lists those kernels
+    too: totals are over the kernels alone, the ranking over the operators, so nothing is counted twice."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -49,11 +54,13 @@ def profiled(fn, device, top: int, tokens: int) -> dict:
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, key) > 0]
     events.sort(key=lambda e: getattr(e, key), reverse=True)
-    total = sum(getattr(e, key) for e in events)
+    operators = [e for e in events if e.device_type == DeviceType.CPU]
+    counted = [e for e in events if e.device_type != DeviceType.CPU] if cuda else operators
+    total = sum(getattr(e, key) for e in counted)
     return {"unit": "device kernels" if cuda else "cpu operators", "ms_total": round(total / 1000, 2),
-            "per_token": round(sum(e.count for e in events) / tokens, 1),
-            "top": [{"name": e.key[:100], "ms": round(getattr(e, key) / 1000, 3), "calls": e.count}
-                    for e in events[:top]]}
+            "per_token": round(sum(e.count for e in counted) / tokens, 1),
+            "top": [{"name": e.key[:100], "ms": round(getattr(e, key) / 1000, 3), "calls": e.count,
+                     "share": round(getattr(e, key) / max(total, 1e-9), 4)} for e in operators[:top]]}
 
 
 def main(argv=None):
@@ -134,7 +141,7 @@ def main(argv=None):
         print(f"profile {pr['model']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in {pr['unit']}, "
               f"{pr['per_token']} per token")
         for e in pr["top"]:
-            print(f"  {e['ms']:>10.3f} ms {e['calls']:>7}x  {e['name']}")
+            print(f"  {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
     print(f"command: {result['command']}")
 
 

@@ -57,6 +57,7 @@ def test_bench_sample_profile_lists_the_costliest_operations(capsys):
     top = prof[0]["top"]
     assert len(top) == 3 and top[0]["ms"] >= top[1]["ms"] >= top[2]["ms"] > 0
     assert prof[0]["unit"] == "cpu operators" and prof[0]["per_token"] > 1  # several operators per token
+    assert 0 < sum(e["share"] for e in top) <= 1  # shares of the total: nothing counted twice
 
 
 def test_make_jpegs_writes_the_same_files_with_any_number_of_processes(tmp_path):
