@@ -363,3 +363,7 @@ def test_train_prior_on_cuda_with_bf16_and_compile(tmp_path, kind):
                     sample_every=4)
     model = load_model(train_prior(tokens, tmp_path / "run", cfg))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the counted step runs under the FLOP counter with compile on; MFU where the GPU's peak is known
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["tflops"] > 0 for r in records)
+    assert ("mfu" in records[-1]) == ("H200" in torch.cuda.get_device_name())
