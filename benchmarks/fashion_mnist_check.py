@@ -171,6 +171,9 @@ def main(argv=None):
     ap.add_argument("--fid", action="store_true",
                     help="also `regvq eval gen` each prior's samples against the test split: FID, KID, precision/recall "
                          "and Inception 5-NN class agreement (a few minutes on a CPU)")
+    ap.add_argument("--fid-ref-stats", type=Path, default=None,
+                    help="with --fid: the test split's statistics file, written on first use and read after (the "
+                         "split depends only on --n and --seed, so runs of a sweep can share it); no class agreement")
     ap.add_argument("--parallel-priors", action="store_true",
                     help="train (and sample) the AR and the diffusion prior at the same time (one GPU holds both)")
     a = ap.parse_args(argv)
@@ -272,8 +275,14 @@ def main(argv=None):
     gen_metrics = {}
     if a.fid:
         t = time.perf_counter()
+        ref = data / "test"
+        if a.fid_ref_stats is not None:
+            if not a.fid_ref_stats.is_file():
+                regvq("eval", "gen", "--ref", ref, "--save-ref-stats", a.fid_ref_stats, "--size", 32,
+                      "--workers", a.workers, "--json")
+            ref = a.fid_ref_stats
         for kind in PRIORS:
-            m = regvq("eval", "gen", "--samples", work / "samples" / kind, "--ref", data / "test", "--size", 32,
+            m = regvq("eval", "gen", "--samples", work / "samples" / kind, "--ref", ref, "--size", 32,
                       "--fid-method", "eigh", "--workers", a.workers, "--json")["metrics"]
             gen_metrics[kind] = {k: m[k] for k in ("fid", "kid", "kid_std", "precision", "recall")}
             gen_metrics[kind]["inception_class_agreement"] = (m["class_agreement"] or {}).get("rate")
