@@ -185,7 +185,8 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     data, tok_run, tokens = work / "data", work / "tokenizer", work / "tokens"
     times: dict[str, float] = {}
-    results: dict = {"settings": vars(a) | {"work": str(work), "source": str(a.source)}}
+    results: dict = {"settings": vars(a) | {"work": str(work), "source": str(a.source),
+                                             "fid_ref_stats": a.fid_ref_stats and str(a.fid_ref_stats)}}
 
     def stage(name: str, done: bool, fn) -> None:
         t = time.perf_counter()
