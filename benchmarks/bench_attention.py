@@ -4,9 +4,12 @@ shared mask row, against the bandwidth floor of reading the keys and values once
 compared with fp32 attention of the same inputs.
 
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 [--heads 12 --head-dim 64] [--json]
+    python benchmarks/bench_attention.py --rows 512 --positions 64 256 --cache-len 257   # as the decode step reads
 
 `--rows` is the batch times 2 with guidance (`ar-b` at batch 256 with CFG: 512 rows, 12 heads of 64). The mask
-rows hide the last quarter of the positions, as a step early in a cache window does.
+rows hide the last quarter of the positions, as a step early in a cache window does. With `--cache-len N` the
+keys and values are the first P positions of a cache of N ([2, rows, heads, N, head_dim], one layer of the KV
+cache), strided views as the decode step passes them, instead of tensors of their own.
 """
 
 from __future__ import annotations
@@ -46,11 +49,12 @@ def two_matmuls(q, k, v, mask):
     return torch.softmax(s.float(), -1).to(q.dtype) @ v
 
 
-def rows_for(rows: int, heads: int, positions: int, head_dim: int, device, dtype, iters: int) -> list[dict]:
+def rows_for(rows: int, heads: int, positions: int, head_dim: int, device, dtype, iters: int,
+             cache_len: int = 0) -> list[dict]:
     g = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(rows, heads, 1, head_dim, device=device, dtype=dtype, generator=g)
-    k = torch.randn(rows, heads, positions, head_dim, device=device, dtype=dtype, generator=g)
-    v = torch.randn(rows, heads, positions, head_dim, device=device, dtype=dtype, generator=g)
+    kv = torch.randn(2, rows, heads, max(cache_len, positions), head_dim, device=device, dtype=dtype, generator=g)
+    k, v = kv[0, :, :, :positions], kv[1, :, :, :positions]  # [rows, heads, P, hd]; strided when cache_len > P
     keep = torch.arange(positions, device=device) < positions - positions // 4
     shared = torch.zeros(1, 1, 1, positions, device=device, dtype=dtype).masked_fill_(~keep, float("-inf"))
     # the decode step's mask is per row ([rows, 1, 1, P]: text prompts pad differently); without padding one
@@ -86,17 +90,20 @@ def main(argv=None) -> None:
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--positions", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--cache-len", type=int, default=0, metavar="N",
+                    help="keys and values as the first P positions of a KV cache of N positions")
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     device, dtype = torch.device(a.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    results = [r for p in a.positions for r in rows_for(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters)]
+    results = [r for p in a.positions for r in rows_for(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters,
+                                                     a.cache_len)]
     command = "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.json:
         print(json.dumps({"device": str(device), "torch": torch.__version__, "rows": a.rows, "heads": a.heads,
-                          "head_dim": a.head_dim, "dtype": a.dtype, "results": results, "command": command}, indent=2))
+                          "head_dim": a.head_dim, "cache_len": a.cache_len, "dtype": a.dtype, "results": results, "command": command}, indent=2))
         return
     print(f"{device} {a.dtype} torch {torch.__version__}: {a.rows} rows x {a.heads} heads x {a.head_dim}, one query")
     print(f"{'positions':>9}  {'mask':>7}  {'backend':<12} {'ms':>8}  {'floor':>6}  {'max |diff|':>10}")

@@ -84,3 +84,7 @@ def test_bench_attention_times_every_backend_with_and_without_the_mask_and_check
     timed = [r for r in results if "ms" in r]
     assert any(r["backend"] == "math" for r in timed) and all(r["ms"] > 0 for r in timed)
     assert all(r["max_abs_diff"] < 1e-5 for r in timed)  # fp32 on the CPU: every backend that ran agrees
+    # keys and values read from a longer cache (strided views) give the same answers
+    strided = bench.rows_for(3, 2, 8, 16, torch.device("cpu"), torch.float32, iters=1, cache_len=13)
+    assert all(r["max_abs_diff"] < 1e-5 for r in strided if "ms" in r)
+    assert [r["backend"] for r in strided if "ms" in r] == [r["backend"] for r in timed]
