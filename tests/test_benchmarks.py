@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.conftest import load_benchmark
@@ -88,3 +89,19 @@ def test_bench_attention_times_every_backend_with_and_without_the_mask_and_check
     strided = bench.rows_for(3, 2, 8, 16, torch.device("cpu"), torch.float32, iters=1, cache_len=13)
     assert all(r["max_abs_diff"] < 1e-5 for r in strided if "ms" in r)
     assert [r["backend"] for r in strided if "ms" in r] == [r["backend"] for r in timed]
+
+
+def test_bench_train_times_steps_on_a_fixed_batch_and_counts_what_each_part_costs(capsys):
+    bench = load_benchmark("bench_train")
+    common = ["--preset", "tok-test", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--device", "cpu",
+              "--set", "perceptual_weight=0", "--set", "contrastive_weight=0", "--json"]
+    bench.main(common)
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["set"] == {"perceptual_weight": 0, "contrastive_weight": 0} and plain["mfu"] is None
+    assert plain["images_per_s"] > 0 and plain["tflop_per_image"] > 0
+    bench.main([*common, "--gan"])
+    gan = json.loads(capsys.readouterr().out)
+    assert gan["gan"] and gan["tflop_per_image"] > plain["tflop_per_image"]  # the discriminator's passes count
+    with pytest.raises(SystemExit, match="unknown field"):
+        bench.main([*common, "--set", "no_such_field=1"])
+    assert bench.config_overrides(["lr=1e-4", "perceptual_net=vgg16"]) == {"lr": 1e-4, "perceptual_net": "vgg16"}
