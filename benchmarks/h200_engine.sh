@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Engine numbers on one GPU (written for an H200): the GPU tests, tokenizer and sampling throughput, end-to-end
-# encode, training speed, and the Fashion-MNIST class check with real-size priors. Stages run in the order
-# given; each writes its results under $OUT (JSON where the benchmark has --json) and prints a summary line.
+# encode, training speed (with data, and per step without the loader), and the Fashion-MNIST class check with
+# real-size priors. Stages run in the order given; each writes its results under $OUT (JSON where the benchmark
+# has --json) and prints a summary line.
 #
-#   OUT=results/ PHOTOS=path/to/photos bash benchmarks/h200_engine.sh gpu-tests tokenizer encode sample train fmnist
+#   OUT=results/ PHOTOS=path/to/photos bash benchmarks/h200_engine.sh gpu-tests tokenizer encode sample train train-steps fmnist
 #
 # PHOTOS: JPEG sources for the end-to-end encode (default shared/data/photos). FMNIST: the folder of the
 # Fashion-MNIST IDX .gz files (default: the Debian package's). REGVQ_INCEPTION_WEIGHTS: the perceptual
@@ -63,6 +64,17 @@ stage_train() {
       --log-every 50 --sample-every 1000000 --checkpoint-every 1000000 --workers "$WORKERS" --feature-dtype "$fd" --json >/dev/null
     cp "/tmp/tok-$fd/metrics.jsonl" "$OUT/train-tokenizer-$fd.jsonl"
     py -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(sys.argv[1], [round(x["images_per_s"]) for x in r])' "$OUT/train-tokenizer-$fd.jsonl"
+  done
+}
+
+stage_train-steps() {
+  # training steps without the image loader (bench_train.py): counted FLOPs, MFU, the costliest operators
+  for spec in "tokenizer --preset vqgan-f16 --gan" "tokenizer --preset vqgan-f16 --gan --compile" \
+              "tokenizer --preset small-f16 --gan" "prior --preset ar-b --batch-size 64" \
+              "prior --preset ar-b --batch-size 64 --compile" "prior --preset ar-b --batch-size 256 --compile"; do
+    name="train_steps_$(echo "$spec" | tr -c 'a-z0-9\n' '_')"
+    py benchmarks/bench_train.py --batch-size 32 $spec --profile 15 --json > "$OUT/$name.json" &&
+      py -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], d["per_s"], d["unit"] + "/s, MFU", d["mfu"]); [print("  ", t["share"], t["name"]) for t in d["profile"]["top"][:6]]' "$OUT/$name.json"
   done
 }
 

@@ -93,15 +93,39 @@ def test_bench_attention_times_every_backend_with_and_without_the_mask_and_check
 
 def test_bench_train_times_steps_on_a_fixed_batch_and_counts_what_each_part_costs(capsys):
     bench = load_benchmark("bench_train")
-    common = ["--preset", "tok-test", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--device", "cpu",
-              "--set", "perceptual_weight=0", "--set", "contrastive_weight=0", "--json"]
+    common = ["tokenizer", "--preset", "tok-test", "--batch-size", "2", "--steps", "1", "--warmup", "1",
+              "--device", "cpu", "--set", "perceptual_weight=0", "--set", "contrastive_weight=0", "--json"]
     bench.main(common)
     plain = json.loads(capsys.readouterr().out)
     assert plain["set"] == {"perceptual_weight": 0, "contrastive_weight": 0} and plain["mfu"] is None
-    assert plain["images_per_s"] > 0 and plain["tflop_per_image"] > 0
+    assert plain["unit"] == "images" and plain["per_s"] > 0 and plain["tflop_per_item"] > 0
     bench.main([*common, "--gan"])
     gan = json.loads(capsys.readouterr().out)
-    assert gan["gan"] and gan["tflop_per_image"] > plain["tflop_per_image"]  # the discriminator's passes count
+    assert gan["gan"] and gan["tflop_per_item"] > plain["tflop_per_item"]  # the discriminator's passes count
     with pytest.raises(SystemExit, match="unknown field"):
         bench.main([*common, "--set", "no_such_field=1"])
     assert bench.config_overrides(["lr=1e-4", "perceptual_net=vgg16"]) == {"lr": 1e-4, "perceptual_net": "vgg16"}
+
+
+def test_bench_train_prior_counts_the_matmul_and_attention_flops(capsys):
+    import dataclasses
+
+    from regvq_cli.priors.presets import model_for, preset
+
+    bench = load_benchmark("bench_train")
+    bench.main(["prior", "--preset", "ar-test", "--batch-size", "4", "--steps", "1", "--warmup", "1",
+                "--device", "cpu", "--profile", "3"])
+    out = capsys.readouterr().out
+    assert "grids/s" in out and "profile:" in out
+    bench.main(["prior", "--preset", "ar-test", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                "--device", "cpu", "--cond", "none", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["unit"] == "grids" and r["cond"] == "none" and r["per_s"] > 0
+    cfg = dataclasses.replace(preset("ar-test"), codebook_size=1024, grid_size=(16, 16))  # the bench's tokens
+    model = model_for(cfg)
+    params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    n = 256  # the start token and the first 255 tokens predict the 256
+    # forward + backward: 6 FLOPs per matmul parameter and position, plus 12 n^2 dim per layer of attention where
+    # the attention kernel has a FLOP formula (CUDA's have; the CPU's flash kernel has none)
+    matmuls, attention = 6 * params * n, 12 * cfg.n_layers * n * n * cfg.dim
+    assert matmuls * 0.99 <= r["tflop_per_item"] * 1e12 <= (matmuls + attention) * 1.01
