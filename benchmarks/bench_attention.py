@@ -1,7 +1,8 @@
 """One AR decode step's attention on its own: one query per row against a KV cache of P positions, through each
-SDPA backend, without a mask, with the additive mask the decode step passes (one row per batch row) and with one
-shared mask row, against the bandwidth floor of reading the keys and values once. Each backend's output is
-compared with fp32 attention of the same inputs.
+SDPA backend, without a mask, with the additive mask the decode step passes (one row per batch row), with one
+shared mask row, and with the mask carried by the keys ("in-key": one more query/key dimension, padded to 8, that
+adds 0 or -1e4 to each score, so no attn_mask is passed), against the bandwidth floor of reading the keys and
+values once. Each backend's output is compared with fp32 attention of the same inputs.
 
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 [--heads 12 --head-dim 64] [--json]
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 --cache-len 257   # as the decode step reads
@@ -41,12 +42,25 @@ def seconds(fn, device, iters: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def two_matmuls(q, k, v, mask):
+def two_matmuls(q, k, v, mask, scale: float | None = None):
     """The reference: scores, softmax in fp32, weighted values."""
-    s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if mask is not None:
         s = s + mask
     return torch.softmax(s.float(), -1).to(q.dtype) @ v
+
+
+def bias_in_keys(q, k, v, keep, pad: int = 8):
+    """The mask carried by the keys instead: one extra query/key dimension (padded to `pad` for the kernels'
+    alignment) holding 1 in every query and, in every key, 0 where kept and -1e4 where hidden, so q'.k' = q.k +
+    (0 or -1e4) and a hidden key's weight underflows to 0 without an attn_mask. Keys and values grow by pad/hd."""
+    def grow(t, fill):
+        extra = t.new_zeros(*t.shape[:-1], pad)
+        extra[..., 0] = fill
+        return torch.cat([t, extra], -1)
+
+    bias = torch.zeros(k.shape[-2], dtype=k.dtype, device=k.device).masked_fill_(~keep, -1e4)
+    return grow(q, 1.0), grow(k, bias), grow(v, 0.0)
 
 
 def rows_for(rows: int, heads: int, positions: int, head_dim: int, device, dtype, iters: int,
@@ -58,23 +72,26 @@ def rows_for(rows: int, heads: int, positions: int, head_dim: int, device, dtype
     keep = torch.arange(positions, device=device) < positions - positions // 4
     shared = torch.zeros(1, 1, 1, positions, device=device, dtype=dtype).masked_fill_(~keep, float("-inf"))
     # the decode step's mask is per row ([rows, 1, 1, P]: text prompts pad differently); without padding one
-    # broadcast row ([1, 1, 1, P]) says the same, and may suit a backend better
-    masks = {"no": None, "per-row": shared.expand(rows, 1, 1, positions).contiguous(), "shared": shared}
-    floor = (k.nbytes + v.nbytes) / BANDWIDTH
-    # every backend is checked against fp32 attention of the same inputs
-    reference = {name: two_matmuls(q.float(), k.float(), v.float(), None if m is None else m.float())
-                 for name, m in masks.items()}
+    # broadcast row ([1, 1, 1, P]) says the same, and may suit a backend better; "in-key" carries it in the keys
+    variants = {"no": (q, k, v, None), "per-row": (q, k, v, shared.expand(rows, 1, 1, positions).contiguous()),
+                "shared": (q, k, v, shared), "in-key": (*bias_in_keys(q, k, v, keep), None)}
+    floor = (k.nbytes + v.nbytes) / BANDWIDTH  # the keys and values of head_dim, read once
+    scale = head_dim ** -0.5
     out = []
-    for masked, m in masks.items():
+    for masked, (q_, k_, v_, m) in variants.items():
+        # every backend is checked against fp32 attention of the same (unpadded) inputs and mask
+        ref_mask = None if masked == "no" else shared.float()
+        reference = two_matmuls(q.float(), k.float(), v.float(), ref_mask)
         for name, backend in [*BACKENDS.items(), ("two matmuls", None)]:
             if backend is None:
-                fn = lambda: two_matmuls(q, k, v, m)  # noqa: E731
+                def fn(q_=q_, k_=k_, v_=v_, m=m):
+                    return two_matmuls(q_, k_, v_, m, scale)[..., :head_dim]
             else:
-                def fn(backend=backend):
+                def fn(backend=backend, q_=q_, k_=k_, v_=v_, m=m):
                     with sdpa_kernel(backend):
-                        return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+                        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=m, scale=scale)[..., :head_dim]
             try:
-                diff = (fn().float() - reference[masked]).abs().max().item()
+                diff = (fn().float() - reference).abs().max().item()
                 s = seconds(fn, device, iters)
             except RuntimeError as e:  # a backend that does not take these inputs (dtype, mask, device)
                 out.append({"positions": positions, "mask": masked, "backend": name, "error": str(e).splitlines()[0][:80]})

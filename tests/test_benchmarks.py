@@ -80,7 +80,7 @@ def test_make_jpegs_writes_the_same_files_with_any_number_of_processes(tmp_path)
 def test_bench_attention_times_every_backend_with_and_without_the_mask_and_checks_them():
     bench = load_benchmark("bench_attention")
     results = bench.rows_for(3, 2, 8, 16, torch.device("cpu"), torch.float32, iters=1)
-    assert {(r["mask"], r["backend"]) for r in results} == {(m, b) for m in ("no", "per-row", "shared")
+    assert {(r["mask"], r["backend"]) for r in results} == {(m, b) for m in ("no", "per-row", "shared", "in-key")
                                                            for b in [*bench.BACKENDS, "two matmuls"]}
     timed = [r for r in results if "ms" in r]
     assert any(r["backend"] == "math" for r in timed) and all(r["ms"] > 0 for r in timed)
