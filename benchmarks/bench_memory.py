@@ -2,9 +2,9 @@
 
     python benchmarks/bench_memory.py --counts 20000 100000 --work /tmp/memtest
 
-Makes a folder of N hard links to one small PNG (N files to list, decode and encode, no disk cost), encodes it
-with the tiny test tokenizer in a subprocess, and reports that process's peak resident set (VmHWM, main
-process; decoding workers are separate processes of constant size).
+Makes a folder of N hard links to a small PNG (N files to list, decode and encode, no disk cost; a new copy every
+50,000 links, under the file systems' cap), encodes it with the tiny test tokenizer in a subprocess, and reports
+that process's peak resident set (VmHWM, main process; decoding workers are separate processes of constant size).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 
+LINKS_PER_FILE = 50_000
+
+
 def make_folder(root: Path, n: int) -> Path:
     from PIL import Image
 
@@ -26,9 +29,11 @@ def make_folder(root: Path, n: int) -> Path:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    source = root / "one.png"
-    Image.new("RGB", (40, 40), (200, 30, 30)).save(source)
     for i in range(n):
+        if i % LINKS_PER_FILE == 0:  # a file system caps the links to one file (ext4: 65,000)
+            source = root / f"one-{i // LINKS_PER_FILE}.png"
+            if not source.exists():
+                Image.new("RGB", (40, 40), (200, 30, 30)).save(source)
         os.link(source, folder / f"{i:09d}.png")
     return folder
 

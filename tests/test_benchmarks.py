@@ -129,3 +129,15 @@ def test_bench_train_prior_counts_the_matmul_and_attention_flops(capsys):
     # the attention kernel has a FLOP formula (CUDA's have; the CPU's flash kernel has none)
     matmuls, attention = 6 * params * n, 12 * cfg.n_layers * n * n * cfg.dim
     assert matmuls * 0.99 <= r["tflop_per_item"] * 1e12 <= (matmuls + attention) * 1.01
+
+
+def test_bench_memory_spreads_its_hard_links_over_copies(tmp_path, monkeypatch):
+    import os
+
+    bench = load_benchmark("bench_memory")
+    monkeypatch.setattr(bench, "LINKS_PER_FILE", 3)  # file systems cap the links to one file (ext4: 65,000)
+    folder = bench.make_folder(tmp_path, 7)
+    links = sorted(os.scandir(folder), key=lambda e: e.name)
+    assert len(links) == 7 and len(list(tmp_path.glob("one-*.png"))) == 3
+    assert {e.stat().st_nlink for e in links} == {4, 2}  # 3 links + the copy itself; the last copy has one link
+    assert bench.make_folder(tmp_path, 7) == folder  # an existing complete folder is reused
