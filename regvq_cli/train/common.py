@@ -344,6 +344,15 @@ def flop_counter():
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
+    aten = torch.ops.aten
+    # the CPU's flash attention has no formula of its own; it takes (grad_out,) query, key, value first, as the
+    # CUDA flash kernels do, so theirs apply
+    formulas = {**flop_registry,
+                aten._scaled_dot_product_flash_attention_for_cpu:
+                    flop_registry[aten._scaled_dot_product_flash_attention],
+                aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                    flop_registry[aten._scaled_dot_product_flash_attention_backward]}
+
     class FlopCount(TorchDispatchMode):
         def __init__(self):
             super().__init__()
@@ -352,7 +361,7 @@ def flop_counter():
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
+            formula = formulas.get(func._overloadpacket)
             if formula is not None:
                 self.total += formula(*args, **kwargs, out_val=out)
             return out
