@@ -43,7 +43,7 @@ def config_overrides(pairs: list[str]) -> dict:
 
 
 def make_config(config_class, args, **fields):
-    """config_class(**fields) with --set applied over them, and the bookkeeping that a benchmark never wants off."""
+    """config_class(**fields) with --set applied over them; no logging, samples or checkpoints."""
     known = {f.name for f in dataclasses.fields(config_class)}
     given = config_overrides(args.set)
     unknown = sorted(set(given) - known)
