@@ -120,7 +120,8 @@ def main(argv=None) -> None:
     command = "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.json:
         print(json.dumps({"device": str(device), "torch": torch.__version__, "rows": a.rows, "heads": a.heads,
-                          "head_dim": a.head_dim, "cache_len": a.cache_len, "dtype": a.dtype, "results": results, "command": command}, indent=2))
+                          "head_dim": a.head_dim, "cache_len": a.cache_len, "dtype": a.dtype, "results": results,
+                          "command": command}, indent=2))
         return
     print(f"{device} {a.dtype} torch {torch.__version__}: {a.rows} rows x {a.heads} heads x {a.head_dim}, one query")
     print(f"{'positions':>9}  {'mask':>7}  {'backend':<12} {'ms':>8}  {'floor':>6}  {'max |diff|':>10}")

@@ -18,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,17 +77,19 @@ def main(argv=None):
                 "    print('VmHWM', [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1],"
                 " file=sys.stderr); raise")
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code, "-q", "encode", str(folder), "-o", str(out), "-m",
-                                 str(model), "--batch-size", "256", "--workers", str(args.workers), "--shard-size",
-                                 "8192"], stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        samples = []  # (seconds, resident MB) every 0.2 s
-        while proc.poll() is None:
-            kb = vm_rss_kb(proc.pid)
-            if kb:
-                samples.append((time.perf_counter() - t, kb / 1024))
-            time.sleep(0.2)
-        seconds = time.perf_counter() - t
-        stderr = proc.stderr.read()
+        with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nothing blocks while the loop polls
+            proc = subprocess.Popen([sys.executable, "-c", code, "-q", "encode", str(folder), "-o", str(out), "-m",
+                                     str(model), "--batch-size", "256", "--workers", str(args.workers),
+                                     "--shard-size", "8192"], stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            samples = []  # (seconds, resident MB) every 0.2 s
+            while proc.poll() is None:
+                kb = vm_rss_kb(proc.pid)
+                if kb:
+                    samples.append((time.perf_counter() - t, kb / 1024))
+                time.sleep(0.2)
+            seconds = time.perf_counter() - t
+            log.seek(0)
+            stderr = log.read()
         if proc.returncode != 0:
             sys.exit(stderr)
         peak_kb = int(next(line for line in stderr.splitlines() if line.startswith("VmHWM")).split()[1])
