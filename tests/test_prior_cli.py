@@ -83,6 +83,16 @@ def test_train_exports_and_a_rerun_resumes(work, ar_model):
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_run_with_no_step_to_take_says_so(work, tmp_path):
+    r = ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--max-steps", "0"))
+    assert b"no training step ran" in r.stderr and b"initial" in r.stderr
+    assert json.loads(r.stdout)["model"] == str(tmp_path / "run" / "model")
+    r = ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--max-steps", "1"))
+    assert b"no training step ran" not in r.stderr
+    r = ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--max-steps", "1"))  # already there
+    assert r.stderr.count(b"no training step ran: the run was already at --max-steps (1)") == 1
+
+
 def test_bad_training_values_are_usage_errors(work, tmp_path):
     r = invoke("train-prior", work / "tokens", "-o", tmp_path / "run", "--cond-dropout", "1.5")
     assert r.returncode == 2 and b"cond-dropout" in r.stderr

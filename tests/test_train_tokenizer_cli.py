@@ -153,6 +153,7 @@ def test_init_refuses_a_conflicting_architecture(tmp_path):
     r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--init", model, "--preset", "tok-test",
                "--max-steps", "0", *FAST)
     assert r.returncode == 0, r.stderr.decode()
+    assert b"no training step ran" in r.stderr  # the export is the --init weights, untrained here
     # the library refuses fields set away from their defaults that the model does not have
     cfg = TrainTokenizerConfig(init=str(model), quantizer="vq", num_workers=0, device="cpu")
     with pytest.raises(RegvqError, match="quantizer regvq, not vq"):

@@ -58,14 +58,29 @@ def progress(total=None, desc: str = "", unit: str = "it", **kwargs):
 
 @contextlib.contextmanager
 def training_progress(max_steps: int, keys: tuple[str, ...]):
-    """A step bar for a training run; yields the `callback(step, metrics)` the trainers call."""
+    """A step bar for a training run; yields the `callback(step, metrics)` the trainers call (once per step, so
+    `callback.steps` counts the steps this process ran)."""
     with progress(total=max_steps, desc="train", unit="step") as bar:
         def callback(step, metrics):
+            callback.steps += 1
             bar.n = step
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in keys if k in metrics}, refresh=False)
             bar.refresh()
 
+        callback.steps = 0
         yield callback
+
+
+def report_export(folder, run_dir, steps_run: int, max_steps: int, as_json: bool) -> None:
+    """The end of a training command: the exported model's folder (JSON or a line), and a warning when this
+    invocation ran no step, so that re-exported or initial weights are not taken for trained ones."""
+    if steps_run == 0:
+        warn(f"no training step ran: the run was already at --max-steps ({max_steps}) or its --time-limit; "
+             f"{folder} holds its weights as they were (a new run's: the initial ones)")
+    if as_json:
+        emit_json({"model": str(folder), "run_dir": str(run_dir)})
+    else:
+        info(f"model exported to {folder}")
 
 
 def table_options(table):

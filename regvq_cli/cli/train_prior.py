@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, batch_size_hint, emit_json, explicit_options, info, json_option, resumable, table_options,
-                                   training_progress)
+from regvq_cli.cli._common import (ModelSpec, batch_size_hint, explicit_options, info, json_option, report_export,
+                                   resumable, table_options, training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l", "diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"]
@@ -112,7 +112,4 @@ def train_prior(tokens, run_dir, as_json, **fields):
             check_init_options(cfg.init, explicit)
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:
         folder = train(tokens, run_dir, cfg, callback=callback)
-    if as_json:
-        emit_json({"model": str(folder), "run_dir": str(run_dir)})
-    else:
-        info(f"model exported to {folder}")
+    report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, batch_size_hint, emit_json, explicit_options, info, json_option, resumable, table_options,
-                                   training_progress)
+from regvq_cli.cli._common import (ModelSpec, batch_size_hint, explicit_options, info, json_option, report_export,
+                                   resumable, table_options, training_progress)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
@@ -137,7 +137,4 @@ def train_tokenizer(data, run_dir, as_json, **fields):
             check_init_options(cfg.init, explicit)
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback)
-    if as_json:
-        emit_json({"model": str(folder), "run_dir": str(run_dir)})
-    else:
-        info(f"model exported to {folder}")
+    report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)
