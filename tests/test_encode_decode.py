@@ -39,6 +39,32 @@ def encode(*args, **kw):
     return invoke("encode", "--workers", "0", *args, **kw)
 
 
+def test_channels_last_gives_the_default_layouts_tokens_and_pictures_within_rounding(tmp_path, tokenizer_dir,
+                                                                                      monkeypatch):
+    from regvq_cli.engine import decode, encode as encode_engine, runtime
+
+    layouts = []  # what the engine asked the runner for, encode and decode alike
+
+    def spy(*args, **kw):
+        layouts.append(kw.get("channels_last"))
+        return runtime.prepare_tokenizer(*args, **kw)
+
+    monkeypatch.setattr(decode, "prepare_tokenizer", spy)
+    monkeypatch.setattr(encode_engine, "prepare_tokenizer", spy)
+    imgs = make_images(tmp_path / "imgs", 6)
+    for name, flags in (("plain", []), ("cl", ["--channels-last"])):
+        r = encode(imgs, "-o", tmp_path / f"tok-{name}", "-m", tokenizer_dir, *flags)
+        assert r.returncode == 0, r.stderr.decode()
+        r = invoke("decode", tmp_path / "tok-plain", "-o", tmp_path / f"rec-{name}", *flags)
+        assert r.returncode == 0, r.stderr.decode()
+    tokens = [load_file(str(tmp_path / d / "shard-00000.safetensors"))["tokens"] for d in ("tok-plain", "tok-cl")]
+    assert np.array_equal(*tokens)  # these images have no near-tie
+    for f in sorted(os.listdir(tmp_path / "rec-plain")):
+        a, b = (np.asarray(Image.open(tmp_path / d / f)).astype(int) for d in ("rec-plain", "rec-cl"))
+        assert np.abs(a - b).max() <= 1  # another summation order: at most a rounding step apart
+    assert layouts == [False, False, True, True]
+
+
 def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     imgs = make_images(tmp_path / "imgs", 5)
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")

@@ -111,9 +111,9 @@ def check_tokens(batch: Batch, codebook_size: int, grid: tuple[int, int] | None)
 
 
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
-                  compile: bool = False, callback=None) -> dict:
+                  compile: bool = False, channels_last: bool = False, callback=None) -> dict:
     """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`)."""
-    runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile)
+    runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile, channels_last=channels_last)
     native = tokenizer.grid_size(tokenizer.config.image_size)
     written, sheet, t0 = 0, [], time.perf_counter()
     if not grid_sheet:
@@ -168,7 +168,7 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 
 
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
-                  grid_cols=None, stdin=None, compile=False, callback=None) -> dict:
+                  grid_cols=None, stdin=None, compile=False, channels_last=False, callback=None) -> dict:
     """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several."""
     with dist.group(device) as (rank, world):
         if source == "-":
@@ -177,7 +177,8 @@ def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=No
             batches = json_lines_batches(stdin, batch_size, limit)
         else:
             batches = shard_batches(source, batch_size, limit, rank, world)
-        summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, callback)
+        summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, channels_last,
+                                callback)
         summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
         dist.barrier()
         return summary
