@@ -108,10 +108,10 @@ def measure(trainer, steps: int, warmup: int) -> dict:
     """Seconds per step over `steps` steps after `warmup` (compilation, cuDNN autotuning), and one step's FLOPs."""
     import torch
 
-    from regvq_cli.train.common import flop_counter, peak_flops, training_precision
+    from regvq_cli.train.common import flop_counter, peak_flops
 
     device = trainer.device
-    with training_precision(device):
+    with trainer.precision():  # as in the trainer's run()
         for _ in range(warmup):
             trainer.train_step()
         with flop_counter() as counter:
@@ -163,9 +163,7 @@ def main(argv=None) -> None:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_sample import profiled
 
-            from regvq_cli.train.common import training_precision
-
-            with training_precision(trainer.device):
+            with trainer.precision():
                 result["profile"] = profiled(trainer.train_step, trainer.device, args.profile, 1)
             result["profile"]["per_step"] = result["profile"].pop("per_token")  # kernels (operators) per step
     device = trainer.device

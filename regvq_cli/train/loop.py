@@ -92,6 +92,10 @@ class Trainer:
     def _window_extra(self) -> dict[str, float]:
         return {}
 
+    def precision(self):
+        """The context a run's steps execute in (numeric settings for the length of the run). Default: none."""
+        return contextlib.nullcontext()
+
     def _flop_phase(self):
         """What decides the FLOPs of the next step (a step's FLOPs are counted again when it changes); a
         tokenizer's discriminator starting is one. Default: they never change."""
@@ -254,7 +258,7 @@ class Trainer:
         resumes there, so a pre-empted or interrupted run loses nothing."""
         cfg = self.cfg
         try:
-            with StopRequest() as request:
+            with StopRequest() as request, self.precision():
                 throughput = Throughput()
                 self.peak_flops = peak_flops(self.device)
                 step_flops, counted_phase = 0.0, _NOT_COUNTED

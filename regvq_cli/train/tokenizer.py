@@ -515,9 +515,8 @@ class TokenizerTrainer(Trainer):
     def _flop_phase(self) -> bool:
         return self.use_gan and self.step >= self.cfg.gan_start  # the discriminator's passes join the step
 
-    def run(self, callback: Callable[[int, dict], None] | None = None) -> Path:
-        with training_precision(self.device):  # TF32 and cuDNN autotuning on CUDA, for this run only
-            return super().run(callback)
+    def precision(self):
+        return training_precision(self.device)  # TF32 and cuDNN autotuning on CUDA, for this run only
 
     # ---- logging, samples, model card ---------------------------------------------------------------------
     def _window_extra(self) -> dict[str, float]:
