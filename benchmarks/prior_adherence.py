@@ -29,6 +29,9 @@ balanced list. Per image:
   object kind  which of OBJECTS a small CNN, trained here on --kind-train recipe pictures of those objects
                (recoloured, on varied backgrounds: it goes by shape), names; reported with its accuracy on
                held-out recipe pictures and on the same pictures after the tokenizer, the ceilings to read it by.
+               It is trained on --device; --kind-cache FILE keeps it, so that priors compared with one another
+               are scored by the same classifier (trained again, even with the same seed, it differs a little
+               between machines and devices).
 Rates are over images: background (background prompts), object colour (all prompts), position (position
 prompts). Chance: 1/12 for a colour, 1/2 for a half, 1/3 for a third; "chance_marginal" is the agreement expected
 if the measured colours were independent of the prompts (sum over colours of measured share x prompted share).
@@ -256,39 +259,60 @@ class KindClassifier:
     on varied backgrounds, so it has to go by shape). Not a metric of record: read its rate against its own
     accuracy on held-out recipe pictures and on the same pictures after the tokenizer."""
 
-    def __init__(self, train: int = 3000, epochs: int = 6, seed: int = KIND_SEED):
+    def __init__(self, train: int = 3000, epochs: int = 6, seed: int = KIND_SEED, device="cpu", cache: str | None = None):
+        """Trains on `device` (seeded, so one machine and device give one classifier); with `cache`, a
+        safetensors file, loads the weights from it when it exists and saves them there after training, so that
+        several priors are scored by the very same classifier (and it is trained once)."""
         import torch
         from torch import nn
-
-        torch.manual_seed(seed)
-        images, kinds = kind_pictures(train, seed)
-        y = torch.tensor([OBJECTS.index(k) for k in kinds])
-        x = _kind_batch(images)
 
         def block(i, o):
             return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
 
+        torch.manual_seed(seed)
+        self.device = torch.device(device)
         self.net = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, len(OBJECTS)))
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, len(OBJECTS))).to(self.device)
+        meta = {"train": str(train), "epochs": str(epochs), "seed": str(seed), "objects": ",".join(OBJECTS)}
+        if cache and Path(cache).is_file():
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(cache, "pt") as f:
+                if f.metadata() != meta:
+                    raise SystemExit(f"error: {cache} holds a classifier trained otherwise ({f.metadata()}); "
+                                     f"delete it or pass another --kind-cache")
+            self.net.load_state_dict(load_file(cache, device=str(self.device)))
+            self.net.eval()
+            return
+        images, kinds = kind_pictures(train, seed)
+        y = torch.tensor([OBJECTS.index(k) for k in kinds], device=self.device)
+        x = _kind_batch(images).to(self.device)
         opt = torch.optim.AdamW(self.net.parameters(), 2e-3, weight_decay=1e-4)
         g = torch.Generator().manual_seed(seed)
         self.net.train()
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=g).split(64):
-                xb = x[idx]
-                flip = torch.rand(len(idx), generator=g) < 0.5  # objects face either way
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                flip = (torch.rand(len(idx), generator=g) < 0.5).to(self.device)  # objects face either way
+                idx = idx.to(self.device)
+                xb = torch.where(flip[:, None, None, None], x[idx].flip(-1), x[idx])
                 loss = nn.functional.cross_entropy(self.net(xb), y[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         self.net.eval()
+        if cache:
+            from safetensors.torch import save_file
+
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, cache, metadata=meta)
 
     def __call__(self, images: np.ndarray) -> list[str]:
         import torch
 
         with torch.no_grad():
-            out = [self.net(_kind_batch(images[i:i + 256])).argmax(1) for i in range(0, len(images), 256)]
+            out = [self.net(_kind_batch(images[i:i + 256]).to(self.device)).argmax(1).cpu()
+                   for i in range(0, len(images), 256)]
         return [OBJECTS[int(k)] for k in torch.cat(out)]
 
 
@@ -446,7 +470,7 @@ def run_text(a) -> dict:
     pics, facts = recipe_pictures(a.ceiling_pictures, int(images.shape[1]), RECIPE_SEED)
     kind = None
     if a.kind_train:
-        classifier = KindClassifier(a.kind_train)
+        classifier = KindClassifier(a.kind_train, device=dev, cache=a.kind_cache)
         held, held_kinds = kind_pictures(a.ceiling_pictures, KIND_SEED + 1)
         size = int(images.shape[1])
         from PIL import Image
@@ -589,7 +613,10 @@ def main(argv=None) -> None:
                            help="recipe pictures for the ceilings (default 64)")
             p.add_argument("--kind-train", type=int, default=3000,
                            help="recipe pictures to train the object classifier on (0: no object-kind rate; "
-                                "default 3000, about a minute on a CPU)")
+                                "default 3000, about a minute on a CPU; trained on --device)")
+            p.add_argument("--kind-cache", default=None, metavar="FILE",
+                           help="keep the object classifier in this .safetensors file: loaded if it exists, else "
+                                "trained and saved, so that several priors are scored by the same classifier")
         else:
             p.add_argument("--scenes", type=int, default=16, help="number of scenes (default 16)")
             p.add_argument("--scene-seed", type=int, default=12345, help="segmaps.py seed (default 12345)")

@@ -203,3 +203,21 @@ def test_object_kind_classifier_learns_the_recipe_objects(pa):
     # pictures at another size are resized to the classifier's
     big = np.repeat(np.repeat(images[:4], 4, axis=1), 4, axis=2)
     assert clf(big) == clf(images[:4])
+
+
+def test_object_kind_classifier_cache(pa, tmp_path, monkeypatch):
+    """--kind-cache: the first run trains and saves, the next loads the same weights (same names for the same
+    pictures) without training; a cache made with other settings is refused with a message, not used."""
+    if not (Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf").is_file()
+            and Path("/usr/share/openclipart/png").is_dir()):
+        pytest.skip("needs apt packages fonts-noto-color-emoji and openclipart-png")
+    cache = tmp_path / "kind.safetensors"
+    first = pa.KindClassifier(64, epochs=1, cache=str(cache))
+    assert cache.is_file()
+    with monkeypatch.context() as m:
+        m.setattr(pa, "kind_pictures", None)  # loading must not render training pictures
+        again = pa.KindClassifier(64, epochs=1, cache=str(cache))
+    images = np.random.default_rng(0).integers(0, 256, (6, pa.KIND_SIZE, pa.KIND_SIZE, 3), dtype=np.uint8)
+    assert again(images) == first(images)
+    with pytest.raises(SystemExit, match="trained otherwise"):
+        pa.KindClassifier(64, epochs=2, cache=str(cache))
