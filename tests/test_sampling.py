@@ -144,6 +144,20 @@ def test_maskgit_unmasks_on_a_cosine_schedule():
     assert masked == [8, 6, 3, 0]
 
 
+def test_maskgit_step_sees_the_masked_share_of_every_row(monkeypatch):
+    """The masked count that picks each step's t is kept on the host (no device sync); it must be the count in
+    every row of the grid the step starts from, for any steps and with guidance."""
+    d, N = diffusion(), 9
+    real, ratios = d.t_for_mask_ratio, []
+    monkeypatch.setattr(d, "t_for_mask_ratio", lambda r: ratios.append(r) or real(r))
+    for steps, n in ((4, 3), (9, 2), (2, 4)):
+        ratios.clear()
+        counts = [[N] * n]  # masked tokens per row before each step, then after the last
+        sample_diffusion(d, torch.arange(n) % 2, n, sampler="maskgit", steps=steps, cfg=2.0, generator=gen(),
+                         callback=lambda info: counts.append((info["tokens"] == K).sum(1).tolist()))
+        assert [[round(r * N)] * n for r in ratios] == counts[:-1] and counts[-1] == [0] * n
+
+
 def test_argument_errors():
     m, d = ar(), diffusion()
     c = torch.tensor([0])

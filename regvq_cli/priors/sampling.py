@@ -292,9 +292,9 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
                 if callback is not None:
                     callback({"i": i, "total": steps, "tokens": x})
         else:
+            n_masked = N  # the same in every row, and known on the host: no device sync per step
             for i in range(steps):
                 is_mask = x == K
-                n_masked = int(is_mask[0].sum())
                 t = model.t_for_mask_ratio(n_masked / N)
                 logp = predict(x, t)
                 drawn = sample_categorical(logp, generator)  # [n, N]
@@ -307,8 +307,9 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
                     noise = choice_temperature * (1 - (i + 1) / steps)
                     conf = conf + noise * _gumbel(conf.shape, device, generator)
                     remask = conf.topk(keep_masked, dim=-1, largest=False).indices
-                    drawn = drawn.scatter(-1, remask, K)
+                    drawn = drawn.scatter(-1, remask, K)  # decided tokens have conf inf: only masked ones
                 x = drawn
+                n_masked = max(keep_masked, 0)
                 if callback is not None:
                     callback({"i": i, "total": steps, "tokens": x})
     return x.view(n, h, w)
