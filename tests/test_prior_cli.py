@@ -220,17 +220,20 @@ def test_sampler_options_are_for_diffusion_only(ar_model, tmp_path):
     assert r.returncode == 2 and b"diffusion priors only" in r.stderr
 
 
-def test_compile_is_for_ar_priors(ar_model, diffusion_model, tmp_path):
-    """--compile runs the AR decode step through torch.compile (here on the CPU) and writes the same kind of
-    output; a diffusion prior refuses it."""
+def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path):
+    """--compile runs the AR decode step, or the diffusion denoiser, through torch.compile (here on the CPU): the
+    same kind of output, and for the diffusion prior the tokens of the same command without it."""
     from regvq_cli.data.dataset import TokenDataset
 
     ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "2", "--seed", "1", "--compile",
               "--tokens-out", tmp_path / "tok", "--device", "cpu"))
     ds = TokenDataset(tmp_path / "tok")
     assert len(ds) == 2 and ds.grid == (8, 8) and int(ds[0]["tokens"].max()) < 64
-    r = invoke("sample", "-m", diffusion_model, "--class", "cat", "--compile", "-o", tmp_path / "x")
-    assert r.returncode == 2 and b"AR priors only" in r.stderr
+    for flags, name in (([], "plain"), (["--compile"], "compiled")):
+        ok(invoke("sample", "-m", diffusion_model, "--class", "cat", "-n", "2", "--seed", "1", "--steps", "4",
+                  "--tokens-out", tmp_path / name, "--device", "cpu", *flags))
+    plain, compiled = TokenDataset(tmp_path / "plain"), TokenDataset(tmp_path / "compiled")
+    assert all(torch.equal(plain[i]["tokens"], compiled[i]["tokens"]) for i in range(2))
 
 
 @pytest.mark.gpu

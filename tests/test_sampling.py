@@ -8,6 +8,7 @@ import torch
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors.ar import ARConfig, ARPrior
 from regvq_cli.priors.conditioning import CondStates, TextStates
+from regvq_cli.priors import sampling
 from regvq_cli.priors.diffusion import DiffusionConfig, DiffusionPrior
 from regvq_cli.priors.sampling import (filter_logits, sample_ar, sample_categorical, sample_diffusion,
                                        sample_logits)
@@ -158,6 +159,16 @@ def test_maskgit_step_sees_the_masked_share_of_every_row(monkeypatch):
         assert [[round(r * N)] * n for r in ratios] == counts[:-1] and counts[-1] == [0] * n
 
 
+def test_compiled_denoiser_draws_the_same_tokens():
+    """compile=True (torch.compile of the denoiser, on the CPU here): the tokens of the eager sampler, with both
+    samplers and guidance; the compiled function is made once per model."""
+    d = diffusion()
+    for kw in ({"steps": 5, "cfg": 2.0}, {"sampler": "maskgit", "steps": 4, "cfg": 2.0}):
+        eager = sample_diffusion(d, torch.tensor([0, 1]), 2, generator=gen(), **kw)
+        assert torch.equal(sample_diffusion(d, torch.tensor([0, 1]), 2, generator=gen(), compile=True, **kw), eager)
+    assert sampling.compiled(d, "forward") is sampling.compiled(d, "forward")
+
+
 def test_argument_errors():
     m, d = ar(), diffusion()
     c = torch.tensor([0])
@@ -192,3 +203,7 @@ def test_cuda_bf16_cache_and_seeded_sampling():
         s1 = sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), **kw)
         assert torch.equal(s1, sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), **kw))
         assert s1.max() < K
+        s2 = sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), compile=True, **kw)
+        assert torch.equal(s2, sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), compile=True,
+                                                **kw))
+        assert s2.shape == s1.shape and s2.max() < K

@@ -39,7 +39,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--grid", "grid_sheet", is_flag=True, help="Write all samples as one contact sheet PNG (OUT is a .png file or '-').")
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
 @click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
-@click.option("--compile", "compile_", is_flag=True, help="AR priors: compile the decode step with torch.compile (on a GPU at small batches about 2x faster per token, after a one-off compilation; slower on a CPU).")
+@click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step (on a GPU at small batches about 2x faster per token); diffusion, the denoiser. Slower on a CPU.")
 @device_options
 @offline_option
 @json_option
@@ -112,9 +112,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     single = out is not None and (out == "-" or out.lower().endswith(".png"))
     options = dict(cfg=guidance, temperature=temperature, top_k=top_k, top_p=top_p)
     if prior.model_type == "diffusion":
-        if compile_:
-            raise click.UsageError("--compile applies to AR priors only")
-        options.update(steps=steps, sampler=sampler or "vq")
+        options.update(steps=steps, sampler=sampler or "vq", compile=compile_)
     else:
         options.update(compile=compile_, cuda_graphs=dev.type == "cuda")
     files, sheet, done = [], [], 0

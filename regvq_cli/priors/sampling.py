@@ -165,17 +165,23 @@ def _check_graphable(device, generator):
                          f"(or none, for the default one), not one on {gen}")
 
 
-def compiled_decode_step(model):
-    """`model.decode_step` through torch.compile, made once per model and kept on it (fixed shapes: each
-    batch size and attention window compiles once)."""
-    fn = model.__dict__.get("_compiled_decode_step")
+def compiled(model, method: str):
+    """`getattr(model, method)` through torch.compile, made once per model and method and kept on the model
+    (sampling has fixed shapes: each batch size, and for AR each attention window, compiles once)."""
+    key = f"_compiled_{method}"
+    fn = model.__dict__.get(key)
     if fn is None:
         # Dynamo counts compilations per code object, across models: a few models, dtypes and batch sizes in one
         # process, times the attention windows of each, pass its default limit of 8 (then fullgraph fails).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
-        model.__dict__["_compiled_decode_step"] = fn
+        fn = torch.compile(getattr(model, method), fullgraph=True, dynamic=False)
+        model.__dict__[key] = fn
     return fn
+
+
+def compiled_decode_step(model):
+    """The AR prior's `decode_step` through torch.compile (see `compiled`)."""
+    return compiled(model, "decode_step")
 
 
 @torch.no_grad()
@@ -240,7 +246,7 @@ def _timesteps(T: int, steps: int) -> list[int]:
 @torch.no_grad()
 def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
                      top_k: int = 0, top_p: float = 1.0, sampler: str = "vq", choice_temperature: float = 4.5,
-                     generator=None, callback=None):
+                     generator=None, callback=None, compile: bool = False):
     """Sample n token grids [n, h, w] from a DiffusionPrior.
 
     sampler "vq": the reverse process from x_T = all [MASK] in `steps` (<= T, default T) evenly spaced steps,
@@ -251,6 +257,8 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
     cosine schedule of the masked count over `steps` (default 16, at most h*w) and Gumbel noise on the
     confidence annealed from `choice_temperature` to 0. The denoiser sees the t whose mask ratio matches the
     current one.
+    compile=True runs the denoiser through torch.compile (once per model and batch size; the first call pays for
+    it): at small batches a step is otherwise bound by launching its several hundred kernels one by one.
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     T = model.num_timesteps
@@ -267,12 +275,13 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
 
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
+        denoiser = compiled(model, "forward") if compile else model
 
         def predict(x, t: int):
             """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
             x_in = torch.cat([x, x]) if guided else x
             t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=device)
-            logp = F.log_softmax(model(x_in, t_in, states).float(), dim=-1)
+            logp = F.log_softmax(denoiser(x_in, t_in, states).float(), dim=-1)
             if guided:
                 logp = F.log_softmax(logp[n:] + cfg * (logp[:n] - logp[n:]), dim=-1)
             if temperature <= 0:
