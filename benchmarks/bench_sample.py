@@ -6,8 +6,8 @@
     python benchmarks/bench_sample.py --ar ar-test --diffusion diffusion-test --device cpu --batch-sizes 1 4
 
 Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype. --cuda-graphs
-(CUDA only) adds AR rows `ar-graph`: sample_ar(cuda_graphs=True), whose time includes recording the graphs, as
-every call records its own. --compile adds rows with the AR decode step or the diffusion denoiser compiled
+(CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time includes recording the
+graphs, as every call records its own (AR: the whole step; diffusion: the denoiser). --compile adds rows with the AR decode step or the diffusion denoiser compiled
 (`-compile`; the warm-up call pays for the compilation, the timed one does not). --profile N adds, per batch size, the N operations that took the
 most time in one eager AR call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many
 kernels or operators ran per token: where a step's time goes.
@@ -73,7 +73,8 @@ def main(argv=None):
     p.add_argument("--codebook-size", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--cuda-graphs", action="store_true", help="also time AR sampling with CUDA graphs")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time sampling with CUDA graphs (AR: the whole step; diffusion: the denoiser)")
     p.add_argument("--compile", action="store_true", help="also time sampling with the AR decode step / the diffusion denoiser compiled")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one eager AR call per batch size and list its N costliest entries")
@@ -122,12 +123,13 @@ def main(argv=None):
                 cond = torch.arange(b, device=device) % 10
                 for sampler in ("vq", "maskgit"):
                     for steps in args.steps:
-                        for comp in (False, True) if args.compile else (False,):
+                        for graphs, comp in variants:
                             t = timed(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
-                                                               sampler=sampler, compile=comp), device)
-                            rows.append({"model": args.diffusion, "sampler": sampler + ("-compile" if comp else ""),
-                                         "cfg": args.cfg, "steps": steps, "batch": b, "images_per_s": round(b / t, 2),
-                                         "ms_per_batch": round(1000 * t, 1)})
+                                                               sampler=sampler, cuda_graphs=graphs, compile=comp),
+                                      device)
+                            name = sampler + ("-graph" if graphs else "") + ("-compile" if comp else "")
+                            rows.append({"model": args.diffusion, "sampler": name, "cfg": args.cfg, "steps": steps,
+                                         "batch": b, "images_per_s": round(b / t, 2), "ms_per_batch": round(1000 * t, 1)})
     result = {"device": str(device), "dtype": str(dtype), "torch": torch.__version__, "rows": rows,
               **({"profile": profiles} if args.profile else {}),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -182,6 +182,26 @@ def test_argument_errors():
         sample_ar(m, c, 0)
     with pytest.raises(RegvqError, match="class-conditional"):
         sample_ar(m, None, 1)
+    with pytest.raises(RegvqError, match="needs the model on a CUDA device"):
+        sample_diffusion(d, c, 1, steps=2, cuda_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_diffusion_denoiser_replays_in_a_cuda_graph(dtype):
+    """cuda_graphs=True records the denoiser once per call and replays it every step: the tokens of the eager
+    sampler (the same kernels run), with both samplers and guidance, any generator; with compile=True, those of
+    the compiled eager sampler (compiled kernels may round differently from the plain ones)."""
+    dev = torch.device("cuda")
+    d = diffusion().to(dev, dtype)
+    c = torch.tensor([0, 1, 2], device=dev)
+    for kw in ({"steps": 6, "cfg": 2.0}, {"sampler": "maskgit", "steps": 4, "cfg": 2.0}, {"steps": 3}):
+        for g in (torch.Generator(device=dev), torch.Generator()):
+            eager = sample_diffusion(d, c, 3, generator=g.manual_seed(1), **kw)
+            assert torch.equal(sample_diffusion(d, c, 3, generator=g.manual_seed(1), cuda_graphs=True, **kw), eager)
+        comp = sample_diffusion(d, c, 3, generator=g.manual_seed(1), compile=True, **kw)
+        both = sample_diffusion(d, c, 3, generator=g.manual_seed(1), compile=True, cuda_graphs=True, **kw)
+        assert torch.equal(both, comp) and both.max() < K, kw
 
 
 @pytest.mark.gpu

@@ -3,7 +3,7 @@
     sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback,
               cuda_graphs, compile)                                                        -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
-                     generator, callback)                                                  -> [n, h, w]
+                     generator, callback, cuda_graphs, compile)                            -> [n, h, w]
 
 `cond` is the raw condition (see conditioning.py; `prepare_condition` builds it from names / prompts / maps),
 for 1 or n samples. Classifier-free guidance with scale `cfg` runs the conditional and the null rows in one
@@ -18,7 +18,8 @@ preallocated buffers (`ARPrior.decode_step` on the static KV cache, then samplin
 which options are active is settled in Python before the loop). `cuda_graphs=True` records that step once as a
 CUDA graph and replays it per token; on a CPU (or any non-CUDA) model it is an error. `compile=True` runs the
 decode step through `torch.compile` (fusing the norms, rotary embedding and MLP gate into fewer kernels: at batch
-1 a step is launch-bound), alone or inside the recorded graph.
+1 a step is launch-bound), alone or inside the recorded graph. For diffusion the same two options apply to the
+denoiser's forward pass, the bulk of a step's kernels; the posterior and the draws around it stay eager.
 """
 
 from __future__ import annotations
@@ -165,6 +166,34 @@ def _check_graphable(device, generator):
                          f"(or none, for the default one), not one on {gen}")
 
 
+class _GraphedCall:
+    """fn(*args) with its tensor arguments copied into static buffers and its work recorded as one CUDA graph
+    on the first call, replayed on the next ones. The first call runs fn eagerly on a side stream (a real call,
+    and the warm-up a capture needs), then records it. Returns the graph's output tensor, which the next call
+    overwrites: use it before calling again. For pure functions of fixed-shape arguments (a denoiser in eval mode:
+    no random draws inside)."""
+
+    def __init__(self, fn, device):
+        self.fn, self.device, self.graph = fn, device, None
+
+    def __call__(self, *args):
+        if self.graph is not None:
+            for buf, a in zip(self.inputs, args):
+                buf.copy_(a)
+            self.graph.replay()
+            return self.output
+        self.inputs = [a.clone() for a in args]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            out = self.fn(*self.inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = self.fn(*self.inputs)
+        return out
+
+
 def compiled(model, method: str):
     """`getattr(model, method)` through torch.compile, made once per model and method and kept on the model
     (sampling has fixed shapes: each batch size, and for AR each attention window, compiles once)."""
@@ -246,7 +275,7 @@ def _timesteps(T: int, steps: int) -> list[int]:
 @torch.no_grad()
 def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
                      top_k: int = 0, top_p: float = 1.0, sampler: str = "vq", choice_temperature: float = 4.5,
-                     generator=None, callback=None, compile: bool = False):
+                     generator=None, callback=None, cuda_graphs: bool = False, compile: bool = False):
     """Sample n token grids [n, h, w] from a DiffusionPrior.
 
     sampler "vq": the reverse process from x_T = all [MASK] in `steps` (<= T, default T) evenly spaced steps,
@@ -257,8 +286,10 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
     cosine schedule of the masked count over `steps` (default 16, at most h*w) and Gumbel noise on the
     confidence annealed from `choice_temperature` to 0. The denoiser sees the t whose mask ratio matches the
     current one.
-    compile=True runs the denoiser through torch.compile (once per model and batch size; the first call pays for
-    it): at small batches a step is otherwise bound by launching its several hundred kernels one by one.
+    At small batches a step is bound by launching the denoiser's several hundred kernels one by one:
+    cuda_graphs=True (CUDA only) records the denoiser's forward pass once per call as a CUDA graph and replays it
+    every step (the same tokens as without); compile=True runs it through torch.compile (once per model and batch
+    size; the first call pays for it). Both together replay the compiled kernels.
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     T = model.num_timesteps
@@ -272,16 +303,20 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
     if sampler == "maskgit" and not 1 <= steps <= N:
         raise RegvqError(f"maskgit steps must be in 1..{N} (the number of tokens), got {steps}")
     device = next(model.parameters()).device
+    if cuda_graphs:
+        _check_graphable(device, None)  # the draws stay outside the graph: any generator will do
 
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
-        denoiser = compiled(model, "forward") if compile else model
+        net = compiled(model, "forward") if compile else model
+        denoiser = _GraphedCall(lambda x_in, t_in: net(x_in, t_in, states), device) if cuda_graphs else \
+            (lambda x_in, t_in: net(x_in, t_in, states))
 
         def predict(x, t: int):
             """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
             x_in = torch.cat([x, x]) if guided else x
             t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=device)
-            logp = F.log_softmax(denoiser(x_in, t_in, states).float(), dim=-1)
+            logp = F.log_softmax(denoiser(x_in, t_in).float(), dim=-1)
             if guided:
                 logp = F.log_softmax(logp[n:] + cfg * (logp[:n] - logp[n:]), dim=-1)
             if temperature <= 0:
