@@ -188,6 +188,7 @@ class _GraphedCall:
         with torch.cuda.stream(side):
             out = self.fn(*self.inputs)
         torch.cuda.current_stream(self.device).wait_stream(side)
+        out.record_stream(torch.cuda.current_stream(self.device))  # made on `side`, read on this stream
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.output = self.fn(*self.inputs)
