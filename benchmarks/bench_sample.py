@@ -7,10 +7,11 @@
 
 Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype. --cuda-graphs
 (CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time includes recording the
-graphs, as every call records its own (AR: the whole step; diffusion: the denoiser). --compile adds rows with the AR decode step or the diffusion denoiser compiled
-(`-compile`; the warm-up call pays for the compilation, the timed one does not). --profile N adds, per batch size, the N operations that took the
-most time in one eager AR call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many
-kernels or operators ran per token: where a step's time goes.
+graphs, as every call records its own (AR: the whole step; diffusion: the denoiser). --compile adds rows with the
+AR decode step or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the
+timed one does not). --profile N adds, per batch size, the N operations that took the most time in one eager AR
+call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many kernels or operators ran per
+token: where a step's time goes.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time sampling with CUDA graphs (AR: the whole step; diffusion: the denoiser)")
-    p.add_argument("--compile", action="store_true", help="also time sampling with the AR decode step / the diffusion denoiser compiled")
+    p.add_argument("--compile", action="store_true",
+                   help="also time sampling with the AR decode step / the diffusion denoiser compiled")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one eager AR call per batch size and list its N costliest entries")
     p.add_argument("--json", action="store_true")
@@ -129,7 +131,8 @@ def main(argv=None):
                                       device)
                             name = sampler + ("-graph" if graphs else "") + ("-compile" if comp else "")
                             rows.append({"model": args.diffusion, "sampler": name, "cfg": args.cfg, "steps": steps,
-                                         "batch": b, "images_per_s": round(b / t, 2), "ms_per_batch": round(1000 * t, 1)})
+                                         "batch": b, "images_per_s": round(b / t, 2),
+                                         "ms_per_batch": round(1000 * t, 1)})
     result = {"device": str(device), "dtype": str(dtype), "torch": torch.__version__, "rows": rows,
               **({"profile": profiles} if args.profile else {}),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -259,7 +259,8 @@ class KindClassifier:
     on varied backgrounds, so it has to go by shape). Not a metric of record: read its rate against its own
     accuracy on held-out recipe pictures and on the same pictures after the tokenizer."""
 
-    def __init__(self, train: int = 3000, epochs: int = 6, seed: int = KIND_SEED, device="cpu", cache: str | None = None):
+    def __init__(self, train: int = 3000, epochs: int = 6, seed: int = KIND_SEED, device="cpu",
+                 cache: str | None = None):
         """Trains on `device` (seeded, so one machine and device give one classifier); with `cache`, a
         safetensors file, loads the weights from it when it exists and saves them there after training, so that
         several priors are scored by the very same classifier (and it is trained once)."""
@@ -477,7 +478,8 @@ def run_text(a) -> dict:
     kind = None
     if a.kind_train:
         cached = a.kind_cache and Path(a.kind_cache).is_file()
-        progress(f"object classifier: {'loading ' + a.kind_cache if cached else f'training on {a.kind_train} pictures'}")
+        progress(f"object classifier: loading {a.kind_cache}" if cached else
+                 f"object classifier: training on {a.kind_train} pictures")
         classifier = KindClassifier(a.kind_train, device=dev, cache=a.kind_cache)
         progress("object classifier ready")
         held, held_kinds = kind_pictures(a.ceiling_pictures, KIND_SEED + 1)
