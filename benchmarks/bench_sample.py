@@ -11,7 +11,8 @@ graphs, as every call records its own (AR: the whole step; diffusion: the denois
 AR decode step or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the
 timed one does not). --profile N adds, per batch size, the N operations that took the most time in one eager AR
 call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many kernels or operators ran per
-token: where a step's time goes.
+token, and the same for one eager diffusion call (VQ-Diffusion, the first --steps) per step: where a step's time
+goes.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def profiled(fn, device, top: int, tokens: int) -> dict:
-    """One call of `fn` under torch.profiler: the total time and count per token of the kernels (CUDA) or
-    operators (CPU), and the `top` operators by their share of that time.
+def profiled(fn, device, top: int, tokens: int, per: str = "token") -> dict:
+    """One call of `fn` under torch.profiler: the total time and count per token (or per `per`: `tokens` of them
+    in the call) of the kernels (CUDA) or operators (CPU), and the `top` operators by their share of that time.
 
     On CUDA an operator's device time is the time of the kernels it launched, and the profiler lists those kernels
     too: totals are over the kernels alone, the ranking over the operators, so nothing is counted twice."""
@@ -59,7 +60,7 @@ def profiled(fn, device, top: int, tokens: int) -> dict:
     counted = [e for e in events if e.device_type != DeviceType.CPU] if cuda else operators
     total = sum(getattr(e, key) for e in counted)
     return {"unit": "device kernels" if cuda else "cpu operators", "ms_total": round(total / 1000, 2),
-            "per_token": round(sum(e.count for e in counted) / tokens, 1),
+            f"per_{per}": round(sum(e.count for e in counted) / tokens, 1),
             "top": [{"name": e.key[:100], "ms": round(getattr(e, key) / 1000, 3), "calls": e.count,
                      "share": round(getattr(e, key) / max(total, 1e-9), 4)} for e in operators[:top]]}
 
@@ -79,7 +80,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true",
                    help="also time sampling with the AR decode step / the diffusion denoiser compiled")
     p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="also profile one eager AR call per batch size and list its N costliest entries")
+                   help="also profile one eager AR and one diffusion call per batch size and list their N costliest "
+                        "entries")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -133,6 +135,11 @@ def main(argv=None):
                             rows.append({"model": args.diffusion, "sampler": name, "cfg": args.cfg, "steps": steps,
                                          "batch": b, "images_per_s": round(b / t, 2),
                                          "ms_per_batch": round(1000 * t, 1)})
+                if args.profile:
+                    steps = args.steps[0]
+                    prof = profiled(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg), device,
+                                    args.profile, steps, per="step")
+                    profiles.append({"model": args.diffusion, "batch": b, "cfg": args.cfg, "steps": steps, **prof})
     result = {"device": str(device), "dtype": str(dtype), "torch": torch.__version__, "rows": rows,
               **({"profile": profiles} if args.profile else {}),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -146,8 +153,9 @@ def main(argv=None):
         print(f"{r['model']:16}{r['sampler']:9}{r['cfg']:>5}{str(r['steps'] or '-'):>7}{r['batch']:>7}"
               f"{r['images_per_s']:>11}{r['ms_per_batch']:>10}")
     for pr in profiles:
+        per = "token" if "per_token" in pr else "step"
         print(f"profile {pr['model']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in {pr['unit']}, "
-              f"{pr['per_token']} per token")
+              f"{pr['per_' + per]} per {per}")
         for e in pr["top"]:
             print(f"  {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
     print(f"command: {result['command']}")

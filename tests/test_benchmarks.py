@@ -51,13 +51,15 @@ def test_bench_sample_rows_for_ar_and_diffusion(capsys):
 
 def test_bench_sample_profile_lists_the_costliest_operations(capsys):
     bench = load_benchmark("bench_sample")
-    bench.main(["--ar", "ar-test", "--diffusion", "", "--device", "cpu", "--batch-sizes", "1", "--codebook-size",
-                "16", "--profile", "3", "--json"])
+    bench.main(["--ar", "ar-test", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "1",
+                "--steps", "2", "--codebook-size", "16", "--profile", "3", "--json"])
     prof = json.loads(capsys.readouterr().out)["profile"]
-    assert [(p["model"], p["batch"]) for p in prof] == [("ar-test", 1)]
-    top = prof[0]["top"]
-    assert len(top) == 3 and top[0]["ms"] >= top[1]["ms"] >= top[2]["ms"] > 0
+    assert [(p["model"], p["batch"]) for p in prof] == [("ar-test", 1), ("diffusion-test", 1)]
+    for p in prof:
+        top = p["top"]
+        assert len(top) == 3 and top[0]["ms"] >= top[1]["ms"] >= top[2]["ms"] > 0
     assert prof[0]["unit"] == "cpu operators" and prof[0]["per_token"] > 1  # several operators per token
+    assert prof[1]["steps"] == 2 and prof[1]["per_step"] > 10  # a denoiser pass is many operators
     assert 0 < sum(e["share"] for e in top) <= 1  # shares of the total: nothing counted twice
 
 
