@@ -148,8 +148,21 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_presets():
-    for name in ("diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"):
+    for name in ("diffusion-test", "diffusion-small", "diffusion-m", "diffusion-b", "diffusion-l"):
         assert isinstance(PRESETS[name], DiffusionConfig)
+
+
+def test_diffusion_m_fits_the_shipped_models_60_mb_with_text_conditioning():
+    """diffusion-m is the diffusion counterpart of ar-m: under the 60 MB cap in bf16 with text conditioning, within
+    a few percent of ar-m's parameters; diffusion-small is over it."""
+    def n_params(name):
+        cfg = dataclasses.replace(preset(name), codebook_size=1024, grid_size=(16, 16), cond="text", text_dim=384,
+                                  text_max_tokens=32)
+        with torch.device("meta"):
+            return sum(p.numel() for p in model_for(cfg).parameters())
+
+    assert 50e6 < 2 * n_params("diffusion-m") < 60e6 < 2 * n_params("diffusion-small")
+    assert abs(n_params("diffusion-m") / n_params("ar-m") - 1) < 0.05
 
 
 def stripes(c):

@@ -17,7 +17,8 @@ from regvq_cli.cli._common import (ModelSpec, batch_size_hint, explicit_options,
                                    resumable, table_options, training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
-PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l", "diffusion-test", "diffusion-small", "diffusion-b", "diffusion-l"]
+PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
+                "diffusion-test", "diffusion-small", "diffusion-m", "diffusion-b", "diffusion-l"]
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
 # (option, config field, click type, default, help). `None` as default: not set (the preset's / the library's).
