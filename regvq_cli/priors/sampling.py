@@ -166,35 +166,6 @@ def _check_graphable(device, generator):
                          f"(or none, for the default one), not one on {gen}")
 
 
-class _GraphedCall:
-    """fn(*args) with its tensor arguments copied into static buffers and its work recorded as one CUDA graph
-    on the first call, replayed on the next ones. The first call runs fn eagerly on a side stream (a real call,
-    and the warm-up a capture needs), then records it. Returns the graph's output tensor, which the next call
-    overwrites: use it before calling again. For pure functions of fixed-shape arguments (a denoiser in eval mode:
-    no random draws inside)."""
-
-    def __init__(self, fn, device):
-        self.fn, self.device, self.graph = fn, device, None
-
-    def __call__(self, *args):
-        if self.graph is not None:
-            for buf, a in zip(self.inputs, args):
-                buf.copy_(a)
-            self.graph.replay()
-            return self.output
-        self.inputs = [a.clone() for a in args]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            out = self.fn(*self.inputs)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        out.record_stream(torch.cuda.current_stream(self.device))  # made on `side`, read on this stream
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = self.fn(*self.inputs)
-        return out
-
-
 def compiled(model, method: str):
     """`getattr(model, method)` through torch.compile, made once per model and method and kept on the model
     (sampling has fixed shapes: each batch size, and for AR each attention window, compiles once)."""
@@ -310,14 +281,24 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
         net = compiled(model, "forward") if compile else model
-        denoiser = _GraphedCall(lambda x_in, t_in: net(x_in, t_in, states), device) if cuda_graphs else \
-            (lambda x_in, t_in: net(x_in, t_in, states))
+        # the denoiser's inputs and output live in fixed buffers, so that a CUDA graph can replay it
+        B = 2 * n if guided else n
+        x_in = torch.empty(B, N, dtype=torch.long, device=device)
+        t_in = torch.empty(B, dtype=torch.long, device=device)
+        logits = torch.empty(B, N, K, dtype=torch.float32, device=device)
+
+        def denoise(window=None):
+            """logits <- the denoiser on (x_in, t_in): buffers only (`window` is _cuda_graphed's graph key)."""
+            logits.copy_(net(x_in, t_in, states))
 
         def predict(x, t: int):
             """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
-            x_in = torch.cat([x, x]) if guided else x
-            t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=device)
-            logp = F.log_softmax(denoiser(x_in, t_in).float(), dim=-1)
+            x_in[:n].copy_(x)
+            if guided:
+                x_in[n:].copy_(x)
+            t_in.fill_(t)
+            run(0)
+            logp = F.log_softmax(logits, dim=-1)
             if guided:
                 logp = F.log_softmax(logp[n:] + cfg * (logp[:n] - logp[n:]), dim=-1)
             if temperature <= 0:
@@ -326,35 +307,36 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
                 logp = logp / temperature
             return F.log_softmax(filter_logits(logp, top_k, top_p), dim=-1)
 
-        x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
-        if sampler == "vq":
-            ts = _timesteps(T, steps)
-            for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-                log_post = model.q_posterior(predict(x, t), x, model.coefs(t, s))  # [n, N, K+1]
-                if s == 0:
-                    log_post[..., K] = float("-inf")  # x_0 is never [MASK]
-                x = sample_categorical(log_post, generator)
-                if callback is not None:
-                    callback({"i": i, "total": steps, "tokens": x})
-        else:
-            n_masked = N  # the same in every row, and known on the host: no device sync per step
-            for i in range(steps):
-                is_mask = x == K
-                t = model.t_for_mask_ratio(n_masked / N)
-                logp = predict(x, t)
-                drawn = sample_categorical(logp, generator)  # [n, N]
-                conf = logp.gather(-1, drawn[..., None])[..., 0]
-                drawn = torch.where(is_mask, drawn, x)
-                conf = torch.where(is_mask, conf, torch.full_like(conf, float("inf")))  # decided tokens stay
-                # tokens still masked after this step: cosine schedule, at least one fewer each step
-                keep_masked = min(math.floor(N * math.cos(math.pi / 2 * (i + 1) / steps)), n_masked - 1)
-                if keep_masked > 0:
-                    noise = choice_temperature * (1 - (i + 1) / steps)
-                    conf = conf + noise * _gumbel(conf.shape, device, generator)
-                    remask = conf.topk(keep_masked, dim=-1, largest=False).indices
-                    drawn = drawn.scatter(-1, remask, K)  # decided tokens have conf inf: only masked ones
-                x = drawn
-                n_masked = max(keep_masked, 0)
-                if callback is not None:
-                    callback({"i": i, "total": steps, "tokens": x})
+        with _cuda_graphed(denoise, None, device) if cuda_graphs else contextlib.nullcontext(denoise) as run:
+            x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
+            if sampler == "vq":
+                ts = _timesteps(T, steps)
+                for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+                    log_post = model.q_posterior(predict(x, t), x, model.coefs(t, s))  # [n, N, K+1]
+                    if s == 0:
+                        log_post[..., K] = float("-inf")  # x_0 is never [MASK]
+                    x = sample_categorical(log_post, generator)
+                    if callback is not None:
+                        callback({"i": i, "total": steps, "tokens": x})
+            else:
+                n_masked = N  # the same in every row, and known on the host: no device sync per step
+                for i in range(steps):
+                    is_mask = x == K
+                    t = model.t_for_mask_ratio(n_masked / N)
+                    logp = predict(x, t)
+                    drawn = sample_categorical(logp, generator)  # [n, N]
+                    conf = logp.gather(-1, drawn[..., None])[..., 0]
+                    drawn = torch.where(is_mask, drawn, x)
+                    conf = torch.where(is_mask, conf, torch.full_like(conf, float("inf")))  # decided tokens stay
+                    # tokens still masked after this step: cosine schedule, at least one fewer each step
+                    keep_masked = min(math.floor(N * math.cos(math.pi / 2 * (i + 1) / steps)), n_masked - 1)
+                    if keep_masked > 0:
+                        noise = choice_temperature * (1 - (i + 1) / steps)
+                        conf = conf + noise * _gumbel(conf.shape, device, generator)
+                        remask = conf.topk(keep_masked, dim=-1, largest=False).indices
+                        drawn = drawn.scatter(-1, remask, K)  # decided tokens have conf inf: only masked ones
+                    x = drawn
+                    n_masked = max(keep_masked, 0)
+                    if callback is not None:
+                        callback({"i": i, "total": steps, "tokens": x})
     return x.view(n, h, w)
