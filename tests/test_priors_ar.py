@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -91,10 +92,16 @@ def test_kv_cache_matches_full_forward(kind):
 
 
 def test_cache_layout():
+    """One key and one value tensor per layer, [B, heads, max_len, head_dim], each with its own storage: a
+    compiled decode step writes into them in place (into views of one shared buffer it would copy the buffer)."""
     m = tiny("class")
     cache = m.new_cache(3)
     cfg = m.config
-    assert tuple(cache.kv.shape) == (cfg.n_layers, 2, 3, cfg.n_heads, 1 + H * W, cfg.dim // cfg.n_heads)
+    assert len(cache.k) == len(cache.v) == cfg.n_layers
+    shape = (3, cfg.n_heads, 1 + H * W, cfg.dim // cfg.n_heads)
+    assert all(tuple(t.shape) == shape and t.is_contiguous() for t in cache.k + cache.v)
+    assert len({t.untyped_storage().data_ptr() for t in cache.k + cache.v}) == 2 * cfg.n_layers
+    assert cache.max_len == 1 + H * W and cache.nbytes == 2 * cfg.n_layers * math.prod(shape) * 4
 
 
 def test_padded_text_positions_are_ignored():

@@ -49,14 +49,22 @@ class ARConfig(PriorConfig):
 
 
 class KVCache:
-    """Static key/value cache for one batch: kv [layers, 2, B, heads, max_len, head_dim].
+    """Static key/value cache for one batch: per layer, k[layer] and v[layer], each [B, heads, max_len, head_dim].
 
-    `length` counts the sequence positions written so far; `valid` [B, max_len] marks padded prefix positions
-    (text) that must never be attended; `prefix_len` is where image token 0 sits (condition + start token).
+    Every layer's keys and values are a tensor of their own, not a view into one shared buffer: a compiled decode
+    step then writes its one position in place, where a write into a view of a shared buffer is turned into a
+    copy of the whole buffer per layer (torch.compile's functionalization), which made compiled sampling at batch
+    256 slower than eager. `length` counts the sequence positions written so far; `valid` [B, max_len] marks
+    padded prefix positions (text) that must never be attended; `prefix_len` is where image token 0 sits
+    (condition + start token).
     """
 
     def __init__(self, n_layers, batch, n_heads, max_len, head_dim, device=None, dtype=None):
-        self.kv = torch.zeros(n_layers, 2, batch, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        def buffers():
+            return [torch.zeros(batch, n_heads, max_len, head_dim, device=device, dtype=dtype)
+                    for _ in range(n_layers)]
+
+        self.k, self.v = buffers(), buffers()
         self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.padded = False
         self.length = 0
@@ -64,7 +72,15 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.kv.shape[4]
+        return self.k[0].shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k[0].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
 
     def reset(self) -> None:
         self.length, self.prefix_len, self.padded = 0, 0, False
@@ -76,15 +92,15 @@ class KVCache:
         pos0 an int: returns positions [0, pos0+n). pos0 a position tensor [1] (decode_step, n = 1): written in
         place, returns positions [0, window) whatever pos0 holds, so the shapes never depend on it.
         """
-        kv = self.kv[layer]  # [2, B, H, max_len, hd]
+        kc, vc = self.k[layer], self.v[layer]  # [B, H, max_len, hd]
         if torch.is_tensor(pos0):
-            kv[0].index_copy_(2, pos0, k.to(kv.dtype))
-            kv[1].index_copy_(2, pos0, v.to(kv.dtype))
-            return kv[0, :, :, :window], kv[1, :, :, :window]
+            kc.index_copy_(2, pos0, k.to(kc.dtype))
+            vc.index_copy_(2, pos0, v.to(vc.dtype))
+            return kc[:, :, :window], vc[:, :, :window]
         n = k.shape[2]
-        kv[0, :, :, pos0:pos0 + n] = k
-        kv[1, :, :, pos0:pos0 + n] = v
-        return kv[0, :, :, :pos0 + n], kv[1, :, :, :pos0 + n]  # [B, H, pos0 + n, hd]
+        kc[:, :, pos0:pos0 + n] = k
+        vc[:, :, pos0:pos0 + n] = v
+        return kc[:, :, :pos0 + n], vc[:, :, :pos0 + n]  # [B, H, pos0 + n, hd]
 
 
 class Attention(nn.Module):
@@ -234,7 +250,7 @@ class ARPrior(nn.Module):
         keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
         # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would convert a
         # bool mask in every layer; this is built once per step)
-        mask = torch.zeros(keep.shape, dtype=cache.kv.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
+        mask = torch.zeros(keep.shape, dtype=cache.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
         mask = mask[:, None, None, :]
         x = self.tok_emb(tokens)  # [B, 1, dim]
         for i, block in enumerate(self.blocks):

@@ -123,7 +123,7 @@ def _windows(cache) -> list[int]:
     """Attention windows of the decode steps (how many cache positions a step reads): the whole cache, or, for a
     large one, 4 growing windows so that early steps do not read the part not written yet (attention reads
     dominate at large batches). Each window is one CUDA graph; a step takes the smallest that covers it."""
-    parts = 4 if cache.kv.nbytes >= SPLIT_CACHE_BYTES else 1
+    parts = 4 if cache.nbytes >= SPLIT_CACHE_BYTES else 1
     return [-(-cache.max_len * k // parts) for k in range(1, parts + 1)]
 
 
