@@ -122,14 +122,16 @@ class Block(nn.Module):
         self.ada = nn.Linear(dim, (9 if cross else 6) * dim)  # shift, scale, gate per sublayer
 
     def forward(self, x, temb, context=None, context_mask=None):
+        # modulation shift + h * (1 + scale) and gated residual x + gate * y, each one addcmul: one pass over the
+        # [B, N, dim] activations instead of two (eagerly these elementwise passes cost as much as the matmuls)
         mods = self.ada(F.silu(temb))[:, None, :].chunk(9 if self.cross else 6, dim=-1)  # each [B, 1, dim]
-        h = self.norm1(x) * (1 + mods[1]) + mods[0]
-        x = x + mods[2] * self.attn(h, h)
+        h = torch.addcmul(mods[0], self.norm1(x), 1 + mods[1])
+        x = torch.addcmul(x, mods[2], self.attn(h, h))
         if self.cross:
-            h = self.norm2(x) * (1 + mods[4]) + mods[3]
-            x = x + mods[5] * self.cross_attn(h, context, context_mask)
-        h = self.norm3(x) * (1 + mods[-2]) + mods[-3]
-        return x + mods[-1] * self.mlp(h)
+            h = torch.addcmul(mods[3], self.norm2(x), 1 + mods[4])
+            x = torch.addcmul(x, mods[5], self.cross_attn(h, context, context_mask))
+        h = torch.addcmul(mods[-3], self.norm3(x), 1 + mods[-2])
+        return torch.addcmul(x, mods[-1], self.mlp(h))
 
 
 class DiffusionPrior(nn.Module):
@@ -249,7 +251,7 @@ class DiffusionPrior(nn.Module):
         for block in self.blocks:
             x = block(x, temb, context, states.mask)
         shift, scale = self.ada_out(F.silu(temb))[:, None, :].chunk(2, dim=-1)
-        return self.head(self.norm_out(x) * (1 + scale) + shift)
+        return self.head(torch.addcmul(shift, self.norm_out(x), 1 + scale))
 
     def loss(self, x0, cond=None, *, drop=None, net=None, t=None):
         """VLB + lambda * x_0 cross-entropy for token grids x0 [B, h, w] (or [B, N]); returns (loss, parts).
