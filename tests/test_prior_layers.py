@@ -40,6 +40,24 @@ def test_rms_norm_in_bf16_is_close_to_fp32():
     assert norm(torch.zeros(1, 64, dtype=torch.bfloat16)).abs().max() == 0  # eps keeps zero rows finite
 
 
+def test_rope_is_the_pairwise_rotation():
+    """Feature i and i + hd/2 form a pair, rotated by the angle position * theta^(-2i/hd)."""
+    torch.manual_seed(3)
+    hd, positions = 8, torch.tensor([0, 1, 5, 300])
+    x = torch.randn(2, 3, 4, hd)
+    cos, sin = rope_cos_sin(positions, hd)
+    got = apply_rope(x, cos, sin)
+    want = torch.empty_like(x)
+    for j, p in enumerate(positions.tolist()):
+        for i in range(hd // 2):
+            a = p * 10000.0 ** (-2 * i / hd)
+            x1, x2 = x[..., j, i], x[..., j, i + hd // 2]
+            want[..., j, i] = x1 * math.cos(a) - x2 * math.sin(a)
+            want[..., j, i + hd // 2] = x2 * math.cos(a) + x1 * math.sin(a)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert apply_rope(x.bfloat16(), cos, sin).dtype == torch.bfloat16
+
+
 def test_rope_rotates_q_and_k_together_as_separately_and_keeps_dot_products_relative():
     torch.manual_seed(2)
     hd = 8

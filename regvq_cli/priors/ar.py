@@ -246,7 +246,7 @@ class ARPrior(nn.Module):
         cfg = self.config
         window = window or cache.max_len
         p = (pos + cache.prefix_len).reshape(1)  # [1] cache position of x_pos
-        cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd/2] each
+        cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd] each
         keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
         # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would convert a
         # bool mask in every layer; this is built once per step)
