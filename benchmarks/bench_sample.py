@@ -9,10 +9,11 @@ Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights ar
 (CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time includes recording the
 graphs, as every call records its own (AR: the whole step; diffusion: the denoiser). --compile adds rows with the
 AR decode step or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the
-timed one does not). --profile N adds, per batch size, the N operations that took the most time in one eager AR
-call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many kernels or operators ran per
-token, and the same for one eager diffusion call (VQ-Diffusion, the first --steps) per step: where a step's time
-goes.
+timed one does not). --profile N adds, per batch size and per path timed (eager, and `-graph` / `-compile` where
+asked for), the N operations that took the most time in one AR call with guidance (device kernels on a GPU, CPU
+operators on a CPU) and how many kernels or operators ran per token, and the same for one diffusion call
+(VQ-Diffusion, the first --steps) per step: where a step's time goes. A profiled `-graph` call includes recording
+its graphs (one eager step each), as the timed one does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ import dataclasses
 import json
 import sys
 import time
+
+
+def variant(base: str, graphs: bool, comp: bool) -> str:
+    """A row's sampler name: the base, then -graph and -compile for the paths switched on."""
+    return base + ("-graph" if graphs else "") + ("-compile" if comp else "")
 
 
 def timed(fn, device) -> float:
@@ -112,15 +118,15 @@ def main(argv=None):
                     for graphs, comp in variants:
                         t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
                                                     compile=comp), device)
-                        name = "ar" + ("-graph" if graphs else "") + ("-compile" if comp else "")
-                        rows.append({"model": args.ar, "sampler": name, "cfg": cfg,
+                        rows.append({"model": args.ar, "sampler": variant("ar", graphs, comp), "cfg": cfg,
                                      "steps": None, "batch": b, "images_per_s": round(b / t, 2),
                                      "ms_per_batch": round(1000 * t, 1)})
-                if args.profile:
+                for graphs, comp in variants if args.profile else ():
                     tokens = model.config.grid_size[0] * model.config.grid_size[1]
-                    prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0), device, args.profile,
-                                    tokens)
-                    profiles.append({"model": args.ar, "batch": b, "cfg": args.cfg, **prof})
+                    prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0, cuda_graphs=graphs,
+                                                      compile=comp), device, args.profile, tokens)
+                    profiles.append({"model": args.ar, "sampler": variant("ar", graphs, comp), "batch": b,
+                                     "cfg": args.cfg, **prof})
         if args.diffusion:
             model = build(args.diffusion)
             for b in args.batch_sizes:
@@ -131,15 +137,17 @@ def main(argv=None):
                             t = timed(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
                                                                sampler=sampler, cuda_graphs=graphs, compile=comp),
                                       device)
-                            name = sampler + ("-graph" if graphs else "") + ("-compile" if comp else "")
-                            rows.append({"model": args.diffusion, "sampler": name, "cfg": args.cfg, "steps": steps,
+                            rows.append({"model": args.diffusion, "sampler": variant(sampler, graphs, comp),
+                                         "cfg": args.cfg, "steps": steps,
                                          "batch": b, "images_per_s": round(b / t, 2),
                                          "ms_per_batch": round(1000 * t, 1)})
-                if args.profile:
+                for graphs, comp in variants if args.profile else ():
                     steps = args.steps[0]
-                    prof = profiled(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg), device,
-                                    args.profile, steps, per="step")
-                    profiles.append({"model": args.diffusion, "batch": b, "cfg": args.cfg, "steps": steps, **prof})
+                    prof = profiled(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
+                                                             cuda_graphs=graphs, compile=comp),
+                                    device, args.profile, steps, per="step")
+                    profiles.append({"model": args.diffusion, "sampler": variant("vq", graphs, comp), "batch": b,
+                                     "cfg": args.cfg, "steps": steps, **prof})
     result = {"device": str(device), "dtype": str(dtype), "torch": torch.__version__, "rows": rows,
               **({"profile": profiles} if args.profile else {}),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -154,7 +162,8 @@ def main(argv=None):
               f"{r['images_per_s']:>11}{r['ms_per_batch']:>10}")
     for pr in profiles:
         per = "token" if "per_token" in pr else "step"
-        print(f"profile {pr['model']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in {pr['unit']}, "
+        print(f"profile {pr['model']} {pr['sampler']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in "
+              f"{pr['unit']}, "
               f"{pr['per_' + per]} per {per}")
         for e in pr["top"]:
             print(f"  {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")

@@ -50,16 +50,21 @@ def test_bench_sample_rows_for_ar_and_diffusion(capsys):
 
 
 def test_bench_sample_profile_lists_the_costliest_operations(capsys):
+    """--profile N: the N costliest operations of one call per batch size and per path timed (here eager and
+    compiled); the compiled step runs fewer, fused operations."""
     bench = load_benchmark("bench_sample")
     bench.main(["--ar", "ar-test", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "1",
-                "--steps", "2", "--codebook-size", "16", "--profile", "3", "--json"])
+                "--steps", "2", "--codebook-size", "16", "--profile", "3", "--compile", "--json"])
     prof = json.loads(capsys.readouterr().out)["profile"]
-    assert [(p["model"], p["batch"]) for p in prof] == [("ar-test", 1), ("diffusion-test", 1)]
+    assert [(p["model"], p["sampler"], p["batch"]) for p in prof] == [
+        ("ar-test", "ar", 1), ("ar-test", "ar-compile", 1), ("diffusion-test", "vq", 1),
+        ("diffusion-test", "vq-compile", 1)]
     for p in prof:
         top = p["top"]
         assert len(top) == 3 and top[0]["ms"] >= top[1]["ms"] >= top[2]["ms"] > 0
     assert prof[0]["unit"] == "cpu operators" and prof[0]["per_token"] > 1  # several operators per token
-    assert prof[1]["steps"] == 2 and prof[1]["per_step"] > 10  # a denoiser pass is many operators
+    assert prof[2]["steps"] == 2 and prof[2]["per_step"] > 10  # a denoiser pass is many operators
+    assert prof[1]["per_token"] < prof[0]["per_token"] and prof[3]["per_step"] < prof[2]["per_step"]
     assert 0 < sum(e["share"] for e in top) <= 1  # shares of the total: nothing counted twice
 
 
