@@ -163,8 +163,7 @@ def main(argv=None):
     for pr in profiles:
         per = "token" if "per_token" in pr else "step"
         print(f"profile {pr['model']} {pr['sampler']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in "
-              f"{pr['unit']}, "
-              f"{pr['per_' + per]} per {per}")
+              f"{pr['unit']}, {pr['per_' + per]} per {per}")
         for e in pr["top"]:
             print(f"  {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
     print(f"command: {result['command']}")
