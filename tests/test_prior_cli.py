@@ -237,23 +237,28 @@ def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path
 
 
 @pytest.mark.gpu
-def test_sample_on_a_gpu_replays_cuda_graphs_with_the_eager_tokens(ar_model, tmp_path):
-    """On CUDA the command samples with bf16 weights and CUDA graphs: the same tokens for the same seed, and the
-    tokens of the plain eager loop on the same bf16 weights."""
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_sample_on_a_gpu_replays_cuda_graphs_with_the_eager_tokens(ar_model, diffusion_model, tmp_path, kind):
+    """On CUDA the command samples with bf16 weights and CUDA graphs (the AR step, the diffusion denoiser): the same
+    tokens for the same seed, and the tokens of the plain eager sampler on the same bf16 weights."""
     from regvq_cli.data.dataset import TokenDataset
     from regvq_cli.engine.checkpoint import load_model
-    from regvq_cli.priors.sampling import sample_ar
+    from regvq_cli.priors.sampling import sample_ar, sample_diffusion
 
+    model, steps = (ar_model, []) if kind == "ar" else (diffusion_model, ["--steps", "4"])
     for name in ("a", "b"):
-        ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "3",
+        ok(invoke("sample", "-m", model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "3", *steps,
                   "--tokens-out", tmp_path / name, "--device", "cuda"))
     a, b = TokenDataset(tmp_path / "a"), TokenDataset(tmp_path / "b")
     got = torch.stack([a[i]["tokens"] for i in range(4)])
     assert torch.equal(got, torch.stack([b[i]["tokens"] for i in range(4)]))
     dev = torch.device("cuda")
-    prior = load_model(ar_model, device=dev).to(torch.bfloat16)
-    want = sample_ar(prior, torch.tensor([0, 0, 1, 1], device=dev), 4, cfg=1.5,
-                     generator=torch.Generator(device=dev).manual_seed(3))
+    prior = load_model(model, device=dev).to(torch.bfloat16)
+    cond, gen = torch.tensor([0, 0, 1, 1], device=dev), torch.Generator(device=dev).manual_seed(3)
+    if kind == "ar":
+        want = sample_ar(prior, cond, 4, cfg=1.5, generator=gen)
+    else:
+        want = sample_diffusion(prior, cond, 4, steps=4, cfg=1.5, generator=gen)
     assert torch.equal(got, want.cpu().to(got.dtype))
 
 
