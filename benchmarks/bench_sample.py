@@ -5,7 +5,10 @@
     python benchmarks/bench_sample.py --ar ar-b --diffusion '' --batch-sizes 1 256 --cuda-graphs
     python benchmarks/bench_sample.py --ar ar-test --diffusion diffusion-test --device cpu --batch-sizes 1 4
 
-Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Weights are cast to --dtype. --cuda-graphs
+Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Each row has images/s, ms per image, the
+GFLOP per image of what the sampler runs (its matmuls and attention counted with torch's FLOP formulas on one
+eager call: AR the whole loop, diffusion one denoiser step times the steps; guidance doubles the rows), the
+fraction of the FLOP floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call. Weights are cast to --dtype. --cuda-graphs
 (CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time includes recording the
 graphs, as every call records its own (AR: the whole step; diffusion: the denoiser). --compile adds rows with the
 AR decode step or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the
@@ -30,17 +33,43 @@ def variant(base: str, graphs: bool, comp: bool) -> str:
     return base + ("-graph" if graphs else "") + ("-compile" if comp else "")
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> tuple[float, float | None]:
+    """Seconds of one call after a warm-up call, and the peak GPU memory (GiB) of the timed call (None on a CPU)."""
     import torch
 
     fn()  # warm-up (and compilation, kernel selection)
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+        return time.perf_counter() - t, torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return time.perf_counter() - t, None
+
+
+def counted_gflop(fn) -> float:
+    """GFLOP of one eager call of fn: its matmuls and attention by torch's FLOP formulas (the trainers' counter).
+
+    Run outside inference mode (under no_grad): inference mode hands composite operators such as `linear` to the
+    counter undecomposed, and the formulas are for the `mm` and attention kernels they decompose into."""
+    import torch
+
+    from regvq_cli.train.common import flop_counter
+
+    with torch.inference_mode(False), torch.no_grad(), flop_counter() as counter:
+        fn()
+    return counter.total / 1e9
+
+
+def row(model: str, sampler: str, cfg: float, steps, batch: int, seconds: float, gflop_per_image: float,
+        peak_gib, peak_tflops: float) -> dict:
+    return {"model": model, "sampler": sampler, "cfg": cfg, "steps": steps, "batch": batch,
+            "images_per_s": round(batch / seconds, 2), "ms_per_batch": round(1000 * seconds, 1),
+            "ms_per_image": round(1000 * seconds / batch, 2), "gflop_per_image": float(f"{gflop_per_image:.4g}"),
+            "floor_fraction": float(f"{gflop_per_image * batch / seconds / (peak_tflops * 1e3):.3g}"),
+            "peak_memory_gib": None if peak_gib is None else round(peak_gib, 2)}
 
 
 def profiled(fn, device, top: int, tokens: int, per: str = "token") -> dict:
@@ -88,6 +117,8 @@ def main(argv=None):
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one eager AR and one diffusion call per batch size and list their N costliest "
                         "entries")
+    p.add_argument("--peak-tflops", type=float, default=790.0,
+                   help="the hardware's FLOP floor for the floor fraction (default: 790, an H200 in dense bf16)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -115,12 +146,12 @@ def main(argv=None):
             for b in args.batch_sizes:
                 cond = torch.arange(b, device=device) % 10
                 for cfg in (1.0, args.cfg):
+                    gflop = counted_gflop(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0)) / b
                     for graphs, comp in variants:
-                        t = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
-                                                    compile=comp), device)
-                        rows.append({"model": args.ar, "sampler": variant("ar", graphs, comp), "cfg": cfg,
-                                     "steps": None, "batch": b, "images_per_s": round(b / t, 2),
-                                     "ms_per_batch": round(1000 * t, 1)})
+                        t, mem = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
+                                                         compile=comp), device)
+                        rows.append(row(args.ar, variant("ar", graphs, comp), cfg, None, b, t, gflop, mem,
+                                        args.peak_tflops))
                 for graphs, comp in variants if args.profile else ():
                     tokens = model.config.grid_size[0] * model.config.grid_size[1]
                     prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0, cuda_graphs=graphs,
@@ -132,15 +163,16 @@ def main(argv=None):
             for b in args.batch_sizes:
                 cond = torch.arange(b, device=device) % 10
                 for sampler in ("vq", "maskgit"):
+                    # every step is one denoiser pass of the same shape: count one step, times the steps
+                    step_gflop = counted_gflop(lambda: sample_diffusion(model, cond, b, steps=1, cfg=args.cfg,
+                                                                        sampler=sampler)) / b
                     for steps in args.steps:
                         for graphs, comp in variants:
-                            t = timed(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
-                                                               sampler=sampler, cuda_graphs=graphs, compile=comp),
-                                      device)
-                            rows.append({"model": args.diffusion, "sampler": variant(sampler, graphs, comp),
-                                         "cfg": args.cfg, "steps": steps,
-                                         "batch": b, "images_per_s": round(b / t, 2),
-                                         "ms_per_batch": round(1000 * t, 1)})
+                            t, mem = timed(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
+                                                                    sampler=sampler, cuda_graphs=graphs,
+                                                                    compile=comp), device)
+                            rows.append(row(args.diffusion, variant(sampler, graphs, comp), args.cfg, steps, b, t,
+                                            steps * step_gflop, mem, args.peak_tflops))
                 for graphs, comp in variants if args.profile else ():
                     steps = args.steps[0]
                     prof = profiled(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
@@ -156,10 +188,13 @@ def main(argv=None):
         print(json.dumps(result, indent=2))
         return
     print(f"{device} {dtype} torch {torch.__version__}")
-    print(f"{'model':16}{'sampler':9}{'cfg':>5}{'steps':>7}{'batch':>7}{'images/s':>11}{'ms/batch':>10}")
+    print(f"{'model':16}{'sampler':22}{'cfg':>5}{'steps':>7}{'batch':>7}{'images/s':>11}{'ms/image':>10}"
+          f"{'GFLOP/image':>13}{'floor':>8}{'GiB':>7}")
     for r in rows:
-        print(f"{r['model']:16}{r['sampler']:9}{r['cfg']:>5}{str(r['steps'] or '-'):>7}{r['batch']:>7}"
-              f"{r['images_per_s']:>11}{r['ms_per_batch']:>10}")
+        mem = "-" if r["peak_memory_gib"] is None else r["peak_memory_gib"]
+        print(f"{r['model']:16}{r['sampler']:22}{r['cfg']:>5}{str(r['steps'] or '-'):>7}{r['batch']:>7}"
+              f"{r['images_per_s']:>11}{r['ms_per_image']:>10}{r['gflop_per_image']:>13}"
+              f"{r['floor_fraction']:>8.2g}{mem:>7}")
     for pr in profiles:
         per = "token" if "per_token" in pr else "step"
         print(f"profile {pr['model']} {pr['sampler']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in "

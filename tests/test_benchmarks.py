@@ -46,7 +46,33 @@ def test_bench_sample_rows_for_ar_and_diffusion(capsys):
     assert ar == [("ar", 1.0, 1), ("ar", 4.0, 1), ("ar", 1.0, 2), ("ar", 4.0, 2)]
     assert {(r["sampler"], r["batch"]) for r in rows if r["model"] == "diffusion-test"} == {
         ("vq", 1), ("maskgit", 1), ("vq", 2), ("maskgit", 2)}
-    assert all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["images_per_s"] > 0 and r["floor_fraction"] > 0 and r["peak_memory_gib"] is None for r in rows)
+    # counted FLOPs: guidance runs every row twice; per image they do not depend on the batch
+    gflop = {(r["model"], r["sampler"], r["cfg"], r["batch"]): r["gflop_per_image"] for r in rows}
+    assert gflop[("ar-test", "ar", 4.0, 1)] == pytest.approx(2 * gflop[("ar-test", "ar", 1.0, 1)], rel=1e-3)
+    assert gflop[("ar-test", "ar", 1.0, 2)] == gflop[("ar-test", "ar", 1.0, 1)] > 0
+    r = rows[0]
+    assert r["floor_fraction"] == pytest.approx(r["gflop_per_image"] * r["images_per_s"] / 790e3, rel=0.02)
+
+
+def test_bench_sample_counts_diffusion_flops_per_step(capsys):
+    """A diffusion row's FLOPs are one counted denoiser step times the steps: what counting the whole call gives."""
+    import dataclasses
+
+    from regvq_cli.priors.presets import model_for, preset
+    from regvq_cli.priors.sampling import sample_diffusion
+
+    bench = load_benchmark("bench_sample")
+    bench.main(["--ar", "", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "2",
+                "--steps", "3", "--codebook-size", "16", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    model = model_for(dataclasses.replace(preset("diffusion-test"), cond="class", num_classes=10,
+                                          codebook_size=16)).eval()
+    cond = torch.tensor([0, 1])
+    for sampler in ("vq", "maskgit"):
+        whole = bench.counted_gflop(lambda: sample_diffusion(model, cond, 2, steps=3, cfg=4.0, sampler=sampler)) / 2
+        r = next(r for r in rows if r["sampler"] == sampler)
+        assert whole > 0 and r["gflop_per_image"] == pytest.approx(whole, rel=1e-3)
 
 
 def test_bench_sample_profile_lists_the_costliest_operations(capsys):
