@@ -4,7 +4,9 @@
 
 The token folder holds random token grids (decode speed does not depend on them) written in the shard format;
 the tokenizer has random weights unless --model names a real one. Prints images/s of the whole command and of
-the model alone, so it shows whether PNG writing or the network is the limit.
+the model alone, so it shows whether PNG writing or the network is the limit; for each, ms per image and the
+fraction of the FLOP floor (the decoder's GFLOP per image counted on one image; --peak-tflops, 790 for an H200
+in dense bf16); and the peak GPU memory.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--peak-tflops", type=float, default=790.0, help="the FLOP floor for the floor fraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -55,6 +58,12 @@ def main(argv=None):
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_tokenizer import floor_columns, tokenizer_gflop
+
+    gflop = tokenizer_gflop(tokenizer)[1]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     summary = decode_source(tmp / "tokens", tmp / "png", tokenizer, device, dtype, batch_size=args.batch_size)
     runner = prepare_tokenizer(tokenizer, device, dtype)
     batch = torch.from_numpy(tokens[: args.batch_size])
@@ -64,13 +73,20 @@ def main(argv=None):
         runner.decode_uint8(batch)
     model_ips = 3 * len(batch) / (time.perf_counter() - t)
     result = {"images": args.n, "end_to_end_images_per_s": summary["images_per_s"],
-              "model_only_images_per_s": round(model_ips, 1), "device": str(device), "dtype": str(dtype),
+              "model_only_images_per_s": round(model_ips, 1),
+              "end_to_end": floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
+              "model_only": floor_columns(model_ips, gflop, args.peak_tflops),
+              "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+              if device.type == "cuda" else None, "device": str(device), "dtype": str(dtype),
               "batch_size": args.batch_size, "model": args.preset if args.model.startswith(str(tmp)) else args.model,
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else
           f"decode {args.n} grids to PNG: {result['end_to_end_images_per_s']:.1f} images/s end to end, "
-          f"{result['model_only_images_per_s']:.1f} images/s for the model alone ({device}, {dtype})\n"
+          f"{result['model_only_images_per_s']:.1f} images/s for the model alone ({device}, {dtype}; "
+          f"{result['end_to_end']['gflop_per_image']} GFLOP per image: {result['end_to_end']['floor_fraction']:.2g} "
+          f"and {result['model_only']['floor_fraction']:.2g} of the FLOP floor"
+          + (f"; {result['peak_memory_gib']} GiB peak" if result["peak_memory_gib"] is not None else "") + ")\n"
           f"command: {result['command']}")
 
 

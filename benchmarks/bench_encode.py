@@ -10,7 +10,9 @@ decoded on the GPU too.
 them) unless --model names a real one. Prints images/s of the whole command, and with --loader-only first the
 rate of its decoding pipeline alone (the same DataLoader, workers and batches, no model, no shards): if the two
 are close, the CPU decoding is the limit. With the nvjpeg decoder the pipeline alone reads the files and their
-headers (the decoding is on the device).
+headers (the decoding is on the device). Also: ms per image, the encoder's GFLOP per image (counted on one
+image), the fraction of the FLOP floor that the whole command reaches (--peak-tflops, 790 for an H200 in dense
+bf16) and the peak GPU memory.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def main(argv=None):
     p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
     p.add_argument("--resize-on", choices=["workers", "device"], default="workers")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
+    p.add_argument("--peak-tflops", type=float, default=790.0, help="the FLOP floor for the floor fraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -117,8 +120,17 @@ def main(argv=None):
     n = sum(1 for _ in args.jpeg_dir.iterdir())
     loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts, device.type == "cuda") \
         if args.loader_only else None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_tokenizer import floor_columns, tokenizer_gflop
+
+    gflop = tokenizer_gflop(load(args.model))[0]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", load(args.model), device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
+              **floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
+              "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+              if device.type == "cuda" else None,
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
@@ -126,7 +138,10 @@ def main(argv=None):
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else
-          f"encode {n} JPEGs: {result['images_per_s']:.1f} images/s ({result['wall_s']:.1f}s wall incl. start-up) "
+          f"encode {n} JPEGs: {result['images_per_s']:.1f} images/s ({result['wall_s']:.1f}s wall incl. start-up, "
+          f"{result['ms_per_image']} ms per image, {result['gflop_per_image']} GFLOP per image, "
+          f"{result['floor_fraction']:.2g} of the FLOP floor"
+          + (f", {result['peak_memory_gib']} GiB peak" if result["peak_memory_gib"] is not None else "") + ") "
           f"{device} {dtype} batch {args.batch_size} workers {args.workers} JPEG decoder {decoder} resize on {args.resize_on}"
           + (f"; decoding pipeline alone: {loader_rate:.1f} images/s" if loader_rate else "")
           + f"\ncommand: {result['command']}")

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def variant(base: str, graphs: bool, comp: bool) -> str:
@@ -65,10 +66,12 @@ def counted_gflop(fn) -> float:
 
 def row(model: str, sampler: str, cfg: float, steps, batch: int, seconds: float, gflop_per_image: float,
         peak_gib, peak_tflops: float) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_tokenizer import floor_columns
+
     return {"model": model, "sampler": sampler, "cfg": cfg, "steps": steps, "batch": batch,
             "images_per_s": round(batch / seconds, 2), "ms_per_batch": round(1000 * seconds, 1),
-            "ms_per_image": round(1000 * seconds / batch, 2), "gflop_per_image": float(f"{gflop_per_image:.4g}"),
-            "floor_fraction": float(f"{gflop_per_image * batch / seconds / (peak_tflops * 1e3):.3g}"),
+            **floor_columns(batch / seconds, gflop_per_image, peak_tflops),
             "peak_memory_gib": None if peak_gib is None else round(peak_gib, 2)}
 
 

@@ -25,7 +25,44 @@ def test_bench_encode_reports_the_command_and_the_decoding_pipeline_alone(tmp_pa
     assert r["resize_on"] == "device" and r["images_per_s"] > 0 and r["loader_only_images_per_s"] > 0
     bench.main(["--jpeg-dir", str(tmp_path / "imgs"), "--preset", "tok-test", "--batch-size", "4", "--workers", "0",
                 "--device", "cpu", "--json"])
-    assert json.loads(capsys.readouterr().out)["loader_only_images_per_s"] is None
+    r = json.loads(capsys.readouterr().out)
+    assert r["loader_only_images_per_s"] is None and r["peak_memory_gib"] is None  # no GPU
+    check_floor_columns(r, r["images_per_s"], want_gflop=load_benchmark("bench_tokenizer").tokenizer_gflop(
+        tokenizer("tok-test"))[0])
+
+
+def tokenizer(preset):
+    from regvq_cli.tokenizer.model import Tokenizer
+    from regvq_cli.tokenizer.presets import PRESETS
+
+    return Tokenizer(PRESETS[preset]).eval()
+
+
+def check_floor_columns(r, images_per_s, want_gflop):
+    """The benchmark tables' columns agree with each other (images/s is rounded in the tables): ms per image,
+    GFLOP per image, floor fraction."""
+    assert r["gflop_per_image"] == pytest.approx(want_gflop, rel=1e-3) and want_gflop > 0
+    assert r["ms_per_image"] == pytest.approx(1000 / images_per_s, rel=0.05)
+    assert r["floor_fraction"] == pytest.approx(images_per_s * r["gflop_per_image"] / 790e3, rel=0.05)
+
+
+def test_bench_tokenizer_and_decode_report_flops_and_the_floor_fraction(capsys):
+    """Encode and decode FLOPs counted on one image (the decoder costs more than the encoder in these presets),
+    and the same decoder count in bench_decode's end-to-end and model-only columns."""
+    load_benchmark("bench_tokenizer").main(["--preset", "small-f16", "--device", "cpu", "--batch-size", "2",
+                                            "--iters", "1", "--warmup", "0", "--json"])
+    rows = {r["op"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["encode"]["gflop_per_image"] == pytest.approx(9.9, abs=0.05)  # the count in docs/performance.md
+    assert rows["decode"]["gflop_per_image"] == pytest.approx(34.0, abs=0.05)
+    for r in rows.values():
+        check_floor_columns(r, r["images_per_s"], r["gflop_per_image"])
+    load_benchmark("bench_decode").main(["--preset", "tok-test", "--n", "4", "--batch-size", "2", "--device", "cpu",
+                                         "--json"])
+    r = json.loads(capsys.readouterr().out)
+    dec = load_benchmark("bench_tokenizer").tokenizer_gflop(tokenizer("tok-test"))[1]
+    check_floor_columns(r["end_to_end"], r["end_to_end_images_per_s"], dec)
+    check_floor_columns(r["model_only"], r["model_only_images_per_s"], dec)
+    assert r["peak_memory_gib"] is None
 
 
 def test_bench_resize_reports_images_per_s_and_the_command(capsys):
