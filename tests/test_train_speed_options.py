@@ -1,5 +1,5 @@
 """Training speed options: the feature network in bf16 (``--feature-dtype``), TF32 for a training run, metrics
-that stay on the device between logs, the fused EMA update, positions drawn on the device.
+that stay on the device between logs, the fused EMA update, fused AdamW on CUDA, positions drawn on the device.
 
 The bf16 feature network is checked on the CPU (bf16 works there, slowly) against fp32 with a tiny stand-in of
 the TF-FID TorchScript file (same module layout: ``net.layers.<block>`` convolution layers holding ``weight``,
@@ -303,6 +303,36 @@ def test_ema_fused_update_matches_per_tensor_lerp():
 
 
 # ---- contrastive positions -------------------------------------------------------------------------------
+
+def test_adamw_is_fused_on_cuda_only():
+    p = [nn.Parameter(torch.ones(3))]
+    assert not common.adamw(p, torch.device("cpu"), lr=0.1).defaults["fused"]
+
+
+@pytest.mark.gpu
+def test_fused_adamw_takes_the_steps_of_the_plain_one():
+    """On CUDA the trainers' AdamW is fused: the same steps as the default implementation, up to rounding, with
+    both kinds of parameter group the prior trainer uses (with and without weight decay)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4)).cuda()
+    twin = [p.detach().clone().requires_grad_() for p in net.parameters()]
+
+    def groups(ps):
+        return [{"params": ps[::2], "weight_decay": 0.05}, {"params": ps[1::2], "weight_decay": 0.0}]
+
+    fused = common.adamw(groups(list(net.parameters())), torch.device("cuda"), lr=1e-2, betas=(0.9, 0.95))
+    plain = torch.optim.AdamW(groups(twin), lr=1e-2, betas=(0.9, 0.95))
+    assert fused.defaults["fused"]
+    for _ in range(5):
+        x = torch.randn(8, 16, device="cuda")
+        for ps, opt in ((list(net.parameters()), fused), (twin, plain)):
+            opt.zero_grad()
+            y = torch.func.functional_call(net, dict(zip([n for n, _ in net.named_parameters()], ps)), (x,))
+            y.square().mean().backward()
+            opt.step()
+    for a, b in zip(net.parameters(), twin):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
 
 def test_sample_positions_on_the_cpu_are_unchanged():
     torch.manual_seed(5)

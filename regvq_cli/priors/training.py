@@ -50,7 +50,7 @@ from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER, PriorConfig
 from regvq_cli.priors.diffusion import DiffusionConfig
 from regvq_cli.priors.presets import PRESETS, model_for
 from regvq_cli.engine.dist import barrier
-from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile,
+from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, maybe_compile,
                                     plain_value, seed_everything, set_lr)
 from regvq_cli.train.data import ShardedBatchSampler
 from regvq_cli.train.loop import Trainer
@@ -303,8 +303,8 @@ class PriorTrainer(Trainer):
         self.ema = EMA(self.model, cfg.ema_decay)  # after the init weights: the EMA starts from them
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+        self.opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}], self.device, lr=cfg.lr, betas=cfg.betas)
 
         seed_everything(cfg.seed, self.dist.rank)  # each rank draws its own timesteps, masks and drops
         if self.state_path.exists():

@@ -59,8 +59,8 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import (EMA, METRICS_NAME, MetricsWriter, autocast, lr_at, maybe_compile, plain_value, seed_everything,
-                     set_lr, training_precision, unwrap)
+from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, maybe_compile, plain_value,
+                     seed_everything, set_lr, training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
 
@@ -344,11 +344,11 @@ class TokenizerTrainer(Trainer):
             self.feature_net = net
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.opt = adamw(params, self.device, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_d = None
         if self.disc is not None:
-            self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas,
-                                           weight_decay=cfg.weight_decay)
+            self.opt_d = adamw(self.disc.parameters(), self.device, lr=cfg.disc_lr or cfg.lr, betas=cfg.betas,
+                               weight_decay=cfg.weight_decay)
 
         seed_everything(cfg.seed, self.dist.rank)  # from here on each rank draws its own masks and noise
         self.skipped: set[int] = set()
