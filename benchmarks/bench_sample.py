@@ -66,7 +66,9 @@ def counted_gflop(fn) -> float:
 
 def row(model: str, sampler: str, cfg: float, steps, batch: int, seconds: float, gflop_per_image: float,
         peak_gib, peak_tflops: float) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     from bench_tokenizer import floor_columns
 
     return {"model": model, "sampler": sampler, "cfg": cfg, "steps": steps, "batch": batch,
