@@ -118,15 +118,16 @@ def main(argv=None):
                          resize_on=args.resize_on)
     decoder = pick_decoder(args.jpeg_decoder, device)
     n = sum(1 for _ in args.jpeg_dir.iterdir())
-    loader_rate = loader_images_per_s(args.jpeg_dir, load(args.model).config.image_size, opts, device.type == "cuda") \
+    tokenizer = load(args.model)
+    loader_rate = loader_images_per_s(args.jpeg_dir, tokenizer.config.image_size, opts, device.type == "cuda") \
         if args.loader_only else None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_tokenizer import floor_columns, tokenizer_gflop
 
-    gflop = tokenizer_gflop(load(args.model))[0]
+    gflop = tokenizer_gflop(tokenizer)[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", load(args.model), device, dtype, opts)
+    summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", tokenizer, device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
               **floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
               "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)

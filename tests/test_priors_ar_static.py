@@ -191,7 +191,7 @@ def test_compiled_decode_step_draws_the_same_tokens():
     for opts in (dict(cfg=3.0, top_k=6), dict(temperature=0.8, top_p=0.9)):
         eager = sample_ar(m, raw_cond("class"), 2, generator=gen(0), **opts)
         assert torch.equal(sample_ar(m, raw_cond("class"), 2, generator=gen(0), compile=True, **opts), eager), opts
-    assert sampling.compiled_decode_step(m) is sampling.compiled_decode_step(m)
+    assert sampling.compiled(m, "decode_step") is sampling.compiled(m, "decode_step")
 
 
 @pytest.mark.gpu

@@ -400,7 +400,7 @@ def encode_texts(texts, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 32, 
     states, masks = [], []
     for i in range(0, len(texts), batch_size):
         h, mask = encoder(texts[i:i + batch_size], max_tokens)
-        states.append(h.float() * mask[..., None])
+        states.append(h * mask[..., None])  # both encoders give fp32 states
         masks.append(mask)
     if not texts:
         dev = next(encoder.model.parameters()).device

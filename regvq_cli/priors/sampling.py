@@ -180,11 +180,6 @@ def compiled(model, method: str):
     return fn
 
 
-def compiled_decode_step(model):
-    """The AR prior's `decode_step` through torch.compile (see `compiled`)."""
-    return compiled(model, "decode_step")
-
-
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False,
@@ -212,7 +207,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
         out = torch.empty(n, N, dtype=torch.long, device=device)
         pos = torch.zeros((), dtype=torch.long, device=device)
         windows = _windows(cache)
-        decode_step = compiled_decode_step(model) if compile else model.decode_step
+        decode_step = compiled(model, "decode_step") if compile else model.decode_step
 
         def draw():
             """x_pos [n] from the logits, written to out[:, pos]."""
