@@ -194,6 +194,23 @@ def test_compiled_decode_step_draws_the_same_tokens():
     assert sampling.compiled(m, "decode_step") is sampling.compiled(m, "decode_step")
 
 
+def test_compile_also_runs_the_draw_compiled(monkeypatch):
+    """compile=True draws every token through the compiled draw (guidance and filters included), once per step."""
+    calls = []
+
+    def counted(*args):
+        calls.append(args[2:])  # guided, cfg, temperature, top_k, top_p
+        return sampling._draw(*args)
+
+    monkeypatch.setattr(sampling, "_compiled_draw", lambda: counted)
+    monkeypatch.setattr(sampling, "compiled", lambda model, method: getattr(model, method))  # no compile: fast
+    m = peaked("class")
+    eager = sample_ar(m, raw_cond("class"), 2, cfg=3.0, top_k=6, generator=gen(0))
+    assert not calls
+    assert torch.equal(sample_ar(m, raw_cond("class"), 2, cfg=3.0, top_k=6, generator=gen(0), compile=True), eager)
+    assert calls == [(True, 3.0, 1.0, 6, 1.0)] * (H * W)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_step_replays_in_a_cuda_graph(dtype, monkeypatch):

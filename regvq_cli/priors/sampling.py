@@ -17,14 +17,16 @@ The AR decode loop is CUDA-graph friendly: after the prefix, every step is the s
 preallocated buffers (`ARPrior.decode_step` on the static KV cache, then sampling as tensor ops with no host sync;
 which options are active is settled in Python before the loop). `cuda_graphs=True` records that step once as a
 CUDA graph and replays it per token; on a CPU (or any non-CUDA) model it is an error. `compile=True` runs the
-decode step through `torch.compile` (fusing the norms, rotary embedding and MLP gate into fewer kernels: at batch
-1 a step is launch-bound), alone or inside the recorded graph. For diffusion the same two options apply to the
+decode step and the draw (guidance, temperature, top-k / top-p, Gumbel-max) through `torch.compile` (fusing the
+norms, rotary embedding, MLP gate and the draw's elementwise work into fewer kernels: at batch 1 a step is
+launch-bound), alone or inside the recorded graph. For diffusion the same two options apply to the
 denoiser's forward pass, the bulk of a step's kernels; the posterior and the draws around it stay eager.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -61,9 +63,12 @@ def _uniform(shape, device, generator):
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
+def _gumbel_from_uniform(u):
+    return -torch.log(-torch.log(u.clamp(1e-20, 1.0)))
+
+
 def _gumbel(shape, device, generator):
-    u = _uniform(shape, device, generator).clamp_(1e-20, 1.0)
-    return -torch.log(-torch.log(u))
+    return _gumbel_from_uniform(_uniform(shape, device, generator))
 
 
 def sample_categorical(logits, generator=None):
@@ -73,10 +78,21 @@ def sample_categorical(logits, generator=None):
 
 def sample_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator=None):
     """Temperature, then top-k / top-p, then a draw. temperature 0 is greedy (argmax). logits: [..., V]."""
+    u = _uniform(logits.shape, logits.device, generator) if temperature > 0 else None
+    return _draw(logits, u, False, 1.0, temperature, top_k, top_p)
+
+
+def _draw(logits, u, guided: bool, cfg: float, temperature: float, top_k: int, top_p: float):
+    """`sample_logits` with its uniform noise u given (None at temperature 0). guided: logits [2n, V] are n
+    conditional rows, then n null rows, mixed by cfg first. Tensor work only, so the AR sampler can compile it (a
+    generator cannot be compiled: the noise is drawn outside), a few kernels where it takes a dozen eagerly."""
     logits = logits.float()
+    if guided:
+        n = logits.shape[0] // 2
+        logits = logits[n:] + cfg * (logits[:n] - logits[n:])  # [n, V]
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    return sample_categorical(filter_logits(logits / temperature, top_k, top_p), generator)
+    return (filter_logits(logits / temperature, top_k, top_p) + _gumbel_from_uniform(u)).argmax(dim=-1)
 
 
 def _check_common(n: int, cfg: float, temperature: float, top_k: int, top_p: float):
@@ -166,18 +182,28 @@ def _check_graphable(device, generator):
                          f"(or none, for the default one), not one on {gen}")
 
 
+def _compile(fn):
+    # Dynamo counts compilations per code object, across models: a few models, dtypes and batch sizes in one
+    # process, times the attention windows of each (or the sampling options of the draw), pass its default limit
+    # of 8 (then fullgraph fails).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
 def compiled(model, method: str):
     """`getattr(model, method)` through torch.compile, made once per model and method and kept on the model
     (sampling has fixed shapes: each batch size, and for AR each attention window, compiles once)."""
     key = f"_compiled_{method}"
     fn = model.__dict__.get(key)
     if fn is None:
-        # Dynamo counts compilations per code object, across models: a few models, dtypes and batch sizes in one
-        # process, times the attention windows of each, pass its default limit of 8 (then fullgraph fails).
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        fn = torch.compile(getattr(model, method), fullgraph=True, dynamic=False)
-        model.__dict__[key] = fn
+        fn = model.__dict__[key] = _compile(getattr(model, method))
     return fn
+
+
+@functools.cache
+def _compiled_draw():
+    """`_draw` through torch.compile, made once (it compiles once per batch size and set of sampling options)."""
+    return _compile(_draw)
 
 
 @torch.no_grad()
@@ -190,7 +216,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     `decode_step` for the logits of x_{i+1}), then a last draw. cuda_graphs=True (CUDA only) replays each step as
     a recorded CUDA graph: the same tokens as the default eager loop for the same generator state, which must
     then be None (the default CUDA generator) or a CUDA generator on the model's device. compile=True compiles
-    the decode step (once per model; the first call pays for it).
+    the decode step (once per model) and the draw (once); the first call pays for it.
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     h, w = model.config.grid_size
@@ -208,11 +234,12 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
         pos = torch.zeros((), dtype=torch.long, device=device)
         windows = _windows(cache)
         decode_step = compiled(model, "decode_step") if compile else model.decode_step
+        draw_tokens = _compiled_draw() if compile else _draw
 
         def draw():
             """x_pos [n] from the logits, written to out[:, pos]."""
-            mixed = logits[n:] + cfg * (logits[:n] - logits[n:]) if guided else logits  # [n, V]
-            tok = sample_logits(mixed, temperature, top_k, top_p, generator)
+            u = _uniform((n, logits.shape[-1]), device, generator) if temperature > 0 else None
+            tok = draw_tokens(logits, u, guided, cfg, temperature, top_k, top_p)
             out.index_copy_(1, pos[None], tok[:, None])
             return tok
 
