@@ -8,15 +8,16 @@
 Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Each row has images/s, ms per image, the
 GFLOP per image of what the sampler runs (its matmuls and attention counted with torch's FLOP formulas on one
 eager call: AR the whole loop, diffusion one denoiser step times the steps; guidance doubles the rows), the
-fraction of the FLOP floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call. Weights are cast to --dtype. --cuda-graphs
-(CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time includes recording the
-graphs, as every call records its own (AR: the whole step; diffusion: the denoiser). --compile adds rows with the
-AR decode step or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the
-timed one does not). --profile N adds, per batch size and per path timed (eager, and `-graph` / `-compile` where
-asked for), the N operations that took the most time in one AR call with guidance (device kernels on a GPU, CPU
-operators on a CPU) and how many kernels or operators ran per token, and the same for one diffusion call
-(VQ-Diffusion, the first --steps) per step: where a step's time goes. A profiled `-graph` call includes recording
-its graphs (one eager step each), as the timed one does.
+fraction of the FLOP floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call.
+Weights are cast to --dtype. --cuda-graphs (CUDA only) adds rows `-graph`: sample_ar /
+sample_diffusion(cuda_graphs=True), whose time includes recording the graphs, as every call records its own (AR:
+the whole step; diffusion: the denoiser). --compile adds rows with the AR decode step and draw or the diffusion
+denoiser compiled (`-compile`; the warm-up call pays for the compilation, the timed one does not). --profile N
+adds, per batch size and per path timed (eager, and `-graph` / `-compile` where asked for), the N operations that
+took the most time in one AR call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many
+kernels or operators ran per token, and the same for one diffusion call (VQ-Diffusion, the first --steps) per
+step: where a step's time goes. A profiled `-graph` call includes recording its graphs (one eager step each), as
+the timed one does.
 """
 
 from __future__ import annotations
@@ -118,10 +119,10 @@ def main(argv=None):
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time sampling with CUDA graphs (AR: the whole step; diffusion: the denoiser)")
     p.add_argument("--compile", action="store_true",
-                   help="also time sampling with the AR decode step / the diffusion denoiser compiled")
+                   help="also time sampling with the AR decode step and draw / the diffusion denoiser compiled")
     p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="also profile one eager AR and one diffusion call per batch size and list their N costliest "
-                        "entries")
+                   help="also profile one AR and one diffusion call per batch size and path timed (eager, -graph, "
+                        "-compile) and list their N costliest entries")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="the hardware's FLOP floor for the floor fraction (default: 790, an H200 in dense bf16)")
     p.add_argument("--json", action="store_true")
