@@ -227,3 +227,32 @@ def test_cuda_bf16_cache_and_seeded_sampling():
         assert torch.equal(s2, sample_diffusion(d, c, 3, cfg=2.0, generator=gen_cuda.manual_seed(1), compile=True,
                                                 **kw))
         assert s2.shape == s1.shape and s2.max() < K
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sampler", ["ar", "vq", "maskgit"])
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_no_step_after_the_first_waits_for_the_gpu(sampler, cuda_graphs):
+    """From the second step on, a sampling loop never makes the host wait for the GPU (no reads of device values,
+    no synchronous copies), so the host queues steps ahead: torch's sync debug mode, switched on by the callback
+    after the first step, turns any such wait into an error. A CUDA generator, as `regvq sample` uses on a GPU
+    (a CPU one copies every draw's noise to the device)."""
+    dev = torch.device("cuda")
+    m = (ar() if sampler == "ar" else diffusion()).to(dev)
+    c, g = torch.tensor([0, 1], device=dev), torch.Generator(device=dev).manual_seed(0)
+    seen = []
+
+    def callback(info):
+        seen.append(info["i"])
+        if info["i"] == 0:
+            torch.cuda.set_sync_debug_mode("error")
+
+    try:
+        if sampler == "ar":
+            x = sample_ar(m, c, 2, cfg=2.0, top_k=6, generator=g, callback=callback, cuda_graphs=cuda_graphs)
+        else:
+            x = sample_diffusion(m, c, 2, steps=6, cfg=2.0, sampler=sampler, generator=g, callback=callback,
+                                 cuda_graphs=cuda_graphs)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(seen) == (9 if sampler == "ar" else 6) and x.max() < K
