@@ -43,6 +43,23 @@ def test_states_per_kind():
     assert s.tokens is None and s.spatial.shape == (2, 6, DIM)
 
 
+
+def test_training_mode_reads_no_device_values():
+    """In training the encoder reads nothing back from the device (each read would make the step wait for it):
+    ids off the host are not range-checked and the text mask is kept even when nothing is padded. Ids on the host
+    are still checked, and outside training everything is."""
+    from regvq_cli.priors.conditioning import _out_of_range
+
+    assert _out_of_range(torch.tensor([0, 5, -1, 2]), 3, False).tolist() == [5, -1]
+    on_device = torch.zeros(4, dtype=torch.long, device="meta")  # no values to read: any read would fail
+    assert _out_of_range(on_device, 3, False).numel() == 0
+    enc = encoder("class").train()
+    with pytest.raises(RegvqError, match="class id 3 is out of range"):
+        enc(torch.tensor([0, 3]), 2)
+    full = TextStates(torch.randn(2, 4, 5), torch.ones(2, 4, dtype=torch.bool))
+    text = encoder("text")
+    assert text.train()(full, 2).mask.all() and text.eval()(full, 2).mask is None
+
 def test_long_text_is_truncated():
     text = TextStates(torch.randn(1, 9, 5), torch.ones(1, 9, dtype=torch.bool))
     s = encoder("text")(text, 1)

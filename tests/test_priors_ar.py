@@ -361,6 +361,28 @@ def test_ddp_training_keeps_ranks_in_sync(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_train_prior_steps_after_the_first_do_not_wait_for_the_gpu(tmp_path, kind):
+    """A training step never makes the host wait for the GPU, so the host queues the next step while the GPU runs
+    this one: the batch and its labels reach the device through pinned memory, class ids on the device are not
+    read back to check their range, the diffusion schedule is copied there once, and the loss terms stay there
+    until the next log. torch's sync debug mode, on from the second step, turns any wait into an error."""
+    from regvq_cli.priors.training import PriorTrainer
+
+    cfg = train_cfg(kind=kind, preset=f"{kind}-test", device="cuda", bf16=True, max_steps=4, log_every=100,
+                    sample_every=0, checkpoint_every=100)
+    trainer = PriorTrainer(write_class_shards(tmp_path / "tokens"), tmp_path / "run", cfg)
+    trainer.train_step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert trainer.step == 4 and torch.isfinite(trainer.pending["loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
 def test_train_prior_on_cuda_with_bf16_and_compile(tmp_path, kind):
     from regvq_cli.engine.checkpoint import load_model
     from regvq_cli.priors.training import train_prior

@@ -31,6 +31,16 @@ def pick_device(name: str | None = "auto"):
     return device
 
 
+def to_device(t, device):
+    """A host tensor on `device` without making the host wait: to a CUDA device through pinned memory (a copy from
+    pageable memory waits for all the work queued before it), asynchronously."""
+    import torch
+
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def pick_dtype(name: str | None, device):
     """The compute dtype: `auto` means bf16 on CUDA, fp32 elsewhere."""
     import torch

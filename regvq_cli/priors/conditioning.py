@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regvq_cli.engine.device import to_device
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER, PriorConfig
 
@@ -107,7 +108,9 @@ class ConditionEncoder(nn.Module):
         """Encode a raw condition for `batch` samples; rows where `drop` [B] bool is True get the null."""
         cfg = self.config
         device = self._device()
-        cond = _check_cond(cfg, cond, batch)
+        # in training, ids already on an accelerator are not read back to check their range (that would make
+        # every step wait for the device): the trainer checks its labels and maps when it loads them
+        cond = _check_cond(cfg, cond, batch, read_device_values=not self.training)
         if drop is not None:
             drop = drop.to(device=device, dtype=torch.bool)
         if self.kind == "none":
@@ -125,7 +128,8 @@ class ConditionEncoder(nn.Module):
                 null = self.text_null.to(tokens.dtype)[None].expand_as(tokens)
                 tokens = torch.where(drop[:, None, None], null, tokens)
                 mask = mask | drop[:, None]
-            return CondStates(tokens=tokens, mask=None if bool(mask.all()) else mask)
+            # no mask when nothing is padded: the attention's fast path (checked outside training: a read back)
+            return CondStates(tokens=tokens, mask=None if not self.training and bool(mask.all()) else mask)
         # segmap: NEAREST to the token grid, then one embedding per position in raster order
         ids = resize_segmap(cond.to(device), cfg.grid_size).flatten(1)  # [B, h*w]
         if drop is not None:
@@ -180,8 +184,16 @@ def _fit_text(cond: TextStates, max_tokens: int) -> TextStates:
     return TextStates(states, mask)
 
 
-def _check_cond(cfg: PriorConfig, cond, batch: int):
-    """Validate a raw condition against the kind the prior was trained for; broadcast a batch of 1 to `batch`."""
+def _out_of_range(ids, n: int, read_device_values: bool):
+    """The ids outside 0..n-1; none looked for in ids on an accelerator unless read_device_values."""
+    if not read_device_values and ids.device.type != "cpu":
+        return ids[:0]
+    return ids[(ids < 0) | (ids >= n)]
+
+
+def _check_cond(cfg: PriorConfig, cond, batch: int, read_device_values: bool = True):
+    """Validate a raw condition against the kind the prior was trained for; broadcast a batch of 1 to `batch`.
+    read_device_values=False checks the range of ids only when they are on the host."""
     kind = cfg.cond
     if kind == "none":
         if cond is not None:
@@ -206,7 +218,7 @@ def _check_cond(cfg: PriorConfig, cond, batch: int):
     if kind == "class":
         if cond.dim() != 1:
             raise RegvqError(f"this prior is {_describe(cfg)}: give one class id per sample, not a {cond.dim()}-d map")
-        bad = cond[(cond < 0) | (cond >= cfg.num_classes)]
+        bad = _out_of_range(cond, cfg.num_classes, read_device_values)
         if bad.numel():
             raise RegvqError(f"class id {int(bad[0])} is out of range: this prior knows classes "
                              f"0..{cfg.num_classes - 1}")
@@ -215,7 +227,7 @@ def _check_cond(cfg: PriorConfig, cond, batch: int):
             cond = cond[None]
         if cond.dim() != 3:
             raise RegvqError(f"this prior is {_describe(cfg)}: give label maps [H, W], not a {cond.dim()}-d tensor")
-        bad = cond[(cond < 0) | (cond >= cfg.seg_classes)]
+        bad = _out_of_range(cond, cfg.seg_classes, read_device_values)
         if bad.numel():
             raise RegvqError(f"segmentation map has label {int(bad[0])}; this prior knows labels "
                              f"0..{cfg.seg_classes - 1}: map unknown labels to one of them first")
@@ -451,7 +463,9 @@ class TextStateTable:
         except KeyError as e:
             raise RegvqError(f"caption {e.args[0]!r} is not in the precomputed text states; recompute them for "
                              "this data set") from None
-        return TextStates(self.states[rows].float().to(device), self.mask[rows].to(device))
+        if device is None:
+            return TextStates(self.states[rows].float(), self.mask[rows])
+        return TextStates(to_device(self.states[rows].float(), device), to_device(self.mask[rows], device))
 
     def save(self, path) -> Path:
         from safetensors.torch import save_file

@@ -177,20 +177,25 @@ class DiffusionPrior(nn.Module):
         t: LongTensor [B] with s = t - 1 (training), or ints t > s >= 0 (sampling, any skip).
         """
         if torch.is_tensor(t) and s is None:
-            key = str(t.device)
-            if key not in self._tables:
-                self._tables[key] = self._step_table.to(t.device)
-            return self._tables[key][t]
+            return self._on_device("_step_table", t.device)[t]
         t, s = int(t), (int(t) - 1 if s is None else int(s))
         if not 0 <= s < t <= self.num_timesteps:
             raise ValueError(f"need 0 <= s < t <= {self.num_timesteps}, got s={s}, t={t}")
         K = self.config.codebook_size
         return _log_coefs(self._abar[s], self._gbar[s], self._abar[t], self._gbar[t], K)[None]
 
+    def _on_device(self, name: str, device):
+        """A schedule table (`_step_table`, `_abar`, `_gbar`) in float32 on `device`, copied there once: a copy
+        per training step would make the host wait for the device each time."""
+        key = (name, str(device))
+        if key not in self._tables:
+            self._tables[key] = getattr(self, name).to(torch.float32).to(device)
+        return self._tables[key]
+
     def q_sample(self, x0, t, generator=None):
         """Draw x_t ~ q(x_t | x_0) for x0 [B, N] and t [B] (1..T)."""
-        abar = self._abar.to(torch.float32).to(x0.device)[t][:, None]  # [B, 1]
-        gbar = self._gbar.to(torch.float32).to(x0.device)[t][:, None]
+        abar = self._on_device("_abar", x0.device)[t][:, None]  # [B, 1]
+        gbar = self._on_device("_gbar", x0.device)[t][:, None]
         u = torch.rand(x0.shape, device=x0.device, generator=generator)
         rand_tok = torch.randint(0, self.config.codebook_size, x0.shape, device=x0.device, generator=generator)
         xt = torch.where(u < abar, x0, rand_tok)  # replaced tokens are uniform over all K codes (x0 included)

@@ -49,6 +49,7 @@ from regvq_cli.priors.conditioning import TextStateTable, TextStates, precompute
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER, PriorConfig
 from regvq_cli.priors.diffusion import DiffusionConfig
 from regvq_cli.priors.presets import PRESETS, model_for
+from regvq_cli.engine.device import to_device
 from regvq_cli.engine.dist import barrier
 from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, maybe_compile,
                                     plain_value, seed_everything, set_lr)
@@ -416,15 +417,15 @@ class PriorTrainer(Trainer):
         B = idx.shape[0]
         none = torch.zeros(B, dtype=torch.bool, device=dev)
         if self.cond == "class":
-            labels = d.labels[idx].to(dev)
+            labels = to_device(d.labels[idx], dev)
             return labels.clamp(min=0), labels < 0
         if self.cond == "text":
             caps = [d.captions[i] for i in idx.tolist()]
             fill = next((c for c in caps if c), next(iter(self.table.index)))
             states = self.table.lookup([c or fill for c in caps], device=dev)  # empty captions: dropped below
-            return states, torch.tensor([not c for c in caps], device=dev)
+            return states, to_device(torch.tensor([not c for c in caps]), dev)
         if self.cond == "segmap":
-            return d.segmaps[idx].long().to(dev), none
+            return to_device(d.segmaps[idx].long(), dev), none
         return None, none
 
     def _next_batch(self):
@@ -434,7 +435,7 @@ class PriorTrainer(Trainer):
             self._batch_iter = iter(sampler)
         idx = torch.tensor([i for i, _ in next(self._batch_iter)], dtype=torch.long)
         self.batches += 1
-        x = self.data.tokens[idx].long().to(self.device, non_blocking=True)
+        x = to_device(self.data.tokens[idx].long(), self.device)
         cond, missing = self._condition(idx)
         return x, cond, missing
 
