@@ -123,6 +123,9 @@ def main(argv=None):
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one AR and one diffusion call per batch size and path timed (eager, -graph, "
                         "-compile) and list their N costliest entries")
+    p.add_argument("--attention", choices=["sdpa", "triton"], default="sdpa",
+                   help="the AR decode steps' attention: SDPA over a masked window of the cache, or the Triton "
+                        "kernel that reads exactly the written positions (rows named ar-triton...)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="the hardware's FLOP floor for the floor fraction (default: 790, an H200 in dense bf16)")
     p.add_argument("--json", action="store_true")
@@ -146,6 +149,7 @@ def main(argv=None):
 
     variants = [(g, c) for c in ((False, True) if args.compile else (False,))
                 for g in ((False, True) if args.cuda_graphs else (False,))]
+    ar_name = "ar" if args.attention == "sdpa" else "ar-triton"
     with torch.inference_mode():
         if args.ar:
             model = build(args.ar)
@@ -155,14 +159,15 @@ def main(argv=None):
                     gflop = counted_gflop(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0)) / b
                     for graphs, comp in variants:
                         t, mem = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
-                                                         compile=comp), device)
-                        rows.append(row(args.ar, variant("ar", graphs, comp), cfg, None, b, t, gflop, mem,
+                                                         compile=comp, attention=args.attention), device)
+                        rows.append(row(args.ar, variant(ar_name, graphs, comp), cfg, None, b, t, gflop, mem,
                                         args.peak_tflops))
                 for graphs, comp in variants if args.profile else ():
                     tokens = model.config.grid_size[0] * model.config.grid_size[1]
                     prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0, cuda_graphs=graphs,
-                                                      compile=comp), device, args.profile, tokens)
-                    profiles.append({"model": args.ar, "sampler": variant("ar", graphs, comp), "batch": b,
+                                                      compile=comp, attention=args.attention),
+                                    device, args.profile, tokens)
+                    profiles.append({"model": args.ar, "sampler": variant(ar_name, graphs, comp), "batch": b,
                                      "cfg": args.cfg, **prof})
         if args.diffusion:
             model = build(args.diffusion)

@@ -9,13 +9,17 @@ GPU (`-m gpu`): the recorded graphs replay the eager loop token for token.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from regvq_cli.errors import RegvqError
-from regvq_cli.priors import sampling
+from regvq_cli.priors import decode_attention, sampling
 from regvq_cli.priors.conditioning import CondStates
 from regvq_cli.priors.sampling import _encode, sample_ar, sample_logits
 from tests.test_priors_ar import KINDS, H, K, W, raw_cond, tiny
@@ -211,6 +215,53 @@ def test_compile_also_runs_the_draw_compiled(monkeypatch):
     assert calls == [(True, 3.0, 1.0, 6, 1.0)] * (H * W)
 
 
+KERNEL_CHECK = """
+import torch, torch.nn.functional as F
+from regvq_cli.priors.decode_attention import decode_attention
+from regvq_cli.priors.sampling import sample_ar
+from tests.test_priors_ar import raw_cond
+from tests.test_priors_ar_static import gen, peaked
+
+torch.manual_seed(0)
+B, H, L, D = 3, 2, 150, 32
+q, k, v = torch.randn(B, H, 1, D), torch.randn(B, H, L, D), torch.randn(B, H, L, D)
+valid = torch.ones(B, L, dtype=torch.bool)
+valid[1, :64] = False  # a whole block of keys padded
+valid[2, 5:9] = False
+for last, rows in ((0, None), (63, None), (64, valid), (131, valid), (L - 1, valid)):
+    keep = (torch.arange(L) <= last)[None] & (valid if rows is not None else True)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+    got = decode_attention(q, k, v, torch.tensor([last]), rows)
+    assert (got - want).abs().max() < 1e-5, (last, (got - want).abs().max())
+for kind in ("class", "text"):  # text: padded prefix positions
+    m = peaked(kind)
+    for opts in (dict(), dict(cfg=3.0, top_k=6)):
+        want = sample_ar(m, raw_cond(kind), 2, generator=gen(0), **opts)
+        got = sample_ar(m, raw_cond(kind), 2, generator=gen(0), attention="triton", **opts)
+        assert torch.equal(got, want), (kind, opts)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(decode_attention.triton is None, reason="needs the triton package (the test extra)")
+def test_triton_decode_attention_equals_sdpa_and_draws_its_tokens():
+    """The decode kernel, run by Triton's interpreter on the CPU (a process of its own: the interpreter is chosen
+    when Triton compiles a kernel's definition): attention over positions 0..last equal to SDPA's with the mask,
+    padded keys and a block of nothing but padding included; and sampling through it draws SDPA's tokens."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_triton_attention_needs_triton_on_cuda(monkeypatch):
+    monkeypatch.setattr(decode_attention, "available", lambda device: False)
+    with pytest.raises(RegvqError, match="attention='triton' needs Triton installed and the model on a CUDA"):
+        sample_ar(peaked("class"), raw_cond("class"), 2, attention="triton")
+    with pytest.raises(RegvqError, match="unknown attention 'flash'"):
+        sample_ar(peaked("class"), raw_cond("class"), 2, attention="flash")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_step_replays_in_a_cuda_graph(dtype, monkeypatch):
@@ -225,3 +276,27 @@ def test_compiled_step_replays_in_a_cuda_graph(dtype, monkeypatch):
         compiled = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, **opts)
         both = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, cuda_graphs=True, **opts)
         assert both.device.type == "cuda" and torch.equal(both, compiled), opts
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["class", "text"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_decode_attention_in_graphs_and_compiled_steps(kind, dtype):
+    """attention="triton" on a GPU: recorded in CUDA graphs, the tokens of its eager loop; compiled (a user
+    Triton kernel inside torch.compile) and graphed, those of its compiled loop; in fp32 also those of SDPA."""
+    pytest.importorskip("triton")
+    dev = torch.device("cuda")
+    m = peaked(kind).to(dev, dtype)
+    cond = raw_cond(kind)
+    cond = type(cond)(*(t.to(dev) for t in cond)) if kind == "text" else cond.to(dev)
+    g = torch.Generator(device=dev)
+    for opts in (dict(cfg=3.0, top_k=5), dict(temperature=0.7, top_p=0.9)):
+        eager = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", **opts)
+        graphed = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", cuda_graphs=True, **opts)
+        assert torch.equal(graphed, eager), opts
+        if dtype == torch.float32:
+            assert torch.equal(sample_ar(m, cond, 2, generator=g.manual_seed(0), **opts), eager), opts
+        compiled = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True, **opts)
+        both = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True,
+                         cuda_graphs=True, **opts)
+        assert torch.equal(both, compiled) and both.max() < K, opts

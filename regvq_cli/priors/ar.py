@@ -56,7 +56,8 @@ class KVCache:
     copy of the whole buffer per layer (torch.compile's functionalization), which made compiled sampling at batch
     256 slower than eager. `length` counts the sequence positions written so far; `valid` [B, max_len] marks
     padded prefix positions (text) that must never be attended; `prefix_len` is where image token 0 sits
-    (condition + start token).
+    (condition + start token). `kernel`: decode steps attend through decode_attention.py's Triton kernel, which
+    reads exactly the written positions, instead of SDPA over a masked window.
     """
 
     def __init__(self, n_layers, batch, n_heads, max_len, head_dim, device=None, dtype=None):
@@ -69,6 +70,7 @@ class KVCache:
         self.padded = False
         self.length = 0
         self.prefix_len = 0
+        self.kernel = False
 
     @property
     def max_len(self) -> int:
@@ -117,6 +119,12 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, n, hd]
         q, k = apply_rope(qkv[:2], cos, sin)  # q and k rotated together (half the kernels); each [B, H, n, hd]
         v = qkv[2]
+        if cache is not None and cache.kernel and torch.is_tensor(pos0):  # a decode step through the kernel
+            from regvq_cli.priors.decode_attention import decode_attention
+
+            cache.store(layer, pos0, k, v)
+            y = decode_attention(q, cache.k[layer], cache.v[layer], pos0, cache.valid if cache.padded else None)
+            return self.proj(y.transpose(1, 2).reshape(B, n, dim))
         if cache is not None:
             k, v = cache.store(layer, pos0, k, v, window)
         p = self.dropout if self.training else 0.0
@@ -240,18 +248,22 @@ class ARPrior(nn.Module):
 
         pos: 0-d long tensor on the model's device. Nothing on the host depends on its value: k/v are written in
         place at cache position prefix_len + pos and attention reads the first `window` cache positions (default
-        all; must exceed prefix_len + pos) with later ones masked, so every call runs the same kernels on the same
-        buffers and can be recorded as a CUDA graph. Inference only (no dropout); `cache.length` is not updated.
+        all; must exceed prefix_len + pos) with later ones masked (with `cache.kernel`, exactly positions 0 ..
+        prefix_len + pos, read by the Triton kernel; `window` is then unused), so every call runs the same kernels
+        on the same buffers and can be recorded as a CUDA graph. Inference only (no dropout); `cache.length` is not
+        updated.
         """
         cfg = self.config
         window = window or cache.max_len
         p = (pos + cache.prefix_len).reshape(1)  # [1] cache position of x_pos
         cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd] each
-        keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
-        # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would convert a
-        # bool mask in every layer; this is built once per step)
-        mask = torch.zeros(keep.shape, dtype=cache.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
-        mask = mask[:, None, None, :]
+        mask = None  # the kernel (cache.kernel) reads positions 0..p itself, skipping padded ones
+        if not cache.kernel:
+            keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
+            # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would
+            # convert a bool mask in every layer; this is built once per step)
+            mask = torch.zeros(keep.shape, dtype=cache.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
+            mask = mask[:, None, None, :]
         x = self.tok_emb(tokens)  # [B, 1, dim]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, False, cache, i, p, window)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from regvq_cli.errors import RegvqError
+from regvq_cli.priors import decode_attention
 from regvq_cli.priors.conditioning import CondStates
 
 
@@ -209,14 +210,16 @@ def _compiled_draw():
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False,
-              compile: bool = False):
+              compile: bool = False, attention: str = "sdpa"):
     """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a static KV cache.
 
     One forward pass over the prefix, then N - 1 identical steps on preallocated buffers (draw x_i, then
     `decode_step` for the logits of x_{i+1}), then a last draw. cuda_graphs=True (CUDA only) replays each step as
     a recorded CUDA graph: the same tokens as the default eager loop for the same generator state, which must
     then be None (the default CUDA generator) or a CUDA generator on the model's device. compile=True compiles
-    the decode step (once per model) and the draw (once); the first call pays for it.
+    the decode step (once per model) and the draw (once); the first call pays for it. attention="triton" (CUDA,
+    with Triton installed) runs the decode steps' attention through decode_attention.py's kernel, which reads
+    exactly the cache positions written, instead of SDPA over a masked window.
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     h, w = model.config.grid_size
@@ -224,15 +227,21 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     device = next(model.parameters()).device
     if cuda_graphs:
         _check_graphable(device, generator)
+    if attention not in ("sdpa", "triton"):
+        raise RegvqError(f"unknown attention {attention!r}; use sdpa or triton")
+    if attention == "triton" and not decode_attention.available(device):
+        raise RegvqError(f"attention='triton' needs Triton installed and the model on a CUDA device (it is on "
+                         f"{device}); use attention='sdpa'")
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
         B = 2 * n if guided else n
         cache = model.new_cache(B)
+        cache.kernel = attention == "triton"
         # the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos [] = next token
         logits = model(torch.zeros(B, 0, dtype=torch.long, device=device), states, cache=cache)[:, -1].float()
         out = torch.empty(n, N, dtype=torch.long, device=device)
         pos = torch.zeros((), dtype=torch.long, device=device)
-        windows = _windows(cache)
+        windows = [cache.max_len] if cache.kernel else _windows(cache)  # the kernel reads only what is written
         decode_step = compiled(model, "decode_step") if compile else model.decode_step
         draw_tokens = _compiled_draw() if compile else _draw
 
