@@ -229,10 +229,15 @@ valid = torch.ones(B, L, dtype=torch.bool)
 valid[1, :64] = False  # a whole block of keys padded
 valid[2, 5:9] = False
 for last, rows in ((0, None), (63, None), (64, valid), (131, valid), (L - 1, valid)):
+    k_new, v_new = torch.randn(B, H, 1, D), torch.randn(B, H, 1, D)
+    k_want, v_want = k.clone(), v.clone()
+    k_want[:, :, last], v_want[:, :, last] = k_new[:, :, 0], v_new[:, :, 0]
     keep = (torch.arange(L) <= last)[None] & (valid if rows is not None else True)
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-    got = decode_attention(q, k, v, torch.tensor([last]), rows)
+    keep[:, last] = True  # the new position is never padding
+    want = F.scaled_dot_product_attention(q, k_want, v_want, attn_mask=keep[:, None, None, :])
+    got = decode_attention(q, k_new, v_new, k, v, torch.tensor([last]), rows)
     assert (got - want).abs().max() < 1e-5, (last, (got - want).abs().max())
+    assert torch.equal(k, k_want) and torch.equal(v, v_want), last  # the new key and value appended in place
 for kind in ("class", "text"):  # text: padded prefix positions
     m = peaked(kind)
     for opts in (dict(), dict(cfg=3.0, top_k=6)):
@@ -246,8 +251,9 @@ print("ok")
 @pytest.mark.skipif(decode_attention.triton is None, reason="needs the triton package (the test extra)")
 def test_triton_decode_attention_equals_sdpa_and_draws_its_tokens():
     """The decode kernel, run by Triton's interpreter on the CPU (a process of its own: the interpreter is chosen
-    when Triton compiles a kernel's definition): attention over positions 0..last equal to SDPA's with the mask,
-    padded keys and a block of nothing but padding included; and sampling through it draws SDPA's tokens."""
+    when Triton compiles a kernel's definition): the new key and value appended at `last` and attention over
+    positions 0..last equal to SDPA's with the mask, padded keys and a block of nothing but padding included; and
+    sampling through it draws SDPA's tokens."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=600)

@@ -122,8 +122,8 @@ class Attention(nn.Module):
         if cache is not None and cache.kernel and torch.is_tensor(pos0):  # a decode step through the kernel
             from regvq_cli.priors.decode_attention import decode_attention
 
-            cache.store(layer, pos0, k, v)
-            y = decode_attention(q, cache.k[layer], cache.v[layer], pos0, cache.valid if cache.padded else None)
+            y = decode_attention(q, k, v, cache.k[layer], cache.v[layer], pos0,  # writes k, v at pos0 itself
+                                 cache.valid if cache.padded else None)
             return self.proj(y.transpose(1, 2).reshape(B, n, dim))
         if cache is not None:
             k, v = cache.store(layer, pos0, k, v, window)
