@@ -9,6 +9,7 @@ GPU (`-m gpu`): the recorded graphs replay the eager loop token for token.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -248,7 +249,7 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(decode_attention.triton is None, reason="needs the triton package (the test extra)")
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
 def test_triton_decode_attention_equals_sdpa_and_draws_its_tokens():
     """The decode kernel, run by Triton's interpreter on the CPU (a process of its own: the interpreter is chosen
     when Triton compiles a kernel's definition): the new key and value appended at `last` and attention over

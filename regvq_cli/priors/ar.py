@@ -29,6 +29,7 @@ from torch import nn
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import CondStates, ConditionEncoder
 from regvq_cli.priors.config import PriorConfig
+from regvq_cli.priors.decode_attention import decode_attention
 from regvq_cli.priors.layers import RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
 
 
@@ -120,8 +121,6 @@ class Attention(nn.Module):
         q, k = apply_rope(qkv[:2], cos, sin)  # q and k rotated together (half the kernels); each [B, H, n, hd]
         v = qkv[2]
         if cache is not None and cache.kernel and torch.is_tensor(pos0):  # a decode step through the kernel
-            from regvq_cli.priors.decode_attention import decode_attention
-
             y = decode_attention(q, k, v, cache.k[layer], cache.v[layer], pos0,  # writes k, v at pos0 itself
                                  cache.valid if cache.padded else None)
             return self.proj(y.transpose(1, 2).reshape(B, n, dim))

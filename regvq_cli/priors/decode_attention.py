@@ -15,62 +15,26 @@ al. 2023) over blocks of keys, accumulated in float32.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the kernel is optional: without Triton the samplers use SDPA
-    triton = None
 
-if triton is not None:
+def kernel():
+    """The Triton kernel (imported on first use: importing Triton takes a third of a second). `sample_ar` calls
+    this before torch.compile traces a step, which then finds the module already imported."""
+    from regvq_cli.priors.decode_attention_kernel import decode_attention_kernel
 
-    @triton.jit
-    def _decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
-                                 s_qb, s_qh, s_nb, s_nh, s_kb, s_kh, s_kl, s_ob, s_oh, s_valid,
-                                 H: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, HAS_VALID: tl.constexpr):
-        row, head = tl.program_id(0) // H, tl.program_id(0) % H
-        last = tl.load(LAST)  # the new key's position: the cache holds positions 0 .. last-1
-        d = tl.arange(0, D)
-        q = tl.load(Q + row * s_qb + head * s_qh + d).to(tl.float32) * scale  # [D]
-        m = tl.full([], float("-inf"), tl.float32)  # running max of the scores
-        total = tl.zeros([], tl.float32)  # running sum of exp(score - m)
-        acc = tl.zeros([D], tl.float32)  # running sum of exp(score - m) * value
-        cache = row * s_kb + head * s_kh  # K and V share their layout
-        for start in range(0, last, BLOCK):
-            pos = start + tl.arange(0, BLOCK)
-            inside = pos < last
-            keep = inside
-            if HAS_VALID:
-                keep = keep & (tl.load(VALID + row * s_valid + pos, mask=inside, other=0) != 0)
-            k = tl.load(K + cache + pos[:, None] * s_kl + d[None, :], mask=inside[:, None], other=0.0)
-            s = tl.where(keep, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))  # [BLOCK]
-            m_new = tl.maximum(m, tl.max(s, axis=0))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block with nothing kept adds nothing
-            alpha, p = tl.exp(m - m_ref), tl.exp(s - m_ref)
-            v = tl.load(V + cache + pos[:, None] * s_kl + d[None, :], mask=inside[:, None], other=0.0)
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-            total = total * alpha + tl.sum(p, axis=0)
-            m = m_new
-        # the new key and value, from their own tensors (never read back from the cache they are written to)
-        k_new = tl.load(KN + row * s_nb + head * s_nh + d)
-        v_new = tl.load(VN + row * s_nb + head * s_nh + d)
-        s_new = tl.sum(k_new.to(tl.float32) * q, axis=0)
-        m_new = tl.maximum(m, s_new)
-        alpha, p = tl.exp(m - m_new), tl.exp(s_new - m_new)
-        acc = acc * alpha + p * v_new.to(tl.float32)
-        total = total * alpha + p
-        tl.store(O + row * s_ob + head * s_oh + d, (acc / total).to(O.dtype.element_ty))
-        tl.store(K + cache + last * s_kl + d, k_new.to(K.dtype.element_ty))
-        tl.store(V + cache + last * s_kl + d, v_new.to(V.dtype.element_ty))
+    return decode_attention_kernel
 
 
 def available(device) -> bool:
     """Whether the kernel can run for tensors on `device`: Triton is installed and the device is CUDA (or Triton's
     interpreter is on, which runs it on the CPU, for tests)."""
-    return triton is not None and (torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def decode_attention(q, k, v, k_cache, v_cache, last, valid=None, block: int = 64):
@@ -89,7 +53,7 @@ def decode_attention(q, k, v, k_cache, v_cache, last, valid=None, block: int = 6
         raise ValueError("the decode kernel needs the new keys and values laid out alike")
     out = torch.empty_like(q)
     flag = valid if valid is not None else last  # any tensor: the kernel does not read it without HAS_VALID
-    _decode_attention_kernel[(B * H,)](
+    kernel()[(B * H,)](
         q, k, v, k_cache, v_cache, out, flag, last, 1.0 / D ** 0.5,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), out.stride(0), out.stride(1), valid.stride(0) if valid is not None else 0,

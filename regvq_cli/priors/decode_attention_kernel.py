@@ -1,0 +1,44 @@
+"""The Triton kernel of decode_attention.py (which explains it), apart so that Triton is imported only when used."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
+                            s_qb, s_qh, s_nb, s_nh, s_kb, s_kh, s_kl, s_ob, s_oh, s_valid,
+                            H: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, HAS_VALID: tl.constexpr):
+    row, head = tl.program_id(0) // H, tl.program_id(0) % H
+    last = tl.load(LAST)  # the new key's position: the cache holds positions 0 .. last-1
+    d = tl.arange(0, D)
+    q = tl.load(Q + row * s_qb + head * s_qh + d).to(tl.float32) * scale  # [D]
+    m = tl.full([], float("-inf"), tl.float32)  # running max of the scores
+    total = tl.zeros([], tl.float32)  # running sum of exp(score - m)
+    acc = tl.zeros([D], tl.float32)  # running sum of exp(score - m) * value
+    cache = row * s_kb + head * s_kh  # K and V share their layout
+    for start in range(0, last, BLOCK):
+        pos = start + tl.arange(0, BLOCK)
+        inside = pos < last
+        keep = inside
+        if HAS_VALID:
+            keep = keep & (tl.load(VALID + row * s_valid + pos, mask=inside, other=0) != 0)
+        k = tl.load(K + cache + pos[:, None] * s_kl + d[None, :], mask=inside[:, None], other=0.0)
+        s = tl.where(keep, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))  # [BLOCK]
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block with nothing kept adds nothing
+        alpha, p = tl.exp(m - m_ref), tl.exp(s - m_ref)
+        v = tl.load(V + cache + pos[:, None] * s_kl + d[None, :], mask=inside[:, None], other=0.0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        total = total * alpha + tl.sum(p, axis=0)
+        m = m_new
+    # the new key and value, from their own tensors (never read back from the cache they are written to)
+    k_new = tl.load(KN + row * s_nb + head * s_nh + d)
+    v_new = tl.load(VN + row * s_nb + head * s_nh + d)
+    s_new = tl.sum(k_new.to(tl.float32) * q, axis=0)
+    m_new = tl.maximum(m, s_new)
+    alpha, p = tl.exp(m - m_new), tl.exp(s_new - m_new)
+    acc = acc * alpha + p * v_new.to(tl.float32)
+    total = total * alpha + p
+    tl.store(O + row * s_ob + head * s_oh + d, (acc / total).to(O.dtype.element_ty))
+    tl.store(K + cache + last * s_kl + d, k_new.to(K.dtype.element_ty))
+    tl.store(V + cache + last * s_kl + d, v_new.to(V.dtype.element_ty))
