@@ -230,7 +230,7 @@ valid = torch.ones(B, L, dtype=torch.bool)
 valid[1, :64] = False  # a whole block of keys padded
 valid[2, 5:9] = False
 for last, rows in ((0, None), (63, None), (64, valid), (131, valid), (L - 1, valid)):
-    k_new, v_new = torch.randn(B, H, 1, D), torch.randn(B, H, 1, D)
+    k_new, v_new = torch.randn(B, H, 1, D), torch.randn(H, B, 1, D).transpose(0, 1)  # v: a view
     k_want, v_want = k.clone(), v.clone()
     k_want[:, :, last], v_want[:, :, last] = k_new[:, :, 0], v_new[:, :, 0]
     keep = (torch.arange(L) <= last)[None] & (valid if rows is not None else True)

@@ -48,14 +48,13 @@ def decode_attention(q, k, v, k_cache, v_cache, last, valid=None, block: int = 6
         raise ValueError(f"the decode kernel needs a power-of-two head size, got {D}")
     if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
         raise ValueError("the decode kernel needs keys and values cached alike, the last dimension contiguous")
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if k.stride() != v.stride():
-        raise ValueError("the decode kernel needs the new keys and values laid out alike")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # views as they come, mostly
     out = torch.empty_like(q)
     flag = valid if valid is not None else last  # any tensor: the kernel does not read it without HAS_VALID
     kernel()[(B * H,)](
         q, k, v, k_cache, v_cache, out, flag, last, 1.0 / D ** 0.5,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), out.stride(0), out.stride(1), valid.stride(0) if valid is not None else 0,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
+        valid.stride(0) if valid is not None else 0,
         H=H, D=D, BLOCK=block, HAS_VALID=valid is not None)
     return out

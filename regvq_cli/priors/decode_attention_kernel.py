@@ -6,7 +6,7 @@ import triton.language as tl
 
 @triton.jit
 def decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
-                            s_qb, s_qh, s_nb, s_nh, s_kb, s_kh, s_kl, s_ob, s_oh, s_valid,
+                            s_qb, s_qh, s_knb, s_knh, s_vnb, s_vnh, s_kb, s_kh, s_kl, s_ob, s_oh, s_valid,
                             H: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, HAS_VALID: tl.constexpr):
     row, head = tl.program_id(0) // H, tl.program_id(0) % H
     last = tl.load(LAST)  # the new key's position: the cache holds positions 0 .. last-1
@@ -32,8 +32,8 @@ def decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
         total = total * alpha + tl.sum(p, axis=0)
         m = m_new
     # the new key and value, from their own tensors (never read back from the cache they are written to)
-    k_new = tl.load(KN + row * s_nb + head * s_nh + d)
-    v_new = tl.load(VN + row * s_nb + head * s_nh + d)
+    k_new = tl.load(KN + row * s_knb + head * s_knh + d)
+    v_new = tl.load(VN + row * s_vnb + head * s_vnh + d)
     s_new = tl.sum(k_new.to(tl.float32) * q, axis=0)
     m_new = tl.maximum(m, s_new)
     alpha, p = tl.exp(m - m_new), tl.exp(s_new - m_new)
