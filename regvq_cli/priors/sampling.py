@@ -1,7 +1,7 @@
 """Samplers for the priors: pure functions, one batch of n samples per call, k-diffusion style.
 
     sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback,
-              cuda_graphs, compile)                                                        -> [n, h, w]
+              cuda_graphs, compile, attention)                                             -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
                      generator, callback, cuda_graphs, compile)                            -> [n, h, w]
 
