@@ -48,7 +48,7 @@ def decode_attention(q, k, v, k_cache, v_cache, last, valid=None, block: int = 6
         raise ValueError(f"the decode kernel needs a power-of-two head size, got {D}")
     if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
         raise ValueError("the decode kernel needs keys and values cached alike, the last dimension contiguous")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # views as they come, mostly
+    q, k, v = [t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v)]  # views as they come, mostly
     out = torch.empty_like(q)
     flag = valid if valid is not None else last  # any tensor: the kernel does not read it without HAS_VALID
     kernel()[(B * H,)](
