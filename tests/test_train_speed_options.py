@@ -379,6 +379,45 @@ def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
     assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in ("loss", "perceptual", "pcl", "g_loss"))
 
 
+class TwoLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(F.gelu(self.a(x)))
+
+
+def test_counting_a_steps_flops_leaves_compiled_modules_compiled():
+    """A training run counts one step's FLOPs under a dispatch mode. A compiled module called inside one was not
+    compiled and ran eagerly ever after, so `--compile` trained eagerly; the counter now runs compiled modules
+    eagerly inside it and leaves their compiled code alone, whether the counted call comes first or later."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def compiled_regions(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(e.count for e in prof.key_averages() if "Torch-Compiled Region" in e.key)
+
+    for counted_first in (True, False):
+        torch._dynamo.reset()
+        m = TwoLayers()  # user code: torch.compile passes over torch's own nn.Sequential
+        m.compile()
+        x = torch.randn(3, 8)
+
+        def step():
+            m(x).square().mean().backward()
+
+        if not counted_first:
+            step()
+        with common.flop_counter() as counter:
+            step()
+        fwd = 2 * 3 * 8 * 16 + 2 * 3 * 16 * 4  # backward: both weight gradients, the input gradient of the second
+        assert counter.total == fwd + fwd + 2 * 3 * 16 * 4
+        step()  # compiles now if the counted call came first
+        assert compiled_regions(step) > 0, counted_first
+
+
 def test_the_peak_that_mfu_divides_by(monkeypatch):
     from regvq_cli.train.common import peak_flops
 

@@ -336,11 +336,16 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
+@contextlib.contextmanager
 def flop_counter():
     """A context that counts the matmul, convolution and attention FLOPs of everything run inside it, forward and
     backward, from the shapes (torch's FLOP formulas); ``.total`` after. Unlike torch's FlopCounterMode it puts
     no hooks on modules: those reorder gradient accumulation, and a counted step must give the same bits as an
-    uncounted one (a resumed run matches an uninterrupted one)."""
+    uncounted one (a resumed run matches an uninterrupted one).
+
+    Compiled modules run eagerly inside it (so with --compile the counted step has the eager step's bits): a
+    compiled function called under a dispatch mode is not compiled, and torch.compile then ran it eagerly for good,
+    every later step of a `--compile` run included."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
@@ -366,7 +371,10 @@ def flop_counter():
                 self.total += formula(*args, **kwargs, out_val=out)
             return out
 
-    return FlopCount()
+    counter = FlopCount()
+    stance = getattr(torch.compiler, "set_stance", None)  # torch 2.6 and newer
+    with stance("force_eager") if stance else contextlib.nullcontext(), counter:
+        yield counter
 
 
 # ---- precision, compile, schedule -------------------------------------------------------------------------
