@@ -59,7 +59,7 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_tokenizer import floor_columns, tokenizer_gflop
+    from bench_tokenizer import floor_columns, peak_memory_gib, tokenizer_gflop
 
     gflop = tokenizer_gflop(tokenizer)[1]
     if device.type == "cuda":
@@ -76,8 +76,7 @@ def main(argv=None):
               "model_only_images_per_s": round(model_ips, 1),
               "end_to_end": floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
               "model_only": floor_columns(model_ips, gflop, args.peak_tflops),
-              "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
-              if device.type == "cuda" else None, "device": str(device), "dtype": str(dtype),
+              "peak_memory_gib": peak_memory_gib(device), "device": str(device), "dtype": str(dtype),
               "batch_size": args.batch_size, "model": args.preset if args.model.startswith(str(tmp)) else args.model,
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)

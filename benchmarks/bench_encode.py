@@ -122,7 +122,7 @@ def main(argv=None):
     loader_rate = loader_images_per_s(args.jpeg_dir, tokenizer.config.image_size, opts, device.type == "cuda") \
         if args.loader_only else None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_tokenizer import floor_columns, tokenizer_gflop
+    from bench_tokenizer import floor_columns, peak_memory_gib, tokenizer_gflop
 
     gflop = tokenizer_gflop(tokenizer)[0]
     if device.type == "cuda":
@@ -130,8 +130,7 @@ def main(argv=None):
     summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", tokenizer, device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
               **floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
-              "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
-              if device.type == "cuda" else None,
+              "peak_memory_gib": peak_memory_gib(device),
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),

@@ -26,10 +26,11 @@ def count_flops(fn, *args) -> int:
     return counter.get_total_flops()
 
 
-def tokenizer_gflop(model) -> tuple[float, float]:
-    """GFLOP per image of a tokenizer's encode and decode at its image size, counted on one image where it is."""
+def tokenizer_gflop(model, size: int | None = None) -> tuple[float, float]:
+    """GFLOP per image of a tokenizer's encode and decode at `size` (default: its image size), counted on one image
+    where the model is, in its dtype."""
     p = next(model.parameters())
-    size = model.config.image_size
+    size = size or model.config.image_size
     x = (torch.rand(1, 3, size, size, device=p.device) * 2 - 1).to(p.dtype)
     with torch.inference_mode():
         return count_flops(model.encode, x) / 1e9, count_flops(model.decode, model.encode(x)) / 1e9
@@ -39,6 +40,13 @@ def floor_columns(images_per_s: float, gflop_per_image: float, peak_tflops: floa
     """ms per image, GFLOP per image and the fraction of the FLOP floor at that rate (the benchmark tables' columns)."""
     return {"ms_per_image": round(1000 / max(images_per_s, 1e-9), 3), "gflop_per_image": float(f"{gflop_per_image:.4g}"),
             "floor_fraction": float(f"{images_per_s * gflop_per_image / (peak_tflops * 1e3):.3g}")}
+
+
+def peak_memory_gib(device) -> float | None:
+    """The peak GPU memory since the last `torch.cuda.reset_peak_memory_stats` (None on a CPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
 
 
 def timed(fn, arg, device, iters: int, warmup: int) -> float:
@@ -96,19 +104,17 @@ def main(argv=None):
     images = torch.rand(args.batch_size, 3, size, size, device=device) * 2 - 1
     with torch.inference_mode():
         indices = runner.encode(images)
-        enc_flops = count_flops(model.encode, images[:1].to(dtype) if dtype != torch.float32 else images[:1])
-        dec_flops = count_flops(model.decode, indices[:1])
         t_enc = timed(runner.encode, images, device, args.iters, args.warmup)
         t_dec = timed(runner.decode, indices, device, args.iters, args.warmup)
     rows = []
-    for name, t, flops in (("encode", t_enc, enc_flops), ("decode", t_dec, dec_flops)):
+    for name, t, gflop in zip(("encode", "decode"), (t_enc, t_dec), tokenizer_gflop(model, size)):
         ips = args.batch_size / t
-        rows.append({"op": name, "images_per_s": round(ips, 1), **floor_columns(ips, flops / 1e9, args.peak_tflops)})
+        rows.append({"op": name, "images_per_s": round(ips, 1), **floor_columns(ips, gflop, args.peak_tflops)})
     result = {
         "model": args.model or args.preset, "image_size": size, "batch_size": args.batch_size, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "dtype": str(dtype),
         "compile": args.compile, "channels_last": args.channels_last, "torch": torch.__version__,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "peak_memory_gib": peak_memory_gib(device),
         "rows": rows, "command": " ".join(["python"] + sys.argv),
     }
     if args.json:
