@@ -344,10 +344,11 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
             x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
             if sampler == "vq":
                 ts = _timesteps(T, steps)
+                pairs = list(zip(ts[:-1], ts[1:]))  # (t, s): each step goes from t to s
                 # every step's posterior coefficients [steps, 10], on the device before the loop: built per step on
                 # the host, each step's copy would wait for the GPU to finish the step before (a sync per step)
-                coefs = torch.cat([model.coefs(t, s) for t, s in zip(ts[:-1], ts[1:])]).to(device)
-                for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+                coefs = torch.cat([model.coefs(t, s) for t, s in pairs]).to(device)
+                for i, (t, s) in enumerate(pairs):
                     log_post = model.q_posterior(predict(x, t), x, coefs[i:i + 1])  # [n, N, K+1]
                     if s == 0:
                         log_post[..., K] = float("-inf")  # x_0 is never [MASK]
