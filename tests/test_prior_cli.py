@@ -412,3 +412,17 @@ def test_init_refuses_another_architecture_or_other_data(work, ar_model, tmp_pat
         assert not (tmp_path / "run").exists()
     line = one_line_error(train(work / "tokens", tmp_path / "run", "--init", work / "tok"))
     assert "needs a prior" in line
+
+
+def test_only_rank_zero_reports_the_export(monkeypatch, capsys):
+    """Under torchrun only rank 0's progress callback counts steps: another rank must not warn that none ran."""
+    from regvq_cli.cli import _common
+
+    monkeypatch.setattr(_common, "_verbosity", 0)
+    monkeypatch.setenv("RANK", "1")
+    _common.report_export("run/model", "run", 0, 5, as_json=True)
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv("RANK", "0")
+    _common.report_export("run/model", "run", 0, 5, as_json=True)
+    out, err = capsys.readouterr()
+    assert "no training step ran" in err and json.loads(out)["model"] == "run/model"
