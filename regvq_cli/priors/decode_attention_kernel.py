@@ -11,7 +11,7 @@ def decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
     row, head = tl.program_id(0) // H, tl.program_id(0) % H
     last = tl.load(LAST)  # the new key's position: the cache holds positions 0 .. last-1
     d = tl.arange(0, D)
-    q = tl.load(Q + row * s_qb + head * s_qh + d).to(tl.float32) * scale  # [D]
+    q = (tl.load(Q + row * s_qb + head * s_qh + d).to(tl.float32) * scale).to(tl.float32)  # [D]; scale may come as fp64
     m = tl.full([], float("-inf"), tl.float32)  # running max of the scores
     total = tl.zeros([], tl.float32)  # running sum of exp(score - m)
     acc = tl.zeros([D], tl.float32)  # running sum of exp(score - m) * value
