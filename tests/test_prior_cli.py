@@ -220,6 +220,41 @@ def test_sampler_options_are_for_diffusion_only(ar_model, tmp_path):
     assert r.returncode == 2 and b"diffusion priors only" in r.stderr
 
 
+def test_attention_option_needs_an_ar_prior_on_cuda_with_triton(ar_model, diffusion_model, tmp_path):
+    env_interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        r = invoke("sample", "-m", ar_model, "--class", "cat", "--attention", "triton", "--device", "cpu",
+                   "-o", tmp_path / "x.png")
+        assert r.returncode == 2 and b"--attention triton needs a CUDA device" in r.stderr
+        r = invoke("sample", "-m", diffusion_model, "--class", "cat", "--attention", "triton", "-o", tmp_path / "x.png")
+        assert r.returncode == 2 and b"AR priors only" in r.stderr
+    finally:
+        if env_interpret is not None:
+            os.environ["TRITON_INTERPRET"] = env_interpret
+
+
+def test_attention_option_reaches_the_ar_sampler(ar_model, tmp_path, monkeypatch):
+    """`--attention triton` is passed to `sample_ar` (the kernel's own tokens are tested in test_priors_ar_static.py,
+    through Triton's interpreter); stood in here by the SDPA path, so the tokens are the default's."""
+    from regvq_cli.data.dataset import TokenDataset
+    from regvq_cli.priors import decode_attention, sampling
+
+    seen, real = [], sampling.sample_ar
+
+    def recording(*args, attention, **kwargs):
+        seen.append(attention)
+        return real(*args, attention="sdpa", **kwargs)
+
+    args = ["sample", "-m", ar_model, "--class", "cat", "-n", "3", "--batch-size", "2", "--seed", "2", "--device", "cpu"]
+    ok(invoke(*args, "--tokens-out", tmp_path / "sdpa"))
+    monkeypatch.setattr(sampling, "sample_ar", recording)
+    monkeypatch.setattr(decode_attention, "available", lambda device: True)
+    ok(invoke(*args, "--attention", "triton", "--tokens-out", tmp_path / "triton"))
+    assert seen == ["triton", "triton"]
+    a, b = TokenDataset(tmp_path / "sdpa"), TokenDataset(tmp_path / "triton")
+    assert all(torch.equal(a[i]["tokens"], b[i]["tokens"]) for i in range(3))
+
+
 def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path):
     """--compile runs the AR decode step, or the diffusion denoiser, through torch.compile (here on the CPU): the
     same kind of output, and for the diffusion prior the tokens of the same command without it."""
@@ -234,6 +269,19 @@ def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path
                   "--tokens-out", tmp_path / name, "--device", "cpu", *flags))
     plain, compiled = TokenDataset(tmp_path / "plain"), TokenDataset(tmp_path / "compiled")
     assert all(torch.equal(plain[i]["tokens"], compiled[i]["tokens"]) for i in range(2))
+
+
+@pytest.mark.gpu
+def test_attention_triton_on_a_gpu_is_reproducible(ar_model, tmp_path):
+    """The Triton decode kernel through the command on CUDA (bf16, CUDA graphs): the same seed, the same tokens."""
+    from regvq_cli.data.dataset import TokenDataset
+
+    pytest.importorskip("triton")
+    for name in ("a", "b"):
+        ok(invoke("sample", "-m", ar_model, "--class", "cat", "--class", "dog", "-n", "2", "--seed", "3",
+                  "--attention", "triton", "--tokens-out", tmp_path / name, "--device", "cuda"))
+    a, b = TokenDataset(tmp_path / "a"), TokenDataset(tmp_path / "b")
+    assert all(torch.equal(a[i]["tokens"], b[i]["tokens"]) for i in range(4))
 
 
 @pytest.mark.gpu

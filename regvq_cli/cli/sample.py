@@ -40,13 +40,14 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
 @click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
 @click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step and the draw (on an H200, with the CUDA graphs sampling records anyway, 1.3-1.4x faster at batch 1 and 256); diffusion, the denoiser. Slower on a CPU.")
+@click.option("--attention", type=click.Choice(["sdpa", "triton"]), default="sdpa", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which reads only the written cache and appends to it in the same kernel (CUDA, needs triton; on an H200 at batch 256 with --compile, 1.4x the images/s).")
 @device_options
 @offline_option
 @json_option
 @batch_size_hint
 def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, guidance, temperature, top_k, top_p,
-           steps, sampler, batch_size, tokenizer_spec, out, grid_sheet, cols, tokens_out, compile_, device, dtype, offline,
-           as_json):
+           steps, sampler, batch_size, tokenizer_spec, out, grid_sheet, cols, tokens_out, compile_, attention, device,
+           dtype, offline, as_json):
     """Generate images from a prior trained with `regvq train-prior`.
 
     \b
@@ -87,6 +88,14 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     pc = prior.config
     if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
         raise click.UsageError("--steps and --sampler apply to diffusion priors only")
+    if prior.model_type == "diffusion" and attention != "sdpa":
+        raise click.UsageError("--attention applies to AR priors only")
+    if attention == "triton":
+        from regvq_cli.priors import decode_attention
+
+        if not decode_attention.available(dev):
+            raise click.UsageError(f"--attention triton needs a CUDA device and triton installed (the prior is on "
+                                   f"{dev}); leave --attention at sdpa")
     tokenizer = tok_sha = None
     if out is not None or kind == "segmaps":
         tokenizer, tok_sha = load_tokenizer(prior, tokenizer_spec, offline)
@@ -115,6 +124,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
                    cuda_graphs=dev.type == "cuda")
     if prior.model_type == "diffusion":
         options.update(steps=steps, sampler=sampler or "vq")
+    else:
+        options.update(attention=attention)
     files, sheet, done = [], [], 0
     t0 = time.perf_counter()
     try:

@@ -56,7 +56,7 @@ OPTIONS = [
     ("--time-limit", "time_limit", POSITIVE, None, "Stop after this many seconds of training, checkpoint and export."),
     ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
     ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
-    ("--compile/--no-compile", "compile", bool, False, "torch.compile the model."),
+    ("--compile/--no-compile", "compile", bool, False, "torch.compile the model: a minute or so of compilation first, then on an H200 1.7x the grids/s of an ar-b step (docs/performance.md)."),
     ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA (CPU training stays fp32)."),
     ("--device", "device", str, None, "cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
     # bookkeeping
