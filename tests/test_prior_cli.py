@@ -93,6 +93,17 @@ def test_a_run_with_no_step_to_take_says_so(work, tmp_path):
     assert r.stderr.count(b"no training step ran: the run was already at --max-steps (1)") == 1
 
 
+def test_val_size_holds_grids_out_and_scores_them(work, tmp_path):
+    from regvq_cli.train.common import read_metrics
+
+    ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--val-size", "2"))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert "val_loss" in records[-1] and all("val_loss" not in r for r in records[:-1])
+    assert "| val_loss |" in (tmp_path / "run" / "model" / "README.md").read_text()
+    r = invoke("train-prior", work / "tokens", "-o", tmp_path / "bad", "--val-size", "-1")
+    assert r.returncode == 2 and b"--val-size" in r.stderr
+
+
 def test_bad_training_values_are_usage_errors(work, tmp_path):
     r = invoke("train-prior", work / "tokens", "-o", tmp_path / "run", "--cond-dropout", "1.5")
     assert r.returncode == 2 and b"cond-dropout" in r.stderr

@@ -243,7 +243,7 @@ def test_train_prior_steps_return_host_numbers_and_log_window_means(tmp_path, mo
     from regvq_cli.priors.training import PriorTrainer
 
     trainer = PriorTrainer(write_class_shards(tmp_path / "tokens"), tmp_path / "run",
-                           train_cfg(max_steps=4, log_every=2, sample_every=0))
+                           train_cfg(max_steps=4, log_every=2, checkpoint_every=2, sample_every=0))
     seen, returned = [], []
     loss_fn = trainer.model.loss
 
@@ -328,7 +328,8 @@ def _ddp_worker(rank, port, tmp):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
-    trainer = PriorTrainer(tmp / "tokens", tmp / "run", train_cfg(max_steps=3, log_every=1, sample_every=0))
+    trainer = PriorTrainer(tmp / "tokens", tmp / "run", train_cfg(max_steps=3, log_every=1, sample_every=0,
+                                                                   val_size=8))
     first = trainer._next_batch()[0]
     trainer.batches, trainer._batch_iter = 0, None
     trainer.run()
@@ -355,8 +356,64 @@ def test_ddp_training_keeps_ranks_in_sync(tmp_path):
         for k in r0[part]:
             assert torch.equal(r0[part][k], r1[part][k]), (part, k)
     assert r0["batches"] == r1["batches"] == 3
-    assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in records] == [1, 2, 3]
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    # the held-out score, each rank scoring 4 of the 8 grids, is the whole set's (one process, the same EMA weights)
+    assert "val_loss" in records[-1] and "val_loss" not in records[0]
+    assert records[-1]["val_loss"] == pytest.approx(_held_out_loss(tmp_path, r0["ema"], 8), rel=1e-5)
+
+
+def _held_out_loss(tmp, ema_state, val_size):
+    """The mean loss of an ar-test prior with these weights over the held-out grids of tmp/tokens, in one batch."""
+    from regvq_cli.priors.training import PriorTrainer
+
+    t = PriorTrainer(tmp / "tokens", tmp / "other-run", train_cfg(val_size=val_size))
+    t.model.load_state_dict(ema_state)
+    t.model.eval()
+    with torch.no_grad():
+        return float(t.model.loss(t.data.tokens[t.val_idx].long(), t.data.labels[t.val_idx])[0])
+
+
+def test_held_out_grids_are_never_trained_on_and_scored_at_checkpoints(tmp_path, monkeypatch):
+    """--val-size grids leave the training batches (a fixed draw, the same for another run on the folder) and the
+    EMA model's loss on them is logged at each checkpoint and at the end, without touching the training RNG."""
+    from regvq_cli.errors import RegvqError
+    from regvq_cli.priors.training import PriorTrainer, held_out_split
+    from regvq_cli.train.common import read_metrics
+
+    tokens = write_class_shards(tmp_path / "tokens")
+    trainer = PriorTrainer(tokens, tmp_path / "run", train_cfg(max_steps=5, log_every=1, checkpoint_every=2,
+                                                               sample_every=0, val_size=8))
+    val, train = set(trainer.val_idx.tolist()), set(trainer.train_idx.tolist())
+    assert len(val) == 8 and not val & train and val | train == set(range(48))
+    seen, condition = [], trainer._condition
+    monkeypatch.setattr(trainer, "_condition", lambda idx: seen.extend(idx.tolist()) or condition(idx))
+    for _ in range(10):  # two passes over the 40 training grids
+        trainer._next_batch()
+    assert set(seen) == train
+    trainer.batches, trainer._batch_iter = 0, None
+    rng = torch.get_rng_state()
+    score = trainer.evaluate()["val_loss"]
+    assert torch.equal(torch.get_rng_state(), rng) and trainer.evaluate()["val_loss"] == score
+    trainer.run()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4, 5]
+    assert records[-1]["val_loss"] == pytest.approx(
+        _held_out_loss(tmp_path, trainer.ema.model.state_dict(), 8), rel=1e-5)
+    assert "val_loss" in (tmp_path / "run" / "model" / "README.md").read_text()
+    again = PriorTrainer(tokens, tmp_path / "run2", train_cfg(val_size=8))
+    assert torch.equal(again.val_idx, trainer.val_idx)
+    # a diffusion prior's score draws timesteps and noise: from a fixed seed, the training RNG left as it was
+    diffusion = PriorTrainer(tokens, tmp_path / "run3", train_cfg(kind="diffusion", preset="diffusion-test",
+                                                                  val_size=8))
+    rng = torch.get_rng_state()
+    score = diffusion.evaluate()["val_loss"]
+    assert torch.equal(torch.get_rng_state(), rng) and diffusion.evaluate()["val_loss"] == score
+    assert held_out_split(48, None)[0].numel() == 0  # 1% of 48: none
+    assert held_out_split(50_000, None)[0].numel() == 500 and held_out_split(500_000, None)[0].numel() == 1000
+    with pytest.raises(RegvqError, match="leaves none of the 48 token grids"):
+        held_out_split(48, 48)
 
 
 @pytest.mark.gpu

@@ -63,6 +63,7 @@ OPTIONS = [
     ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
     ("--sample-every", "sample_every", click.IntRange(0), 1000, "Write sample grids to OUT/samples every N steps (0: never)."),
     ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 1000, "Save the resume state every N steps."),
+    ("--val-size", "val_size", click.IntRange(0), None, "Token grids held out of training (a fixed draw) and scored by the EMA weights at every checkpoint and at the end: val_loss in metrics.jsonl, beside the training loss, shows memorising. Default: 1% of the grids, at most 1,000; 0: none."),
     ("--num-samples", "num_samples", click.IntRange(0), 8, "Grids in each sample write."),
     ("--sample-cfg", "sample_cfg", click.FloatRange(0), 1.5, "Guidance scale of the sample grids."),
     ("--sample-steps", "sample_steps", click.IntRange(1), None, "diffusion: steps of the sample grids (default: all timesteps)."),

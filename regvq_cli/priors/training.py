@@ -6,14 +6,17 @@ regvq_cli.train.loop and the shared machinery of regvq_cli.train.common. The run
 
     state.pt                resume state (model, EMA, optimizer, step, RNG states, data position); a rerun on
                             the same directory continues from it
-    metrics.jsonl           every ``log_every`` steps: loss terms, lr, samples/s, step (rank 0 only)
+    metrics.jsonl           every ``log_every`` steps: loss terms, lr, samples/s, step (rank 0 only); at each
+                            checkpoint and at the end also ``val_loss``, the EMA model's loss on held-out grids
     text_states.safetensors text conditioning: the encoder's states of every distinct caption, computed once
     samples/step-NNNNNN.npy sampled token grids from the EMA model, and .png when the shards' tokenizer loads
     model/                  the exported EMA weights (config.json + model.safetensors + README.md)
 
 Token grids are small, so the whole folder is held in memory: tokens, labels, captions, and segmentation maps
 resized (nearest) to the token grid. Batches come from ShardedBatchSampler: deterministic, rank-sharded and
-resumable by the number of batches consumed.
+resumable by the number of batches consumed. `val_size` grids (a fixed draw, the same for every run on the same
+folder) are held out of training and scored at each checkpoint: a training loss far below the held-out one means
+the prior is memorising its data rather than learning what the conditions say.
 
 The condition kind defaults to what the shards carry ("auto": labels -> class, captions -> text, maps ->
 segmap; it must be named when a folder has more than one). Rows without a label (-1) or with an empty caption
@@ -57,6 +60,7 @@ from regvq_cli.train.data import ShardedBatchSampler
 from regvq_cli.train.loop import Trainer
 
 STATE_FORMAT = "regvq-train-prior-state"
+VAL_SEED = 20230601  # the held-out draw and the diffusion scores' timesteps: fixed, so runs and steps compare
 TEXT_STATES_NAME = "text_states.safetensors"
 
 
@@ -94,6 +98,7 @@ class TrainPriorConfig:
     log_every: int = 50
     sample_every: int = 1000  # 0: never
     checkpoint_every: int = 1000
+    val_size: int | None = None  # grids held out and scored at checkpoints; None: 1% of them, at most 1,000
     num_samples: int = 8
     sample_cfg: float = 1.5  # guidance scale of the sample grids
     sample_steps: int | None = None  # diffusion sample grids; None: all timesteps
@@ -120,6 +125,8 @@ class TrainPriorConfig:
             raise RegvqError(f"unknown condition {self.cond!r}: choose auto, none, class, text or segmap")
         if self.grad_accum < 1 or self.batch_size < 1 or self.max_steps < 0:
             raise RegvqError("batch size and gradient accumulation must be >= 1, max steps >= 0")
+        if self.val_size is not None and self.val_size < 0:
+            raise RegvqError(f"the held-out set's size must be >= 0, got {self.val_size}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise RegvqError(f"condition dropout must lie in [0, 1), got {self.cond_dropout}")
 
@@ -167,6 +174,16 @@ class TokenData:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+
+def held_out_split(n: int, val_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out rows, training rows) of n token grids, each sorted: val_size rows drawn with VAL_SEED (None: 1% of
+    n, at most 1,000; 0: none), the same draw for every run on the same folder."""
+    k = min(1000, n // 100) if val_size is None else val_size
+    if k >= n:
+        raise RegvqError(f"--val-size {k} leaves none of the {n} token grids to train on: lower it (0 holds none out)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    return perm[:k].sort().values, perm[k:].sort().values
 
 
 def resolve_cond(cfg: TrainPriorConfig, fields: set[str], path) -> str:
@@ -293,6 +310,7 @@ class PriorTrainer(Trainer):
         self.cond = self._resolve_cond(fields)
         want = {"class": {"labels"}, "text": {"captions"}, "segmap": {"segmaps"}}.get(self.cond, set())
         self.data = TokenData(tokens_dir, want)
+        self.val_idx, self.train_idx = held_out_split(len(self.data), cfg.val_size)
         self.table = self._text_table() if self.cond == "text" else None
         self.prior_cfg = self._prior_config()
 
@@ -430,10 +448,10 @@ class PriorTrainer(Trainer):
 
     def _next_batch(self):
         if self._batch_iter is None:
-            sampler = ShardedBatchSampler(len(self.data), self.cfg.batch_size, self.dist.rank,
+            sampler = ShardedBatchSampler(len(self.train_idx), self.cfg.batch_size, self.dist.rank,
                                           self.dist.world_size, self.cfg.seed, start_batch=self.batches)
             self._batch_iter = iter(sampler)
-        idx = torch.tensor([i for i, _ in next(self._batch_iter)], dtype=torch.long)
+        idx = self.train_idx[torch.tensor([i for i, _ in next(self._batch_iter)], dtype=torch.long)]
         self.batches += 1
         x = to_device(self.data.tokens[idx].long(), self.device)
         cond, missing = self._condition(idx)
@@ -469,6 +487,31 @@ class PriorTrainer(Trainer):
         self.step += 1
         self._add_pending(summed)
         return {"lr": lr, "samples": float(n * self.dist.world_size)}
+
+    # ---- held-out score -----------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """``val_loss``: the EMA model's mean loss over the held-out grids (an AR prior's: cross-entropy per token,
+        in nats), each with its own condition; diffusion timesteps and noise come from a fixed seed. Every rank
+        scores its share of the grids and the sums are reduced, so all ranks return the same number."""
+        if len(self.val_idx) == 0:
+            return {}
+        cfg, model = self.cfg, self.ema.model
+        mine = self.val_idx[self.dist.rank::self.dist.world_size]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of losses x grids, grids]
+        devices = [self.device] if self.device.type == "cuda" else []
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), autocast(self.device, cfg.bf16):
+            torch.manual_seed(VAL_SEED)
+            for start in range(0, len(mine), cfg.batch_size):
+                idx = mine[start:start + cfg.batch_size]
+                x = to_device(self.data.tokens[idx].long(), self.device)
+                cond, missing = self._condition(idx)
+                loss, _ = model.loss(x, cond, drop=missing if self.cond != "none" else None)
+                total[0] += loss.double() * len(idx)
+                total[1] += len(idx)
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(total)
+        return {"val_loss": (total[0] / total[1]).item()}
 
     # ---- samples, model card ------------------------------------------------------------------------------
     def sample_conditions(self, k: int):
@@ -547,7 +590,7 @@ class PriorTrainer(Trainer):
                 "text": f"text-conditional ({pc.text_encoder} states, {pc.text_max_tokens} tokens)",
                 "segmap": f"conditioned on segmentation maps ({pc.seg_classes} labels)"}[self.cond]
         rows = [f"| {k} | {v:.4g} |" for k, v in final.items()
-                if k in ("loss", "ce", "vlb", "grad_norm", "samples_per_s")]
+                if k in ("loss", "ce", "vlb", "val_loss", "grad_norm", "samples_per_s")]
         lines = [
             "---", "library_name: regvq", f"tags: [regvq, prior, {cfg.kind}]", "---", "",
             f"# {self.run_dir.name}: {cfg.kind} prior", "",

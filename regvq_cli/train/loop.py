@@ -20,6 +20,7 @@ then builds ``self.model`` (loading the init weights), ``self.ema`` and ``self.o
     _extra_state() -> dict      what it adds to the resume state
     _restore(state)             refuse a resume state from other settings; load what ``_extra_state`` added
     _window_extra() -> dict     fields it adds to each metrics record (optional)
+    evaluate() -> dict          held-out scores, added to the record of each checkpoint step and the last (optional)
 
 The config must have the bookkeeping fields both training configs share: max_steps, time_limit, log_every,
 sample_every, checkpoint_every, ema_decay, device, seed, command and init.
@@ -90,6 +91,9 @@ class Trainer:
         pass
 
     def _window_extra(self) -> dict[str, float]:
+        return {}
+
+    def evaluate(self) -> dict[str, float]:
         return {}
 
     def precision(self):
@@ -195,8 +199,9 @@ class Trainer:
             raise RegvqError(f"the loss became {loss} by step {self.step}: lower the learning rate (--lr) or clip "
                              "the gradient norm (--grad-clip); the last checkpoint is kept, resume from it")
 
-    def _log(self, throughput: Throughput) -> dict[str, float]:
-        """Average the window over its steps and the ranks, write one metrics record, start a new window."""
+    def _log(self, throughput: Throughput, evaluate: bool = False) -> dict[str, float]:
+        """Average the window over its steps and the ranks, write one metrics record (with ``evaluate()``'s
+        held-out scores when asked), start a new window."""
         self._flush_pending()
         avg = {k: v / max(self.window_steps, 1) for k, v in self.window.items()}
         avg = all_reduce_mean(avg, self.device)
@@ -206,8 +211,10 @@ class Trainer:
         speed = {"tflops": flop_per_s / 1e12} if flop_per_s else {}
         if flop_per_s and self.peak_flops:
             speed["mfu"] = flop_per_s / self.peak_flops
-        record = {"step": self.step, **avg, **self._window_extra(), f"{self.unit}_per_s": items_per_s, **speed,
-                  "elapsed_s": self.elapsed, "time": time.time()}
+        scores = self.evaluate() if evaluate else {}
+        throughput.t0 = time.perf_counter()  # the evaluation's seconds are not the next window's training
+        record = {"step": self.step, **avg, **scores, **self._window_extra(), f"{self.unit}_per_s": items_per_s,
+                  **speed, "elapsed_s": self.elapsed, "time": time.time()}
         self.metrics.write(record)
         self.window, self.window_steps = {}, 0
         self.last_metrics = record
@@ -287,11 +294,12 @@ class Trainer:
                         interrupted = any_rank(request.requested, self.device)
                     stop = stop or interrupted
                     done = stop or self.step >= cfg.max_steps
-                    if self.step % cfg.log_every == 0 or done:
-                        self._log(throughput)
+                    checkpoint = self.step % cfg.checkpoint_every == 0 or done
+                    if self.step % cfg.log_every == 0 or checkpoint:
+                        self._log(throughput, evaluate=checkpoint and not interrupted)
                     if cfg.sample_every > 0 and not interrupted and (self.step % cfg.sample_every == 0 or done):
                         self.sample()  # its seconds count: the time limit bounds the run's wall time
-                    if self.step % cfg.checkpoint_every == 0 or done:
+                    if checkpoint:
                         self._flush_pending()  # never save weights a non-finite loss has reached
                         self.save()
                     if callback is not None and self.main:
