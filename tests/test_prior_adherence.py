@@ -221,3 +221,30 @@ def test_object_kind_classifier_cache(pa, tmp_path, monkeypatch):
     assert again(images) == first(images)
     with pytest.raises(SystemExit, match="trained otherwise"):
         pa.KindClassifier(64, epochs=2, cache=str(cache))
+
+
+def test_caption_gain_scores_own_null_and_other_captions():
+    """caption_gain.caption_ce: per grid, the teacher-forced cross-entropy under its own caption, the null condition
+    and the next grid's caption, in batches, equal to the prior's own loss under each."""
+    import torch
+
+    from regvq_cli.priors.ar import ARConfig, ARPrior
+    from regvq_cli.priors.conditioning import prepare_condition
+
+    cg = load_benchmark("caption_gain")
+    torch.manual_seed(0)
+    cfg = ARConfig(codebook_size=16, grid_size=(2, 2), dim=32, n_layers=1, n_heads=2, cond="text", text_max_tokens=16)
+    prior = ARPrior(cfg)
+    for p in prior.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # condition-dependent predictions
+    tokens = torch.randint(0, 16, (3, 2, 2))
+    captions = ["a red bird", "a blue car on a yellow background", "a green apple at the left"]
+    got = cg.caption_ce(prior, tokens, captions, torch.device("cpu"), batch_size=2)
+    prior.eval()
+    other = captions[1:] + captions[:1]
+    for name, caps, drop in (("own", captions, False), ("null", captions, True), ("other", other, False)):
+        for i in range(3):
+            cond = prepare_condition(cfg, prompts=[caps[i]])
+            want = prior.loss(tokens[i:i + 1], cond, drop=torch.tensor([drop]))[0]
+            assert got[name][i] == pytest.approx(float(want), rel=1e-5), (name, i)
+    assert not np.allclose(got["own"], got["null"]) and not np.allclose(got["own"], got["other"])
