@@ -11,7 +11,8 @@ profile of one step.
 tokenizer: `TokenizerTrainer` on one fixed batch of random pixels already on the device (set against a real
 run's logged images/s, this tells the loader's share from the GPU's); `--gan` runs the discriminator from the
 first step (its passes and the adaptive weight included). prior: `PriorTrainer` over a token folder of random
-16x16 grids of 1,024 codes with class labels (`--cond class`, or none), read from memory as in training.
+16x16 grids of 1,024 codes with class labels (`--cond class`), captions (`--cond text`: the text encoder's states
+computed once, as in training) or none, read from memory as in training.
 `--set FIELD=VALUE` overrides a field of the trainer's config (`TrainTokenizerConfig`, `TrainPriorConfig`; VALUE
 read as JSON where it parses, else as a string): what each loss or option costs. Random weights: the speed of a
 step does not depend on what it learns.
@@ -78,7 +79,8 @@ def tokenizer_trainer(args, run_dir: Path):
 
 
 def prior_trainer(args, run_dir: Path):
-    """A PriorTrainer over a token folder of random grids (four batches of them), as `regvq encode` writes one."""
+    """A PriorTrainer over a token folder of random grids (four batches of them), as `regvq encode` writes one;
+    with --cond text each grid gets one of a few hundred captions of the caption recipe's form."""
     import numpy as np
 
     from regvq_cli.data.shards import RunInfo, write_manifest, write_shard
@@ -87,10 +89,16 @@ def prior_trainer(args, run_dir: Path):
     preset = args.preset or "ar-small"
     n, classes = 4 * args.batch_size, 10
     run = RunInfo(tokenizer_id="", tokenizer_sha256="", grid=(16, 16), codebook_size=1024, num_inputs=n,
-                  shard_size=n, labels=args.cond == "class")
+                  shard_size=n, labels=args.cond == "class", captions=args.cond == "text")
     tokens = np.random.default_rng(0).integers(0, 1024, (n, 16, 16))
     labels = np.arange(n) % classes if args.cond == "class" else None
-    write_shard(run_dir / "tokens", 0, run, tokens, [f"{i}.png" for i in range(n)], labels=labels)
+    captions = None
+    if args.cond == "text":
+        colors, things = ["red", "blue", "green", "yellow"], ["bird", "car", "apple", "flower", "fish", "house"]
+        backgrounds = ["", " on a white background", " on a black background", " at the left", " at the top"]
+        captions = [f"a {colors[i % 4]} {things[i // 4 % 6]}{backgrounds[i // 24 % 5]}" for i in range(n)]
+    write_shard(run_dir / "tokens", 0, run, tokens, [f"{i}.png" for i in range(n)], labels=labels,
+                captions=captions)
     write_manifest(run_dir / "tokens")
     cfg = make_config(TrainPriorConfig, args, kind=preset.split("-")[0], preset=preset, cond=args.cond,
                       decode_samples=False)
@@ -143,7 +151,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--gan", action="store_true", help="tokenizer: the discriminator on from the first step")
-    p.add_argument("--cond", choices=("class", "none"), default="class", help="prior: the condition")
+    p.add_argument("--cond", choices=("class", "text", "none"), default="class", help="prior: the condition")
     p.add_argument("--compile", action="store_true", help="torch.compile the model, as --compile in training")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TrainTokenizerConfig field (repeatable)")

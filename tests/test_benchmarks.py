@@ -199,6 +199,11 @@ def test_bench_train_prior_counts_the_matmul_and_attention_flops(capsys):
     # and 10 backward (torch's formulas for the flash kernels: the scores are computed again)
     matmuls, attention = 6 * params * n, 14 * cfg.n_layers * n * n * cfg.dim
     assert abs(r["tflop_per_item"] * 1e12 / (matmuls + attention) - 1) < 0.01
+    bench.main(["prior", "--preset", "ar-test", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                "--device", "cpu", "--cond", "text", "--json"])
+    t = json.loads(capsys.readouterr().out)
+    assert t["cond"] == "text" and t["per_s"] > 0
+    assert t["tflop_per_item"] > r["tflop_per_item"] * 1.1  # the caption's 32-token prefix is computed too
 
 
 def test_bench_memory_spreads_its_hard_links_over_copies(tmp_path, monkeypatch):
