@@ -453,9 +453,11 @@ class PriorTrainer(Trainer):
             self._batch_iter = iter(sampler)
         idx = self.train_idx[torch.tensor([i for i, _ in next(self._batch_iter)], dtype=torch.long)]
         self.batches += 1
-        x = to_device(self.data.tokens[idx].long(), self.device)
-        cond, missing = self._condition(idx)
-        return x, cond, missing
+        return self._rows(idx)
+
+    def _rows(self, idx: torch.Tensor):
+        """(token grids [B, h, w], raw condition, rows without one [B] bool) of dataset rows idx, on the device."""
+        return (to_device(self.data.tokens[idx].long(), self.device), *self._condition(idx))
 
     # ---- one optimisation step ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -504,8 +506,7 @@ class PriorTrainer(Trainer):
             torch.manual_seed(VAL_SEED)
             for start in range(0, len(mine), cfg.batch_size):
                 idx = mine[start:start + cfg.batch_size]
-                x = to_device(self.data.tokens[idx].long(), self.device)
-                cond, missing = self._condition(idx)
+                x, cond, missing = self._rows(idx)
                 loss, _ = model.loss(x, cond, drop=missing if self.cond != "none" else None)
                 total[0] += loss.double() * len(idx)
                 total[1] += len(idx)
