@@ -31,18 +31,19 @@ def caption_ce(prior, tokens, captions: list[str], device, batch_size: int = 32)
     import torch
     import torch.nn.functional as F
 
-    from regvq_cli.priors.conditioning import prepare_condition
+    from regvq_cli.priors.conditioning import TextStates, prepare_condition
 
     x = tokens.flatten(1).long().to(device)
-    shifted = captions[1:] + captions[:1]
+    own = prepare_condition(prior.config, prompts=captions, device=device)  # each caption encoded once
+    other = TextStates(own.states.roll(-1, 0), own.mask.roll(-1, 0))  # row i: caption i + 1
     out = {}
     prior.eval()
     with torch.no_grad():
-        for name, caps, drop in (("own", captions, False), ("null", captions, True), ("other", shifted, False)):
+        for name, states, drop in (("own", own, False), ("null", own, True), ("other", other, False)):
             scores = []
             for s in range(0, len(x), batch_size):
                 xb = x[s:s + batch_size]
-                cond = prepare_condition(prior.config, prompts=caps[s:s + batch_size], device=device)
+                cond = TextStates(states.states[s:s + batch_size], states.mask[s:s + batch_size])
                 logits = prior(xb[:, :-1], cond, cond_drop=torch.full((len(xb),), drop, device=device)).float()
                 scores.append(F.cross_entropy(logits.transpose(1, 2), xb, reduction="none").mean(1).cpu())
             out[name] = torch.cat(scores).numpy()
