@@ -41,7 +41,6 @@ weights, the discriminator and the optimizers from scratch. A resume state takes
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -364,15 +363,14 @@ class TokenizerTrainer(Trainer):
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
         if cfg.compile:
-            # In place (state-dict keys unchanged): the encoder, the decoder and the discriminator. The quantizer
-            # (Python-side schedule, collectives) stays eager, and so does the feature network (TorchScript).
-            # The GAN's adaptive weight back-propagates through the decoder's head and the discriminator twice
-            # (retain_graph=True), which a compiled backward that donates its saved buffers refuses; precision()
-            # turns donation off for the run.
-            for net in (self.model.encoder, self.model.decoder):
+            # The convolutional bodies only, in place (state-dict keys unchanged). The quantizer (Python-side
+            # schedule, collectives) stays eager, and so does the decoder's output head: the GAN's adaptive
+            # weight back-propagates to its last layer with retain_graph=True, which compiled backward graphs
+            # (donated buffers) refuse.
+            dec = self.model.decoder
+            for net in (self.model.encoder, dec.conv_in, dec.mid, *dec.levels):
                 maybe_compile(net, True)
-            if self.disc is not None:
-                self.disc.compile(dynamic=False)  # two batch sizes (B for G, 2B for D): a graph each
+
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
         # codes since the last log: on the device, read at logging
         self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64, device=self.device)
@@ -517,17 +515,8 @@ class TokenizerTrainer(Trainer):
     def _flop_phase(self) -> bool:
         return self.use_gan and self.step >= self.cfg.gan_start  # the discriminator's passes join the step
 
-    @contextlib.contextmanager
     def precision(self):
-        """TF32 and cuDNN autotuning on CUDA for this run only; with --compile, compiled backward graphs that
-        keep their saved buffers (the adaptive GAN weight runs two backward passes through the same graph)."""
-        with training_precision(self.device), contextlib.ExitStack() as stack:
-            if self.cfg.compile:
-                import torch._functorch.config as functorch_config
-
-                if hasattr(functorch_config, "donated_buffer"):  # torch 2.6 and newer
-                    stack.enter_context(functorch_config.patch(donated_buffer=False))
-            yield
+        return training_precision(self.device)  # TF32 and cuDNN autotuning on CUDA, for this run only
 
     # ---- logging, samples, model card ---------------------------------------------------------------------
     def _window_extra(self) -> dict[str, float]:
