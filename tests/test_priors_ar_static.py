@@ -307,3 +307,20 @@ def test_triton_decode_attention_in_graphs_and_compiled_steps(kind, dtype):
         both = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True,
                          cuda_graphs=True, **opts)
         assert torch.equal(both, compiled) and both.max() < K, opts
+
+
+def test_auto_attention_is_the_kernel_on_cuda_with_triton_and_sdpa_elsewhere(monkeypatch):
+    """`attention="auto"` (the default of sample_ar and `regvq sample`) picks the Triton kernel only where it can
+    run; "triton" where it cannot is an error, and unknown names are refused."""
+    from regvq_cli.priors.sampling import resolve_attention
+
+    monkeypatch.setattr(decode_attention, "available", lambda device: True)
+    assert resolve_attention("auto", "cuda:0") == "triton"
+    assert resolve_attention("auto", "cpu") == "sdpa"  # not the interpreter, which is for tests
+    assert resolve_attention("sdpa", "cuda:0") == "sdpa" and resolve_attention("triton", "cpu") == "triton"
+    monkeypatch.setattr(decode_attention, "available", lambda device: False)
+    assert resolve_attention("auto", "cuda:0") == "sdpa"
+    with pytest.raises(RegvqError, match="needs Triton"):
+        resolve_attention("triton", "cuda:0")
+    with pytest.raises(RegvqError, match="unknown attention"):
+        resolve_attention("flash", "cpu")

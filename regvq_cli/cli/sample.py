@@ -40,7 +40,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
 @click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
 @click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step and the draw (on an H200, with the CUDA graphs sampling records anyway, 1.3-1.4x faster at batch 1 and 256); diffusion, the denoiser. Slower on a CPU.")
-@click.option("--attention", type=click.Choice(["sdpa", "triton"]), default="sdpa", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which reads only the written cache and appends to it in the same kernel (CUDA, needs triton; on an H200 at batch 256 with --compile, 1.4x the images/s).")
+@click.option("--attention", type=click.Choice(["auto", "sdpa", "triton"]), default="auto", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which reads only the written cache and appends to it in the same kernel (CUDA, needs triton; on an H200 as fast as SDPA at batch 1, 1.4x the images/s at batch 256). auto: the kernel where it can run, SDPA elsewhere.")
 @device_options
 @offline_option
 @json_option
@@ -88,14 +88,14 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     pc = prior.config
     if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
         raise click.UsageError("--steps and --sampler apply to diffusion priors only")
-    if prior.model_type == "diffusion" and attention != "sdpa":
+    if prior.model_type == "diffusion" and attention == "triton":
         raise click.UsageError("--attention applies to AR priors only")
     if attention == "triton":
         from regvq_cli.priors import decode_attention
 
         if not decode_attention.available(dev):
             raise click.UsageError(f"--attention triton needs a CUDA device and triton installed (the prior is on "
-                                   f"{dev}); leave --attention at sdpa")
+                                   f"{dev}); leave --attention at auto")
     tokenizer = tok_sha = None
     if out is not None or kind == "segmaps":
         tokenizer, tok_sha = load_tokenizer(prior, tokenizer_spec, offline)

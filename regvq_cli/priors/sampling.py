@@ -207,10 +207,25 @@ def _compiled_draw():
     return _compile(_draw)
 
 
+def resolve_attention(attention: str, device) -> str:
+    """"sdpa" or "triton" for `sample_ar`'s `attention`: "auto" is the Triton kernel on a CUDA device with Triton
+    installed (on an H200 as fast as SDPA at batch 1 and 1.4x at batch 256) and SDPA elsewhere; "triton" where
+    it cannot run is an error."""
+    if attention not in ("auto", "sdpa", "triton"):
+        raise RegvqError(f"unknown attention {attention!r}; use auto, sdpa or triton")
+    on_cuda = torch.device(device).type == "cuda"
+    if attention == "auto":
+        return "triton" if on_cuda and decode_attention.available(device) else "sdpa"
+    if attention == "triton" and not decode_attention.available(device):
+        raise RegvqError(f"attention='triton' needs Triton installed and the model on a CUDA device (it is on "
+                         f"{device}); use attention='sdpa'")
+    return attention
+
+
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False,
-              compile: bool = False, attention: str = "sdpa"):
+              compile: bool = False, attention: str = "auto"):
     """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a static KV cache.
 
     One forward pass over the prefix, then N - 1 identical steps on preallocated buffers (draw x_i, then
@@ -219,7 +234,8 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     then be None (the default CUDA generator) or a CUDA generator on the model's device. compile=True compiles
     the decode step (once per model) and the draw (once); the first call pays for it. attention="triton" (CUDA,
     with Triton installed) runs the decode steps' attention through decode_attention.py's kernel, which reads
-    exactly the cache positions written, instead of SDPA over a masked window.
+    exactly the cache positions written, instead of SDPA over a masked window ("sdpa"); "auto" picks the kernel
+    where it can run (`resolve_attention`).
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     h, w = model.config.grid_size
@@ -227,11 +243,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     device = next(model.parameters()).device
     if cuda_graphs:
         _check_graphable(device, generator)
-    if attention not in ("sdpa", "triton"):
-        raise RegvqError(f"unknown attention {attention!r}; use sdpa or triton")
-    if attention == "triton" and not decode_attention.available(device):
-        raise RegvqError(f"attention='triton' needs Triton installed and the model on a CUDA device (it is on "
-                         f"{device}); use attention='sdpa'")
+    attention = resolve_attention(attention, device)
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
         B = 2 * n if guided else n
