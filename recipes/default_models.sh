@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped default models (models/regvq-tokenizer, models/regvq-text2img, models/regvq-seg2img) from
-# the recipes in this folder, on one GPU. Each stage is resumable: rerun it (with a larger time limit) and it
-# continues from runs/<stage>/state.pt.
+# the recipes in this folder, on one GPU (the priors on NPROC GPUs). Each stage is resumable: rerun it (with a
+# larger time limit) and it continues from runs/<stage>/state.pt.
 #
 #   bash recipes/default_models.sh data       # build the training sets under $DATA (CPU only; = tokdata priordata)
 #   bash recipes/default_models.sh tokenizer  # train the tokenizer on photos + emoji/clip art + scenes
@@ -20,6 +20,8 @@
 #                              the shipped priors use regvq-tokenizer, after `ship_tokenizer`)
 #   TOK_INIT                   start the tokenizer from a model's weights (e.g. regvq-tokenizer) instead of scratch
 #   T2I_KIND, SEG_KIND         ar (default) or diffusion
+#   NPROC                      GPUs of this host the priors train on (torchrun; default 1); --batch-size is per GPU
+#   COMPILE                    set (COMPILE=1) to train the priors with --compile
 #   T2I_RUN, SEG_RUN, T2I_INIT, SEG_INIT   the priors' run folder names (text2img, seg2img) and models to start
 #                              them from (e.g. regvq-text2img, to train it further)
 #   LOGIT_INIT, PRIOR_WEIGHT, PRIOR_START, PRIOR_RAMP   the tokenizer's code-logit scale at init and the prior
@@ -35,6 +37,13 @@ set -euo pipefail
 DATA=${DATA:-data}; RUNS=${RUNS:-runs}; WORKERS=${WORKERS:-$(nproc)}
 export PYTHONUNBUFFERED=1
 regvq() { python3 -m regvq_cli "$@"; }
+train_prior() {  # on NPROC GPUs of this host through torchrun, or in this process
+  if [ "${NPROC:-1}" -gt 1 ]; then
+    python3 -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m regvq_cli -q train-prior "$@"
+  else
+    regvq -q train-prior "$@"
+  fi
+}
 
 stage_data() { stage_tokdata; stage_priordata; }
 
@@ -50,7 +59,7 @@ stage_tokdata() {
 
 stage_priordata() {
   # the priors' sets: captioned objects (text2img) and scenes with label maps (seg2img)
-  [ -d "$DATA/t2i" ] || python3 recipes/text2img.py --out "$DATA/t2i" --n "${N_T2I:-40000}" --size 256 --workers "$WORKERS"
+  [ -d "$DATA/t2i" ] || python3 recipes/text2img.py --out "$DATA/t2i" --n "${N_T2I:-400000}" --size 256 --workers "$WORKERS"
   [ -d "$DATA/scenes" ] || python3 recipes/segmaps.py --out "$DATA/scenes" --n "${N_SCENES:-20000}" --size 256 --workers "$WORKERS"
 }
 
@@ -85,15 +94,15 @@ stage_tokens() {
 }
 
 stage_t2iprior() {
-  regvq -q train-prior "$RUNS/t2i-tokens" -o "$RUNS/${T2I_RUN:-text2img}" ${T2I_INIT:+--init "$T2I_INIT"} --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-small}" --cond text \
-    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-240}" \
-    --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
+  train_prior "$RUNS/t2i-tokens" -o "$RUNS/${T2I_RUN:-text2img}" ${T2I_INIT:+--init "$T2I_INIT"} --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-m}" --cond text \
+    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-760}" \
+    --sample-every 1000000 --checkpoint-every 1000 --seed 0 ${COMPILE:+--compile} --json
 }
 
 stage_segprior() {
-  regvq -q train-prior "$RUNS/scenes-tokens" -o "$RUNS/${SEG_RUN:-seg2img}" ${SEG_INIT:+--init "$SEG_INIT"} --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
+  train_prior "$RUNS/scenes-tokens" -o "$RUNS/${SEG_RUN:-seg2img}" ${SEG_INIT:+--init "$SEG_INIT"} --kind "${SEG_KIND:-ar}" --preset "${SEG_PRESET:-${SEG_KIND:-ar}-small}" --cond segmap \
     --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${SEG_STEPS:-1000000}" --time-limit "${SEG_TIME:-180}" \
-    --sample-every 1000000 --checkpoint-every 1000 --seed 0 --json
+    --sample-every 1000000 --checkpoint-every 1000 --seed 0 ${COMPILE:+--compile} --json
 }
 
 for stage in "$@"; do "stage_$stage"; done
