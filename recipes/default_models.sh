@@ -21,6 +21,7 @@
 #   TOK_INIT                   start the tokenizer from a model's weights (e.g. regvq-tokenizer) instead of scratch
 #   T2I_KIND, SEG_KIND         ar (default) or diffusion
 #   NPROC                      GPUs of this host the priors train on (torchrun; default 1); --batch-size is per GPU
+#   T2I_BATCH                  the text prior's batch size per GPU (default 128)
 #   COMPILE                    set (COMPILE=1) to train the priors with --compile
 #   T2I_RUN, SEG_RUN, T2I_INIT, SEG_INIT   the priors' run folder names (text2img, seg2img) and models to start
 #                              them from (e.g. regvq-text2img, to train it further)
@@ -95,7 +96,7 @@ stage_tokens() {
 
 stage_t2iprior() {
   train_prior "$RUNS/t2i-tokens" -o "$RUNS/${T2I_RUN:-text2img}" ${T2I_INIT:+--init "$T2I_INIT"} --kind "${T2I_KIND:-ar}" --preset "${T2I_PRESET:-${T2I_KIND:-ar}-m}" --cond text \
-    --batch-size 128 --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-760}" \
+    --batch-size "${T2I_BATCH:-128}" --lr 6e-4 --warmup-steps 200 --max-steps "${T2I_STEPS:-1000000}" --time-limit "${T2I_TIME:-760}" \
     --sample-every 1000000 --checkpoint-every 1000 --seed 0 ${COMPILE:+--compile} --json
 }
 
