@@ -156,7 +156,8 @@ def main(argv=None):
             for b in args.batch_sizes:
                 cond = torch.arange(b, device=device) % 10
                 for cfg in (1.0, args.cfg):
-                    gflop = counted_gflop(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, attention="sdpa")) / b  # torch ops
+                    # counted through SDPA: the FLOP counter sees torch's ops, not the Triton kernel's
+                    gflop = counted_gflop(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, attention="sdpa")) / b
                     for graphs, comp in variants:
                         t, mem = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
                                                          compile=comp, attention=args.attention), device)
