@@ -321,6 +321,23 @@ def kind_rates(classifier: KindClassifier, images: np.ndarray, kinds: list[str])
     return float(np.mean([a == b for a, b in zip(classifier(images), kinds)]))
 
 
+def kind_scores(classifier, images: np.ndarray, kinds: list[str]) -> dict:
+    """How often `classifier` names each image's prompted object: overall ("rate") and per object ("by_object")."""
+    named = classifier(images)
+    return {"rate": float(np.mean([a == b for a, b in zip(named, kinds)])), "by_object": kind_by_object(named, kinds)}
+
+
+def kind_by_object(named: list[str], kinds: list[str]) -> dict:
+    """Per prompted object: how often the classifier named it, out of how many, and what it named instead
+    ({"bird": {"rate": 0.5, "n": 4, "seen_as": {"bird": 2, "fish": 2}}, ...}): which objects a prior cannot draw."""
+    out = {}
+    for kind in sorted(set(kinds)):
+        seen = [a for a, b in zip(named, kinds) if b == kind]
+        counts = {k: seen.count(k) for k in sorted(set(seen), key=lambda k: (-seen.count(k), k))}
+        out[kind] = {"rate": counts.get(kind, 0) / len(seen), "n": len(seen), "seen_as": counts}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # segmap: stuff classes by colour
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +504,7 @@ def run_text(a) -> dict:
         from PIL import Image
 
         held_full = np.stack([np.asarray(Image.fromarray(h).resize((size, size), Image.Resampling.BICUBIC)) for h in held])
-        kind = {"rate": kind_rates(classifier, images, [prompts[j // a.n]["object"] for j in range(len(images))]),
+        kind = {**kind_scores(classifier, images, [prompts[j // a.n]["object"] for j in range(len(images))]),
                 "chance": 1 / len(OBJECTS),
                 "classifier_on_recipe_pictures": kind_rates(classifier, held, held_kinds),
                 "classifier_after_the_tokenizer": kind_rates(classifier, roundtrip(tok, dev, held_full, a.batch_size),
@@ -591,6 +608,7 @@ def report(r: dict) -> None:
         if kind:
             print(f"  {'object_kind':32s} {f(kind['rate'])}   chance {f(kind['chance'])}   recipe pictures "
                   f"{f(kind['classifier_on_recipe_pictures'])}, after tokenizer {f(kind['classifier_after_the_tokenizer'])}")
+            print("  " + ", ".join(f"{k} {f(v['rate'])} of {v['n']}" for k, v in kind["by_object"].items()))
     else:
         print(f"{r['scenes']} scenes (seed {r['scene_seed']}) x {r['n_per_scene']} = {r['images']} images")
         rows = ["generated", "ceiling_real", "ceiling_tokenizer", "floor_shuffled_real", "floor_shuffled_generated"]

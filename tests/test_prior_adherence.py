@@ -248,3 +248,16 @@ def test_caption_gain_scores_own_null_and_other_captions():
             want = prior.loss(tokens[i:i + 1], cond, drop=torch.tensor([drop]))[0]
             assert got[name][i] == pytest.approx(float(want), rel=1e-5), (name, i)
     assert not np.allclose(got["own"], got["null"]) and not np.allclose(got["own"], got["other"])
+
+
+def test_object_kind_by_object_counts_what_each_object_was_named(pa):
+    named = ["bird", "fish", "bird", "car", "car", "house"]
+    wanted = ["bird", "bird", "bird", "car", "car", "car"]
+    got = pa.kind_by_object(named, wanted)
+    assert got["bird"] == {"rate": 2 / 3, "n": 3, "seen_as": {"bird": 2, "fish": 1}}
+    assert got["car"] == {"rate": 2 / 3, "n": 3, "seen_as": {"car": 2, "house": 1}}
+    assert list(got) == ["bird", "car"]
+    assert pa.kind_by_object(["fish"], ["apple"])["apple"] == {"rate": 0.0, "n": 1, "seen_as": {"fish": 1}}
+    images = np.zeros((6, 8, 8, 3), np.uint8)
+    scores = pa.kind_scores(lambda x: named[:len(x)], images, wanted)  # a stand-in classifier
+    assert scores == {"rate": 4 / 6, "by_object": got}
