@@ -327,6 +327,14 @@ def kind_scores(classifier, images: np.ndarray, kinds: list[str]) -> dict:
     return {"rate": float(np.mean([a == b for a, b in zip(named, kinds)])), "by_object": kind_by_object(named, kinds)}
 
 
+def rate_at_mix(by_object: dict, kinds: list[str]) -> float | None:
+    """The rate `kind_by_object`'s per-object rates give at another mix of objects (one entry per picture in
+    `kinds`); None when an object of `kinds` is missing from `by_object`."""
+    if not set(kinds) <= set(by_object):
+        return None
+    return float(np.mean([by_object[k]["rate"] for k in kinds]))
+
+
 def kind_by_object(named: list[str], kinds: list[str]) -> dict:
     """Per prompted object: how often the classifier named it, out of how many, and what it named instead
     ({"bird": {"rate": 0.5, "n": 4, "seen_as": {"bird": 2, "fish": 2}}, ...}): which objects a prior cannot draw."""
@@ -504,11 +512,15 @@ def run_text(a) -> dict:
         from PIL import Image
 
         held_full = np.stack([np.asarray(Image.fromarray(h).resize((size, size), Image.Resampling.BICUBIC)) for h in held])
-        kind = {**kind_scores(classifier, images, [prompts[j // a.n]["object"] for j in range(len(images))]),
+        wanted = [prompts[j // a.n]["object"] for j in range(len(images))]
+        after = kind_scores(classifier, roundtrip(tok, dev, held_full, a.batch_size), held_kinds)
+        kind = {**kind_scores(classifier, images, wanted),
                 "chance": 1 / len(OBJECTS),
                 "classifier_on_recipe_pictures": kind_rates(classifier, held, held_kinds),
-                "classifier_after_the_tokenizer": kind_rates(classifier, roundtrip(tok, dev, held_full, a.batch_size),
-                                                             held_kinds),
+                "classifier_after_the_tokenizer": after["rate"],
+                # the held-out pictures follow the recipe's object mix (birds and cars 5x), the prompts do not
+                "classifier_after_the_tokenizer_at_the_prompts_mix": rate_at_mix(after["by_object"], wanted),
+                "classifier_by_object_after_the_tokenizer": after["by_object"],
                 "classifier": f"4-layer CNN at {KIND_SIZE} px trained on {a.kind_train} recipe pictures of "
                               f"{', '.join(OBJECTS)} (seed {KIND_SEED}); held-out pictures seed {KIND_SEED + 1}"}
     return {"mode": "text", "model": prior.regvq_id, "tokenizer": tok.regvq_id, "seed": a.seed, "cfg": a.cfg,
@@ -607,7 +619,8 @@ def report(r: dict) -> None:
         kind = r.get("object_kind")
         if kind:
             print(f"  {'object_kind':32s} {f(kind['rate'])}   chance {f(kind['chance'])}   recipe pictures "
-                  f"{f(kind['classifier_on_recipe_pictures'])}, after tokenizer {f(kind['classifier_after_the_tokenizer'])}")
+                  f"{f(kind['classifier_on_recipe_pictures'])}, after tokenizer {f(kind['classifier_after_the_tokenizer'])}"
+                  f" ({f(kind['classifier_after_the_tokenizer_at_the_prompts_mix'])} at the prompts' object mix)")
             print("  " + ", ".join(f"{k} {f(v['rate'])} of {v['n']}" for k, v in kind["by_object"].items()))
     else:
         print(f"{r['scenes']} scenes (seed {r['scene_seed']}) x {r['n_per_scene']} = {r['images']} images")

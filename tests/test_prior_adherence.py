@@ -261,3 +261,12 @@ def test_object_kind_by_object_counts_what_each_object_was_named(pa):
     images = np.zeros((6, 8, 8, 3), np.uint8)
     scores = pa.kind_scores(lambda x: named[:len(x)], images, wanted)  # a stand-in classifier
     assert scores == {"rate": 4 / 6, "by_object": got}
+
+
+def test_rate_at_another_object_mix(pa):
+    """The classifier's ceiling at the prompts' mix of objects: its per-object rates averaged over the prompts'
+    objects, not over the held-out pictures' (where birds and cars are five times as common)."""
+    by_object = pa.kind_by_object(["bird", "bird", "bird", "fish"], ["bird", "bird", "fish", "fish"])
+    assert pa.rate_at_mix(by_object, ["bird", "bird", "fish", "fish"]) == 0.75
+    assert pa.rate_at_mix(by_object, ["fish", "fish", "fish", "bird"]) == pytest.approx(0.625)
+    assert pa.rate_at_mix(by_object, ["fish", "house"]) is None
