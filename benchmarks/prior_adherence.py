@@ -321,7 +321,7 @@ class KindClassifier:
 
 
 def kind_rates(classifier: KindClassifier, images: np.ndarray, kinds: list[str]) -> float:
-    return float(np.mean([a == b for a, b in zip(classifier(images), kinds)]))
+    return kind_scores(classifier, images, kinds)["rate"]
 
 
 def kind_scores(classifier, images: np.ndarray, kinds: list[str]) -> dict:
