@@ -90,12 +90,15 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
         raise click.UsageError("--steps and --sampler apply to diffusion priors only")
     if prior.model_type == "diffusion" and attention == "triton":
         raise click.UsageError("--attention applies to AR priors only")
-    if attention == "triton":
-        from regvq_cli.priors import decode_attention
+    if prior.model_type != "diffusion":
+        from regvq_cli.errors import RegvqError
+        from regvq_cli.priors.sampling import resolve_attention
 
-        if not decode_attention.available(dev):
+        try:  # here, before the tokenizer loads, as a usage error that names the flag
+            attention = resolve_attention(attention, dev)
+        except RegvqError:
             raise click.UsageError(f"--attention triton needs a CUDA device and triton installed (the prior is on "
-                                   f"{dev}); leave --attention at auto")
+                                   f"{dev}); leave --attention at auto") from None
     tokenizer = tok_sha = None
     if out is not None or kind == "segmaps":
         tokenizer, tok_sha = load_tokenizer(prior, tokenizer_spec, offline)
