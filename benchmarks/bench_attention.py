@@ -6,6 +6,7 @@ values once. Each backend's output is compared with fp32 attention of the same i
 
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 [--heads 12 --head-dim 64] [--json]
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 --cache-len 257   # as the decode step reads
+    python benchmarks/bench_attention.py --rows 512 --positions 128 256 --only-triton --triton 64:0:0 128:4:2
 
 `--rows` is the batch times 2 with guidance (`ar-b` at batch 256 with CFG: 512 rows, 12 heads of 64). The mask
 rows hide the last quarter of the positions, as a step early in a cache window does. With `--cache-len N` the
@@ -101,6 +102,62 @@ def rows_for(rows: int, heads: int, positions: int, head_dim: int, device, dtype
     return out
 
 
+def graphed_seconds(fn, device, iters: int, calls: int = 20) -> float:
+    """Seconds per call of fn with `calls` calls recorded in one CUDA graph and replayed: the kernels' own time,
+    without the host's launch cost (a Triton launch from Python takes longer than a short kernel runs)."""
+    fn()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return seconds(graph.replay, device, iters) / calls
+
+
+def triton_rows(rows: int, heads: int, positions: int, head_dim: int, device, dtype, iters: int,
+                configs: list[str]) -> list[dict]:
+    """The sampler's Triton decode kernel (decode_attention.py) attending `positions` keys: positions - 1 cached
+    ones plus the step's new key, rotated and appended at position positions - 1 of a cache of positions + 1, no
+    mask, for each launch config "BLOCK:WARPS:STAGES" (0 for Triton's default), checked against fp32 attention.
+    On a GPU timed as a CUDA graph of 20 calls, as the sampler replays it."""
+    from regvq_cli.priors.decode_attention import decode_attention, rope_table
+    from regvq_cli.priors.layers import apply_rope
+
+    g = torch.Generator(device=device).manual_seed(0)
+    qkv = torch.randn(rows, 3, heads, head_dim, device=device, dtype=dtype, generator=g)
+    cache = torch.randn(2, rows, heads, positions + 1, head_dim, device=device, dtype=dtype, generator=g)
+    last = torch.tensor([positions - 1], device=device)
+    rope = rope_table(positions + 1, head_dim, 10000.0, device)
+    cos, sin = rope[positions - 1]
+    q, k_new = (apply_rope(qkv[:, i, :, None], cos, sin) for i in (0, 1))  # [rows, heads, 1, hd]
+    keys = torch.cat([cache[0, :, :, :positions - 1], k_new], 2)
+    values = torch.cat([cache[1, :, :, :positions - 1], qkv[:, 2, :, None]], 2)
+    reference = two_matmuls(q.float(), keys.float(), values.float(), None)[:, :, 0]
+    floor = (keys.nbytes + values.nbytes) / BANDWIDTH
+    out = []
+    for config in configs:
+        block, warps, stages = (int(x) for x in config.split(":"))
+
+        def fn(block=block, warps=warps, stages=stages):
+            return decode_attention(qkv, rope, cache[0], cache[1], last, block=block,
+                                    num_warps=warps or None, num_stages=stages or None)
+
+        try:
+            diff = (fn().float() - reference).abs().max().item()
+            s = graphed_seconds(fn, device, iters) if device.type == "cuda" else seconds(fn, device, iters)
+        except Exception as e:  # a config the kernel cannot compile (registers, shared memory)
+            out.append({"positions": positions, "mask": "exact", "backend": f"triton {config}",
+                        "error": str(e).splitlines()[0][:80]})
+            continue
+        out.append({"positions": positions, "mask": "exact", "backend": f"triton {config}", "ms": s * 1e3,
+                    "floor_fraction": floor / s, "max_abs_diff": diff})
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=512)
@@ -112,11 +169,16 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--triton", nargs="*", default=[], metavar="BLOCK:WARPS:STAGES",
+                    help="also time the Triton decode kernel with these launch configs (0: Triton's default), "
+                         "reading exactly the positions with no mask; e.g. 64:0:0 128:4:2")
+    ap.add_argument("--only-triton", action="store_true", help="skip the SDPA backends")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     device, dtype = torch.device(a.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    results = [r for p in a.positions for r in rows_for(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters,
-                                                     a.cache_len)]
+    results = [r for p in a.positions for r in
+               ([] if a.only_triton else rows_for(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters, a.cache_len))
+               + triton_rows(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters, a.triton)]
     command = "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.json:
         print(json.dumps({"device": str(device), "torch": torch.__version__, "rows": a.rows, "heads": a.heads,

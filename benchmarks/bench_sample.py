@@ -100,10 +100,14 @@ def profiled(fn, device, top: int, tokens: int, per: str = "token") -> dict:
     operators = [e for e in events if e.device_type == DeviceType.CPU]
     counted = [e for e in events if e.device_type != DeviceType.CPU] if cuda else operators
     total = sum(getattr(e, key) for e in counted)
+    def ranked(entries):
+        return [{"name": e.key[:100], "ms": round(getattr(e, key) / 1000, 3), "calls": e.count,
+                 "share": round(getattr(e, key) / max(total, 1e-9), 4)} for e in entries[:top]]
+
+    # operators say what launched the time; on CUDA the kernels themselves say what a compiled region runs inside
     return {"unit": "device kernels" if cuda else "cpu operators", "ms_total": round(total / 1000, 2),
-            f"per_{per}": round(sum(e.count for e in counted) / tokens, 1),
-            "top": [{"name": e.key[:100], "ms": round(getattr(e, key) / 1000, 3), "calls": e.count,
-                     "share": round(getattr(e, key) / max(total, 1e-9), 4)} for e in operators[:top]]}
+            f"per_{per}": round(sum(e.count for e in counted) / tokens, 1), "top": ranked(operators),
+            **({"top_kernels": ranked(counted)} if cuda else {})}
 
 
 def main(argv=None):
@@ -126,6 +130,11 @@ def main(argv=None):
     p.add_argument("--attention", choices=["sdpa", "triton"], default="sdpa",
                    help="the AR decode steps' attention: SDPA over a masked window of the cache, or the Triton "
                         "kernel that reads exactly the written positions (rows named ar-triton...)")
+    p.add_argument("--attention-config", default=None, metavar="BLOCK:WARPS:STAGES",
+                   help="the Triton kernel's launch (keys per iteration, warps, stages; 0 for Triton's default) "
+                        "instead of decode_attention.launch_config's choice")
+    p.add_argument("--max-autotune", action="store_true",
+                   help="compile with inductor's max-autotune (Triton matmul templates tried against cuBLAS)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="the hardware's FLOP floor for the floor fraction (default: 790, an H200 in dense bf16)")
     p.add_argument("--json", action="store_true")
@@ -139,6 +148,15 @@ def main(argv=None):
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    if args.attention_config:
+        from regvq_cli.priors import decode_attention
+
+        block, warps, stages = (int(x) for x in args.attention_config.split(":"))
+        decode_attention.launch_config = lambda programs: (block, warps or None, stages or None)
+    if args.max_autotune:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.max_autotune = True
     if args.cuda_graphs and device.type != "cuda":
         p.error(f"--cuda-graphs needs a CUDA device, not {device}")
     rows, profiles = [], []
@@ -213,6 +231,8 @@ def main(argv=None):
               f"{pr['unit']}, {pr['per_' + per]} per {per}")
         for e in pr["top"]:
             print(f"  {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
+        for e in pr.get("top_kernels", []):
+            print(f"  kernel {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
     print(f"command: {result['command']}")
 
 

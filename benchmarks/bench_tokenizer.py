@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -80,6 +81,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--peak-tflops", type=float, default=790.0)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile one encode and one decode call and list their N costliest operators (and "
+                        "kernels, on a GPU)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -106,6 +110,15 @@ def main(argv=None):
         indices = runner.encode(images)
         t_enc = timed(runner.encode, images, device, args.iters, args.warmup)
         t_dec = timed(runner.decode, indices, device, args.iters, args.warmup)
+        profiles = {}
+        if args.profile:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_sample import profiled
+
+            profiles = {"encode": profiled(lambda: runner.encode(images), device, args.profile, args.batch_size,
+                                           per="image"),
+                        "decode": profiled(lambda: runner.decode(indices), device, args.profile, args.batch_size,
+                                           per="image")}
     rows = []
     for name, t, gflop in zip(("encode", "decode"), (t_enc, t_dec), tokenizer_gflop(model, size)):
         ips = args.batch_size / t
@@ -115,7 +128,7 @@ def main(argv=None):
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "dtype": str(dtype),
         "compile": args.compile, "channels_last": args.channels_last, "torch": torch.__version__,
         "peak_memory_gib": peak_memory_gib(device),
-        "rows": rows, "command": " ".join(["python"] + sys.argv),
+        "rows": rows, **({"profile": profiles} if profiles else {}), "command": " ".join(["python"] + sys.argv),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -125,6 +138,11 @@ def main(argv=None):
     for r in rows:
         print(f"{r['op']:8}{r['images_per_s']:>12}{r['ms_per_image']:>10}{r['gflop_per_image']:>11}"
               f"{100 * r['floor_fraction']:>9.2g}")
+    for op, pr in profiles.items():
+        print(f"profile {op}: {pr['ms_total']} ms of {pr['unit']} in one call ({pr['per_image']} per image)")
+        for kind, entries in (("", pr["top"]), ("kernel ", pr.get("top_kernels", []))):
+            for e in entries:
+                print(f"  {kind}{e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
     print(f"command: {result['command']}")
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +224,48 @@ def test_bench_memory_spreads_its_hard_links_over_copies(tmp_path, monkeypatch):
     assert bench.make_folder(tmp_path, 7) == folder  # an existing complete folder is reused
     bench.make_folder(tmp_path, 4)  # another size: copies of its own
     assert [os.stat(p).st_nlink for p in links] == [4, 4, 4, 4, 4, 4, 2]
+
+
+def test_bench_tokenizer_profile_lists_the_costliest_operators_of_encode_and_decode(capsys):
+    load_benchmark("bench_tokenizer").main(["--preset", "tok-test", "--device", "cpu", "--batch-size", "2",
+                                            "--iters", "1", "--warmup", "0", "--profile", "3", "--json"])
+    prof = json.loads(capsys.readouterr().out)["profile"]
+    assert set(prof) == {"encode", "decode"}
+    for p in prof.values():
+        top = p["top"]
+        assert p["unit"] == "cpu operators" and p["per_image"] > 1 and "top_kernels" not in p  # kernels: CUDA only
+        assert len(top) == 3 and top[0]["ms"] >= top[1]["ms"] >= top[2]["ms"] > 0
+        assert any("conv" in e["name"] for e in top)  # these are convolutional networks
+
+
+def test_bench_sample_attention_config_sets_the_kernels_launch(monkeypatch, capsys):
+    from regvq_cli.priors import decode_attention
+
+    monkeypatch.setattr(decode_attention, "launch_config", decode_attention.launch_config)  # restored afterwards
+    assert decode_attention.launch_config(6144) == (64, 1, 2) and decode_attention.launch_config(24) == (256, 4, 1)
+    load_benchmark("bench_sample").main(["--ar", "ar-test", "--diffusion", "", "--device", "cpu", "--batch-sizes",
+                                         "1", "--codebook-size", "16", "--attention-config", "32:0:3", "--json"])
+    assert json.loads(capsys.readouterr().out)["rows"]
+    assert decode_attention.launch_config(6144) == decode_attention.launch_config(24) == (32, None, 3)
+
+
+TRITON_BENCH = """
+import torch
+from tests.conftest import load_benchmark
+
+rows = load_benchmark("bench_attention").triton_rows(3, 2, 70, 16, torch.device("cpu"), torch.float32, 1,
+                                                     ["64:0:0", "32:2:2"])
+assert [r["backend"] for r in rows] == ["triton 64:0:0", "triton 32:2:2"], rows
+assert all(r["ms"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows), rows
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
+def test_bench_attention_times_the_triton_kernel_per_launch_config_and_checks_it():
+    """--triton: the decode kernel (Triton's interpreter on the CPU, a process of its own) per launch config,
+    each checked against fp32 attention of the rotated query and keys."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", TRITON_BENCH], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

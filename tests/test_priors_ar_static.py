@@ -218,27 +218,34 @@ def test_compile_also_runs_the_draw_compiled(monkeypatch):
 
 KERNEL_CHECK = """
 import torch, torch.nn.functional as F
-from regvq_cli.priors.decode_attention import decode_attention
+from regvq_cli.priors.decode_attention import decode_attention, rope_table
 from regvq_cli.priors.sampling import sample_ar
 from tests.test_priors_ar import raw_cond
 from tests.test_priors_ar_static import gen, peaked
 
+from regvq_cli.priors.layers import apply_rope, rope_cos_sin
+
 torch.manual_seed(0)
 B, H, L, D = 3, 2, 150, 32
-q, k, v = torch.randn(B, H, 1, D), torch.randn(B, H, L, D), torch.randn(B, H, L, D)
+k, v = torch.randn(B, H, L, D), torch.randn(B, H, L, D)
 valid = torch.ones(B, L, dtype=torch.bool)
 valid[1, :64] = False  # a whole block of keys padded
 valid[2, 5:9] = False
 for last, rows in ((0, None), (63, None), (64, valid), (131, valid), (L - 1, valid)):
-    k_new, v_new = torch.randn(B, H, 1, D), torch.randn(H, B, 1, D).transpose(0, 1)  # v: a view
+    qkv = torch.randn(B, 1, 3 * H * D)  # the step's projections, as the qkv layer gives them
+    cos, sin = rope_cos_sin(torch.tensor([last]), D)  # [1, D] each: the plain step's tables
+    # the plain step: rotate q and k, write k and v at `last`, attend with a mask
+    q_new, k_new, v_new = qkv.view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4)  # each [B, H, 1, D]
+    q_new, k_new = apply_rope(q_new, cos, sin), apply_rope(k_new, cos, sin)
     k_want, v_want = k.clone(), v.clone()
     k_want[:, :, last], v_want[:, :, last] = k_new[:, :, 0], v_new[:, :, 0]
     keep = (torch.arange(L) <= last)[None] & (valid if rows is not None else True)
     keep[:, last] = True  # the new position is never padding
-    want = F.scaled_dot_product_attention(q, k_want, v_want, attn_mask=keep[:, None, None, :])
-    got = decode_attention(q, k_new, v_new, k, v, torch.tensor([last]), rows)
-    assert (got - want).abs().max() < 1e-5, (last, (got - want).abs().max())
-    assert torch.equal(k, k_want) and torch.equal(v, v_want), last  # the new key and value appended in place
+    want = F.scaled_dot_product_attention(q_new, k_want, v_want, attn_mask=keep[:, None, None, :])[:, :, 0]
+    got = decode_attention(qkv.view(B, 3, H, D), rope_table(L, D, 10000.0), k, v, torch.tensor([last]), rows)
+    assert got.shape == (B, H, D) and (got - want).abs().max() < 1e-5, (last, (got - want).abs().max())
+    assert torch.allclose(k, k_want, atol=1e-6) and torch.equal(v, v_want), last  # appended in place
+    assert torch.equal(k[:, :, :last], k_want[:, :, :last])  # and nothing else written
 for kind in ("class", "text"):  # text: padded prefix positions
     m = peaked(kind)
     for opts in (dict(), dict(cfg=3.0, top_k=6)):

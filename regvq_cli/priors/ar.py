@@ -29,7 +29,7 @@ from torch import nn
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import CondStates, ConditionEncoder
 from regvq_cli.priors.config import PriorConfig
-from regvq_cli.priors.decode_attention import decode_attention
+from regvq_cli.priors.decode_attention import decode_attention, rope_table
 from regvq_cli.priors.layers import RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
 
 
@@ -58,7 +58,8 @@ class KVCache:
     256 slower than eager. `length` counts the sequence positions written so far; `valid` [B, max_len] marks
     padded prefix positions (text) that must never be attended; `prefix_len` is where image token 0 sits
     (condition + start token). `kernel`: decode steps attend through decode_attention.py's Triton kernel, which
-    reads exactly the written positions, instead of SDPA over a masked window.
+    reads exactly the written positions, instead of SDPA over a masked window; `rope` [max_len, 2, head_dim] is
+    then its rotary tables (`use_kernel` sets both).
     """
 
     def __init__(self, n_layers, batch, n_heads, max_len, head_dim, device=None, dtype=None):
@@ -72,6 +73,12 @@ class KVCache:
         self.length = 0
         self.prefix_len = 0
         self.kernel = False
+        self.rope = None
+
+    def use_kernel(self, theta: float) -> None:
+        """Decode steps attend through the Triton kernel (its rotary tables made now, for every position)."""
+        self.kernel = True
+        self.rope = rope_table(self.max_len, self.k[0].shape[-1], theta, self.valid.device)
 
     @property
     def max_len(self) -> int:
@@ -117,13 +124,15 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0, window=None):
         B, n, dim = x.shape
         hd = dim // self.n_heads
-        qkv = self.qkv(x).view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, n, hd]
+        qkv = self.qkv(x)  # [B, n, 3 * dim]
+        if cache is not None and cache.kernel and torch.is_tensor(pos0):  # a decode step (n = 1) through the kernel
+            # rotates q and k, writes k, v at pos0 and attends: [B, H, hd], which is [B, 1, dim] as it lies
+            y = decode_attention(qkv.view(B, 3, self.n_heads, hd), cache.rope, cache.k[layer], cache.v[layer],
+                                 pos0, cache.valid if cache.padded else None)
+            return self.proj(y.view(B, n, dim))
+        qkv = qkv.view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, n, hd]
         q, k = apply_rope(qkv[:2], cos, sin)  # q and k rotated together (half the kernels); each [B, H, n, hd]
         v = qkv[2]
-        if cache is not None and cache.kernel and torch.is_tensor(pos0):  # a decode step through the kernel
-            y = decode_attention(q, k, v, cache.k[layer], cache.v[layer], pos0,  # writes k, v at pos0 itself
-                                 cache.valid if cache.padded else None)
-            return self.proj(y.transpose(1, 2).reshape(B, n, dim))
         if cache is not None:
             k, v = cache.store(layer, pos0, k, v, window)
         p = self.dropout if self.training else 0.0
@@ -255,9 +264,9 @@ class ARPrior(nn.Module):
         cfg = self.config
         window = window or cache.max_len
         p = (pos + cache.prefix_len).reshape(1)  # [1] cache position of x_pos
-        cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd] each
-        mask = None  # the kernel (cache.kernel) reads positions 0..p itself, skipping padded ones
+        cos = sin = mask = None  # the kernel (cache.kernel) rotates from its tables and reads positions 0..p itself
         if not cache.kernel:
+            cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd] each
             keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
             # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would
             # convert a bool mask in every layer; this is built once per step)

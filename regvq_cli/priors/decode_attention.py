@@ -6,8 +6,11 @@ fixed window of the cache and an additive mask over the unwritten rest: the kern
 than the step needs, and a mask costs cuDNN's decode kernel 1.3-1.6x its unmasked time (docs/performance.md).
 This kernel instead loads p from device memory and loops over exactly the cached positions before it, so it
 needs neither a window nor a mask; padded prefix positions (text) are skipped through the cache's `valid` rows.
-It also takes the step's new key and value, adds them to the softmax from registers and writes them to the cache
-at p: one kernel where the plain step launches three (two cache writes and the attention).
+It also takes the step's projections as they come out of the qkv layer, rotates q and k (the rotary embedding,
+from tables of every position made once per cache), adds the new key and value to the softmax from registers
+and writes them to the cache at p: one kernel where the plain step launches about six (the rotation, the copies
+that lay q, k and v out per head, two cache writes and the attention), which counts at batch 1, where a step is
+a long chain of small kernels.
 
 One program per (row, head): an online softmax (Milakov & Gimelshein 2018; flash-decoding's inner loop, Dao et
 al. 2023) over blocks of keys, accumulated in float32.
@@ -19,6 +22,8 @@ import importlib.util
 import os
 
 import torch
+
+from regvq_cli.priors.layers import rope_cos_sin
 
 
 def kernel():
@@ -37,24 +42,53 @@ def available(device) -> bool:
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def decode_attention(q, k, v, k_cache, v_cache, last, valid=None, block: int = 64):
-    """Append k, v at cache position `last` and return softmax(q k^T / sqrt(hd)) v over positions 0 .. last (and,
-    where `valid` [B, max_len] bool is given, only its True ones among the earlier positions): q, k, v [B, H, 1,
-    hd]; k_cache, v_cache [B, H, max_len, hd], written in place at `last`; last a 1-element long tensor on the
-    device. One kernel for what the plain step does in three (two cache writes and the attention). Returns [B, H,
-    1, hd] in q's dtype. hd must be a power of two."""
-    B, H, _, D = q.shape
+def launch_config(programs: int) -> tuple[int, int | None, int | None]:
+    """(keys per loop iteration, warps, pipeline stages) for a launch of `programs` (rows x heads) programs, as
+    measured on an H200 (`benchmarks/bench_attention.py --triton`): many programs (a large batch) keep the
+    GPU's memory busy with one warp each; a few (batch 1) need wide blocks, so each loops fewer times."""
+    if programs >= 1024:
+        return 64, 1, 2
+    return 256, 4, 1
+
+
+def rope_table(max_len: int, head_dim: int, theta: float, device=None):
+    """The rotary embedding's float32 cos and sin of every cache position, [max_len, 2, head_dim], for the kernel
+    to index by the step's position (layers.rope_cos_sin's values: the same function, all positions at once)."""
+    cos, sin = rope_cos_sin(torch.arange(max_len, device=device), head_dim, theta)
+    return torch.stack([cos, sin], 1)
+
+
+def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int | None = None,
+                     num_warps: int | None = None, num_stages: int | None = None):
+    """One decode step's attention from its projections: rotate q and k (rotary embedding, as
+    layers.apply_rope), append k and v at cache position `last`, and return softmax(q k^T / sqrt(hd)) v over
+    positions 0 .. last (and, where `valid` [B, max_len] bool is given, only its True ones among the earlier
+    positions).
+
+    qkv [B, 3, H, hd]: the step's unrotated q, k and v (the qkv projection's output, a view); rope [max_len, 2,
+    hd]: `rope_table`; k_cache, v_cache [B, H, max_len, hd], written in place at `last`; last a 1-element long
+    tensor on the device. Returns [B, H, hd] in qkv's dtype (contiguous, so `.view(B, 1, H * hd)` is the
+    attention's output for the projection). One kernel for what the plain step does in about six (rotation, two
+    cache writes, the attention, and the copies between them). hd must be a power of two. `block` (keys per loop
+    iteration), `num_warps` and `num_stages` tune the launch (`launch_config`'s when block is None; Triton's
+    defaults for warps and stages left None)."""
+    B, three, H, D = qkv.shape
     if D & (D - 1):
         raise ValueError(f"the decode kernel needs a power-of-two head size, got {D}")
+    if three != 3 or qkv.stride()[1:] != (H * D, D, 1):
+        raise ValueError("the decode kernel needs each row's q, k and v projections contiguous, [B, 3, H, hd]")
     if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
         raise ValueError("the decode kernel needs keys and values cached alike, the last dimension contiguous")
-    q, k, v = [t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v)]  # views as they come, mostly
-    out = torch.empty_like(q)
+    if rope.dtype != torch.float32 or not rope.is_contiguous() or rope.shape[1:] != (2, D):
+        raise ValueError("the decode kernel needs rope_table's float32 [max_len, 2, hd] tables")
+    out = qkv.new_empty(B, H, D)
     flag = valid if valid is not None else last  # any tensor: the kernel does not read it without HAS_VALID
+    if block is None:
+        block, num_warps, num_stages = launch_config(B * H)
+    tuning = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     kernel()[(B * H,)](
-        q, k, v, k_cache, v_cache, out, flag, last, 1.0 / D ** 0.5,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
+        qkv, rope, k_cache, v_cache, out, flag, last, 1.0 / D ** 0.5,
+        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0),
         valid.stride(0) if valid is not None else 0,
-        H=H, D=D, BLOCK=block, HAS_VALID=valid is not None)
+        H=H, D=D, BLOCK=block, HAS_VALID=valid is not None, **tuning)
     return out

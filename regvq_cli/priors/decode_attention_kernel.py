@@ -5,13 +5,23 @@ import triton.language as tl
 
 
 @triton.jit
-def decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
-                            s_qb, s_qh, s_knb, s_knh, s_vnb, s_vnh, s_kb, s_kh, s_kl, s_ob, s_oh, s_valid,
+def decode_attention_kernel(QKV, ROPE, K, V, O, VALID, LAST, scale,
+                            s_qkvb, s_kb, s_kh, s_kl, s_ob, s_valid,
                             H: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, HAS_VALID: tl.constexpr):
     row, head = tl.program_id(0) // H, tl.program_id(0) % H
     last = tl.load(LAST)  # the new key's position: the cache holds positions 0 .. last-1
     d = tl.arange(0, D)
-    q = (tl.load(Q + row * s_qb + head * s_qh + d).to(tl.float32) * scale).to(tl.float32)  # [D]; scale may come as fp64
+    swapped = (d + D // 2) % D  # (x2, x1): the partner of each feature in its rotation pair
+    cos, sin = tl.load(ROPE + last * 2 * D + d), tl.load(ROPE + last * 2 * D + D + d)  # float32, position `last`
+    qkv = QKV + row * s_qkvb + head * D  # this row's [3, H, D] projections: q, then k, then v
+    # the rotary embedding as layers.apply_rope computes it: x * cos + (x2, x1) * sin in float32, rounded to x's
+    # dtype (so the cache holds what the plain step caches)
+    q = tl.load(qkv + d)
+    q = (q.to(tl.float32) * cos + tl.load(qkv + swapped).to(tl.float32) * sin).to(q.dtype)
+    q = (q.to(tl.float32) * scale).to(tl.float32)  # [D]; scale may come as fp64
+    k_new = tl.load(qkv + H * D + d)
+    k_new = (k_new.to(tl.float32) * cos + tl.load(qkv + H * D + swapped).to(tl.float32) * sin).to(k_new.dtype)
+    v_new = tl.load(qkv + 2 * H * D + d)
     m = tl.full([], float("-inf"), tl.float32)  # running max of the scores
     total = tl.zeros([], tl.float32)  # running sum of exp(score - m)
     acc = tl.zeros([D], tl.float32)  # running sum of exp(score - m) * value
@@ -31,14 +41,12 @@ def decode_attention_kernel(Q, KN, VN, K, V, O, VALID, LAST, scale,
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         total = total * alpha + tl.sum(p, axis=0)
         m = m_new
-    # the new key and value, from their own tensors (never read back from the cache they are written to)
-    k_new = tl.load(KN + row * s_knb + head * s_knh + d)
-    v_new = tl.load(VN + row * s_vnb + head * s_vnh + d)
+    # the new key and value, from registers (never read back from the cache they are written to)
     s_new = tl.sum(k_new.to(tl.float32) * q, axis=0)
     m_new = tl.maximum(m, s_new)
     alpha, p = tl.exp(m - m_new), tl.exp(s_new - m_new)
     acc = acc * alpha + p * v_new.to(tl.float32)
     total = total * alpha + p
-    tl.store(O + row * s_ob + head * s_oh + d, (acc / total).to(O.dtype.element_ty))
+    tl.store(O + row * s_ob + head * D + d, (acc / total).to(O.dtype.element_ty))
     tl.store(K + cache + last * s_kl + d, k_new.to(K.dtype.element_ty))
     tl.store(V + cache + last * s_kl + d, v_new.to(V.dtype.element_ty))

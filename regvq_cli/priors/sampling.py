@@ -248,8 +248,8 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
         states, guided = _encode(model, cond, n, cfg)
         B = 2 * n if guided else n
         cache = model.new_cache(B)
-        cache.kernel = attention == "triton"
-        if cache.kernel:
+        if attention == "triton":
+            cache.use_kernel(model.config.rope_theta)
             decode_attention.kernel()  # imported now, not while torch.compile traces a step
         # the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos [] = next token
         logits = model(torch.zeros(B, 0, dtype=torch.long, device=device), states, cache=cache)[:, -1].float()
