@@ -2,7 +2,9 @@
 SDPA backend, without a mask, with the additive mask the decode step passes (one row per batch row), with one
 shared mask row, and with the mask carried by the keys ("in-key": one more query/key dimension, padded to 8, that
 adds 0 or -1e4 to each score, so no attn_mask is passed), against the bandwidth floor of reading the keys and
-values once. Each backend's output is compared with fp32 attention of the same inputs.
+values once. Each backend's output is compared with fp32 attention of the same inputs. `--triton` adds the
+sampler's own Triton decode kernel (decode_attention.py, which reads exactly the written positions and needs no
+mask) per launch config, timed as a CUDA graph of 20 calls.
 
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 [--heads 12 --head-dim 64] [--json]
     python benchmarks/bench_attention.py --rows 512 --positions 64 256 --cache-len 257   # as the decode step reads
