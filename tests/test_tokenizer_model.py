@@ -113,3 +113,30 @@ def test_patchgan_discriminator():
     for norm in ("group", "none"):
         assert NLayerDiscriminator(DiscriminatorConfig(ndf=8, n_layers=2, norm=norm))(torch.randn(1, 3, 32, 32)).ndim == 4
     assert roundtrip(d.config) == d.config
+
+
+def test_group_norm_keeps_bf16_under_autocast_and_is_plain_group_norm_outside():
+    """Under autocast a bf16 input is normalised in bf16 (CUDA autocast would copy it up to float32 and back),
+    within bf16 rounding of float32 group norm, and gradients reach the input, gain and bias; outside autocast
+    the module is nn.GroupNorm bit for bit, with the same state dict."""
+    from regvq_cli.tokenizer.nets import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    plain = torch.nn.GroupNorm(4, 16, eps=1e-6)
+    plain.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 16, 8, 8) * 3 + 1
+    assert torch.equal(norm(x), plain(x))
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(xb)
+    assert y.dtype == torch.bfloat16
+    want = plain(xb.detach().float())
+    assert (y.float() - want).abs().max() < 0.05 and (y.float() - want).abs().mean() < 0.005
+    y.float().square().sum().backward()
+    assert xb.grad is not None and xb.grad.abs().sum() > 0
+    assert norm.weight.grad.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0
+    assert norm.bias.grad.abs().sum() > 0

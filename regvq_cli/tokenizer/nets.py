@@ -16,14 +16,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state dict) that keeps a bf16 or fp16 input's dtype under autocast.
+
+    CUDA autocast runs group_norm in float32: in bf16 training every norm copied its input (a convolution's bf16
+    output) up to float32, normalised it, SiLU ran in float32, and the next convolution copied the result back
+    down, each a pass over a full-resolution activation, forward and backward. PyTorch's kernels accumulate the
+    statistics of a bf16 input in float32 anyway, so under autocast this normalises in the input's dtype (the gain
+    and bias cast to it) and the block stays in bf16. Outside autocast it is nn.GroupNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return super().forward(x)
+
+
+def group_norm(channels: int) -> GroupNorm:
     # 32 groups as in VQGAN (for its widths, 128 channels and up). Narrow models get fewer groups so that every
     # group keeps at least 4 channels: one channel per group would be instance norm, which wipes out the mean
     # colour of flat regions.
     groups = max(1, min(32, channels // 4))
     while channels % groups:
         groups -= 1
-    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+    return GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
