@@ -7,6 +7,8 @@
 #
 # N JPEGs (default 40000) of 256-512 px are made from PHOTOS first; W decoding workers per process (default 15);
 # STEPS prior steps (default 120) at BS grids per process (default 64). DEV="--device cpu" runs it on a CPU.
+# ENCODE_OPTS and TRAIN_OPTS add options to the encode and train-prior commands (e.g. ENCODE_OPTS="--jpeg-decoder
+# nvjpeg", which decodes the JPEGs on each process's GPU instead of the host's shared CPU cores; TRAIN_OPTS=--compile).
 set -euo pipefail
 OUT=${OUT:-results}; GPUS=${GPUS:-2}; PHOTOS=${PHOTOS:-../shared/data/photos}
 N=${N:-40000}; STEPS=${STEPS:-120}; W=${W:-15}; PRESET=${PRESET:-ar-b}; BS=${BS:-64}; WORK=${WORK:-/tmp/regvq-scaling}
@@ -17,14 +19,14 @@ python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Pa
 make_jpegs(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))" "$PHOTOS" "$WORK/jpegs" "$N"
 for np in 1 "$GPUS"; do
   rm -rf "$WORK/tokens$np"
-  run "$np" encode "$WORK/jpegs" -o "$WORK/tokens$np" --batch-size 128 --workers "$W" --json ${DEV:-} > "$OUT/encode_np$np.json"
+  run "$np" encode "$WORK/jpegs" -o "$WORK/tokens$np" --batch-size 128 --workers "$W" --json ${DEV:-} ${ENCODE_OPTS:-} > "$OUT/encode_np$np.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
 print("encode,", sys.argv[2], "process(es):", d["images_per_s"], "images/s,", d["seconds"], "s")' "$OUT/encode_np$np.json" "$np"
 done
 for np in 1 "$GPUS"; do
   rm -rf "$WORK/prior$np"
   run "$np" train-prior "$WORK/tokens1" -o "$WORK/prior$np" --kind ar --cond none --preset "$PRESET" --batch-size "$BS" \
-    --max-steps "$STEPS" --log-every 20 --sample-every 0 --checkpoint-every 1000000 --json ${DEV:-} > /dev/null
+    --max-steps "$STEPS" --log-every 20 --sample-every 0 --checkpoint-every 1000000 --json ${DEV:-} ${TRAIN_OPTS:-} > /dev/null
   cp "$WORK/prior$np/metrics.jsonl" "$OUT/prior_np$np.jsonl"
   python3 -c 'import json,sys; r=[json.loads(l)["samples_per_s"] for l in open(sys.argv[1])]; r = r[1:] or r
 print(f"train-prior, {sys.argv[2]} process(es): {sum(r) / len(r):.0f} samples/s (after the first log window)")' \
