@@ -39,8 +39,8 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--grid", "grid_sheet", is_flag=True, help="Write all samples as one contact sheet PNG (OUT is a .png file or '-').")
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
 @click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
-@click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step and the draw (on an H200, with the CUDA graphs sampling records anyway, 1.3-1.4x faster at batch 1 and 256); diffusion, the denoiser. Slower on a CPU.")
-@click.option("--attention", type=click.Choice(["auto", "sdpa", "triton"]), default="auto", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which reads only the written cache and appends to it in the same kernel (CUDA, needs triton; on an H200 as fast as SDPA at batch 1, 1.4x the images/s at batch 256). auto: the kernel where it can run, SDPA elsewhere.")
+@click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step and the draw (on an H200, with the CUDA graphs sampling records anyway and the Triton attention, 1.1-1.3x faster at batch 1, 1.1x at batch 256); diffusion, the denoiser. Slower on a CPU.")
+@click.option("--attention", type=click.Choice(["auto", "sdpa", "triton"]), default="auto", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which rotates the step's query and key, appends them to the cache and reads only its written part, all in one kernel (CUDA, needs triton; on an H200 11-18% faster than SDPA at batch 1, 1.7-1.9x the images/s at batch 256). auto: the kernel where it can run, SDPA elsewhere.")
 @device_options
 @offline_option
 @json_option
