@@ -110,6 +110,13 @@ def profiled(fn, device, top: int, tokens: int, per: str = "token") -> dict:
             **({"top_kernels": ranked(counted)} if cuda else {})}
 
 
+def print_ranked(pr: dict) -> None:
+    """A `profiled` result's ranked operators, then (on CUDA) its ranked kernels, one line each."""
+    for kind, entries in (("", pr["top"]), ("kernel ", pr.get("top_kernels", []))):
+        for e in entries:
+            print(f"  {kind}{e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ar", default="ar-b", help="AR preset ('' to skip)")
@@ -229,10 +236,7 @@ def main(argv=None):
         per = "token" if "per_token" in pr else "step"
         print(f"profile {pr['model']} {pr['sampler']} batch {pr['batch']} cfg {pr['cfg']}: {pr['ms_total']} ms in "
               f"{pr['unit']}, {pr['per_' + per]} per {per}")
-        for e in pr["top"]:
-            print(f"  {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
-        for e in pr.get("top_kernels", []):
-            print(f"  kernel {e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
+        print_ranked(pr)
     print(f"command: {result['command']}")
 
 

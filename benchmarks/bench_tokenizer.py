@@ -113,7 +113,7 @@ def main(argv=None):
         profiles = {}
         if args.profile:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from bench_sample import profiled
+            from bench_sample import print_ranked, profiled
 
             profiles = {"encode": profiled(lambda: runner.encode(images), device, args.profile, args.batch_size,
                                            per="image"),
@@ -140,9 +140,7 @@ def main(argv=None):
               f"{100 * r['floor_fraction']:>9.2g}")
     for op, pr in profiles.items():
         print(f"profile {op}: {pr['ms_total']} ms of {pr['unit']} in one call ({pr['per_image']} per image)")
-        for kind, entries in (("", pr["top"]), ("kernel ", pr.get("top_kernels", []))):
-            for e in entries:
-                print(f"  {kind}{e['ms']:>10.3f} ms {e['share']:>6.1%} {e['calls']:>7}x  {e['name']}")
+        print_ranked(pr)
     print(f"command: {result['command']}")
 
 
