@@ -246,6 +246,10 @@ for last, rows in ((0, None), (63, None), (64, valid), (131, valid), (L - 1, val
     assert got.shape == (B, H, D) and (got - want).abs().max() < 1e-5, (last, (got - want).abs().max())
     assert torch.allclose(k, k_want, atol=1e-6) and torch.equal(v, v_want), last  # appended in place
     assert torch.equal(k[:, :, :last], k_want[:, :, :last])  # and nothing else written
+from regvq_cli.priors.decode_attention import add_rms_norm
+x, y, w = torch.randn(3, 1, 48), torch.randn(3, 1, 48), torch.rand(48) + 0.5  # 48: not a power of two
+s, n = add_rms_norm(x, y, w, 1e-5)
+assert torch.equal(s, x + y) and (n - F.rms_norm(x + y, (48,), w, 1e-5)).abs().max() < 1e-6
 for kind in ("class", "text"):  # text: padded prefix positions
     m = peaked(kind)
     for opts in (dict(), dict(cfg=3.0, top_k=6)):

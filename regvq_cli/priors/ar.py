@@ -29,7 +29,7 @@ from torch import nn
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import CondStates, ConditionEncoder
 from regvq_cli.priors.config import PriorConfig
-from regvq_cli.priors.decode_attention import decode_attention, rope_table
+from regvq_cli.priors.decode_attention import add_rms_norm, decode_attention, rope_table
 from regvq_cli.priors.layers import RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
 
 
@@ -273,9 +273,23 @@ class ARPrior(nn.Module):
             mask = torch.zeros(keep.shape, dtype=cache.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
             mask = mask[:, None, None, :]
         x = self.tok_emb(tokens)  # [B, 1, dim]
+        if cache.kernel and self.norm.weight.dtype == x.dtype:
+            return self.head(self._kernel_blocks(x, cache, p))[:, 0]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, False, cache, i, p, window)
         return self.head(self.norm(x))[:, 0]
+
+    def _kernel_blocks(self, x, cache: KVCache, p):
+        """The blocks of a decode step through the Triton kernels: Block.forward's sums, with each residual add
+        and the norm after it (the block's second norm, the next block's first, or the final one) in one kernel.
+        Returns the final norm's output [B, 1, dim]."""
+        eps = self.config.norm_eps
+        h = self.blocks[0].norm1(x)
+        for i, block in enumerate(self.blocks):
+            x, h = add_rms_norm(x, block.attn(h, None, None, None, False, cache, i, p), block.norm2.weight, eps)
+            after = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.norm
+            x, h = add_rms_norm(x, block.mlp(h), after.weight, eps)
+        return h
 
     def loss(self, x, cond=None, *, drop=None, net=None):
         """Teacher-forced cross-entropy of token grids x [B, h, w] (or [B, N]); returns (loss, parts).

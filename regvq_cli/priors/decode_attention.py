@@ -92,3 +92,27 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
         valid.stride(0) if valid is not None else 0,
         H=H, D=D, BLOCK=block, HAS_VALID=valid is not None, **tuning)
     return out
+
+
+def add_rms_norm(x, y, weight, eps: float):
+    """(x + y, rms_norm(x + y) * weight) in one kernel, for rows of x, y [..., D] (the residual stream and a
+    branch's output) and a gain [D] of their dtype: the decode step's residual add and the next norm, which
+    inductor leaves as two kernels."""
+    D = x.shape[-1]
+    x2, y2 = x.reshape(-1, D), y.reshape(-1, D)
+    if x2.stride(-1) != 1 or y2.stride(-1) != 1 or weight.dtype != x.dtype or y.dtype != x.dtype:
+        raise ValueError("add_rms_norm needs rows with a contiguous last dimension and one dtype throughout")
+    s, n = torch.empty_like(x2), torch.empty_like(x2)
+    add_norm_kernel()[(x2.shape[0],)](x2, y2, weight, s, n, eps, x2.stride(0), y2.stride(0), s.stride(0), n.stride(0),
+                                     D=D, BLOCK=triton_next_power_of_2(D))
+    return s.view(x.shape), n.view(x.shape)
+
+
+def add_norm_kernel():
+    from regvq_cli.priors.decode_attention_kernel import add_rms_norm_kernel
+
+    return add_rms_norm_kernel
+
+
+def triton_next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()

@@ -50,3 +50,17 @@ def decode_attention_kernel(QKV, ROPE, K, V, O, VALID, LAST, scale,
     tl.store(O + row * s_ob + head * D + d, (acc / total).to(O.dtype.element_ty))
     tl.store(K + cache + last * s_kl + d, k_new.to(K.dtype.element_ty))
     tl.store(V + cache + last * s_kl + d, v_new.to(V.dtype.element_ty))
+
+
+@triton.jit
+def add_rms_norm_kernel(X, Y, W, S, N, eps, s_x, s_y, s_s, s_n, D: tl.constexpr, BLOCK: tl.constexpr):
+    """One row: s = x + y (the residual stream, rounded to its dtype as torch's add is) and n = rms_norm(s) * w
+    (F.rms_norm's order: normalise in float32, round to s's dtype, then the gain)."""
+    row = tl.program_id(0)
+    d = tl.arange(0, BLOCK)
+    inside = d < D
+    s = tl.load(X + row * s_x + d, mask=inside, other=0.0) + tl.load(Y + row * s_y + d, mask=inside, other=0.0)
+    tl.store(S + row * s_s + d, s, mask=inside)
+    sf = s.to(tl.float32)
+    normed = (sf * tl.rsqrt(tl.sum(sf * sf, axis=0) / D + eps)).to(s.dtype)
+    tl.store(N + row * s_n + d, normed * tl.load(W + d, mask=inside, other=0.0), mask=inside)
