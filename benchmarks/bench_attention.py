@@ -121,11 +121,13 @@ def graphed_seconds(fn, device, iters: int, calls: int = 20) -> float:
 
 
 def triton_rows(rows: int, heads: int, positions: int, head_dim: int, device, dtype, iters: int,
-                configs: list[str]) -> list[dict]:
+                configs: list[str], int8: bool = False) -> list[dict]:
     """The sampler's Triton decode kernel (decode_attention.py) attending `positions` keys: positions - 1 cached
     ones plus the step's new key, rotated and appended at position positions - 1 of a cache of positions + 1, no
-    mask, for each launch config "BLOCK:WARPS:STAGES" (0 for Triton's default), checked against fp32 attention.
+    mask, for each launch config "BLOCK:WARPS:STAGES" (0 for Triton's default), checked against fp32 attention
+    (of the keys and values as the cache holds them: `dtype`, or with `int8` quantized as ar.KVCache stores them).
     On a GPU timed as a CUDA graph of 20 calls, as the sampler replays it."""
+    from regvq_cli.priors.ar import dequantize, quantize
     from regvq_cli.priors.decode_attention import decode_attention, rope_table
     from regvq_cli.priors.layers import apply_rope
 
@@ -138,15 +140,21 @@ def triton_rows(rows: int, heads: int, positions: int, head_dim: int, device, dt
     q, k_new = (apply_rope(qkv[:, i, :, None], cos, sin) for i in (0, 1))  # [rows, heads, 1, hd]
     keys = torch.cat([cache[0, :, :, :positions - 1], k_new], 2)
     values = torch.cat([cache[1, :, :, :positions - 1], qkv[:, 2, :, None]], 2)
+    scales = None
+    if int8:  # the cache quantized; the reference attends what it holds, the new key and value quantized too
+        cache, scale = quantize(cache)
+        scales = (scale[0], scale[1])
+        keys, values = (dequantize(*quantize(x), torch.float32) for x in (keys, values))
     reference = two_matmuls(q.float(), keys.float(), values.float(), None)[:, :, 0]
-    floor = (keys.nbytes + values.nbytes) / BANDWIDTH
+    per_key = 2 * head_dim * cache.element_size() + (8 if int8 else 0)  # a key and a value (and their scales)
+    floor = rows * heads * positions * per_key / BANDWIDTH
     out = []
     for config in configs:
         block, warps, stages = (int(x) for x in config.split(":"))
 
         def fn(block=block, warps=warps, stages=stages):
             return decode_attention(qkv, rope, cache[0], cache[1], last, block=block,
-                                    num_warps=warps or None, num_stages=stages or None)
+                                    num_warps=warps or None, num_stages=stages or None, scales=scales)
 
         try:
             diff = (fn().float() - reference).abs().max().item()
@@ -175,16 +183,20 @@ def main(argv=None) -> None:
                     help="also time the Triton decode kernel with these launch configs (0: Triton's default), "
                          "reading exactly the positions with no mask; e.g. 64:0:0 128:4:2")
     ap.add_argument("--only-triton", action="store_true", help="skip the SDPA backends")
+    ap.add_argument("--kv-cache", choices=("model", "int8"), default="model",
+                    help="what the Triton kernel's cache holds: --dtype, or int8 with a scale per vector")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     device, dtype = torch.device(a.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     results = [r for p in a.positions for r in
                ([] if a.only_triton else rows_for(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters, a.cache_len))
-               + triton_rows(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters, a.triton)]
+               + triton_rows(a.rows, a.heads, p, a.head_dim, device, dtype, a.iters, a.triton,
+                             a.kv_cache == "int8")]
     command = "python benchmarks/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if a.json:
         print(json.dumps({"device": str(device), "torch": torch.__version__, "rows": a.rows, "heads": a.heads,
-                          "head_dim": a.head_dim, "cache_len": a.cache_len, "dtype": a.dtype, "results": results,
+                          "head_dim": a.head_dim, "cache_len": a.cache_len, "dtype": a.dtype,
+                          "kv_cache": a.kv_cache, "results": results,
                           "command": command}, indent=2))
         return
     print(f"{device} {a.dtype} torch {torch.__version__}: {a.rows} rows x {a.heads} heads x {a.head_dim}, one query")

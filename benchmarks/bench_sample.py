@@ -140,6 +140,8 @@ def main(argv=None):
     p.add_argument("--attention-config", default=None, metavar="BLOCK:WARPS:STAGES",
                    help="the Triton kernel's launch (keys per iteration, warps, stages; 0 for Triton's default) "
                         "instead of decode_attention.launch_config's choice")
+    p.add_argument("--kv-cache", choices=["model", "int8"], default="model",
+                   help="what the AR KV cache holds: the model's dtype or int8 (rows named ...-int8)")
     p.add_argument("--max-autotune", action="store_true",
                    help="compile with inductor's max-autotune (Triton matmul templates tried against cuBLAS)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
@@ -174,7 +176,8 @@ def main(argv=None):
 
     variants = [(g, c) for c in ((False, True) if args.compile else (False,))
                 for g in ((False, True) if args.cuda_graphs else (False,))]
-    ar_name = "ar" if args.attention == "sdpa" else "ar-triton"
+    ar_name = ("ar" if args.attention == "sdpa" else "ar-triton") + ("-int8" if args.kv_cache == "int8" else "")
+    kv_dtype = torch.int8 if args.kv_cache == "int8" else None
     with torch.inference_mode():
         if args.ar:
             model = build(args.ar)
@@ -185,13 +188,14 @@ def main(argv=None):
                     gflop = counted_gflop(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, attention="sdpa")) / b
                     for graphs, comp in variants:
                         t, mem = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
-                                                         compile=comp, attention=args.attention), device)
+                                                         compile=comp, attention=args.attention,
+                                                         kv_dtype=kv_dtype), device)
                         rows.append(row(args.ar, variant(ar_name, graphs, comp), cfg, None, b, t, gflop, mem,
                                         args.peak_tflops))
                 for graphs, comp in variants if args.profile else ():
                     tokens = model.config.grid_size[0] * model.config.grid_size[1]
                     prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0, cuda_graphs=graphs,
-                                                      compile=comp, attention=args.attention),
+                                                      compile=comp, attention=args.attention, kv_dtype=kv_dtype),
                                     device, args.profile, tokens)
                     profiles.append({"model": args.ar, "sampler": variant(ar_name, graphs, comp), "batch": b,
                                      "cfg": args.cfg, **prof})

@@ -97,6 +97,33 @@ def test_bench_sample_rows_for_ar_and_diffusion(capsys):
     assert r["floor_fraction"] == pytest.approx(r["gflop_per_image"] * r["images_per_s"] / 790e3, rel=0.02)
 
 
+def test_bench_sample_kv_cache_int8_rows(capsys):
+    """--kv-cache int8 samples with an int8 KV cache, in rows of their own name."""
+    bench = load_benchmark("bench_sample")
+    bench.main(["--ar", "ar-test", "--diffusion", "", "--device", "cpu", "--batch-sizes", "2", "--codebook-size",
+                "16", "--kv-cache", "int8", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["sampler"], r["cfg"]) for r in rows] == [("ar-int8", 1.0), ("ar-int8", 4.0)]
+    assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_kv_cache_quality_scores_each_setting_against_float32(tmp_path, capsys):
+    """kv_cache_quality.py: float32 weights and cache score 0 nats against themselves; an int8 cache moves the
+    next-token distributions a little (more than nothing, far less than a different model)."""
+    from regvq_cli.engine.checkpoint import save_model
+    from tests.test_priors_ar_static import peaked
+
+    torch.manual_seed(0)
+    folder = save_model(peaked("class"), tmp_path / "prior")
+    load_benchmark("kv_cache_quality").main(["--model", str(folder), "--classes", "2", "-n", "2", "--cfg", "2",
+                                             "--json"])
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["setting"]: r for r in out["rows"]}
+    assert list(rows) == ["R", "R+int8", "bf16", "bf16+int8"] and out["grids"] == 4
+    assert rows["R"]["kl_nats_per_token"] == 0 and rows["R"]["top1_agreement"] == 1
+    assert 0 < rows["R+int8"]["kl_nats_per_token"] < 0.05 and 0.5 < rows["R+int8"]["top1_agreement"] <= 1
+
+
 def test_bench_sample_counts_diffusion_flops_per_step(capsys):
     """A diffusion row's FLOPs are one counted denoiser step times the steps: what counting the whole call gives."""
     import dataclasses

@@ -263,6 +263,21 @@ def test_attention_option_reaches_the_ar_sampler(ar_model, tmp_path, monkeypatch
     assert all(torch.equal(a[i]["tokens"], b[i]["tokens"]) for i in range(3))
 
 
+def test_kv_cache_int8_samples_an_ar_prior_and_is_recorded(ar_model, diffusion_model, tmp_path):
+    """`--kv-cache int8` (here on the CPU, through SDPA): valid tokens, the same for the same seed, the setting kept
+    in the token folder's manifest; with a diffusion prior, a usage error."""
+    from regvq_cli.data.dataset import TokenDataset
+
+    for name in ("a", "b"):
+        ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "2", "--seed", "4", "--kv-cache", "int8",
+                  "--tokens-out", tmp_path / name, "--device", "cpu"))
+    a, b = TokenDataset(tmp_path / "a"), TokenDataset(tmp_path / "b")
+    assert all(torch.equal(a[i]["tokens"], b[i]["tokens"]) for i in range(2)) and int(a[0]["tokens"].max()) < 64
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["run"]["extra"]["sampled"]["kv_cache"] == "int8"
+    r = invoke("sample", "-m", diffusion_model, "--class", "cat", "--kv-cache", "int8", "-o", tmp_path / "x.png")
+    assert r.returncode == 2 and b"AR priors only" in r.stderr
+
+
 def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path):
     """--compile runs the AR decode step, or the diffusion denoiser, through torch.compile (here on the CPU): the
     same kind of output, and for the diffusion prior the tokens of the same command without it."""

@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors import decode_attention, sampling
+from regvq_cli.priors.ar import dequantize, quantize
 from regvq_cli.priors.conditioning import CondStates
 from regvq_cli.priors.sampling import _encode, sample_ar, sample_logits
 from tests.test_priors_ar import KINDS, H, K, W, raw_cond, tiny
@@ -89,6 +90,56 @@ def test_decode_step_guidance_at_scale_one_is_the_conditional_model():
             lb, lc = m.decode_step(x2[:, i:i + 1], pos, both), m.decode_step(x[:, i:i + 1], pos, cond_only)
             torch.testing.assert_close(lb[2:] + 1.0 * (lb[:2] - lb[2:]), lc, atol=1e-5, rtol=1e-5)
             assert (lb[2:] - lc).abs().max() > 1e-4  # the null rows differ: the check above means something
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_int8_cache_holds_quantized_keys_and_the_steps_read_them_back(kind):
+    """An int8 cache: layer 0's keys and values (which depend on the tokens alone) are the plain cache's quantized,
+    exactly; decode steps, which write their key and value and read the cache back, give the logits of one pass
+    over all positions through an int8 cache (both attend what the cache holds); and those stay near the plain
+    cache's (the rounding moves them a little, not nothing)."""
+    m = peaked(kind)
+    x = torch.randint(0, K, (2, H * W))
+    with torch.no_grad():
+        plain, whole = m.new_cache(2), m.new_cache(2, storage=torch.int8)
+        want = m(x[:, :-1], raw_cond(kind), cache=plain)
+        full = m(x[:, :-1], raw_cond(kind), cache=whole)  # [2, N, K]
+        assert whole.k[0].dtype == torch.int8 and whole.dtype == torch.float32
+        assert whole.nbytes == plain.nbytes * (16 + 4) // (4 * 16)  # head_dim 16: 16 int8 and a float32 scale
+        for got, scale, ref in ((whole.k[0], whole.k_scale[0], plain.k[0]), (whole.v[0], whole.v_scale[0],
+                                                                             plain.v[0])):
+            values, s = quantize(ref)
+            assert torch.equal(got, values) and torch.equal(scale, s)
+        cache = m.new_cache(2, storage=torch.int8)
+        steps = [m(x[:, :0], raw_cond(kind), cache=cache)[:, 0]]
+        for i in range(H * W - 1):
+            steps.append(m.decode_step(x[:, i:i + 1], torch.tensor(i), cache))
+        torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+        gap = (full.log_softmax(-1) - want.log_softmax(-1)).abs().max()
+        assert 0 < gap < 0.2, gap
+
+
+def test_quantize_rounds_each_vector_to_int8_with_its_own_scale():
+    """Each vector's largest |value| becomes +-127 and the rest are within half a step of it; a zero vector stays
+    zero (no division by zero); dequantize undoes it within that half step."""
+    x = torch.randn(3, 5, 16) * torch.tensor([1e-3, 1.0, 300.0])[:, None, None]
+    x[1, 2] = 0
+    values, scale = quantize(x)
+    assert values.dtype == torch.int8 and scale.shape == (3, 5) and scale.dtype == torch.float32
+    assert (values.abs().amax(-1)[x.abs().amax(-1) > 0] == 127).all() and not values[1, 2].any()
+    back = dequantize(values, scale, torch.float32)
+    assert ((back - x).abs() <= scale[..., None] / 2 * (1 + 1e-6)).all()
+    with pytest.raises(ValueError, match="floating dtype or torch.int8"):
+        peaked("class").new_cache(2, storage=torch.int16)
+
+
+def test_sample_ar_with_an_int8_cache():
+    """kv_dtype=torch.int8 samples valid tokens, the same ones for the same seed, with guidance and without."""
+    m = peaked("class")
+    for opts in (dict(), dict(cfg=3.0, top_k=6)):
+        a = sample_ar(m, raw_cond("class"), 2, generator=gen(0), kv_dtype=torch.int8, **opts)
+        assert torch.equal(a, sample_ar(m, raw_cond("class"), 2, generator=gen(0), kv_dtype=torch.int8, **opts))
+        assert a.shape == (2, H, W) and 0 <= int(a.min()) and int(a.max()) < K
 
 
 OPTIONS = [dict(), dict(cfg=3.0), dict(cfg=2.0, temperature=0.8, top_k=5, top_p=0.9), dict(temperature=0.0),
@@ -250,9 +301,28 @@ from regvq_cli.priors.decode_attention import add_rms_norm
 x, y, w = torch.randn(3, 1, 48), torch.randn(3, 1, 48), torch.rand(48) + 0.5  # 48: not a power of two
 s, n = add_rms_norm(x, y, w, 1e-5)
 assert torch.equal(s, x + y) and (n - F.rms_norm(x + y, (48,), w, 1e-5)).abs().max() < 1e-6
+# an int8 cache: the kernel quantizes the new key and value as ar.quantize does and attends what the cache holds
+from regvq_cli.priors.ar import dequantize, quantize
+last = 131
+qkv = torch.randn(B, 1, 3 * H * D) * 3
+q_new, k_new, v_new = qkv.view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4)
+cos, sin = rope_cos_sin(torch.tensor([last]), D)
+q_new, k_new = apply_rope(q_new, cos, sin), apply_rope(k_new, cos, sin)
+(k8, ks), (v8, vs) = quantize(k), quantize(v)
+k_want, v_want = dequantize(k8, ks, torch.float32), dequantize(v8, vs, torch.float32)
+(kq, kqs), (vq, vqs) = quantize(k_new[:, :, 0]), quantize(v_new[:, :, 0])
+k_want[:, :, last], v_want[:, :, last] = dequantize(kq, kqs, torch.float32), dequantize(vq, vqs, torch.float32)
+keep = (torch.arange(L) <= last)[None] & valid
+keep[:, last] = True
+want = F.scaled_dot_product_attention(q_new, k_want, v_want, attn_mask=keep[:, None, None, :])[:, :, 0]
+got = decode_attention(qkv.view(B, 3, H, D), rope_table(L, D, 10000.0), k8, v8, torch.tensor([last]), valid,
+                       scales=(ks, vs))
+assert (got - want).abs().max() < 1e-5, (got - want).abs().max()
+assert torch.equal(k8[:, :, last], kq) and torch.equal(v8[:, :, last], vq)
+assert torch.equal(ks[:, :, last], kqs) and torch.equal(vs[:, :, last], vqs)
 for kind in ("class", "text"):  # text: padded prefix positions
     m = peaked(kind)
-    for opts in (dict(), dict(cfg=3.0, top_k=6)):
+    for opts in (dict(), dict(cfg=3.0, top_k=6), dict(cfg=3.0, kv_dtype=torch.int8)):
         want = sample_ar(m, raw_cond(kind), 2, generator=gen(0), **opts)
         got = sample_ar(m, raw_cond(kind), 2, generator=gen(0), attention="triton", **opts)
         assert torch.equal(got, want), (kind, opts)
@@ -264,8 +334,9 @@ print("ok")
 def test_triton_decode_attention_equals_sdpa_and_draws_its_tokens():
     """The decode kernel, run by Triton's interpreter on the CPU (a process of its own: the interpreter is chosen
     when Triton compiles a kernel's definition): the new key and value appended at `last` and attention over
-    positions 0..last equal to SDPA's with the mask, padded keys and a block of nothing but padding included; and
-    sampling through it draws SDPA's tokens."""
+    positions 0..last equal to SDPA's with the mask, padded keys and a block of nothing but padding included, with an
+    int8 cache too (the new key and value quantized exactly as ar.quantize does); and sampling through it draws
+    SDPA's tokens, with either cache."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=600)
@@ -284,13 +355,15 @@ def test_triton_attention_needs_triton_on_cuda(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_step_replays_in_a_cuda_graph(dtype, monkeypatch):
     """compile=True with cuda_graphs=True on a GPU: the recorded compiled step draws the tokens of the compiled
-    eager loop (the compiled kernels may round differently from the plain ones, so that is the reference)."""
+    eager loop (the compiled kernels may round differently from the plain ones, so that is the reference), with an
+    int8 cache too."""
     monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)
     dev = torch.device("cuda")
     m = peaked("class").to(dev, dtype)
     cond = raw_cond("class").to(dev)
     g = torch.Generator(device=dev)
-    for opts in (dict(cfg=3.0, top_k=5), dict(temperature=0.7, top_p=0.9)):
+    for opts in (dict(cfg=3.0, top_k=5), dict(temperature=0.7, top_p=0.9),
+                 dict(cfg=3.0, kv_dtype=torch.int8)):
         compiled = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, **opts)
         both = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, cuda_graphs=True, **opts)
         assert both.device.type == "cuda" and torch.equal(both, compiled), opts
@@ -301,7 +374,8 @@ def test_compiled_step_replays_in_a_cuda_graph(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_decode_attention_in_graphs_and_compiled_steps(kind, dtype):
     """attention="triton" on a GPU: recorded in CUDA graphs, the tokens of its eager loop; compiled (a user
-    Triton kernel inside torch.compile) and graphed, those of its compiled loop; in fp32 also those of SDPA."""
+    Triton kernel inside torch.compile) and graphed, those of its compiled loop; in fp32 also those of SDPA, with
+    the model's cache and with an int8 one; in bf16 with an int8 cache, compiled and graphed, its compiled loop's."""
     pytest.importorskip("triton")
     dev = torch.device("cuda")
     m = peaked(kind).to(dev, dtype)
@@ -314,6 +388,15 @@ def test_triton_decode_attention_in_graphs_and_compiled_steps(kind, dtype):
         assert torch.equal(graphed, eager), opts
         if dtype == torch.float32:
             assert torch.equal(sample_ar(m, cond, 2, generator=g.manual_seed(0), **opts), eager), opts
+            # an int8 cache: the kernel quantizes as torch does, so it draws the SDPA path's tokens too
+            i8 = dict(kv_dtype=torch.int8, **opts)
+            assert torch.equal(sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", **i8),
+                               sample_ar(m, cond, 2, generator=g.manual_seed(0), **i8)), opts
+        else:  # bf16 with an int8 cache: recorded and compiled, the tokens of its eager loop
+            i8 = dict(kv_dtype=torch.int8, attention="triton", **opts)
+            want = sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, **i8)
+            assert torch.equal(sample_ar(m, cond, 2, generator=g.manual_seed(0), compile=True, cuda_graphs=True,
+                                         **i8), want), opts
         compiled = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True, **opts)
         both = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True,
                          cuda_graphs=True, **opts)

@@ -41,13 +41,14 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
 @click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step and the draw (on an H200, with the CUDA graphs sampling records anyway and the Triton attention, 1.1-1.3x faster at batch 1, 1.1x at batch 256); diffusion, the denoiser. Slower on a CPU.")
 @click.option("--attention", type=click.Choice(["auto", "sdpa", "triton"]), default="auto", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which rotates the step's query and key, appends them to the cache and reads only its written part, all in one kernel (CUDA, needs triton; on an H200 11-18% faster than SDPA at batch 1, 1.7-1.9x the images/s at batch 256). auto: the kernel where it can run, SDPA elsewhere.")
+@click.option("--kv-cache", type=click.Choice(["model", "int8"]), default="model", show_default=True, help="AR priors: what the decode steps' key/value cache holds: the model's dtype, or int8 with a scale per key and value vector, about half the bytes that the steps read, which bound large batches with the Triton attention. int8 moves the next-token distributions slightly (less than bf16 weights do against float32 on the shipped priors), so not the same tokens as --kv-cache model.")
 @device_options
 @offline_option
 @json_option
 @batch_size_hint
 def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, guidance, temperature, top_k, top_p,
-           steps, sampler, batch_size, tokenizer_spec, out, grid_sheet, cols, tokens_out, compile_, attention, device,
-           dtype, offline, as_json):
+           steps, sampler, batch_size, tokenizer_spec, out, grid_sheet, cols, tokens_out, compile_, attention, kv_cache,
+           device, dtype, offline, as_json):
     """Generate images from a prior trained with `regvq train-prior`.
 
     \b
@@ -88,8 +89,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     pc = prior.config
     if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
         raise click.UsageError("--steps and --sampler apply to diffusion priors only")
-    if prior.model_type == "diffusion" and attention == "triton":
-        raise click.UsageError("--attention applies to AR priors only")
+    if prior.model_type == "diffusion" and (attention == "triton" or kv_cache != "model"):
+        raise click.UsageError("--attention and --kv-cache apply to AR priors only")
     if prior.model_type != "diffusion":
         from regvq_cli.errors import RegvqError
         from regvq_cli.priors.sampling import resolve_attention
@@ -118,7 +119,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
                   "segmaps": maps[rows] if kind == "segmaps" else None}
         tok_id = tokenizer.regvq_id if tokenizer is not None else pc.tokenizer
         settings = {"prior": prior.regvq_id, "seed": seed, "cfg": guidance, "temperature": temperature, "top_k": top_k,
-                    "top_p": top_p, "steps": steps, "sampler": sampler, "batch_size": batch_size}
+                    "top_p": top_p, "steps": steps, "sampler": sampler, "batch_size": batch_size,
+                    "kv_cache": kv_cache}
         writer = TokenWriter(tokens_out, pc, tok_id, tok_sha or pc.tokenizer_sha256, names, fields, settings)
     runner = prepare_tokenizer(tokenizer, dev, compute_dtype) if out is not None else None
     single = out is not None and (out == "-" or out.lower().endswith(".png"))
@@ -128,7 +130,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     if prior.model_type == "diffusion":
         options.update(steps=steps, sampler=sampler or "vq")
     else:
-        options.update(attention=attention)
+        options.update(attention=attention, kv_dtype=torch.int8 if kv_cache == "int8" else None)
     files, sheet, done = [], [], 0
     t0 = time.perf_counter()
     try:

@@ -59,7 +59,7 @@ def rope_table(max_len: int, head_dim: int, theta: float, device=None):
 
 
 def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int | None = None,
-                     num_warps: int | None = None, num_stages: int | None = None):
+                     num_warps: int | None = None, num_stages: int | None = None, scales=None):
     """One decode step's attention from its projections: rotate q and k (rotary embedding, as
     layers.apply_rope), append k and v at cache position `last`, and return softmax(q k^T / sqrt(hd)) v over
     positions 0 .. last (and, where `valid` [B, max_len] bool is given, only its True ones among the earlier
@@ -67,7 +67,10 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
 
     qkv [B, 3, H, hd]: the step's unrotated q, k and v (the qkv projection's output, a view); rope [max_len, 2,
     hd]: `rope_table`; k_cache, v_cache [B, H, max_len, hd], written in place at `last`; last a 1-element long
-    tensor on the device. Returns [B, H, hd] in qkv's dtype (contiguous, so `.view(B, 1, H * hd)` is the
+    tensor on the device. The caches may hold another dtype than qkv's; int8 caches come with `scales`, the
+    float32 (k_scale, v_scale) [B, H, max_len] of ar.KVCache, and the new key and value are quantized as
+    ar.quantize does before they are attended (a step attends what later steps read back). Returns
+    [B, H, hd] in qkv's dtype (contiguous, so `.view(B, 1, H * hd)` is the
     attention's output for the projection). One kernel for what the plain step does in about six (rotation, two
     cache writes, the attention, and the copies between them). hd must be a power of two. `block` (keys per loop
     iteration), `num_warps` and `num_stages` tune the launch (`launch_config`'s when block is None; Triton's
@@ -81,16 +84,22 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
         raise ValueError("the decode kernel needs keys and values cached alike, the last dimension contiguous")
     if rope.dtype != torch.float32 or not rope.is_contiguous() or rope.shape[1:] != (2, D):
         raise ValueError("the decode kernel needs rope_table's float32 [max_len, 2, hd] tables")
+    if k_cache.dtype != v_cache.dtype or (k_cache.dtype == torch.int8) != (scales is not None):
+        raise ValueError("the decode kernel needs keys and values cached in one dtype, int8 with their scales")
+    if scales is not None and (scales[0].stride() != scales[1].stride() or scales[0].stride(-1) != 1):
+        raise ValueError("the decode kernel needs the keys' and values' scales laid out alike, positions contiguous")
+    k_scale, v_scale = scales if scales is not None else (last, last)  # unread without int8
     out = qkv.new_empty(B, H, D)
     flag = valid if valid is not None else last  # any tensor: the kernel does not read it without HAS_VALID
     if block is None:
         block, num_warps, num_stages = launch_config(B * H)
     tuning = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     kernel()[(B * H,)](
-        qkv, rope, k_cache, v_cache, out, flag, last, 1.0 / D ** 0.5,
-        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0),
-        valid.stride(0) if valid is not None else 0,
-        H=H, D=D, BLOCK=block, HAS_VALID=valid is not None, **tuning)
+        qkv, rope, k_cache, v_cache, k_scale, v_scale, out, flag, last, 1.0 / D ** 0.5,
+        qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        k_scale.stride(0) if scales is not None else 0, k_scale.stride(1) if scales is not None else 0,
+        out.stride(0), valid.stride(0) if valid is not None else 0,
+        H=H, D=D, BLOCK=block, HAS_VALID=valid is not None, QUANT=scales is not None, **tuning)
     return out
 
 

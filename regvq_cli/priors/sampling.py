@@ -1,7 +1,7 @@
 """Samplers for the priors: pure functions, one batch of n samples per call, k-diffusion style.
 
     sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback,
-              cuda_graphs, compile, attention)                                             -> [n, h, w]
+              cuda_graphs, compile, attention, kv_dtype)                                   -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
                      generator, callback, cuda_graphs, compile)                            -> [n, h, w]
 
@@ -225,7 +225,7 @@ def resolve_attention(attention: str, device) -> str:
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False,
-              compile: bool = False, attention: str = "auto"):
+              compile: bool = False, attention: str = "auto", kv_dtype: torch.dtype | None = None):
     """Sample n token grids [n, h, w] from an ARPrior, one raster position per step with a static KV cache.
 
     One forward pass over the prefix, then N - 1 identical steps on preallocated buffers (draw x_i, then
@@ -235,7 +235,9 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     the decode step (once per model) and the draw (once); the first call pays for it. attention="triton" (CUDA,
     with Triton installed) runs the decode steps' attention through decode_attention.py's kernel, which reads
     exactly the cache positions written, instead of SDPA over a masked window ("sdpa"); "auto" picks the kernel
-    where it can run (`resolve_attention`).
+    where it can run (`resolve_attention`). kv_dtype: what the KV cache holds, by default the model's dtype;
+    torch.int8 about halves the bytes the Triton kernel reads per step, which bound large batches (keys and values
+    quantized per vector: nearly the same next-token distributions, not the same tokens; see KVCache).
     """
     _check_common(n, cfg, temperature, top_k, top_p)
     h, w = model.config.grid_size
@@ -247,7 +249,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     with _EvalMode(model):
         states, guided = _encode(model, cond, n, cfg)
         B = 2 * n if guided else n
-        cache = model.new_cache(B)
+        cache = model.new_cache(B, storage=kv_dtype)
         if attention == "triton":
             cache.use_kernel(model.config.rope_theta)
             decode_attention.kernel()  # imported now, not while torch.compile traces a step
