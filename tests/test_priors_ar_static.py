@@ -301,6 +301,10 @@ from regvq_cli.priors.decode_attention import add_rms_norm
 x, y, w = torch.randn(3, 1, 48), torch.randn(3, 1, 48), torch.rand(48) + 0.5  # 48: not a power of two
 s, n = add_rms_norm(x, y, w, 1e-5)
 assert torch.equal(s, x + y) and (n - F.rms_norm(x + y, (48,), w, 1e-5)).abs().max() < 1e-6
+x, y, w = x.bfloat16(), y.bfloat16(), w.bfloat16()  # as when sampling on a GPU (the interpreter rounds to bf16
+s, n = add_rms_norm(x, y, w, 1e-5)  # its own way, so within bf16's precision here; on a GPU, as torch rounds)
+torch.testing.assert_close(s, x + y)
+torch.testing.assert_close(n, F.rms_norm(x + y, (48,), w, 1e-5), atol=0.02, rtol=0.02)
 # an int8 cache: the kernel quantizes the new key and value as ar.quantize does and attends what the cache holds
 from regvq_cli.priors.ar import dequantize, quantize
 last = 131
@@ -401,6 +405,28 @@ def test_triton_decode_attention_in_graphs_and_compiled_steps(kind, dtype):
         both = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True,
                          cuda_graphs=True, **opts)
         assert torch.equal(both, compiled) and both.max() < K, opts
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("storage", [None, torch.int8])
+def test_triton_decode_steps_in_bf16_give_the_plain_steps_logits(storage):
+    """In bf16 the kernel path (the decode attention and the add + norm kernels) rounds differently from the plain
+    one, so sampled tokens may part; teacher-forced, step by step, their logits stay within bf16's precision of
+    each other (on the CPU in fp32, bf16 weights move these logits by up to 0.015)."""
+    pytest.importorskip("triton")
+    dev = torch.device("cuda")
+    m = peaked("class").to(dev, torch.bfloat16).eval()
+    x = torch.randint(0, K, (2, H * W), device=dev)
+    cond = raw_cond("class").to(dev)
+    with torch.no_grad():
+        plain, fused = m.new_cache(2, storage=storage), m.new_cache(2, storage=storage)
+        fused.use_kernel(m.config.rope_theta)
+        a, b = m(x[:, :0], cond, cache=plain)[:, 0], m(x[:, :0], cond, cache=fused)[:, 0]
+        for i in range(H * W - 1):
+            torch.testing.assert_close(b.float(), a.float(), atol=0.05, rtol=0.05)
+            pos = torch.tensor(i, device=dev)
+            a, b = m.decode_step(x[:, i:i + 1], pos, plain), m.decode_step(x[:, i:i + 1], pos, fused)
+        torch.testing.assert_close(b.float(), a.float(), atol=0.05, rtol=0.05)
 
 
 def test_auto_attention_is_the_kernel_on_cuda_with_triton_and_sdpa_elsewhere(monkeypatch):

@@ -97,8 +97,11 @@ def add_rms_norm_kernel(X, Y, W, S, N, eps, s_x, s_y, s_s, s_n, D: tl.constexpr,
     row = tl.program_id(0)
     d = tl.arange(0, BLOCK)
     inside = d < D
-    s = tl.load(X + row * s_x + d, mask=inside, other=0.0) + tl.load(Y + row * s_y + d, mask=inside, other=0.0)
+    x = tl.load(X + row * s_x + d, mask=inside, other=0.0)
+    # the arithmetic in float32, each result rounded to x's dtype where torch's ops round theirs
+    s = (x.to(tl.float32) + tl.load(Y + row * s_y + d, mask=inside, other=0.0).to(tl.float32)).to(x.dtype)
     tl.store(S + row * s_s + d, s, mask=inside)
     sf = s.to(tl.float32)
-    normed = (sf * tl.rsqrt(tl.sum(sf * sf, axis=0) / D + eps)).to(s.dtype)
-    tl.store(N + row * s_n + d, normed * tl.load(W + d, mask=inside, other=0.0), mask=inside)
+    normed = (sf * tl.rsqrt(tl.sum(sf * sf, axis=0) / D + eps)).to(x.dtype).to(tl.float32)
+    gain = tl.load(W + d, mask=inside, other=0.0).to(tl.float32)
+    tl.store(N + row * s_n + d, (normed * gain).to(x.dtype), mask=inside)
