@@ -322,8 +322,11 @@ want = F.scaled_dot_product_attention(q_new, k_want, v_want, attn_mask=keep[:, N
 got = decode_attention(qkv.view(B, 3, H, D), rope_table(L, D, 10000.0), k8, v8, torch.tensor([last]), valid,
                        scales=(ks, vs))
 assert (got - want).abs().max() < 1e-5, (got - want).abs().max()
-assert torch.equal(k8[:, :, last], kq) and torch.equal(v8[:, :, last], vq)
-assert torch.equal(ks[:, :, last], kqs) and torch.equal(vs[:, :, last], vqs)
+assert torch.equal(v8[:, :, last], vq) and torch.equal(vs[:, :, last], vqs)  # v is not rotated: exactly
+# the key is rotated, which the interpreter and torch round alike only to within float32's last bit: its
+# quantized values may then differ by one step where the rotated value lies at a rounding boundary
+assert torch.allclose(ks[:, :, last], kqs, rtol=1e-6, atol=0)
+assert (k8[:, :, last].int() - kq.int()).abs().max() <= 1
 for kind in ("class", "text"):  # text: padded prefix positions
     m = peaked(kind)
     for opts in (dict(), dict(cfg=3.0, top_k=6), dict(cfg=3.0, kv_dtype=torch.int8)):
