@@ -63,7 +63,7 @@ class KVCache:
 
     `dtype` is what attention computes in (the model's); `storage` what the cache holds, by default the same.
     torch.int8 stores each key and value vector (one position of one head) quantized on its own, the symmetric
-    int8 of `quantize`: int8 values and a float32 scale, 68 bytes per 64 features where bf16 takes 128. That
+    int8 of `quantize`: int8 values and a float32 scale, 68 bytes per 64 features where bf16 takes 128. That nearly
     halves the bytes decode steps read, which bound sampling at large batches; the plain path and the Triton
     kernel both attend the stored (quantized) keys and values. Its scales are `k_scale[layer]` and
     `v_scale[layer]`, [B, heads, max_len].
