@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from regvq_cli.priors.layers import RMSNorm, apply_rope, rope_cos_sin
+from regvq_cli.priors.layers import CPU_FEW_ROWS, Linear, RMSNorm, apply_rope, rope_cos_sin
 
 
 def reference_rms_norm(x, weight, eps):
@@ -76,3 +76,24 @@ def test_rope_rotates_q_and_k_together_as_separately_and_keeps_dot_products_rela
 
     assert math.isclose(dot(7, 3), dot(14, 10), rel_tol=1e-4, abs_tol=1e-5)
     assert not math.isclose(dot(7, 3), dot(7, 4), rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_is_nn_linear_whichever_way_it_multiplies(bias):
+    """Linear on a CPU computes 2 to CPU_FEW_ROWS rows as W @ x^T and others as F.linear: the same results (to
+    float32 rounding) for any leading shape, a contiguous output, gradients included, and under bf16 autocast."""
+    torch.manual_seed(0)
+    ours, ref = Linear(48, 40, bias=bias), torch.nn.Linear(48, 40, bias=bias)
+    ref.load_state_dict(ours.state_dict())
+    for shape in ((1, 48), (2, 1, 48), (CPU_FEW_ROWS, 48), (CPU_FEW_ROWS + 1, 48), (3, 5, 48)):
+        x = torch.randn(shape, requires_grad=True)
+        y, want = ours(x), ref(x)
+        assert y.shape == want.shape and y.is_contiguous()
+        torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+        g, = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(g, torch.autograd.grad(want.sum(), x)[0], atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randn(2, 1, 48)
+        y = ours(x)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), ref(x).float(), atol=0.05, rtol=0.02)

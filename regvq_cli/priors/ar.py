@@ -30,7 +30,7 @@ from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import CondStates, ConditionEncoder
 from regvq_cli.priors.config import PriorConfig
 from regvq_cli.priors.decode_attention import add_rms_norm, decode_attention, rope_table
-from regvq_cli.priors.layers import RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
+from regvq_cli.priors.layers import Linear, RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
 
 
 @dataclass
@@ -158,8 +158,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ARConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
-        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.qkv = Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = Linear(cfg.dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
 
     def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0, window=None):
@@ -209,7 +209,7 @@ class ARPrior(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.head = nn.Linear(config.dim, config.codebook_size, bias=False)
+        self.head = Linear(config.dim, config.codebook_size, bias=False)
         init_weights(self)
         nn.init.normal_(self.start, std=0.02)
         for block in self.blocks:  # residual branches scaled down with depth (GPT-2)
