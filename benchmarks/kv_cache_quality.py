@@ -52,7 +52,7 @@ def guided_logprobs(model, cond, tokens, cfg: float, storage, attention: str):
     """log p(x_i | x_<i) [n, N, V] in float32 from the guided logits of `model` for the raw condition `cond`,
     teacher-forced, with a cache holding `storage`: one pass over the prefix and all tokens ("sdpa"), or the prefix
     and then one decode step per position through the Triton kernel ("triton")."""
-    from regvq_cli.priors.sampling import _encode
+    from regvq_cli.priors.sampling import _encode, guide
 
     n, N = tokens.shape
     states, guided = _encode(model, cond, n, cfg)
@@ -70,7 +70,7 @@ def guided_logprobs(model, cond, tokens, cfg: float, storage, attention: str):
             pos += 1
         logits = torch.stack(steps, 1).float()
     if guided:
-        logits = logits[n:] + cfg * (logits[:n] - logits[n:])
+        logits = guide(logits, cfg)
     return logits.log_softmax(-1)
 
 

@@ -83,14 +83,20 @@ def sample_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float
     return _draw(logits, u, False, 1.0, temperature, top_k, top_p)
 
 
+def guide(pred, cfg: float):
+    """Classifier-free guidance of predictions [2n, ...] (n conditional rows, then n null rows): pred_null + cfg *
+    (pred_cond - pred_null), [n, ...]."""
+    n = pred.shape[0] // 2
+    return pred[n:] + cfg * (pred[:n] - pred[n:])
+
+
 def _draw(logits, u, guided: bool, cfg: float, temperature: float, top_k: int, top_p: float):
     """`sample_logits` with its uniform noise u given (None at temperature 0). guided: logits [2n, V] are n
     conditional rows, then n null rows, mixed by cfg first. Tensor work only, so the AR sampler can compile it (a
     generator cannot be compiled: the noise is drawn outside), a few kernels where it takes a dozen eagerly."""
     logits = logits.float()
     if guided:
-        n = logits.shape[0] // 2
-        logits = logits[n:] + cfg * (logits[:n] - logits[n:])  # [n, V]
+        logits = guide(logits, cfg)  # [n, V]
     if temperature <= 0:
         return logits.argmax(dim=-1)
     return (filter_logits(logits / temperature, top_k, top_p) + _gumbel_from_uniform(u)).argmax(dim=-1)
@@ -347,7 +353,7 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
             run(0)
             logp = F.log_softmax(logits, dim=-1)
             if guided:
-                logp = F.log_softmax(logp[n:] + cfg * (logp[:n] - logp[n:]), dim=-1)
+                logp = F.log_softmax(guide(logp, cfg), dim=-1)
             if temperature <= 0:
                 return torch.where(F.one_hot(logp.argmax(-1), K).bool(), 0.0, float("-inf"))
             if temperature != 1.0:
