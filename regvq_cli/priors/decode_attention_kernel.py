@@ -54,22 +54,22 @@ def decode_attention_kernel(QKV, ROPE, K, V, KS, VS, O, VALID, LAST, scale,
     # the new key and value, from registers (never read back from the cache they are written to), as the cache
     # will hold them
     if QUANT:
-        k_int, k_scale = _quantize(k_new)
-        v_int, v_scale = _quantize(v_new)
-        k_att, v_att = k_int.to(tl.float32) * k_scale, v_int.to(tl.float32) * v_scale
+        k_held, k_scale = _quantize(k_new)
+        v_held, v_scale = _quantize(v_new)
+        k_att, v_att = k_held.to(tl.float32) * k_scale, v_held.to(tl.float32) * v_scale
         tl.store(KS + scales + last, k_scale)
         tl.store(VS + scales + last, v_scale)
     else:
-        k_int, v_int = k_new.to(K.dtype.element_ty), v_new.to(V.dtype.element_ty)
-        k_att, v_att = k_int.to(tl.float32), v_int.to(tl.float32)
+        k_held, v_held = k_new.to(K.dtype.element_ty), v_new.to(V.dtype.element_ty)
+        k_att, v_att = k_held.to(tl.float32), v_held.to(tl.float32)
     s_new = tl.sum(k_att * q, axis=0)
     m_new = tl.maximum(m, s_new)
     alpha, p = tl.exp(m - m_new), tl.exp(s_new - m_new)
     acc = acc * alpha + p * v_att
     total = total * alpha + p
     tl.store(O + row * s_ob + head * D + d, (acc / total).to(O.dtype.element_ty))
-    tl.store(K + cache + last * s_kl + d, k_int)
-    tl.store(V + cache + last * s_kl + d, v_int)
+    tl.store(K + cache + last * s_kl + d, k_held)
+    tl.store(V + cache + last * s_kl + d, v_held)
 
 
 @triton.jit
