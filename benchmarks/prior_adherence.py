@@ -300,8 +300,10 @@ class KindClassifier:
         self.device = torch.device(device)
         self.net = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128),
                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, len(OBJECTS))).to(self.device)
-        meta = {"train": str(train), "epochs": str(epochs), "seed": str(seed), "objects": ",".join(OBJECTS),
-                "blur": str(blur), "loss": "balanced", "schedule": "cosine"}
+        # its training settings: the cache's metadata, and what run_text reports
+        self.settings = meta = {"train": str(train), "epochs": str(epochs), "seed": str(seed),
+                                "objects": ",".join(OBJECTS), "blur": str(blur), "loss": "balanced",
+                                "schedule": "cosine"}
         if cache and Path(cache).is_file():
             from safetensors import safe_open
             from safetensors.torch import load_file
@@ -556,7 +558,8 @@ def run_text(a) -> dict:
                 "classifier_by_object_after_the_tokenizer": after["by_object"],
                 "classifier": f"4-layer CNN at {KIND_SIZE} px trained on {a.kind_train} recipe pictures of "
                               f"{', '.join(OBJECTS)} (seed {KIND_SEED}; objects weighed equally, blurred up to "
-                              f"1 px, 20 epochs); held-out pictures seed {KIND_SEED + 1}"}
+                              f"{float(classifier.settings['blur']):g} px, {classifier.settings['epochs']} epochs); "
+                              f"held-out pictures seed {KIND_SEED + 1}"}
     return {"mode": "text", "model": prior.regvq_id, "tokenizer": tok.regvq_id, "seed": a.seed, "cfg": a.cfg,
             "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
             "n_per_prompt": a.n, "prompts": len(prompts), "image_size": int(images.shape[1]),
