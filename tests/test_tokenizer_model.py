@@ -146,7 +146,8 @@ def test_group_norm_keeps_bf16_under_autocast_and_is_plain_group_norm_outside():
 def test_group_norm_by_channels_is_group_norm_with_its_gradients():
     """The compiled path's GroupNorm (statistics per channel, then combined per group) gives F.group_norm's
     values and gradients for contiguous and channels-last inputs, with a mean far from zero (where a variance
-    from sums of squares would cancel); and a compiled GroupNorm module takes that path."""
+    from sums of squares would cancel); and a compiled GroupNorm module takes that path on the devices listed
+    (CUDA), not elsewhere."""
     from regvq_cli.tokenizer.nets import GroupNorm, group_norm_by_channels
 
     torch.manual_seed(0)
@@ -167,13 +168,19 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients():
     norm = GroupNorm(4, 16, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(w), norm.bias.copy_(b)
-    calls = []
     import regvq_cli.tokenizer.nets as nets
-    real = nets.group_norm_by_channels
-    nets.group_norm_by_channels = lambda *a: calls.append(1) or real(*a)
-    try:
-        x = torch.randn(2, 16, 6, 5)
-        assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
-    finally:
-        nets.group_norm_by_channels = real
-    assert calls
+
+    def compiled_calls(devices):
+        calls, real = [], nets.group_norm_by_channels
+        nets.group_norm_by_channels = lambda *a: calls.append(1) or real(*a)
+        saved, nets.CHANNEL_STATISTICS_ON = nets.CHANNEL_STATISTICS_ON, devices
+        try:
+            torch._dynamo.reset()
+            x = torch.randn(2, 16, 6, 5)
+            assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
+        finally:
+            nets.group_norm_by_channels, nets.CHANNEL_STATISTICS_ON = real, saved
+        return len(calls)
+
+    assert nets.CHANNEL_STATISTICS_ON == {"cuda"}
+    assert compiled_calls({"cpu"}) > 0 and compiled_calls({"cuda"}) == 0

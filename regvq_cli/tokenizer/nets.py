@@ -16,6 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# Device types where compiled GroupNorm computes its statistics per channel (group_norm_by_channels): measured
+# faster on CUDA; on the CPU inductor's code for it was slower than for F.group_norm (docs/performance.md).
+CHANNEL_STATISTICS_ON = {"cuda"}
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters and state dict) that keeps a bf16 or fp16 input's dtype under autocast.
 
@@ -23,11 +28,12 @@ class GroupNorm(nn.GroupNorm):
     output) up to float32, normalised it, SiLU ran in float32, and the next convolution copied the result back
     down, each a pass over a full-resolution activation, forward and backward. PyTorch's kernels accumulate the
     statistics of a bf16 input in float32 anyway, so under autocast this normalises in the input's dtype (the gain
-    and bias cast to it) and the block stays in bf16. Outside autocast it is nn.GroupNorm.
+    and bias cast to it) and the block stays in bf16. Outside autocast it is nn.GroupNorm. Compiled on CUDA it
+    computes its statistics per channel (group_norm_by_channels), which inductor turns into faster code.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.dim() == 4:
+        if torch.compiler.is_compiling() and x.dim() == 4 and x.device.type in CHANNEL_STATISTICS_ON:
             return group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
@@ -44,7 +50,8 @@ def group_norm_by_channels(x: torch.Tensor, groups: int, weight: torch.Tensor, b
     activation at a fraction of the memory bandwidth. Reduced over H*W per (sample, channel) instead, neighbouring
     channels are neighbouring threads and every read is contiguous; a group's mean and variance then follow
     exactly from its channels' (equal counts: the mean of the means, and the mean of the variances plus the
-    spread of the means). Computed in float32 and returned in x's dtype, as F.group_norm does.
+    spread of the means). Computed in float32 and returned in x's dtype, as F.group_norm does. Used on the
+    devices in CHANNEL_STATISTICS_ON.
     """
     B, C = x.shape[:2]
     var_c, mean_c = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # [B, C] each
