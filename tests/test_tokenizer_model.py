@@ -143,7 +143,7 @@ def test_group_norm_keeps_bf16_under_autocast_and_is_plain_group_norm_outside():
     assert norm.bias.grad.abs().sum() > 0
 
 
-def test_group_norm_by_channels_is_group_norm_with_its_gradients():
+def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
     """The compiled path's GroupNorm (statistics per channel, then combined per group) gives F.group_norm's
     values and gradients for contiguous and channels-last inputs, with a mean far from zero (where a variance
     from sums of squares would cancel); and a compiled GroupNorm module takes that path on the devices listed
@@ -165,22 +165,18 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients():
         for mine, theirs, exact in zip(outs["mine"], outs["torch"], outs["exact"]):
             assert (mine - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6, fmt
 
+    import regvq_cli.tokenizer.nets as nets
+
+    assert nets.CHANNEL_STATISTICS_ON == {"cuda"}
     norm = GroupNorm(4, 16, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(w), norm.bias.copy_(b)
-    import regvq_cli.tokenizer.nets as nets
-
-    def compiled_calls(devices):
-        calls, real = [], nets.group_norm_by_channels
-        nets.group_norm_by_channels = lambda *a: calls.append(1) or real(*a)
-        saved, nets.CHANNEL_STATISTICS_ON = nets.CHANNEL_STATISTICS_ON, devices
-        try:
-            torch._dynamo.reset()
-            x = torch.randn(2, 16, 6, 5)
-            assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
-        finally:
-            nets.group_norm_by_channels, nets.CHANNEL_STATISTICS_ON = real, saved
-        return len(calls)
-
-    assert nets.CHANNEL_STATISTICS_ON == {"cuda"}
-    assert compiled_calls({"cpu"}) > 0 and compiled_calls({"cuda"}) == 0
+    calls, real = [], nets.group_norm_by_channels
+    monkeypatch.setattr(nets, "group_norm_by_channels", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 16, 6, 5)
+    for devices, used in (({"cpu"}, True), ({"cuda"}, False)):
+        monkeypatch.setattr(nets, "CHANNEL_STATISTICS_ON", devices)
+        calls.clear()
+        torch._dynamo.reset()
+        assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
+        assert bool(calls) == used, devices
