@@ -1,5 +1,5 @@
-"""The engine's tokenizer runner gives the plain model's tokens: bitwise in fp32 on the CPU, and with a stated
-agreement rate under bf16 on a GPU."""
+"""The engine's tokenizer runner gives the plain model's tokens: bitwise in fp32 on the CPU (the compiled runner
+too), and with a stated agreement rate under bf16 on a GPU, compiled or not."""
 
 import copy
 
@@ -43,3 +43,38 @@ def test_bf16_gpu_runner_agrees_with_fp32():
     agreement = (got == want).float().mean().item()
     print(f"bf16 token agreement with fp32: {agreement:.4f}")
     assert agreement >= 0.95
+
+
+def test_compiled_runner_gives_the_plain_runners_tokens_and_images_on_cpu():
+    """compile=True (torch.compile of encode and decode) in fp32 on the CPU: the plain runner's tokens (these smooth
+    images have no near-tie) and its images within float32 rounding."""
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["tok-test"]).eval()
+    images = smooth_images(4, 32, seed=1)
+    plain = prepare_tokenizer(copy.deepcopy(model), "cpu", torch.float32)
+    compiled = prepare_tokenizer(model, "cpu", torch.float32, compile=True)
+    tokens = plain.encode(images)
+    assert torch.equal(compiled.encode(images), tokens)
+    assert (compiled.decode(tokens) - plain.decode(tokens)).abs().max() < 1e-4
+
+
+@pytest.mark.gpu
+def test_compiled_bf16_gpu_runner_is_as_close_to_fp32_as_the_eager_one():
+    """The compiled bf16 runner (GroupNorm from per-channel statistics on CUDA), paper preset: at least 95% of
+    tokens equal to the fp32 model's and to the eager bf16 runner's, and decoded images as close to fp32's as the
+    eager bf16 runner's are (mean error within 2x)."""
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["vqgan-f16"]).eval()
+    images = smooth_images(16, 256)
+    fp32 = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.float32)  # the runner casts in place
+    eager = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16)
+    compiled = prepare_tokenizer(model, "cuda", torch.bfloat16, compile=True)
+    want = fp32.encode(images)
+    got = compiled.encode(images)
+    with_fp32, with_eager = ((got == t).float().mean().item() for t in (want, eager.encode(images)))
+    print(f"compiled bf16 token agreement: {with_fp32:.4f} with fp32, {with_eager:.4f} with eager bf16")
+    assert with_fp32 >= 0.95 and with_eager >= 0.95
+    exact = fp32.decode(want).float()
+    err_eager, err_compiled = ((r.decode(want).float() - exact).abs().mean().item() for r in (eager, compiled))
+    print(f"decode mean error against fp32: eager bf16 {err_eager:.5f}, compiled bf16 {err_compiled:.5f}")
+    assert err_compiled <= 2 * err_eager + 1e-4
