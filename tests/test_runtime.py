@@ -78,3 +78,33 @@ def test_compiled_bf16_gpu_runner_is_as_close_to_fp32_as_the_eager_one():
     err_eager, err_compiled = ((r.decode(want).float() - exact).abs().mean().item() for r in (eager, compiled))
     print(f"decode mean error against fp32: eager bf16 {err_eager:.5f}, compiled bf16 {err_compiled:.5f}")
     assert err_compiled <= 2 * err_eager + 1e-4
+
+
+def test_compiled_runner_pads_a_short_batch_instead_of_compiling_again(monkeypatch):
+    """A compiled runner is specialised to its batch size: a smaller batch (a run's last one) is padded to the
+    largest size so far and gives the plain runner's tokens and images, with no new compile; a larger batch
+    compiles once more."""
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting, **kw))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["tok-test"]).eval()
+    images = smooth_images(6, 32, seed=2)
+    plain = prepare_tokenizer(copy.deepcopy(model), "cpu", torch.float32)
+    compiled = prepare_tokenizer(model, "cpu", torch.float32, compile=True)
+    want = plain.encode(images)
+    assert torch.equal(compiled.encode(images[:4]), want[:4])
+    after_first = len(graphs)
+    assert torch.equal(compiled.encode(images[4:]), want[4:])  # 2 rows, padded to 4
+    assert len(graphs) == after_first
+    assert torch.equal(compiled.encode(images), want) and len(graphs) > after_first  # 6 rows: compiled again
+    decoded = compiled.decode(want[:4])
+    after_decode = len(graphs)
+    assert torch.equal(compiled.decode(want[4:]), plain.decode(want[4:])) and len(graphs) == after_decode
+    assert torch.equal(decoded, plain.decode(want[:4]))

@@ -22,6 +22,7 @@ class TokenizerRunner:
             net.to(dtype=dtype, memory_format=self.memory_format)
         model.quantizer.float()
         self._encode, self._decode = self._encode_impl, self._decode_impl
+        self.compiled, self._rows = compile, 0
         if compile:
             self._encode = torch.compile(self._encode_impl, dynamic=False)
             self._decode = torch.compile(self._decode_impl, dynamic=False)
@@ -41,11 +42,25 @@ class TokenizerRunner:
         codes = codes.to(self.dtype).contiguous(memory_format=self.memory_format)
         return m.decoder(m.post_quant_conv(codes)).clamp(-1, 1)
 
+    def _call(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """fn(x), where a compiled fn is specialised to its batch size: a batch smaller than the largest so far is
+        padded with zeros to that size and the padded rows dropped (no row depends on another), so a run's last
+        short batch, or one that skipped files shortened, does not compile the networks again."""
+        n = x.shape[0]
+        if not self.compiled or n >= self._rows:
+            self._rows = max(self._rows, n)
+            return fn(x)
+        with torch.inference_mode(x.is_inference()):  # as x is: the compiled code is specialised to that too
+            padded = torch.cat([x, x.new_zeros((self._rows - n, *x.shape[1:]))])
+            if x.dim() == 4:
+                padded = padded.contiguous(memory_format=self.memory_format)
+        return fn(padded)[:n]
+
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images float [B, 3, H, W] in [-1, 1] (any device) -> long [B, h, w] on the device."""
         x = images.to(self.device, non_blocking=True).to(self.dtype).contiguous(memory_format=self.memory_format)
-        return self._encode(x)
+        return self._call(self._encode, x)
 
     @torch.inference_mode()
     def encode_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -53,12 +68,12 @@ class TokenizerRunner:
         [B, h, w] on the device."""
         x = pixels.to(self.device, non_blocking=True)
         x = (x.to(self.dtype) / 127.5 - 1).contiguous(memory_format=self.memory_format)
-        return self._encode(x)
+        return self._call(self._encode, x)
 
     @torch.inference_mode()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """long [B, h, w] -> float [B, 3, H, W] in [-1, 1] on the device."""
-        return self._decode(indices.to(self.device, non_blocking=True).long())
+        return self._call(self._decode, indices.to(self.device, non_blocking=True).long())
 
     @torch.inference_mode()
     def decode_uint8(self, indices: torch.Tensor) -> torch.Tensor:
