@@ -33,7 +33,7 @@ class GroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.dim() == 4 and x.device.type in CHANNEL_STATISTICS_ON:
+        if torch.compiler.is_compiling() and self.affine and x.dim() == 4 and x.device.type in CHANNEL_STATISTICS_ON:
             return group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
