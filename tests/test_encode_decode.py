@@ -250,9 +250,7 @@ def test_verify_catches_a_flipped_byte(tmp_path, tokenizer_dir):
 
 
 def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):
-    # enough images that the run is still encoding when its first shard appears, even if the shard writer's
-    # fsyncs lag (with 200, one run had encoded them all and ended, exit 0, before the signal came)
-    imgs = make_images(tmp_path / "imgs", 1000, size=(32, 32))
+    imgs = make_images(tmp_path / "imgs", 200, size=(64, 64))
     cmd = [sys.executable, "-m", "regvq_cli", "encode", "--workers", "0", str(imgs), "-o", str(tmp_path / "tok"),
            "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
