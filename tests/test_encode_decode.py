@@ -253,7 +253,10 @@ def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):
     imgs = make_images(tmp_path / "imgs", 200, size=(64, 64))
     cmd = [sys.executable, "-m", "regvq_cli", "encode", "--workers", "0", str(imgs), "-o", str(tmp_path / "tok"),
            "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1"]
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a child inherits an ignored SIGINT (a test run started as a background job has one), and Python then
+    # leaves it ignored: give the child the default, as a terminal's Ctrl-C finds it
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "tok" / "shard-00000.safetensors").exists() and time.time() < deadline:
         time.sleep(0.01)
