@@ -45,14 +45,18 @@ def test_bf16_gpu_runner_agrees_with_fp32():
     assert agreement >= 0.95
 
 
+def plain_and_compiled_cpu_runners(n_images, seed):
+    """(images, the plain fp32 runner, the compiled one) of one tiny tokenizer on the CPU."""
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["tok-test"]).eval()
+    plain = prepare_tokenizer(copy.deepcopy(model), "cpu", torch.float32)  # the runner casts in place
+    return smooth_images(n_images, 32, seed=seed), plain, prepare_tokenizer(model, "cpu", torch.float32, compile=True)
+
+
 def test_compiled_runner_gives_the_plain_runners_tokens_and_images_on_cpu():
     """compile=True (torch.compile of encode and decode) in fp32 on the CPU: the plain runner's tokens (these smooth
     images have no near-tie) and its images within float32 rounding."""
-    torch.manual_seed(0)
-    model = Tokenizer(PRESETS["tok-test"]).eval()
-    images = smooth_images(4, 32, seed=1)
-    plain = prepare_tokenizer(copy.deepcopy(model), "cpu", torch.float32)
-    compiled = prepare_tokenizer(model, "cpu", torch.float32, compile=True)
+    images, plain, compiled = plain_and_compiled_cpu_runners(4, seed=1)
     tokens = plain.encode(images)
     assert torch.equal(compiled.encode(images), tokens)
     assert (compiled.decode(tokens) - plain.decode(tokens)).abs().max() < 1e-4
@@ -93,11 +97,7 @@ def test_compiled_runner_pads_a_short_batch_instead_of_compiling_again(monkeypat
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting, **kw))
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = Tokenizer(PRESETS["tok-test"]).eval()
-    images = smooth_images(6, 32, seed=2)
-    plain = prepare_tokenizer(copy.deepcopy(model), "cpu", torch.float32)
-    compiled = prepare_tokenizer(model, "cpu", torch.float32, compile=True)
+    images, plain, compiled = plain_and_compiled_cpu_runners(6, seed=2)
     want = plain.encode(images)
     assert torch.equal(compiled.encode(images[:4]), want[:4])
     after_first = len(graphs)
