@@ -276,3 +276,18 @@ def test_resumed_work_is_planned_without_listing_every_index():
     assert list(batches) == [[0, 1, 2], [3], [4, 5, 6], [7]] and len(batches) == 4  # never across shards
     huge = _Positions([(0, 0, 10**9)])
     assert len(huge) == 10**9 and huge[10**9 - 1] == 10**9 - 1
+
+
+def test_compile_says_the_first_batch_waits_for_it(tmp_path, tokenizer_dir, monkeypatch):
+    """--compile on encode and decode: a line on stderr says the first batch waits for the compilation (so a minute
+    without progress is not taken for a hang); none without --compile. (torch.compile made a no-op here: the
+    compiled path itself is tested in test_runtime.py.)"""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    imgs = make_images(tmp_path / "imgs", 2)
+    for flags in ([], ["--compile"]):
+        r = encode(imgs, "-o", tmp_path / f"tok{len(flags)}", "-m", tokenizer_dir, *flags)
+        assert r.returncode == 0 and (b"compiling the tokenizer's encoder" in r.stderr) == bool(flags)
+        r = invoke("decode", tmp_path / f"tok{len(flags)}", "-o", tmp_path / f"rec{len(flags)}", *flags)
+        assert r.returncode == 0 and (b"compiling the tokenizer's decoder" in r.stderr) == bool(flags)

@@ -279,12 +279,13 @@ def test_kv_cache_int8_samples_an_ar_prior_and_is_recorded(ar_model, diffusion_m
 
 
 def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path):
-    """--compile runs the AR decode step, or the diffusion denoiser, through torch.compile (here on the CPU): the
-    same kind of output, and for the diffusion prior the tokens of the same command without it."""
+    """--compile runs the AR decode step, or the diffusion denoiser, through torch.compile (here on the CPU), and
+    says so first: the same kind of output, and for the diffusion prior the tokens of the same command without it."""
     from regvq_cli.data.dataset import TokenDataset
 
-    ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "2", "--seed", "1", "--compile",
-              "--tokens-out", tmp_path / "tok", "--device", "cpu"))
+    r = ok(invoke("sample", "-m", ar_model, "--class", "cat", "-n", "2", "--seed", "1", "--compile",
+                  "--tokens-out", tmp_path / "tok", "--device", "cpu"))
+    assert b"compiling the prior's step with torch.compile" in r.stderr  # the first batch waits for it
     ds = TokenDataset(tmp_path / "tok")
     assert len(ds) == 2 and ds.grid == (8, 8) and int(ds[0]["tokens"].max()) < 64
     for flags, name in (([], "plain"), (["--compile"], "compiled")):

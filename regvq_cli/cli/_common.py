@@ -32,6 +32,11 @@ def info(message: str) -> None:
         click.echo(message, err=True)
 
 
+def compiling_note(what: str) -> None:
+    """Say that the first batch waits for torch.compile, so that a minute without progress is not taken for a hang."""
+    info(f"compiling {what} with torch.compile: the first batch waits for it (about a minute)")
+
+
 def detail(message: str) -> None:
     """A detail line on stderr, shown with -v."""
     if _verbosity >= 1 and rank() == 0:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, warn
+from regvq_cli.cli._common import batch_size_hint, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, warn
 
 
 @click.command()
@@ -61,6 +61,8 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
         warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
     dev = pick_device(device)
+    if compile_:
+        compiling_note("the tokenizer's decoder")
     with progress(desc="decode", unit="img", total=limit) as bar:
         summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
+from regvq_cli.cli._common import (batch_size_hint, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
                                    progress, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -85,6 +85,8 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, batch_s
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
                          num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last,
                          jpeg_decoder=jpeg_decoder, resize_on=resize_on)
+    if compile_:
+        compiling_note("the tokenizer's encoder")
     with progress(desc="encode", unit="img") as bar:
         def callback(done, skipped, total):
             bar.total = total

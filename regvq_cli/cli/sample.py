@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, complete_model, device_options, emit_json, human_rate, info, json_option, model_option,
+from regvq_cli.cli._common import (batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info, json_option, model_option,
                                    offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
@@ -131,6 +131,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
         options.update(steps=steps, sampler=sampler or "vq")
     else:
         options.update(attention=attention, kv_dtype=torch.int8 if kv_cache == "int8" else None)
+    if compile_:
+        compiling_note("the prior's step")
     files, sheet, done = [], [], 0
     t0 = time.perf_counter()
     try:
