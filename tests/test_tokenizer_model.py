@@ -180,3 +180,19 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
         torch._dynamo.reset()
         assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
         assert bool(calls) == used, devices
+
+
+def test_upsample_is_nearest_interpolation_with_block_sum_gradients():
+    """The decoder's 2x upsampling is F.interpolate(mode="nearest") bit for bit in both memory layouts (and keeps
+    the layout), and its gradient is the sum over each 2x2 output block."""
+    from regvq_cli.tokenizer.nets import upsample_nearest_2x
+
+    torch.manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 3, 5, 7).contiguous(memory_format=fmt).requires_grad_()
+        y = upsample_nearest_2x(x)
+        assert torch.equal(y, F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        assert y.is_contiguous(memory_format=fmt)
+        g = torch.randn(y.shape)
+        y.backward(g)
+        assert torch.allclose(x.grad, F.avg_pool2d(g, 2) * 4, atol=1e-6)

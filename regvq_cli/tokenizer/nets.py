@@ -131,7 +131,20 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest_2x(x))
+
+
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, 2H, 2W], every value repeated over a 2x2 block: F.interpolate(x, scale_factor=2,
+    mode="nearest"), bit for bit, written as a broadcast. Its backward is then a sum over each 2x2 block (a
+    reduction) where interpolate's, compiled, scattered the gradient into a zeroed float32 buffer with one atomic
+    add per output value (about 2 ms a step in vqgan-f16 training on an H200). A channels-last input gives a
+    channels-last output, as interpolate does."""
+    B, C, H, W = x.shape
+    if C > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)  # [B, H, W, C], contiguous
+        return x[:, :, None, :, None].expand(B, H, 2, W, 2, C).reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
+    return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
 
 
 class Level(nn.Module):
