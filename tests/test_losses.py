@@ -38,6 +38,27 @@ def test_patch_nce_matches_the_formula():
     assert got.item() == pytest.approx(manual_patch_nce(fq, fk, positions.tolist(), 0.5), rel=1e-5)
 
 
+def test_patch_nce_gradient_reaches_the_sampled_positions_only():
+    """The gradient to the reconstruction features is the formula's (autograd through plain indexing of a
+    float64 copy), lands on the sampled positions only, and keeps a bf16 map's dtype."""
+    fq, fk = feats(1)[0], feats(2)[0]
+    positions = torch.tensor([3, 0, 17, 30])
+    for dtype in (torch.float32, torch.bfloat16):
+        x = fq.to(dtype, copy=True).requires_grad_()
+        L.patch_nce(x, fk, positions, tau=0.5).backward()
+        ref = fq.to(dtype).double().requires_grad_()
+        q = F.normalize(ref.flatten(2)[:, :, positions], dim=1).transpose(1, 2)
+        k = F.normalize(fk.double().flatten(2)[:, :, positions], dim=1).transpose(1, 2)
+        sim = q @ k.transpose(1, 2) / 0.5
+        logits = sim - (1 - torch.eye(4, dtype=sim.dtype)) * math.log(3)
+        (torch.logsumexp(logits, -1) - sim.diagonal(dim1=1, dim2=2)).mean().backward()
+        assert x.grad.dtype == dtype
+        assert torch.allclose(x.grad.double(), ref.grad, atol=1e-6 if dtype == torch.float32 else 1e-2)
+        untouched = torch.ones(fq.shape[-2] * fq.shape[-1], dtype=torch.bool)
+        untouched[positions] = False
+        assert x.grad.flatten(2)[:, :, untouched].abs().sum() == 0 and x.grad.abs().sum() > 0
+
+
 def test_pcl_with_equal_weights_is_vanilla_patchnce():
     fr, fx = feats(1), feats(2)
     vanilla = L.contrastive_loss(fr, fx, tau=0.1, num_patches=16, generator=torch.Generator().manual_seed(3))

@@ -112,8 +112,10 @@ def patch_nce(feat_q: torch.Tensor, feat_k: torch.Tensor, positions: torch.Tenso
     S = positions.numel()
     if S < 2:  # no negatives, no contrast
         return feat_q.new_zeros((), dtype=torch.float32)
-    q = _unit(feat_q.float().flatten(2)[:, :, positions]).transpose(1, 2)  # [B, S, C]
-    k = _unit(feat_k.detach().float().flatten(2)[:, :, positions]).transpose(1, 2)  # [B, S, C]
+    # the S positions first, then float32: index_select's backward adds into the few selected columns, where
+    # indexing a float32 copy of the whole map scattered its gradient into a zeroed map of that size
+    q = _unit(feat_q.flatten(2).index_select(2, positions).float()).transpose(1, 2)  # [B, S, C]
+    k = _unit(feat_k.detach().flatten(2).index_select(2, positions).float()).transpose(1, 2)  # [B, S, C]
     sim = q @ k.transpose(1, 2) / tau  # [B, S, S]; row i: query i against every key j
     eye = torch.eye(S, dtype=torch.bool, device=sim.device)
     # scale negatives by 1/L: subtract log L from the off-diagonal logits
