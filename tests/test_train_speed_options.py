@@ -143,21 +143,25 @@ def check_bf16_close_to_fp32(net: InceptionFeatures, device: str, size: int) -> 
 
 # ---- the bf16 copy of the feature network ------------------------------------------------------------------
 
-def test_bf16_copy_casts_conv_weights_only_and_leaves_the_original(standin_path):
+def test_bf16_copy_folds_batch_norm_and_leaves_the_original(standin_path):
     net = standin_net(standin_path)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     half = net.with_compute_dtype(torch.bfloat16)
     assert net.compute_dtype == torch.float32 and half.compute_dtype == torch.bfloat16
     for k, v in net.state_dict().items():  # the original (what FID would use) is untouched
         assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
-    dtypes = {k: v.dtype for k, v in half.state_dict().items()}
-    assert {dtypes[k] for k in dtypes if k.endswith(".weight")} == {torch.bfloat16}
-    assert {dtypes[k] for k in dtypes if not k.endswith(".weight")} == {torch.float32}  # batch-norm statistics
+    # one convolution with a bias per layer, batch norm folded in; bf16, channels-last
+    state = half.state_dict()
+    assert sorted(state) == sorted(f"blocks.{n}.{p}" for n in STANDIN_LAYERS for p in ("weight", "bias"))
+    assert {v.dtype for v in state.values()} == {torch.bfloat16}
+    assert all(v.is_contiguous(memory_format=torch.channels_last) for k, v in state.items() if k.endswith("weight"))
     assert all(not p.requires_grad for p in half.parameters())
     x = smooth_images(1, 24, 0)  # smaller than min_size: upsampled in fp32 first
     maps = half.feature_maps(x)
     assert [m.dtype for m in maps] == [torch.bfloat16] * 3 and [m.shape[1] for m in maps] == [16, 16, 32]
-    assert net.with_compute_dtype(torch.float32).compute_dtype == torch.float32
+    # in fp32 the folded copy is the file's computation up to rounding
+    for ours, theirs in zip(net.with_compute_dtype(torch.float32).feature_maps(x), net.feature_maps(x)):
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     half.train()
     assert not half.training  # still frozen
 
