@@ -330,6 +330,8 @@ class TokenizerTrainer(Trainer):
         if self.use_gan:
             dcfg = DiscriminatorConfig(ndf=cfg.disc_channels, n_layers=cfg.disc_layers, norm=cfg.disc_norm)
             self.disc = NLayerDiscriminator(dcfg).to(self.device)
+            if self.device.type == "cuda":  # cuDNN's bf16 kernels are channels-last: no conversion around each conv
+                self.disc.to(memory_format=torch.channels_last)
         self.feature_net = None
         self.feature_dtype = resolve_feature_dtype(cfg, self.device)
         self.feature_net_casts = False  # the network computes in feature_dtype by itself (no autocast needed)
