@@ -62,7 +62,8 @@ def save_model(model, folder, card: str | None = None, info: dict | None = None,
     _atomic_write(folder / CONFIG_NAME, text.encode())
     tmp = folder / f".{WEIGHTS_NAME}.tmp"
     with torch.no_grad():
-        st_save_model(model, str(tmp), metadata={"regvq": json.dumps(record, sort_keys=True)})
+        st_save_model(model, str(tmp), metadata={"regvq": json.dumps(record, sort_keys=True)},
+                      force_contiguous=True)  # e.g. a model trained with channels-last weights
     os.replace(tmp, folder / WEIGHTS_NAME)
     if card is None and not (folder / CARD_NAME).exists():
         card = default_card(record, folder.name)

@@ -324,14 +324,19 @@ class TokenizerTrainer(Trainer):
         if init_model is not None:
             self.model.load_state_dict(init_model.state_dict())
             del init_model
+        # Channels-last weights and images on CUDA, the layout of cuDNN's bf16 kernels. Compiled training graphs
+        # keep the layout they are given: inductor does not switch a graph with a convolution that narrows the
+        # channels (the encoder's last, the decoder's level changes) to channels-last by itself, and cuDNN then
+        # converted every activation to channels-last and back around each convolution.
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        self.model.to(memory_format=self.memory_format)
         self.ema = EMA(self.model, cfg.ema_decay)  # after the init weights: the EMA starts from them
         self.use_gan = cfg.gan_weight > 0
         self.disc = None
         if self.use_gan:
             dcfg = DiscriminatorConfig(ndf=cfg.disc_channels, n_layers=cfg.disc_layers, norm=cfg.disc_norm)
             self.disc = NLayerDiscriminator(dcfg).to(self.device)
-            if self.device.type == "cuda":  # cuDNN's bf16 kernels are channels-last: no conversion around each conv
-                self.disc.to(memory_format=torch.channels_last)
+            self.disc.to(memory_format=self.memory_format)
         self.feature_net = None
         self.feature_dtype = resolve_feature_dtype(cfg, self.device)
         self.feature_net_casts = False  # the network computes in feature_dtype by itself (no autocast needed)
@@ -414,7 +419,7 @@ class TokenizerTrainer(Trainer):
         images, skipped = next(self._batch_iter)
         self.skipped.update(skipped)
         self.batches += 1  # micro-batches
-        return images.to(self.device, non_blocking=True)
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     # ---- one optimisation step --------------------------------------------------------------------------------
     def _feature_precision(self):
