@@ -371,11 +371,11 @@ class TokenizerTrainer(Trainer):
             self.model_ddp, self.disc_ddp = self.model, self.disc
         if cfg.compile:
             # The convolutional bodies only, in place (state-dict keys unchanged). The quantizer (Python-side
-            # schedule, collectives) stays eager, and so does the decoder's output head: the GAN's adaptive
-            # weight back-propagates to its last layer with retain_graph=True, which compiled backward graphs
-            # (donated buffers) refuse.
+            # schedule, collectives) stays eager, and so does the decoder's last convolution: the GAN's adaptive
+            # weight back-propagates to its weight with retain_graph=True, which compiled backward graphs
+            # (donated buffers) refuse. The norm before it is compiled: that backward pass does not reach it.
             dec = self.model.decoder
-            for net in (self.model.encoder, dec.conv_in, dec.mid, *dec.levels):
+            for net in (self.model.encoder, dec.conv_in, dec.mid, *dec.levels, dec.norm_out):
                 maybe_compile(net, True)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
