@@ -22,6 +22,16 @@ def test_round_trip_folder_and_lone_file(tmp_path, tiny_model_type):
         assert torch.equal(loaded.inp.weight, model.inp.weight)
 
 
+def test_non_contiguous_weights_are_saved(tmp_path, tiny_model_type):
+    """A weight stored with other strides (channels-last training, a transposed view) is written contiguous."""
+    model = tiny_model_type(TinyConfig(width=6))
+    torch.nn.init.normal_(model.inp.weight)
+    model.inp.weight.data = model.inp.weight.data.t().contiguous().t()  # the same values, column-major
+    assert not model.inp.weight.is_contiguous()
+    loaded = load_model(save_model(model, tmp_path / "m"))
+    assert torch.equal(loaded.inp.weight, model.inp.weight)
+
+
 def test_tied_weights_are_stored_once_and_restored(tmp_path, tiny_model_type):
     model = tiny_model_type(TinyConfig(tied=True))
     save_model(model, tmp_path / "m")

@@ -383,6 +383,27 @@ def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
     assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in ("loss", "perceptual", "pcl", "g_loss"))
 
 
+@pytest.mark.gpu
+def test_compiled_training_on_cuda_is_channels_last_and_saves_a_loadable_model(tmp_path):
+    """Compiled on CUDA the tokenizer, the discriminator and the images are channels-last (eager, they are not);
+    the saved model is written contiguous and loads with the trained EMA weights."""
+    from regvq_cli.engine.checkpoint import load_model
+
+    data = make_images(tmp_path / "imgs", n=8)
+    cl = torch.channels_last
+    eager = TokenizerTrainer([data], tmp_path / "eager", fast_cfg(device="cuda", gan_weight=0.5))
+    assert not eager.model.decoder.conv_out.weight.is_contiguous(memory_format=cl)
+    trainer = TokenizerTrainer([data], tmp_path / "run", fast_cfg(max_steps=2, device="cuda", compile=True,
+                                                                   gan_weight=0.5, gan_start=0))
+    assert trainer.model.decoder.conv_out.weight.is_contiguous(memory_format=cl)
+    assert next(trainer.disc.parameters()).is_contiguous(memory_format=cl)
+    assert trainer._next_batch().is_contiguous(memory_format=cl)
+    trainer.run()
+    loaded = load_model(tmp_path / "run" / "model")
+    for k, v in trainer.ema.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k].cpu(), v.cpu()), k
+
+
 class TwoLayers(nn.Module):
     def __init__(self):
         super().__init__()

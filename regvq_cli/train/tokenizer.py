@@ -324,11 +324,14 @@ class TokenizerTrainer(Trainer):
         if init_model is not None:
             self.model.load_state_dict(init_model.state_dict())
             del init_model
-        # Channels-last weights and images on CUDA, the layout of cuDNN's bf16 kernels. Compiled training graphs
-        # keep the layout they are given: inductor does not switch a graph with a convolution that narrows the
-        # channels (the encoder's last, the decoder's level changes) to channels-last by itself, and cuDNN then
-        # converted every activation to channels-last and back around each convolution.
-        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        # Compiled on CUDA: channels-last weights and images, the layout of cuDNN's bf16 kernels. Compiled training
+        # graphs keep the layout they are given: inductor does not switch a graph with a convolution that narrows
+        # the channels (the encoder's last, the decoder's level changes) to channels-last by itself, and cuDNN
+        # then converted every activation to channels-last and back around each convolution. Not in eager mode:
+        # PyTorch's GroupNorm copies a channels-last input to channels-first, which cost more than it saved
+        # (docs/performance.md).
+        cl = self.device.type == "cuda" and cfg.compile
+        self.memory_format = torch.channels_last if cl else torch.preserve_format
         self.model.to(memory_format=self.memory_format)
         self.ema = EMA(self.model, cfg.ema_decay)  # after the init weights: the EMA starts from them
         self.use_gan = cfg.gan_weight > 0
