@@ -338,6 +338,34 @@ def test_fused_adamw_takes_the_steps_of_the_plain_one():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_optimizer_moments_restored_in_another_layout_take_the_parameters_layout():
+    """Fused AdamW walks a parameter and its moments in memory order: moments restored channels-last for a
+    channels-first parameter (a compiled run's state resumed eagerly) gave wrong updates until their layout is
+    matched to the parameter's."""
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 3, 2, 2) for _ in range(2)]
+    finals = []
+    for relayout, match in ((False, False), (True, False), (True, True)):
+        p = nn.Parameter(torch.linspace(-1, 1, 48).view(4, 3, 2, 2))
+        opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+        p.grad = grads[0].clone()
+        opt.step()
+        state = opt.state_dict()
+        if relayout:
+            for k, v in state["state"][0].items():
+                if v.dim() == 4:
+                    state["state"][0][k] = v.contiguous(memory_format=torch.channels_last)
+        opt.load_state_dict(state)
+        if match:
+            common.match_state_layouts(opt)
+            assert all(v.stride() == p.stride() for v in opt.state[p].values() if v.dim() == 4)
+        p.grad = grads[1].clone()
+        opt.step()
+        finals.append(p.detach().clone())
+    assert not torch.allclose(finals[1], finals[0])  # the failure this guards against is real
+    assert torch.equal(finals[2], finals[0])
+
+
 def test_sample_positions_on_the_cpu_are_unchanged():
     torch.manual_seed(5)
     want = torch.randperm(12 * 12)[:20]

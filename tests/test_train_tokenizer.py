@@ -144,8 +144,18 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     first.run()
     state = common.load_state(tmp_path / "b" / "state.pt")
     assert state["step"] == 2 and state["batches"] == 2
+    # moments saved channels-last (as a compiled CUDA run holds them) are resumed in the parameters' layout
+    for opt in ("opt", "opt_d"):
+        for moments in state[opt]["state"].values():
+            for k, v in moments.items():
+                if v.dim() == 4:
+                    moments[k] = v.contiguous(memory_format=torch.channels_last)
+    common.save_state(tmp_path / "b" / "state.pt", state)
     resumed = TokenizerTrainer([data], tmp_path / "b", fast_cfg(max_steps=4, **kw))
     assert resumed.step == 2
+    for opt in (resumed.opt, resumed.opt_d):
+        for p, moments in opt.state.items():
+            assert all(v.stride() == p.stride() for v in moments.values() if v.dim() == 4)
     resumed.run()
     assert resumed.step == 4
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):

@@ -59,8 +59,8 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, maybe_compile, plain_value,
-                     seed_everything, set_lr, training_precision, unwrap)
+from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, match_state_layouts, maybe_compile,
+                     plain_value, seed_everything, set_lr, training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
 
@@ -405,6 +405,7 @@ class TokenizerTrainer(Trainer):
         if self.disc is not None:
             self.disc.load_state_dict(state["disc"])
             self.opt_d.load_state_dict(state["opt_d"])
+            match_state_layouts(self.opt_d)
         self.skipped = set(state.get("skipped", []))
 
     # ---- data -------------------------------------------------------------------------------------------------
