@@ -97,8 +97,9 @@ def test_init_starts_a_new_run_from_the_models_weights_and_a_rerun_resumes(tmp_p
 
     imgs = make_images(tmp_path / "imgs", 4)
     r = invoke("train-tokenizer", imgs, "-o", tmp_path / "base", "--preset", "tok-test", "--max-steps", "2", *FAST,
-               "--gan-weight", "0", "--json")
+               "--gan-weight", "0", "--sample-every", "0", "--json")
     assert r.returncode == 0, r.stderr.decode()
+    assert not (tmp_path / "base" / "samples").exists()  # --sample-every 0: never, as in train-prior
     base_dir = json.loads(r.stdout)["model"]
     base = load(base_dir)
     # lr 0: one real step (with a fresh discriminator) leaves the weights as they are, so the exported EMA must

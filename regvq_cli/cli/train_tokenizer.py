@@ -90,7 +90,7 @@ OPTIONS = [
     ("--workers", "num_workers", click.IntRange(0), 2, "Image-decoding processes."),
     # bookkeeping
     ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
-    ("--sample-every", "sample_every", click.IntRange(1), 500, "Write a reconstruction grid every N steps."),
+    ("--sample-every", "sample_every", click.IntRange(0), 500, "Write a reconstruction grid to OUT/samples every N steps (0: never)."),
     ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 500, "Save the resume state every N steps."),
     ("--seed", "seed", int, 0, "Random seed."),
 ]
