@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,8 +367,12 @@ class TokenizerTrainer(Trainer):
             self._resume()
 
         if self.dist.world_size > 1:
-            ddp = dict(device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                       broadcast_buffers=False)
+            # No buffer broadcast before every forward: the discriminator runs twice a step, and a broadcast into
+            # its batch-norm statistics between the two would change tensors the first backward still needs.
+            # PyTorch 2.13 renamed the switch (and warns about the old name).
+            params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            ddp = {"device_ids": [self.device.index] if self.device.type == "cuda" else None, no_sync: False}
             self.model_ddp = nn.parallel.DistributedDataParallel(self.model, **ddp)
             self.disc_ddp = nn.parallel.DistributedDataParallel(self.disc, **ddp) if self.disc is not None else None
         else:
