@@ -181,7 +181,7 @@ class InceptionLossCopy(InceptionFeatures):
     memory_format = torch.channels_last
 
     def __init__(self, source: InceptionFeatures, dtype: torch.dtype):
-        nn.Module.__init__(self)
+        nn.Module.__init__(self)  # not InceptionFeatures.__init__: the blocks come from ``source``, not a file
         self.feature_layers, self.min_size, self.compute_dtype = source.feature_layers, source.min_size, dtype
         layers = source.net.net.layers
         device = next(source.net.parameters()).device
