@@ -27,7 +27,8 @@ Precision on CUDA (``bf16``, ``feature_dtype``): the tokenizer and the discrimin
 the frozen feature network of the perceptual and contrastive losses runs in bf16 too (``feature_dtype="auto"``;
 the Inception network as a bf16 copy, see regvq_cli.nets.inception; vgg/lpips under autocast), the losses
 themselves in fp32 from its features; fp32 matmuls may use TF32 (``common.training_precision``). On the CPU
-everything is fp32. Evaluation (FID) keeps its own fp32 Inception network.
+everything is fp32. The losses' Inception is always that copy (plain modules with the batch norms folded into
+the convolutions: the file's features up to rounding, faster); evaluation (FID) keeps the fp32 file itself.
 
 Fine-tuning (``init``: a shipped name, model folder, .safetensors file or Hub id) starts a new run from a
 tokenizer's weights. Its config fixes the architecture: the layout, ``quantizer``, ``image_size``,
@@ -348,8 +349,9 @@ class TokenizerTrainer(Trainer):
             from ..nets import build_feature_net
 
             net = build_feature_net(cfg.perceptual_net, cfg.perceptual_weights or None).to(self.device)
-            if self.feature_dtype != torch.float32 and hasattr(net, "with_compute_dtype"):
-                # Inception (TorchScript): autocast is off inside it, so it gets a copy with bf16 weights instead
+            if hasattr(net, "with_compute_dtype"):
+                # Inception: the TorchScript file runs with autocast off, so the losses use its copy as plain
+                # modules in the feature dtype, batch norms folded (faster in fp32 on a CPU too)
                 net = net.with_compute_dtype(self.feature_dtype)
                 self.feature_net_casts = True
             self.feature_net = net
