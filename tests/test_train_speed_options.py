@@ -412,6 +412,33 @@ def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
     assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in ("loss", "perceptual", "pcl", "g_loss"))
 
 
+@pytest.mark.slow
+def test_decoder_levels_compile_for_training_on_the_cpu():
+    """The decoder's levels compiled as the trainer compiles them (COMPILE_OPTIONS) train on the CPU: with
+    automatic dynamic shapes the second level, same class and another size, failed in inductor's CPU lowering.
+    Forward and gradients match the eager decoder."""
+    import copy
+
+    from regvq_cli.tokenizer.nets import Decoder
+    from regvq_cli.train.tokenizer import COMPILE_OPTIONS
+
+    torch.manual_seed(0)
+    eager = Decoder(ch=8, ch_mult=(1, 2, 2), num_res_blocks=0, attn_resolutions=(), z_channels=4, resolution=16)
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    for level in compiled.levels:
+        common.maybe_compile(level, True, **COMPILE_OPTIONS)
+    z = torch.randn(2, 4, 4, 4)
+    outs = []
+    for dec in (eager, compiled):
+        zi = z.clone().requires_grad_()
+        y = dec(zi)
+        y.square().mean().backward()
+        outs.append((y.detach(), zi.grad, dec.levels[0].resample.conv.weight.grad))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.gpu
 def test_compiled_training_on_cuda_is_channels_last_and_saves_a_loadable_model(tmp_path):
     """Compiled on CUDA the tokenizer, the discriminator and the images are channels-last (eager, they are not);

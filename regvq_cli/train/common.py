@@ -414,13 +414,13 @@ def training_precision(device: torch.device):
          torch.backends.cudnn.benchmark) = saved
 
 
-def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
-    """Compile ``module`` in place with ``nn.Module.compile`` (its state-dict keys stay the same, unlike a
-    ``torch.compile`` wrapper's ``_orig_mod.`` prefix) and return it."""
+def maybe_compile(module: nn.Module, enabled: bool, **options) -> nn.Module:
+    """Compile ``module`` in place with ``nn.Module.compile(**options)`` (its state-dict keys stay the same, unlike
+    a ``torch.compile`` wrapper's ``_orig_mod.`` prefix) and return it."""
     if enabled:
         if not hasattr(module, "compile"):
             raise RegvqError("compiling needs PyTorch 2.2 or newer: drop --compile")
-        module.compile()
+        module.compile(**options)
     return module
 
 

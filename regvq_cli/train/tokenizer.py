@@ -169,6 +169,11 @@ class TrainTokenizerConfig:
 
 FEATURE_DTYPES = ("auto", "fp32")
 
+# torch.compile options of the training graphs: static shapes, which a training step's are. With automatic dynamic
+# shapes the decoder's levels (one module class, a different size each) were compiled again with symbolic sizes,
+# which inductor's CPU lowering failed on ("cannot determine truth value of Relational").
+COMPILE_OPTIONS = {"dynamic": False}
+
 
 def resolve_feature_dtype(cfg: TrainTokenizerConfig, device: torch.device) -> torch.dtype:
     """What the feature network of the perceptual/contrastive losses computes in: bf16 on CUDA with
@@ -386,7 +391,7 @@ class TokenizerTrainer(Trainer):
             # (donated buffers) refuse. The norm before it is compiled: that backward pass does not reach it.
             dec = self.model.decoder
             for net in (self.model.encoder, dec.conv_in, dec.mid, *dec.levels, dec.norm_out):
-                maybe_compile(net, True)
+                maybe_compile(net, True, **COMPILE_OPTIONS)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
         # codes since the last log: on the device, read at logging
