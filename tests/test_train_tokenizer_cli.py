@@ -58,6 +58,18 @@ def test_bad_values_are_usage_errors(tmp_path):
     assert isinstance(OPTIONS[0][2], click.Choice)
 
 
+def test_compile_says_that_the_first_step_waits(tmp_path):
+    """train-tokenizer and train-prior with --compile say first that the first step waits for the compilation
+    (here the run then stops at its empty input, before any compiling)."""
+    (tmp_path / "empty").mkdir()
+    for command, what in (("train-tokenizer", b"compiling the tokenizer's encoder and decoder"),
+                          ("train-prior", b"compiling the prior")):
+        r = invoke(command, tmp_path / "empty", "-o", tmp_path / command, "--compile", "--device", "cpu")
+        assert r.returncode == 1 and what in r.stderr and b"first batch waits" in r.stderr, r.stderr.decode()
+        plain = invoke(command, tmp_path / "empty", "-o", tmp_path / command, "--device", "cpu")
+        assert plain.returncode == 1 and b"compiling" not in plain.stderr
+
+
 def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
     imgs = make_images(tmp_path / "imgs", 4)
     args = ["train-tokenizer", str(imgs), "-o", str(tmp_path / "run"), "--preset", "tok-test", "--batch-size", "2",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, batch_size_hint, explicit_options, info, json_option, report_export,
-                                   resumable, table_options, training_progress)
+from regvq_cli.cli._common import (ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
+                                   report_export, resumable, table_options, training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
@@ -112,6 +112,8 @@ def train_prior(tokens, run_dir, as_json, **fields):
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
         else:
             check_init_options(cfg.init, explicit)
+    if cfg.compile:
+        compiling_note("the prior")
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:
         folder = train(tokens, run_dir, cfg, callback=callback)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)

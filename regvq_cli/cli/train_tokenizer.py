@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, batch_size_hint, explicit_options, info, json_option, report_export,
-                                   resumable, table_options, training_progress)
+from regvq_cli.cli._common import (ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
+                                   report_export, resumable, table_options, training_progress)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
@@ -135,6 +135,8 @@ def train_tokenizer(data, run_dir, as_json, **fields):
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
         else:
             check_init_options(cfg.init, explicit)
+    if cfg.compile:
+        compiling_note("the tokenizer's encoder and decoder")
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)
