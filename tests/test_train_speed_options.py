@@ -356,8 +356,7 @@ def test_optimizer_moments_restored_in_another_layout_take_the_parameters_layout
             for k, v in state["state"][0].items():
                 if v.dim() == 4:
                     state["state"][0][k] = v.contiguous(memory_format=torch.channels_last)
-        opt.load_state_dict(state)
-        common.match_state_layouts(opt)
+        common.load_optimizer_state(opt, state)
         assert all(v.stride() == p.stride() for v in opt.state[p].values() if v.dim() == 4)
         p.grad = grads[1].clone()
         opt.step()

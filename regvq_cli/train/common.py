@@ -445,17 +445,18 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
 
 
-def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give every optimizer state tensor shaped like its parameter the parameter's strides, in place. Fused AdamW
-    walks a parameter and its moments as flat arrays in memory order, so moments restored with other strides (a
-    resume state of a channels-last compiled run, resumed eagerly, or the reverse) would get silently wrong
-    updates."""
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, then every state tensor shaped like its parameter is given the
+    parameter's strides. Fused AdamW walks a parameter and its moments as flat arrays in memory order, so moments
+    restored with other strides (a resume state of a channels-last compiled run, resumed eagerly, or the reverse)
+    would get silently wrong updates."""
+    optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for k, v in state.items():
+            moments = optimizer.state.get(p, {})
+            for k, v in moments.items():
                 if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+                    moments[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

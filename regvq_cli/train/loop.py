@@ -52,8 +52,8 @@ import torch.nn as nn
 from ..engine.dist import barrier
 from ..errors import RegvqError, TrainingStopped
 from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, StopRequest, Throughput, all_reduce_mean,
-                     any_rank, cleanup_distributed, flop_counter, gather_objects, load_state, match_state_layouts,
-                     peak_flops, read_metrics, rng_state, save_state, seed_everything, set_rng_state,
+                     any_rank, cleanup_distributed, flop_counter, gather_objects, load_optimizer_state,
+                     load_state, peak_flops, read_metrics, rng_state, save_state, seed_everything, set_rng_state,
                      setup_distributed)
 
 _NOT_COUNTED = object()  # no step's FLOPs counted yet
@@ -170,8 +170,7 @@ class Trainer:
         self._restore(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
-        match_state_layouts(self.opt)  # the run may hold its weights in another layout than the saved one
+        load_optimizer_state(self.opt, state["opt"])  # in the layout of this run's weights
         self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
         if state["world_size"] == self.dist.world_size:
             set_rng_state(state["rng"][self.dist.rank])

@@ -61,7 +61,7 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, match_state_layouts, maybe_compile,
+from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, load_optimizer_state, lr_at, maybe_compile,
                      plain_value, seed_everything, set_lr, training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
@@ -416,8 +416,7 @@ class TokenizerTrainer(Trainer):
                              "the GAN loss: keep the GAN weight's on/off setting or use a new run directory")
         if self.disc is not None:
             self.disc.load_state_dict(state["disc"])
-            self.opt_d.load_state_dict(state["opt_d"])
-            match_state_layouts(self.opt_d)
+            load_optimizer_state(self.opt_d, state["opt_d"])
         self.skipped = set(state.get("skipped", []))
 
     # ---- data -------------------------------------------------------------------------------------------------
