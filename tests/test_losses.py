@@ -149,21 +149,35 @@ def test_gan_losses_and_start():
     assert L.gan_factor(9, 10) == 0.0 and L.gan_factor(10, 10) == 1.0
 
 
-def test_adaptive_weight_is_the_gradient_norm_ratio():
+def test_gan_objective_has_the_gradient_of_rec_plus_the_weighted_gan_loss():
+    """One backward to the reconstruction per loss gives VQGAN's adaptive weight (the gradient-norm ratio at the
+    last layer) and, below the reconstruction, the gradient of rec + w * lam * g."""
     torch.manual_seed(0)
-    layer = torch.nn.Conv2d(3, 3, 3, padding=1)
-    x = torch.randn(2, 3, 5, 5)
-    y = layer(x)
-    rec = (y - 1).abs().mean()
-    g = -(y * torch.randn_like(y)).mean()
-    lam = L.adaptive_weight(rec, g, layer.weight)
-    g_rec = torch.autograd.grad(rec, layer.weight, retain_graph=True)[0]
-    g_gan = torch.autograd.grad(g, layer.weight, retain_graph=True)[0]
-    assert lam.item() == pytest.approx((g_rec.norm() / (g_gan.norm() + 1e-4)).item(), rel=1e-5)
-    assert not lam.requires_grad
-    assert L.adaptive_weight(rec, 1e-9 * g, layer.weight, max_weight=7.0).item() == pytest.approx(7.0)
-    (rec + lam * g).backward()  # the graphs are still alive
-    assert layer.weight.grad is not None
+    body, last = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 3, 3, padding=1)
+    feature, critic = torch.nn.Conv2d(3, 5, 3), torch.nn.Conv2d(3, 1, 3)  # frozen stand-ins
+    feature.requires_grad_(False), critic.requires_grad_(False)
+    x = torch.randn(2, 3, 6, 6)
+
+    def losses(scale_g=1.0):
+        recon = last(torch.tanh(body(x)))
+        rec = (recon - x).abs().mean() + torch.tanh(feature(recon)).pow(2).mean()
+        return recon, rec, -scale_g * critic(recon).mean()
+
+    recon, rec, g = losses()
+    at_rec = torch.autograd.grad(rec, last.weight, retain_graph=True)[0]
+    at_g = torch.autograd.grad(g, last.weight, retain_graph=True)[0]
+    lam_ref = at_rec.norm() / (at_g.norm() + 1e-4)
+    (rec + 0.7 * lam_ref * g).backward()
+    expected = [p.grad.clone() for p in (*body.parameters(), *last.parameters())]
+    body.zero_grad(), last.zero_grad()
+
+    surrogate, lam = L.gan_objective(*losses(), last.weight, gan_weight=0.7)
+    assert lam.item() == pytest.approx(lam_ref.item(), rel=1e-5) and not lam.requires_grad
+    surrogate.backward()
+    for got, want in zip((p.grad for p in (*body.parameters(), *last.parameters())), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    _, lam_clamped = L.gan_objective(*losses(scale_g=1e-9), last.weight, gan_weight=0.7, max_weight=7.0)
+    assert lam_clamped.item() == pytest.approx(7.0)
 
 
 # ---- feature networks ---------------------------------------------------------------------------------------

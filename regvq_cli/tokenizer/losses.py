@@ -3,7 +3,7 @@
 - ``l1_loss``: pixel reconstruction.
 - ``perceptual_loss``: sum over layers of the mean (over batch and positions) squared distance between
   channel-normalised features of a frozen network; with LPIPS' per-channel weights it is LPIPS.
-- ``hinge_d_loss`` / ``hinge_g_loss`` / ``adaptive_weight`` / ``gan_factor``: VQGAN's PatchGAN objective, its
+- ``hinge_d_loss`` / ``hinge_g_loss`` / ``gan_objective`` / ``gan_factor``: VQGAN's PatchGAN objective, its
   generator weight lambda = ||grad_L(rec)|| / (||grad_L(gan)|| + 1e-4) at the decoder's last layer L (clamped),
   and a start step before which the GAN is off.
 - ``contrastive_loss``: PatchNCE (Park et al., "Contrastive Learning for Unpaired Image-to-Image Translation",
@@ -80,13 +80,22 @@ def gan_factor(step: int, start: int) -> float:
     return 1.0 if step >= start else 0.0
 
 
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
-    """VQGAN's balance ||d rec / d last_layer|| / (||d g / d last_layer|| + 1e-4), clamped to [0, max_weight]
-    and detached. Both graphs are retained for the real backward pass."""
-    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, max_weight).detach()
+def gan_objective(recon: torch.Tensor, rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                  gan_weight: float, max_weight: float = 1e4) -> tuple[torch.Tensor, torch.Tensor]:
+    """VQGAN's generator objective rec + gan_weight * lam * g with its adaptive weight
+    lam = ||d rec / d last_layer|| / (||d g / d last_layer|| + 1e-4), clamped to [0, max_weight] and detached.
+
+    Both losses must reach ``last_layer`` only through ``recon`` (the reconstruction, that layer's output). Each is
+    back-propagated once, to ``recon`` (through the feature network, the discriminator), and their graphs are freed:
+    lam needs their gradients at the last layer only (that layer's backward from ``recon``), and the backward pass
+    below ``recon`` goes on from their weighted sum G. Returns (sum(recon * G), lam): a scalar whose gradient
+    below ``recon`` is the objective's, without a second pass through either network."""
+    grad_rec = torch.autograd.grad(rec_loss, recon)[0]  # [B, C, H, W]
+    grad_g = torch.autograd.grad(g_loss, recon)[0]
+    at_layer = [torch.autograd.grad(recon, last_layer, grad, retain_graph=True)[0] for grad in (grad_rec, grad_g)]
+    lam = (at_layer[0].norm() / (at_layer[1].norm() + 1e-4)).clamp(0.0, max_weight).detach()
+    grad = grad_rec.float() + gan_weight * lam * grad_g.float()
+    return (recon.float() * grad).sum(), lam
 
 
 def pcl_weights(sampled_codes: torch.Tensor, argmax_codes: torch.Tensor) -> torch.Tensor:

@@ -445,7 +445,8 @@ class TokenizerTrainer(Trainer):
         return torch.autocast(self.device.type, enabled=False)
 
     def _losses(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
-        """Generator-side objective for one micro-batch: (total, recon, logged terms, codebook counts)."""
+        """Generator-side objective for one micro-batch: (a scalar with the objective's gradient, logged terms
+        (the objective's value as "loss"), statistics, codebook counts)."""
         cfg = self.cfg
         with autocast(self.device, cfg.bf16):
             recon, q = self.model_ddp(x, step=step)
@@ -468,23 +469,26 @@ class TokenizerTrainer(Trainer):
                 rec = rec + cfg.contrastive_weight * terms[name]
         weights = {"prior_kl": prior_weight_at(cfg, step), "commitment": cfg.commitment_weight,
                    "codebook": cfg.codebook_weight, "kl_uniform": cfg.gumbel_kl_weight}
-        total = rec
+        quant = rec.new_zeros(())  # the quantizer's terms: they reach the encoder and codebook, not recon
         for name, value in q.losses.items():
             terms[name] = value
-            total = total + weights[name] * value
+            quant = quant + weights[name] * value
+        total = objective = rec + quant
         if self.use_gan and step >= cfg.gan_start:
             disc = unwrap(self.disc_ddp)
             disc.requires_grad_(False)  # the generator pass must not leave gradients in D
             with autocast(self.device, cfg.bf16):
                 g = L.hinge_g_loss(disc(recon))
             disc.requires_grad_(True)
-            lam = L.adaptive_weight(rec, g, self.model.last_layer)
+            # rec and g back-propagate to recon once each, for the adaptive weight and the step together
+            surrogate, lam = L.gan_objective(recon, rec, g, self.model.last_layer, cfg.gan_weight)
             terms["g_loss"], terms["gan_lambda"] = g, lam
-            total = total + cfg.gan_weight * lam * g
+            total = total.detach() + cfg.gan_weight * lam * g.detach()
+            objective = surrogate + quant
         terms["loss"] = total
         stats = {k: v for k, v in q.stats.items() if k != "counts"}
         stats["recon"] = recon.detach()
-        return total, terms, stats, q.stats["counts"]
+        return objective, terms, stats, q.stats["counts"]
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step. The loss terms and statistics are added to ``self.pending`` on the device (read
@@ -509,8 +513,8 @@ class TokenizerTrainer(Trainer):
             x = self._next_batch()
             n_images += x.shape[0]
             with self._sync(self.model_ddp, is_last):
-                total, terms, stats, counts = self._losses(x, step)
-                (total / cfg.grad_accum).backward()
+                objective, terms, stats, counts = self._losses(x, step)
+                (objective / cfg.grad_accum).backward()
             self.window_counts += counts.detach().to(self.window_counts)
             if gan_on:
                 with self._sync(self.disc_ddp, is_last), autocast(self.device, cfg.bf16):
