@@ -81,7 +81,7 @@ OPTIONS = [
     ("--time-limit", "time_limit", click.FloatRange(min=0, min_open=True), None, "Stop after this many seconds, checkpoint and export."),
     ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
     ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
-    ("--compile/--no-compile", "compile", bool, False, "torch.compile the encoder and decoder (all but the last convolution), channels-last on CUDA: a minute or so of compilation first, then on an H200 1.7x the images/s of a vqgan-f16 step with the discriminator (docs/performance.md)."),
+    ("--compile/--no-compile", "compile", bool, False, "torch.compile the encoder and decoder (all but the last convolution), channels-last on CUDA: a minute or so of compilation first, then on an H200 1.75x the images/s of a vqgan-f16 step with the discriminator (docs/performance.md)."),
     ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA."),
     ("--feature-dtype", "feature_dtype", click.Choice(["auto", "fp32"]), "auto",
      "Precision of the perceptual/contrastive feature network: auto = bf16 on CUDA with --bf16 (faster), fp32 "
