@@ -295,6 +295,32 @@ def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path
     assert all(torch.equal(plain[i]["tokens"], compiled[i]["tokens"]) for i in range(2))
 
 
+def test_compiled_sampling_pads_the_last_short_batch_to_the_compiled_size(monkeypatch):
+    """With --compile a run's last, short batch is sampled at the full batch size (its last row repeated) and cut
+    back, so the compiled step is not compiled again for a new size; without it, batches are as they come."""
+    from regvq_cli.cli.sample import token_batches
+    from regvq_cli.priors import sampling
+
+    seen = []
+
+    def fake_sampler(prior, cond, n, generator=None, **options):
+        seen.append(cond.tolist())
+        return cond.view(n, 1, 1)  # one "token" per sample: its condition
+
+    monkeypatch.setattr(sampling, "sample_ar", fake_sampler)
+    prior = torch.nn.Linear(1, 1)
+    prior.model_type = "ar"
+    cond, rows = torch.tensor([10, 11, 12, 13, 14]), np.arange(5)
+    for compiled, calls in ((True, [[10, 11], [12, 13], [14, 14]]), (False, [[10, 11], [12, 13], [14]])):
+        seen.clear()
+        out = list(token_batches(prior, cond, rows, 2, None, torch.float32, {"compile": compiled}))
+        assert seen == calls
+        assert torch.cat(out).flatten().tolist() == [10, 11, 12, 13, 14]
+    seen.clear()
+    list(token_batches(prior, cond, rows[:3], 8, None, torch.float32, {"compile": True}))
+    assert seen == [[10, 11, 12]]  # one batch, smaller than --batch-size: compiled for its own size, no padding
+
+
 @pytest.mark.gpu
 def test_attention_triton_on_a_gpu_is_reproducible(ar_model, tmp_path):
     """The Triton decode kernel through the command on CUDA (bf16, CUDA graphs): the same seed, the same tokens."""

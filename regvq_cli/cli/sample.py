@@ -281,8 +281,14 @@ def token_batches(prior, cond, rows, batch_size, generator, dtype, options):
     autocast = torch.autocast(device.type, dtype=dtype, enabled=low)
     for start in range(0, len(rows), batch_size):
         idx = torch.from_numpy(rows[start:start + batch_size]).to(device)
+        n = len(idx)
+        if options.get("compile") and start > 0 and n < batch_size:
+            # a compiled step is specialised to its batch size: the last, short batch repeats its last row up to
+            # the full size and the extra samples are dropped (no row depends on another), instead of compiling
+            # again for about a minute
+            idx = torch.cat([idx, idx[-1:].expand(batch_size - n)])
         with autocast:
-            yield sample_fn(prior, take(cond, idx), len(idx), generator=generator, **options)
+            yield sample_fn(prior, take(cond, idx), len(idx), generator=generator, **options)[:n]
 
 
 def take(cond, rows):
