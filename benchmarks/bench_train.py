@@ -7,6 +7,10 @@ profile of one step.
     python benchmarks/bench_train.py tokenizer --preset small-f16 --set perceptual_weight=0 --set contrastive_weight=0
     python benchmarks/bench_train.py prior --preset ar-b --batch-size 64 --compile --profile 20
     python benchmarks/bench_train.py prior --preset ar-test --batch-size 4 --steps 2 --device cpu
+    python -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/bench_train.py tokenizer --gan
+
+Under torchrun each process trains data-parallel (DDP, as `regvq train-*` there) and reports its own step: the
+rate of all processes together is the sum.
 
 tokenizer: `TokenizerTrainer` on one fixed batch of random pixels already on the device (set against a real
 run's logged images/s, this tells the loader's share from the GPU's); `--gan` runs the discriminator from the
