@@ -444,7 +444,7 @@ class TokenizerTrainer(Trainer):
             return autocast(self.device, True)
         return torch.autocast(self.device.type, enabled=False)
 
-    def _losses(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+    def _losses(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict, dict, torch.Tensor]:
         """Generator-side objective for one micro-batch: (a scalar with the objective's gradient, logged terms
         (the objective's value as "loss"), statistics, codebook counts)."""
         cfg = self.cfg
