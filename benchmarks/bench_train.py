@@ -78,7 +78,7 @@ def tokenizer_trainer(args, run_dir: Path):
     size = (size, size) if isinstance(size, int) else tuple(size)
     g = torch.Generator().manual_seed(0)
     batch = (torch.rand(cfg.batch_size, 3, *size, generator=g) * 2 - 1).to(trainer.device)
-    batch = batch.to(memory_format=getattr(trainer, "memory_format", torch.preserve_format))  # as the loader gives it
+    batch = batch.to(memory_format=trainer.memory_format)  # as the loader gives it
     trainer._next_batch = lambda: batch
     return trainer
 
