@@ -11,9 +11,10 @@ eager call: AR the whole loop, diffusion one denoiser step times the steps; guid
 fraction of the FLOP floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call.
 Weights are cast to --dtype. --cuda-graphs (CUDA only) adds rows `-graph`: sample_ar /
 sample_diffusion(cuda_graphs=True), whose time includes recording the graphs, as every call records its own (AR:
-the whole step; diffusion: the denoiser). --compile adds rows with the AR decode step and draw or the diffusion
-denoiser compiled (`-compile`; the warm-up call pays for the compilation, the timed one does not). --profile N
-adds, per batch size and per path timed (eager, and `-graph` / `-compile` where asked for), the N operations that
+the whole step; diffusion: the denoiser). --keep adds AR rows `-kept`: the second call of one `ARSampler`,
+which replays the step recorded by the first (what `regvq sample` does batch after batch). --compile adds rows
+with the AR decode step and draw or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the
+compilation, the timed one does not). --profile N adds, per batch size and per path timed (eager, and `-graph` / `-compile` where asked for), the N operations that
 took the most time in one AR call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many
 kernels or operators ran per token, and the same for one diffusion call (VQ-Diffusion, the first --steps) per
 step: where a step's time goes. A profiled `-graph` call includes recording its graphs (one eager step each), as
@@ -142,6 +143,9 @@ def main(argv=None):
                         "instead of decode_attention.launch_config's choice")
     p.add_argument("--kv-cache", choices=["model", "int8"], default="model",
                    help="what the AR KV cache holds: the model's dtype or int8 (rows named ...-int8)")
+    p.add_argument("--keep", action="store_true",
+                   help="add AR rows `-kept`: a kept ARSampler's second call (cache made and step recorded by the "
+                        "first, as `regvq sample` runs batch after batch)")
     p.add_argument("--max-autotune", action="store_true",
                    help="compile with inductor's max-autotune (Triton matmul templates tried against cuBLAS)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
@@ -153,7 +157,7 @@ def main(argv=None):
 
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.priors.presets import model_for, preset
-    from regvq_cli.priors.sampling import sample_ar, sample_diffusion
+    from regvq_cli.priors.sampling import ARSampler, sample_ar, sample_diffusion
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -187,11 +191,17 @@ def main(argv=None):
                     # counted through SDPA: the FLOP counter sees torch's ops, not the Triton kernel's
                     gflop = counted_gflop(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, attention="sdpa")) / b
                     for graphs, comp in variants:
-                        t, mem = timed(lambda: sample_ar(model, cond, b, cfg=cfg, top_k=0, cuda_graphs=graphs,
-                                                         compile=comp, attention=args.attention,
-                                                         kv_dtype=kv_dtype), device)
+                        opts = dict(cfg=cfg, top_k=0, cuda_graphs=graphs, compile=comp, attention=args.attention,
+                                    kv_dtype=kv_dtype)
+                        t, mem = timed(lambda: sample_ar(model, cond, b, **opts), device)
                         rows.append(row(args.ar, variant(ar_name, graphs, comp), cfg, None, b, t, gflop, mem,
                                         args.peak_tflops))
+                        if args.keep:  # the warm-up call makes the cache and records the step; the timed one reuses
+                            kept = ARSampler(model, b, **opts)
+                            t, mem = timed(lambda: kept(cond), device)
+                            del kept
+                            rows.append(row(args.ar, variant(ar_name, graphs, comp) + "-kept", cfg, None, b, t,
+                                            gflop, mem, args.peak_tflops))
                 for graphs, comp in variants if args.profile else ():
                     tokens = model.config.grid_size[0] * model.config.grid_size[1]
                     prof = profiled(lambda: sample_ar(model, cond, b, cfg=args.cfg, top_k=0, cuda_graphs=graphs,

@@ -242,23 +242,25 @@ def test_attention_option_needs_an_ar_prior_on_cuda_with_triton(ar_model, diffus
 
 
 def test_attention_option_reaches_the_ar_sampler(ar_model, tmp_path, monkeypatch):
-    """`--attention triton` is passed to `sample_ar` (the kernel's own tokens are tested in test_priors_ar_static.py,
-    through Triton's interpreter); stood in here by the SDPA path, so the tokens are the default's."""
+    """`--attention triton` is passed to the AR sampler (the kernel's own tokens are tested in
+    test_priors_ar_static.py, through Triton's interpreter); stood in here by the SDPA path, so the tokens are the
+    default's."""
     from regvq_cli.data.dataset import TokenDataset
     from regvq_cli.priors import decode_attention, sampling
 
-    seen, real = [], sampling.sample_ar
+    seen = []
 
-    def recording(*args, attention, **kwargs):
-        seen.append(attention)
-        return real(*args, attention="sdpa", **kwargs)
+    class Recording(sampling.ARSampler):
+        def __init__(self, *args, attention, **kwargs):
+            seen.append(attention)
+            super().__init__(*args, attention="sdpa", **kwargs)
 
     args = ["sample", "-m", ar_model, "--class", "cat", "-n", "3", "--batch-size", "2", "--seed", "2", "--device", "cpu"]
     ok(invoke(*args, "--tokens-out", tmp_path / "sdpa"))
-    monkeypatch.setattr(sampling, "sample_ar", recording)
+    monkeypatch.setattr(sampling, "ARSampler", Recording)
     monkeypatch.setattr(decode_attention, "available", lambda device: True)
     ok(invoke(*args, "--attention", "triton", "--tokens-out", tmp_path / "triton"))
-    assert seen == ["triton", "triton"]
+    assert seen == ["triton", "triton"]  # a sampler for the batches of 2, one for the last one
     a, b = TokenDataset(tmp_path / "sdpa"), TokenDataset(tmp_path / "triton")
     assert all(torch.equal(a[i]["tokens"], b[i]["tokens"]) for i in range(3))
 
@@ -297,24 +299,31 @@ def test_compile_for_ar_and_diffusion_priors(ar_model, diffusion_model, tmp_path
 
 def test_compiled_sampling_pads_the_last_short_batch_to_the_compiled_size(monkeypatch):
     """With --compile a run's last, short batch is sampled at the full batch size (its last row repeated) and cut
-    back, so the compiled step is not compiled again for a new size; without it, batches are as they come."""
+    back, so the compiled step is not compiled again for a new size; without it, batches are as they come. One AR
+    sampler (its KV cache and recorded step) serves all the batches of one size."""
     from regvq_cli.cli.sample import token_batches
     from regvq_cli.priors import sampling
 
-    seen = []
+    seen, made = [], []
 
-    def fake_sampler(prior, cond, n, generator=None, **options):
-        seen.append(cond.tolist())
-        return cond.view(n, 1, 1)  # one "token" per sample: its condition
+    class FakeSampler:
+        def __init__(self, prior, n, generator=None, **options):
+            self.n = n
+            made.append(n)
 
-    monkeypatch.setattr(sampling, "sample_ar", fake_sampler)
+        def __call__(self, cond):
+            seen.append(cond.tolist())
+            return cond.view(self.n, 1, 1)  # one "token" per sample: its condition
+
+    monkeypatch.setattr(sampling, "ARSampler", FakeSampler)
     prior = torch.nn.Linear(1, 1)
     prior.model_type = "ar"
     cond, rows = torch.tensor([10, 11, 12, 13, 14]), np.arange(5)
-    for compiled, calls in ((True, [[10, 11], [12, 13], [14, 14]]), (False, [[10, 11], [12, 13], [14]])):
-        seen.clear()
+    for compiled, calls, sizes in ((True, [[10, 11], [12, 13], [14, 14]], [2]),
+                                   (False, [[10, 11], [12, 13], [14]], [2, 1])):
+        seen.clear(), made.clear()
         out = list(token_batches(prior, cond, rows, 2, None, torch.float32, {"compile": compiled}))
-        assert seen == calls
+        assert seen == calls and made == sizes
         assert torch.cat(out).flatten().tolist() == [10, 11, 12, 13, 14]
     seen.clear()
     list(token_batches(prior, cond, rows[:3], 8, None, torch.float32, {"compile": True}))

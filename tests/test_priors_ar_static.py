@@ -9,10 +9,12 @@ GPU (`-m gpu`): the recorded graphs replay the eager loop token for token.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors import decode_attention, sampling
 from regvq_cli.priors.ar import dequantize, quantize
-from regvq_cli.priors.conditioning import CondStates
+from regvq_cli.priors.conditioning import CondStates, TextStates
 from regvq_cli.priors.sampling import _encode, sample_ar, sample_logits
 from tests.test_priors_ar import KINDS, H, K, W, raw_cond, tiny
 
@@ -186,26 +188,94 @@ def test_no_host_reads_catches_syncs():
 
 @pytest.mark.parametrize("kind", ["class", "text"])
 def test_the_recorded_step_reads_no_values_on_the_host(kind, monkeypatch):
-    """The graph path on a CPU, every step (what a capture records) run under NoHostReads."""
+    """The graph path on a CPU, the prefix pass and every step (what captures record) run under NoHostReads."""
     windows = []
 
-    @contextlib.contextmanager
-    def checked(step, generator, device):
-        def run(window):
+    class Checked(contextlib.nullcontext):
+        def __init__(self, generator, device):
+            super().__init__()
+
+        def run(self, step, window):
             windows.append(window)
             with NoHostReads():
                 step(window)
-        yield run
+
+        def clear(self):
+            pass
 
     monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
-    monkeypatch.setattr(sampling, "_cuda_graphed", checked)
+    monkeypatch.setattr(sampling, "_GraphedStep", Checked)
     monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)
     m = peaked(kind)
     for opts in (dict(cfg=3.0, temperature=0.9, top_k=6, top_p=0.95), dict(temperature=0.0)):
         windows.clear()
         graphed = sample_ar(m, raw_cond(kind), 2, generator=gen(0), cuda_graphs=True, **opts)
-        assert len(windows) == H * W - 1 and len(set(windows)) >= 2 and windows == sorted(windows)
+        prefix, steps = windows[0], windows[1:]  # the prefix pass is recorded too
+        assert prefix == "prefix" and len(steps) == H * W - 1 and len(set(steps)) >= 2 and steps == sorted(steps)
         assert torch.equal(graphed, sample_ar(m, raw_cond(kind), 2, generator=gen(0), **opts))
+
+
+def other_conds(kind, model):
+    """Conditions for calls one after another: the test's, another of the same kind, the first again; for text
+    the second pads nothing (so its prefix is not padded, which a recorded step holds as a constant)."""
+    first = raw_cond(kind)
+    T = model.config.text_max_tokens
+    if kind == "none":
+        return [None, None, None]
+    if kind == "text":
+        second = TextStates(torch.randn(2, T, first.states.shape[-1], generator=gen(3)),
+                            torch.ones(2, T, dtype=torch.bool))
+    else:
+        second = first.flip(0) if kind == "class" else (first + 1) % 3
+    return [first, second, first]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_ar_sampler_called_again_draws_what_fresh_calls_draw(kind, monkeypatch):
+    """ARSampler keeps its cache, buffers and recorded prefix pass and step between calls: each call draws what a
+    fresh sample_ar call draws from the same generator state, whatever the calls before it held; it records again
+    only when the condition states' shapes change, and with them the prefix's length or padding (a stand-in for
+    the graphs records what a real one would)."""
+    recorded = []
+
+    class Recorder(contextlib.nullcontext):
+        def __init__(self, generator, device):
+            super().__init__()
+            self.graphs = set()
+
+        def run(self, step, window):
+            if window not in self.graphs:
+                recorded.append(window)
+                self.graphs.add(window)
+            step(window)
+
+        def clear(self):
+            self.graphs.clear()
+
+    monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
+    monkeypatch.setattr(sampling, "_GraphedStep", Recorder)
+    monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)  # several windows, so several recordings
+    m = peaked(kind)
+    for graphs in (False, True):
+        for opts in (dict(cfg=3.0, top_k=6), dict(temperature=0.8, top_p=0.9)):
+            mine, fresh = gen(5), gen(5)
+            sampler = sampling.ARSampler(m, 2, generator=mine, cuda_graphs=graphs, **opts)
+            prefixes, recordings = [], []
+            for i, cond in enumerate(other_conds(kind, m)):
+                seen, before = [], len(recorded)
+                got = sampler(cond, callback=lambda info: seen.append(info["i"]))
+                assert torch.equal(got, sample_ar(m, cond, 2, generator=fresh, **opts)), (kind, graphs, opts, i)
+                assert seen == list(range(H * W))
+                prefixes.append((sampler.cache.prefix_len, sampler.cache.padded))
+                recordings.append(len(recorded) - before)
+            if not graphs:
+                assert recorded == []
+                continue
+            # recorded on the first call, and again exactly when the prefix's length or padding changed
+            assert recordings[0] >= 2
+            assert recordings[1:] == [recordings[0] * (prefixes[i] != prefixes[i - 1]) for i in (1, 2)]
+            if kind == "text":  # the unpadded second prefix and the padded third were recorded again
+                assert prefixes[0] != prefixes[1] != prefixes[2] and recordings[1] == recordings[2] > 0
 
 
 def test_cuda_graphs_refused_off_cuda():
@@ -408,6 +478,33 @@ def test_triton_decode_attention_in_graphs_and_compiled_steps(kind, dtype):
         both = sample_ar(m, cond, 2, generator=g.manual_seed(0), attention="triton", compile=True,
                          cuda_graphs=True, **opts)
         assert torch.equal(both, compiled) and both.max() < K, opts
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["class", "text"])
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_an_ar_sampler_replays_its_graphs_call_after_call(kind, attention):
+    """On a GPU, an ARSampler's recorded steps replayed in later calls (compiled or not, conditions that change
+    the prefix's padding between calls) draw the tokens of fresh calls."""
+    if attention == "triton":
+        pytest.importorskip("triton")
+    dev = torch.device("cuda")
+    m = peaked(kind).to(dev, torch.bfloat16)
+    conds = [type(c)(*(t.to(dev) for t in c)) if kind == "text" else c.to(dev) for c in other_conds(kind, m)]
+    for comp, cfg in ((False, 3.0), (False, 1.0), (True, 3.0)):
+        opts = dict(cfg=cfg, top_k=5, attention=attention, compile=comp, cuda_graphs=True)
+        mine, fresh = torch.Generator(device=dev).manual_seed(0), torch.Generator(device=dev).manual_seed(0)
+        sampler = sampling.ARSampler(m, 2, generator=mine, **opts)
+        for i, cond in enumerate(conds + conds):
+            assert torch.equal(sampler(cond), sample_ar(m, cond, 2, generator=fresh, **opts)), (comp, cfg, i)
+        # dropped, it is freed at once with its cache and graphs (nothing refers back to it)
+        gc.disable()
+        try:
+            ref = weakref.ref(sampler)
+            del sampler
+            assert ref() is None
+        finally:
+            gc.enable()
 
 
 @pytest.mark.gpu

@@ -268,10 +268,20 @@ def token_batches(prior, cond, rows, batch_size, generator, dtype, options):
     """Sampled token grids [b, h, w] on the device, batch by batch; sample i has condition cond[rows[i]]."""
     import torch
 
-    from regvq_cli.priors.sampling import sample_ar, sample_diffusion
+    from regvq_cli.priors.sampling import ARSampler, sample_diffusion
 
     device = next(prior.parameters()).device
-    sample_fn = sample_diffusion if prior.model_type == "diffusion" else sample_ar
+    ar = None  # an AR batch size's sampler: its cache and recorded step serve every batch of that size
+
+    def sample_fn(cond, n):
+        nonlocal ar
+        if prior.model_type == "diffusion":
+            return sample_diffusion(prior, cond, n, generator=generator, **options)
+        if ar is None or ar.n != n:
+            ar = None  # the last short batch: the full batches' cache is freed first
+            ar = ARSampler(prior, n, generator=generator, **options)
+        return ar(cond)
+
     low = dtype != torch.float32 and device.type in ("cuda", "cpu")
     if options.get("cuda_graphs"):
         # a recorded step must not depend on autocast's cast cache: the weights themselves take the dtype
@@ -288,7 +298,7 @@ def token_batches(prior, cond, rows, batch_size, generator, dtype, options):
             # again for about a minute
             idx = torch.cat([idx, idx[-1:].expand(batch_size - n)])
         with autocast:
-            yield sample_fn(prior, take(cond, idx), len(idx), generator=generator, **options)[:n]
+            yield sample_fn(take(cond, idx), len(idx))[:n]
 
 
 def take(cond, rows):

@@ -2,6 +2,7 @@
 
     sample_ar(model, cond, n, *, cfg, temperature, top_k, top_p, generator, callback,
               cuda_graphs, compile, attention, kv_dtype)                                   -> [n, h, w]
+    ARSampler(model, n, **the same options)(cond, callback)                                -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
                      generator, callback, cuda_graphs, compile)                            -> [n, h, w]
 
@@ -26,6 +27,7 @@ denoiser's forward pass, the bulk of a step's kernels; the posterior and the dra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 
@@ -150,34 +152,48 @@ def _windows(cache) -> list[int]:
     return [-(-cache.max_len * k // parts) for k in range(1, parts + 1)]
 
 
-@contextlib.contextmanager
-def _cuda_graphed(step, generator, device):
-    """Yield run(window): `step(window)` recorded once per window as a CUDA graph, then replayed.
+class _GraphedStep:
+    """`run(step, key)`: `step(key)` recorded once per key as a CUDA graph, then replayed; `with` it around a loop.
 
-    The first run of a window executes the step eagerly (a real step, and the warm-up a capture needs on its
+    The first run of a key executes the step eagerly (a real step, and the warm-up a capture needs on its
     stream), then records it. Recording executes nothing and leaves the generator's offset alone; each replay
     advances it as the eager step would, so the tokens are those of the eager loop. The random draws use
-    `generator`, registered with every graph, or the default CUDA generator, which graphs always register.
+    `generator`, registered with every graph, or the default CUDA generator, which graphs always register. The
+    graphs stay recorded between `with` blocks (ARSampler replays them call after call); `clear` drops them. The
+    step is an argument, not kept: a sampler that keeps this object and whose method is the step is then freed as
+    soon as it is dropped (no reference cycle holding its cache until the garbage collector runs).
     """
-    stream, pool, graphs = torch.cuda.Stream(device), torch.cuda.graph_pool_handle(), {}
 
-    def run(window: int):
-        if window in graphs:
-            graphs[window].replay()
+    def __init__(self, generator, device):
+        self.generator, self.device = generator, device
+        self.stream, self.pool, self.graphs = torch.cuda.Stream(device), torch.cuda.graph_pool_handle(), {}
+
+    def clear(self) -> None:
+        self.graphs.clear()
+
+    def run(self, step, key) -> None:
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.replay()
             return
-        step(window)
-        graphs[window] = graph = torch.cuda.CUDAGraph()
-        if generator is not None:
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph, pool=pool, stream=stream):
-            step(window)
+        step(key)
+        graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:
+            graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            step(key)
+        self.graphs[key] = graph
 
-    stream.wait_stream(torch.cuda.current_stream(device))
-    try:
-        with torch.cuda.stream(stream):  # captures cannot use the default stream: the whole loop runs on this one
-            yield run
-    finally:
-        torch.cuda.current_stream(device).wait_stream(stream)
+    def __enter__(self):
+        # captures cannot use the default stream: the whole loop runs on this one, after what was queued before
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self._on_stream = torch.cuda.stream(self.stream)
+        self._on_stream.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._on_stream.__exit__(*exc)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
 
 def _check_graphable(device, generator):
@@ -228,6 +244,120 @@ def resolve_attention(attention: str, device) -> str:
     return attention
 
 
+class ARSampler:
+    """AR sampling of batches of n samples with one set of options, the state kept from call to call.
+
+    `ARSampler(model, n, **options)(cond)` draws what `sample_ar(model, cond, n, **options)` draws. The first
+    call makes the KV cache and the loop's buffers and, with cuda_graphs, records the prefix pass and the step;
+    later calls replay them (on an H200, `ar-b` at batch 1 with guidance, making the cache, running the prefix
+    pass eagerly and recording took 21 of 135 ms per call). `regvq sample` keeps one for all its batches. It
+    holds the cache's memory (and the graphs') until it is dropped; condition states of other shapes (a prefix of
+    another length or padding) are recorded again.
+    """
+
+    def __init__(self, model, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator=None, cuda_graphs: bool = False, compile: bool = False,
+                 attention: str = "auto", kv_dtype: torch.dtype | None = None):
+        _check_common(n, cfg, temperature, top_k, top_p)
+        self.model, self.n, self.generator, self.kv_dtype = model, n, generator, kv_dtype
+        self.cfg, self.temperature, self.top_k, self.top_p = cfg, temperature, top_k, top_p
+        self.device = next(model.parameters()).device
+        if cuda_graphs:
+            _check_graphable(self.device, generator)
+        self.cuda_graphs = cuda_graphs
+        self.attention = resolve_attention(attention, self.device)
+        self.guided = cfg != 1.0 and model.config.cond != "none"
+        self.decode_step = compiled(model, "decode_step") if compile else model.decode_step
+        self.draw_tokens = _compiled_draw() if compile else _draw
+        self.cache = None  # made by the first call, with the buffers below
+        self.graphs = self.recorded_for = None
+
+    def _setup(self) -> None:
+        """The KV cache and the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos []
+        = the position of the next token."""
+        model, device, n = self.model, self.device, self.n
+        B = 2 * n if self.guided else n
+        self.cache = model.new_cache(B, storage=self.kv_dtype)
+        if self.attention == "triton":
+            self.cache.use_kernel(model.config.rope_theta)
+            decode_attention.kernel()  # imported now, not while torch.compile traces a step
+        h, w = model.config.grid_size
+        self.logits = torch.empty(B, model.config.codebook_size, dtype=torch.float32, device=device)
+        self.out = torch.empty(n, h * w, dtype=torch.long, device=device)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.windows = [self.cache.max_len] if self.cache.kernel else _windows(self.cache)  # the kernel: no windows
+        if self.cuda_graphs:
+            self.graphs = _GraphedStep(self.generator, device)
+
+    def _load(self, states: CondStates) -> None:
+        """Hand a call's condition states to the prefix pass. A recorded prefix pass reads them from fixed buffers:
+        they are copied in where their shapes are the recorded ones (so are the prefix's length and padding, which
+        the recorded steps hold as constants); otherwise the buffers are replaced and everything recorded again."""
+        if self.graphs is None:
+            self.states = states
+            return
+        parts = [getattr(states, f.name) for f in dataclasses.fields(states)]
+        shapes = [None if t is None else (t.shape, t.dtype) for t in parts]
+        if shapes != self.recorded_for:
+            self.graphs.clear()
+            self.recorded_for = shapes
+            self.states = CondStates(*(None if t is None else t.clone() for t in parts))
+            return
+        for f, t in zip(dataclasses.fields(states), parts):
+            if t is not None:
+                getattr(self.states, f.name).copy_(t)
+
+    def _prefix(self, key=None) -> None:
+        """The prefix pass on an emptied cache: the logits of x_0 in `logits`, pos = 0 (buffers only)."""
+        self.cache.reset()
+        tokens = torch.zeros(self.cache.valid.shape[0], 0, dtype=torch.long, device=self.device)
+        self.logits.copy_(self.model(tokens, self.states, cache=self.cache)[:, -1])
+        self.pos.zero_()
+
+    def _draw(self):
+        """x_pos [n] from the logits, written to out[:, pos]."""
+        u = _uniform((self.n, self.logits.shape[-1]), self.device, self.generator) if self.temperature > 0 else None
+        tok = self.draw_tokens(self.logits, u, self.guided, self.cfg, self.temperature, self.top_k, self.top_p)
+        self.out.index_copy_(1, self.pos[None], tok[:, None])
+        return tok
+
+    def _step(self, window: int) -> None:
+        """Draw x_pos, put the logits of x_{pos+1} in `logits`, advance pos: buffers only, no host sync."""
+        tok = self._draw()
+        tok_in = torch.cat([tok, tok]) if self.guided else tok  # [B]
+        self.logits.copy_(self.decode_step(tok_in[:, None], self.pos, self.cache, window))
+        self.pos.add_(1)
+
+    @torch.no_grad()
+    def __call__(self, cond, callback=None) -> torch.Tensor:
+        """n token grids [n, h, w] for the raw condition `cond` (for 1 or n samples); `callback` as sample_ar's."""
+        model = self.model
+        h, w = model.config.grid_size
+        N = h * w
+        with _EvalMode(model):
+            states, _ = _encode(model, cond, self.n, self.cfg)
+            if self.cache is None:
+                self._setup()
+            self._load(states)
+            graphs = self.graphs
+            # with graphs, the prefix pass (several hundred small kernels launched one by one, about 13 ms at batch 1)
+            # is recorded too; a recorded pass sets the cache's host-side fields only when it is recorded, to what
+            # they are after every pass of the same shapes
+            prefix = functools.partial(graphs.run, self._prefix) if graphs else self._prefix
+            run = functools.partial(graphs.run, self._step) if graphs else self._step
+            with graphs or contextlib.nullcontext():
+                prefix("prefix")
+                for i in range(N):
+                    if i + 1 < N:
+                        # x_i sits at cache position prefix_len + i
+                        run(next(w for w in self.windows if w > self.cache.prefix_len + i))
+                    else:
+                        self._draw()
+                    if callback is not None:
+                        callback({"i": i, "total": N, "tokens": self.out[:, :i + 1]})
+        return self.out.view(self.n, h, w).clone()
+
+
 @torch.no_grad()
 def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0, top_k: int = 0,
               top_p: float = 1.0, generator=None, callback=None, cuda_graphs: bool = False,
@@ -243,53 +373,11 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     exactly the cache positions written, instead of SDPA over a masked window ("sdpa"); "auto" picks the kernel
     where it can run (`resolve_attention`). kv_dtype: what the KV cache holds, by default the model's dtype;
     torch.int8 about halves the bytes the Triton kernel reads per step, which bound large batches (keys and values
-    quantized per vector: nearly the same next-token distributions, not the same tokens; see KVCache).
+    quantized per vector: nearly the same next-token distributions, not the same tokens; see KVCache). For batch
+    after batch with the same options, `ARSampler` keeps the cache and the recorded step between calls.
     """
-    _check_common(n, cfg, temperature, top_k, top_p)
-    h, w = model.config.grid_size
-    N = h * w
-    device = next(model.parameters()).device
-    if cuda_graphs:
-        _check_graphable(device, generator)
-    attention = resolve_attention(attention, device)
-    with _EvalMode(model):
-        states, guided = _encode(model, cond, n, cfg)
-        B = 2 * n if guided else n
-        cache = model.new_cache(B, storage=kv_dtype)
-        if attention == "triton":
-            cache.use_kernel(model.config.rope_theta)
-            decode_attention.kernel()  # imported now, not while torch.compile traces a step
-        # the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos [] = next token
-        logits = model(torch.zeros(B, 0, dtype=torch.long, device=device), states, cache=cache)[:, -1].float()
-        out = torch.empty(n, N, dtype=torch.long, device=device)
-        pos = torch.zeros((), dtype=torch.long, device=device)
-        windows = [cache.max_len] if cache.kernel else _windows(cache)  # the kernel reads only what is written
-        decode_step = compiled(model, "decode_step") if compile else model.decode_step
-        draw_tokens = _compiled_draw() if compile else _draw
-
-        def draw():
-            """x_pos [n] from the logits, written to out[:, pos]."""
-            u = _uniform((n, logits.shape[-1]), device, generator) if temperature > 0 else None
-            tok = draw_tokens(logits, u, guided, cfg, temperature, top_k, top_p)
-            out.index_copy_(1, pos[None], tok[:, None])
-            return tok
-
-        def step(window: int):
-            """Draw x_pos, put the logits of x_{pos+1} in `logits`, advance pos: buffers only, no host sync."""
-            tok = draw()
-            tok_in = torch.cat([tok, tok]) if guided else tok  # [B]
-            logits.copy_(decode_step(tok_in[:, None], pos, cache, window))
-            pos.add_(1)
-
-        with _cuda_graphed(step, generator, device) if cuda_graphs else contextlib.nullcontext(step) as run:
-            for i in range(N):
-                if i + 1 < N:
-                    run(next(w for w in windows if w > cache.prefix_len + i))  # x_i sits at prefix_len + i
-                else:
-                    draw()
-                if callback is not None:
-                    callback({"i": i, "total": N, "tokens": out[:, :i + 1]})
-    return out.view(n, h, w)
+    return ARSampler(model, n, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                     cuda_graphs=cuda_graphs, compile=compile, attention=attention, kv_dtype=kv_dtype)(cond, callback)
 
 
 def _timesteps(T: int, steps: int) -> list[int]:
@@ -341,7 +429,7 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
         logits = torch.empty(B, N, K, dtype=torch.float32, device=device)
 
         def denoise(window=None):
-            """logits <- the denoiser on (x_in, t_in): buffers only (`window` is _cuda_graphed's graph key)."""
+            """logits <- the denoiser on (x_in, t_in): buffers only (`window` is _GraphedStep's graph key)."""
             logits.copy_(net(x_in, t_in, states))
 
         def predict(x, t: int):
@@ -360,7 +448,9 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
                 logp = logp / temperature
             return F.log_softmax(filter_logits(logp, top_k, top_p), dim=-1)
 
-        with _cuda_graphed(denoise, None, device) if cuda_graphs else contextlib.nullcontext(denoise) as run:
+        graphs = _GraphedStep(None, device) if cuda_graphs else None
+        run = functools.partial(graphs.run, denoise) if graphs else denoise
+        with graphs or contextlib.nullcontext():
             x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
             if sampler == "vq":
                 ts = _timesteps(T, steps)
