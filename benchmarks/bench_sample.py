@@ -5,20 +5,20 @@
     python benchmarks/bench_sample.py --ar ar-b --diffusion '' --batch-sizes 1 256 --cuda-graphs
     python benchmarks/bench_sample.py --ar ar-test --diffusion diffusion-test --device cpu --batch-sizes 1 4
 
-Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Each row has images/s, ms per image, the
-GFLOP per image of what the sampler runs (its matmuls and attention counted with torch's FLOP formulas on one
-eager call: AR the whole loop, diffusion one denoiser step times the steps; guidance doubles the rows), the
-fraction of the FLOP floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call.
-Weights are cast to --dtype. --cuda-graphs (CUDA only) adds rows `-graph`: sample_ar /
-sample_diffusion(cuda_graphs=True), whose time includes recording the graphs, as every call records its own (AR:
-the whole step; diffusion: the denoiser). --keep adds AR rows `-kept`: the second call of one `ARSampler`,
-which replays the step recorded by the first (what `regvq sample` does batch after batch). --compile adds rows
-with the AR decode step and draw or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the
-compilation, the timed one does not). --profile N adds, per batch size and per path timed (eager, and `-graph` / `-compile` where asked for), the N operations that
-took the most time in one AR call with guidance (device kernels on a GPU, CPU operators on a CPU) and how many
-kernels or operators ran per token, and the same for one diffusion call (VQ-Diffusion, the first --steps) per
-step: where a step's time goes. A profiled `-graph` call includes recording its graphs (one eager step each), as
-the timed one does.
+Counts the tokens only (decoding is `bench_tokenizer.py`'s business). Each row has images/s, ms per image, the GFLOP
+per image of what the sampler runs (its matmuls and attention counted with torch's FLOP formulas on one eager call:
+AR the whole loop, diffusion one denoiser step times the steps; guidance doubles the rows), the fraction of the FLOP
+floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call. Weights are cast to
+--dtype. --cuda-graphs (CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time
+includes recording the graphs, as every call records its own (AR: the prefix pass and the step; diffusion: the
+denoiser). --keep adds rows `-kept`: the second call of one `ARSampler` or `DiffusionSampler`, which replays what
+the first recorded (what `regvq sample` does batch after batch). --compile adds rows with the AR decode step and
+draw or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the timed one does
+not). --profile N adds, per batch size and per path timed (eager, and `-graph` / `-compile` where asked for), the N
+operations that took the most time in one AR call with guidance (device kernels on a GPU, CPU operators on a CPU)
+and how many kernels or operators ran per token, and the same for one diffusion call (VQ-Diffusion, the first
+--steps) per step: where a step's time goes. A profiled `-graph` call includes recording its graphs (one eager step
+each), as the timed one does.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main(argv=None):
     p.add_argument("--kv-cache", choices=["model", "int8"], default="model",
                    help="what the AR KV cache holds: the model's dtype or int8 (rows named ...-int8)")
     p.add_argument("--keep", action="store_true",
-                   help="add AR rows `-kept`: a kept ARSampler's second call (cache made and step recorded by the "
+                   help="add rows `-kept`: a kept sampler's second call (buffers made and passes recorded by the "
                         "first, as `regvq sample` runs batch after batch)")
     p.add_argument("--max-autotune", action="store_true",
                    help="compile with inductor's max-autotune (Triton matmul templates tried against cuBLAS)")
@@ -157,7 +157,7 @@ def main(argv=None):
 
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.priors.presets import model_for, preset
-    from regvq_cli.priors.sampling import ARSampler, sample_ar, sample_diffusion
+    from regvq_cli.priors.sampling import ARSampler, DiffusionSampler, sample_ar, sample_diffusion
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -219,11 +219,16 @@ def main(argv=None):
                                                                         sampler=sampler)) / b
                     for steps in args.steps:
                         for graphs, comp in variants:
-                            t, mem = timed(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,
-                                                                    sampler=sampler, cuda_graphs=graphs,
-                                                                    compile=comp), device)
+                            opts = dict(steps=steps, cfg=args.cfg, sampler=sampler, cuda_graphs=graphs, compile=comp)
+                            t, mem = timed(lambda: sample_diffusion(model, cond, b, **opts), device)
                             rows.append(row(args.diffusion, variant(sampler, graphs, comp), args.cfg, steps, b, t,
                                             steps * step_gflop, mem, args.peak_tflops))
+                            if args.keep:
+                                kept = DiffusionSampler(model, b, **opts)
+                                t, mem = timed(lambda: kept(cond), device)
+                                del kept
+                                rows.append(row(args.diffusion, variant(sampler, graphs, comp) + "-kept", args.cfg,
+                                                steps, b, t, steps * step_gflop, mem, args.peak_tflops))
                 for graphs, comp in variants if args.profile else ():
                     steps = args.steps[0]
                     prof = profiled(lambda: sample_diffusion(model, cond, b, steps=steps, cfg=args.cfg,

@@ -107,6 +107,18 @@ def test_bench_sample_kv_cache_int8_rows(capsys):
     assert all(r["images_per_s"] > 0 for r in rows)
 
 
+def test_bench_sample_keep_adds_a_kept_samplers_rows(capsys):
+    """--keep adds, after each path's row, the second call of one kept sampler (AR and diffusion)."""
+    bench = load_benchmark("bench_sample")
+    bench.main(["--ar", "ar-test", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "2",
+                "--steps", "2", "--codebook-size", "16", "--keep", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["sampler"], r["cfg"]) for r in rows] == [
+        ("ar", 1.0), ("ar-kept", 1.0), ("ar", 4.0), ("ar-kept", 4.0),
+        ("vq", 4.0), ("vq-kept", 4.0), ("maskgit", 4.0), ("maskgit-kept", 4.0)]
+    assert all(r["images_per_s"] > 0 for r in rows)
+
+
 def test_kv_cache_quality_scores_each_setting_against_float32(tmp_path, capsys):
     """kv_cache_quality.py: float32 weights and cache score 0 nats against themselves; an int8 cache moves the
     next-token distributions a little (more than nothing, far less than a different model)."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -28,7 +32,8 @@ def ar(cond="class"):
 def diffusion(cond="class"):
     torch.manual_seed(0)
     m = DiffusionPrior(DiffusionConfig(codebook_size=K, grid_size=(3, 3), dim=32, n_layers=2, n_heads=2,
-                                       cond=cond, num_classes=3, num_timesteps=12)).eval()
+                                       cond=cond, num_classes=3, num_timesteps=12, text_dim=6,
+                                       text_max_tokens=5)).eval()
     for p in m.parameters():  # adaLN-Zero starts as a near-constant model; give it some structure
         torch.nn.init.normal_(p, std=0.3)
     return m
@@ -169,6 +174,46 @@ def test_compiled_denoiser_draws_the_same_tokens():
     assert sampling.compiled(d, "forward") is sampling.compiled(d, "forward")
 
 
+@pytest.mark.parametrize("cond", ["class", "text"])
+def test_a_kept_diffusion_sampler_draws_what_fresh_calls_draw(cond, monkeypatch):
+    """DiffusionSampler keeps its buffers and recorded denoiser pass between calls: each call draws what a fresh
+    sample_diffusion call draws from the same generator state, with both samplers; the pass is recorded again
+    only when the condition states' shapes change (text: padded, then not; a stand-in for the graphs records what
+    a real one would)."""
+    recorded = []
+
+    class Recorder(contextlib.nullcontext):
+        def __init__(self, generator, device):
+            super().__init__()
+            self.graphs = set()
+
+        def run(self, step, key):
+            if key not in self.graphs:
+                recorded.append(key)
+                self.graphs.add(key)
+            step(key)
+
+        def clear(self):
+            self.graphs.clear()
+
+    monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
+    monkeypatch.setattr(sampling, "_GraphedStep", Recorder)
+    d = diffusion(cond)
+    if cond == "class":
+        conds = [torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([0, 1])]
+    else:
+        padded = TextStates(torch.randn(2, 5, 6, generator=gen(1)), torch.tensor([[1, 1, 0, 0, 0], [1] * 5]).bool())
+        conds = [padded, TextStates(torch.randn(2, 5, 6, generator=gen(2)), torch.ones(2, 5, dtype=torch.bool)), padded]
+    for kw in ({"steps": 5, "cfg": 2.0}, {"sampler": "maskgit", "steps": 4}):
+        for graphs in (False, True):
+            mine, fresh = gen(7), gen(7)
+            kept = sampling.DiffusionSampler(d, 2, generator=mine, cuda_graphs=graphs, **kw)
+            recorded.clear()
+            for i, c in enumerate(conds):
+                assert torch.equal(kept(c), sample_diffusion(d, c, 2, generator=fresh, **kw)), (kw, graphs, i)
+            assert len(recorded) == (0 if not graphs else 3 if cond == "text" else 1), recorded
+
+
 def test_argument_errors():
     m, d = ar(), diffusion()
     c = torch.tensor([0])
@@ -202,6 +247,27 @@ def test_diffusion_denoiser_replays_in_a_cuda_graph(dtype):
         comp = sample_diffusion(d, c, 3, generator=g.manual_seed(1), compile=True, **kw)
         both = sample_diffusion(d, c, 3, generator=g.manual_seed(1), compile=True, cuda_graphs=True, **kw)
         assert torch.equal(both, comp) and both.max() < K, kw
+
+
+@pytest.mark.gpu
+def test_a_kept_diffusion_sampler_replays_its_graph_call_after_call():
+    """On a GPU, a DiffusionSampler's recorded denoiser replayed in later calls (compiled or not) draws the tokens
+    of fresh calls; dropped, it is freed at once (nothing refers back to it)."""
+    dev = torch.device("cuda")
+    d = diffusion().to(dev, torch.bfloat16)
+    conds = [torch.tensor(c, device=dev) for c in ([0, 1, 2], [2, 2, 0], [0, 1, 2])]
+    for kw in ({"steps": 6, "cfg": 2.0}, {"sampler": "maskgit", "steps": 4, "cfg": 2.0, "compile": True}):
+        mine, fresh = torch.Generator(device=dev).manual_seed(1), torch.Generator(device=dev).manual_seed(1)
+        kept = sampling.DiffusionSampler(d, 3, generator=mine, cuda_graphs=True, **kw)
+        for i, c in enumerate(conds):
+            assert torch.equal(kept(c), sample_diffusion(d, c, 3, generator=fresh, cuda_graphs=True, **kw)), (kw, i)
+        gc.disable()
+        try:
+            ref = weakref.ref(kept)
+            del kept
+            assert ref() is None
+        finally:
+            gc.enable()
 
 
 @pytest.mark.gpu

@@ -268,19 +268,18 @@ def token_batches(prior, cond, rows, batch_size, generator, dtype, options):
     """Sampled token grids [b, h, w] on the device, batch by batch; sample i has condition cond[rows[i]]."""
     import torch
 
-    from regvq_cli.priors.sampling import ARSampler, sample_diffusion
+    from regvq_cli.priors import sampling
 
     device = next(prior.parameters()).device
-    ar = None  # an AR batch size's sampler: its cache and recorded step serve every batch of that size
+    make = sampling.DiffusionSampler if prior.model_type == "diffusion" else sampling.ARSampler
+    kept = None  # one batch size's sampler: its buffers (AR: the KV cache) and recorded passes serve every batch
 
     def sample_fn(cond, n):
-        nonlocal ar
-        if prior.model_type == "diffusion":
-            return sample_diffusion(prior, cond, n, generator=generator, **options)
-        if ar is None or ar.n != n:
-            ar = None  # the last short batch: the full batches' cache is freed first
-            ar = ARSampler(prior, n, generator=generator, **options)
-        return ar(cond)
+        nonlocal kept
+        if kept is None or kept.n != n:
+            kept = None  # the last short batch: the full batches' buffers are freed first
+            kept = make(prior, n, generator=generator, **options)
+        return kept(cond)
 
     low = dtype != torch.float32 and device.type in ("cuda", "cpu")
     if options.get("cuda_graphs"):

@@ -5,6 +5,7 @@
     ARSampler(model, n, **the same options)(cond, callback)                                -> [n, h, w]
     sample_diffusion(model, cond, n, *, steps, cfg, temperature, top_k, top_p, sampler,
                      generator, callback, cuda_graphs, compile)                            -> [n, h, w]
+    DiffusionSampler(model, n, **the same options)(cond, callback)                         -> [n, h, w]
 
 `cond` is the raw condition (see conditioning.py; `prepare_condition` builds it from names / prompts / maps),
 for 1 or n samples. Classifier-free guidance with scale `cfg` runs the conditional and the null rows in one
@@ -244,6 +245,25 @@ def resolve_attention(attention: str, device) -> str:
     return attention
 
 
+def _hold(held: CondStates | None, states: CondStates, graphs) -> CondStates:
+    """The condition states a sampler's passes read. Recorded passes (`graphs`) read fixed buffers: `held`, the
+    last call's, with `states` copied in where every part has the held one's shape; otherwise clones of `states`,
+    and every pass recorded again (shapes a recorded pass holds as constants: the prefix's length, its padding)."""
+    if graphs is None:
+        return states
+    parts = [getattr(states, f.name) for f in dataclasses.fields(states)]
+    if held is not None:
+        kept = [getattr(held, f.name) for f in dataclasses.fields(held)]
+        if all(a is None and b is None or a is not None and b is not None and a.shape == b.shape
+               and a.dtype == b.dtype for a, b in zip(kept, parts)):
+            for a, b in zip(kept, parts):
+                if a is not None:
+                    a.copy_(b)
+            return held
+    graphs.clear()
+    return CondStates(*(None if t is None else t.clone() for t in parts))
+
+
 class ARSampler:
     """AR sampling of batches of n samples with one set of options, the state kept from call to call.
 
@@ -269,8 +289,7 @@ class ARSampler:
         self.guided = cfg != 1.0 and model.config.cond != "none"
         self.decode_step = compiled(model, "decode_step") if compile else model.decode_step
         self.draw_tokens = _compiled_draw() if compile else _draw
-        self.cache = None  # made by the first call, with the buffers below
-        self.graphs = self.recorded_for = None
+        self.cache = self.graphs = self.states = None  # made by the first call, with the buffers below
 
     def _setup(self) -> None:
         """The KV cache and the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos []
@@ -288,24 +307,6 @@ class ARSampler:
         self.windows = [self.cache.max_len] if self.cache.kernel else _windows(self.cache)  # the kernel: no windows
         if self.cuda_graphs:
             self.graphs = _GraphedStep(self.generator, device)
-
-    def _load(self, states: CondStates) -> None:
-        """Hand a call's condition states to the prefix pass. A recorded prefix pass reads them from fixed buffers:
-        they are copied in where their shapes are the recorded ones (so are the prefix's length and padding, which
-        the recorded steps hold as constants); otherwise the buffers are replaced and everything recorded again."""
-        if self.graphs is None:
-            self.states = states
-            return
-        parts = [getattr(states, f.name) for f in dataclasses.fields(states)]
-        shapes = [None if t is None else (t.shape, t.dtype) for t in parts]
-        if shapes != self.recorded_for:
-            self.graphs.clear()
-            self.recorded_for = shapes
-            self.states = CondStates(*(None if t is None else t.clone() for t in parts))
-            return
-        for f, t in zip(dataclasses.fields(states), parts):
-            if t is not None:
-                getattr(self.states, f.name).copy_(t)
 
     def _prefix(self, key=None) -> None:
         """The prefix pass on an emptied cache: the logits of x_0 in `logits`, pos = 0 (buffers only)."""
@@ -338,7 +339,7 @@ class ARSampler:
             states, _ = _encode(model, cond, self.n, self.cfg)
             if self.cache is None:
                 self._setup()
-            self._load(states)
+            self.states = _hold(self.states, states, self.graphs)
             graphs = self.graphs
             # with graphs, the prefix pass (several hundred small kernels launched one by one, about 13 ms at batch 1)
             # is recorded too; a recorded pass sets the cache's host-side fields only when it is recorded, to what
@@ -385,6 +386,116 @@ def _timesteps(T: int, steps: int) -> list[int]:
     return [round(T - k * T / steps) for k in range(steps + 1)]
 
 
+class DiffusionSampler:
+    """Diffusion sampling of batches of n samples with one set of options, the state kept from call to call.
+
+    `DiffusionSampler(model, n, **options)(cond)` draws what `sample_diffusion(model, cond, n, **options)` draws.
+    The denoiser's input and output buffers are made once and, with cuda_graphs, its pass is recorded by the first
+    call and replayed by the later ones (a fresh call runs it eagerly once and records it). Condition states of
+    other shapes are recorded again. `regvq sample` keeps one for all its batches.
+    """
+
+    def __init__(self, model, n: int, *, steps: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, sampler: str = "vq", choice_temperature: float = 4.5,
+                 generator=None, cuda_graphs: bool = False, compile: bool = False):
+        _check_common(n, cfg, temperature, top_k, top_p)
+        T = model.num_timesteps
+        if sampler not in ("vq", "maskgit"):
+            raise RegvqError(f"unknown diffusion sampler {sampler!r}; use vq or maskgit")
+        h, w = model.config.grid_size
+        N, K = h * w, model.config.codebook_size
+        steps = steps or (T if sampler == "vq" else min(16, N))
+        if sampler == "vq" and not 1 <= steps <= T:
+            raise RegvqError(f"steps must be in 1..{T} (the prior's number of timesteps), got {steps}")
+        if sampler == "maskgit" and not 1 <= steps <= N:
+            raise RegvqError(f"maskgit steps must be in 1..{N} (the number of tokens), got {steps}")
+        device = next(model.parameters()).device
+        if cuda_graphs:
+            _check_graphable(device, None)  # the draws stay outside the graph: any generator will do
+        self.model, self.n, self.steps, self.sampler, self.generator = model, n, steps, sampler, generator
+        self.cfg, self.temperature, self.top_k, self.top_p = cfg, temperature, top_k, top_p
+        self.choice_temperature, self.device = choice_temperature, device
+        self.guided = cfg != 1.0 and model.config.cond != "none"
+        self.net = compiled(model, "forward") if compile else model
+        # the denoiser's inputs and output live in fixed buffers, so that a CUDA graph can replay it
+        B = 2 * n if self.guided else n
+        self.x_in = torch.empty(B, N, dtype=torch.long, device=device)
+        self.t_in = torch.empty(B, dtype=torch.long, device=device)
+        self.logits = torch.empty(B, N, K, dtype=torch.float32, device=device)
+        self.graphs = _GraphedStep(None, device) if cuda_graphs else None
+        self.states = None
+
+    def _denoise(self, key=None) -> None:
+        """logits <- the denoiser on (x_in, t_in): buffers only (`key` is _GraphedStep's graph key)."""
+        self.logits.copy_(self.net(self.x_in, self.t_in, self.states))
+
+    def _predict(self, run, x, t: int):
+        """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
+        n, K = self.n, self.logits.shape[-1]
+        self.x_in[:n].copy_(x)
+        if self.guided:
+            self.x_in[n:].copy_(x)
+        self.t_in.fill_(t)
+        run(0)
+        logp = F.log_softmax(self.logits, dim=-1)
+        if self.guided:
+            logp = F.log_softmax(guide(logp, self.cfg), dim=-1)
+        if self.temperature <= 0:
+            return torch.where(F.one_hot(logp.argmax(-1), K).bool(), 0.0, float("-inf"))
+        if self.temperature != 1.0:
+            logp = logp / self.temperature
+        return F.log_softmax(filter_logits(logp, self.top_k, self.top_p), dim=-1)
+
+    @torch.no_grad()
+    def __call__(self, cond, callback=None) -> torch.Tensor:
+        """n token grids [n, h, w] for the raw condition `cond`; `callback` as sample_diffusion's."""
+        model, n, steps, device, generator = self.model, self.n, self.steps, self.device, self.generator
+        h, w = model.config.grid_size
+        N, K, T = h * w, model.config.codebook_size, model.num_timesteps
+        with _EvalMode(model):
+            self.states = _hold(self.states, _encode(model, cond, n, self.cfg)[0], self.graphs)
+            graphs = self.graphs
+            predict = functools.partial(self._predict, functools.partial(graphs.run, self._denoise) if graphs
+                                        else self._denoise)
+            with graphs or contextlib.nullcontext():
+                x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
+                if self.sampler == "vq":
+                    ts = _timesteps(T, steps)
+                    pairs = list(zip(ts[:-1], ts[1:]))  # (t, s): each step goes from t to s
+                    # every step's posterior coefficients [steps, 10], on the device before the loop: built per step
+                    # on the host, each step's copy would wait for the GPU to finish the step before (a sync per step)
+                    coefs = torch.cat([model.coefs(t, s) for t, s in pairs]).to(device)
+                    for i, (t, s) in enumerate(pairs):
+                        log_post = model.q_posterior(predict(x, t), x, coefs[i:i + 1])  # [n, N, K+1]
+                        if s == 0:
+                            log_post[..., K] = float("-inf")  # x_0 is never [MASK]
+                        x = sample_categorical(log_post, generator)
+                        if callback is not None:
+                            callback({"i": i, "total": steps, "tokens": x})
+                else:
+                    n_masked = N  # the same in every row, and known on the host: no device sync per step
+                    for i in range(steps):
+                        is_mask = x == K
+                        t = model.t_for_mask_ratio(n_masked / N)
+                        logp = predict(x, t)
+                        drawn = sample_categorical(logp, generator)  # [n, N]
+                        conf = logp.gather(-1, drawn[..., None])[..., 0]
+                        drawn = torch.where(is_mask, drawn, x)
+                        conf = torch.where(is_mask, conf, torch.full_like(conf, float("inf")))  # decided tokens stay
+                        # tokens still masked after this step: cosine schedule, at least one fewer each step
+                        keep_masked = min(math.floor(N * math.cos(math.pi / 2 * (i + 1) / steps)), n_masked - 1)
+                        if keep_masked > 0:
+                            noise = self.choice_temperature * (1 - (i + 1) / steps)
+                            conf = conf + noise * _gumbel(conf.shape, device, generator)
+                            remask = conf.topk(keep_masked, dim=-1, largest=False).indices
+                            drawn = drawn.scatter(-1, remask, K)  # decided tokens have conf inf: only masked ones
+                        x = drawn
+                        n_masked = max(keep_masked, 0)
+                        if callback is not None:
+                            callback({"i": i, "total": steps, "tokens": x})
+        return x.view(n, h, w)
+
+
 @torch.no_grad()
 def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: float = 1.0, temperature: float = 1.0,
                      top_k: int = 0, top_p: float = 1.0, sampler: str = "vq", choice_temperature: float = 4.5,
@@ -402,88 +513,9 @@ def sample_diffusion(model, cond, n: int, *, steps: int | None = None, cfg: floa
     At small batches a step is bound by launching the denoiser's several hundred kernels one by one:
     cuda_graphs=True (CUDA only) records the denoiser's forward pass once per call as a CUDA graph and replays it
     every step (the same tokens as without); compile=True runs it through torch.compile (once per model and batch
-    size; the first call pays for it). Both together replay the compiled kernels.
+    size; the first call pays for it). Both together replay the compiled kernels. For batch after batch with the
+    same options, `DiffusionSampler` keeps the buffers and the recorded pass between calls.
     """
-    _check_common(n, cfg, temperature, top_k, top_p)
-    T = model.num_timesteps
-    if sampler not in ("vq", "maskgit"):
-        raise RegvqError(f"unknown diffusion sampler {sampler!r}; use vq or maskgit")
-    h, w = model.config.grid_size
-    N, K = h * w, model.config.codebook_size
-    steps = steps or (T if sampler == "vq" else min(16, N))
-    if sampler == "vq" and not 1 <= steps <= T:
-        raise RegvqError(f"steps must be in 1..{T} (the prior's number of timesteps), got {steps}")
-    if sampler == "maskgit" and not 1 <= steps <= N:
-        raise RegvqError(f"maskgit steps must be in 1..{N} (the number of tokens), got {steps}")
-    device = next(model.parameters()).device
-    if cuda_graphs:
-        _check_graphable(device, None)  # the draws stay outside the graph: any generator will do
-
-    with _EvalMode(model):
-        states, guided = _encode(model, cond, n, cfg)
-        net = compiled(model, "forward") if compile else model
-        # the denoiser's inputs and output live in fixed buffers, so that a CUDA graph can replay it
-        B = 2 * n if guided else n
-        x_in = torch.empty(B, N, dtype=torch.long, device=device)
-        t_in = torch.empty(B, dtype=torch.long, device=device)
-        logits = torch.empty(B, N, K, dtype=torch.float32, device=device)
-
-        def denoise(window=None):
-            """logits <- the denoiser on (x_in, t_in): buffers only (`window` is _GraphedStep's graph key)."""
-            logits.copy_(net(x_in, t_in, states))
-
-        def predict(x, t: int):
-            """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
-            x_in[:n].copy_(x)
-            if guided:
-                x_in[n:].copy_(x)
-            t_in.fill_(t)
-            run(0)
-            logp = F.log_softmax(logits, dim=-1)
-            if guided:
-                logp = F.log_softmax(guide(logp, cfg), dim=-1)
-            if temperature <= 0:
-                return torch.where(F.one_hot(logp.argmax(-1), K).bool(), 0.0, float("-inf"))
-            if temperature != 1.0:
-                logp = logp / temperature
-            return F.log_softmax(filter_logits(logp, top_k, top_p), dim=-1)
-
-        graphs = _GraphedStep(None, device) if cuda_graphs else None
-        run = functools.partial(graphs.run, denoise) if graphs else denoise
-        with graphs or contextlib.nullcontext():
-            x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
-            if sampler == "vq":
-                ts = _timesteps(T, steps)
-                pairs = list(zip(ts[:-1], ts[1:]))  # (t, s): each step goes from t to s
-                # every step's posterior coefficients [steps, 10], on the device before the loop: built per step on
-                # the host, each step's copy would wait for the GPU to finish the step before (a sync per step)
-                coefs = torch.cat([model.coefs(t, s) for t, s in pairs]).to(device)
-                for i, (t, s) in enumerate(pairs):
-                    log_post = model.q_posterior(predict(x, t), x, coefs[i:i + 1])  # [n, N, K+1]
-                    if s == 0:
-                        log_post[..., K] = float("-inf")  # x_0 is never [MASK]
-                    x = sample_categorical(log_post, generator)
-                    if callback is not None:
-                        callback({"i": i, "total": steps, "tokens": x})
-            else:
-                n_masked = N  # the same in every row, and known on the host: no device sync per step
-                for i in range(steps):
-                    is_mask = x == K
-                    t = model.t_for_mask_ratio(n_masked / N)
-                    logp = predict(x, t)
-                    drawn = sample_categorical(logp, generator)  # [n, N]
-                    conf = logp.gather(-1, drawn[..., None])[..., 0]
-                    drawn = torch.where(is_mask, drawn, x)
-                    conf = torch.where(is_mask, conf, torch.full_like(conf, float("inf")))  # decided tokens stay
-                    # tokens still masked after this step: cosine schedule, at least one fewer each step
-                    keep_masked = min(math.floor(N * math.cos(math.pi / 2 * (i + 1) / steps)), n_masked - 1)
-                    if keep_masked > 0:
-                        noise = choice_temperature * (1 - (i + 1) / steps)
-                        conf = conf + noise * _gumbel(conf.shape, device, generator)
-                        remask = conf.topk(keep_masked, dim=-1, largest=False).indices
-                        drawn = drawn.scatter(-1, remask, K)  # decided tokens have conf inf: only masked ones
-                    x = drawn
-                    n_masked = max(keep_masked, 0)
-                    if callback is not None:
-                        callback({"i": i, "total": steps, "tokens": x})
-    return x.view(n, h, w)
+    return DiffusionSampler(model, n, steps=steps, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
+                            sampler=sampler, choice_temperature=choice_temperature, generator=generator,
+                            cuda_graphs=cuda_graphs, compile=compile)(cond, callback)
