@@ -215,6 +215,40 @@ def test_the_recorded_step_reads_no_values_on_the_host(kind, monkeypatch):
         assert torch.equal(graphed, sample_ar(m, raw_cond(kind), 2, generator=gen(0), **opts))
 
 
+@contextlib.contextmanager
+def no_collector():
+    """The cyclic garbage collector off: what is freed inside was freed by its reference count alone."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def record_graphs(monkeypatch) -> list:
+    """Stand in for the CUDA graph runner off CUDA: every pass runs eagerly, and the returned list gets each key a
+    real runner would record (a key's first run, and its first run again after `clear`)."""
+    recorded = []
+
+    class Recorder(contextlib.nullcontext):
+        def __init__(self, generator, device):
+            super().__init__()
+            self.graphs = set()
+
+        def run(self, step, key):
+            if key not in self.graphs:
+                recorded.append(key)
+                self.graphs.add(key)
+            step(key)
+
+        def clear(self):
+            self.graphs.clear()
+
+    monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
+    monkeypatch.setattr(sampling, "_GraphedStep", Recorder)
+    return recorded
+
+
 def other_conds(kind, model):
     """Conditions for calls one after another: the test's, another of the same kind, the first again; for text
     the second pads nothing (so its prefix is not padded, which a recorded step holds as a constant)."""
@@ -236,24 +270,7 @@ def test_an_ar_sampler_called_again_draws_what_fresh_calls_draw(kind, monkeypatc
     fresh sample_ar call draws from the same generator state, whatever the calls before it held; it records again
     only when the condition states' shapes change, and with them the prefix's length or padding (a stand-in for
     the graphs records what a real one would)."""
-    recorded = []
-
-    class Recorder(contextlib.nullcontext):
-        def __init__(self, generator, device):
-            super().__init__()
-            self.graphs = set()
-
-        def run(self, step, window):
-            if window not in self.graphs:
-                recorded.append(window)
-                self.graphs.add(window)
-            step(window)
-
-        def clear(self):
-            self.graphs.clear()
-
-    monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
-    monkeypatch.setattr(sampling, "_GraphedStep", Recorder)
+    recorded = record_graphs(monkeypatch)
     monkeypatch.setattr(sampling, "SPLIT_CACHE_BYTES", 0)  # several windows, so several recordings
     m = peaked(kind)
     for graphs in (False, True):
@@ -497,14 +514,10 @@ def test_an_ar_sampler_replays_its_graphs_call_after_call(kind, attention):
         sampler = sampling.ARSampler(m, 2, generator=mine, **opts)
         for i, cond in enumerate(conds + conds):
             assert torch.equal(sampler(cond), sample_ar(m, cond, 2, generator=fresh, **opts)), (comp, cfg, i)
-        # dropped, it is freed at once with its cache and graphs (nothing refers back to it)
-        gc.disable()
-        try:
-            ref = weakref.ref(sampler)
+        ref = weakref.ref(sampler)
+        with no_collector():  # dropped, it is freed at once with its cache and graphs (nothing refers back to it)
             del sampler
             assert ref() is None
-        finally:
-            gc.enable()
 
 
 @pytest.mark.gpu

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import weakref
 
 import pytest
@@ -16,6 +14,7 @@ from regvq_cli.priors import sampling
 from regvq_cli.priors.diffusion import DiffusionConfig, DiffusionPrior
 from regvq_cli.priors.sampling import (filter_logits, sample_ar, sample_categorical, sample_diffusion,
                                        sample_logits)
+from tests.test_priors_ar_static import no_collector, record_graphs
 
 K = 12
 
@@ -180,24 +179,7 @@ def test_a_kept_diffusion_sampler_draws_what_fresh_calls_draw(cond, monkeypatch)
     sample_diffusion call draws from the same generator state, with both samplers; the pass is recorded again
     only when the condition states' shapes change (text: padded, then not; a stand-in for the graphs records what
     a real one would)."""
-    recorded = []
-
-    class Recorder(contextlib.nullcontext):
-        def __init__(self, generator, device):
-            super().__init__()
-            self.graphs = set()
-
-        def run(self, step, key):
-            if key not in self.graphs:
-                recorded.append(key)
-                self.graphs.add(key)
-            step(key)
-
-        def clear(self):
-            self.graphs.clear()
-
-    monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
-    monkeypatch.setattr(sampling, "_GraphedStep", Recorder)
+    recorded = record_graphs(monkeypatch)
     d = diffusion(cond)
     if cond == "class":
         conds = [torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([0, 1])]
@@ -261,13 +243,10 @@ def test_a_kept_diffusion_sampler_replays_its_graph_call_after_call():
         kept = sampling.DiffusionSampler(d, 3, generator=mine, cuda_graphs=True, **kw)
         for i, c in enumerate(conds):
             assert torch.equal(kept(c), sample_diffusion(d, c, 3, generator=fresh, cuda_graphs=True, **kw)), (kw, i)
-        gc.disable()
-        try:
-            ref = weakref.ref(kept)
+        ref = weakref.ref(kept)
+        with no_collector():  # dropped, it is freed at once (nothing refers back to it)
             del kept
             assert ref() is None
-        finally:
-            gc.enable()
 
 
 @pytest.mark.gpu
