@@ -160,9 +160,9 @@ class _GraphedStep:
     stream), then records it. Recording executes nothing and leaves the generator's offset alone; each replay
     advances it as the eager step would, so the tokens are those of the eager loop. The random draws use
     `generator`, registered with every graph, or the default CUDA generator, which graphs always register. The
-    graphs stay recorded between `with` blocks (ARSampler replays them call after call); `clear` drops them. The
-    step is an argument, not kept: a sampler that keeps this object and whose method is the step is then freed as
-    soon as it is dropped (no reference cycle holding its cache until the garbage collector runs).
+    graphs stay recorded between `with` blocks (the kept samplers replay them call after call); `clear` drops
+    them. The step is an argument, not kept: a sampler that keeps this object and whose method is the step is then
+    freed as soon as it is dropped (no reference cycle holding its cache until the garbage collector runs).
     """
 
     def __init__(self, generator, device):
@@ -309,7 +309,8 @@ class ARSampler:
             self.graphs = _GraphedStep(self.generator, device)
 
     def _prefix(self, key=None) -> None:
-        """The prefix pass on an emptied cache: the logits of x_0 in `logits`, pos = 0 (buffers only)."""
+        """The prefix pass on an emptied cache: the logits of x_0 in `logits`, pos = 0 (buffers only; `key` is the
+        graph runner's)."""
         self.cache.reset()
         tokens = torch.zeros(self.cache.valid.shape[0], 0, dtype=torch.long, device=self.device)
         self.logits.copy_(self.model(tokens, self.states, cache=self.cache)[:, -1])
@@ -375,7 +376,7 @@ def sample_ar(model, cond, n: int, *, cfg: float = 1.0, temperature: float = 1.0
     where it can run (`resolve_attention`). kv_dtype: what the KV cache holds, by default the model's dtype;
     torch.int8 about halves the bytes the Triton kernel reads per step, which bound large batches (keys and values
     quantized per vector: nearly the same next-token distributions, not the same tokens; see KVCache). For batch
-    after batch with the same options, `ARSampler` keeps the cache and the recorded step between calls.
+    after batch with the same options, `ARSampler` keeps the cache and the recorded passes between calls.
     """
     return ARSampler(model, n, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                      cuda_graphs=cuda_graphs, compile=compile, attention=attention, kv_dtype=kv_dtype)(cond, callback)
