@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import (QuantizerOutput, all_reduce_sum, all_reduce_sum_with_grad, distributed_world, embed_one_hot,
+from .base import (QuantizerOutput, all_reduce_sum_with_grad, distributed_world, embed_one_hot,
                    lookup, straight_through_one_hot, temperature_at)
 from .gumbel import gumbel_softmax
 
@@ -119,13 +119,12 @@ class RegVQuantizer(nn.Module):
             codes = embed_one_hot(onehot, codebook)  # [B, D, h, w]
 
             # Prior distribution regularization on the global batch's histogram of argmax choices.
-            sync = self.training and distributed_world() > 1
             counts = onehot_argmax.sum(dim=(0, 2, 3))  # [N]: value = histogram, gradient = summed softmax
-            total = float(B * h * w)
-            if sync:
+            if self.training and distributed_world() > 1:
                 counts = all_reduce_sum_with_grad(counts)
-                total = all_reduce_sum(torch.tensor(total, device=z.device))  # stays on the device: no host sync
-            kl = kl_to_uniform(counts / total)
+            # every position is counted once, so the counts sum to the (global) number of positions: no collective
+            # of its own, and no host sync
+            kl = kl_to_uniform(counts / counts.detach().sum())
 
         losses: dict[str, torch.Tensor] = {}
         # How peaked the code distributions are: mean top-1 probability, and how often a Gumbel sample is the
