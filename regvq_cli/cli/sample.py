@@ -60,7 +60,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
 
     Files are named by sample number and condition (000003-dog.png, 000000-a-red-bird.png). The same --seed,
     --batch-size and device give the same images. On a GPU, priors run in the compute dtype and each step (an AR
-    decode step, a diffusion denoising step) replays as a recorded CUDA graph.
+    decode step, a diffusion denoising step) replays as a recorded CUDA graph, recorded by the first batch and
+    replayed by the next ones of its size.
     """
     import os
     import secrets
