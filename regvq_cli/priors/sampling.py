@@ -251,24 +251,35 @@ def _hold(held: CondStates | None, states: CondStates, graphs) -> CondStates:
     and every pass recorded again (shapes a recorded pass holds as constants: the prefix's length, its padding)."""
     if graphs is None:
         return states
-    parts = [getattr(states, f.name) for f in dataclasses.fields(states)]
-    if held is not None:
-        kept = [getattr(held, f.name) for f in dataclasses.fields(held)]
-        if all(a is None and b is None or a is not None and b is not None and a.shape == b.shape
-               and a.dtype == b.dtype for a, b in zip(kept, parts)):
-            for a, b in zip(kept, parts):
-                if a is not None:
-                    a.copy_(b)
-            return held
+
+    def parts(s: CondStates) -> list:
+        return [getattr(s, f.name) for f in dataclasses.fields(s)]
+
+    def shapes(s: CondStates) -> list:
+        return [None if t is None else (t.shape, t.dtype) for t in parts(s)]
+
+    if held is not None and shapes(held) == shapes(states):
+        for buffer, value in zip(parts(held), parts(states)):
+            if buffer is not None:
+                buffer.copy_(value)
+        return held
     graphs.clear()
-    return CondStates(*(None if t is None else t.clone() for t in parts))
+    return CondStates(*(None if t is None else t.clone() for t in parts(states)))
+
+
+def _replayed(graphs, fn, key) -> None:
+    """fn(key): through `graphs` (recorded on its first run, then replayed) where the sampler has them."""
+    if graphs is None:
+        fn(key)
+    else:
+        graphs.run(fn, key)
 
 
 class ARSampler:
     """AR sampling of batches of n samples with one set of options, the state kept from call to call.
 
-    `ARSampler(model, n, **options)(cond)` draws what `sample_ar(model, cond, n, **options)` draws. The first
-    call makes the KV cache and the loop's buffers and, with cuda_graphs, records the prefix pass and the step;
+    `ARSampler(model, n, **options)(cond)` draws what `sample_ar(model, cond, n, **options)` draws. It makes the
+    KV cache and the loop's buffers once; with cuda_graphs its first call records the prefix pass and the step and
     later calls replay them (on an H200, `ar-b` at batch 1 with guidance, making the cache, running the prefix
     pass eagerly and recording took 21 of 135 ms per call). `regvq sample` keeps one for all its batches. It
     holds the cache's memory (and the graphs') until it is dropped; condition states of other shapes (a prefix of
@@ -279,24 +290,20 @@ class ARSampler:
                  top_p: float = 1.0, generator=None, cuda_graphs: bool = False, compile: bool = False,
                  attention: str = "auto", kv_dtype: torch.dtype | None = None):
         _check_common(n, cfg, temperature, top_k, top_p)
-        self.model, self.n, self.generator, self.kv_dtype = model, n, generator, kv_dtype
+        self.model, self.n, self.generator = model, n, generator
         self.cfg, self.temperature, self.top_k, self.top_p = cfg, temperature, top_k, top_p
         self.device = next(model.parameters()).device
         if cuda_graphs:
             _check_graphable(self.device, generator)
-        self.cuda_graphs = cuda_graphs
         self.attention = resolve_attention(attention, self.device)
         self.guided = cfg != 1.0 and model.config.cond != "none"
         self.decode_step = compiled(model, "decode_step") if compile else model.decode_step
         self.draw_tokens = _compiled_draw() if compile else _draw
-        self.cache = self.graphs = self.states = None  # made by the first call, with the buffers below
-
-    def _setup(self) -> None:
-        """The KV cache and the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos []
-        = the position of the next token."""
-        model, device, n = self.model, self.device, self.n
+        # the KV cache and the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos []
+        # = the position of the next token
+        device = self.device
         B = 2 * n if self.guided else n
-        self.cache = model.new_cache(B, storage=self.kv_dtype)
+        self.cache = model.new_cache(B, storage=kv_dtype)
         if self.attention == "triton":
             self.cache.use_kernel(model.config.rope_theta)
             decode_attention.kernel()  # imported now, not while torch.compile traces a step
@@ -305,8 +312,8 @@ class ARSampler:
         self.out = torch.empty(n, h * w, dtype=torch.long, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.windows = [self.cache.max_len] if self.cache.kernel else _windows(self.cache)  # the kernel: no windows
-        if self.cuda_graphs:
-            self.graphs = _GraphedStep(self.generator, device)
+        self.graphs = _GraphedStep(generator, device) if cuda_graphs else None
+        self.states = None  # the condition states the prefix pass reads (`_hold`)
 
     def _prefix(self, key=None) -> None:
         """The prefix pass on an emptied cache: the logits of x_0 in `logits`, pos = 0 (buffers only; `key` is the
@@ -337,22 +344,18 @@ class ARSampler:
         h, w = model.config.grid_size
         N = h * w
         with _EvalMode(model):
-            states, _ = _encode(model, cond, self.n, self.cfg)
-            if self.cache is None:
-                self._setup()
-            self.states = _hold(self.states, states, self.graphs)
+            self.states = _hold(self.states, _encode(model, cond, self.n, self.cfg)[0], self.graphs)
             graphs = self.graphs
-            # with graphs, the prefix pass (several hundred small kernels launched one by one, about 13 ms at batch 1)
-            # is recorded too; a recorded pass sets the cache's host-side fields only when it is recorded, to what
-            # they are after every pass of the same shapes
-            prefix = functools.partial(graphs.run, self._prefix) if graphs else self._prefix
-            run = functools.partial(graphs.run, self._step) if graphs else self._step
             with graphs or contextlib.nullcontext():
-                prefix("prefix")
+                # with graphs, the prefix pass (several hundred small kernels launched one by one, about 13 ms at
+                # batch 1) is recorded too; a recorded pass sets the cache's host-side fields only when it is
+                # recorded, to what they are after every pass of the same shapes
+                _replayed(graphs, self._prefix, "prefix")
                 for i in range(N):
                     if i + 1 < N:
                         # x_i sits at cache position prefix_len + i
-                        run(next(w for w in self.windows if w > self.cache.prefix_len + i))
+                        window = next(w for w in self.windows if w > self.cache.prefix_len + i)
+                        _replayed(graphs, self._step, window)
                     else:
                         self._draw()
                     if callback is not None:
@@ -430,14 +433,14 @@ class DiffusionSampler:
         """logits <- the denoiser on (x_in, t_in): buffers only (`key` is _GraphedStep's graph key)."""
         self.logits.copy_(self.net(self.x_in, self.t_in, self.states))
 
-    def _predict(self, run, x, t: int):
+    def _predict(self, x, t: int):
         """log p(x_0 | x_t) [n, N, K]: guided, tempered and filtered."""
         n, K = self.n, self.logits.shape[-1]
         self.x_in[:n].copy_(x)
         if self.guided:
             self.x_in[n:].copy_(x)
         self.t_in.fill_(t)
-        run(0)
+        _replayed(self.graphs, self._denoise, 0)
         logp = F.log_softmax(self.logits, dim=-1)
         if self.guided:
             logp = F.log_softmax(guide(logp, self.cfg), dim=-1)
@@ -455,10 +458,7 @@ class DiffusionSampler:
         N, K, T = h * w, model.config.codebook_size, model.num_timesteps
         with _EvalMode(model):
             self.states = _hold(self.states, _encode(model, cond, n, self.cfg)[0], self.graphs)
-            graphs = self.graphs
-            predict = functools.partial(self._predict, functools.partial(graphs.run, self._denoise) if graphs
-                                        else self._denoise)
-            with graphs or contextlib.nullcontext():
+            with self.graphs or contextlib.nullcontext():
                 x = torch.full((n, N), K, dtype=torch.long, device=device)  # x_T: all [MASK]
                 if self.sampler == "vq":
                     ts = _timesteps(T, steps)
@@ -467,7 +467,7 @@ class DiffusionSampler:
                     # on the host, each step's copy would wait for the GPU to finish the step before (a sync per step)
                     coefs = torch.cat([model.coefs(t, s) for t, s in pairs]).to(device)
                     for i, (t, s) in enumerate(pairs):
-                        log_post = model.q_posterior(predict(x, t), x, coefs[i:i + 1])  # [n, N, K+1]
+                        log_post = model.q_posterior(self._predict(x, t), x, coefs[i:i + 1])  # [n, N, K+1]
                         if s == 0:
                             log_post[..., K] = float("-inf")  # x_0 is never [MASK]
                         x = sample_categorical(log_post, generator)
@@ -478,7 +478,7 @@ class DiffusionSampler:
                     for i in range(steps):
                         is_mask = x == K
                         t = model.t_for_mask_ratio(n_masked / N)
-                        logp = predict(x, t)
+                        logp = self._predict(x, t)
                         drawn = sample_categorical(logp, generator)  # [n, N]
                         conf = logp.gather(-1, drawn[..., None])[..., 0]
                         drawn = torch.where(is_mask, drawn, x)
