@@ -196,7 +196,7 @@ def main(argv=None):
                         t, mem = timed(lambda: sample_ar(model, cond, b, **opts), device)
                         rows.append(row(args.ar, variant(ar_name, graphs, comp), cfg, None, b, t, gflop, mem,
                                         args.peak_tflops))
-                        if args.keep:  # the warm-up call makes the cache and records the step; the timed one reuses
+                        if args.keep:  # the warm-up call records the passes, the timed one replays them
                             kept = ARSampler(model, b, **opts)
                             t, mem = timed(lambda: kept(cond), device)
                             del kept
