@@ -124,7 +124,7 @@ def measure(trainer, steps: int, warmup: int) -> dict:
     from regvq_cli.train.common import flop_counter, peak_flops
 
     device = trainer.device
-    with trainer.precision():  # as in the trainer's run()
+    with trainer.run_settings():  # as in the trainer's run()
         for _ in range(warmup):
             trainer.train_step()
         with flop_counter() as counter:
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_sample import profiled
 
-            with trainer.precision():
+            with trainer.run_settings():
                 result["profile"] = profiled(trainer.train_step, trainer.device, args.profile, 1)
             result["profile"]["per_step"] = result["profile"].pop("per_token")  # kernels (operators) per step
     device = trainer.device

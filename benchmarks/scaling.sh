@@ -9,15 +9,15 @@
 # N JPEGs (default 40000) of 256-512 px are made from PHOTOS first; W decoding workers per process (default 15);
 # STEPS prior steps (default 120) at BS grids per process (default 64); TOK_STEPS tokenizer steps (default 60) of
 # the TOK_PRESET preset (default vqgan-f16) at TOK_BS images per process (default 32). JOBS picks the jobs (default
-# "encode prior tokenizer"; prior needs encode's tokens). DEV="--device cpu" runs it on a CPU. ENCODE_OPTS,
-# TRAIN_OPTS and TOK_OPTS add options to the encode, train-prior and train-tokenizer commands (e.g.
-# ENCODE_OPTS="--jpeg-decoder nvjpeg", which decodes the JPEGs on each process's GPU instead of the host's shared
-# CPU cores; TRAIN_OPTS=--compile; TOK_OPTS=--no-compile).
+# "encode prior tokenizer"; prior needs encode's tokens), NPS the process counts (default "1 GPUS"). DEV="--device
+# cpu" runs it on a CPU. ENCODE_OPTS, TRAIN_OPTS and TOK_OPTS add options to the encode, train-prior and
+# train-tokenizer commands (e.g. ENCODE_OPTS="--jpeg-decoder nvjpeg", which decodes the JPEGs on each process's GPU
+# instead of the host's shared CPU cores; TRAIN_OPTS=--compile; TOK_OPTS=--no-compile).
 set -euo pipefail
 OUT=${OUT:-results}; GPUS=${GPUS:-2}; PHOTOS=${PHOTOS:-../shared/data/photos}
 N=${N:-40000}; STEPS=${STEPS:-120}; W=${W:-15}; PRESET=${PRESET:-ar-b}; BS=${BS:-64}; WORK=${WORK:-/tmp/regvq-scaling}
 TOK_STEPS=${TOK_STEPS:-60}; TOK_PRESET=${TOK_PRESET:-vqgan-f16}; TOK_BS=${TOK_BS:-32}
-JOBS=${JOBS:-encode prior tokenizer}
+JOBS=${JOBS:-encode prior tokenizer}; NPS=${NPS:-1 $GPUS}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT" "$WORK"
 run() { python3 -m torch.distributed.run --standalone --nproc-per-node "$1" -m regvq_cli -q "${@:2}"; }
@@ -27,14 +27,14 @@ rate() {  # metrics.jsonl, its rate key, job name, processes: the mean rate afte
   python3 -c 'import json,sys; r=[json.loads(l)[sys.argv[2]] for l in open(sys.argv[1])]; r = r[1:] or r
 print(f"{sys.argv[3]}, {sys.argv[4]} process(es): {sum(r) / len(r):.1f} {sys.argv[2]} (after the first log window)")' "$@"
 }
-for np in 1 "$GPUS"; do
+for np in $NPS; do
   [[ " $JOBS " == *" encode "* ]] || break
   rm -rf "$WORK/tokens$np"
   run "$np" encode "$WORK/jpegs" -o "$WORK/tokens$np" --batch-size 128 --workers "$W" --json ${DEV:-} ${ENCODE_OPTS:-} > "$OUT/encode_np$np.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
 print("encode,", sys.argv[2], "process(es):", d["images_per_s"], "images/s,", d["seconds"], "s")' "$OUT/encode_np$np.json" "$np"
 done
-for np in 1 "$GPUS"; do
+for np in $NPS; do
   [[ " $JOBS " == *" prior "* ]] || break
   rm -rf "$WORK/prior$np"
   run "$np" train-prior "$WORK/tokens1" -o "$WORK/prior$np" --kind ar --cond none --preset "$PRESET" --batch-size "$BS" \
@@ -42,7 +42,7 @@ for np in 1 "$GPUS"; do
   cp "$WORK/prior$np/metrics.jsonl" "$OUT/prior_np$np.jsonl"
   rate "$OUT/prior_np$np.jsonl" samples_per_s train-prior "$np"
 done
-for np in 1 "$GPUS"; do
+for np in $NPS; do
   [[ " $JOBS " == *" tokenizer "* ]] || break
   rm -rf "$WORK/tokenizer$np"
   run "$np" train-tokenizer "$WORK/jpegs" -o "$WORK/tokenizer$np" --preset "$TOK_PRESET" --batch-size "$TOK_BS" \

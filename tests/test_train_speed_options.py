@@ -9,6 +9,7 @@ batch norm runs mixed (bf16 activations, fp32 statistics), and train a few steps
 """
 
 import json
+import types
 
 import pytest
 import torch
@@ -284,6 +285,24 @@ def test_training_precision_sets_tf32_on_cuda_only_and_restores():
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
          torch.backends.cudnn.benchmark) = before
+
+
+def test_tokenizer_run_settings_keep_compiled_graphs_whole_under_ddp_only():
+    """Compiled on several processes, the tokenizer trainer's run turns off the splitting of compiled graphs at
+    DDP's buckets (and restores it); one process, or no compiling, leaves it alone."""
+    import torch._dynamo
+
+    default = torch._dynamo.config.optimize_ddp
+    seen = {}
+    for compile_, world in ((True, 2), (True, 1), (False, 2)):
+        trainer = object.__new__(TokenizerTrainer)  # run_settings reads only these
+        trainer.cfg = types.SimpleNamespace(compile=compile_)
+        trainer.dist = types.SimpleNamespace(world_size=world)
+        trainer.device = torch.device("cpu")
+        with trainer.run_settings():
+            seen[compile_, world] = torch._dynamo.config.optimize_ddp
+        assert torch._dynamo.config.optimize_ddp == default
+    assert seen == {(True, 2): False, (True, 1): default, (False, 2): default}
 
 
 # ---- EMA: one fused update -------------------------------------------------------------------------------

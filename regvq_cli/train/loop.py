@@ -97,8 +97,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         return {}
 
-    def precision(self):
-        """The context a run's steps execute in (numeric settings for the length of the run). Default: none."""
+    def run_settings(self):
+        """The context a run's steps execute in (process-wide settings for the length of the run). Default: none."""
         return contextlib.nullcontext()
 
     def _flop_phase(self):
@@ -266,7 +266,7 @@ class Trainer:
         resumes there, so a pre-empted or interrupted run loses nothing."""
         cfg = self.cfg
         try:
-            with StopRequest() as request, self.precision():
+            with StopRequest() as request, self.run_settings():
                 throughput = Throughput()
                 self.peak_flops = peak_flops(self.device)
                 step_flops, counted_phase = 0.0, _NOT_COUNTED

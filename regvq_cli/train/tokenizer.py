@@ -42,6 +42,7 @@ weights, the discriminator and the optimizers from scratch. A resume state takes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -541,8 +542,19 @@ class TokenizerTrainer(Trainer):
     def _flop_phase(self) -> bool:
         return self.use_gan and self.step >= self.cfg.gan_start  # the discriminator's passes join the step
 
-    def precision(self):
-        return training_precision(self.device)  # TF32 and cuDNN autotuning on CUDA, for this run only
+    @contextlib.contextmanager
+    def run_settings(self):
+        """TF32 and cuDNN autotuning on CUDA (training_precision), and, compiled on several processes, compiled
+        graphs kept whole under DDP: by default torch.compile splits each graph at DDP's gradient buckets so that
+        their all-reduces start during the backward pass. Here the compiled networks are already several graphs
+        (the encoder, the decoder's levels), and the split ones ran no faster on 2 H200s and took longer to settle:
+        432.7 against 381.6-410.1 images/s over a 100-step run, 1.93x one GPU (docs/performance.md)."""
+        with training_precision(self.device), contextlib.ExitStack() as stack:
+            if self.cfg.compile and self.dist.world_size > 1:
+                import torch._dynamo
+
+                stack.enter_context(torch._dynamo.config.patch(optimize_ddp=False))
+            yield
 
     # ---- logging, samples, model card ---------------------------------------------------------------------
     def _window_extra(self) -> dict[str, float]:
