@@ -77,7 +77,7 @@ def _int8_to_float(x):
     """int8 -> float32 without the GPU's slow integer-to-float conversion: x + 128 (0..255) as the low mantissa
     bits of 2**23 is the float 2**23 + x + 128, exactly; subtracting 2**23 + 128 leaves x. Those bits are the
     integer x + 0x4B000080 (x + 128 never carries into the exponent): one integer addition per value after the
-    byte is unpacked, where the kernel is bound by such operations."""
+    byte is unpacked (integer operations take, by count, nearly as long as the kernel's reads)."""
     bits = x.to(tl.int32) + 0x4B000080
     return bits.to(tl.float32, bitcast=True) - 8388736.0
 
