@@ -1,0 +1,60 @@
+"""Instructions of the int8 decode attention kernel as the H200 runs them, counted without a GPU: Triton compiles
+the kernel for sm_90 (the launch `bench_attention.py --rows 512 --kv-cache int8 --triton 64:1:2` makes: 64 keys a
+block, one warp, two stages, head size 64, pointers and the cache's strides divisible by 16, as Triton specialises
+them at run time) and its bundled cuobjdump lists the machine code. Prints the counts by opcode and the total for
+the kernel as it is and with the byte-permute conversion (permute.py).
+
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--permute] [--json]
+    git show f5798be:regvq_cli/priors/decode_attention_kernel.py > /tmp/k.py
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py --kernel /tmp/k.py   # an earlier form
+"""
+import argparse, collections, json, os, re, subprocess, sys, tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--permute", action="store_true", help="count the kernel with permute.py's conversion")
+ap.add_argument("--kernel", help="count the kernel in this copy of decode_attention_kernel.py instead")
+ap.add_argument("--json", action="store_true")
+args = ap.parse_args()
+if args.permute:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import permute
+
+    permute.patch()
+if args.kernel:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernel_copy", args.kernel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    decode_attention_kernel = module.decode_attention_kernel
+else:
+    from regvq_cli.priors.decode_attention_kernel import decode_attention_kernel
+
+sig = {"QKV": "*bf16", "ROPE": "*fp32", "K": "*i8", "V": "*i8", "KS": "*fp32", "VS": "*fp32", "O": "*bf16",
+       "VALID": "*i64", "LAST": "*i64", "scale": "fp32", **{s: "i32" for s in (
+           "s_qkvb", "s_kb", "s_kh", "s_kl", "s_sb", "s_sh", "s_ob", "s_valid")}}
+const = {"H": 12, "D": 64, "BLOCK": 64, "HAS_VALID": False, "QUANT": True}
+sig.update({k: "constexpr" for k in const})
+names = list(sig)
+aligned = ["QKV", "ROPE", "K", "V", "KS", "VS", "O", "VALID", "LAST", "s_qkvb", "s_kb", "s_kh", "s_kl", "s_ob"]
+src = ASTSource(decode_attention_kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()},
+                attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
+compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1, "num_stages": 2})
+with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+    f.write(compiled.asm["cubin"])
+    f.flush()
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+ops = collections.Counter(m.group(1).split(".")[0]
+                          for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)", sass))
+result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli", "conversion": "permute" if args.permute else "own",
+          "instructions": sum(ops.values()), "by_opcode": dict(ops.most_common())}
+if args.json:
+    print(json.dumps(result, indent=1))
+else:
+    print(f"{result['conversion']}: {result['instructions']} instructions (triton {triton.__version__})")
+    print("  " + "  ".join(f"{k} {v}" for k, v in ops.most_common(14)))
