@@ -2,9 +2,9 @@
 the kernel for sm_90 (the launch `bench_attention.py --rows 512 --kv-cache int8 --triton 64:1:2` makes: 64 keys a
 block, one warp, two stages, head size 64, pointers and the cache's strides divisible by 16, as Triton specialises
 them at run time) and its bundled cuobjdump lists the machine code. Prints the counts by opcode and the total for
-the kernel as it is and with the byte-permute conversion (permute.py).
+the kernel as it is, with the byte-permute conversion (permute.py) or as mma.py's variant.
 
-    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--permute] [--json]
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--permute | --mma] [--json]
     git show f5798be:regvq_cli/priors/decode_attention_kernel.py > /tmp/k.py
     PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py --kernel /tmp/k.py   # an earlier form
 """
@@ -16,14 +16,16 @@ from triton.compiler import ASTSource
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--permute", action="store_true", help="count the kernel with permute.py's conversion")
+ap.add_argument("--mma", action="store_true", help="count mma.py's kernel (fp16 matrix products)")
 ap.add_argument("--kernel", help="count the kernel in this copy of decode_attention_kernel.py instead")
+ap.add_argument("--block", type=int, default=64, help="keys a loop iteration (the launch's BLOCK)")
+ap.add_argument("--warps", type=int, default=1)
 ap.add_argument("--json", action="store_true")
 args = ap.parse_args()
-if args.permute:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import permute
-
-    permute.patch()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+for name in ("permute", "mma"):
+    if getattr(args, name):
+        __import__(name).patch()
 if args.kernel:
     import importlib.util
 
@@ -37,13 +39,13 @@ else:
 sig = {"QKV": "*bf16", "ROPE": "*fp32", "K": "*i8", "V": "*i8", "KS": "*fp32", "VS": "*fp32", "O": "*bf16",
        "VALID": "*i64", "LAST": "*i64", "scale": "fp32", **{s: "i32" for s in (
            "s_qkvb", "s_kb", "s_kh", "s_kl", "s_sb", "s_sh", "s_ob", "s_valid")}}
-const = {"H": 12, "D": 64, "BLOCK": 64, "HAS_VALID": False, "QUANT": True}
+const = {"H": 12, "D": 64, "BLOCK": args.block, "HAS_VALID": False, "QUANT": True}
 sig.update({k: "constexpr" for k in const})
 names = list(sig)
 aligned = ["QKV", "ROPE", "K", "V", "KS", "VS", "O", "VALID", "LAST", "s_qkvb", "s_kb", "s_kh", "s_kl", "s_ob"]
 src = ASTSource(decode_attention_kernel, sig, constexprs={(names.index(k),): v for k, v in const.items()},
                 attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
-compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1, "num_stages": 2})
+compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": args.warps, "num_stages": 2})
 with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
     f.write(compiled.asm["cubin"])
     f.flush()
@@ -51,10 +53,13 @@ with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
     sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
 ops = collections.Counter(m.group(1).split(".")[0]
                           for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)", sass))
-result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli", "conversion": "permute" if args.permute else "own",
-          "instructions": sum(ops.values()), "by_opcode": dict(ops.most_common())}
+result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli", "conversion": "permute" if args.permute else "mma" if args.mma else "own",
+          "block": args.block, "warps": args.warps, "instructions": sum(ops.values()),
+          # a thread's cached values (keys and values) per loop iteration
+          "values_per_thread": 2 * args.block * 64 // (32 * args.warps), "by_opcode": dict(ops.most_common())}
 if args.json:
     print(json.dumps(result, indent=1))
 else:
-    print(f"{result['conversion']}: {result['instructions']} instructions (triton {triton.__version__})")
+    print(f"{result['conversion']}, {args.block} keys, {args.warps} warp(s): {result['instructions']} instructions for "
+          f"{result['values_per_thread']} values a thread (triton {triton.__version__})")
     print("  " + "  ".join(f"{k} {v}" for k, v in ops.most_common(14)))
