@@ -1,11 +1,10 @@
-"""On a GPU: the int8 decode attention with the kernel's own byte-to-float conversion against permute.py's, and
-the kernel against mma.py's.
+"""On a GPU: the int8 decode attention with the kernel's own byte-to-float conversion against permute.py's.
 
-    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/probe.py [--permute | --mma] --output FILE
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/probe.py [--permute] --output FILE
         writes the kernel's output and the key and value it cached, on fixed inputs (512 rows, 12 heads, 256
         positions; ROWS=N fewer rows), for a bitwise comparison of the two conversions (both are exact: they
-        must agree), and mma.py's against them (fp16 products: close, not equal)
-    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/probe.py [--permute | --mma] SCRIPT ARGS...
+        must agree)
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/probe.py [--permute] SCRIPT ARGS...
         runs SCRIPT (benchmarks/bench_attention.py, bench_sample.py) with that conversion
 
 Each conversion needs a process of its own (the patch must come before Triton first compiles the kernel).
@@ -14,8 +13,8 @@ import os, runpy, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 args = sys.argv[1:]
-if args and args[0] in ("--permute", "--mma"):
-    __import__(args[0][2:]).patch()
+if args and args[0] == "--permute":
+    __import__("permute").patch()
     args = args[1:]
 if args[:1] == ["--output"]:
     import torch

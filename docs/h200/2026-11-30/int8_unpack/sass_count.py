@@ -2,9 +2,9 @@
 the kernel for sm_90 (the launch `bench_attention.py --rows 512 --kv-cache int8 --triton 64:1:2` makes: 64 keys a
 block, one warp, two stages, head size 64, pointers and the cache's strides divisible by 16, as Triton specialises
 them at run time) and its bundled cuobjdump lists the machine code. Prints the counts by opcode and the total for
-the kernel as it is, with the byte-permute conversion (permute.py) or as mma.py's variant.
+the kernel as it is, with the byte-permute conversion (permute.py), or another copy of the kernel's file.
 
-    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--permute | --mma] [--json]
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--permute] [--json]
     git show f5798be:regvq_cli/priors/decode_attention_kernel.py > /tmp/k.py
     PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py --kernel /tmp/k.py   # an earlier form
 """
@@ -16,16 +16,14 @@ from triton.compiler import ASTSource
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--permute", action="store_true", help="count the kernel with permute.py's conversion")
-ap.add_argument("--mma", action="store_true", help="count mma.py's kernel (fp16 matrix products)")
 ap.add_argument("--kernel", help="count the kernel in this copy of decode_attention_kernel.py instead")
 ap.add_argument("--block", type=int, default=64, help="keys a loop iteration (the launch's BLOCK)")
 ap.add_argument("--warps", type=int, default=1)
 ap.add_argument("--json", action="store_true")
 args = ap.parse_args()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-for name in ("permute", "mma"):
-    if getattr(args, name):
-        __import__(name).patch()
+if args.permute:
+    __import__("permute").patch()
 if args.kernel:
     import importlib.util
 
@@ -53,7 +51,7 @@ with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
     sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
 ops = collections.Counter(m.group(1).split(".")[0]
                           for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)", sass))
-result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli", "conversion": "permute" if args.permute else "mma" if args.mma else "own",
+result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli", "conversion": "permute" if args.permute else "own",
           "block": args.block, "warps": args.warps, "instructions": sum(ops.values()),
           # a thread's cached values (keys and values) per loop iteration
           "values_per_thread": 2 * args.block * 64 // (32 * args.warps), "by_opcode": dict(ops.most_common())}
