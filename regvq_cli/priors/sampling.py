@@ -118,10 +118,16 @@ def _check_common(n: int, cfg: float, temperature: float, top_k: int, top_p: flo
         raise RegvqError(f"top_k must be >= 0, got {top_k}")
 
 
+def _guided(model, cfg: float) -> bool:
+    """Whether sampling guides: a conditional prior at a scale other than 1 (n null rows then follow the n
+    conditional ones)."""
+    return cfg != 1.0 and model.config.cond != "none"
+
+
 def _encode(model, cond, n: int, cfg: float):
     """Condition states for n samples, with n null rows appended when guiding; returns (states, guided)."""
     states = model.cond(cond, n)
-    guided = cfg != 1.0 and model.config.cond != "none"
+    guided = _guided(model, cfg)
     if guided:
         states = CondStates.cat(states, model.cond.null(n))
     return states, guided
@@ -296,7 +302,7 @@ class ARSampler:
         if cuda_graphs:
             _check_graphable(self.device, generator)
         self.attention = resolve_attention(attention, self.device)
-        self.guided = cfg != 1.0 and model.config.cond != "none"
+        self.guided = _guided(model, cfg)
         self.decode_step = compiled(model, "decode_step") if compile else model.decode_step
         self.draw_tokens = _compiled_draw() if compile else _draw
         # the KV cache and the loop's buffers: logits [B, V] (conditional rows, then null rows), out [n, N], pos []
@@ -419,7 +425,7 @@ class DiffusionSampler:
         self.model, self.n, self.steps, self.sampler, self.generator = model, n, steps, sampler, generator
         self.cfg, self.temperature, self.top_k, self.top_p = cfg, temperature, top_k, top_p
         self.choice_temperature, self.device = choice_temperature, device
-        self.guided = cfg != 1.0 and model.config.cond != "none"
+        self.guided = _guided(model, cfg)
         self.net = compiled(model, "forward") if compile else model
         # the denoiser's inputs and output live in fixed buffers, so that a CUDA graph can replay it
         B = 2 * n if self.guided else n
