@@ -125,7 +125,8 @@ def triton_rows(rows: int, heads: int, positions: int, head_dim: int, device, dt
     """The sampler's Triton decode kernel (decode_attention.py) attending `positions` keys: positions - 1 cached
     ones plus the step's new key, rotated and appended at position positions - 1 of a cache of positions + 1, no
     mask, for each launch config "BLOCK:WARPS:STAGES" (0 for Triton's default), checked against fp32 attention
-    (of the keys and values as the cache holds them: `dtype`, or with `int8` quantized as ar.KVCache stores them).
+    (of the keys and values as the cache holds them: `dtype`, or with `int8` quantized as ar.KVCache stores them,
+    the query too).
     On a GPU timed as a CUDA graph of 20 calls, as the sampler replays it."""
     from regvq_cli.priors.ar import dequantize, quantize
     from regvq_cli.priors.decode_attention import decode_attention, rope_table
@@ -141,10 +142,10 @@ def triton_rows(rows: int, heads: int, positions: int, head_dim: int, device, dt
     keys = torch.cat([cache[0, :, :, :positions - 1], k_new], 2)
     values = torch.cat([cache[1, :, :, :positions - 1], qkv[:, 2, :, None]], 2)
     scales = None
-    if int8:  # the cache quantized; the reference attends what it holds, the new key and value quantized too
+    if int8:  # the cache quantized; the reference attends what it holds, the query, new key and value quantized too
         cache, scale = quantize(cache)
         scales = (scale[0], scale[1])
-        keys, values = (dequantize(*quantize(x), torch.float32) for x in (keys, values))
+        q, keys, values = (dequantize(*quantize(x), torch.float32) for x in (q, keys, values))
     reference = two_matmuls(q.float(), keys.float(), values.float(), None)[:, :, 0]
     per_key = 2 * head_dim * cache.element_size() + (8 if int8 else 0)  # a key and a value (and their scales)
     floor = rows * heads * positions * per_key / BANDWIDTH

@@ -98,8 +98,8 @@ def test_decode_step_guidance_at_scale_one_is_the_conditional_model():
 def test_an_int8_cache_holds_quantized_keys_and_the_steps_read_them_back(kind):
     """An int8 cache: layer 0's keys and values (which depend on the tokens alone) are the plain cache's quantized,
     exactly; decode steps, which write their key and value and read the cache back, give the logits of one pass
-    over all positions through an int8 cache (both attend what the cache holds); and those stay near the plain
-    cache's (the rounding moves them a little, not nothing)."""
+    over all positions through an int8 cache (both attend what the cache holds, with quantized queries); and
+    those stay near the plain cache's (the rounding moves them a little, not nothing)."""
     m = peaked(kind)
     x = torch.randint(0, K, (2, H * W))
     with torch.no_grad():
@@ -116,7 +116,10 @@ def test_an_int8_cache_holds_quantized_keys_and_the_steps_read_them_back(kind):
         steps = [m(x[:, :0], raw_cond(kind), cache=cache)[:, 0]]
         for i in range(H * W - 1):
             steps.append(m.decode_step(x[:, i:i + 1], torch.tensor(i), cache))
-        torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+        # within float32 rounding, but for a query or key lying at a rounding boundary, which the two (differently
+        # shaped matmuls) may round one int8 step apart: a few logits move by up to ~1e-4
+        diff = (torch.stack(steps, dim=1) - full).abs()
+        assert (diff <= 1e-5 + 1e-4 * full.abs()).float().mean() > 0.98 and diff.max() < 1e-3, diff.max()
         gap = (full.log_softmax(-1) - want.log_softmax(-1)).abs().max()
         assert 0 < gap < 0.2, gap
 
@@ -392,13 +395,15 @@ x, y, w = x.bfloat16(), y.bfloat16(), w.bfloat16()  # as when sampling on a GPU 
 s, n = add_rms_norm(x, y, w, 1e-5)  # its own way, so within bf16's precision here; on a GPU, as torch rounds)
 torch.testing.assert_close(s, x + y)
 torch.testing.assert_close(n, F.rms_norm(x + y, (48,), w, 1e-5), atol=0.02, rtol=0.02)
-# an int8 cache: the kernel quantizes the new key and value as ar.quantize does and attends what the cache holds
+# an int8 cache: the kernel quantizes the query, new key and value as ar.quantize does and attends what the
+# cache holds
 from regvq_cli.priors.ar import dequantize, quantize
 last = 131
 qkv = torch.randn(B, 1, 3 * H * D) * 3
 q_new, k_new, v_new = qkv.view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4)
 cos, sin = rope_cos_sin(torch.tensor([last]), D)
 q_new, k_new = apply_rope(q_new, cos, sin), apply_rope(k_new, cos, sin)
+q_new = dequantize(*quantize(q_new), torch.float32)
 (k8, ks), (v8, vs) = quantize(k), quantize(v)
 k_want, v_want = dequantize(k8, ks, torch.float32), dequantize(v8, vs, torch.float32)
 (kq, kqs), (vq, vqs) = quantize(k_new[:, :, 0]), quantize(v_new[:, :, 0])
@@ -429,7 +434,7 @@ def test_triton_decode_attention_equals_sdpa_and_draws_its_tokens():
     """The decode kernel, run by Triton's interpreter on the CPU (a process of its own: the interpreter is chosen
     when Triton compiles a kernel's definition): the new key and value appended at `last` and attention over
     positions 0..last equal to SDPA's with the mask, padded keys and a block of nothing but padding included, with an
-    int8 cache too (the new key and value quantized exactly as ar.quantize does); and sampling through it draws
+    int8 cache too (the query, new key and value quantized exactly as ar.quantize does); and sampling through it draws
     SDPA's tokens, with either cache."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
@@ -540,6 +545,39 @@ def test_triton_decode_steps_in_bf16_give_the_plain_steps_logits(storage):
             pos = torch.tensor(i, device=dev)
             a, b = m.decode_step(x[:, i:i + 1], pos, plain), m.decode_step(x[:, i:i + 1], pos, fused)
         torch.testing.assert_close(b.float(), a.float(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("padded", [False, True])
+def test_int8_decode_attention_on_a_gpu_attends_what_the_cache_holds(padded):
+    """On a GPU, where the kernel unpacks an int8 cache's values by byte permutes and takes the keys' products by
+    dp4a (inline PTX, which the interpreter test cannot run): its output is float32 attention over the dequantized
+    cache, the query and the new key and value quantized as ar.quantize does, with every byte value cached."""
+    pytest.importorskip("triton")
+    import torch.nn.functional as F
+
+    from regvq_cli.priors.decode_attention import decode_attention, rope_table
+    from regvq_cli.priors.layers import apply_rope, rope_cos_sin
+
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    B, H, L, D, last = 4, 3, 300, 64, 257
+    qkv = torch.randn(B, 3, H, D, device=dev, generator=g) * 3
+    cache, scale = quantize(torch.randn(2, B, H, L, D, device=dev, generator=g))
+    cache[:, 0, 0, :4] = torch.arange(-128, 128, device=dev).view(4, D).to(torch.int8)  # every byte
+    valid = torch.rand(B, L, device=dev, generator=g) > 0.3 if padded else None
+    cos, sin = rope_cos_sin(torch.tensor([last], device=dev), D)
+    q, k_new = (apply_rope(qkv[:, i, :, None], cos, sin) for i in (0, 1))  # [B, H, 1, D]
+    keys, values = (dequantize(cache[i], scale[i], torch.float32) for i in (0, 1))
+    keys[:, :, last] = dequantize(*quantize(k_new[:, :, 0]), torch.float32)
+    values[:, :, last] = dequantize(*quantize(qkv[:, 2]), torch.float32)
+    keep = (torch.arange(L, device=dev) <= last)[None] & (valid if padded else True)
+    keep[:, last] = True
+    want = F.scaled_dot_product_attention(dequantize(*quantize(q), torch.float32), keys, values,
+                                          attn_mask=keep[:, None, None, :])[:, :, 0]
+    got = decode_attention(qkv, rope_table(L, D, 10000.0, dev), cache[0], cache[1],
+                           torch.tensor([last], device=dev), valid, scales=(scale[0], scale[1]))
+    assert (got - want).abs().max() < 2e-5, (got - want).abs().max()
 
 
 def test_auto_attention_is_the_kernel_on_cuda_with_triton_and_sdpa_elsewhere(monkeypatch):

@@ -65,7 +65,8 @@ class KVCache:
     torch.int8 stores each key and value vector (one position of one head) quantized on its own, the symmetric
     int8 of `quantize`: int8 values and a float32 scale, 68 bytes per 64 features where bf16 takes 128. That nearly
     halves the bytes decode steps read, which bound sampling at large batches; the plain path and the Triton
-    kernel both attend the stored (quantized) keys and values. Its scales are `k_scale[layer]` and
+    kernel both attend the stored (quantized) keys and values, with each query vector quantized the same way
+    (the kernel's scores are then integer dot products, four byte products an instruction). Its scales are `k_scale[layer]` and
     `v_scale[layer]`, [B, heads, max_len].
     """
 
@@ -142,8 +143,8 @@ def _write(cache, pos0, x):
 def quantize(x):
     """Symmetric int8 of each vector of x [..., hd] (a key or value of one position and head): its scale is the
     vector's largest |value| / 127 in float32 and its values round(x / scale) (half to even), so the largest is
-    +-127. Returns (int8 [..., hd], float32 scale [...]). The Triton kernel quantizes the step's new key and value
-    with the same float32 operations."""
+    +-127. Returns (int8 [..., hd], float32 scale [...]). The Triton kernel quantizes the step's query, new key
+    and value with the same float32 operations."""
     x = x.float()
     scale = x.abs().amax(-1).clamp_min(1e-12) / 127
     return torch.round(x / scale[..., None]).clamp_(-127, 127).to(torch.int8), scale
@@ -177,6 +178,8 @@ class Attention(nn.Module):
         v = qkv[2]
         if cache is not None:
             k, v = cache.store(layer, pos0, k, v, window)
+            if cache.k_scale is not None:  # int8: the query is rounded as a key is (the kernel's integer products)
+                q = dequantize(*quantize(q), q.dtype)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
         return self.proj(y.transpose(1, 2).reshape(B, n, dim))

@@ -69,7 +69,9 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
     hd]: `rope_table`; k_cache, v_cache [B, H, max_len, hd], written in place at `last`; last a 1-element long
     tensor on the device. The caches may hold another dtype than qkv's; int8 caches come with `scales`, the
     float32 (k_scale, v_scale) [B, H, max_len] of ar.KVCache, and the new key and value are quantized as
-    ar.quantize does before they are attended (a step attends what later steps read back). Returns
+    ar.quantize does before they are attended (a step attends what later steps read back), the query too (its
+    products with the keys are then integer dot products, four bytes at a time: the plain path of ar.Attention
+    rounds its queries the same way). Returns
     [B, H, hd] in qkv's dtype (contiguous, so `.view(B, 1, H * hd)` is the
     attention's output for the projection). One kernel for what the plain step does in about six (rotation, two
     cache writes, the attention, and the copies between them). hd must be a power of two. `block` (keys per loop
@@ -88,6 +90,11 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
         raise ValueError("the decode kernel needs keys and values cached in one dtype, int8 with their scales")
     if scales is not None and (scales[0].stride() != scales[1].stride() or scales[0].stride(-1) != 1):
         raise ValueError("the decode kernel needs the keys' and values' scales laid out alike, positions contiguous")
+    # (the start of the cache itself is not checked: torch.compile cannot trace data_ptr or storage_offset, and
+    # ar.KVCache's buffers are allocations of their own)
+    if scales is not None and any(s % 4 for s in k_cache.stride()[:3]):
+        raise ValueError("the decode kernel reads an int8 cache's keys four bytes at a time: their rows must start "
+                         "at multiples of 4 bytes")
     k_scale, v_scale = scales if scales is not None else (last, last)  # unread without int8
     out = qkv.new_empty(B, H, D)
     flag = valid if valid is not None else last  # any tensor: the kernel does not read it without HAS_VALID

@@ -1,7 +1,13 @@
 """The Triton kernel of decode_attention.py (which explains it), apart so that Triton is imported only when used."""
 
+import os
+
 import triton
 import triton.language as tl
+
+# Triton's interpreter (tests on the CPU) cannot run inline PTX: there the int8 helpers take their plain forms,
+# which give the same numbers
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
@@ -19,7 +25,14 @@ def decode_attention_kernel(QKV, ROPE, K, V, KS, VS, O, VALID, LAST, scale,
     # dtype (so the cache holds what the plain step caches)
     q = tl.load(qkv + d)
     q = (q.to(tl.float32) * cos + tl.load(qkv + swapped).to(tl.float32) * sin).to(q.dtype)
-    q = (q.to(tl.float32) * scale).to(tl.float32)  # [D]; scale may come as fp64
+    if QUANT:  # the query quantized as a key is (ar.Attention does the same): scores are integer dot products
+        q_held, q_scale = _quantize(q)  # int8 [D], float32
+        q_scale = (q_scale * scale).to(tl.float32)  # scale may come as fp64 (a compiled step): the loop's stay fp32
+        q_words = _pack4(q_held)  # [D // 4] int32
+        d4 = tl.arange(0, D // 4)
+        K32 = K.to(tl.pointer_type(tl.int32))  # the keys' bytes four at a time (decode_attention checks alignment)
+    else:
+        q = (q.to(tl.float32) * scale).to(tl.float32)  # [D]; scale may come as fp64
     k_new = tl.load(qkv + H * D + d)
     k_new = (k_new.to(tl.float32) * cos + tl.load(qkv + H * D + swapped).to(tl.float32) * sin).to(k_new.dtype)
     v_new = tl.load(qkv + 2 * H * D + d)
@@ -34,10 +47,12 @@ def decode_attention_kernel(QKV, ROPE, K, V, KS, VS, O, VALID, LAST, scale,
         keep = inside
         if HAS_VALID:
             keep = keep & (tl.load(VALID + row * s_valid + pos, mask=inside, other=0) != 0)
-        k = tl.load(K + cache + pos[:, None] * s_kl + d[None, :], mask=inside[:, None], other=0)
-        if QUANT:  # q . (values * scale) = (q . values) * scale
-            s = tl.sum(_int8_to_float(k) * q[None, :], axis=1) * tl.load(KS + scales + pos, mask=inside, other=0.0)
+        if QUANT:  # (q_values * q_scale) . (values * k_scale) = (q_values . values) * q_scale * k_scale
+            k = tl.load(K32 + (cache + pos[:, None] * s_kl) // 4 + d4[None, :], mask=inside[:, None], other=0)
+            dots = tl.sum(_dp4a(k, tl.broadcast_to(q_words[None, :], (BLOCK, D // 4))), axis=1)  # [BLOCK] int32
+            s = dots.to(tl.float32) * q_scale * tl.load(KS + scales + pos, mask=inside, other=0.0)
         else:
+            k = tl.load(K + cache + pos[:, None] * s_kl + d[None, :], mask=inside[:, None], other=0)
             s = tl.sum(k.to(tl.float32) * q[None, :], axis=1)  # [BLOCK]
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=0))
@@ -56,13 +71,14 @@ def decode_attention_kernel(QKV, ROPE, K, V, KS, VS, O, VALID, LAST, scale,
     if QUANT:
         k_held, k_scale = _quantize(k_new)
         v_held, v_scale = _quantize(v_new)
-        k_att, v_att = k_held.to(tl.float32) * k_scale, v_held.to(tl.float32) * v_scale
+        s_new = tl.sum(k_held.to(tl.int32) * q_held.to(tl.int32), axis=0).to(tl.float32) * q_scale * k_scale
+        v_att = v_held.to(tl.float32) * v_scale
         tl.store(KS + scales + last, k_scale)
         tl.store(VS + scales + last, v_scale)
     else:
         k_held, v_held = k_new.to(K.dtype.element_ty), v_new.to(V.dtype.element_ty)
-        k_att, v_att = k_held.to(tl.float32), v_held.to(tl.float32)
-    s_new = tl.sum(k_att * q, axis=0)
+        s_new = tl.sum(k_held.to(tl.float32) * q, axis=0)
+        v_att = v_held.to(tl.float32)
     m_new = tl.maximum(m, s_new)
     alpha, p = tl.exp(m - m_new), tl.exp(s_new - m_new)
     acc = acc * alpha + p * v_att
@@ -76,10 +92,44 @@ def decode_attention_kernel(QKV, ROPE, K, V, KS, VS, O, VALID, LAST, scale,
 def _int8_to_float(x):
     """int8 -> float32 without the GPU's slow integer-to-float conversion: x + 128 (0..255) as the low mantissa
     bits of 2**23 is the float 2**23 + x + 128, exactly; subtracting 2**23 + 128 leaves x. Those bits are the
-    integer x + 0x4B000080 (x + 128 never carries into the exponent): one integer addition per value after the
-    byte is unpacked (integer operations take, by count, nearly as long as the kernel's reads)."""
-    bits = x.to(tl.int32) + 0x4B000080
+    integer x + 0x4B000080 (x + 128 never carries into the exponent). On the GPU four bytes at a time, without
+    unpacking them: x ^ 0x80 is the byte x + 128, and one byte permute (prmt) per value places it under 0x4B0000
+    (integer operations take, by count, nearly as long as the kernel's reads)."""
+    if INTERPRETED:
+        bits = x.to(tl.int32) + 0x4B000080
+    else:
+        bits = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t;
+            xor.b32 t, $4, 0x80808080;
+            prmt.b32 $0, t, 0x4B000000, 0x7540;
+            prmt.b32 $1, t, 0x4B000000, 0x7541;
+            prmt.b32 $2, t, 0x4B000000, 0x7542;
+            prmt.b32 $3, t, 0x4B000000, 0x7543;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[x], dtype=tl.int32, is_pure=True, pack=4)
     return bits.to(tl.float32, bitcast=True) - 8388736.0
+
+
+@triton.jit
+def _pack4(x):
+    """int8 [D] -> int32 [D // 4], four values to a word, the first in the low byte (as they lie in memory)."""
+    D: tl.constexpr = x.shape[0]
+    bytes4 = tl.reshape(x.to(tl.int32) & 0xFF, (D // 4, 4))
+    return tl.sum(bytes4 << (8 * tl.arange(0, 4))[None, :], axis=1)  # disjoint bytes: the sum is their OR
+
+
+@triton.jit
+def _dp4a(a, b):
+    """Per pair of int32 words: the sum of the products of their four signed bytes (one dp4a instruction)."""
+    if INTERPRETED:
+        out = tl.zeros(a.shape, tl.int32)
+        for j in tl.static_range(4):
+            out += ((a << (24 - 8 * j)) >> 24) * ((b << (24 - 8 * j)) >> 24)
+        return out
+    else:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, 0;", "=r,r,r", [a, b], dtype=tl.int32,
+                                         is_pure=True, pack=1)
 
 
 @triton.jit

@@ -2,31 +2,25 @@
 the kernel for sm_90 (the launch `bench_attention.py --rows 512 --kv-cache int8 --triton 64:1:2` makes: 64 keys a
 block, one warp, two stages, head size 64, pointers and the cache's strides divisible by 16, as Triton specialises
 them at run time) and its bundled cuobjdump lists the machine code. Prints the counts by opcode and the total for
-the kernel as it is, with the byte-permute conversion (permute.py), as dp4a.py's variant, or another copy of the
-kernel's file.
+the kernel as it is, or for another copy of the kernel's file (the variants counted before the int8 query and the
+byte permutes went into the kernel, `permute.py` and `dp4a.py`, are in this folder at commit 486dfa2).
 
-    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--permute] [--dp4a] [--json]
-    git show f5798be:regvq_cli/priors/decode_attention_kernel.py > /tmp/k.py
+    PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py [--json]
+    git show 486dfa2:regvq_cli/priors/decode_attention_kernel.py > /tmp/k.py
     PYTHONPATH=. python docs/h200/2026-11-30/int8_unpack/sass_count.py --kernel /tmp/k.py   # an earlier form
 """
-import argparse, collections, json, os, re, subprocess, sys, tempfile
+import argparse, collections, json, os, re, subprocess, tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--permute", action="store_true", help="count the kernel with permute.py's conversion")
-ap.add_argument("--dp4a", action="store_true", help="count dp4a.py's kernel (int8 query, dp4a key products)")
 ap.add_argument("--kernel", help="count the kernel in this copy of decode_attention_kernel.py instead")
 ap.add_argument("--block", type=int, default=64, help="keys a loop iteration (the launch's BLOCK)")
 ap.add_argument("--warps", type=int, default=1)
 ap.add_argument("--json", action="store_true")
 args = ap.parse_args()
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-for variant in ("permute", "dp4a"):
-    if getattr(args, variant):
-        __import__(variant).patch()
 if args.kernel:
     import importlib.util
 
@@ -54,13 +48,13 @@ with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
     sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
 ops = collections.Counter(m.group(1).split(".")[0]
                           for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[0-9T]\s+)?([A-Z0-9_.]+)", sass))
-result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli", "variant": "+".join(v for v in ("dp4a", "permute") if getattr(args, v)) or "own",
+result = {"triton": triton.__version__, "kernel": args.kernel or "regvq_cli",
           "block": args.block, "warps": args.warps, "instructions": sum(ops.values()),
           # a thread's cached values (keys and values) per loop iteration
           "values_per_thread": 2 * args.block * 64 // (32 * args.warps), "by_opcode": dict(ops.most_common())}
 if args.json:
     print(json.dumps(result, indent=1))
 else:
-    print(f"{result['variant']}, {args.block} keys, {args.warps} warp(s): {result['instructions']} instructions for "
+    print(f"{result['kernel']}, {args.block} keys, {args.warps} warp(s): {result['instructions']} instructions for "
           f"{result['values_per_thread']} values a thread (triton {triton.__version__})")
     print("  " + "  ".join(f"{k} {v}" for k, v in ops.most_common(14)))
