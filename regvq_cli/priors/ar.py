@@ -66,8 +66,8 @@ class KVCache:
     int8 of `quantize`: int8 values and a float32 scale, 68 bytes per 64 features where bf16 takes 128. That nearly
     halves the bytes decode steps read, which bound sampling at large batches; the plain path and the Triton
     kernel both attend the stored (quantized) keys and values, with each query vector quantized the same way
-    (the kernel's scores are then integer dot products, four byte products an instruction). Its scales are `k_scale[layer]` and
-    `v_scale[layer]`, [B, heads, max_len].
+    (the kernel's scores are then integer dot products, four byte products an instruction). Its scales are
+    `k_scale[layer]` and `v_scale[layer]`, [B, heads, max_len].
     """
 
     def __init__(self, n_layers, batch, n_heads, max_len, head_dim, device=None, dtype=None, storage=None):

@@ -30,7 +30,7 @@ def decode_attention_kernel(QKV, ROPE, K, V, KS, VS, O, VALID, LAST, scale,
         q_scale = (q_scale * scale).to(tl.float32)  # scale may come as fp64 (a compiled step): the loop's stay fp32
         q_words = _pack4(q_held)  # [D // 4] int32
         d4 = tl.arange(0, D // 4)
-        K32 = K.to(tl.pointer_type(tl.int32))  # the keys' bytes four at a time (decode_attention checks alignment)
+        K32 = K.to(tl.pointer_type(tl.int32))  # the keys' bytes four at a time (decode_attention checks the strides)
     else:
         q = (q.to(tl.float32) * scale).to(tl.float32)  # [D]; scale may come as fp64
     k_new = tl.load(qkv + H * D + d)

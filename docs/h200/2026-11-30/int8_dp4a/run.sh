@@ -5,7 +5,8 @@
 set -uo pipefail
 export PYTHONPATH="$PWD"
 nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv,noheader
-python3 -m pytest -q -m gpu tests/test_priors_ar_static.py -k "int8 or triton" > "$OUT/gpu_tests.txt" 2>&1; tail -3 "$OUT/gpu_tests.txt"
+python3 -m pytest -q -m gpu tests/test_priors_ar_static.py -k "int8 or triton" > "$OUT/gpu_tests.txt" 2>&1
+tail -3 "$OUT/gpu_tests.txt"
 for r in 1 2; do
   python3 benchmarks/bench_attention.py --rows 512 --positions 64 128 256 --only-triton --kv-cache int8 \
     --triton 64:1:2 --json > "$OUT/attention_int8_round$r.json"
