@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from regvq_cli.tokenizer.image_conv import ImageConv
 
 # Device types where compiled GroupNorm computes its statistics per channel (group_norm_by_channels): measured
 # faster on CUDA; on the CPU inductor's code for it was slower than for F.group_norm (docs/performance.md).
@@ -188,7 +189,7 @@ class Encoder(nn.Module):
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, attn_resolutions: tuple[int, ...],
                  z_channels: int, resolution: int, in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_in = ImageConv(in_channels, ch, 3, padding=1)  # nn.Conv2d; a Triton kernel for GPU inference
         self.levels = nn.ModuleList()
         res = resolution
         block_in = ch

@@ -1,0 +1,77 @@
+"""The encoder's first layer, a 3x3 convolution of the RGB image, as a Triton kernel for inference on a GPU.
+
+That layer reads a small image and writes a wide activation (vqgan-f16: 3 -> 128 channels, 50 MB in and 2.1 GB out
+at batch 128), and cuDNN's kernels for a 3-channel input are slow at it: 5.4-6.5 ms at batch 128 on an H200, where
+writing its output takes 0.5 ms. As a GEMM it is small: each pixel's 27 neighbourhood values (3 channels x 3 x 3
+taps, zero outside the image, padded to 32) times the [32, out] weight. The kernel gathers those values straight
+from the image, one block of pixels a program, multiplies on the tensor cores with float32 accumulation and writes
+the activation channels-last, the layout the compiled network's next layers read: 0.75 ms for the same batch, and
+the compiled vqgan-f16 encoder 5% faster (docs/performance.md). Eagerly the next layers read a channels-last
+activation more slowly than cuDNN's NCHW one (the eager encoder was 17% slower with the kernel), so ImageConv uses
+it in compiled networks only, and only where nothing needs a gradient (the kernel has no backward).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+import torch.nn as nn
+
+BLOCK_PIXELS = 64  # pixels a program; measured on an H200 (64 beat 128 and 256 by 25-36%)
+# read once, so that a compiled forward only reads constants: Triton installed (not imported), its interpreter on
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernel can run for tensors on `device`: Triton is installed and the device is CUDA (or Triton's
+    interpreter is on, for tests on the CPU)."""
+    return HAS_TRITON and (device.type == "cuda" or INTERPRETED)
+
+
+def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block: int = BLOCK_PIXELS,
+               num_warps: int = 4) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=1) for x [B, C, H, W] (rows contiguous) and weight [CO, C, 3, 3] with C * 9
+    <= 32 and CO a power of two, all in one dtype; the result [B, CO, H, W] channels-last, in that dtype. `block`
+    (pixels a program) and `num_warps` tune the launch."""
+    from regvq_cli.tokenizer.image_conv_kernel import image_conv_kernel
+
+    B, C, H, W = x.shape
+    CO = weight.shape[0]
+    wt = torch.zeros(32, CO, device=x.device, dtype=weight.dtype)  # [tap, out]: the weight as the GEMM's B
+    wt[:C * 9] = weight.reshape(CO, C * 9).t()
+    y = torch.empty(B, CO, H, W, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    n = B * H * W
+    image_conv_kernel[(triton_cdiv(n, block),)](
+        x, wt, bias, y, n, H, W, x.stride(0), x.stride(1), x.stride(2), C=C, CO=CO, BM=block, num_warps=num_warps)
+    return y
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class ImageConv(nn.Conv2d):
+    """nn.Conv2d (same parameters and state dict) of the encoder's first layer, which runs as `image_conv`'s
+    kernel where it can: in a network torch.compile is compiling, a 3x3 convolution with padding 1 of at most 3
+    channels into a power of two up to 256, input, weight and bias in one half-precision dtype on a device
+    `available` accepts, and nothing needing a gradient. Elsewhere (eager, training, the CPU, float32) it is
+    nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_kernel(x):
+            return image_conv(x, self.weight, self.bias)
+        return super().forward(x)
+
+    def uses_kernel(self, x: torch.Tensor) -> bool:
+        co = self.out_channels
+        return (torch.compiler.is_compiling() and self.kernel_size == (3, 3) and self.padding == (1, 1) and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.bias is not None
+                and self.in_channels * 9 <= 32 and co & (co - 1) == 0 and co <= 256
+                and x.dtype in (torch.bfloat16, torch.float16) and self.weight.dtype == x.dtype
+                and self.bias.dtype == x.dtype and x.dim() == 4 and x.stride(-1) == 1
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                                      or self.bias.requires_grad))
+                and available(x.device))

@@ -1,0 +1,22 @@
+"""The Triton kernel of image_conv.py (which explains it), apart so that Triton is imported only when used."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def image_conv_kernel(X, WT, BIAS, Y, n_pix, H, W, s_xb, s_xc, s_xh, C: tl.constexpr, CO: tl.constexpr,
+                      BM: tl.constexpr):
+    p = tl.program_id(0) * BM + tl.arange(0, BM)  # [BM] flat pixel indices over B * H * W
+    inside = p < n_pix
+    b, hw = p // (H * W), p % (H * W)
+    h, w = hw // W, hw % W
+    t = tl.arange(0, 32)  # (channel, tap row, tap column) in the weight's order: C * 9 <= 32 used
+    c, i, j = t // 9, (t % 9) // 3 - 1, t % 3 - 1
+    hh, ww = h[:, None] + i[None, :], w[:, None] + j[None, :]  # [BM, 32]: where each pixel's taps read
+    ok = inside[:, None] & (t[None, :] < C * 9) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)  # zero padding
+    a = tl.load(X + b[:, None] * s_xb + c[None, :] * s_xc + hh * s_xh + ww, mask=ok, other=0.0)  # [BM, 32]
+    co = tl.arange(0, CO)
+    wt = tl.load(WT + t[:, None] * CO + co[None, :])  # [32, CO], the rows past C * 9 zero
+    acc = tl.dot(a.to(WT.dtype.element_ty), wt) + tl.load(BIAS + co).to(tl.float32)[None, :]  # float32 [BM, CO]
+    tl.store(Y + p[:, None] * CO + co[None, :], acc.to(Y.dtype.element_ty), mask=inside[:, None])  # channels-last
