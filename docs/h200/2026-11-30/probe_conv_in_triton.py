@@ -20,6 +20,9 @@ import triton
 
 from regvq_cli.tokenizer.image_conv import image_conv as conv_in
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe_tok_rgb_convs import timed  # noqa: E402  (CUDA events, median of 20 after 3)
+
 
 def check():
     torch.manual_seed(0)
@@ -27,20 +30,6 @@ def check():
     diff = (conv_in(x, w, b, block=32) - F.conv2d(x, w, b, padding=1)).abs().max().item()
     print("largest difference from F.conv2d (float32):", diff)
     assert diff < 1e-4
-
-
-def timed(fn):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(20):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
 
 
 def main():
