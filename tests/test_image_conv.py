@@ -28,6 +28,8 @@ for C, CO, H, W in ((3, 16, 9, 13), (1, 32, 5, 70), (3, 128, 11, 8)):  # edges, 
     got = image_conv(x, w, b)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert (got - want).abs().max() < 1e-4, (C, CO, (got - want).abs().max())
+    nchw = image_conv(x, w, b, block=32, channels_last=False)  # the other layout
+    assert nchw.is_contiguous() and (nchw - want).abs().max() < 1e-4, C
     # in half precision: the products summed in float32, rounded once (fp16 here: the interpreter's bf16 dot
     # gives garbage; the GPU test runs bf16)
     xh, wh, bh = x.half(), w.half(), b.half()
@@ -52,7 +54,7 @@ print("ok")
 def test_image_conv_kernel_is_conv2d():
     """The kernel, run by Triton's interpreter on the CPU (a process of its own): F.conv2d with padding 1 in float32
     (image edges, 1 or 3 channels, blocks of pixels across rows and images), within a rounding of the output in
-    fp16, and the output channels-last; an fp16 encoder's first layer takes it."""
+    fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=600)

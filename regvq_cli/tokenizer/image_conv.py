@@ -32,20 +32,21 @@ def available(device: torch.device) -> bool:
 
 
 def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block: int = BLOCK_PIXELS,
-               num_warps: int = 4) -> torch.Tensor:
+               num_warps: int = 4, channels_last: bool = True) -> torch.Tensor:
     """F.conv2d(x, weight, bias, padding=1) for x [B, C, H, W] (rows contiguous) and weight [CO, C, 3, 3] with C * 9
-    <= 32 and CO a power of two, all in one dtype; the result [B, CO, H, W] channels-last, in that dtype. `block`
-    (pixels a program) and `num_warps` tune the launch."""
+    <= 32 and CO a power of two, all in one dtype; the result [B, CO, H, W] in that dtype, laid out channels-last
+    (or NCHW-contiguous). `block` (pixels a program) and `num_warps` tune the launch."""
     from regvq_cli.tokenizer.image_conv_kernel import image_conv_kernel
 
     B, C, H, W = x.shape
     CO = weight.shape[0]
     wt = torch.zeros(32, CO, device=x.device, dtype=weight.dtype)  # [tap, out]: the weight as the GEMM's B
     wt[:C * 9] = weight.reshape(CO, C * 9).t()
-    y = torch.empty(B, CO, H, W, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    n = B * H * W
-    image_conv_kernel[(triton_cdiv(n, block),)](
-        x, wt, bias, y, n, H, W, x.stride(0), x.stride(1), x.stride(2), C=C, CO=CO, BM=block, num_warps=num_warps)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    y = torch.empty(B, CO, H, W, device=x.device, dtype=x.dtype, memory_format=layout)
+    image_conv_kernel[(triton_cdiv(H * W, block), B)](  # (pixel blocks, images)
+        x, wt, bias, y, H, W, x.stride(0), x.stride(1), x.stride(2), C=C, CO=CO, BM=block,
+        CHANNELS_LAST=channels_last, num_warps=num_warps)
     return y
 
 
@@ -67,8 +68,8 @@ class ImageConv(nn.Conv2d):
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         co = self.out_channels
-        return (torch.compiler.is_compiling() and self.kernel_size == (3, 3) and self.padding == (1, 1) and self.stride == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1 and self.bias is not None
+        return (torch.compiler.is_compiling() and self.kernel_size == (3, 3) and self.padding == (1, 1)
+                and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.bias is not None
                 and self.in_channels * 9 <= 32 and co & (co - 1) == 0 and co <= 256
                 and x.dtype in (torch.bfloat16, torch.float16) and self.weight.dtype == x.dtype
                 and self.bias.dtype == x.dtype and x.dim() == 4 and x.stride(-1) == 1

@@ -7,9 +7,10 @@ neighbourhood values (3 channels x 3 x 3 taps, zero outside the image, padded to
 multiplies them by the [32, 128] weight on the tensor cores and writes the 128 channels channels-last (the layout
 the compiled network's next layers read; the kernel of regvq_cli/tokenizer/image_conv.py). Timed from CUDA
 events (median of 20 after 3), each form with its largest difference from F.conv2d in float32. `--check` runs the kernel through Triton's interpreter against F.conv2d in
-float32 on a small image (no GPU needed).
+float32 on a small image (no GPU needed). `--nchw` adds the kernel writing NCHW (the layout eager networks read)
+and writes conv_in_triton_nchw.json instead.
 
-    OUT=results PYTHONPATH=. python docs/h200/2026-11-30/probe_conv_in_triton.py
+    OUT=results PYTHONPATH=. python docs/h200/2026-11-30/probe_conv_in_triton.py [--nchw]
     TRITON_INTERPRET=1 PYTHONPATH=. python docs/h200/2026-11-30/probe_conv_in_triton.py --check
 """
 import json, os, sys
@@ -46,6 +47,9 @@ def main():
                  "cudnn, channels-last image": lambda: F.conv2d(x_cl, w, b, padding=1)}
         for bm, warps in ((64, 4), (128, 4), (128, 8), (256, 8)):
             forms[f"triton BM={bm} warps={warps}"] = lambda bm=bm, warps=warps: conv_in(x, w, b, bm, warps)
+        if "--nchw" in sys.argv:  # the kernel writing NCHW, as eager networks read it
+            for bm in (64, 128):
+                forms[f"triton BM={bm} warps=4, NCHW"] = lambda bm=bm: conv_in(x, w, b, bm, 4, channels_last=False)
         for name, fn in forms.items():
             out = fn()
             row = {"ms": round(timed(fn), 4), "max_abs_diff": float((out.float() - ref).abs().max()),
@@ -53,7 +57,8 @@ def main():
             row["write_floor_fraction"] = round(out.numel() * 2 / 4.3e12 / (row["ms"] / 1e3), 3)
             res["rows"][name] = row
             print(name, row, flush=True)
-    json.dump(res, open(os.path.join(os.environ.get("OUT", "."), "conv_in_triton.json"), "w"), indent=1)
+    name = "conv_in_triton_nchw.json" if "--nchw" in sys.argv else "conv_in_triton.json"
+    json.dump(res, open(os.path.join(os.environ.get("OUT", "."), name), "w"), indent=1)
 
 
 if __name__ == "__main__":
