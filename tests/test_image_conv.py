@@ -22,7 +22,7 @@ from regvq_cli.tokenizer.model import Tokenizer
 from regvq_cli.tokenizer.presets import PRESETS
 
 torch.manual_seed(0)
-for C, CO, H, W in ((3, 16, 9, 13), (1, 32, 5, 70), (3, 128, 11, 8)):  # edges, one channel, a block across rows
+for C, CO, H, W in ((3, 16, 9, 13), (1, 32, 5, 70), (3, 128, 11, 8)):  # edges, one channel, blocks across rows
     x, w, b = torch.randn(2, C, H, W), torch.randn(CO, C, 3, 3), torch.randn(CO)
     want = F.conv2d(x, w, b, padding=1)
     got = image_conv(x, w, b)
@@ -30,8 +30,8 @@ for C, CO, H, W in ((3, 16, 9, 13), (1, 32, 5, 70), (3, 128, 11, 8)):  # edges, 
     assert (got - want).abs().max() < 1e-4, (C, CO, (got - want).abs().max())
     nchw = image_conv(x, w, b, block=32, channels_last=False)  # the other layout
     assert nchw.is_contiguous() and (nchw - want).abs().max() < 1e-4, C
-    # in half precision: the products summed in float32, rounded once (fp16 here: the interpreter's bf16 dot
-    # gives garbage; the GPU test runs bf16)
+    # in half precision: the products summed in float32, rounded once (fp16 here: the interpreter's dot of bf16
+    # operands comes out wrong; the GPU test runs bf16)
     xh, wh, bh = x.half(), w.half(), b.half()
     want = F.conv2d(xh.float(), wh.float(), bh.float(), padding=1)
     assert (image_conv(xh, wh, bh).float() - want).abs().max() <= want.abs().max() / 512, C
@@ -53,8 +53,8 @@ print("ok")
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
 def test_image_conv_kernel_is_conv2d():
     """The kernel, run by Triton's interpreter on the CPU (a process of its own): F.conv2d with padding 1 in float32
-    (image edges, 1 or 3 channels, blocks of pixels across rows and images), within a rounding of the output in
-    fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it."""
+    (image edges, 1 or 3 channels, blocks of pixels across rows, a last block part outside), within a rounding of
+    the output in fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=600)
