@@ -88,13 +88,19 @@ def test_image_conv_runs_the_kernel_only_for_compiled_half_precision_inference_w
     assert not conv.uses_kernel(x)
 
 
-def test_image_conv_is_only_available_with_triton_on_cuda_or_its_interpreter(monkeypatch):
-    monkeypatch.setattr(image_conv, "HAS_TRITON", True)
-    monkeypatch.setattr(image_conv, "INTERPRETED", False)
+def test_triton_kernels_run_only_with_triton_on_cuda_or_its_interpreter(monkeypatch):
+    """engine.device.triton_runs_on, which the image convolution and the decode attention both ask."""
+    from regvq_cli.engine import device
+    from regvq_cli.priors import decode_attention
+
+    assert image_conv.available is device.triton_runs_on and decode_attention.available is device.triton_runs_on
+    monkeypatch.setattr(device, "HAS_TRITON", True)
+    monkeypatch.setattr(device, "TRITON_INTERPRETED", False)
     assert image_conv.available(torch.device("cuda")) and not image_conv.available(torch.device("cpu"))
-    monkeypatch.setattr(image_conv, "INTERPRETED", True)
+    assert image_conv.available("cuda:0")
+    monkeypatch.setattr(device, "TRITON_INTERPRETED", True)
     assert image_conv.available(torch.device("cpu"))
-    monkeypatch.setattr(image_conv, "HAS_TRITON", False)
+    monkeypatch.setattr(device, "HAS_TRITON", False)
     assert not image_conv.available(torch.device("cuda"))
 
 
@@ -120,6 +126,6 @@ def test_image_conv_on_a_gpu_is_cudnns_convolution_and_encodes_its_tokens(monkey
     monkeypatch.setattr(image_conv, "image_conv", lambda *args: calls.append(1) or kernel(*args))
     fast = prepare_tokenizer(copy.deepcopy(model), dev, torch.bfloat16, compile=True).encode(images)
     assert calls  # traced into the compiled encoder
-    monkeypatch.setattr(image_conv, "HAS_TRITON", False)
+    monkeypatch.setattr(image_conv, "available", lambda device: False)
     plain = prepare_tokenizer(copy.deepcopy(model), dev, torch.bfloat16, compile=True).encode(images)
     assert (fast == plain).float().mean() > 0.9

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from regvq_cli.errors import RegvqError
+
+# Read once, so that code torch.compile traces reads only constants: whether Triton is installed (not imported
+# here) and whether its interpreter is on (tests run the Triton kernels on the CPU through it)
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 DTYPES = {"auto": None, "fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
@@ -53,7 +61,14 @@ def pick_dtype(name: str | None, device):
     return getattr(torch, DTYPES[key])
 
 
-def _local_rank() -> int:
-    import os
+def triton_runs_on(device) -> bool:
+    """Whether regvq's Triton kernels (the AR decode attention, the encoder's image convolution) can run for tensors
+    on `device` (a torch.device or its name): Triton is installed and the device is CUDA, or Triton's interpreter
+    is on, which runs them on the CPU, for tests."""
+    import torch
 
+    return HAS_TRITON and (torch.device(device).type == "cuda" or TRITON_INTERPRETED)
+
+
+def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))

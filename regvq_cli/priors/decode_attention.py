@@ -18,11 +18,9 @@ al. 2023) over blocks of keys, accumulated in float32.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
+from regvq_cli.engine.device import triton_runs_on as available  # noqa: F401  (whether the kernel can run on a device)
 from regvq_cli.priors.layers import rope_cos_sin
 
 
@@ -32,14 +30,6 @@ def kernel():
     from regvq_cli.priors.decode_attention_kernel import decode_attention_kernel
 
     return decode_attention_kernel
-
-
-def available(device) -> bool:
-    """Whether the kernel can run for tensors on `device`: Triton is installed and the device is CUDA (or Triton's
-    interpreter is on, which runs it on the CPU, for tests)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def launch_config(programs: int) -> tuple[int, int | None, int | None]:

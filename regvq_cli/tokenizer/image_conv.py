@@ -13,22 +13,12 @@ it in compiled networks only, and only where nothing needs a gradient (the kerne
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.nn as nn
 
+from regvq_cli.engine.device import triton_runs_on as available  # whether the kernel can run on a device
+
 BLOCK_PIXELS = 64  # pixels a program; measured on an H200 (64 beat 128 and 256 by 25-36%)
-# read once, so that a compiled forward only reads constants: Triton installed (not imported), its interpreter on
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def available(device: torch.device) -> bool:
-    """Whether the kernel can run for tensors on `device`: Triton is installed and the device is CUDA (or Triton's
-    interpreter is on, for tests on the CPU)."""
-    return HAS_TRITON and (device.type == "cuda" or INTERPRETED)
 
 
 def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block: int = BLOCK_PIXELS,

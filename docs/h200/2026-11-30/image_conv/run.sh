@@ -9,7 +9,7 @@ export PYTHONPATH="$PWD"
 python3 -m pytest -q -m gpu tests/test_image_conv.py > "$OUT/gpu_tests.txt" 2>&1; tail -1 "$OUT/gpu_tests.txt"
 B=(benchmarks/bench_tokenizer.py --preset vqgan-f16 --batch-size 128 --dtype bf16 --json)
 off() {  # the bench with the kernel unavailable: cuDNN's convolution, as before
-  python3 -c "import runpy, sys; import regvq_cli.tokenizer.image_conv as m; m.HAS_TRITON = False
+  python3 -c "import runpy, sys; import regvq_cli.tokenizer.image_conv as m; m.available = lambda device: False
 sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" "$@"
 }
 show() { python3 -c "
