@@ -35,17 +35,19 @@ for C, CO, H, W in ((3, 16, 9, 13), (1, 32, 5, 70), (3, 128, 11, 8)):  # edges, 
     xh, wh, bh = x.half(), w.half(), b.half()
     want = F.conv2d(xh.float(), wh.float(), bh.float(), padding=1)
     assert (image_conv(xh, wh, bh).float() - want).abs().max() <= want.abs().max() / 512, C
-# the encoder of a half-precision tokenizer without gradients runs its first layer through the kernel (when
-# compiled: here as if, which the interpreter cannot be)
-torch.compiler.is_compiling = lambda: True
+# the encoder of a half-precision tokenizer without gradients runs its first layer through the kernel: NCHW
+# eagerly, channels-last when compiled (here as if, which the interpreter cannot be)
 model = Tokenizer(PRESETS["tok-test"]).eval().to(torch.float16)
 images = torch.rand(2, 3, 32, 32, dtype=torch.float16) * 2 - 1
-with torch.no_grad():
-    assert model.encoder.conv_in.uses_kernel(images)
-    got = model.encoder.conv_in(images)
-    want = F.conv2d(images.float(), model.encoder.conv_in.weight.float(), model.encoder.conv_in.bias.float(),
-                    padding=1)
-assert (got.float() - want).abs().max() <= want.abs().max() / 512
+conv = model.encoder.conv_in
+want = F.conv2d(images.float(), conv.weight.float(), conv.bias.float(), padding=1)
+for compiling in (False, True):
+    torch.compiler.is_compiling = lambda: compiling
+    with torch.no_grad():
+        assert conv.uses_kernel(images)
+        got = conv(images)
+    assert got.is_contiguous(memory_format=torch.channels_last) if compiling else got.is_contiguous()
+    assert (got.float() - want).abs().max() <= want.abs().max() / 512
 print("ok")
 """
 
@@ -54,24 +56,25 @@ print("ok")
 def test_image_conv_kernel_is_conv2d():
     """The kernel, run by Triton's interpreter on the CPU (a process of its own): F.conv2d with padding 1 in float32
     (image edges, 1 or 3 channels, blocks of pixels across rows, a last block part outside), within a rounding of
-    the output in fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it."""
+    the output in fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it, writing NCHW
+    eagerly and channels-last compiled."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
-def test_image_conv_runs_the_kernel_only_for_compiled_half_precision_inference_where_it_can(monkeypatch):
-    """ImageConv is nn.Conv2d (its state dict too), and takes the kernel only while compiled, in half precision,
-    with nothing needing a gradient, on a device the kernel runs on; its shape limits hold."""
+def test_image_conv_runs_the_kernel_only_for_half_precision_inference_where_it_can(monkeypatch):
+    """ImageConv is nn.Conv2d (its state dict too), and takes the kernel only in half precision, with nothing
+    needing a gradient, on a device the kernel runs on, eagerly or compiled; its shape limits hold."""
     monkeypatch.setattr(image_conv, "available", lambda device: True)
     conv = ImageConv(3, 128, 3, padding=1).bfloat16().requires_grad_(False)
     plain = torch.nn.Conv2d(3, 128, 3, padding=1)
     assert conv.state_dict().keys() == plain.state_dict().keys()
     x = torch.zeros(2, 3, 8, 8, dtype=torch.bfloat16)
-    assert not conv.uses_kernel(x)  # eager: cuDNN's, whose NCHW output the eager layers read faster
+    assert conv.uses_kernel(x)  # eager (writing NCHW)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert conv.uses_kernel(x)
+    assert conv.uses_kernel(x)  # compiled (writing channels-last)
     assert not conv.uses_kernel(x.float())  # float32: cuDNN's
     assert not conv.requires_grad_(True).uses_kernel(x)  # training: the kernel has no backward
     conv.requires_grad_(False)

@@ -5,10 +5,10 @@ at batch 128), and cuDNN's kernels for a 3-channel input are slow at it: 5.4-6.5
 writing its output takes 0.5 ms. As a GEMM it is small: each pixel's 27 neighbourhood values (3 channels x 3 x 3
 taps, zero outside the image, padded to 32) times the [32, out] weight. The kernel gathers those values straight
 from the image, one block of pixels a program, multiplies on the tensor cores with float32 accumulation and writes
-the activation channels-last, the layout the compiled network's next layers read: 0.75 ms for the same batch, and
-the compiled vqgan-f16 encoder 5% faster (docs/performance.md). Eagerly the next layers read a channels-last
-activation more slowly than cuDNN's NCHW one (the eager encoder was 17% slower with the kernel), so ImageConv uses
-it in compiled networks only, and only where nothing needs a gradient (the kernel has no backward).
+the activation channels-last, the layout the compiled network's next layers read, or NCHW, the layout eager
+layers read fastest: 0.71 ms for the same batch either way, the compiled vqgan-f16 encoder 5-6% faster and the
+eager one 5% (docs/performance.md). ImageConv uses it only where nothing needs a gradient (the kernel has no
+backward).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from regvq_cli.engine.device import triton_runs_on as available  # whether the kernel can run on a device
 
-BLOCK_PIXELS = 64  # pixels a program; measured on an H200 (64 beat 128 and 256 by 25-36%)
+# pixels a program; measured on an H200 at batch 128: 0.71 ms with 128 in both layouts, 0.74 (channels-last) and
+# 0.86 (NCHW) with 64, 0.92-1.14 with 256 or 8 warps
+BLOCK_PIXELS = 128
 
 
 def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block: int = BLOCK_PIXELS,
@@ -46,19 +48,19 @@ def triton_cdiv(a: int, b: int) -> int:
 
 class ImageConv(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) of the encoder's first layer, which runs as `image_conv`'s
-    kernel where it can: in a network torch.compile is compiling, a 3x3 convolution with padding 1 of at most 3
-    channels into a power of two up to 256, input, weight and bias in one half-precision dtype on a device
-    `available` accepts, and nothing needing a gradient. Elsewhere (eager, training, the CPU, float32) it is
-    nn.Conv2d."""
+    kernel where it can: a 3x3 convolution with padding 1 of at most 3 channels into a power of two up to 256,
+    input (rows contiguous), weight and bias in one half-precision dtype on a device `available` accepts, and
+    nothing needing a gradient. Its output is channels-last in a network torch.compile is compiling and NCHW
+    eagerly, as cuDNN's would be there. Elsewhere (training, the CPU, float32) it is nn.Conv2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_kernel(x):
-            return image_conv(x, self.weight, self.bias)
+            return image_conv(x, self.weight, self.bias, channels_last=torch.compiler.is_compiling())
         return super().forward(x)
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         co = self.out_channels
-        return (torch.compiler.is_compiling() and self.kernel_size == (3, 3) and self.padding == (1, 1)
+        return (self.kernel_size == (3, 3) and self.padding == (1, 1)
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.bias is not None
                 and self.in_channels * 9 <= 32 and co & (co - 1) == 0 and co <= 256
                 and x.dtype in (torch.bfloat16, torch.float16) and self.weight.dtype == x.dtype

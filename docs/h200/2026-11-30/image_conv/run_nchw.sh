@@ -29,5 +29,7 @@ import json, sys; d = json.load(open(sys.argv[1]))
 print(sys.argv[1].split('/')[-1], [(r['op'], r['images_per_s']) for r in d['rows']])" "$1"; }
 python3 "${B[@]}" > "$OUT/tok_b128_eager_cudnn.json"; show "$OUT/tok_b128_eager_cudnn.json"
 bench_as eager_nchw "${B[@]}" > "$OUT/tok_b128_eager_nchw.json"; show "$OUT/tok_b128_eager_nchw.json"
-python3 "${B[@]}" --compile > "$OUT/tok_b128_compile_kernel.json"; show "$OUT/tok_b128_compile_kernel.json"
+# inductor's generated code for the compiled networks, to read what each fused normalising kernel loads and stores
+TORCH_LOGS=output_code python3 "${B[@]}" --compile > "$OUT/tok_b128_compile_kernel.json" 2> "$OUT/output_code.txt"
+show "$OUT/tok_b128_compile_kernel.json"; gzip "$OUT/output_code.txt"
 bench_as cudnn "${B[@]}" --compile > "$OUT/tok_b128_compile_cudnn.json"; show "$OUT/tok_b128_compile_cudnn.json"
