@@ -126,7 +126,7 @@ def test_image_conv_on_a_gpu_is_cudnns_convolution_and_encodes_its_tokens(monkey
     model = Tokenizer(PRESETS["tok-test"])
     images = torch.rand(16, 3, 32, 32, device=dev) * 2 - 1
     calls, kernel = [], image_conv.image_conv
-    monkeypatch.setattr(image_conv, "image_conv", lambda *args: calls.append(1) or kernel(*args))
+    monkeypatch.setattr(image_conv, "image_conv", lambda *args, **kw: calls.append(1) or kernel(*args, **kw))
     fast = prepare_tokenizer(copy.deepcopy(model), dev, torch.bfloat16, compile=True).encode(images)
     assert calls  # traced into the compiled encoder
     monkeypatch.setattr(image_conv, "available", lambda device: False)

@@ -1,7 +1,12 @@
 """The Tokenizer model: config round trip, presets, inference API shapes, save/load through the model format."""
 
 import dataclasses
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,6 +185,97 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
         torch._dynamo.reset()
         assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
         assert bool(calls) == used, devices
+
+
+SCALE_SHIFT_CHECK = """
+import torch
+import regvq_cli.tokenizer.nets as nets
+
+torch.manual_seed(0)
+for C, G in ((128, 32), (512, 32), (96, 24), (20, 5), (6, 1)):  # 4 to 16 channels a group, groups not a power of 2
+    var_c, mean_c = torch.rand(3, C) * 2, torch.randn(3, C) * 5 + 10
+    w, b = torch.rand(C) + 0.5, torch.randn(C)
+    got = nets.group_norm_scale_shift(var_c, mean_c, G, w, b, 1e-6)  # the kernel (no gradient needed)
+    nets.triton_runs_on = lambda device: False
+    want = nets.group_norm_scale_shift(var_c, mean_c, G, w, b, 1e-6)  # tensor operations
+    nets.triton_runs_on = lambda device: True
+    for g, t in zip(got, want):
+        assert g.shape == (3, C) and g.dtype == torch.float32
+        assert torch.allclose(g, t, rtol=1e-5, atol=1e-5), (C, G, (g - t).abs().max())
+# the whole norm through it, against F.group_norm
+x = torch.randn(2, 96, 5, 7) * 3 + 1
+w, b = torch.rand(96) + 0.5, torch.randn(96)
+want = torch.nn.functional.group_norm(x, 24, w, b, 1e-6)
+assert torch.allclose(nets.group_norm_by_channels(x, 24, w, b, 1e-6), want, atol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
+def test_group_norm_scale_shift_kernel_is_the_tensor_form():
+    """The per-(sample, channel) scale and shift of GroupNorm from channel statistics, as the Triton kernel that
+    inference takes (run by Triton's interpreter on the CPU, a process of its own), equal the tensor form's for
+    group counts and widths that are not powers of two; a norm through it is F.group_norm."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", SCALE_SHIFT_CHECK], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
+def test_group_norm_scale_shift_takes_the_kernel_only_without_gradients(monkeypatch):
+    """Training (anything needing a gradient) keeps the tensor form, which autograd differentiates; inference
+    takes the kernel where Triton runs."""
+    import regvq_cli.tokenizer.nets as nets
+
+    launched = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launched.append(grid)
+
+    import regvq_cli.tokenizer.group_norm_kernel as kernel_module  # noqa: F401  (needs triton)
+
+    monkeypatch.setattr(kernel_module, "group_norm_scale_shift_kernel", Kernel())
+    monkeypatch.setattr(nets, "triton_runs_on", lambda device: True)
+    var_c, mean_c, w, b = torch.rand(2, 8), torch.rand(2, 8), torch.rand(8), torch.rand(8)
+    nets.group_norm_scale_shift(var_c, mean_c, 2, w, b, 1e-6)
+    assert launched == [(2,)]
+    w.requires_grad_()
+    scale, _ = nets.group_norm_scale_shift(var_c, mean_c, 2, w, b, 1e-6)
+    assert launched == [(2,)] and scale.requires_grad
+    with torch.no_grad():
+        nets.group_norm_scale_shift(var_c, mean_c, 2, w, b, 1e-6)
+    assert len(launched) == 2
+    monkeypatch.setattr(nets, "triton_runs_on", lambda device: False)
+    with torch.no_grad():
+        nets.group_norm_scale_shift(var_c, mean_c, 2, w, b, 1e-6)
+    assert len(launched) == 2
+
+
+@pytest.mark.gpu
+def test_compiled_group_norm_on_a_gpu_launches_the_scale_shift_kernel_and_is_group_norm():
+    """On a GPU, a compiled bf16 GroupNorm without gradients launches the scale/shift kernel from inductor's code
+    and gives F.group_norm's result within bf16 rounding; with gradients it does not launch it."""
+    pytest.importorskip("triton")
+    from torch._inductor.utils import run_and_get_code
+
+    from regvq_cli.tokenizer.nets import GroupNorm
+
+    torch.manual_seed(0)
+    norm = GroupNorm(24, 96, eps=1e-6).cuda()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    x = (torch.randn(4, 96, 16, 16, device="cuda") * 3 + 1).to(torch.bfloat16)
+    want = F.group_norm(x.float(), 24, norm.weight, norm.bias, 1e-6)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got, code = run_and_get_code(torch.compile(norm.bfloat16()), x)
+    assert "group_norm_scale_shift_kernel" in "".join(code)
+    assert (got.float() - want).abs().max() <= want.abs().max() / 64
+    torch._dynamo.reset()
+    got, code = run_and_get_code(torch.compile(norm), x)
+    assert "group_norm_scale_shift_kernel" not in "".join(code)
 
 
 def test_upsample_is_nearest_interpolation_with_block_sum_gradients():

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from regvq_cli.engine.device import triton_runs_on
 from regvq_cli.tokenizer.image_conv import ImageConv
 
 # Device types where compiled GroupNorm computes its statistics per channel (group_norm_by_channels): measured
@@ -56,13 +57,41 @@ def group_norm_by_channels(x: torch.Tensor, groups: int, weight: torch.Tensor, b
     """
     B, C = x.shape[:2]
     var_c, mean_c = torch.var_mean(x.float(), dim=(2, 3), correction=0)  # [B, C] each
-    var_c, mean_c = var_c.view(B, groups, C // groups), mean_c.view(B, groups, C // groups)
+    scale, shift = group_norm_scale_shift(var_c, mean_c, groups, weight, bias, eps)
+    return (x.float() * scale.view(B, C, 1, 1) + shift.view(B, C, 1, 1)).to(x.dtype)
+
+
+def group_norm_scale_shift(var_c: torch.Tensor, mean_c: torch.Tensor, groups: int, weight: torch.Tensor,
+                           bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm as x * scale + shift per (sample, channel), from each channel's variance and mean [B, C]: the
+    two [B, C] float32 tensors.
+
+    Written as tensor operations, inductor inlines this small computation into the normalising pass and repeats
+    it for every element of the activation, a group's rsqrt included: with SiLU's exp and division, three
+    special-function instructions an element, which made that pass take twice the time of its memory traffic on an
+    H200 (docs/performance.md). Where nothing needs a gradient and Triton runs on the device, a kernel of its own
+    computes them once (a launch inductor keeps apart), and the pass only multiplies and adds.
+    """
+    B, C = var_c.shape
+    K = C // groups  # channels a group
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (var_c, mean_c, weight, bias))) and \
+            triton_runs_on(var_c.device):
+        from regvq_cli.tokenizer.group_norm_kernel import group_norm_scale_shift_kernel
+
+        scale, shift = torch.empty_like(var_c), torch.empty_like(var_c)
+        group_norm_scale_shift_kernel[(B,)](var_c, mean_c, weight, bias, scale, shift, eps, G=groups, K=K,
+                                            GP=next_power_of_two(groups), KP=next_power_of_two(K))
+        return scale, shift
+    var_c, mean_c = var_c.view(B, groups, K), mean_c.view(B, groups, K)
     mean = mean_c.mean(-1, keepdim=True)  # [B, G, 1]
     var = (var_c + (mean_c - mean).square()).mean(-1, keepdim=True)
-    scale = torch.rsqrt(var + eps) * weight.float().view(groups, C // groups)  # [B, G, C/G]
-    shift = bias.float().view(groups, C // groups) - mean * scale
-    scale, shift = scale.view(B, C, 1, 1), shift.view(B, C, 1, 1)
-    return (x.float() * scale + shift).to(x.dtype)
+    scale = torch.rsqrt(var + eps) * weight.float().view(groups, K)  # [B, G, K]
+    shift = bias.float().view(groups, K) - mean * scale
+    return scale.view(B, C), shift.view(B, C)
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def group_norm(channels: int) -> GroupNorm:
