@@ -95,7 +95,7 @@ def test_compiled_runner_pads_a_short_batch_instead_of_compiling_again(monkeypat
         return gm.forward
 
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting, **kw))
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None, **kw: real_compile(fn, backend=counting, **kw))
     torch._dynamo.reset()
     images, plain, compiled = plain_and_compiled_cpu_runners(6, seed=2)
     want = plain.encode(images)
