@@ -132,3 +132,11 @@ def test_image_conv_on_a_gpu_is_cudnns_convolution_and_encodes_its_tokens(monkey
     monkeypatch.setattr(image_conv, "available", lambda device: False)
     plain = prepare_tokenizer(copy.deepcopy(model), dev, torch.bfloat16, compile=True).encode(images)
     assert (fast == plain).float().mean() > 0.9
+    # compiled, the layer writes its output where inductor allocated it, without filling it first
+    from torch._inductor.utils import run_and_get_code
+
+    monkeypatch.undo()
+    torch._dynamo.reset()
+    conv = ImageConv(3, 128, 3, padding=1).to(dev, torch.bfloat16).requires_grad_(False)
+    _, code = run_and_get_code(torch.compile(conv), images.to(torch.bfloat16))
+    assert "image_conv_kernel" in "".join(code) and 'float("nan")' not in "".join(code)

@@ -187,6 +187,30 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
         assert bool(calls) == used, devices
 
 
+def test_channel_statistics_from_shifted_sums_keep_float32_accuracy_far_from_zero():
+    """Inference's per-channel variance and mean (sums of d and d * d, each channel shifted by its first value)
+    stay within float32 rounding of float64's where the mean is far from zero and the spread small, where plain
+    sums of x and x * x lose the variance; inference GroupNorm through them is F.group_norm."""
+    from regvq_cli.tokenizer.nets import channel_var_mean, group_norm_by_channels
+
+    torch.manual_seed(0)
+    for mean, std in ((0.5, 2.0), (40.0, 0.1), (1000.0, 1.0)):
+        x = torch.randn(2, 8, 64, 64) * std + mean
+        var64, mean64 = torch.var_mean(x.double(), dim=(2, 3), correction=0)
+        var, mu = channel_var_mean(x)
+        assert var.dtype == mu.dtype == torch.float32 and var.shape == mu.shape == (2, 8)
+        assert ((var.double() - var64).abs() / var64).max() < 1e-5, (mean, std)
+        assert ((mu.double() - mean64).abs()).max() < 1e-6 * mean + 1e-6
+        if mean > 100:  # plain sums of squares cancel here
+            n = 64 * 64
+            plain = (x * x).sum((2, 3)) / n - (x.sum((2, 3)) / n) ** 2
+            assert ((plain.double() - var64).abs() / var64).max() > 1e-2
+    x = torch.randn(2, 16, 6, 5).contiguous(memory_format=torch.channels_last) * 3 + 1
+    w, b = torch.rand(16) + 0.5, torch.rand(16) - 0.5
+    with torch.no_grad():
+        assert torch.allclose(group_norm_by_channels(x, 4, w, b, 1e-6), F.group_norm(x, 4, w, b, 1e-6), atol=1e-5)
+
+
 SCALE_SHIFT_CHECK = """
 import torch
 import regvq_cli.tokenizer.nets as nets
