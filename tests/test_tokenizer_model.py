@@ -172,7 +172,7 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
 
     import regvq_cli.tokenizer.nets as nets
 
-    assert nets.CHANNEL_STATISTICS_ON == {"cuda"}
+    assert nets.COMPILED_FORMS_ON == {"cuda"}
     norm = GroupNorm(4, 16, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(w), norm.bias.copy_(b)
@@ -180,7 +180,7 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
     monkeypatch.setattr(nets, "group_norm_by_channels", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(2, 16, 6, 5)
     for devices, used in (({"cpu"}, True), ({"cuda"}, False)):
-        monkeypatch.setattr(nets, "CHANNEL_STATISTICS_ON", devices)
+        monkeypatch.setattr(nets, "COMPILED_FORMS_ON", devices)
         calls.clear()
         torch._dynamo.reset()
         assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
@@ -300,6 +300,61 @@ def test_compiled_group_norm_on_a_gpu_launches_the_scale_shift_kernel_and_is_gro
     torch._dynamo.reset()
     got, code = run_and_get_code(torch.compile(norm), x)
     assert "group_norm_scale_shift_kernel" not in "".join(code)
+
+
+
+@pytest.mark.gpu
+def test_compiled_bf16_decoder_on_a_gpu_upsamples_by_transposed_convolution_within_rounding(monkeypatch):
+    """On a GPU a compiled bf16 runner's decoder, which upsamples by transposed convolutions, draws the images of
+    one that upsamples and convolves, within bf16 rounding."""
+    import copy
+
+    import regvq_cli.tokenizer.nets as nets
+    from regvq_cli.engine.runtime import prepare_tokenizer
+
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["tok-test"])
+    ids = torch.randint(0, model.codebook_size, (8, 8, 8), device="cuda")
+    calls, real = [], F.conv_transpose2d
+    monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch._dynamo.reset()
+    fast = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=True).decode(ids)
+    assert calls
+    monkeypatch.setattr(nets, "COMPILED_FORMS_ON", set())
+    torch._dynamo.reset()
+    plain = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=True).decode(ids)
+    diff = (fast.float() - plain.float()).abs()
+    assert diff.mean() < 0.01 and diff.max() <= 0.1  # images in [-1, 1]
+
+
+def test_compiled_inference_upsamples_by_one_transposed_convolution(monkeypatch):
+    """The upsampler's transposed-convolution form (taken compiled, for inference, on the devices listed) computes
+    nearest upsampling + 3x3 convolution: in float32 within rounding, for both memory layouts and odd sizes;
+    anything needing a gradient keeps the plain form."""
+    import regvq_cli.tokenizer.nets as nets
+
+    torch.manual_seed(0)
+    up = nets.Upsample(6)
+    calls, real = [], F.conv_transpose2d
+    monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(nets, "COMPILED_FORMS_ON", {"cpu"})
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 6, 5, 7).contiguous(memory_format=fmt)
+        want = up.conv(nets.upsample_nearest_2x(x))
+        with torch.no_grad():
+            assert torch.allclose(up(x), want, atol=1e-5) and not calls  # eager: the plain form
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+            got = up(x)
+        assert len(calls) == 1 and got.shape == (2, 6, 10, 14) and torch.allclose(got, want, atol=1e-5), fmt
+        up(x).sum().backward()  # training: the plain form
+        assert len(calls) == 1 and up.conv.weight.grad is not None
+        monkeypatch.setattr(nets, "COMPILED_FORMS_ON", set())
+        with torch.no_grad():
+            up(x)
+        assert len(calls) == 1
+        monkeypatch.setattr(nets, "COMPILED_FORMS_ON", {"cpu"})
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+        calls.clear()
 
 
 def test_upsample_is_nearest_interpolation_with_block_sum_gradients():
