@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import torch
 
-# Inductor's exp as the hardware's approximate exp2 with subnormals flushed (its own fast-math switch, which changes
-# nothing else): SiLU's sigmoid spends special-function instructions on every element of the activations, and the
-# normalising pass over vqgan-f16's widest one took 12% less time with it on an H200 (docs/performance.md)
-COMPILE_OPTIONS = {"use_fast_math": True}
+
+def compile_options() -> dict:
+    """Inductor's exp as the hardware's approximate exp2 with subnormals flushed (its own fast-math switch, which
+    changes nothing else): SiLU's sigmoid spends special-function instructions on every element of the
+    activations, and the normalising pass over vqgan-f16's widest one took 12% less time with it on an H200
+    (docs/performance.md). Torch releases without the switch get no options."""
+    import torch._inductor.config as inductor_config
+
+    return {"use_fast_math": True} if hasattr(inductor_config, "use_fast_math") else {}
 
 
 class TokenizerRunner:
@@ -29,8 +34,9 @@ class TokenizerRunner:
         self._encode, self._decode = self._encode_impl, self._decode_impl
         self.compiled, self._rows = compile, 0
         if compile:
-            self._encode = torch.compile(self._encode_impl, dynamic=False, options=COMPILE_OPTIONS)
-            self._decode = torch.compile(self._decode_impl, dynamic=False, options=COMPILE_OPTIONS)
+            options = compile_options()
+            self._encode = torch.compile(self._encode_impl, dynamic=False, options=options)
+            self._decode = torch.compile(self._decode_impl, dynamic=False, options=options)
 
     @property
     def codebook_size(self) -> int:

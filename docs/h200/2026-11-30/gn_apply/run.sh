@@ -13,7 +13,7 @@ bench_as() {  # run the bench as SETTING: "before" (no kernel, no fast math) or 
   python3 -c "
 import runpy, sys
 import regvq_cli.engine.runtime as runtime, regvq_cli.tokenizer.nets as nets
-runtime.COMPILE_OPTIONS = {}
+runtime.compile_options = lambda: {}
 if sys.argv[1] == 'before':
     nets.triton_runs_on = lambda device: False
 sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')" "$@"

@@ -15,17 +15,9 @@ import json, os, sys
 import torch
 import torch.nn.functional as F
 
-from regvq_cli.tokenizer.nets import upsample_nearest_2x
+from regvq_cli.tokenizer.nets import upsample_nearest_2x, upsampling_weight
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-TAPS = torch.tensor([[0., 0., 1.], [0., 1., 1.], [1., 1., 0.], [1., 0., 0.]])  # [4, 3]: 4x4 taps from 3x3
-
-
-def transposed_weight(w):
-    """[Co, Ci, 3, 3] -> conv_transpose2d's [Ci, Co, 4, 4], summed in float32."""
-    m = TAPS.to(w.device)
-    return torch.einsum("sk,tl,oikl->iost", m, m, w.float()).to(w.dtype)
 
 
 def plain(x, w, b):
@@ -33,7 +25,7 @@ def plain(x, w, b):
 
 
 def transposed(x, w, b):
-    return F.conv_transpose2d(x, transposed_weight(w), b, stride=2, padding=1)
+    return F.conv_transpose2d(x, upsampling_weight(w), b, stride=2, padding=1)
 
 
 def check():
