@@ -64,9 +64,10 @@ def test_compiled_runner_gives_the_plain_runners_tokens_and_images_on_cpu():
 
 @pytest.mark.gpu
 def test_compiled_bf16_gpu_runner_is_as_close_to_fp32_as_the_eager_one():
-    """The compiled bf16 runner (GroupNorm from per-channel statistics on CUDA), paper preset: at least 95% of
-    tokens equal to the fp32 model's and to the eager bf16 runner's, and decoded images as close to fp32's as the
-    eager bf16 runner's are (mean error within 2x)."""
+    """The compiled bf16 runner (on CUDA its inference forms: GroupNorm from shifted per-channel sums and the
+    scale/shift kernel, the first layer's kernel, upsampling by transposed convolutions), paper preset: at least
+    95% of tokens equal to the fp32 model's and to the eager bf16 runner's, and decoded images as close to fp32's
+    as the eager bf16 runner's are (mean error within 2x)."""
     torch.manual_seed(0)
     model = Tokenizer(PRESETS["vqgan-f16"]).eval()
     images = smooth_images(16, 256)
