@@ -29,12 +29,16 @@ def count_flops(fn, *args) -> int:
 
 def tokenizer_gflop(model, size: int | None = None) -> tuple[float, float]:
     """GFLOP per image of a tokenizer's encode and decode at `size` (default: its image size), counted on one image
-    where the model is, in its dtype."""
+    where the model is, in its dtype. The encoder is counted with its input requiring a gradient, so that a layer
+    with an inference-only Triton kernel (the first convolution on a GPU, which FlopCounterMode cannot see into)
+    runs, and is counted, as the convolution it computes."""
     p = next(model.parameters())
     size = size or model.config.image_size
     x = (torch.rand(1, 3, size, size, device=p.device) * 2 - 1).to(p.dtype)
+    with torch.enable_grad():
+        encode = count_flops(model.encode, x.requires_grad_()) / 1e9
     with torch.inference_mode():
-        return count_flops(model.encode, x) / 1e9, count_flops(model.decode, model.encode(x)) / 1e9
+        return encode, count_flops(model.decode, model.encode(x.detach())) / 1e9
 
 
 def floor_columns(images_per_s: float, gflop_per_image: float, peak_tflops: float) -> dict:

@@ -308,3 +308,23 @@ def test_bench_attention_times_the_triton_kernel_per_launch_config_and_checks_it
     done = subprocess.run([sys.executable, "-c", TRITON_BENCH], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent.parent, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_tokenizer_flops_count_the_first_layer_where_its_kernel_would_run(monkeypatch):
+    """FlopCounterMode cannot see into the image convolution's Triton kernel, which inference takes on a GPU: the
+    benchmarks count the encoder with a gradient-requiring input, so that the layer runs as the convolution it
+    computes and the count is the architecture's wherever the model runs."""
+    from regvq_cli.tokenizer import image_conv
+
+    bench = load_benchmark("bench_tokenizer")
+    model = tokenizer("tok-test").half()
+    model.quantizer.float()  # as the inference runner keeps it
+    plain = bench.tokenizer_gflop(model)
+    calls = []
+    monkeypatch.setattr(image_conv, "available", lambda device: True)  # as on a GPU, with a stand-in for the kernel
+    # whose work, like the kernel's, FlopCounterMode does not see
+    monkeypatch.setattr(image_conv, "image_conv",
+                        lambda x, w, b, **kw: calls.append(1) or x.new_zeros(x.shape[0], w.shape[0], *x.shape[2:]))
+    counted = bench.tokenizer_gflop(model)
+    assert calls  # inference took the "kernel" (encoding the tokens to decode)
+    assert counted == plain  # the counted encode did not
