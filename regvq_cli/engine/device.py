@@ -70,5 +70,13 @@ def triton_runs_on(device) -> bool:
     return HAS_TRITON and (torch.device(device).type == "cuda" or TRITON_INTERPRETED)
 
 
+def needs_grad(*tensors) -> bool:
+    """Whether autograd is recording and any of the tensors requires a gradient: training, where regvq's
+    inference-only forms (kernels without a backward, the compiled tokenizer's rewritten layers) are not taken."""
+    import torch
+
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from regvq_cli.engine.device import triton_runs_on
+from regvq_cli.engine.device import needs_grad, triton_runs_on
 from regvq_cli.tokenizer.image_conv import ImageConv
 
 # Device types where compiled networks take the forms measured faster there (docs/performance.md): GroupNorm from
@@ -113,12 +113,6 @@ def group_norm_scale_shift(var_c: torch.Tensor, mean_c: torch.Tensor, groups: in
 
 def next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
-
-
-def needs_grad(*tensors: torch.Tensor) -> bool:
-    """Whether autograd is recording and any of the tensors requires a gradient: training, where the inference
-    forms (kernels without a backward) are not taken."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def group_norm(channels: int) -> GroupNorm:
