@@ -172,7 +172,7 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
 
     import regvq_cli.tokenizer.nets as nets
 
-    assert nets.COMPILED_FORMS_ON == {"cuda"}
+    assert nets.FAST_FORMS_ON == {"cuda"}
     norm = GroupNorm(4, 16, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(w), norm.bias.copy_(b)
@@ -180,7 +180,7 @@ def test_group_norm_by_channels_is_group_norm_with_its_gradients(monkeypatch):
     monkeypatch.setattr(nets, "group_norm_by_channels", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(2, 16, 6, 5)
     for devices, used in (({"cpu"}, True), ({"cuda"}, False)):
-        monkeypatch.setattr(nets, "COMPILED_FORMS_ON", devices)
+        monkeypatch.setattr(nets, "FAST_FORMS_ON", devices)
         calls.clear()
         torch._dynamo.reset()
         assert torch.allclose(torch.compile(norm, backend="eager")(x), norm(x), atol=1e-5)
@@ -304,9 +304,10 @@ def test_compiled_group_norm_on_a_gpu_launches_the_scale_shift_kernel_and_is_gro
 
 
 @pytest.mark.gpu
-def test_compiled_bf16_decoder_on_a_gpu_upsamples_by_transposed_convolution_within_rounding(monkeypatch):
-    """On a GPU a compiled bf16 runner's decoder, which upsamples by transposed convolutions, draws the images of
-    one that upsamples and convolves, within bf16 rounding."""
+def test_bf16_decoder_on_a_gpu_takes_its_inference_forms_within_rounding(monkeypatch):
+    """On a GPU a bf16 runner's decoder, which upsamples by transposed convolutions (eager and compiled) and,
+    compiled, attends over contiguous q, k, v and ends in conv3x3_to_few_channels, draws the images of the plain
+    forms within bf16 rounding."""
     import copy
 
     import regvq_cli.tokenizer.nets as nets
@@ -315,46 +316,108 @@ def test_compiled_bf16_decoder_on_a_gpu_upsamples_by_transposed_convolution_with
     torch.manual_seed(0)
     model = Tokenizer(PRESETS["tok-test"])
     ids = torch.randint(0, model.codebook_size, (8, 8, 8), device="cuda")
-    calls, real = [], F.conv_transpose2d
-    monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: calls.append(1) or real(*a, **k))
-    torch._dynamo.reset()
-    fast = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=True).decode(ids)
-    assert calls
-    monkeypatch.setattr(nets, "COMPILED_FORMS_ON", set())
-    torch._dynamo.reset()
-    plain = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=True).decode(ids)
-    diff = (fast.float() - plain.float()).abs()
-    assert diff.mean() < 0.01 and diff.max() <= 0.1  # images in [-1, 1]
+    calls, real_transposed, real_gemm = [], F.conv_transpose2d, nets.conv3x3_to_few_channels
+    monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: calls.append("up") or real_transposed(*a, **k))
+    monkeypatch.setattr(nets, "conv3x3_to_few_channels", lambda *a: calls.append("gemm") or real_gemm(*a))
+    for compile in (False, True):
+        calls.clear()
+        torch._dynamo.reset()
+        monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cuda"})
+        fast = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=compile).decode(ids)
+        assert "up" in calls and ("gemm" in calls) == compile
+        monkeypatch.setattr(nets, "FAST_FORMS_ON", set())
+        torch._dynamo.reset()
+        plain = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=compile).decode(ids)
+        diff = (fast.float() - plain.float()).abs()
+        assert diff.mean() < 0.01 and diff.max() <= 0.1, compile  # images in [-1, 1]
 
 
-def test_compiled_inference_upsamples_by_one_transposed_convolution(monkeypatch):
-    """The upsampler's transposed-convolution form (taken compiled, for inference, on the devices listed) computes
-    nearest upsampling + 3x3 convolution: in float32 within rounding, for both memory layouts and odd sizes;
-    anything needing a gradient keeps the plain form."""
+def test_inference_upsamples_by_one_transposed_convolution(monkeypatch):
+    """The upsampler's transposed-convolution form (taken for inference, eager or compiled, on the devices listed)
+    computes nearest upsampling + 3x3 convolution: in float32 within rounding, for both memory layouts and odd
+    sizes; anything needing a gradient, or a device not listed, keeps the plain form."""
     import regvq_cli.tokenizer.nets as nets
 
     torch.manual_seed(0)
     up = nets.Upsample(6)
     calls, real = [], F.conv_transpose2d
     monkeypatch.setattr(F, "conv_transpose2d", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(nets, "COMPILED_FORMS_ON", {"cpu"})
     for fmt in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 6, 5, 7).contiguous(memory_format=fmt)
         want = up.conv(nets.upsample_nearest_2x(x))
+        monkeypatch.setattr(nets, "FAST_FORMS_ON", set())
         with torch.no_grad():
-            assert torch.allclose(up(x), want, atol=1e-5) and not calls  # eager: the plain form
-            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-            got = up(x)
-        assert len(calls) == 1 and got.shape == (2, 6, 10, 14) and torch.allclose(got, want, atol=1e-5), fmt
-        up(x).sum().backward()  # training: the plain form
-        assert len(calls) == 1 and up.conv.weight.grad is not None
-        monkeypatch.setattr(nets, "COMPILED_FORMS_ON", set())
-        with torch.no_grad():
-            up(x)
-        assert len(calls) == 1
-        monkeypatch.setattr(nets, "COMPILED_FORMS_ON", {"cpu"})
+            assert torch.allclose(up(x), want, atol=1e-5) and not calls  # a device not listed: the plain form
+        monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cpu"})
+        for compiling in (False, True):
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+            with torch.no_grad():
+                got = up(x)
+            assert calls == [1] and got.shape == (2, 6, 10, 14) and torch.allclose(got, want, atol=1e-5), fmt
+            up(x).sum().backward()  # training: the plain form
+            assert calls == [1] and up.conv.weight.grad is not None
+            calls.clear()
+
+
+def test_compiled_inference_takes_the_decoders_last_convolution_as_a_gemm(monkeypatch):
+    """The decoder's last convolution (to 3 channels) as a GEMM of every pixel's channels by the 9 taps' weights
+    plus shifted sums is F.conv2d with padding 1 (float32, both layouts, odd sizes, a single output channel too);
+    a decoder takes it compiled for inference on the devices listed, and draws the same images; with gradients,
+    eagerly, or with more than 3 output channels it keeps the convolution."""
+    import regvq_cli.tokenizer.nets as nets
+
+    torch.manual_seed(0)
+    for O in (1, 3):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, 16, 5, 7).contiguous(memory_format=fmt)
+            w, b = torch.randn(O, 16, 3, 3), torch.randn(O)
+            got = nets.conv3x3_to_few_channels(x, w, b)
+            assert got.shape == (2, O, 5, 7) and torch.allclose(got, F.conv2d(x, w, b, padding=1), atol=1e-4)
+
+    model = Tokenizer(PRESETS["tok-test"]).eval()
+    z = torch.randn(2, model.decoder.conv_in.in_channels, 6, 5)
+    calls, real = [], nets.conv3x3_to_few_channels
+    monkeypatch.setattr(nets, "conv3x3_to_few_channels", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cpu"})
+    with torch.no_grad():
+        want = model.decoder(z)
+        assert not calls  # eager
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        got = model.decoder(z)
+    assert calls == [1] and torch.allclose(got, want, atol=1e-4)
+    model.decoder(z).sum().backward()  # training
+    assert calls == [1]
+    wide = nets.Decoder(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=4, resolution=8,
+                        out_channels=4)
+    with torch.no_grad():
+        wide(torch.randn(1, 4, 4, 4))
+    assert calls == [1]
+
+
+def test_compiled_inference_attention_over_contiguous_queries_is_the_same_attention(monkeypatch):
+    """Compiled, for inference, on the devices listed, the attention block hands contiguous q, k, v to
+    scaled_dot_product_attention (the memory-efficient kernel's layout); the result is the same in either memory
+    layout, and eager or training runs keep the strided views."""
+    import regvq_cli.tokenizer.nets as nets
+
+    torch.manual_seed(0)
+    attn = nets.AttnBlock(16).eval()
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, k, v: seen.append(q.is_contiguous()) or real(q, k, v))
+    monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cpu"})
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 16, 5, 3).contiguous(memory_format=fmt)
+        seen.clear()
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
-        calls.clear()
+        with torch.no_grad():
+            want = attn(x)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        with torch.no_grad():
+            got = attn(x)
+        attn(x.requires_grad_()).sum().backward()
+        assert seen == [False, True, False], fmt  # chunks of the qkv output: strided views in either layout
+        assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_upsample_is_nearest_interpolation_with_block_sum_gradients():

@@ -18,10 +18,19 @@ import torch.nn.functional as F
 from regvq_cli.engine.device import needs_grad, triton_runs_on
 from regvq_cli.tokenizer.image_conv import ImageConv
 
-# Device types where compiled networks take the forms measured faster there (docs/performance.md): GroupNorm from
-# statistics per channel (group_norm_by_channels; on the CPU inductor's code for it was slower than for
-# F.group_norm) and, for inference, upsampling as one transposed convolution (Upsample).
-COMPILED_FORMS_ON = {"cuda"}
+# Device types where the networks take the forms measured faster there (docs/performance.md). Compiled: GroupNorm
+# from statistics per channel (group_norm_by_channels; on the CPU inductor's code for it was slower than for
+# F.group_norm). For inference: upsampling as one transposed convolution (Upsample, eager too); compiled, attention
+# over contiguous q, k, v (AttnBlock) and the decoder's last convolution as a GEMM (conv3x3_to_few_channels).
+FAST_FORMS_ON = {"cuda"}
+
+
+def inference_form(x: torch.Tensor, *params: torch.Tensor, compiled: bool = True) -> bool:
+    """Whether to take an inference-only form: x on a device in FAST_FORMS_ON, nothing among x and params needing
+    a gradient, and, for forms measured only in compiled networks (compiled=True), under torch.compile."""
+    if compiled and not torch.compiler.is_compiling():
+        return False
+    return x.device.type in FAST_FORMS_ON and not needs_grad(x, *params)
 
 
 class GroupNorm(nn.GroupNorm):
@@ -36,7 +45,7 @@ class GroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and self.affine and x.dim() == 4 and x.device.type in COMPILED_FORMS_ON:
+        if torch.compiler.is_compiling() and self.affine and x.dim() == 4 and x.device.type in FAST_FORMS_ON:
             return group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
@@ -54,7 +63,7 @@ def group_norm_by_channels(x: torch.Tensor, groups: int, weight: torch.Tensor, b
     channels are neighbouring threads and every read is contiguous; a group's mean and variance then follow
     exactly from its channels' (equal counts: the mean of the means, and the mean of the variances plus the
     spread of the means). Computed in float32 and returned in x's dtype, as F.group_norm does. Used on the
-    devices in COMPILED_FORMS_ON. Where nothing needs a gradient the statistics come from shifted sums
+    devices in FAST_FORMS_ON. Where nothing needs a gradient the statistics come from shifted sums
     (channel_var_mean); training keeps torch.var_mean.
     """
     B, C = x.shape[:2]
@@ -158,6 +167,11 @@ class AttnBlock(nn.Module):
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)  # each [B, C, H, W]
         # [B, 1, HW, C]: one head of width C over HW tokens
         q, k, v = (t.reshape(B, 1, C, H * W).transpose(2, 3) for t in (q, k, v))
+        if inference_form(x, self.qkv.weight):
+            # Compiled, inductor lowered the decoder's attention over these strided views to bmm + softmax (1.75 ms
+            # of a vqgan-f16 decode at batch 128 on an H200); over contiguous copies it takes the memory-efficient
+            # kernel (decode 3% faster; encode, whose attention took the kernel already, unchanged).
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         h = F.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C]
         h = h.transpose(2, 3).reshape(B, C, H, W)
         return x + self.proj(h)
@@ -177,10 +191,10 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Double H and W: nearest-neighbour upsampling followed by a 3x3 conv.
 
-    Compiled for inference on the devices in COMPILED_FORMS_ON it runs as the same map written as one stride-2
-    transposed convolution (upsampling_weight): 4 multiply-adds per output value and input channel instead of 9,
-    and the 4x larger upsampled input never written; on an H200 the decoder's largest upsampler took 3.6 ms
-    instead of 5.8 at batch 128.
+    For inference on the devices in FAST_FORMS_ON, compiled or not, it runs as the same map written as one
+    stride-2 transposed convolution (upsampling_weight): 4 multiply-adds per output value and input channel instead
+    of 9, and the 4x larger upsampled input never written; on an H200 the decoder's largest upsampler took 3.6 ms
+    instead of 5.8 at batch 128, and vqgan-f16 decoded 3% faster eagerly, 10% compiled.
     """
 
     def __init__(self, channels: int):
@@ -189,7 +203,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv.weight
-        if torch.compiler.is_compiling() and x.device.type in COMPILED_FORMS_ON and not needs_grad(x, w):
+        if inference_form(x, w, compiled=False):
             return F.conv_transpose2d(x, upsampling_weight(w), self.conv.bias, stride=2, padding=1)
         return self.conv(upsample_nearest_2x(x))
 
@@ -217,6 +231,27 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # [B, H, W, C], contiguous
         return x[:, :, None, :, None].expand(B, H, 2, W, 2, C).reshape(B, 2 * H, 2 * W, C).permute(0, 3, 1, 2)
     return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
+
+
+def conv3x3_to_few_channels(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """F.conv2d(x, w, b, padding=1) for x [B, C, H, W] and a 3x3 kernel w [O, C, 3, 3] with 9 * O <= 32 (the
+    decoder's last layer, to RGB), as one GEMM and a pass of shifted sums.
+
+    The GEMM multiplies every pixel's C channels by all 9 taps' weights at once, [B*H*W, C] @ [C, 32] (the 9 * O
+    columns padded to 32); output pixel (h, w) then adds tap (i, j)'s column of the pixel at (h + i - 1, w + j - 1),
+    in float32. cuDNN spends its tiles on an output of 3 channels: at batch 128 of vqgan-f16 on an H200 the
+    convolution took 2.68 ms, this 1.11. Each tap's partial sum comes out of the GEMM rounded to x's dtype, so in
+    bf16 it is a little less exact than one rounding of the whole sum (on the shipped tokenizer's images 7.4% of
+    8-bit values one step off float32's where cuDNN gives 6.3%).
+    """
+    B, C, H, W = x.shape
+    O = w.shape[0]
+    taps = F.pad(w.permute(1, 2, 3, 0).reshape(C, 9 * O), (0, 32 - 9 * O))  # [C, 32]: (tap i, tap j, output o)
+    y = x.permute(0, 2, 3, 1).reshape(B * H * W, C) @ taps  # [B*H*W, 32]
+    y = y.float().view(B, H, W, 32)[..., :9 * O].reshape(B, H, W, 3, 3, O)
+    y = F.pad(y, (0, 0, 0, 0, 0, 0, 1, 1, 1, 1))  # [B, H + 2, W + 2, 3, 3, O], zero around
+    out = sum(y[:, i:i + H, j:j + W, i, j] for i in range(3) for j in range(3)) + b.float()  # [B, H, W, O]
+    return out.to(x.dtype).permute(0, 3, 1, 2)
 
 
 class Level(nn.Module):
@@ -314,7 +349,11 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))  # [B, ch * ch_mult[-1], R/f, R/f]
         for level in self.levels:
             h = level(h)  # doubled size after every level but the last
-        return self.conv_out(F.silu(self.norm_out(h)))  # [B, out_channels, R, R]
+        h = F.silu(self.norm_out(h))  # [B, ch * ch_mult[0], R, R]
+        w, b = self.conv_out.weight, self.conv_out.bias
+        if 9 * w.shape[0] <= 32 and inference_form(h, w, b):
+            return conv3x3_to_few_channels(h, w, b)
+        return self.conv_out(h)  # [B, out_channels, R, R]
 
     @property
     def last_layer(self) -> torch.Tensor:

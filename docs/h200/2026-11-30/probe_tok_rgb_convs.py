@@ -17,6 +17,8 @@ import json, os, sys
 import torch
 import torch.nn.functional as F
 
+from regvq_cli.tokenizer.nets import conv3x3_to_few_channels as conv_out_gemm  # the decoder's last layer, compiled
+
 
 def conv_in_gemm(x, w, b):
     """F.conv2d(x, w, b, padding=1) for w [O, 3, 3, 3]: im2col (27 values a pixel, padded to 32) times w."""
@@ -26,19 +28,6 @@ def conv_in_gemm(x, w, b):
     wt = F.pad(w.reshape(w.shape[0], -1), (0, 32 - C * 9)).t()  # [32, O]
     out = (cols.reshape(B * H * W, 32) @ wt + b).view(B, H, W, -1)  # channels-last
     return out.permute(0, 3, 1, 2)
-
-
-def conv_out_gemm(x, w, b):
-    """F.conv2d(x, w, b, padding=1) for w [3, C, 3, 3]: each pixel's C channels times every tap's weights, then
-    the taps' partial sums shifted into place and added (in float32)."""
-    B, C, H, W = x.shape
-    O = w.shape[0]
-    wt = F.pad(w.permute(1, 2, 3, 0).reshape(C, 9 * O), (0, 32 - 9 * O))  # [C, 32]: (tap i, tap j, output o)
-    y = (x.permute(0, 2, 3, 1).reshape(B * H * W, C) @ wt).float().view(B, H, W, 32)[..., :9 * O]
-    y = F.pad(y.view(B, H, W, 3, 3, O), (0, 0, 0, 0, 0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, 3, 3, O]
-    # output (h, w) takes tap (i, j) of the pixel at (h + i - 1, w + j - 1)
-    out = sum(y[:, i:i + H, j:j + W, i, j] for i in range(3) for j in range(3)) + b.float()
-    return out.to(x.dtype).permute(0, 3, 1, 2)
 
 
 def check():

@@ -13,6 +13,9 @@ the benchmark's process (vqgan-f16 decode was 1,730-1,748 images/s at batch 128 
       "import decode_rest.decode_variants as v; v.run()" benchmarks/bench_tokenizer.py --preset vqgan-f16 ...
     PYTHONPATH=.:docs/h200/2026-11-30 python3 docs/h200/2026-11-30/decode_rest/decode_variants.py --check
 
+All three went into the package after these runs (nets.conv3x3_to_few_channels, AttnBlock, Upsample; raw results
+in results/); before.py patches the decoder as it was, for a "before" row (landed/, run_landed.sh).
+
 The patched methods live in this module (not __main__), whose globals dynamo's guards can find under runpy.
 """
 import os
