@@ -2,16 +2,20 @@
 FLOPs counted by torch's FlopCounterMode, the fraction of the hardware's FLOP floor, and peak memory.
 
     python benchmarks/bench_tokenizer.py --preset vqgan-f16 --batch-size 64 --dtype bf16 [--compile]
-    python benchmarks/bench_tokenizer.py --model regvq-default --device cpu --batch-size 8
+    python benchmarks/bench_tokenizer.py --model regvq-tokenizer --device cpu --batch-size 8
 
 Random weights give the same speed as trained ones (no data-dependent control flow); `--model` measures a
-real model folder. Peak bf16 for the fraction: 790 TFLOP/s (H200, dense); pass --peak-tflops elsewhere.
+real model folder. Peak bf16 for the fraction: 790 TFLOP/s (H200, dense); pass --peak-tflops elsewhere. On a GPU
+each row also records the clock, power and temperature nvidia-smi reads while that operation runs: the same code
+has run 3-4% apart between machine starts, and these say whether the GPU's clocks did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,6 +61,43 @@ def peak_memory_gib(device) -> float | None:
     if device.type != "cuda":
         return None
     return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+
+
+SMI_FIELDS = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu",
+              "clocks_throttle_reasons.active")
+
+
+def gpu_state(device) -> dict | None:
+    """nvidia-smi's SM clock and its maximum (MHz), power draw and limit (W), temperature (C) and the active
+    clock-limiting reasons (a bit mask: 0x4 the software power cap, 0x20 and 0x40 thermal) of `device`, as
+    strings; a driver that no longer knows the reasons' field is asked for the rest. None on a CPU, without
+    nvidia-smi, or if it fails."""
+    if device.type != "cuda" or shutil.which("nvidia-smi") is None:
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    gpu = f"GPU-{uuid}" if uuid is not None else str(device.index or 0)  # CUDA_VISIBLE_DEVICES may renumber
+    for fields in (SMI_FIELDS, SMI_FIELDS[:-1]):
+        try:
+            done = subprocess.run(["nvidia-smi", "-i", gpu, "--query-gpu=" + ",".join(fields),
+                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        values = [v.strip() for v in done.stdout.strip().split(",")]
+        if done.returncode == 0 and len(values) == len(fields):
+            return dict(zip(fields, values))
+    return None
+
+
+def busy_gpu_state(fn, arg, device, calls: int = 8) -> dict | None:
+    """gpu_state read while `calls` calls of fn(arg), queued without waiting, keep the GPU busy (clocks drop within
+    milliseconds of going idle); then waits for them."""
+    if device.type != "cuda":
+        return None
+    for _ in range(calls):
+        fn(arg)
+    state = gpu_state(device)
+    torch.cuda.synchronize(device)
+    return state
 
 
 def timed(fn, arg, device, iters: int, warmup: int) -> float:
@@ -119,6 +160,7 @@ def main(argv=None):
         indices = runner.encode(images)
         t_enc = timed(runner.encode, images, device, args.iters, args.warmup)
         t_dec = timed(runner.decode, indices, device, args.iters, args.warmup)
+        states = [busy_gpu_state(runner.encode, images, device), busy_gpu_state(runner.decode, indices, device)]
         profiles = {}
         if args.profile:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,9 +171,10 @@ def main(argv=None):
                         "decode": profiled(lambda: runner.decode(indices), device, args.profile, args.batch_size,
                                            per="image")}
     rows = []
-    for name, t, gflop in zip(("encode", "decode"), (t_enc, t_dec), tokenizer_gflop(model, size)):
+    for name, t, gflop, state in zip(("encode", "decode"), (t_enc, t_dec), tokenizer_gflop(model, size), states):
         ips = args.batch_size / t
-        rows.append({"op": name, "images_per_s": round(ips, 1), **floor_columns(ips, gflop, args.peak_tflops)})
+        rows.append({"op": name, "images_per_s": round(ips, 1), **floor_columns(ips, gflop, args.peak_tflops),
+                     **({"gpu_state": state} if state else {})})
     result = {
         "model": args.model or args.preset, "image_size": size, "batch_size": args.batch_size, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "dtype": str(dtype),
@@ -147,6 +190,9 @@ def main(argv=None):
     for r in rows:
         print(f"{r['op']:8}{r['images_per_s']:>12}{r['ms_per_image']:>10}{r['gflop_per_image']:>11}"
               f"{100 * r['floor_fraction']:>9.2g}")
+    for r in rows:
+        if "gpu_state" in r:
+            print(f"{r['op']}: " + ", ".join(f"{k} {v}" for k, v in r["gpu_state"].items()))
     for op, pr in profiles.items():
         print(f"profile {op}: {pr['ms_total']} ms of {pr['unit']} in one call ({pr['per_image']} per image)")
         print_ranked(pr)

@@ -347,3 +347,38 @@ def test_tokenizer_flops_count_the_decoder_as_written_where_it_takes_fewer(monke
     with torch.enable_grad():
         assert bench.count_flops(model.decoder, z) > fewer  # inference does take the forms with fewer FLOPs
     assert bench.tokenizer_gflop(model) == plain  # the count does not
+
+
+def test_bench_tokenizer_reads_the_gpus_clocks_from_nvidia_smi_while_it_is_busy(monkeypatch, tmp_path):
+    """On a GPU each row records nvidia-smi's clock, power and temperature, read with the operation's calls still
+    queued; the GPU is named by its UUID; a driver that rejects the clock-reasons field is asked for the rest; on a
+    CPU, or without nvidia-smi, nothing is recorded."""
+    import types
+
+    bench = load_benchmark("bench_tokenizer")
+    cuda = torch.device("cuda", 0)
+    assert bench.gpu_state(torch.device("cpu")) is None
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bench.gpu_state(cuda) is None  # no nvidia-smi on the PATH
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "$@" >> "${0%/*}/calls"\n'
+                   'case "$*" in *reasons*) [ -e "${0%/*}/old" ] && exit 2;; esac\n'
+                   'case "$*" in *reasons*) echo "1980, 1980, 612.50, 700.00, 41, 0x0000000000000004";; '
+                   '*) echo "1755, 1980, 690.10, 700.00, 44";; esac\n')
+    smi.chmod(0o755)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(uuid="1234-abcd"))
+    state = bench.gpu_state(cuda)
+    assert state == {"clocks.sm": "1980", "clocks.max.sm": "1980", "power.draw": "612.50", "power.limit": "700.00",
+                     "temperature.gpu": "41", "clocks_throttle_reasons.active": "0x0000000000000004"}
+    assert (tmp_path / "calls").read_text().startswith("-i GPU-1234-abcd --query-gpu=clocks.sm,")
+    (tmp_path / "old").touch()
+    assert bench.gpu_state(cuda) == {"clocks.sm": "1755", "clocks.max.sm": "1980", "power.draw": "690.10",
+                                     "power.limit": "700.00", "temperature.gpu": "44"}
+
+    events = []
+    monkeypatch.setattr(bench, "gpu_state", lambda d: events.append("read") or {"clocks.sm": "1980"})
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: events.append("wait"))
+    assert bench.busy_gpu_state(lambda x: events.append("call"), None, cuda, calls=3) == {"clocks.sm": "1980"}
+    assert events == ["call", "call", "call", "read", "wait"]
+    assert bench.busy_gpu_state(lambda x: events.append("call"), None, torch.device("cpu")) is None
+    assert len(events) == 5
