@@ -36,8 +36,8 @@ def tokenizer_gflop(model, size: int | None = None) -> tuple[float, float]:
     where the model is, in its dtype: the FLOPs of the network as written, whatever forms inference takes on this
     device. Both halves are counted with their input requiring a gradient, so that the inference-only forms run as
     the layers they compute: the first convolution's Triton kernel (which FlopCounterMode cannot see into) and the
-    decoder's transposed upsampling (fewer multiply-adds: counted as it runs on a GPU, vqgan-f16's decoder takes
-    226 GFLOP an image against the network's 253)."""
+    decoder's transposed upsampling (fewer multiply-adds: counted as it runs for inference, vqgan-f16's decoder
+    takes 226 GFLOP an image against the network's 253)."""
     p = next(model.parameters())
     size = size or model.config.image_size
     x = (torch.rand(1, 3, size, size, device=p.device) * 2 - 1).to(p.dtype)

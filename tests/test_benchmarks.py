@@ -331,16 +331,16 @@ def test_tokenizer_flops_count_the_first_layer_where_its_kernel_would_run(monkey
 
 
 def test_tokenizer_flops_count_the_decoder_as_written_where_it_takes_fewer(monkeypatch):
-    """On a GPU inference decodes with fewer multiply-adds than the network as written (the upsamplers as
-    transposed convolutions, the last layer as a GEMM): the benchmarks count the decoder as written wherever the
-    model runs, so that the floor fraction is comparable across devices and with other implementations."""
+    """Inference decodes with fewer multiply-adds than the network as written (the upsamplers as transposed
+    convolutions): the benchmarks count the decoder as written wherever the model runs, so that the floor fraction
+    is comparable across devices and with other implementations."""
     import regvq_cli.tokenizer.nets as nets
 
     bench = load_benchmark("bench_tokenizer")
     model = tokenizer("tok-test")
-    monkeypatch.setattr(nets, "FAST_FORMS_ON", set())
+    monkeypatch.setattr(nets, "TRANSPOSED_UPSAMPLING_ON", set())
     plain = bench.tokenizer_gflop(model)
-    monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cpu"})  # as on a GPU
+    monkeypatch.setattr(nets, "TRANSPOSED_UPSAMPLING_ON", {"cpu"})
     z = model.post_quant_conv(model.quantizer.decode_indices(torch.zeros(1, 8, 8, dtype=torch.long)))
     with torch.no_grad():
         fewer = bench.count_flops(model.decoder, z)

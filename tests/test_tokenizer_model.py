@@ -323,21 +323,26 @@ def test_bf16_decoder_on_a_gpu_takes_its_inference_forms_within_rounding(monkeyp
         calls.clear()
         torch._dynamo.reset()
         monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cuda"})
+        monkeypatch.setattr(nets, "TRANSPOSED_UPSAMPLING_ON", {"cuda"})
         fast = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=compile).decode(ids)
         assert "up" in calls and ("gemm" in calls) == compile
+        calls.clear()
         monkeypatch.setattr(nets, "FAST_FORMS_ON", set())
+        monkeypatch.setattr(nets, "TRANSPOSED_UPSAMPLING_ON", set())
         torch._dynamo.reset()
         plain = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=compile).decode(ids)
+        assert not calls
         diff = (fast.float() - plain.float()).abs()
         assert diff.mean() < 0.01 and diff.max() <= 0.1, compile  # images in [-1, 1]
 
 
 def test_inference_upsamples_by_one_transposed_convolution(monkeypatch):
-    """The upsampler's transposed-convolution form (taken for inference, eager or compiled, on the devices listed)
-    computes nearest upsampling + 3x3 convolution: in float32 within rounding, for both memory layouts and odd
-    sizes; anything needing a gradient, or a device not listed, keeps the plain form."""
+    """The upsampler's transposed-convolution form (taken for inference, eager or compiled, on the devices listed:
+    CUDA and the CPU) computes nearest upsampling + 3x3 convolution: in float32 within rounding, for both memory
+    layouts and odd sizes; anything needing a gradient, or a device not listed, keeps the plain form."""
     import regvq_cli.tokenizer.nets as nets
 
+    assert nets.TRANSPOSED_UPSAMPLING_ON == {"cuda", "cpu"}
     torch.manual_seed(0)
     up = nets.Upsample(6)
     calls, real = [], F.conv_transpose2d
@@ -345,10 +350,10 @@ def test_inference_upsamples_by_one_transposed_convolution(monkeypatch):
     for fmt in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 6, 5, 7).contiguous(memory_format=fmt)
         want = up.conv(nets.upsample_nearest_2x(x))
-        monkeypatch.setattr(nets, "FAST_FORMS_ON", set())
+        monkeypatch.setattr(nets, "TRANSPOSED_UPSAMPLING_ON", set())
         with torch.no_grad():
             assert torch.allclose(up(x), want, atol=1e-5) and not calls  # a device not listed: the plain form
-        monkeypatch.setattr(nets, "FAST_FORMS_ON", {"cpu"})
+        monkeypatch.setattr(nets, "TRANSPOSED_UPSAMPLING_ON", {"cpu"})
         for compiling in (False, True):
             monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
             with torch.no_grad():
