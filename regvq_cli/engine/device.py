@@ -70,6 +70,16 @@ def triton_runs_on(device) -> bool:
     return HAS_TRITON and (torch.device(device).type == "cuda" or TRITON_INTERPRETED)
 
 
+def next_power_of_two(n: int) -> int:
+    """The smallest power of two >= n (n >= 1): a Triton block size covering n values, the rest masked."""
+    return 1 << (n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """a / b rounded up: the programs a launch needs for a items, b a program."""
+    return -(-a // b)
+
+
 def needs_grad(*tensors) -> bool:
     """Whether autograd is recording and any of the tensors requires a gradient: training, where regvq's
     inference-only forms (kernels without a backward, the compiled tokenizer's rewritten layers) are not taken."""

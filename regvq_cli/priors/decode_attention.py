@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from regvq_cli.engine.device import next_power_of_two
 from regvq_cli.engine.device import triton_runs_on as available  # noqa: F401  (whether the kernel can run on a device)
 from regvq_cli.priors.layers import rope_cos_sin
 
@@ -110,7 +111,7 @@ def add_rms_norm(x, y, weight, eps: float):
         raise ValueError("add_rms_norm needs rows with a contiguous last dimension and one dtype throughout")
     s, n = torch.empty_like(x2), torch.empty_like(x2)
     add_norm_kernel()[(x2.shape[0],)](x2, y2, weight, s, n, eps, x2.stride(0), y2.stride(0), s.stride(0), n.stride(0),
-                                     D=D, BLOCK=triton_next_power_of_2(D))
+                                     D=D, BLOCK=next_power_of_two(D))
     return s.view(x.shape), n.view(x.shape)
 
 
@@ -118,7 +119,3 @@ def add_norm_kernel():
     from regvq_cli.priors.decode_attention_kernel import add_rms_norm_kernel
 
     return add_rms_norm_kernel
-
-
-def triton_next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length()

@@ -1,13 +1,13 @@
 """The Triton kernel of decode_attention.py (which explains it), apart so that Triton is imported only when used."""
 
-import os
-
 import triton
 import triton.language as tl
 
+from regvq_cli.engine.device import TRITON_INTERPRETED
+
 # Triton's interpreter (tests on the CPU) cannot run inline PTX: there the int8 helpers take their plain forms,
 # which give the same numbers
-INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+INTERPRETED = tl.constexpr(TRITON_INTERPRETED)
 
 
 @triton.jit

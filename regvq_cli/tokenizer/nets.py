@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from regvq_cli.engine.device import needs_grad, triton_runs_on
+from regvq_cli.engine.device import needs_grad, next_power_of_two, triton_runs_on
 from regvq_cli.tokenizer.image_conv import ImageConv
 
 # Device types where the networks take the forms measured faster there (docs/performance.md). Compiled: GroupNorm
@@ -121,10 +121,6 @@ def group_norm_scale_shift(var_c: torch.Tensor, mean_c: torch.Tensor, groups: in
     scale = torch.rsqrt(var + eps) * weight.float().view(groups, K)  # [B, G, K]
     shift = bias.float().view(groups, K) - mean * scale
     return scale.view(B, C), shift.view(B, C)
-
-
-def next_power_of_two(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def group_norm(channels: int) -> GroupNorm:
