@@ -21,6 +21,14 @@ def run_cli(*args, env=None, input=None, cwd=None, timeout=300):
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
 
+def run_interpreted(script: str, timeout: int = 600):
+    """Run `python -c SCRIPT` from the repository with Triton's interpreter on, which runs regvq's Triton kernels on
+    the CPU (a process of its own: the interpreter is chosen when Triton compiles a kernel's definition); returns
+    the CompletedProcess, text."""
+    return subprocess.run([sys.executable, "-c", script], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
 class Result:
     """What a CLI run gave: exit code and the bytes of stdout and stderr (like subprocess.CompletedProcess)."""
 

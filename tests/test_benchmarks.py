@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import load_benchmark
+from tests.conftest import load_benchmark, run_interpreted
 from tests.test_encode_decode import make_images
 
 
@@ -304,9 +300,7 @@ print("ok")
 def test_bench_attention_times_the_triton_kernel_per_launch_config_and_checks_it():
     """--triton: the decode kernel (Triton's interpreter on the CPU, a process of its own) per launch config,
     each checked against fp32 attention of the rotated query and keys."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", TRITON_BENCH], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent, timeout=300)
+    done = run_interpreted(TRITON_BENCH, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 

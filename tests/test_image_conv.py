@@ -2,10 +2,6 @@
 where it can run and nothing needs a gradient."""
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +10,7 @@ from regvq_cli.tokenizer import image_conv
 from regvq_cli.tokenizer.image_conv import ImageConv
 from regvq_cli.tokenizer.model import Tokenizer
 from regvq_cli.tokenizer.presets import PRESETS
+from tests.conftest import run_interpreted
 
 KERNEL_CHECK = """
 import torch, torch.nn.functional as F
@@ -58,9 +55,7 @@ def test_image_conv_kernel_is_conv2d():
     (image edges, 1 or 3 channels, blocks of pixels across rows, a last block part outside), within a rounding of
     the output in fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it, writing NCHW
     eagerly and channels-last compiled."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent, timeout=600)
+    done = run_interpreted(KERNEL_CHECK)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 

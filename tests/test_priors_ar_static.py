@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
-import os
-import subprocess
-import sys
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +23,7 @@ from regvq_cli.priors.ar import dequantize, quantize
 from regvq_cli.priors.conditioning import CondStates, TextStates
 from regvq_cli.priors.sampling import _encode, sample_ar, sample_logits
 from tests.test_priors_ar import KINDS, H, K, W, raw_cond, tiny
+from tests.conftest import run_interpreted
 
 
 def peaked(kind):
@@ -436,9 +433,7 @@ def test_triton_decode_attention_equals_sdpa_and_draws_its_tokens():
     positions 0..last equal to SDPA's with the mask, padded keys and a block of nothing but padding included, with an
     int8 cache too (the query, new key and value quantized exactly as ar.quantize does); and sampling through it draws
     SDPA's tokens, with either cache."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent, timeout=600)
+    done = run_interpreted(KERNEL_CHECK)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 

@@ -3,10 +3,6 @@
 import dataclasses
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +13,7 @@ from regvq_cli.tokenizer.discriminator import DiscriminatorConfig, NLayerDiscrim
 from regvq_cli.tokenizer.model import Tokenizer, TokenizerConfig
 from regvq_cli.tokenizer.presets import PRESETS
 from regvq_cli.tokenizer.quantizers import QuantizerOutput
+from tests.conftest import run_interpreted
 
 
 def roundtrip(cfg):
@@ -240,9 +237,7 @@ def test_group_norm_scale_shift_kernel_is_the_tensor_form():
     """The per-(sample, channel) scale and shift of GroupNorm from channel statistics, as the Triton kernel that
     inference takes (run by Triton's interpreter on the CPU, a process of its own), equal the tensor form's for
     group counts and widths that are not powers of two; a norm through it is F.group_norm."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", SCALE_SHIFT_CHECK], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).parent.parent, timeout=600)
+    done = run_interpreted(SCALE_SHIFT_CHECK)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
