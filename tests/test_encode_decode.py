@@ -291,3 +291,20 @@ def test_compile_says_the_first_batch_waits_for_it(tmp_path, tokenizer_dir, monk
         assert r.returncode == 0 and (b"compiling the tokenizer's encoder" in r.stderr) == bool(flags)
         r = invoke("decode", tmp_path / f"tok{len(flags)}", "-o", tmp_path / f"rec{len(flags)}", *flags)
         assert r.returncode == 0 and (b"compiling the tokenizer's decoder" in r.stderr) == bool(flags)
+
+
+def test_decode_never_writes_two_grids_to_one_file(tmp_path, tokenizer_dir):
+    """cat.jpg and cat.png (and a key given twice on stdin) would both become cat.png: each grid gets a file."""
+    imgs = make_images(tmp_path / "imgs", 2)
+    os.rename(imgs / "img000.png", imgs / "cat.png")
+    Image.open(imgs / "img001.png").save(imgs / "cat.jpg")
+    os.remove(imgs / "img001.png")
+    assert encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["decoded"] == 2 and len(os.listdir(tmp_path / "rec")) == 2
+    assert b"warning" in r.stderr and b"cat.png" in r.stderr
+    line = json.dumps({"tokens": [[1] * 8] * 8, "key": "same"})
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec2", input=f"{line}\n{line}\n{line}\n")
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(os.listdir(tmp_path / "rec2")) == 3

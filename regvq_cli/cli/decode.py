@@ -67,6 +67,10 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
         summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
                                 compile=compile_, channels_last=channels_last, callback=lambda n: bar.update(n - bar.n))
+    for item in summary["renamed"][:20]:
+        warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")
+    if len(summary["renamed"]) > 20:
+        warn(f"... and {len(summary['renamed']) - 20} more grids written under another name (see --json)")
     if as_json:
         emit_json(summary)
     else:

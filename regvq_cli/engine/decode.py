@@ -110,12 +110,32 @@ def check_tokens(batch: Batch, codebook_size: int, grid: tuple[int, int] | None)
                          "the data is corrupt or from another tokenizer")
 
 
+def png_path(out, key: str, taken: set[str]) -> str:
+    """The PNG file for `key` under `out`, not one of the paths in `taken` (which it joins).
+
+    Keys that differ only in their extension ("cat.jpg", "cat.png") or a key given twice would share a file: the
+    later one keeps its extension in the name ("cat.png.png"), then takes a number ("same-2.png")."""
+    path = safe_output_path(out, key, ".png")
+    if path in taken:
+        base = safe_output_path(out, key)
+        path, n = base + ".png", 1
+        while path in taken:
+            n += 1
+            path = f"{base}-{n}.png"
+    taken.add(path)
+    return path
+
+
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
                   compile: bool = False, channels_last: bool = False, callback=None) -> dict:
-    """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`)."""
+    """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`).
+
+    The summary's "renamed" lists {key, file} for the grids whose key's usual file name was already taken."""
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile, channels_last=channels_last)
     native = tokenizer.grid_size(tokenizer.config.image_size)
     written, sheet, t0 = 0, [], time.perf_counter()
+    taken: set[str] = set()
+    renamed = []
     if not grid_sheet:
         os.makedirs(out, exist_ok=True)
     # PNG compression (zlib, which releases the GIL) is the limit of a fast tokenizer on a GPU: one thread per core
@@ -128,7 +148,10 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
                 sheet.append(pixels)
             else:
                 for key, img in zip(batch.keys, pixels):
-                    pending.append(pool.submit(save_png, img, safe_output_path(out, key, ".png")))
+                    path = png_path(out, key, taken)
+                    if path != safe_output_path(out, key, ".png"):
+                        renamed.append({"key": key, "file": os.path.relpath(path, out)})
+                    pending.append(pool.submit(save_png, img, path))
             written += len(batch.keys)
             while len(pending) > 4 * len(batch.keys):  # bound the images waiting to be written
                 pending.pop(0).result()
@@ -144,7 +167,7 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
         save_png(contact_sheet(np.concatenate(sheet), grid_cols), out)
     elapsed = time.perf_counter() - t0
     return {"decoded": written, "out": str(out), "seconds": round(elapsed, 3),
-            "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device)}
+            "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device), "renamed": renamed}
 
 
 def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
