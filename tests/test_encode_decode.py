@@ -308,3 +308,25 @@ def test_decode_never_writes_two_grids_to_one_file(tmp_path, tokenizer_dir):
     r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec2", input=f"{line}\n{line}\n{line}\n")
     assert r.returncode == 0, r.stderr.decode()
     assert len(os.listdir(tmp_path / "rec2")) == 3
+
+
+def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir, monkeypatch):
+    """--grid onto a folder, or below a file, and PNGs into a file: one line naming --out, before any grid is
+    decoded, and no temporary file left behind."""
+    from regvq_cli.engine import decode as decode_engine
+
+    assert encode(make_images(tmp_path / "imgs", 2), "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    (tmp_path / "sheet.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+
+    def no_decoding(*args, **kw):
+        raise AssertionError("decoded before checking --out")
+
+    monkeypatch.setattr(decode_engine, "prepare_tokenizer", no_decoding)
+    for args in (["--grid", "-o", tmp_path / "sheet.png"], ["--grid", "-o", tmp_path / "afile" / "sheet.png"],
+                 ["-o", tmp_path / "afile"], ["-o", tmp_path / "afile" / "rec"]):
+        r = invoke("decode", tmp_path / "tok", *args)
+        assert r.returncode in (1, 2) and b"--out" in r.stderr, r.stderr.decode()
+        assert b"decoded before" not in r.stderr and b"Traceback" not in r.stderr
+    assert sorted(os.listdir(tmp_path / "sheet.png")) == [] and sorted(os.listdir(tmp_path)) == [
+        "afile", "imgs", "sheet.png", "tok"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -42,6 +43,12 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
 
     if grid_sheet and not out.lower().endswith(".png"):
         raise click.BadParameter("with --grid, OUT is the contact sheet's file name and must end in .png", param_hint="--out")
+    if grid_sheet and os.path.isdir(out):
+        raise click.BadParameter(f"{out} is a folder; with --grid give the contact sheet's file name, e.g. "
+                                 f"{os.path.join(out, 'sheet.png')}", param_hint="--out")
+    if not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
+        raise click.BadParameter(f"{out} is a file; give a folder for the PNGs, or --grid for one contact sheet",
+                                 param_hint="--out")
     rec_id, rec_sha, rec_grid, rec_codes = recorded_tokenizer(tokens)
     if model is None and rec_id is None:
         raise click.UsageError("tokens on stdin carry no tokenizer: pass --model")
@@ -60,6 +67,11 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
                          "decode with the tokenizer that made them")
     if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
         warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
+    folder = os.path.dirname(os.path.abspath(out)) if grid_sheet else out
+    try:  # before decoding anything: a path below a file, or a folder that cannot be made, fails now
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise RegvqError(f"cannot create the folder {folder} for --out: {e.strerror or e}; choose another --out") from None
     dev = pick_device(device)
     if compile_:
         compiling_note("the tokenizer's decoder")

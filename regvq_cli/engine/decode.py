@@ -186,8 +186,13 @@ def save_png(pixels: np.ndarray, path: str) -> None:
     """Write uint8 [H, W, 3] pixels as a PNG, atomically (a temporary name, then a rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # "recon.png" has no folder part
     tmp = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
