@@ -406,3 +406,25 @@ def test_a_manifest_given_as_a_shard_points_at_its_folder(tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(RegvqError, match="is not a valid regvq shard"):
         S.read_shard(tmp_path / "other.json")
+
+
+@pytest.mark.parametrize("drop", ["keys_offsets", "keys_blob", "index", "labels", "captions_offsets"])
+def test_a_shard_without_one_of_its_tensors_is_reported_not_a_crash(tmp_path, drop):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    run = make_run(labels=True, captions=True)
+    write_all(tmp_path, run, labels=True, captions=True)
+    write_manifest(tmp_path)
+    path = str(tmp_path / "shard-00001.safetensors")
+    with safe_open(path, "np") as f:
+        metadata = f.metadata()
+    tensors = load_file(path)
+    del tensors[drop]
+    save_file(tensors, path, metadata=metadata)
+    problems = verify(tmp_path)
+    assert any("shard-00001" in p and drop in p for p in problems), problems
+    for fn in (lambda: ShardReader(tmp_path)[3], lambda: read_shard(path), lambda: merge(tmp_path),
+               lambda: info(tmp_path)):
+        with pytest.raises(RegvqError, match=drop):
+            fn()

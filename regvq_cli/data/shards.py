@@ -493,6 +493,19 @@ def _parse_shard(path: str) -> _ShardFile:
     shape = h.tensors.get("tokens", {}).get("shape")
     if shape != [count, *run.grid]:
         raise ValueError(f"tokens shape {shape} does not match count {count} and grid {list(run.grid)}")
+    shapes = {"index": [count], "keys_blob": None, "keys_offsets": [count + 1]}  # None: any 1-d length
+    if run.labels:
+        shapes["labels"] = [count]
+    if run.captions:
+        shapes.update(captions_blob=None, captions_offsets=[count + 1])
+    if run.segmap_size is not None:
+        shapes["segmaps"] = [count, *run.segmap_size]
+    for name, want in shapes.items():
+        if name not in h.tensors:
+            raise ValueError(f"tensor {name} is missing")
+        got = h.tensors[name]["shape"]
+        if (want is None and len(got) != 1) or (want is not None and got != want):
+            raise ValueError(f"tensor {name} has shape {got}, expected {want or '[n]'}")
     if count + len(skipped) != stop - start:
         raise ValueError(f"{count} rows + {len(skipped)} skipped != {stop - start} inputs")
     return _ShardFile(k, path, count, (start, stop), run, skipped, h)
