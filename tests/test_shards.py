@@ -428,3 +428,17 @@ def test_a_shard_without_one_of_its_tensors_is_reported_not_a_crash(tmp_path, dr
                lambda: info(tmp_path)):
         with pytest.raises(RegvqError, match=drop):
             fn()
+
+
+def test_verify_reports_a_missing_or_broken_shard_once(tmp_path):
+    """The shards after a missing or unreadable one are not reported as misplaced, nor the manifest's count."""
+    run = make_run(n=9, shard_size=3)
+    write_all(tmp_path, run)
+    write_manifest(tmp_path)
+    first = tmp_path / "shard-00000.safetensors"
+    data = first.read_bytes()
+    first.write_bytes(data[:-10])
+    problems = verify(tmp_path)
+    assert len(problems) == 2 and all(p.startswith("shard-00000") for p in problems), problems
+    first.unlink()
+    assert verify(tmp_path) == ["shard-00000.safetensors: missing"]
