@@ -330,3 +330,23 @@ def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir,
         assert b"decoded before" not in r.stderr and b"Traceback" not in r.stderr
     assert sorted(os.listdir(tmp_path / "sheet.png")) == [] and sorted(os.listdir(tmp_path)) == [
         "afile", "imgs", "sheet.png", "tok"]
+
+
+def test_tokens_encoded_at_another_size_decode_at_that_size(tmp_path, tokenizer_dir):
+    """encode --size gives smaller grids than the tokenizer's own size; decode makes pictures of that size."""
+    assert encode(make_images(tmp_path / "imgs", 2), "-o", tmp_path / "tok", "-m", tokenizer_dir,
+                  "--size", "16").returncode == 0
+    for source in (tmp_path / "tok", tmp_path / "tok" / "shard-00000.safetensors"):
+        r = invoke("decode", source, "-o", tmp_path / "rec")
+        assert r.returncode == 0, r.stderr.decode()
+        assert Image.open(tmp_path / "rec" / "img000.png").size == (16, 16)
+    torch.manual_seed(1)
+    other = save_model(Tokenizer(PRESETS["tok-test"]), tmp_path / "other")
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec2", "-m", other)
+    assert r.returncode == 0, r.stderr.decode()  # the same kind of tokenizer: a warning, pictures of 16 px
+    line = json.dumps([[1] * 4] * 4)
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec3", input=line)
+    assert r.returncode == 1 and b"4x4 does not match the tokenizer's 8x8" in r.stderr  # stdin records no size
+    f8 = save_model(Tokenizer(PRESETS["tok-test-f8"]), tmp_path / "f8")
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec4", "-m", f8)
+    assert r.returncode == 1 and b"4x4" in r.stderr and b"None" not in r.stderr, r.stderr.decode()

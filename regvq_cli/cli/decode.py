@@ -49,7 +49,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     if not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; give a folder for the PNGs, or --grid for one contact sheet",
                                  param_hint="--out")
-    rec_id, rec_sha, rec_grid, rec_codes = recorded_tokenizer(tokens)
+    rec_id, rec_sha, rec_grid, rec_codes, rec_size = recorded_tokenizer(tokens)
     if model is None and rec_id is None:
         raise click.UsageError("tokens on stdin carry no tokenizer: pass --model")
     try:
@@ -58,13 +58,22 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
         if model is None:
             raise RegvqError(f"the tokenizer recorded with the tokens ({rec_id}) cannot be loaded: {e}; pass --model") from None
         raise
+    name = model or rec_id
     if rec_codes is not None and rec_codes != tokenizer.codebook_size:
-        raise RegvqError(f"the tokens use a codebook of {rec_codes} codes but {model} has {tokenizer.codebook_size}; "
+        raise RegvqError(f"the tokens use a codebook of {rec_codes} codes but {name} has {tokenizer.codebook_size}; "
                          "decode with the tokenizer that made them")
-    native = tokenizer.grid_size(tokenizer.config.image_size)
-    if rec_grid is not None and tuple(rec_grid) != tuple(native):
-        raise RegvqError(f"the tokens are {rec_grid[0]}x{rec_grid[1]} grids but {model} makes {native[0]}x{native[1]}; "
-                         "decode with the tokenizer that made them")
+    if rec_grid is not None:  # the grid the tokenizer makes of pictures of the size the tokens were encoded at
+        ok_size = isinstance(rec_size, list) and len(rec_size) == 2 and all(isinstance(v, int) and v > 0 for v in rec_size)
+        size = tuple(rec_size) if ok_size else tokenizer.config.image_size
+        try:
+            made = tokenizer.grid_size(size)
+        except RegvqError:
+            made = None
+        if made is None or tuple(rec_grid) != tuple(made):
+            px = "x".join(map(str, size if isinstance(size, tuple) else (size, size)))
+            raise RegvqError(f"the tokens are {rec_grid[0]}x{rec_grid[1]} grids of {px} px pictures but {name} makes "
+                             f"{'no whole grid' if made is None else '{}x{}'.format(*made)} of those; "
+                             "decode with the tokenizer that made them")
     if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
         warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
     folder = os.path.dirname(os.path.abspath(out)) if grid_sheet else out
@@ -78,7 +87,8 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     with progress(desc="decode", unit="img", total=limit) as bar:
         summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
-                                compile=compile_, channels_last=channels_last, callback=lambda n: bar.update(n - bar.n))
+                                compile=compile_, channels_last=channels_last, callback=lambda n: bar.update(n - bar.n),
+                                grid=rec_grid)
     for item in summary["renamed"][:20]:
         warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")
     if len(summary["renamed"]) > 20:

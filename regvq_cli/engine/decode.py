@@ -29,18 +29,20 @@ class Batch:
         self.tokens, self.keys, self.where = tokens, keys, where  # where: "shard-00003.safetensors row 7"
 
 
-def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None]:
-    """(tokenizer id, weights sha256, grid, codebook size) recorded with a token folder or shard file."""
+def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None, list | None]:
+    """(tokenizer id, weights sha256, grid, codebook size, image size [h, w] the images were encoded at) recorded
+    with a token folder or shard file."""
     if source == "-":
-        return None, None, None, None
+        return None, None, None, None, None
     reader = ShardReader(source)
     if reader.manifest is not None:
         t = reader.manifest["tokenizer"]
-        return t.get("id"), t.get("sha256"), reader.grid, reader.codebook_size
+        size = reader.manifest["preprocessing"].get("size")
+        return t.get("id"), t.get("sha256"), reader.grid, reader.codebook_size, size
     from regvq_cli.data.shards import read_shard
 
     run = read_shard(source)["run"]
-    return run.tokenizer_id, run.tokenizer_sha256, run.grid, run.codebook_size
+    return run.tokenizer_id, run.tokenizer_sha256, run.grid, run.codebook_size, run.preprocessing.get("size")
 
 
 def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
@@ -127,12 +129,13 @@ def png_path(out, key: str, taken: set[str]) -> str:
 
 
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
-                  compile: bool = False, channels_last: bool = False, callback=None) -> dict:
+                  compile: bool = False, channels_last: bool = False, callback=None, grid=None) -> dict:
     """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`).
 
-    The summary's "renamed" lists {key, file} for the grids whose key's usual file name was already taken."""
+    Every grid must be `grid` (h, w) (default: the tokenizer's at its training size). The summary's "renamed"
+    lists {key, file} for the grids whose key's usual file name was already taken."""
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile, channels_last=channels_last)
-    native = tokenizer.grid_size(tokenizer.config.image_size)
+    native = tuple(grid) if grid is not None else tokenizer.grid_size(tokenizer.config.image_size)
     written, sheet, t0 = 0, [], time.perf_counter()
     taken: set[str] = set()
     renamed = []
@@ -196,8 +199,9 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 
 
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
-                  grid_cols=None, stdin=None, compile=False, channels_last=False, callback=None) -> dict:
-    """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several."""
+                  grid_cols=None, stdin=None, compile=False, channels_last=False, callback=None, grid=None) -> dict:
+    """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several.
+    `grid`: the (h, w) every grid must have (default: the tokenizer's at its training size)."""
     with dist.group(device) as (rank, world):
         if source == "-":
             if world > 1:
@@ -206,7 +210,7 @@ def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=No
         else:
             batches = shard_batches(source, batch_size, limit, rank, world)
         summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, channels_last,
-                                callback)
+                                callback, grid)
         summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
         dist.barrier()
         return summary
