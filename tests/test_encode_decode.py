@@ -350,3 +350,13 @@ def test_tokens_encoded_at_another_size_decode_at_that_size(tmp_path, tokenizer_
     f8 = save_model(Tokenizer(PRESETS["tok-test-f8"]), tmp_path / "f8")
     r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec4", "-m", f8)
     assert r.returncode == 1 and b"4x4" in r.stderr and b"None" not in r.stderr, r.stderr.decode()
+
+
+def test_a_bad_line_on_stdin_keeps_the_grids_before_it(tmp_path, tokenizer_dir):
+    """stdin cannot be read twice: the good lines before a malformed one are decoded, then the error names it."""
+    good = json.dumps([[1] * 8] * 8)
+    for bad in ("{broken", json.dumps([[1] * 4] * 4)):
+        out = tmp_path / f"rec{len(bad)}"
+        r = invoke("decode", "-", "-m", tokenizer_dir, "-o", out, input=f"{good}\n{good}\n{bad}\n{good}\n")
+        assert r.returncode == 1 and b"stdin line 3" in r.stderr, r.stderr.decode()
+        assert sorted(os.listdir(out)) == ["000000.png", "000001.png"]

@@ -65,8 +65,28 @@ def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, wor
             yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys, [f"{name} row {r}" for r in range(s, e)])
 
 
+def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
+    """One JSON line -> (grid, key or None); RegvqError naming the line when it is no grid of `shape`."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise RegvqError(f"stdin line {lineno}: not JSON ({e}); expected a token grid [[...], ...]") from None
+    grid, key = (obj.get("tokens"), obj.get("key")) if isinstance(obj, dict) else (obj, None)
+    try:
+        arr = np.asarray(grid, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        arr = np.zeros(0)
+    if arr.ndim != 2 or arr.size == 0:
+        raise RegvqError(f"stdin line {lineno}: expected an h x w grid of integer token ids")
+    if shape is not None and arr.shape != shape:
+        raise RegvqError(f"stdin line {lineno}: grid {arr.shape[0]}x{arr.shape[1]} differs from the first "
+                         f"line's {shape[0]}x{shape[1]}")
+    return arr, key
+
+
 def json_lines_batches(stream, batch_size: int, limit: int | None) -> Iterator[Batch]:
-    """Batches from JSON lines of token grids; every grid must have the first one's shape."""
+    """Batches from JSON lines of token grids; every grid must have the first one's shape. At a line that is not
+    one, the grids read before it still come out (stdin cannot be read again), then the error."""
     tokens, keys, where, shape, count = [], [], [], None, 0
     for lineno, line in enumerate(stream, 1):
         if limit is not None and count >= limit:
@@ -74,20 +94,12 @@ def json_lines_batches(stream, batch_size: int, limit: int | None) -> Iterator[B
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise RegvqError(f"stdin line {lineno}: not JSON ({e}); expected a token grid [[...], ...]") from None
-        grid, key = (obj.get("tokens"), obj.get("key")) if isinstance(obj, dict) else (obj, None)
-        try:
-            arr = np.asarray(grid, dtype=np.int64)
-        except (TypeError, ValueError, OverflowError):
-            arr = np.zeros(0)
-        if arr.ndim != 2 or arr.size == 0:
-            raise RegvqError(f"stdin line {lineno}: expected an h x w grid of integer token ids")
-        shape = shape or arr.shape
-        if arr.shape != shape:
-            raise RegvqError(f"stdin line {lineno}: grid {arr.shape[0]}x{arr.shape[1]} differs from the first "
-                             f"line's {shape[0]}x{shape[1]}")
+            arr, key = _json_line(line, lineno, shape)
+        except RegvqError:
+            if tokens:
+                yield Batch(np.stack(tokens), keys, where)
+            raise
+        shape = arr.shape
         tokens.append(arr)
         keys.append(str(key) if key is not None else f"{count:06d}")
         where.append(f"stdin line {lineno}")
