@@ -360,3 +360,9 @@ def test_a_bad_line_on_stdin_keeps_the_grids_before_it(tmp_path, tokenizer_dir):
         r = invoke("decode", "-", "-m", tokenizer_dir, "-o", out, input=f"{good}\n{good}\n{bad}\n{good}\n")
         assert r.returncode == 1 and b"stdin line 3" in r.stderr, r.stderr.decode()
         assert sorted(os.listdir(out)) == ["000000.png", "000001.png"]
+
+
+def test_a_size_the_tokenizer_cannot_grid_says_which_sizes_work(tmp_path, tokenizer_dir):
+    r = encode(make_images(tmp_path / "imgs", 1), "-o", tmp_path / "tok", "-m", tokenizer_dir, "--size", "30")
+    assert r.returncode == 1 and b"--size" in r.stderr and b"28 or 32" in r.stderr, r.stderr.decode()
+    assert not (tmp_path / "tok").exists()

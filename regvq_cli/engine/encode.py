@@ -75,9 +75,14 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     if world > 1 and opts.num_workers > 1:
         raise RegvqError("use either torchrun or --num-workers/--worker-id, not both")
     worker, workers = (rank, world) if world > 1 else (opts.worker_id, opts.num_workers)
-    listing = list_inputs(inputs, files_from=files_from, maps_dir=opts.maps_dir, stdin=stdin)
     size = opts.size or tokenizer.config.image_size
+    f = tokenizer.downsample_factor
+    if size % f:
+        lower, upper = size // f * f, size // f * f + f
+        raise RegvqError(f"--size {size} is not a multiple of the tokenizer's downsampling factor {f}; use "
+                         + (f"{lower} or {upper}" if lower else f"{upper}"))
     grid = tokenizer.grid_size(size)
+    listing = list_inputs(inputs, files_from=files_from, maps_dir=opts.maps_dir, stdin=stdin)
     decoder = jpeg.pick_decoder(opts.jpeg_decoder, device)
     preprocessing = {"size": [size, size], "resize": opts.resize, "background": list(opts.background),
                      "max_pixels": opts.max_pixels}
