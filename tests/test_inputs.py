@@ -164,3 +164,11 @@ def test_named_file_paths_fixed_at_listing_time(tmp_path, monkeypatch):
     inp = list_inputs(["a.jpg"])
     monkeypatch.chdir("/")
     assert inp[0].path == str(tmp_path / "a.jpg")
+
+
+def test_files_from_with_a_byte_order_mark(tmp_path, monkeypatch):
+    """A list saved as UTF-8 with a BOM (Windows editors, PowerShell 5's Out-File) keeps its first path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.txt").write_bytes("\ufeffa.jpg\r\nb.jpg\r\n".encode())
+    assert keys(list_inputs([], files_from="list.txt")) == ["a.jpg", "b.jpg"]
+    assert keys(list_inputs([], files_from="-", stdin=io.StringIO("\ufeffa.jpg\n"))) == ["a.jpg"]

@@ -265,8 +265,10 @@ def _read_files_from(files_from, stdin: TextIO | None) -> Iterable[str]:
     else:
         stream = files_from
     try:
-        for line in stream:
+        for n, line in enumerate(stream):
             line = line.rstrip()  # trailing spaces, tabs, \r\n
+            if n == 0:
+                line = line.removeprefix("\ufeff")  # the byte order mark of a list saved as "UTF-8 with BOM"
             if line:
                 yield line
     finally:
