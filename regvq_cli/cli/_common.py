@@ -189,6 +189,19 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf: nan compares false against any bound (and inf passes a lower
+    one), so a plain range lets them through to the sampler or optimiser."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 class ModelSpec(click.ParamType):
     """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+from regvq_cli.cli._common import FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -118,7 +118,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
 @click.option("--samples", type=click.Path(exists=True, file_okay=False), help="Folder of generated images.")
 @click.option("-m", "--model", "prior_spec", default=None, help="A prior to sample from instead of --samples (unconditional or class-conditional; classes in turn).")
 @click.option("-n", "--num-samples", type=click.IntRange(1), default=1000, show_default=True, help="With --model: how many images to generate.")
-@click.option("--cfg", "guidance", type=click.FloatRange(0), default=1.5, show_default=True, help="With --model: classifier-free guidance scale.")
+@click.option("--cfg", "guidance", type=FiniteFloatRange(0), default=1.5, show_default=True, help="With --model: classifier-free guidance scale.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="With a diffusion --model: denoising steps.")
 @click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="With a diffusion --model: the sampler.")
 @click.option("--ref", "ref", required=True, type=click.Path(exists=True), help="Reference images (a folder) or cached statistics (.safetensors).")

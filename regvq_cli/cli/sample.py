@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info, json_option, model_option,
-                                   offline_option, plural, progress, warn)
+from regvq_cli.cli._common import (FiniteFloatRange, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
+                                   json_option, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -27,10 +27,10 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
               help="A segmentation map: a PNG of label ids, mode L, P or I;16 (repeatable).")
 @click.option("-n", "--num-samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per condition.")
 @click.option("--seed", type=click.IntRange(0), default=None, help="Random seed (default: a fresh one, reported in the output).")
-@click.option("--cfg", "guidance", type=click.FloatRange(0), default=1.5, show_default=True, help="Classifier-free guidance scale (1: off).")
-@click.option("--temperature", type=click.FloatRange(0), default=1.0, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--cfg", "guidance", type=FiniteFloatRange(0), default=1.5, show_default=True, help="Classifier-free guidance scale (1: off).")
+@click.option("--temperature", type=FiniteFloatRange(0), default=1.0, show_default=True, help="Sampling temperature (0: greedy).")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k most likely codes (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Keep the smallest set of codes with this much probability.")
+@click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Keep the smallest set of codes with this much probability.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="diffusion: denoising steps (default: all timesteps for vq, 16 for maskgit).")
 @click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="diffusion: the reverse process (vq, the default) or MaskGIT confidence decoding.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Samples per device batch.")

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
+from regvq_cli.cli._common import (FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
                                    report_export, resumable, table_options, training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
                 "diffusion-test", "diffusion-small", "diffusion-m", "diffusion-b", "diffusion-l"]
-POSITIVE = click.FloatRange(min=0, min_open=True)
+POSITIVE = FiniteFloatRange(min=0, min_open=True)
 
 # (option, config field, click type, default, help). `None` as default: not set (the preset's / the library's).
 OPTIONS = [
     # model
     ("--kind", "kind", click.Choice(["ar", "diffusion"]), "ar", "ar: a decoder-only transformer over raster order; diffusion: VQ-Diffusion mask-and-replace."),
     ("--preset", "preset", click.Choice(PRESET_NAMES), None, "Architecture preset (default: <kind>-small)."),
-    ("--dropout", "dropout", click.FloatRange(0, 1, max_open=True), None, "Dropout (default: the preset's)."),
+    ("--dropout", "dropout", FiniteFloatRange(0, 1, max_open=True), None, "Dropout (default: the preset's)."),
     ("--num-timesteps", "num_timesteps", click.IntRange(1), None, "diffusion: number of timesteps T (default: the preset's)."),
-    ("--aux-weight", "aux_weight", click.FloatRange(0), None, "diffusion: weight of the x_0 cross-entropy (default: the preset's)."),
+    ("--aux-weight", "aux_weight", FiniteFloatRange(0), None, "diffusion: weight of the x_0 cross-entropy (default: the preset's)."),
     ("--init", "init", ModelSpec(), None,
      "Fine-tune: start a new run from this prior's weights (a shipped name, folder, .safetensors file or Hub id). "
      "Its config fixes the architecture (a --kind, --preset or --num-timesteps it does not have is an error) and "
@@ -38,7 +38,7 @@ OPTIONS = [
     # conditioning
     ("--cond", "cond", click.Choice(["auto", "none", "class", "text", "segmap"]), "auto",
      "Condition: auto takes what the shards carry (labels -> class, captions -> text, maps -> segmap)."),
-    ("--cond-dropout", "cond_dropout", click.FloatRange(0, 1, max_open=True), 0.1, "Probability of training the null condition (classifier-free guidance)."),
+    ("--cond-dropout", "cond_dropout", FiniteFloatRange(0, 1, max_open=True), 0.1, "Probability of training the null condition (classifier-free guidance)."),
     ("--text-encoder", "text_encoder", str, DEFAULT_TEXT_ENCODER, "text: Hugging Face encoder name or folder (frozen; not saved in the prior)."),
     ("--text-max-tokens", "text_max_tokens", click.IntRange(1), 32, "text: captions are padded / truncated to this many tokens."),
     ("--text-states", "text_states", click.Path(exists=True, dir_okay=False), None,
@@ -47,15 +47,15 @@ OPTIONS = [
     # optimisation
     ("--batch-size", "batch_size", click.IntRange(1), 32, "Token grids per step per process."),
     ("--lr", "lr", POSITIVE, 3e-4, "Learning rate (AdamW)."),
-    ("--betas", "betas", (float, float), (0.9, 0.95), "AdamW betas."),
-    ("--weight-decay", "weight_decay", click.FloatRange(0), 0.05, "Weight decay (matrices and embeddings only)."),
+    ("--betas", "betas", (FiniteFloatRange(0, 1, max_open=True),) * 2, (0.9, 0.95), "AdamW betas."),
+    ("--weight-decay", "weight_decay", FiniteFloatRange(0), 0.05, "Weight decay (matrices and embeddings only)."),
     ("--warmup-steps", "warmup_steps", click.IntRange(0), 0, "Linear learning-rate warm-up steps."),
     ("--lr-schedule", "lr_schedule", click.Choice(["constant", "cosine"]), "constant", "Learning-rate schedule after warm-up."),
-    ("--grad-clip", "grad_clip", click.FloatRange(0), 1.0, "Clip the gradient norm (0 turns it off)."),
+    ("--grad-clip", "grad_clip", FiniteFloatRange(0), 1.0, "Clip the gradient norm (0 turns it off)."),
     ("--max-steps", "max_steps", click.IntRange(0), 10_000, "Stop after this many steps (a rerun with more continues)."),
     ("--time-limit", "time_limit", POSITIVE, None, "Stop after this many seconds of training, checkpoint and export."),
     ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
-    ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
+    ("--ema-decay", "ema_decay", FiniteFloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
     ("--compile/--no-compile", "compile", bool, False, "torch.compile the model: a minute or so of compilation first, then on an H200 1.7x the grids/s of an ar-b step (docs/performance.md)."),
     ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA (CPU training stays fp32)."),
     ("--device", "device", str, None, "cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
@@ -65,7 +65,7 @@ OPTIONS = [
     ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 1000, "Save the resume state every N steps."),
     ("--val-size", "val_size", click.IntRange(0), None, "Token grids held out of training (a fixed draw) and scored by the EMA weights at every checkpoint and at the end: val_loss in metrics.jsonl, beside the training loss, shows memorising. Default: 1% of the grids, at most 1,000; 0: none."),
     ("--num-samples", "num_samples", click.IntRange(0), 8, "Grids in each sample write."),
-    ("--sample-cfg", "sample_cfg", click.FloatRange(0), 1.5, "Guidance scale of the sample grids."),
+    ("--sample-cfg", "sample_cfg", FiniteFloatRange(0), 1.5, "Guidance scale of the sample grids."),
     ("--sample-steps", "sample_steps", click.IntRange(1), None, "diffusion: steps of the sample grids (default: all timesteps)."),
     ("--decode-samples/--no-decode-samples", "decode_samples", bool, True, "Decode sample grids to PNG with the shards' tokenizer when it loads."),
     ("--seed", "seed", int, 0, "Random seed."),
