@@ -552,3 +552,16 @@ def test_non_finite_numbers_are_usage_errors(args, tmp_path, monkeypatch):
     r = invoke(*args)
     assert r.returncode == 2, r.stderr.decode()
     assert b"not a finite number" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("sample", "-m", "x", "--class", "1", "-o", "x.png", "--seed", str(2 ** 64)),
+    ("eval", "gen", "-m", "x", "--ref", ".", "--seed", "-5"),
+    ("eval", "recon", ".", "--seed", "-1"),
+    ("train-prior", ".", "-o", "run", "--seed", str(2 ** 64)),
+])
+def test_seeds_the_generators_cannot_take_are_usage_errors(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke(*args)
+    assert r.returncode == 2, r.stderr.decode()
+    assert b"--seed" in r.stderr and b"is not in the range" in r.stderr

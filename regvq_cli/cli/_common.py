@@ -202,6 +202,10 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+# seeds torch.Generator.manual_seed takes (numpy's generators take any non-negative integer)
+SEED = click.IntRange(0, 2**64 - 1)
+
+
 class ModelSpec(click.ParamType):
     """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -54,7 +54,7 @@ def shared_options(f):
         click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes."),
         click.option("--no-fid", is_flag=True, help="Skip the Inception features (no FID/KID): fast."),
         click.option("--fid-method", type=click.Choice(["sqrtm", "eigh"]), default="sqrtm", show_default=True, help="Matrix square root of the Frechet distance (eigh: same value, faster)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the KID subsets."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the KID subsets."),
     ]):
         f = opt(f)
     return f

@@ -12,7 +12,7 @@ import sys
 import click
 
 from regvq_cli.cli._common import (FiniteFloatRange, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
-                                   json_option, model_option, offline_option, plural, progress, warn)
+                                   SEED, json_option, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -26,7 +26,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--seg-map", "seg_maps", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PNG",
               help="A segmentation map: a PNG of label ids, mode L, P or I;16 (repeatable).")
 @click.option("-n", "--num-samples", type=click.IntRange(1), default=1, show_default=True, help="Samples per condition.")
-@click.option("--seed", type=click.IntRange(0), default=None, help="Random seed (default: a fresh one, reported in the output).")
+@click.option("--seed", type=SEED, default=None, help="Random seed (default: a fresh one, reported in the output).")
 @click.option("--cfg", "guidance", type=FiniteFloatRange(0), default=1.5, show_default=True, help="Classifier-free guidance scale (1: off).")
 @click.option("--temperature", type=FiniteFloatRange(0), default=1.0, show_default=True, help="Sampling temperature (0: greedy).")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="Keep the k most likely codes (0: all).")

@@ -68,7 +68,7 @@ OPTIONS = [
     ("--sample-cfg", "sample_cfg", FiniteFloatRange(0), 1.5, "Guidance scale of the sample grids."),
     ("--sample-steps", "sample_steps", click.IntRange(1), None, "diffusion: steps of the sample grids (default: all timesteps)."),
     ("--decode-samples/--no-decode-samples", "decode_samples", bool, True, "Decode sample grids to PNG with the shards' tokenizer when it loads."),
-    ("--seed", "seed", int, 0, "Random seed."),
+    ("--seed", "seed", click.IntRange(0, 2**32 - 1), 0, "Random seed."),  # the data order seeds with seed * 1,000,003
 ]
 
 
