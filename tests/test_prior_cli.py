@@ -565,3 +565,13 @@ def test_seeds_the_generators_cannot_take_are_usage_errors(args, tmp_path, monke
     r = invoke(*args)
     assert r.returncode == 2, r.stderr.decode()
     assert b"--seed" in r.stderr and b"is not in the range" in r.stderr
+
+
+def test_out_that_cannot_be_written_is_refused_before_sampling(tmp_path):
+    (tmp_path / "notes").write_text("kept")
+    r = invoke("sample", "-m", tmp_path / "no-model", "--class", "1", "-n", "2", "-o", tmp_path / "notes")
+    assert r.returncode == 2 and b"is a file" in r.stderr, r.stderr.decode()
+    assert (tmp_path / "notes").read_text() == "kept"
+    (tmp_path / "sheet.png").mkdir()
+    r = invoke("sample", "-m", tmp_path / "no-model", "--class", "1", "-o", tmp_path / "sheet.png")
+    assert r.returncode == 2 and b"is a folder" in r.stderr, r.stderr.decode()

@@ -196,6 +196,15 @@ def check_outputs(out, tokens_out, grid_sheet, as_json, total) -> None:
     single = out is not None and (out == "-" or out.lower().endswith(".png"))
     if grid_sheet and not single:
         raise click.BadParameter("with --grid, OUT is the contact sheet: a .png file or '-'", param_hint="--out")
+    if out is not None and out != "-":
+        import os
+
+        if single and os.path.isdir(out):
+            raise click.BadParameter(f"{out} is a folder: give a .png file name, or a folder name without .png",
+                                     param_hint="--out")
+        if not single and os.path.exists(out) and not os.path.isdir(out):
+            raise click.BadParameter(f"{out} is a file, not a folder for the PNGs: give a folder, or a .png file "
+                                     "(one image, or the sheet with --grid)", param_hint="--out")
     if single and not grid_sheet and total > 1:
         raise click.UsageError(f"-o {out} takes one image but {total} samples are asked for: pass --grid for a "
                                "contact sheet, or give a folder")
