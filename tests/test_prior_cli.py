@@ -575,3 +575,18 @@ def test_out_that_cannot_be_written_is_refused_before_sampling(tmp_path):
     (tmp_path / "sheet.png").mkdir()
     r = invoke("sample", "-m", tmp_path / "no-model", "--class", "1", "-o", tmp_path / "sheet.png")
     assert r.returncode == 2 and b"is a folder" in r.stderr, r.stderr.decode()
+
+
+def test_prompts_file_without_prompts_or_not_utf8(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    r = invoke("sample", "--prompts-from", tmp_path / "empty.txt", "-o", tmp_path / "x.png")
+    assert r.returncode == 2 and b"holds no prompts" in r.stderr, r.stderr.decode()
+    r = invoke("sample", "--prompts-from", "-", "-o", tmp_path / "x.png", input="")
+    assert r.returncode == 2 and b"holds no prompts" in r.stderr, r.stderr.decode()
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    r = invoke("sample", "--prompts-from", tmp_path / "latin1.txt", "-o", tmp_path / "x.png")
+    assert r.returncode == 2 and b"not UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr.decode()
+    from regvq_cli.cli.sample import read_prompts
+
+    (tmp_path / "bom.txt").write_bytes("a red bird\r\na blue car\r\n".encode("utf-8-sig"))  # as Notepad saves it
+    assert read_prompts(str(tmp_path / "bom.txt")) == ["a red bird", "a blue car"]

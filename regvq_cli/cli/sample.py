@@ -21,7 +21,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @model_option(help_text="Prior: a shipped name, a folder (e.g. runs/x/model), a .safetensors file or a Hub id "
                         "(default: regvq-text2img with --prompt, regvq-seg2img with --seg-map).")
 @click.option("-p", "--prompt", "prompts", multiple=True, metavar="TEXT", help="A text prompt (repeatable).")
-@click.option("--prompts-from", type=click.Path(allow_dash=True, dir_okay=False), help="Read prompts from FILE, one per line ('-' for stdin).")
+@click.option("--prompts-from", type=click.Path(exists=True, allow_dash=True, dir_okay=False), help="Read prompts from FILE, one per line ('-' for stdin).")
 @click.option("--class", "classes", multiple=True, metavar="NAME|ID", help="A class name or id (repeatable).")
 @click.option("--seg-map", "seg_maps", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PNG",
               help="A segmentation map: a PNG of label ids, mode L, P or I;16 (repeatable).")
@@ -184,9 +184,16 @@ def slug(condition) -> str:
 
 
 def read_prompts(path: str) -> list[str]:
-    """Non-empty lines of FILE (or stdin for '-'), stripped."""
-    with click.open_file(path, "r", encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    """Non-empty lines of FILE (or stdin for '-'), stripped; a usage error when there are none."""
+    name = "stdin" if path == "-" else path
+    try:
+        with click.open_file(path, "r", encoding="utf-8-sig") as f:  # -sig: without a leading byte-order mark
+            prompts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{name} is not UTF-8 text: save it as UTF-8", param_hint="--prompts-from") from None
+    if not prompts:
+        raise click.BadParameter(f"{name} holds no prompts: give one prompt per line", param_hint="--prompts-from")
+    return prompts
 
 
 def check_outputs(out, tokens_out, grid_sheet, as_json, total) -> None:
