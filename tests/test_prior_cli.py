@@ -590,3 +590,12 @@ def test_prompts_file_without_prompts_or_not_utf8(tmp_path):
 
     (tmp_path / "bom.txt").write_bytes("a red bird\r\na blue car\r\n".encode("utf-8-sig"))  # as Notepad saves it
     assert read_prompts(str(tmp_path / "bom.txt")) == ["a red bird", "a blue car"]
+
+
+def test_resuming_with_another_kind_preset_or_condition_names_the_option(work, tmp_path):
+    ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--max-steps", "1"))
+    for args, want in ((("--kind", "diffusion", "--preset", "diffusion-test"), "--kind ar, not diffusion"),
+                       (("--preset", "ar-small"), "--preset ar-test, not ar-small"),
+                       (("--preset", "ar-test", "--cond", "none"), "--cond class, not none")):
+        line = one_line_error(train(work / "tokens", tmp_path / "run", *args))
+        assert want in line and "new run directory" in line, line

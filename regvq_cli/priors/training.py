@@ -306,6 +306,12 @@ class PriorTrainer(Trainer):
         if self.init_config is not None:
             self.cfg = init_train_config(self.cfg, self.init_config)
         cfg = self.cfg
+        state = self._read_state()
+        for key in ("kind", "preset") if state is not None else ():  # before any data or weights are read
+            if state["config"].get(key) != getattr(cfg, key):
+                raise RegvqError(f"{self.run_dir} was started with --{key} {state['config'].get(key)}, not "
+                                 f"{getattr(cfg, key)}: rerun with the same settings to resume it, or use a new "
+                                 "run directory")
         fields = set(ShardReader(tokens_dir).fields)
         self.cond = self._resolve_cond(fields)
         want = {"class": {"labels"}, "text": {"captions"}, "segmap": {"segmaps"}}.get(self.cond, set())
@@ -422,11 +428,12 @@ class PriorTrainer(Trainer):
     def _restore(self, state: dict) -> None:
         old = json.loads(json.dumps(state["prior_config"]))
         new = json.loads(json.dumps(dataclasses.asdict(self.prior_cfg)))
-        diff = sorted(k for k in new if old.get(k) != new[k])
+        diff = sorted((k for k in new if old.get(k) != new[k]), key=lambda k: (k != "cond", k))  # --cond first
         if diff:
             k = diff[0]
-            raise RegvqError(f"{self.run_dir} was started with {k}={old.get(k)!r}, not {new[k]!r}: use the same "
-                             "settings and tokens, or a new run directory")
+            setting = f"--cond {old.get(k)}, not {new[k]}" if k == "cond" else f"{k}={old.get(k)!r}, not {new[k]!r}"
+            raise RegvqError(f"{self.run_dir} was started with {setting}: use the same settings and tokens, or a new "
+                             "run directory")
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _condition(self, idx: torch.Tensor):
