@@ -599,3 +599,19 @@ def test_resuming_with_another_kind_preset_or_condition_names_the_option(work, t
                        (("--preset", "ar-test", "--cond", "none"), "--cond class, not none")):
         line = one_line_error(train(work / "tokens", tmp_path / "run", *args))
         assert want in line and "new run directory" in line, line
+
+
+def test_a_rerun_after_a_kill_drops_the_metrics_its_checkpoint_does_not_hold(work, tmp_path):
+    run = tmp_path / "run"
+
+    def steps():
+        return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    ok(train(work / "tokens", run, "--preset", "ar-test", "--max-steps", "2"))  # checkpoint at step 2
+    with open(run / "metrics.jsonl", "a") as f:  # what a run killed at step 4, writing step 5, leaves
+        f.write('{"loss": 1.0, "step": 3}\n{"loss": 1.0, "step": 4}\n{"loss": 1.0, "st')
+    ok(train(work / "tokens", run, "--preset", "ar-test", "--max-steps", "3"))
+    assert steps() == [1, 2, 3]
+    (run / "state.pt").unlink()  # killed before its first checkpoint: the rerun starts over
+    ok(train(work / "tokens", run, "--preset", "ar-test", "--max-steps", "2"))
+    assert steps() == [1, 2]

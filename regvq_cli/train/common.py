@@ -284,6 +284,23 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
 
+    def keep_until(self, step: int) -> None:
+        """Drop the records past ``step`` (and a line cut short): what a run killed after its last checkpoint
+        logged, which the rerun from that checkpoint trains and logs again. Written atomically."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)

@@ -265,6 +265,7 @@ class Trainer:
         SIGTERM or Ctrl-C stops it after the current step with a checkpoint and raises TrainingStopped: rerunning
         resumes there, so a pre-empted or interrupted run loses nothing."""
         cfg = self.cfg
+        self.metrics.keep_until(self.step)  # a killed run's records past its checkpoint are logged again
         try:
             with StopRequest() as request, self.run_settings():
                 throughput = Throughput()
