@@ -90,3 +90,13 @@ def test_codebook_table_shortens_a_long_dead_code_list(tmp_path, tok):
     line = next(x for x in r.stdout.decode().splitlines() if x.startswith("dead_code_indices"))
     dead = int(next(x for x in r.stdout.decode().splitlines() if x.startswith("dead_codes")).split()[1])
     assert r.returncode == 0 and dead > 20 and f"({dead} in all; --json lists them)" in line, line
+
+
+def test_gen_reads_ref_statistics_saved_under_any_file_name(tmp_path):
+    # --save-ref-stats writes whatever name it is given; --ref must read that file back as statistics
+    make_images(tmp_path / "samples", 10)
+    (tmp_path / "train.stats").write_bytes(b"not statistics")
+    r = invoke("eval", "gen", "--samples", tmp_path / "samples", "--ref", tmp_path / "train.stats", "--workers", "0",
+               "--device", "cpu")
+    assert r.returncode == 1 and b"recompute the statistics" in r.stderr, r.stderr.decode()
+    assert b"not an image" not in r.stderr

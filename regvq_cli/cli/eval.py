@@ -145,12 +145,13 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     regvq eval gen --model runs/a/model --ref train-stats.safetensors
     """
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.eval.gen import evaluate_gen, save_reference_stats
+    from regvq_cli.eval.gen import evaluate_gen, is_stats_file, save_reference_stats
 
     if no_fid:
         raise click.UsageError("`eval gen` measures features; --no-fid leaves nothing to measure")
+    ref_is_stats = is_stats_file(ref)  # --save-ref-stats writes whatever name it is given
     if samples is None and prior_spec is None and save_ref_stats is not None:  # only cache the reference's
-        if ref.endswith(".safetensors"):
+        if ref_is_stats:
             raise click.UsageError("--ref is already statistics; give the reference images to compute them from")
         dev = pick_device(device)
         batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit)
@@ -174,7 +175,7 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     else:
         sample_batches, n, size = prior_batches(prior_spec, num_samples, guidance, steps, sampler, batch_size, seed,
                                                 dev, pick_dtype(dtype, dev), offline)
-    ref_source = (ref if ref.endswith(".safetensors") else
+    ref_source = (ref if ref_is_stats else
                   image_batches([ref], size, resize, batch_size, workers, None, with_classes=True)[0])
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,

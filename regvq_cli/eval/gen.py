@@ -44,8 +44,15 @@ def _features(batches, feature_fn, device, stats, image_hw, what, progress, name
     return image_hw
 
 
-def _is_stats_file(ref) -> bool:
-    return isinstance(ref, (str, os.PathLike)) and Path(ref).suffix == ".safetensors"
+def is_stats_file(ref) -> bool:
+    """Whether `ref` names cached statistics: a .safetensors path, or any existing file that is not an image
+    (statistics are written under whatever name they are given)."""
+    from regvq_cli.data.inputs import IMAGE_EXTS
+
+    if not isinstance(ref, (str, os.PathLike)):
+        return False
+    suffix = Path(ref).suffix.lower()
+    return suffix == ".safetensors" or (os.path.isfile(ref) and suffix not in IMAGE_EXTS)
 
 
 def _feature_network(feature_fn, device):
@@ -141,7 +148,7 @@ def evaluate_gen(
     feature_fn = _feature_network(feature_fn, device)
 
     ref_stats, ref_protocol, ref_batches, n_ref_known = None, None, None, None
-    if _is_stats_file(ref):
+    if is_stats_file(ref):
         ref_protocol = fidlib.read_stats_protocol(ref)
         # fail before the long pass when the feature network already disagrees
         fidlib.check_protocol(ref_protocol, feature_info(feature_fn), f"the statistics in {ref}")
@@ -179,7 +186,7 @@ def evaluate_gen(
         resize=resize,
         seed=seed,
         data=data,
-        ref=ref_name if ref_name is not None else (str(ref) if _is_stats_file(ref) else None),
+        ref=ref_name if ref_name is not None else (str(ref) if is_stats_file(ref) else None),
         model=model,
     )
     if ref_protocol is not None:
