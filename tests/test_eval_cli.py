@@ -100,3 +100,13 @@ def test_gen_reads_ref_statistics_saved_under_any_file_name(tmp_path):
                "--device", "cpu")
     assert r.returncode == 1 and b"recompute the statistics" in r.stderr, r.stderr.decode()
     assert b"not an image" not in r.stderr
+
+
+def test_codebook_with_data_alone_uses_the_default_tokenizer(tmp_path, tok):
+    # MODEL is optional and comes first: one argument that is data, not a model, is DATA
+    r = invoke("codebook", make_images(tmp_path / "imgs", 1), "--json", "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    report = json.loads(r.stdout)
+    assert report["codebook_size"] == 1024 and report["n_tokens"] == 16 * 16
+    r = invoke("codebook", tok)  # a model alone still lacks DATA
+    assert r.returncode == 2 and b"give DATA" in r.stderr

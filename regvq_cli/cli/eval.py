@@ -233,7 +233,7 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     """Codebook health of tokenizer MODEL over DATA: usage histogram, dead codes, most and least used codes.
 
     DATA is image folders/files (encoded with MODEL) or a token folder from `regvq encode`. MODEL defaults to
-    the embedded default tokenizer.
+    the embedded default tokenizer: `regvq codebook imgs/` takes its one argument as DATA.
     """
     import os
 
@@ -245,6 +245,8 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     from regvq_cli.errors import RegvqError
     from regvq_cli.eval.codebook import codebook_report, save_usage_plot
 
+    if not data and model is not None and os.path.exists(model) and not looks_like_model(model):
+        data, model = (model,), None  # one argument that is data: DATA, with the default tokenizer
     if not data:
         raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
     dev = pick_device(device)
@@ -281,3 +283,12 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
         elif isinstance(value, float):
             value = f"{value:.4f}"  # --json has every digit
         click.echo(f"{name:20} {value}")
+
+
+def looks_like_model(path: str) -> bool:
+    """A model folder (config.json or model.safetensors) or a .safetensors file, as the model resolver takes them."""
+    import os
+
+    if os.path.isdir(path):
+        return any(os.path.exists(os.path.join(path, name)) for name in ("config.json", "model.safetensors"))
+    return path.lower().endswith(".safetensors")
