@@ -110,3 +110,12 @@ def test_codebook_with_data_alone_uses_the_default_tokenizer(tmp_path, tok):
     assert report["codebook_size"] == 1024 and report["n_tokens"] == 16 * 16
     r = invoke("codebook", tok)  # a model alone still lacks DATA
     assert r.returncode == 2 and b"give DATA" in r.stderr
+
+
+def test_gen_says_which_folder_has_no_images(tmp_path):
+    make_images(tmp_path / "imgs", 10)
+    (tmp_path / "empty").mkdir()
+    r = invoke("eval", "gen", "--samples", tmp_path / "empty", "--ref", tmp_path / "imgs", "--device", "cpu")
+    assert r.returncode == 1 and b"--samples" in r.stderr and b"no images found" in r.stderr, r.stderr.decode()
+    r = invoke("eval", "gen", "--samples", tmp_path / "imgs", "--ref", tmp_path / "empty", "--device", "cpu")
+    assert r.returncode == 1 and b"--ref" in r.stderr and b"no images found" in r.stderr, r.stderr.decode()

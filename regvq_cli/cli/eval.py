@@ -15,16 +15,23 @@ def eval_group():
     """Measure tokenizers and generators; every result carries its protocol (--json for all of it)."""
 
 
-def image_batches(data, size, resize, batch_size, workers, limit, with_classes=False):
+def image_batches(data, size, resize, batch_size, workers, limit, with_classes=False, what=None):
     """uint8 [B, H, W, 3] batches of the images in DATA; unreadable files are reported and skipped. With
-    with_classes, and a class for every image (sub-folders or a metadata label), (images, class names) pairs."""
+    with_classes, and a class for every image (sub-folders or a metadata label), (images, class names) pairs.
+    `what` (an option such as --ref) prefixes the error when DATA holds no image."""
     import torch
 
     from regvq_cli.data.dataset import ImageDataset
     from regvq_cli.data.inputs import list_inputs
     from regvq_cli.engine.encode import default_loader_workers
+    from regvq_cli.errors import RegvqError
 
-    listing = list_inputs(list(data))
+    try:
+        listing = list_inputs(list(data))
+    except RegvqError as e:
+        if what is None:
+            raise
+        raise RegvqError(f"{what} {' '.join(map(str, data))}: {e}") from None
     n = len(listing) if limit is None else min(limit, len(listing))
     dataset = ImageDataset(listing, size, resize, indices=range(n))
     names = None
@@ -154,7 +161,7 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
         if ref_is_stats:
             raise click.UsageError("--ref is already statistics; give the reference images to compute them from")
         dev = pick_device(device)
-        batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit)
+        batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit, what="--ref")
         with progress(total=n, desc="reference", unit="img") as bar:
             saved = save_reference_stats(batches, save_ref_stats, device=dev, batch_size=batch_size, resize=resize,
                                          seed=seed, ref_name=ref, callback=lambda done, total: bar.update(done - bar.n))
@@ -171,12 +178,13 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     dev = pick_device(device)
     if samples is not None:
         size = size or 256
-        sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit, with_classes=True)
+        sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit, with_classes=True,
+                                          what="--samples")
     else:
         sample_batches, n, size = prior_batches(prior_spec, num_samples, guidance, steps, sampler, batch_size, seed,
                                                 dev, pick_dtype(dtype, dev), offline)
     ref_source = (ref if ref_is_stats else
-                  image_batches([ref], size, resize, batch_size, workers, None, with_classes=True)[0])
+                  image_batches([ref], size, resize, batch_size, workers, None, with_classes=True, what="--ref")[0])
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
                               resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
