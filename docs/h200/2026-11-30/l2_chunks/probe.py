@@ -7,12 +7,11 @@ the runner as it is; token agreement with it is reported.
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, "benchmarks")
-from bench_tokenizer import busy_gpu_state  # noqa: E402
+from bench_tokenizer import busy_gpu_state, timed as bench_timed  # noqa: E402
 
 from regvq_cli.engine.runtime import compile_options, prepare_tokenizer  # noqa: E402
 from regvq_cli.tokenizer.model import Tokenizer  # noqa: E402
@@ -30,17 +29,9 @@ enc = model.encoder
 images = (torch.rand(B, 3, 256, 256, device=dev) * 2 - 1).to(torch.bfloat16)
 
 
-def timed(fn, iters=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+def timed(fn):
+    """Seconds per call of fn(), as the benchmark times it: median of 10 after 3."""
+    return bench_timed(lambda _: fn(), None, dev, 10, 3)
 
 
 def make_head(levels):
