@@ -366,3 +366,25 @@ def test_a_size_the_tokenizer_cannot_grid_says_which_sizes_work(tmp_path, tokeni
     r = encode(make_images(tmp_path / "imgs", 1), "-o", tmp_path / "tok", "-m", tokenizer_dir, "--size", "30")
     assert r.returncode == 1 and b"--size" in r.stderr and b"28 or 32" in r.stderr, r.stderr.decode()
     assert not (tmp_path / "tok").exists()
+
+
+def test_a_bad_row_in_a_batch_keeps_the_rows_before_it(tmp_path, tokenizer_dir):
+    """Nothing already done is lost: the rows of a batch before one with a token outside the codebook are
+    decoded and written, then the error names the bad row."""
+    assert encode(make_images(tmp_path / "imgs", 3), "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    shard = tmp_path / "tok" / "shard-00000.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(shard), "np") as f:
+        metadata = f.metadata()
+    data = load_file(str(shard))
+    data["tokens"][2, 3, 3] = 999
+    save_file(data, str(shard), metadata=metadata)
+    r = invoke("decode", shard, "-o", tmp_path / "rec", "-m", tokenizer_dir)
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr.decode()
+    assert b"shard-00000.safetensors row 2: token 999 is outside the codebook" in r.stderr
+    assert sorted(os.listdir(tmp_path / "rec")) == ["img000.png", "img001.png"]
+    good, bad = json.dumps([[1] * 8] * 8), json.dumps([[70] * 8] * 8)
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec2", input=f"{good}\n{good}\n{bad}\n{good}\n")
+    assert r.returncode == 1 and b"stdin line 3: token 70" in r.stderr, r.stderr.decode()
+    assert sorted(os.listdir(tmp_path / "rec2")) == ["000000.png", "000001.png"]

@@ -112,6 +112,8 @@ def json_lines_batches(stream, batch_size: int, limit: int | None) -> Iterator[B
 
 
 def check_tokens(batch: Batch, codebook_size: int, grid: tuple[int, int] | None) -> None:
+    """RegvqError naming the first row that is no grid of `grid` or holds a token outside the codebook; its `row`
+    is that row's index in the batch (the rows before it are good)."""
     if grid is not None and tuple(batch.tokens.shape[1:]) != tuple(grid):
         raise RegvqError(f"{batch.where[0]}: token grid {batch.tokens.shape[1]}x{batch.tokens.shape[2]} does not "
                          f"match the tokenizer's {grid[0]}x{grid[1]}; pass the tokenizer these tokens came from")
@@ -120,8 +122,10 @@ def check_tokens(batch: Batch, codebook_size: int, grid: tuple[int, int] | None)
     if bad.any():
         i = int(np.argmax(bad))
         value = int(flat[i][(flat[i] < 0) | (flat[i] >= codebook_size)][0])
-        raise RegvqError(f"{batch.where[i]}: token {value} is outside the codebook of {codebook_size}; "
-                         "the data is corrupt or from another tokenizer")
+        error = RegvqError(f"{batch.where[i]}: token {value} is outside the codebook of {codebook_size}; "
+                           "the data is corrupt or from another tokenizer")
+        error.row = i
+        raise error
 
 
 def png_path(out, key: str, taken: set[str]) -> str:
@@ -157,7 +161,14 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
     with ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1))) as pool:
         pending = []
         for batch in batches:
-            check_tokens(batch, tokenizer.codebook_size, native)
+            error = None
+            try:
+                check_tokens(batch, tokenizer.codebook_size, native)
+            except RegvqError as e:  # the rows before the bad one are decoded and written, then the error
+                error, good = e, getattr(e, "row", 0)
+                batch = Batch(batch.tokens[:good], batch.keys[:good], batch.where[:good])
+                if not good:
+                    raise
             pixels = runner.decode_uint8(torch.from_numpy(batch.tokens)).numpy()  # [b, H, W, 3]
             if grid_sheet:
                 sheet.append(pixels)
@@ -172,6 +183,10 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
                 pending.pop(0).result()
             if callback is not None:
                 callback(written)
+            if error is not None:
+                for f in pending:
+                    f.result()
+                raise error
         for f in pending:
             f.result()
     if grid_sheet:
