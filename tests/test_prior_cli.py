@@ -615,3 +615,15 @@ def test_a_rerun_after_a_kill_drops_the_metrics_its_checkpoint_does_not_hold(wor
     (run / "state.pt").unlink()  # killed before its first checkpoint: the rerun starts over
     ok(train(work / "tokens", run, "--preset", "ar-test", "--max-steps", "2"))
     assert steps() == [1, 2]
+
+
+def test_a_token_folder_whose_manifest_grid_differs_from_its_shards_is_a_clean_error(work, tmp_path):
+    import shutil
+
+    shutil.copytree(work / "tokens", tmp_path / "tokens")
+    manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
+    manifest["grid"] = [4, 4]  # the shards hold 8x8 grids
+    (tmp_path / "tokens" / "manifest.json").write_text(json.dumps(manifest))
+    r = train(tmp_path / "tokens", tmp_path / "run", "--preset", "ar-test")
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr.decode()
+    assert b"regvq shards verify" in r.stderr and b"broadcast" not in r.stderr, r.stderr.decode()

@@ -235,6 +235,17 @@ def test_verify_catches_flipped_byte_and_wrong_count(tmp_path):
     assert any("manifest count" in p for p in problems)
 
 
+def test_reader_refuses_shards_whose_grid_differs_from_the_manifest(tmp_path):
+    """Every command that reads the folder gets one clear error, not numpy's broadcast error."""
+    write_all(tmp_path, make_run())
+    m = write_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**m, "grid": [5, 4]}))  # the shards hold 4x5 grids
+    for read in (lambda r: r[0], lambda r: r.all_tokens(), lambda r: r.shard(1)):
+        with pytest.raises(RegvqError, match=r"shard-0000\d.safetensors holds 4x5 token grids, the manifest says "
+                                             r"5x4.*regvq shards verify"):
+            read(ShardReader(tmp_path))
+
+
 def test_verify_reports_out_of_range_tokens_and_extra_files(tmp_path):
     run = make_run(codebook=1000)
     write_all(tmp_path, run)

@@ -775,6 +775,9 @@ class ShardReader(Sequence):
             s = _checked_shard(path, hint="; run `regvq shards verify`")
             if s.count != self.counts[j]:
                 raise RegvqError(f"{path} has {s.count} rows, the manifest says {self.counts[j]}; run `regvq shards verify`")
+            if tuple(s.run.grid) != self.grid:  # _parse_shard checked the tokens' shape against the shard's grid
+                raise RegvqError(f"{path} holds {s.run.grid[0]}x{s.run.grid[1]} token grids, the manifest says "
+                                 f"{self.grid[0]}x{self.grid[1]}: the folder is inconsistent; run `regvq shards verify`")
             self._open[j] = _mmap_tensors(path, s.header)
         return self._open[j]
 
