@@ -58,6 +58,30 @@ def test_bad_values_are_usage_errors(tmp_path):
     assert isinstance(OPTIONS[0][2], click.Choice)
 
 
+@pytest.mark.parametrize("args", [
+    ("--lr", "nan"), ("--prior-weight", "inf"), ("--gan-weight", "inf"), ("--disc-lr", "nan"),
+    ("--mask-ratio", "nan"), ("--temperature", "inf"), ("--time-limit", "nan"), ("--ema-decay", "nan"),
+])
+def test_non_finite_numbers_are_usage_errors(args, tmp_path):
+    # nan compares false against any bound, so a plain range lets it (and inf above a lower bound) through
+    r = invoke("train-tokenizer", tmp_path, "-o", tmp_path / "run", *args)
+    assert r.returncode == 2 and args[0].encode() in r.stderr, r.stderr.decode()
+    assert b"not a finite number" in r.stderr
+
+
+@pytest.mark.parametrize("args", [("--lr", "-1e-4"), ("--disc-lr", "-1e-4"), ("--gan-weight", "-0.8"), ("--l1-weight", "-1")])
+def test_negative_weights_and_learning_rates_are_usage_errors(args, tmp_path):
+    r = invoke("train-tokenizer", tmp_path, "-o", tmp_path / "run", *args)
+    assert r.returncode == 2 and args[0].encode() in r.stderr and b"is not in the range" in r.stderr, r.stderr.decode()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_seeds_the_generators_cannot_take_are_usage_errors(seed, tmp_path):
+    r = invoke("train-tokenizer", tmp_path, "-o", tmp_path / "run", "--seed", seed)
+    assert r.returncode == 2, r.stderr.decode()
+    assert b"--seed" in r.stderr and b"is not in the range" in r.stderr
+
+
 def test_compile_says_that_the_first_step_waits(tmp_path):
     """train-tokenizer and train-prior with --compile say first that the first step waits for the compilation
     (here the run then stops at its empty input, before any compiling)."""

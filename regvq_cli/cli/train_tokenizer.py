@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
-                                   report_export, resumable, table_options, training_progress)
+from regvq_cli.cli._common import (FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
+                                   json_option, report_export, resumable, table_options, training_progress)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
@@ -37,50 +37,50 @@ OPTIONS = [
      "from scratch. Ignored when OUT has a resume state."),
     # RegVQ components
     ("--prior/--no-prior", "use_prior", bool, True, "Prior distribution regularization: KL of the batch code histogram to uniform."),
-    ("--prior-weight", "prior_weight", float, 0.1, "Weight of the prior KL."),
+    ("--prior-weight", "prior_weight", FiniteFloatRange(0), 0.1, "Weight of the prior KL."),
     ("--prior-start", "prior_start", click.IntRange(0), 0, "Step before which the prior KL is off."),
     ("--prior-ramp", "prior_ramp", click.IntRange(0), 0, "Steps over which the prior weight then ramps up linearly."),
     ("--mask/--no-mask", "use_mask", bool, True, "Stochastic mask regularization (Gumbel-sampled codes at masked positions)."),
-    ("--mask-ratio", "mask_ratio", click.FloatRange(0, 1), 0.4, "Fraction of positions masked each step."),
+    ("--mask-ratio", "mask_ratio", FiniteFloatRange(0, 1), 0.4, "Fraction of positions masked each step."),
     ("--mask-warmup", "mask_warmup", click.IntRange(0), 0, "Steps over which the mask ratio ramps linearly up from 0 (0: from the start)."),
     ("--logits", "logits", click.Choice(["linear", "distance"]), "linear", "Code logits: a 1x1 projection, or -||z - e||^2 / t."),
-    ("--logit-init", "logit_init", click.FloatRange(min=0, min_open=True), 1.0, "linear logits: scale of the projection's initial weights (>1: sharper code distributions from the start)."),
-    ("--temperature", "temperature", click.FloatRange(min=0, min_open=True), 1.0, "Gumbel-softmax temperature (initial value when annealed)."),
-    ("--temperature-min", "temperature_min", click.FloatRange(min=0, min_open=True), 1.0 / 16, "Lowest annealed temperature."),
-    ("--temperature-anneal", "temperature_anneal", click.FloatRange(0), 0.0, "Anneal rate: t = max(min, t0 * exp(-rate * step))."),
+    ("--logit-init", "logit_init", FiniteFloatRange(min=0, min_open=True), 1.0, "linear logits: scale of the projection's initial weights (>1: sharper code distributions from the start)."),
+    ("--temperature", "temperature", FiniteFloatRange(min=0, min_open=True), 1.0, "Gumbel-softmax temperature (initial value when annealed)."),
+    ("--temperature-min", "temperature_min", FiniteFloatRange(min=0, min_open=True), 1.0 / 16, "Lowest annealed temperature."),
+    ("--temperature-anneal", "temperature_anneal", FiniteFloatRange(0), 0.0, "Anneal rate: t = max(min, t0 * exp(-rate * step))."),
     # baselines
     ("--vq-ema/--no-vq-ema", "vq_ema", bool, False, "vq: EMA codebook updates instead of the codebook loss."),
     ("--vq-l2-norm/--no-vq-l2-norm", "vq_l2_norm", bool, False, "vq: l2-normalised codes (cosine lookup)."),
-    ("--commitment-weight", "commitment_weight", float, 0.25, "vq: commitment loss weight (beta)."),
-    ("--codebook-weight", "codebook_weight", float, 1.0, "vq: codebook loss weight."),
-    ("--gumbel-kl-weight", "gumbel_kl_weight", float, 5e-4, "gumbel: per-position KL weight."),
+    ("--commitment-weight", "commitment_weight", FiniteFloatRange(0), 0.25, "vq: commitment loss weight (beta)."),
+    ("--codebook-weight", "codebook_weight", FiniteFloatRange(0), 1.0, "vq: codebook loss weight."),
+    ("--gumbel-kl-weight", "gumbel_kl_weight", FiniteFloatRange(0), 5e-4, "gumbel: per-position KL weight."),
     # reconstruction and contrastive losses
-    ("--l1-weight", "l1_weight", float, 1.0, "L1 reconstruction weight."),
-    ("--perceptual-weight", "perceptual_weight", float, 1.0, "Perceptual loss weight (0 turns it off)."),
+    ("--l1-weight", "l1_weight", FiniteFloatRange(0), 1.0, "L1 reconstruction weight."),
+    ("--perceptual-weight", "perceptual_weight", FiniteFloatRange(0), 1.0, "Perceptual loss weight (0 turns it off)."),
     ("--perceptual-net", "perceptual_net", click.Choice(["inception", "vgg16", "vgg19", "lpips"]), "inception",
      "Frozen feature network for the perceptual and contrastive losses (inception works offline)."),
     ("--perceptual-weights", "perceptual_weights", click.Path(exists=True, dir_okay=False), None,
      "Weights file for vgg16/vgg19/lpips (safetensors, or a torchvision state dict)."),
-    ("--contrastive-weight", "contrastive_weight", float, 0.1, "Contrastive loss weight (0 turns CL/PCL off)."),
+    ("--contrastive-weight", "contrastive_weight", FiniteFloatRange(0), 0.1, "Contrastive loss weight (0 turns CL/PCL off)."),
     ("--pcl/--no-pcl", "pcl", bool, True, "Probabilistic contrastive loss (off: vanilla PatchNCE)."),
-    ("--pcl-floor", "pcl_floor", click.FloatRange(0, 1), 0.1, "PCL weight of positions whose code was not perturbed."),
-    ("--tau", "tau", click.FloatRange(min=0, min_open=True), 0.07, "Contrastive temperature."),
+    ("--pcl-floor", "pcl_floor", FiniteFloatRange(0, 1), 0.1, "PCL weight of positions whose code was not perturbed."),
+    ("--tau", "tau", FiniteFloatRange(min=0, min_open=True), 0.07, "Contrastive temperature."),
     ("--num-patches", "num_patches", click.IntRange(1), 256, "Locations sampled per feature map for the contrastive loss."),
     # adversarial
-    ("--gan-weight", "gan_weight", float, 0.8, "Adversarial weight (times the adaptive weight; 0 turns it off)."),
+    ("--gan-weight", "gan_weight", FiniteFloatRange(0), 0.8, "Adversarial weight (times the adaptive weight; 0 turns it off)."),
     ("--gan-start", "gan_start", click.IntRange(0), 5000, "Step at which the discriminator starts."),
-    ("--disc-lr", "disc_lr", float, None, "Discriminator learning rate (default: --lr)."),
+    ("--disc-lr", "disc_lr", FiniteFloatRange(0), None, "Discriminator learning rate (default: --lr)."),
     # optimisation
     ("--batch-size", "batch_size", click.IntRange(1), 8, "Images per step per process."),
-    ("--lr", "lr", float, 1e-4, "Learning rate (Adam)."),
-    ("--weight-decay", "weight_decay", click.FloatRange(0), 0.0, "Weight decay."),
+    ("--lr", "lr", FiniteFloatRange(0), 1e-4, "Learning rate (Adam)."),
+    ("--weight-decay", "weight_decay", FiniteFloatRange(0), 0.0, "Weight decay."),
     ("--warmup-steps", "warmup_steps", click.IntRange(0), 0, "Linear learning-rate warm-up steps."),
     ("--lr-schedule", "lr_schedule", click.Choice(["constant", "cosine"]), "constant", "Learning-rate schedule after warm-up."),
-    ("--grad-clip", "grad_clip", click.FloatRange(min=0, min_open=True), None, "Clip gradient norm (default: off)."),
+    ("--grad-clip", "grad_clip", FiniteFloatRange(min=0, min_open=True), None, "Clip gradient norm (default: off)."),
     ("--max-steps", "max_steps", click.IntRange(0), 10_000, "Stop after this many steps (a rerun with more continues)."),
-    ("--time-limit", "time_limit", click.FloatRange(min=0, min_open=True), None, "Stop after this many seconds, checkpoint and export."),
+    ("--time-limit", "time_limit", FiniteFloatRange(min=0, min_open=True), None, "Stop after this many seconds, checkpoint and export."),
     ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
-    ("--ema-decay", "ema_decay", click.FloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
+    ("--ema-decay", "ema_decay", FiniteFloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
     ("--compile/--no-compile", "compile", bool, False, "torch.compile the encoder and decoder (all but the last convolution), channels-last on CUDA: a minute or so of compilation first, then on an H200 1.75x the images/s of a vqgan-f16 step with the discriminator (docs/performance.md)."),
     ("--bf16/--no-bf16", "bf16", bool, True, "bf16 autocast on CUDA."),
     ("--feature-dtype", "feature_dtype", click.Choice(["auto", "fp32"]), "auto",
@@ -92,7 +92,7 @@ OPTIONS = [
     ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
     ("--sample-every", "sample_every", click.IntRange(0), 500, "Write a reconstruction grid to OUT/samples every N steps (0: never)."),
     ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 500, "Save the resume state every N steps."),
-    ("--seed", "seed", int, 0, "Random seed."),
+    ("--seed", "seed", click.IntRange(0, 2**32 - 1), 0, "Random seed."),  # the data order seeds with seed * 1,000,003
 ]
 
 
