@@ -119,3 +119,12 @@ def test_gen_says_which_folder_has_no_images(tmp_path):
     assert r.returncode == 1 and b"--samples" in r.stderr and b"no images found" in r.stderr, r.stderr.decode()
     r = invoke("eval", "gen", "--samples", tmp_path / "imgs", "--ref", tmp_path / "empty", "--device", "cpu")
     assert r.returncode == 1 and b"--ref" in r.stderr and b"no images found" in r.stderr, r.stderr.decode()
+
+
+def test_recon_text_says_one_image_and_names_no_missing_feature_network(tmp_path, tok):
+    imgs = make_images(tmp_path / "imgs", 1)
+    for flags in ([], ["--no-fid"]):
+        r = invoke("eval", "recon", imgs, "-m", tok, "--workers", "0", *flags)
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"protocol: 1 image at [32, 32], resize shorter-crop\n" in r.stderr, r.stderr.decode()
+        assert b"1 images" not in r.stderr and b"None" not in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, progress, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, plural, progress, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -81,7 +81,8 @@ def show(result, as_json):
         elif value is not None:
             click.echo(f"{name:22} {value:.4f}" if isinstance(value, float) else f"{name:22} {value}")
     p = result["protocol"]
-    info(f"protocol: {p['n_images']} images at {p['image_size']}, resize {p['resize']}, features {p['feature_network']}")
+    features = f", features {p['feature_network']}" if p["feature_network"] is not None else ""
+    info(f"protocol: {plural(p['n_images'], 'image')} at {p['image_size']}, resize {p['resize']}{features}")
 
 
 @eval_group.command()
@@ -109,7 +110,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     size = size or tokenizer.config.image_size
     batches, n = image_batches(data, size, resize, batch_size, workers, limit)
     if n < MIN_FID_IMAGES and not no_fid:
-        warn(f"{n} images are too few for rFID/KID (at least {MIN_FID_IMAGES}); reporting the other metrics")
+        warn(f"{plural(n, 'image')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least {MIN_FID_IMAGES}); reporting the other metrics")
         no_fid = True
     have_stats = ref_stats is not None and os.path.exists(ref_stats)
     with progress(total=n, desc="eval", unit="img") as bar:
