@@ -157,3 +157,9 @@ def test_rates_and_counts_read_as_text():
     assert human_rate(12.345) == "12.3 images/s" and human_rate(0.0) == "0.0 images/s"
     assert human_rate(0.087) == "11.5 s per image"  # not "0.1 images/s"
     assert (plural(1, "sample"), plural(0, "sample"), plural(3, "image")) == ("1 sample", "0 samples", "3 images")
+
+
+def test_models_show_with_an_empty_name_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["models", "show", ""])
+    assert result.exit_code == 2, result.output
+    assert "MODEL" in result.stderr and "empty" in result.stderr and "Traceback" not in result.stderr

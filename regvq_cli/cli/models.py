@@ -73,6 +73,9 @@ def show(model, as_json, offline):
     from regvq_cli.engine.checkpoint import CARD_NAME, read_record
     from regvq_cli.engine.resolve import resolve_model
 
+    if not model.strip():  # "" would resolve to the current folder
+        raise click.BadParameter("the name is empty; give a shipped name, a folder, a .safetensors file or a Hub id",
+                                 param_hint="MODEL")
     ref = resolve_model(model, offline=offline)
     record = read_record(ref.path)
     card_path = ref.path / CARD_NAME if ref.path.is_dir() else None
