@@ -202,3 +202,20 @@ def test_init_refuses_a_conflicting_architecture(tmp_path):
     prior = save_model(model_for(PRIORS["ar-test"]), tmp_path / "prior")
     r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run2", "--init", prior, *FAST)
     assert r.returncode == 1 and b"needs a tokenizer" in r.stderr, r.stderr.decode()
+
+
+# ---- bad inputs, resuming, the run folder -------------------------------------------------------------------
+
+def test_unreadable_images_are_named_on_stderr_and_skipped(tmp_path):
+    imgs = make_images(tmp_path / "imgs", 4)
+    (imgs / "zero.png").write_bytes(b"")
+    (imgs / "junk.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    # a batch of all 6 files: every file is read in every step
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--preset", "tok-test", "--max-steps", "3", *FAST,
+               "--batch-size", "6")
+    assert r.returncode == 0, r.stderr.decode()
+    err = r.stderr.decode()
+    assert "zero.png" in err and "junk.jpg" in err and "skipped" in err, err
+    assert err.count("zero.png") == 1  # once, when it is first found
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and last["skipped_files"] == 2

@@ -131,6 +131,14 @@ class AugmentedImages(Dataset):
         raise RegvqError(f"{len(skipped)} images in a row could not be decoded, starting at "
                            f"{self.inputs.path(i)}; check the data")
 
+    def skip_reason(self, i: int) -> str:
+        """Why file ``i`` was skipped (it is read again: skipped files are rare, and reported once)."""
+        try:
+            self._load(i, random.Random(0))
+        except ImageSkip as e:
+            return e.reason
+        return "could not be read"  # readable now: it changed, or failed for a passing reason
+
     def center_batch(self, count: int) -> tuple[torch.Tensor, int]:
         """The first ``count`` decodable images, centre-cropped to size x size: ([k, 3, S, S], k)."""
         out = []

@@ -371,6 +371,7 @@ class TokenizerTrainer(Trainer):
 
         seed_everything(cfg.seed, self.dist.rank)  # from here on each rank draws its own masks and noise
         self.skipped: set[int] = set()
+        self.on_skip: Callable[[str, str], None] | None = None  # on_skip(path, reason) for each unreadable file
         if self.state_path.exists():
             self._resume()
 
@@ -433,7 +434,11 @@ class TokenizerTrainer(Trainer):
             )
             self._batch_iter = iter(loader)
         images, skipped = next(self._batch_iter)
-        self.skipped.update(skipped)
+        for j in skipped:
+            if j not in self.skipped:  # reported once, when first found (a resumed run knows the earlier ones)
+                self.skipped.add(j)
+                if self.on_skip is not None:
+                    self.on_skip(self.inputs.path(j), self.dataset.skip_reason(j))
         self.batches += 1  # micro-batches
         return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
@@ -609,9 +614,13 @@ class TokenizerTrainer(Trainer):
 
 
 def train_tokenizer(data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig | None = None,
-                    callback: Callable[[int, dict], None] | None = None) -> Path:
+                    callback: Callable[[int, dict], None] | None = None,
+                    on_skip: Callable[[str, str], None] | None = None) -> Path:
     """Train (or resume) a tokenizer on image folders; returns the exported model folder ``run_dir/model``.
 
-    ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar).
+    ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar);
+    ``on_skip(path, reason)`` once for each file this process finds it cannot decode (it is skipped).
     """
-    return TokenizerTrainer(data, run_dir, cfg or TrainTokenizerConfig()).run(callback)
+    trainer = TokenizerTrainer(data, run_dir, cfg or TrainTokenizerConfig())
+    trainer.on_skip = on_skip
+    return trainer.run(callback)
