@@ -219,3 +219,15 @@ def test_unreadable_images_are_named_on_stderr_and_skipped(tmp_path):
     assert err.count("zero.png") == 1  # once, when it is first found
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and last["skipped_files"] == 2
+
+
+def test_a_long_run_of_unreadable_files_is_skipped_and_training_goes_on(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(40):  # listed before the good ones
+        (imgs / f"a{i:02d}.png").write_bytes(b"")
+    make_images(imgs, 4)
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--preset", "tok-test", "--max-steps", "2", *FAST)
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+

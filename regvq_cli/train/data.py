@@ -12,8 +12,8 @@ on. The position to resume from is simply the number of batches consumed.
 regvq_cli.data.images (every Pillow mode to RGB, alpha composited on white, EXIF orientation applied),
 randomly scaled (shorter side = size * s, s uniform in ``scale_range``), randomly cropped to size x size,
 and flipped left-right with probability 1/2. Files that cannot be decoded are skipped: the item is replaced
-by the next decodable file (in listing order), and the skipped positions come back with the batch so the
-trainer can count them. ``center_batch`` gives un-augmented centre crops (for reconstruction grids).
+by the next decodable file (in listing order, however many bad files lie in between), and the skipped
+positions come back with the batch so the trainer can count them. ``center_batch`` gives un-augmented centre crops (for reconstruction grids).
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ class AugmentedImages(Dataset):
     """item (index, seed) -> (image float [3, size, size] in [-1, 1], skipped list of listing positions)."""
 
     def __init__(self, inputs: Inputs, size: int, scale_range: tuple[float, float] = (1.0, 1.25),
-                 hflip: bool = True, max_tries: int = 32):
+                 hflip: bool = True, max_tries: int | None = None):
         self.inputs, self.size = inputs, size
+        # files tried for one item before giving up (None: all of them, so that any run of bad files is skipped)
         self.scale_range, self.hflip, self.max_tries = tuple(scale_range), hflip, max_tries
 
     def __len__(self) -> int:
@@ -122,7 +123,8 @@ class AugmentedImages(Dataset):
         i, seed = key
         rng = random.Random(seed)
         skipped = []
-        for t in range(min(self.max_tries, len(self.inputs))):
+        tries = len(self.inputs) if self.max_tries is None else min(self.max_tries, len(self.inputs))
+        for t in range(tries):
             j = (i + t) % len(self.inputs)
             try:
                 return to_tensor(self._load(j, rng)), skipped
