@@ -231,3 +231,16 @@ def test_a_long_run_of_unreadable_files_is_skipped_and_training_goes_on(tmp_path
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "run" / "model" / "config.json").exists()
 
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_folder_of_only_unreadable_files_is_a_one_line_error(workers, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"")
+    (bad / "b.jpg").write_bytes(b"not a jpeg")
+    r = invoke("train-tokenizer", bad, "-o", tmp_path / "run", "--preset", "tok-test", "--max-steps", "2", *FAST,
+               "--workers", workers)
+    assert r.returncode == 1, r.stderr.decode()
+    lines = r.stderr.decode().strip().splitlines()
+    assert lines[-1].startswith("regvq: error: ") and "could be decoded" in lines[-1], lines
+    assert not any("Traceback" in line or "worker process" in line for line in lines), lines

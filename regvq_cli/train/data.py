@@ -141,6 +141,17 @@ class AugmentedImages(Dataset):
             return e.reason
         return "could not be read"  # readable now: it changed, or failed for a passing reason
 
+    def first_decodable(self) -> int | None:
+        """The listing position of the first file that decodes, or None when none does (checked before training, in
+        this process: an error raised in a DataLoader worker reaches the user wrapped in the worker's traceback)."""
+        for i in range(len(self.inputs)):
+            try:
+                self._load(i, random.Random(0))
+                return i
+            except ImageSkip:
+                continue
+        return None
+
     def center_batch(self, count: int) -> tuple[torch.Tensor, int]:
         """The first ``count`` decodable images, centre-cropped to size x size: ([k, 3, S, S], k)."""
         out = []

@@ -396,6 +396,10 @@ class TokenizerTrainer(Trainer):
                 maybe_compile(net, True, **COMPILE_OPTIONS)
 
         self.dataset = AugmentedImages(self.inputs, self.tok_cfg.image_size, cfg.scale_range, cfg.hflip)
+        if self.dataset.first_decodable() is None:
+            first = self.inputs.path(0)
+            raise RegvqError(f"none of the {len(self.inputs)} files in {', '.join(self.data)} could be decoded as an "
+                             f"image (the first, {first}: {self.dataset.skip_reason(0)}); check the data")
         # codes since the last log: on the device, read at logging
         self.window_counts = torch.zeros(self.tok_cfg.codebook_size, dtype=torch.float64, device=self.device)
         self.metrics = MetricsWriter(self.run_dir / METRICS_NAME, enabled=self.main)
