@@ -128,3 +128,9 @@ def test_recon_text_says_one_image_and_names_no_missing_feature_network(tmp_path
         assert r.returncode == 0, r.stderr.decode()
         assert b"protocol: 1 image at [32, 32], resize shorter-crop\n" in r.stderr, r.stderr.decode()
         assert b"1 images" not in r.stderr and b"None" not in r.stderr
+
+
+def test_gen_help_offers_no_option_it_refuses():
+    gen = invoke("eval", "gen", "--help")
+    assert gen.returncode == 0 and b"--no-fid" not in gen.stdout, gen.stdout.decode()
+    assert b"--no-fid" in invoke("eval", "recon", "--help").stdout

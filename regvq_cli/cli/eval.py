@@ -52,14 +52,17 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     return batches(), n
 
 
-def shared_options(f):
+def shared_options(f=None, *, hide_no_fid=False):
+    """The options `eval recon` and `eval gen` share; `eval gen` hides --no-fid, which it refuses."""
+    if f is None:
+        return lambda g: shared_options(g, hide_no_fid=hide_no_fid)
     for opt in reversed([
         click.option("--size", type=click.IntRange(8), default=None, help="Image size the metrics see (default: the tokenizer's, or 256)."),
         click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help="How images become SIZE x SIZE (see `regvq encode --help`)."),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images."),
         click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes."),
-        click.option("--no-fid", is_flag=True, help="Skip the Inception features (no FID/KID): fast."),
+        click.option("--no-fid", is_flag=True, hidden=hide_no_fid, help="Skip the Inception features (no FID/KID): fast."),
         click.option("--fid-method", type=click.Choice(["sqrtm", "eigh"]), default="sqrtm", show_default=True, help="Matrix square root of the Frechet distance (eigh: same value, faster)."),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the KID subsets."),
     ]):
@@ -130,7 +133,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
 @click.option("--steps", type=click.IntRange(1), default=None, help="With a diffusion --model: denoising steps.")
 @click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="With a diffusion --model: the sampler.")
 @click.option("--ref", "ref", required=True, type=click.Path(exists=True), help="Reference images (a folder) or cached statistics (.safetensors).")
-@shared_options
+@shared_options(hide_no_fid=True)
 @click.option("--save-ref-stats", type=click.Path(dir_okay=False), default=None, help="Write the reference statistics here for later runs.")
 @device_options
 @offline_option
