@@ -244,3 +244,21 @@ def test_a_folder_of_only_unreadable_files_is_a_one_line_error(workers, tmp_path
     lines = r.stderr.decode().strip().splitlines()
     assert lines[-1].startswith("regvq: error: ") and "could be decoded" in lines[-1], lines
     assert not any("Traceback" in line or "worker process" in line for line in lines), lines
+
+
+def test_resuming_compares_the_architecture_the_options_give(tmp_path):
+    imgs = make_images(tmp_path / "imgs", 4)
+    run = tmp_path / "run"
+    base = ["train-tokenizer", imgs, "-o", run, "--preset", "tok-test", "--gan-weight", "0", *FAST]
+    r = invoke(*base, "--quantizer", "vq", "--max-steps", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    # the preset's own values, now given explicitly: the same network, so the run resumes
+    r = invoke(*base, "--quantizer", "vq", "--codebook-size", "64", "--image-size", "32", "--max-steps", "2")
+    assert r.returncode == 0, r.stderr.decode()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # a cosine lookup is another model: refused, and nothing changes
+    before = (run / "state.pt").read_bytes()
+    r = invoke(*base, "--quantizer", "vq", "--vq-l2-norm", "--max-steps", "3")
+    assert r.returncode == 1 and b"vq_l2_norm" in r.stderr, r.stderr.decode()
+    assert (run / "state.pt").read_bytes() == before
+    assert json.loads((run / "model" / "config.json").read_text())["config"]["vq_l2_norm"] is False

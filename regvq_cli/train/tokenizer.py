@@ -413,10 +413,15 @@ class TokenizerTrainer(Trainer):
 
     def _restore(self, state: dict) -> None:
         old = state["config"]
-        for key in ("preset", "quantizer", "image_size", "codebook_size", "embed_dim", "logits", "vq_ema"):
-            if old.get(key) != getattr(self.cfg, key):
-                raise RegvqError(f"{self.run_dir} was started with {key}={old.get(key)!r}, not "
-                                 f"{getattr(self.cfg, key)!r}: use the same settings or a new run directory")
+        # the network the options give (a size left to the preset and the preset's size given are the same), against
+        # the state's; a state without its tokenizer config is compared option by option
+        arch = state.get("tokenizer_config")
+        have, now = (arch, self.tok_cfg) if arch is not None else (old, self.cfg)
+        for key in ("preset", *ARCH_FIELDS):
+            was, want = (old, self.cfg) if key == "preset" else (have, now)
+            if plain_value(was.get(key)) != plain_value(getattr(want, key)):
+                raise RegvqError(f"{self.run_dir} was started with {key}={was.get(key)!r}, not "
+                                 f"{getattr(want, key)!r}: use the same settings or a new run directory")
         if (state["disc"] is None) != (self.disc is None):
             raise RegvqError(f"{self.run_dir} was started {'with' if state['disc'] is not None else 'without'} "
                              "the GAN loss: keep the GAN weight's on/off setting or use a new run directory")
