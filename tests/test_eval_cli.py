@@ -134,3 +134,20 @@ def test_gen_help_offers_no_option_it_refuses():
     gen = invoke("eval", "gen", "--help")
     assert gen.returncode == 0 and b"--no-fid" not in gen.stdout, gen.stdout.decode()
     assert b"--no-fid" in invoke("eval", "recon", "--help").stdout
+
+
+def test_gen_with_cached_reference_says_the_statistics_carry_no_classes():
+    from regvq_cli.eval import fid as fidlib
+    from regvq_cli.eval.gen import evaluate_gen
+
+    def features(x):  # [B, 3, H, W] -> [B, 3]: the mean colour
+        return x.mean((2, 3))
+
+    torch.manual_seed(0)
+    ref = fidlib.FeatureStats(keep_features=True)  # cached statistics: features, no class names
+    ref.update(torch.randn(12, 3))
+    samples = [(torch.rand(6, 3, 8, 8) * 2 - 1, ["cat"] * 3 + ["dog"] * 3) for _ in range(2)]
+    result = evaluate_gen(samples, ref, feature_fn=features)
+    assert result["metrics"]["class_agreement"] is None
+    warning = [w for w in result["warnings"] if "class agreement" in w]
+    assert warning and "statistics" in warning[0] and "sub-folders" not in warning[0], result["warnings"]

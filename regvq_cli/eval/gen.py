@@ -211,7 +211,10 @@ def evaluate_gen(
             warnings.append(f"precision/recall with k={pr_k} needs more than {pr_k} images per set: not computed")
     agreement = None
     if sample_names:
-        if len(ref_names) != ref_stats.n or ref_stats.features is None:
+        if ref_batches is None:
+            warnings.append("the samples carry classes but cached reference statistics keep none: class agreement "
+                            "not measured (it needs the reference images themselves)")
+        elif len(ref_names) != ref_stats.n or ref_stats.features is None:
             warnings.append("the samples carry classes but the reference images do not (class sub-folders): "
                             "class agreement not measured")
         else:
