@@ -262,3 +262,15 @@ def test_resuming_compares_the_architecture_the_options_give(tmp_path):
     assert r.returncode == 1 and b"vq_l2_norm" in r.stderr, r.stderr.decode()
     assert (run / "state.pt").read_bytes() == before
     assert json.loads((run / "model" / "config.json").read_text())["config"]["vq_l2_norm"] is False
+
+
+@pytest.mark.parametrize("inside", ["run", "."])
+def test_a_run_folder_inside_the_data_is_refused(inside, tmp_path):
+    # its sample grids would become training images of the next resume
+    imgs = make_images(tmp_path / "imgs", 4)
+    r = invoke("train-tokenizer", imgs, "-o", imgs / inside, "--preset", "tok-test", "--max-steps", "1", *FAST,
+               "--sample-every", "1")
+    assert r.returncode == 1, r.stderr.decode()
+    err = r.stderr.decode().strip()
+    assert len(err.splitlines()) == 1 and err.startswith("regvq: error: ") and "inside" in err, err
+    assert sorted(p.name for p in imgs.iterdir()) == [f"img{i:03d}.png" for i in range(4)]

@@ -318,6 +318,12 @@ class TokenizerTrainer(Trainer):
 
         super().__init__(run_dir, cfg)
         self.data = [str(d) for d in data]
+        out = self.run_dir.resolve()
+        for d in self.data:
+            folder = Path(d).resolve()
+            if folder.is_dir() and (out == folder or folder in out.parents):
+                raise RegvqError(f"the run folder {run_dir} lies inside the data folder {d}: its sample grids would "
+                                 "be read as training images; put the run folder elsewhere")
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP would broadcast them, the EMA not)
 
         self.inputs = list_inputs(self.data)
