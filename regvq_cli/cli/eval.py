@@ -61,7 +61,7 @@ def shared_options(f=None, *, hide_no_fid=False):
         click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help="How images become SIZE x SIZE (see `regvq encode --help`)."),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images."),
-        click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes."),
+        click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8)."),
         click.option("--no-fid", is_flag=True, hidden=hide_no_fid, help="Skip the Inception features (no FID/KID): fast."),
         click.option("--fid-method", type=click.Choice(["sqrtm", "eigh"]), default="sqrtm", show_default=True, help="Matrix square root of the Frechet distance (eigh: same value, faster)."),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the KID subsets."),
