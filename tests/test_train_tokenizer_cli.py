@@ -274,3 +274,18 @@ def test_a_run_folder_inside_the_data_is_refused(inside, tmp_path):
     err = r.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and err.startswith("regvq: error: ") and "inside" in err, err
     assert sorted(p.name for p in imgs.iterdir()) == [f"img{i:03d}.png" for i in range(4)]
+
+
+def test_a_rerun_of_a_run_past_its_time_limit_trains_no_further_step(tmp_path):
+    imgs = make_images(tmp_path / "imgs", 4)
+    args = ["train-tokenizer", imgs, "-o", tmp_path / "run", "--preset", "tok-test", "--max-steps", "100",
+            "--time-limit", "0.001", *FAST]
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr.decode()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"no training step ran" in r.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]

@@ -273,6 +273,8 @@ class Trainer:
                 step_flops, counted_phase = 0.0, _NOT_COUNTED
                 t_last = time.perf_counter()
                 stop = interrupted = False
+                if cfg.time_limit is not None and self.step > 0:  # a resumed run that reached its limit: no step
+                    stop = any_rank(self.elapsed >= cfg.time_limit, self.device)
                 while self.step < cfg.max_steps and not stop:
                     phase = self._flop_phase()
                     if phase != counted_phase:  # count one step's FLOPs (the others do the same work)
