@@ -151,3 +151,14 @@ def test_gen_with_cached_reference_says_the_statistics_carry_no_classes():
     assert result["metrics"]["class_agreement"] is None
     warning = [w for w in result["warnings"] if "class agreement" in w]
     assert warning and "statistics" in warning[0] and "sub-folders" not in warning[0], result["warnings"]
+
+
+def test_recon_json_says_why_rfid_is_missing(tmp_path, tok):
+    imgs = make_images(tmp_path / "imgs", 2)
+    r = invoke("eval", "recon", imgs, "-m", tok, "--json", "--workers", "0")
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    assert result["metrics"]["rfid"] is None
+    assert any("too few for rFID" in w for w in result["warnings"]), result["warnings"]
+    text = invoke("eval", "recon", imgs, "-m", tok, "--workers", "0")
+    assert text.stderr.count(b"too few for rFID") == 1, text.stderr.decode()

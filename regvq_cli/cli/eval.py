@@ -112,8 +112,10 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     tokenizer = load(model or DEFAULT_TOKENIZER, device=dev, offline=offline, expect=TOKENIZER)
     size = size or tokenizer.config.image_size
     batches, n = image_batches(data, size, resize, batch_size, workers, limit)
+    too_few = None
     if n < MIN_FID_IMAGES and not no_fid:
-        warn(f"{plural(n, 'image')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least {MIN_FID_IMAGES}); reporting the other metrics")
+        too_few = f"{plural(n, 'image')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least {MIN_FID_IMAGES}); reporting the other metrics"
+        warn(too_few)
         no_fid = True
     have_stats = ref_stats is not None and os.path.exists(ref_stats)
     with progress(total=n, desc="eval", unit="img") as bar:
@@ -122,6 +124,8 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
             batch_size=batch_size, resize=resize, ref_stats=ref_stats if have_stats else None,
             save_ref_stats=ref_stats if ref_stats and not have_stats else None, fid_method=fid_method, seed=seed,
             data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=lambda done, total: bar.update(done - bar.n))
+    if too_few and as_json:  # said on stderr already; the JSON result says why rFID is missing too
+        result["warnings"].insert(0, too_few)
     show(result, as_json)
 
 
