@@ -289,3 +289,23 @@ def test_a_rerun_of_a_run_past_its_time_limit_trains_no_further_step(tmp_path):
     assert b"no training step ran" in r.stderr
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1]
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--no-prior", "--prior-weight", "0.5"], "--prior-weight"),
+    (["--no-mask", "--mask-ratio", "0.2"], "--mask-ratio"),
+    (["--quantizer", "vq", "--mask-ratio", "0.2"], "--mask-ratio"),
+    (["--quantizer", "regvq", "--vq-ema"], "--vq-ema"),
+    (["--quantizer", "gumbel", "--commitment-weight", "0.5"], "--commitment-weight"),
+    (["--quantizer", "vq", "--gumbel-kl-weight", "0.1"], "--gumbel-kl-weight"),
+    (["--contrastive-weight", "0", "--tau", "0.1"], "--tau"),
+    (["--gan-weight", "0", "--gan-start", "10"], "--gan-start"),
+    (["--logits", "distance", "--logit-init", "2"], "--logit-init"),
+])
+def test_options_that_would_do_nothing_are_usage_errors(args, named, tmp_path):
+    imgs = make_images(tmp_path / "imgs", 2)
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--preset", "tok-test", *args, "--max-steps", "1",
+               *FAST)
+    assert r.returncode == 2, r.stderr.decode()
+    assert named.encode() in r.stderr and b"Traceback" not in r.stderr, r.stderr.decode()
+    assert not (tmp_path / "run").exists()

@@ -96,6 +96,47 @@ OPTIONS = [
 ]
 
 
+# options that only act under a setting: (fields, the setting as a test of the options' values, what it is called)
+QUANTIZER_ONLY = {
+    "regvq": ("use_prior", "prior_weight", "prior_start", "prior_ramp", "use_mask", "mask_ratio", "mask_warmup",
+              "logits", "logit_init"),
+    "vq": ("vq_ema", "vq_l2_norm", "commitment_weight", "codebook_weight"),
+    "gumbel": ("gumbel_kl_weight",),
+}
+NEEDS = [
+    (("prior_weight", "prior_start", "prior_ramp"), lambda f: f["use_prior"], "--prior"),
+    (("mask_ratio", "mask_warmup"), lambda f: f["use_mask"], "--mask"),
+    (("logit_init",), lambda f: f["logits"] == "linear", "--logits linear"),
+    (("temperature", "temperature_min", "temperature_anneal"), lambda f: f["quantizer"] != "vq",
+     "--quantizer regvq or gumbel"),
+    (("pcl", "pcl_floor", "tau", "num_patches"), lambda f: f["contrastive_weight"] > 0, "--contrastive-weight > 0"),
+    (("gan_start", "disc_lr"), lambda f: f["gan_weight"] > 0, "--gan-weight > 0"),
+    (("perceptual_weights",), lambda f: f["perceptual_net"] != "inception", "--perceptual-net vgg16, vgg19 or lpips"),
+]
+FLAGS = {name: flag for flag, name, *_ in OPTIONS}
+
+
+def check_option_conflicts(fields: dict, quantizer_known: bool) -> None:
+    """A usage error for an option given on the command line that its other options make do nothing (--no-prior
+    with --prior-weight, --quantizer vq with --mask-ratio, ...). ``quantizer_known``: False with --init and no
+    --quantizer, where the model's quantizer decides."""
+    given = explicit_options(list(fields), fields)
+
+    def flag(name):
+        if isinstance(fields[name], bool):  # the on or the off form of a switch, as it was given
+            on, _, off = FLAGS[name].partition("/")
+            return on if fields[name] else off
+        return FLAGS[name].split("/")[0]
+
+    rules = [(names, test, what) for names, test, what in NEEDS]
+    if quantizer_known:
+        rules += [(names, lambda f, q=q: f["quantizer"] == q, f"--quantizer {q}")
+                  for q, names in QUANTIZER_ONLY.items()]
+    for names, test, what in rules:
+        for name in names:
+            if name in given and not test(fields):
+                raise click.UsageError(f"{flag(name)} only acts with {what}: drop it, or set {what}")
+
 
 @click.command("train-tokenizer")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
@@ -125,6 +166,8 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options
     from regvq_cli.train.tokenizer import train_tokenizer as train
 
+    check_option_conflicts(fields, quantizer_known=fields["init"] is None or
+                           bool(explicit_options(["quantizer"], fields)))
     given = {k: v for k, v in fields.items() if v is not None}
     if "perceptual_weights" in given:
         given["perceptual_weights"] = [given["perceptual_weights"]]
