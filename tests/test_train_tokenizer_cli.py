@@ -309,3 +309,13 @@ def test_options_that_would_do_nothing_are_usage_errors(args, named, tmp_path):
     assert r.returncode == 2, r.stderr.decode()
     assert named.encode() in r.stderr and b"Traceback" not in r.stderr, r.stderr.decode()
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_resume_state_is_named_in_a_one_line_error(tmp_path):
+    imgs = make_images(tmp_path / "imgs", 2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "state.pt").write_bytes(b"")
+    r = invoke("train-tokenizer", imgs, "-o", tmp_path / "run", "--preset", "tok-test", "--max-steps", "1", *FAST)
+    assert r.returncode == 1, r.stderr.decode()
+    err = r.stderr.decode().strip()
+    assert len(err.splitlines()) == 1 and "cannot read the resume state" in err and "state.pt" in err, err

@@ -263,7 +263,8 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RegvqError(f"cannot read the resume state {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        first = (str(e).splitlines() or ["an empty or cut-short file"])[0][:200]  # some errors have no message
+        raise RegvqError(f"cannot read the resume state {path} ({type(e).__name__}: {first}); "
                          "delete it to start over") from e
 
 
