@@ -155,7 +155,7 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     torchrun --nproc-per-node 8 -m regvq_cli train-tokenizer ./photos -o runs/big --preset vqgan-f16
 
     Rerunning on the same OUT resumes from its last checkpoint; SIGTERM or Ctrl-C stops after the current step
-    and checkpoints first (exit 128 + the signal). OUT holds metrics.jsonl, samples/ and model/.
+    and checkpoints first (exit 128 + the signal). OUT holds metrics.jsonl, samples/, state.pt (the resume state) and model/.
     --init starts a new run (step 0) from a model's weights; its model card records the model. metrics.jsonl
     logs the TFLOP/s per GPU of the whole step (autoencoder, feature network, discriminator; one step's FLOPs,
     counted) and MFU against the GPU's bf16 peak where it is known (H200) or set in REGVQ_PEAK_TFLOPS.
