@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
+from regvq_cli.cli._common import (TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
                                    report_export, resumable, table_options, training_progress)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
@@ -68,7 +68,7 @@ OPTIONS = [
     ("--sample-cfg", "sample_cfg", FiniteFloatRange(0), 1.5, "Guidance scale of the sample grids."),
     ("--sample-steps", "sample_steps", click.IntRange(1), None, "diffusion: steps of the sample grids (default: all timesteps)."),
     ("--decode-samples/--no-decode-samples", "decode_samples", bool, True, "Decode sample grids to PNG with the shards' tokenizer when it loads."),
-    ("--seed", "seed", click.IntRange(0, 2**32 - 1), 0, "Random seed."),  # the data order seeds with seed * 1,000,003
+    ("--seed", "seed", TRAIN_SEED, 0, "Random seed."),
 ]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
+from regvq_cli.cli._common import (TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
                                    json_option, report_export, resumable, table_options, training_progress, warn)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
@@ -92,7 +92,7 @@ OPTIONS = [
     ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
     ("--sample-every", "sample_every", click.IntRange(0), 500, "Write a reconstruction grid to OUT/samples every N steps (0: never)."),
     ("--checkpoint-every", "checkpoint_every", click.IntRange(1), 500, "Save the resume state every N steps."),
-    ("--seed", "seed", click.IntRange(0, 2**32 - 1), 0, "Random seed."),  # the data order seeds with seed * 1,000,003
+    ("--seed", "seed", TRAIN_SEED, 0, "Random seed."),
 ]
 
 
@@ -128,7 +128,7 @@ def check_option_conflicts(fields: dict, quantizer_known: bool) -> None:
             return on if fields[name] else off
         return FLAGS[name].split("/")[0]
 
-    rules = [(names, test, what) for names, test, what in NEEDS]
+    rules = list(NEEDS)
     if quantizer_known:
         rules += [(names, lambda f, q=q: f["quantizer"] == q, f"--quantizer {q}")
                   for q, names in QUANTIZER_ONLY.items()]
