@@ -63,16 +63,14 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
         raise RegvqError(f"the tokens use a codebook of {rec_codes} codes but {name} has {tokenizer.codebook_size}; "
                          "decode with the tokenizer that made them")
     if rec_grid is not None:  # the grid the tokenizer makes of pictures of the size the tokens were encoded at
-        ok_size = isinstance(rec_size, list) and len(rec_size) == 2 and all(isinstance(v, int) and v > 0 for v in rec_size)
-        size = tuple(rec_size) if ok_size else tokenizer.config.image_size
+        size = rec_size or (tokenizer.config.image_size,) * 2
         try:
             made = tokenizer.grid_size(size)
         except RegvqError:
             made = None
-        if made is None or tuple(rec_grid) != tuple(made):
-            px = "x".join(map(str, size if isinstance(size, tuple) else (size, size)))
-            raise RegvqError(f"the tokens are {rec_grid[0]}x{rec_grid[1]} grids of {px} px pictures but {name} makes "
-                             f"{'no whole grid' if made is None else '{}x{}'.format(*made)} of those; "
+        if made is None or tuple(rec_grid) != made:
+            raise RegvqError(f"the tokens are {rec_grid[0]}x{rec_grid[1]} grids of {size[0]}x{size[1]} px pictures but "
+                             f"{name} makes {'no whole grid' if made is None else '{}x{}'.format(*made)} of those; "
                              "decode with the tokenizer that made them")
     if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
         warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")

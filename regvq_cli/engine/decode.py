@@ -29,20 +29,27 @@ class Batch:
         self.tokens, self.keys, self.where = tokens, keys, where  # where: "shard-00003.safetensors row 7"
 
 
-def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None, list | None]:
-    """(tokenizer id, weights sha256, grid, codebook size, image size [h, w] the images were encoded at) recorded
-    with a token folder or shard file."""
+def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None,
+                                         tuple[int, int] | None]:
+    """(tokenizer id, weights sha256, grid, codebook size, image size (h, w) the images were encoded at) recorded
+    with a token folder or shard file; the size is None where none, or no pair of positive integers, is recorded."""
     if source == "-":
         return None, None, None, None, None
     reader = ShardReader(source)
     if reader.manifest is not None:
         t = reader.manifest["tokenizer"]
         size = reader.manifest["preprocessing"].get("size")
-        return t.get("id"), t.get("sha256"), reader.grid, reader.codebook_size, size
+        return t.get("id"), t.get("sha256"), reader.grid, reader.codebook_size, _image_size(size)
     from regvq_cli.data.shards import read_shard
 
     run = read_shard(source)["run"]
-    return run.tokenizer_id, run.tokenizer_sha256, run.grid, run.codebook_size, run.preprocessing.get("size")
+    return run.tokenizer_id, run.tokenizer_sha256, run.grid, run.codebook_size, _image_size(run.preprocessing.get("size"))
+
+
+def _image_size(size) -> tuple[int, int] | None:
+    """A recorded [h, w] as a tuple, or None when it is not a pair of positive integers."""
+    ok = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+    return tuple(size) if ok else None
 
 
 def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
