@@ -32,6 +32,18 @@ def tanh_approx(x, BF16X2: tl.constexpr):
 
 
 @triton.jit
+def normalise(a, ok, SCALE, SHIFT, SILU: tl.constexpr):
+    # silu(a * scale + shift) in float32 for a [BM, BK] block of one image's pixels (SCALE, SHIFT: its BK channels'
+    # pointers); zero where ok [BM] is false: the padding is zero after the norm
+    y = a.to(tl.float32) * tl.load(SCALE)[None, :] + tl.load(SHIFT)[None, :]
+    if SILU == 0:
+        y = y * tl.sigmoid(y)
+    else:
+        y = y * (0.5 + 0.5 * tanh_approx(0.5 * y, SILU == 2))
+    return tl.where(ok[:, None], y, 0.0)
+
+
+@triton.jit
 def conv3x3_kernel(X, WT, BIAS, SCALE, SHIFT, Y, H, W, CI: tl.constexpr, CO: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, PROLOGUE: tl.constexpr, SILU: tl.constexpr,
                    STAGES: tl.constexpr):
@@ -54,14 +66,7 @@ def conv3x3_kernel(X, WT, BIAS, SCALE, SHIFT, Y, H, W, CI: tl.constexpr, CO: tl.
         ok = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)  # zero padding
         a = tl.load(X + ((b * H + hh) * W + ww)[:, None] * CI + (c0 + k)[None, :], mask=ok[:, None], other=0.0)
         if PROLOGUE:
-            s = tl.load(SCALE + b * CI + c0 + k)
-            t = tl.load(SHIFT + b * CI + c0 + k)
-            y = a.to(tl.float32) * s[None, :] + t[None, :]
-            if SILU == 0:
-                y = y * tl.sigmoid(y)
-            else:
-                y = y * (0.5 + 0.5 * tanh_approx(0.5 * y, SILU == 2))
-            a = tl.where(ok[:, None], y, 0.0).to(X.dtype.element_ty)  # the padding is zero after the norm
+            a = normalise(a, ok, SCALE + b * CI + c0 + k, SHIFT + b * CI + c0 + k, SILU).to(X.dtype.element_ty)
         wt = tl.load(WT + (tap * CI + c0 + k)[:, None] * CO + n[None, :])
         acc = tl.dot(a, wt, acc)
     acc += tl.load(BIAS + n).to(tl.float32)[None, :]
@@ -90,14 +95,7 @@ def conv3x3_tma_kernel(XD, WD, BIAS, SCALE, SHIFT, Y, H, W, CI: tl.constexpr, CO
         if PROLOGUE:
             ww = wl + tl.arange(0, BM)
             ok = (ww >= 0) & (ww < W) & (hh >= 0) & (hh < H)
-            s = tl.load(SCALE + b * CI + c0 + k)
-            t = tl.load(SHIFT + b * CI + c0 + k)
-            y = a.to(tl.float32) * s[None, :] + t[None, :]
-            if SILU == 0:
-                y = y * tl.sigmoid(y)
-            else:
-                y = y * (0.5 + 0.5 * tanh_approx(0.5 * y, SILU == 2))
-            a = tl.where(ok[:, None], y, 0.0).to(XD.dtype)
+            a = normalise(a, ok, SCALE + b * CI + c0 + k, SHIFT + b * CI + c0 + k, SILU).to(XD.dtype)
         wt = WD.load([tap * CI + c0, pid_n * BN])
         acc = tl.dot(a, wt, acc)
     acc += tl.load(BIAS + n).to(tl.float32)[None, :]
