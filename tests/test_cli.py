@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from regvq_cli import __version__
 from regvq_cli.cli import COMMANDS, cli
 from regvq_cli.cli.completion import SHELLS, completion_script
+from regvq_cli.errors import RegvqError
 from tests.conftest import REPO, run_cli
 
 # Runs the CLI with torch (and transformers) made unimportable: any import of them on this path fails.
@@ -115,6 +116,36 @@ def _commands():
             todo += [(f"{name} {sub}", cmd.get_command(ctx, sub)) for sub in cmd.list_commands(ctx)]
         else:
             yield name, cmd
+
+
+class _Failing:
+    """A dataset whose every item raises `error` (in a DataLoader worker)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, line", [
+    (RegvqError("4 images in a row could not be decoded, starting at a.png; check the data"),
+     "regvq: error: 4 images in a row could not be decoded, starting at a.png; check the data"),
+    (ValueError("bad value"), "regvq: error: ValueError: bad value (set REGVQ_DEBUG=1 for the traceback)"),
+], ids=["ours", "other"])
+def test_an_error_raised_in_a_data_loading_worker_is_one_line(error, line):
+    import click
+    import torch
+
+    @click.command()
+    def load():  # torch raises the worker's error again here, with the worker's traceback in its message
+        next(iter(torch.utils.data.DataLoader(_Failing(error), num_workers=1)))
+
+    r = CliRunner().invoke(cli.__class__(commands={"load": load}), ["load"])
+    assert r.exit_code == 1 and r.stderr.strip() == line, r.stderr
 
 
 def test_out_of_memory_names_the_batch_size_to_try_on_every_batched_command():

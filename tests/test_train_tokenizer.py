@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -190,6 +191,20 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_a_rerun_resumes(tmp
     resumed = TokenizerTrainer([data], tmp_path / "run", fast_cfg(max_steps=6, checkpoint_every=100))
     assert resumed.step == 3
     assert (resumed.run() / "config.json").exists() and resumed.step == 6
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_files_that_go_bad_mid_run_stop_it_with_one_line(workers, tmp_path):
+    from regvq_cli.cli import describe
+
+    data = make_images(tmp_path / "imgs", n=4)
+    trainer = TokenizerTrainer([data], tmp_path / "run", fast_cfg(max_steps=4, num_workers=workers))
+    for f in data.iterdir():  # after the start-up check, as when the data's disk goes away
+        f.write_bytes(b"")
+    with pytest.raises(RegvqError) as stopped:
+        trainer.run()
+    line = describe(stopped.value)  # what the CLI prints; from a worker, torch's message holds its traceback
+    assert re.fullmatch(r"4 images in a row could not be decoded, starting at \S+img0\d\.png; check the data", line), line
 
 
 def test_time_limit_stops_and_exports(tmp_path):

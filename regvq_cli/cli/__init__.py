@@ -90,18 +90,33 @@ class LazyGroup(click.Group):
 
 
 def describe(e: BaseException) -> str:
-    """One line for a failure: our own errors as they are; others with their type and a hint."""
+    """One line for a failure: our own errors as they are; others with their type and a hint. An error raised in
+    a DataLoader worker reaches the main process with the worker's traceback in its message: the original's last
+    line is what is described."""
     from regvq_cli.errors import RegvqError
 
+    kind, text = type(e).__name__, str(e).strip()
+    original = worker_original(text)
+    if original is not None:
+        kind, _, text = original.partition(": ")
+        kind = kind.rsplit(".", 1)[-1]
     if isinstance(e, RegvqError):
-        return str(e)
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return text if original is not None else str(e)
+    text = text.splitlines()[0] if text else ""
     if "out of memory" in text.lower():
         return f"out of memory ({text[:120]}); lower --batch-size and run again"
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror}"
-    return f"{type(e).__name__}: {text} (set REGVQ_DEBUG=1 for the traceback)"
+    return f"{kind}: {text} (set REGVQ_DEBUG=1 for the traceback)"
+
+
+def worker_original(text: str) -> str | None:
+    """The last line of the original traceback ("module.Type: message") in the message of an error that torch's
+    DataLoader raised again in the main process after a worker raised it; None for any other message."""
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return None
+    return text.rstrip().splitlines()[-1]
 
 
 SIGPIPE_EXIT = 141
