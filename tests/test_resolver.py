@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -45,8 +46,20 @@ def test_unknown_name_lists_what_exists():
 
 
 def test_folder_that_is_not_a_model(tmp_path):
-    with pytest.raises(RegvqError, match="not a model folder"):
+    with pytest.raises(RegvqError, match="not a model folder: it has no config.json and no model.safetensors$"):
         resolve_model(str(tmp_path))
+
+
+def test_a_training_runs_folder_points_to_its_model(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.pt").write_bytes(b"")
+    with pytest.raises(RegvqError, match="run has not exported its model yet"):
+        resolve_model(str(run))
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    with pytest.raises(RegvqError, match=f"training run's folder: its model is {re.escape(str(run / 'model'))}$"):
+        resolve_model(str(run))
 
 
 def test_shipped_names_are_folders_with_weights():

@@ -108,10 +108,22 @@ def read_record(path) -> dict:
         elif (path / WEIGHTS_NAME).is_file():
             record = _record_from_safetensors(path / WEIGHTS_NAME)
         else:
-            raise RegvqError(f"{path} is not a model folder: it has no {CONFIG_NAME} and no {WEIGHTS_NAME}")
+            raise RegvqError(f"{path} is not a model folder: it has no {CONFIG_NAME} and no {WEIGHTS_NAME}"
+                             f"{_run_folder_hint(path)}")
     else:
         record = _record_from_safetensors(path)
     return check_record(record, str(path))
+
+
+def _run_folder_hint(path: Path) -> str:
+    """For a training run's folder given where a model is wanted: where the run's model is, or that it has none yet
+    (the training commands export it to RUN/model when they finish; RUN/state.pt is their resume state)."""
+    model = path / "model"
+    if (model / CONFIG_NAME).is_file() or (model / WEIGHTS_NAME).is_file():
+        return f"; it is a training run's folder: its model is {model}"
+    if (path / "state.pt").is_file():
+        return "; it is a training run's folder, and the run has not exported its model yet (it does when it finishes)"
+    return ""
 
 
 def check_record(record, where: str) -> dict:
