@@ -247,6 +247,9 @@ def test_verify_catches_a_flipped_byte(tmp_path, tokenizer_dir):
     shard.write_bytes(bytes(data))
     r = invoke("shards", "verify", tmp_path / "tok")
     assert r.returncode == 1 and b"sha256" in r.stdout
+    assert r.stderr.decode().strip().splitlines()[-1].startswith("regvq: error: 1 problem in "), r.stderr
+    r = encode(tmp_path / "imgs", "-o", tmp_path / "tok", "-m", tokenizer_dir)  # as the error says: it repairs
+    assert r.returncode == 0 and invoke("shards", "verify", tmp_path / "tok").returncode == 0
 
 
 def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):

@@ -50,13 +50,18 @@ def verify(tokens, no_tokens, as_json):
     problems = verify_folder(tokens, check_tokens=not no_tokens)
     if as_json:
         emit_json({"ok": not problems, "problems": problems})
-    else:
-        for p in problems:
-            click.echo(p)
-        if not problems:
-            info(f"{tokens}: ok")
-    if problems:
-        raise click.exceptions.Exit(1)
+        if problems:
+            raise click.exceptions.Exit(1)
+        return
+    for p in problems:  # the result: one problem a line on stdout
+        click.echo(p)
+    if not problems:
+        info(f"{tokens}: ok")
+        return
+    from regvq_cli.errors import RegvqError
+
+    raise RegvqError(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {tokens} (listed above): run the "
+                     "`regvq encode` command that wrote it again, which rewrites the shards that fail")
 
 
 @shards.command()
