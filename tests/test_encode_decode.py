@@ -391,3 +391,11 @@ def test_a_bad_row_in_a_batch_keeps_the_rows_before_it(tmp_path, tokenizer_dir):
     r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec2", input=f"{good}\n{good}\n{bad}\n{good}\n")
     assert r.returncode == 1 and b"stdin line 3: token 70" in r.stderr, r.stderr.decode()
     assert sorted(os.listdir(tmp_path / "rec2")) == ["000000.png", "000001.png"]
+
+
+def test_a_contact_sheet_is_never_wider_than_its_images():
+    from regvq_cli.engine.decode import contact_sheet
+
+    images = np.zeros((3, 4, 5, 3), np.uint8)
+    assert contact_sheet(images, cols=8).shape == contact_sheet(images, cols=3).shape == (2 + 4 + 2, 2 + 3 * 7, 3)
+    assert contact_sheet(images).shape == (2 * 6 + 2, 2 * 7 + 2, 3)  # square by default: 2 x 2

@@ -15,7 +15,7 @@ from regvq_cli.cli._common import batch_size_hint, compiling_note, device_option
 @click.option("-o", "--out", required=True, type=click.Path(), help="Output folder for PNGs (a .png file with --grid).")
 @model_option(help_text="Tokenizer to decode with (default: the one recorded in the manifest; needed for tokens on stdin, which record none).")
 @click.option("--grid", "grid_sheet", is_flag=True, help="Write one contact sheet PNG to OUT instead of one PNG per grid.")
-@click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square).")
+@click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square; at most the number of images).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Decode only the first N grids.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Grids per device batch.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder.")

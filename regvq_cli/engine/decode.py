@@ -208,9 +208,10 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
 
 
 def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 [n, H, W, 3] -> one uint8 image with the n images in a grid (white gaps of `pad` pixels)."""
+    """uint8 [n, H, W, 3] -> one uint8 image with the n images in a grid (white gaps of `pad` pixels); `cols`
+    (default: a square) is capped at n, so a sheet is never wider than its images."""
     n, h, w, _ = images.shape
-    cols = cols or int(np.ceil(np.sqrt(n)))
+    cols = min(cols or int(np.ceil(np.sqrt(n))), n)
     rows = int(np.ceil(n / cols))
     sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i, img in enumerate(images):
