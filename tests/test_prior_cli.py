@@ -224,6 +224,12 @@ def test_segmentation_map_prior(work, tmp_path):
     Image.fromarray(np.full((8, 8), 7, dtype=np.uint8), mode="L").save(bad)
     line = one_line_error(invoke("sample", "-m", model, "--seg-map", bad, "-o", tmp_path / "x"))
     assert "label 7" in line
+    jpeg = tmp_path / "map.jpg"  # a JPEG map samples, with a warning about its edges
+    Image.open(maps[0]).save(jpeg, quality=95)
+    r = ok(invoke("sample", "-m", model, "--seg-map", jpeg, "--steps", "2", "-o", tmp_path / "j"))
+    assert f"regvq: warning: {jpeg} is a JPEG" in r.stderr.decode(), r.stderr
+    assert "is a JPEG" not in ok(invoke("sample", "-m", model, "--seg-map", maps[0], "--steps", "2", "-o",
+                                        tmp_path / "p")).stderr.decode()
 
 
 def test_sampler_options_are_for_diffusion_only(ar_model, tmp_path):

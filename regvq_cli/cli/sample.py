@@ -277,6 +277,8 @@ def load_maps(paths, size):
             maps.append(load_segmap(path, size, resize="shorter-crop"))
         except ImageSkip as e:
             raise RegvqError(f"{path}: {e.reason}") from None
+        if str(path).lower().endswith((".jpg", ".jpeg")):
+            warn(f"{path} is a JPEG: lossy compression changes class ids along region edges; save maps as PNG")
     dtype = np.int16 if any(m.dtype == np.int16 for m in maps) else np.uint8
     return np.stack(maps).astype(dtype)
 
