@@ -269,8 +269,12 @@ def test_verify_reports_out_of_range_tokens_and_extra_files(tmp_path):
 
 
 def test_read_manifest_errors(tmp_path):
+    with pytest.raises(RegvqError, match="is not a token folder: it has no manifest.json and no shards"):
+        read_manifest(tmp_path)  # an empty folder, or one of images
+    (tmp_path / "shard-00000.safetensors").write_bytes(b"")
     with pytest.raises(RegvqError, match="no manifest.json.*shards merge"):
-        read_manifest(tmp_path)
+        read_manifest(tmp_path)  # shards without their manifest (a split run): merge them
+    (tmp_path / "shard-00000.safetensors").unlink()
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(RegvqError, match="not valid JSON"):
         read_manifest(tmp_path)

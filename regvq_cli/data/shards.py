@@ -511,6 +511,14 @@ def _parse_shard(path: str) -> _ShardFile:
     return _ShardFile(k, path, count, (start, stop), run, skipped, h)
 
 
+def _has_shard_files(folder: str) -> bool:
+    """Whether `folder` holds any file named like a shard (valid or not)."""
+    try:
+        return any(_SHARD_RE.match(name) for name in os.listdir(folder))
+    except OSError:
+        return False
+
+
 def _scan(out_dir: str) -> tuple[dict[int, _ShardFile], dict[str, str]]:
     """Valid shard files by index, and {file name: problem} for shard files that are not."""
     good: dict[int, _ShardFile] = {}
@@ -668,6 +676,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)
     except FileNotFoundError:
+        if not _has_shard_files(folder):
+            raise RegvqError(f"{folder} is not a token folder: it has no {MANIFEST} and no shards (`regvq encode` "
+                             "writes token folders)") from None
         raise RegvqError(f"no {MANIFEST} in {folder}; if its shards are complete run `regvq shards merge {folder}`") from None
     except OSError as e:
         raise RegvqError(f"cannot read {path}: {e.strerror or e}") from None
