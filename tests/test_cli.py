@@ -67,6 +67,22 @@ def test_completions_shipped_are_current():
         assert shipped == completion_script(shell), f"completions/regvq.{shell} is stale: regenerate it with `regvq completion {shell}`"
 
 
+def test_every_command_takes_quiet_and_verbose_after_its_name_too(tmp_path):
+    from tests.test_shards import make_run, write_all
+
+    from regvq_cli.data.shards import write_manifest
+
+    for name, cmd in _commands():
+        assert {"quiet", "verbose"} <= {p.name for p in cmd.params}, name
+    write_all(tmp_path, make_run())
+    write_manifest(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["shards", "verify", str(tmp_path)]).stderr.strip() == f"{tmp_path}: ok"
+    assert runner.invoke(cli, ["shards", "verify", str(tmp_path), "-q"]).stderr == ""  # info hidden
+    r = runner.invoke(cli, ["-q", "shards", "verify", str(tmp_path), "-v"])  # the counts add up: back to normal
+    assert r.exit_code == 0 and r.stderr.strip() == f"{tmp_path}: ok"
+
+
 def test_usage_error_exits_2():
     r = run_cli("models", "--no-such-flag")
     assert r.returncode == 2

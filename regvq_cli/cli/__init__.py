@@ -61,7 +61,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        return with_verbosity_options(getattr(importlib.import_module(module), attr))
 
     def format_commands(self, ctx, formatter):
         # Help text from the table, without importing every command module.
@@ -119,14 +119,43 @@ def worker_original(text: str) -> str | None:
     return text.rstrip().splitlines()[-1]
 
 
+QUIET_HELP = "Less output on stderr (-q: no progress bars or info; -qq: errors only)."
+VERBOSE_HELP = "More output on stderr (-v: details; -vv: debug)."
+
+
+def with_verbosity_options(cmd: click.Command) -> click.Command:
+    """`cmd`, with every command under it taking -q and -v after its name too (`regvq encode imgs -o t -q`), on
+    top of the group's own (`regvq -q encode ...`); both count."""
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            with_verbosity_options(sub)
+    elif not any(p.name == "quiet" for p in cmd.params):
+        cmd.params += [
+            click.Option(["-q", "--quiet"], count=True, expose_value=False, callback=_adjust_verbosity(-1),
+                         help=QUIET_HELP),
+            click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_adjust_verbosity(1),
+                         help=VERBOSE_HELP),
+        ]
+    return cmd
+
+
+def _adjust_verbosity(sign: int):
+    def callback(ctx, param, count):
+        if count:
+            from regvq_cli.cli import _common
+
+            _common.set_verbosity(_common.verbosity() + sign * count)
+    return callback
+
+
 SIGPIPE_EXIT = 141
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="regvq", message="%(prog)s %(version)s")
-@click.option("-q", "--quiet", count=True, help="Less output on stderr (-q: no progress bars or info; -qq: errors only).")
-@click.option("-v", "--verbose", count=True, help="More output on stderr (-v: details; -vv: debug).")
+@click.option("-q", "--quiet", count=True, help=QUIET_HELP)
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
 @click.pass_context
 def cli(ctx, quiet, verbose):
     """Tokenize images with Regularized Vector Quantization, and generate from the tokens.

@@ -21,6 +21,10 @@ def set_verbosity(level: int) -> None:
     _verbosity = level
 
 
+def verbosity() -> int:
+    return _verbosity
+
+
 def rank() -> int:
     """This process's rank under torchrun (0 when run alone)."""
     return int(os.environ.get("RANK", "0"))
