@@ -50,6 +50,16 @@ def test_folder_that_is_not_a_model(tmp_path):
         resolve_model(str(tmp_path))
 
 
+def test_a_missing_path_that_reads_as_a_hub_id_says_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # runs/tok-a: a run that was never made here, or a Hub id
+    with pytest.raises(RegvqError, match=r"runs/tok-a is not in the Hugging Face cache.*; nor is there a file or "
+                                         r"folder runs/tok-a \(check the path\)$"):
+        resolve_model("runs/tok-a", offline=True)
+    with pytest.raises(RegvqError, match=r"acme/tok is not in the Hugging Face cache.*download it$"):
+        resolve_model("acme/tok", offline=True)  # no acme/ here: a Hub id, said as before
+
+
 def test_a_training_runs_folder_points_to_its_model(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -64,7 +64,12 @@ def resolve_model(spec: str, offline: bool = False) -> ResolvedModel:
     if spec in shipped_model_names():
         return ResolvedModel(spec, shipped_models_dir() / spec, "shipped")
     if HUB_ID.match(spec):
-        return _resolve_hub(spec, offline)
+        try:
+            return _resolve_hub(spec, offline)
+        except RegvqError as e:
+            if path.parent != Path(".") and path.parent.is_dir():  # "runs/model" with a runs/ here: meant as a path?
+                raise RegvqError(f"{e}; nor is there a file or folder {spec} (check the path)") from None
+            raise
     if spec in (DEFAULT_TOKENIZER, DEFAULT_TEXT_PRIOR, DEFAULT_SEGMAP_PRIOR):
         raise RegvqError(
             f"this regvq has no embedded default model {spec!r}: pass --model (a model folder, a .safetensors "
