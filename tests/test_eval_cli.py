@@ -32,6 +32,7 @@ def test_recon_json_follows_the_schema_and_skips_bad_files(tmp_path, tok):
     assert result["metrics"]["rfid"] is None  # 4 images: too few for FID, said on stderr
     assert 0 < result["metrics"]["psnr"] < 100 and result["metrics"]["codebook_size"] == 64
     assert b"skipped broken.png" in r.stderr and b"too few for rFID" in r.stderr
+    assert b"5 inputs are too few" in r.stderr  # 4 images and a broken file: not "5 images"
 
 
 def test_gen_measures_fid_kid_precision_recall(tmp_path):

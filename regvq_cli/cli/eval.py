@@ -114,7 +114,9 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     batches, n = image_batches(data, size, resize, batch_size, workers, limit)
     too_few = None
     if n < MIN_FID_IMAGES and not no_fid:
-        too_few = f"{plural(n, 'image')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least {MIN_FID_IMAGES}); reporting the other metrics"
+        # n counts the inputs listed; a bad one among them is skipped later, so this says inputs, not images
+        too_few = (f"{plural(n, 'input')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least "
+                   f"{MIN_FID_IMAGES} images); reporting the other metrics")
         warn(too_few)
         no_fid = True
     have_stats = ref_stats is not None and os.path.exists(ref_stats)
