@@ -125,6 +125,15 @@ def test_push_uploads_the_model_and_writes_a_card(tmp_path):
     assert files["README.md"].startswith(b"---\nlibrary_name: regvq") and b"# pushed" in files["README.md"]
 
 
+def test_push_without_a_reachable_hub_is_one_line(tmp_path):
+    folder = _write_model(tmp_path / "m")
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_test"}  # refused
+    r = run_cli("models", "push", folder, "acme/pushed", env=env)
+    line = r.stderr.decode().strip()
+    assert r.returncode == 1 and line.startswith("regvq: error: push to acme/pushed failed: cannot reach the "
+                                                 "Hugging Face Hub") and "\n" not in line, line
+
+
 def test_missing_embedded_default_says_to_pass_a_model(monkeypatch, tmp_path):
     import regvq_cli.engine.resolve as resolve
 

@@ -105,7 +105,7 @@ def push(folder, repo_id, private, revision, message, token):
     from huggingface_hub.errors import HfHubHTTPError
 
     from regvq_cli.engine.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, default_card, read_record
-    from regvq_cli.engine.resolve import HUB_ID
+    from regvq_cli.engine.resolve import HUB_ID, network_error
     from regvq_cli.errors import RegvqError
 
     if not HUB_ID.match(repo_id) or "@" in repo_id:
@@ -126,4 +126,9 @@ def push(folder, repo_id, private, revision, message, token):
         )
     except HfHubHTTPError as e:
         raise RegvqError(f"push to {repo_id} failed: {str(e).splitlines()[0]} (check HF_TOKEN and that you may write to it)") from None
+    except Exception as e:
+        if not network_error(e):
+            raise
+        raise RegvqError(f"push to {repo_id} failed: cannot reach the Hugging Face Hub ({str(e).splitlines()[0]}); "
+                         "check your network and HF_ENDPOINT") from None
     click.echo(getattr(commit, "commit_url", None) or str(commit))

@@ -82,6 +82,17 @@ def resolve_model(spec: str, offline: bool = False) -> ResolvedModel:
     )
 
 
+# the HTTP stacks huggingface_hub has used; an exception of theirs that is not an HTTP status (those are
+# HfHubHTTPError) means the Hub could not be reached
+TRANSPORTS = {"httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
+
+
+def network_error(e: BaseException) -> bool:
+    """Whether `e` says the network failed (refused, unresolved, timed out), in whichever HTTP stack raised it."""
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        cls.__module__.split(".")[0] in TRANSPORTS for cls in type(e).__mro__)
+
+
 def _resolve_hub(spec: str, offline: bool) -> ResolvedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
