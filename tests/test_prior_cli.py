@@ -607,6 +607,17 @@ def test_resuming_with_another_kind_preset_or_condition_names_the_option(work, t
         assert want in line and "new run directory" in line, line
 
 
+def test_a_resume_on_data_of_another_size_says_so(work, tmp_path):
+    ok(invoke("encode", "--workers", "0", work / "imgs" / "cat", "-o", tmp_path / "cats", "-m", work / "tok",
+              "--device", "cpu"))
+    ok(train(tmp_path / "cats", tmp_path / "run", "--preset", "ar-test", "--cond", "none", "--max-steps", "1"))
+    r = ok(train(tmp_path / "cats", tmp_path / "run", "--preset", "ar-test", "--cond", "none", "--max-steps", "2"))
+    assert b"token grids" not in r.stderr  # the same data: nothing to say
+    r = ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--cond", "none", "--max-steps", "3"))
+    assert (f"regvq: warning: {tmp_path / 'run'} was trained on 4 token grids up to step 2; the data holds 8 now, "
+            "and the run goes on with it as it is") in r.stderr.decode(), r.stderr.decode()
+
+
 def test_a_rerun_after_a_kill_drops_the_metrics_its_checkpoint_does_not_hold(work, tmp_path):
     run = tmp_path / "run"
 

@@ -207,6 +207,18 @@ def test_files_that_go_bad_mid_run_stop_it_with_one_line(workers, tmp_path):
     assert re.fullmatch(r"4 images in a row could not be decoded, starting at \S+img0\d\.png; check the data", line), line
 
 
+def test_a_resume_on_more_files_says_so(tmp_path):
+    data = make_images(tmp_path / "imgs", n=4)
+    notes = []
+    train_tokenizer([data], tmp_path / "run", fast_cfg(max_steps=1), on_note=notes.append)
+    make_images(tmp_path / "more", n=6)
+    for f in (tmp_path / "more").iterdir():
+        f.rename(data / f"new-{f.name}")
+    train_tokenizer([data], tmp_path / "run", fast_cfg(max_steps=2), on_note=notes.append)
+    assert notes == [f"{tmp_path / 'run'} was trained on 4 inputs up to step 1; the data holds 10 now, and the run "
+                     "goes on with it as it is"]
+
+
 def test_time_limit_stops_and_exports(tmp_path):
     data = make_images(tmp_path / "imgs", n=4)
     out = train_tokenizer([data], tmp_path / "run", fast_cfg(max_steps=1000, time_limit=0.0))

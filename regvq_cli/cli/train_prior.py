@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import (TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
-                                   report_export, resumable, table_options, training_progress)
+                                   report_export, resumable, table_options, training_progress, warn)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
@@ -115,5 +115,5 @@ def train_prior(tokens, run_dir, as_json, **fields):
     if cfg.compile:
         compiling_note("the prior")
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:
-        folder = train(tokens, run_dir, cfg, callback=callback)
+        folder = train(tokens, run_dir, cfg, callback=callback, on_note=warn)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)

@@ -182,5 +182,5 @@ def train_tokenizer(data, run_dir, as_json, **fields):
         compiling_note("the tokenizer's encoder and decoder")
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback,
-                       on_skip=lambda path, reason: warn(f"skipped {path}: {reason}"))
+                       on_skip=lambda path, reason: warn(f"skipped {path}: {reason}"), on_note=warn)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)

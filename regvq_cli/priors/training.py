@@ -436,6 +436,9 @@ class PriorTrainer(Trainer):
                              "run directory")
 
     # ---- data ---------------------------------------------------------------------------------------------
+    def data_size(self) -> tuple[int, str]:
+        return len(self.data), "token grids"
+
     def _condition(self, idx: torch.Tensor):
         """(raw condition on the device, rows without one [B] bool) for dataset rows idx."""
         d, dev = self.data, self.device
@@ -643,9 +646,13 @@ def _save_row(images: torch.Tensor, path: Path) -> None:
 
 
 def train_prior(tokens_dir, run_dir, cfg: TrainPriorConfig | None = None,
-                callback: Callable[[int, dict], None] | None = None) -> Path:
+                callback: Callable[[int, dict], None] | None = None,
+                on_note: Callable[[str], None] | None = None) -> Path:
     """Train (or resume) a prior on a token folder; returns the exported model folder ``run_dir/model``.
 
-    ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar).
+    ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar);
+    ``on_note(message)`` on rank 0 for what a resume found (data of another size).
     """
-    return PriorTrainer(tokens_dir, run_dir, cfg or TrainPriorConfig()).run(callback)
+    trainer = PriorTrainer(tokens_dir, run_dir, cfg or TrainPriorConfig())
+    trainer.on_note = on_note
+    return trainer.run(callback)

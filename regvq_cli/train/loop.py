@@ -20,6 +20,8 @@ then builds ``self.model`` (loading the init weights), ``self.ema`` and ``self.o
     _extra_state() -> dict      what it adds to the resume state
     _restore(state)             refuse a resume state from other settings; load what ``_extra_state`` added
     _window_extra() -> dict     fields it adds to each metrics record (optional)
+    data_size() -> (int, str)   how many items its data holds now, and what to call them, e.g. (1200, "inputs"):
+                                a resume on data of another size says so through ``on_note`` (optional)
     evaluate() -> dict          held-out scores, added to the record of each checkpoint step and the last (optional)
 
 The config must have the bookkeeping fields both training configs share: max_steps, time_limit, log_every,
@@ -83,6 +85,8 @@ class Trainer:
         self.init_info: dict | None = None  # the model this run was started from: spec, resolved id, sha256
         self._state_cache: dict | None = None  # the resume state, read once
         self.peak_flops: float | None = None  # the GPU's bf16 FLOP/s that MFU divides by (None: unknown)
+        self.notes: list[str] = []  # what a resume found worth saying (given to on_note when the run starts)
+        self.on_note: Callable[[str], None] | None = None  # on_note(message), rank 0
 
     # ---- hooks with a default -------------------------------------------------------------------------------
     def _extra_state(self) -> dict:
@@ -93,6 +97,9 @@ class Trainer:
 
     def _window_extra(self) -> dict[str, float]:
         return {}
+
+    def data_size(self) -> tuple[int, str] | None:
+        return None
 
     def evaluate(self) -> dict[str, float]:
         return {}
@@ -121,7 +128,7 @@ class Trainer:
             "step": self.step, "batches": self.batches, "elapsed": self.elapsed,
             "world_size": self.dist.world_size, "config": dataclasses.asdict(self.cfg),
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-            "rng": rngs, "init": self.init_info, **self._extra_state(),
+            "rng": rngs, "init": self.init_info, "data_size": self.data_size(), **self._extra_state(),
         }
 
     def save(self) -> None:
@@ -172,6 +179,10 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         load_optimizer_state(self.opt, state["opt"])  # in the layout of this run's weights
         self.step, self.batches, self.elapsed = int(state["step"]), int(state["batches"]), float(state["elapsed"])
+        was, now = state.get("data_size"), self.data_size()
+        if was is not None and now is not None and tuple(was) != tuple(now):  # files added or removed since
+            self.notes.append(f"{self.run_dir} was trained on {was[0]} {was[1]} up to step {self.step}; the data "
+                              f"holds {now[0]} now, and the run goes on with it as it is")
         if state["world_size"] == self.dist.world_size:
             set_rng_state(state["rng"][self.dist.rank])
         else:  # a different number of ranks: the data position still holds; reseed per step
@@ -265,6 +276,9 @@ class Trainer:
         SIGTERM or Ctrl-C stops it after the current step with a checkpoint and raises TrainingStopped: rerunning
         resumes there, so a pre-empted or interrupted run loses nothing."""
         cfg = self.cfg
+        if self.main and self.on_note is not None:
+            for note in self.notes:
+                self.on_note(note)
         self.metrics.keep_until(self.step)  # a killed run's records past its checkpoint are logged again
         try:
             with StopRequest() as request, self.run_settings():

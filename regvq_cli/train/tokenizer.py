@@ -437,6 +437,9 @@ class TokenizerTrainer(Trainer):
         self.skipped = set(state.get("skipped", []))
 
     # ---- data -------------------------------------------------------------------------------------------------
+    def data_size(self) -> tuple[int, str]:
+        return len(self.inputs), "inputs"
+
     def _next_batch(self) -> torch.Tensor:
         if self._batch_iter is None:
             sampler = ShardedBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank,
@@ -630,12 +633,14 @@ class TokenizerTrainer(Trainer):
 
 def train_tokenizer(data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig | None = None,
                     callback: Callable[[int, dict], None] | None = None,
-                    on_skip: Callable[[str, str], None] | None = None) -> Path:
+                    on_skip: Callable[[str, str], None] | None = None,
+                    on_note: Callable[[str], None] | None = None) -> Path:
     """Train (or resume) a tokenizer on image folders; returns the exported model folder ``run_dir/model``.
 
     ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar);
-    ``on_skip(path, reason)`` once for each file this process finds it cannot decode (it is skipped).
+    ``on_skip(path, reason)`` once for each file this process finds it cannot decode (it is skipped);
+    ``on_note(message)`` on rank 0 for what a resume found (data of another size).
     """
     trainer = TokenizerTrainer(data, run_dir, cfg or TrainTokenizerConfig())
-    trainer.on_skip = on_skip
+    trainer.on_skip, trainer.on_note = on_skip, on_note
     return trainer.run(callback)
