@@ -131,6 +131,17 @@ def test_recon_text_says_one_image_and_names_no_missing_feature_network(tmp_path
         assert b"1 images" not in r.stderr and b"None" not in r.stderr
 
 
+def test_gen_with_too_small_a_reference_says_which_set_is_short(tmp_path):
+    make_images(tmp_path / "samples", 12)
+    make_images(tmp_path / "ref", 6)
+    (tmp_path / "ref" / "broken.png").write_bytes(b"")  # listed, then skipped: 6 reference images are left
+    r = invoke("eval", "gen", "--samples", tmp_path / "samples", "--ref", tmp_path / "ref", "--size", "32",
+               "--workers", "0", "--device", "cpu")
+    line = r.stderr.decode().strip().splitlines()[-1]
+    assert r.returncode == 1 and line == ("regvq: error: FID needs at least 10 reference images, got 6; give a "
+                                          "reference with more images"), line
+
+
 def test_gen_help_offers_no_option_it_refuses():
     gen = invoke("eval", "gen", "--help")
     assert gen.returncode == 0 and b"--no-fid" not in gen.stdout, gen.stdout.decode()

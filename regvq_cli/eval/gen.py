@@ -194,6 +194,10 @@ def evaluate_gen(
     if save_ref_stats is not None and ref_batches is not None:
         fidlib.save_stats(save_ref_stats, ref_stats, _stats_protocol(protocol, ref_stats.n))
 
+    for stats, what, more in ((sample_stats, "samples", "generate more images"),
+                              (ref_stats, "reference images", "give a reference with more images")):
+        if stats.n < fidlib.FID_MIN_IMAGES:  # counted after unreadable files were skipped
+            raise RegvqError(f"FID needs at least {fidlib.FID_MIN_IMAGES} {what}, got {stats.n}; {more}")
     warnings: list[str] = []
     fid = fidlib.fid_from_stats(sample_stats, ref_stats, method=fid_method)
     if fid["warning"]:
