@@ -399,3 +399,16 @@ def test_a_contact_sheet_is_never_wider_than_its_images():
     images = np.zeros((3, 4, 5, 3), np.uint8)
     assert contact_sheet(images, cols=8).shape == contact_sheet(images, cols=3).shape == (2 + 4 + 2, 2 + 3 * 7, 3)
     assert contact_sheet(images).shape == (2 * 6 + 2, 2 * 7 + 2, 3)  # square by default: 2 x 2
+
+
+def test_decode_writes_a_contact_sheet_to_stdout_with_dash(tmp_path, tokenizer_dir, monkeypatch):
+    assert encode(make_images(tmp_path / "imgs", 3), "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    assert invoke("decode", tmp_path / "tok", "--grid", "-o", tmp_path / "sheet.png").returncode == 0
+    monkeypatch.chdir(tmp_path)
+    r = invoke("decode", tmp_path / "tok", "--grid", "-o", "-")
+    assert r.returncode == 0 and r.stdout == (tmp_path / "sheet.png").read_bytes(), r.stderr.decode()
+    assert b"stdout: 3 images decoded" in r.stderr
+    r = invoke("decode", tmp_path / "tok", "-o", "-")  # one PNG a grid cannot go to stdout; no folder "-" is made
+    assert r.returncode == 2 and b"pass --grid" in r.stderr and not (tmp_path / "-").exists()
+    r = invoke("decode", tmp_path / "tok", "--grid", "-o", "-", "--json")
+    assert r.returncode == 2 and b"both write to stdout" in r.stderr

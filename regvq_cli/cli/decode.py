@@ -12,7 +12,7 @@ from regvq_cli.cli._common import batch_size_hint, compiling_note, device_option
 
 @click.command()
 @click.argument("tokens", type=click.Path(allow_dash=True))
-@click.option("-o", "--out", required=True, type=click.Path(), help="Output folder for PNGs (a .png file with --grid).")
+@click.option("-o", "--out", required=True, type=click.Path(allow_dash=True), help="Output folder for PNGs (with --grid: a .png file, or '-' for the sheet on stdout).")
 @model_option(help_text="Tokenizer to decode with (default: the one recorded in the manifest; needed for tokens on stdin, which record none).")
 @click.option("--grid", "grid_sheet", is_flag=True, help="Write one contact sheet PNG to OUT instead of one PNG per grid.")
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square; at most the number of images).")
@@ -34,6 +34,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     \b
     regvq decode tokens/ -o recon/
     regvq decode tokens/ --limit 64 --grid -o sheet.png
+    regvq decode tokens/ --limit 16 --grid -o - | display
     """
     from regvq_cli.engine.checkpoint import file_sha256, weights_path
     from regvq_cli.engine.decode import decode_source, recorded_tokenizer
@@ -41,12 +42,20 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     from regvq_cli.engine.resolve import TOKENIZER, load
     from regvq_cli.errors import RegvqError
 
-    if grid_sheet and not out.lower().endswith(".png"):
+    if out == "-":
+        if not grid_sheet:
+            raise click.BadParameter("'-' writes one PNG to stdout: pass --grid for a contact sheet of the grids, or "
+                                     "give a folder for one PNG each", param_hint="--out")
+        if as_json:
+            raise click.UsageError("-o - and --json both write to stdout: choose one")
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write a PNG to a terminal: redirect stdout (> sheet.png) or pass -o FILE")
+    elif grid_sheet and not out.lower().endswith(".png"):
         raise click.BadParameter("with --grid, OUT is the contact sheet's file name and must end in .png", param_hint="--out")
-    if grid_sheet and os.path.isdir(out):
+    elif grid_sheet and os.path.isdir(out):
         raise click.BadParameter(f"{out} is a folder; with --grid give the contact sheet's file name, e.g. "
                                  f"{os.path.join(out, 'sheet.png')}", param_hint="--out")
-    if not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
+    elif not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; give a folder for the PNGs, or --grid for one contact sheet",
                                  param_hint="--out")
     rec_id, rec_sha, rec_grid, rec_codes, rec_size = recorded_tokenizer(tokens)
@@ -74,9 +83,10 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
                              "decode with the tokenizer that made them")
     if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
         warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
-    folder = os.path.dirname(os.path.abspath(out)) if grid_sheet else out
+    folder = None if out == "-" else os.path.dirname(os.path.abspath(out)) if grid_sheet else out
     try:  # before decoding anything: a path below a file, or a folder that cannot be made, fails now
-        os.makedirs(folder, exist_ok=True)
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise RegvqError(f"cannot create the folder {folder} for --out: {e.strerror or e}; choose another --out") from None
     dev = pick_device(device)
@@ -94,4 +104,5 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     if as_json:
         emit_json(summary)
     else:
-        info(f"{summary['out']}: {plural(summary['decoded'], 'image')} decoded ({human_rate(summary['images_per_s'])})")
+        where = "stdout" if out == "-" else summary["out"]
+        info(f"{where}: {plural(summary['decoded'], 'image')} decoded ({human_rate(summary['images_per_s'])})")

@@ -78,7 +78,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     import numpy as np
     import torch
 
-    from regvq_cli.engine.decode import contact_sheet, save_png
+    from regvq_cli.engine.decode import contact_sheet, save_png, write_png_to_stdout
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.resolve import PRIOR, load
     from regvq_cli.engine.runtime import prepare_tokenizer
@@ -328,18 +328,6 @@ def take(cond, rows):
     if isinstance(cond, TextStates):
         return TextStates(cond.states[rows], cond.mask[rows])
     return cond[rows]
-
-
-def write_png_to_stdout(pixels) -> None:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)  # as the files: -o - gives the same bytes
-    sys.stdout.flush()
-    sys.stdout.buffer.write(buf.getvalue())
-    sys.stdout.buffer.flush()
 
 
 class TokenWriter:

@@ -8,8 +8,10 @@ tokenizer must match the shards' codebook size and grid.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -153,7 +155,7 @@ def png_path(out, key: str, taken: set[str]) -> str:
 
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
                   compile: bool = False, channels_last: bool = False, callback=None, grid=None) -> dict:
-    """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`).
+    """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`, '-' for stdout).
 
     Every grid must be `grid` (h, w) (default: the tokenizer's at its training size). The summary's "renamed"
     lists {key, file} for the grids whose key's usual file name was already taken."""
@@ -199,9 +201,12 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
     if grid_sheet:
         if not sheet:
             raise RegvqError("nothing to decode: the input has no token grids")
-        parent = os.path.dirname(os.path.abspath(out))
-        os.makedirs(parent, exist_ok=True)
-        save_png(contact_sheet(np.concatenate(sheet), grid_cols), out)
+        image = contact_sheet(np.concatenate(sheet), grid_cols)
+        if out == "-":
+            write_png_to_stdout(image)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            save_png(image, out)
     elapsed = time.perf_counter() - t0
     return {"decoded": written, "out": str(out), "seconds": round(elapsed, 3),
             "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device), "renamed": renamed}
@@ -218,6 +223,15 @@ def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> 
         r, c = divmod(i, cols)
         sheet[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
     return sheet
+
+
+def write_png_to_stdout(pixels: np.ndarray) -> None:
+    """Write uint8 [H, W, 3] pixels to stdout as one PNG, the bytes `save_png` would write to a file."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.buffer.flush()
 
 
 def save_png(pixels: np.ndarray, path: str) -> None:
