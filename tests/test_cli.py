@@ -83,6 +83,16 @@ def test_every_command_takes_quiet_and_verbose_after_its_name_too(tmp_path):
     assert r.exit_code == 0 and r.stderr.strip() == f"{tmp_path}: ok"
 
 
+@pytest.mark.parametrize("args", [["encode", "x", "-o", "-"], ["sample", "--prompt", "a", "--tokens-out", "-"],
+                                  ["train-tokenizer", "x", "-o", "-"], ["train-prior", "x", "-o", "-"]],
+                         ids=["encode", "sample", "train-tokenizer", "train-prior"])
+def test_a_folder_output_refuses_dash(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and "'-' (stdout) cannot take this output" in r.stderr, r.stderr
+    assert not (tmp_path / "-").exists()
+
+
 def test_usage_error_exits_2():
     r = run_cli("models", "--no-such-flag")
     assert r.returncode == 2

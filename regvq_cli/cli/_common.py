@@ -206,6 +206,19 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class OutFolder(click.Path):
+    """click.Path for an output folder: '-', which other options and tools take for stdout, is refused rather than
+    made a folder of that name."""
+
+    def __init__(self):
+        super().__init__(file_okay=False)
+
+    def convert(self, value, param, ctx):
+        if value == "-":
+            self.fail("'-' (stdout) cannot take this output, which is a folder: give a folder name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # seeds torch.Generator.manual_seed takes (numpy's generators take any non-negative integer)
 SEED = click.IntRange(0, 2**64 - 1)
 # the training commands' seeds: the data order seeds a generator with seed * 1,000,003, which must stay in its range

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (batch_size_hint, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
+from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
                                    progress, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -36,7 +36,7 @@ def parse_color(ctx, param, value):
 
 @click.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output token folder.")
+@click.option("-o", "--out", "out_dir", required=True, type=OutFolder(), help="Output token folder.")
 @click.option("--files-from", type=click.Path(allow_dash=True), metavar="FILE", help="Read input paths from FILE, one per line ('-' for stdin).")
 @model_option(help_text="Tokenizer: a shipped name, folder, .safetensors file or Hub id (default: the embedded default tokenizer).")
 @click.option("--size", type=click.IntRange(8), help="Input resolution (default: the tokenizer's training size).")

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (FiniteFloatRange, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
+from regvq_cli.cli._common import (OutFolder, FiniteFloatRange, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
                                    SEED, json_option, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
@@ -38,7 +38,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("-o", "--out", default=None, type=click.Path(allow_dash=True), help="A folder for the PNGs, a .png file (one image, or the sheet with --grid), or '-' for one PNG on stdout.")
 @click.option("--grid", "grid_sheet", is_flag=True, help="Write all samples as one contact sheet PNG (OUT is a .png file or '-').")
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square; at most the number of images).")
-@click.option("--tokens-out", type=click.Path(file_okay=False), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
+@click.option("--tokens-out", type=OutFolder(), default=None, help="Also (or instead) write the token grids as a token folder, readable by `regvq decode`.")
 @click.option("--compile", "compile_", is_flag=True, help="Compile the prior's step with torch.compile after a one-off compilation: AR, the decode step and the draw (on an H200, with the CUDA graphs sampling records anyway and the Triton attention, 1.1-1.3x faster at batch 1, 1.1x at batch 256); diffusion, the denoiser. Slower on a CPU.")
 @click.option("--attention", type=click.Choice(["auto", "sdpa", "triton"]), default="auto", show_default=True, help="AR priors: the decode steps' attention by PyTorch's SDPA, or by regvq's Triton kernel, which rotates the step's query and key, appends them to the cache and reads only its written part, all in one kernel (CUDA, needs triton; on an H200 11-18% faster than SDPA at batch 1, 1.7-1.9x the images/s at batch 256). auto: the kernel where it can run, SDPA elsewhere.")
 @click.option("--kv-cache", type=click.Choice(["model", "int8"]), default="model", show_default=True, help="AR priors: what the decode steps' key/value cache holds: the model's dtype, or int8 with a scale per key and value vector (the queries rounded alike), about half the bytes that the steps read, which bound large batches with the Triton attention. int8 moves the next-token distributions slightly (on its own less than bf16 weights do against float32, on the shipped priors), so not the same tokens as --kv-cache model.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
+from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
                                    report_export, resumable, table_options, training_progress, warn)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
@@ -75,7 +75,7 @@ OPTIONS = [
 
 @click.command("train-prior")
 @click.argument("tokens", type=click.Path(exists=True))
-@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
+@click.option("-o", "--out", "run_dir", required=True, type=OutFolder(), help="Run folder (rerun to resume).")
 @table_options(OPTIONS)
 @json_option
 @batch_size_hint

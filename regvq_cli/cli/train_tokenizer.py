@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
+from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
                                    json_option, report_export, resumable, table_options, training_progress, warn)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
@@ -140,7 +140,7 @@ def check_option_conflicts(fields: dict, quantizer_known: bool) -> None:
 
 @click.command("train-tokenizer")
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder (rerun to resume).")
+@click.option("-o", "--out", "run_dir", required=True, type=OutFolder(), help="Run folder (rerun to resume).")
 @table_options(OPTIONS)
 @json_option
 @batch_size_hint
