@@ -206,6 +206,14 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+def check_png_to_stdout(as_json: bool) -> None:
+    """Refuse `-o -` (a PNG on stdout) where stdout is taken by --json or is a terminal."""
+    if as_json:
+        raise click.UsageError("-o - and --json both write to stdout: choose one")
+    if sys.stdout.isatty():
+        raise click.UsageError("refusing to write a PNG to a terminal: redirect stdout (> image.png) or pass -o FILE")
+
+
 class OutFolder(click.Path):
     """click.Path for an output folder: '-', which other options and tools take for stdout, is refused rather than
     made a folder of that name."""

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, warn
+from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, warn
 
 
 @click.command()
@@ -46,10 +46,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
         if not grid_sheet:
             raise click.BadParameter("'-' writes one PNG to stdout: pass --grid for a contact sheet of the grids, or "
                                      "give a folder for one PNG each", param_hint="--out")
-        if as_json:
-            raise click.UsageError("-o - and --json both write to stdout: choose one")
-        if sys.stdout.isatty():
-            raise click.UsageError("refusing to write a PNG to a terminal: redirect stdout (> sheet.png) or pass -o FILE")
+        check_png_to_stdout(as_json)
     elif grid_sheet and not out.lower().endswith(".png"):
         raise click.BadParameter("with --grid, OUT is the contact sheet's file name and must end in .png", param_hint="--out")
     elif grid_sheet and os.path.isdir(out):

@@ -7,11 +7,9 @@ the same images.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from regvq_cli.cli._common import (OutFolder, FiniteFloatRange, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
+from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
                                    SEED, json_option, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
@@ -216,10 +214,7 @@ def check_outputs(out, tokens_out, grid_sheet, as_json, total) -> None:
         raise click.UsageError(f"-o {out} takes one image but {total} samples are asked for: pass --grid for a "
                                "contact sheet, or give a folder")
     if out == "-":
-        if as_json:
-            raise click.UsageError("-o - and --json both write to stdout: choose one")
-        if sys.stdout.isatty():
-            raise click.UsageError("refusing to write a PNG to a terminal: redirect stdout (> image.png) or pass -o FILE")
+        check_png_to_stdout(as_json)
 
 
 def default_prior(kind) -> str:
