@@ -412,3 +412,16 @@ def test_decode_writes_a_contact_sheet_to_stdout_with_dash(tmp_path, tokenizer_d
     assert r.returncode == 2 and b"pass --grid" in r.stderr and not (tmp_path / "-").exists()
     r = invoke("decode", tmp_path / "tok", "--grid", "-o", "-", "--json")
     assert r.returncode == 2 and b"both write to stdout" in r.stderr
+
+
+def test_encode_limit_takes_the_first_inputs_and_is_its_own_run(tmp_path, tokenizer_dir):
+    imgs = make_images(tmp_path / "imgs", 5)
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--limit", "3", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["total_encoded"] == 3
+    from regvq_cli.data.dataset import TokenDataset
+
+    ds = TokenDataset(tmp_path / "tok")
+    assert [ds[i]["key"] for i in range(len(ds))] == sorted(os.listdir(imgs))[:3]  # the first three of the listing
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir)  # all five: another run, refused
+    assert r.returncode == 1 and b"different run" in r.stderr

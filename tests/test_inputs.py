@@ -172,3 +172,16 @@ def test_files_from_with_a_byte_order_mark(tmp_path, monkeypatch):
     (tmp_path / "list.txt").write_bytes("\ufeffa.jpg\r\nb.jpg\r\n".encode())
     assert keys(list_inputs([], files_from="list.txt")) == ["a.jpg", "b.jpg"]
     assert keys(list_inputs([], files_from="-", stdin=io.StringIO("\ufeffa.jpg\n"))) == ["a.jpg"]
+
+
+def test_truncate_keeps_the_first_items_with_their_labels_and_captions(tmp_path):
+    touch(tmp_path, "a/1.jpg", "a/2.jpg", "b/3.jpg")
+    (tmp_path / "metadata.jsonl").write_text("".join(
+        f'{{"file_name": "{f}", "text": "t{f[2]}", "label": "{f[0]}"}}\n' for f in ("a/1.jpg", "a/2.jpg", "b/3.jpg")))
+    inputs = list_inputs([tmp_path])
+    whole = list(inputs)
+    inputs.truncate(5)  # more than there are: nothing changes
+    assert list(inputs) == whole
+    inputs.truncate(2)
+    assert list(inputs) == whole[:2] and len(inputs) == 2 and inputs.label_names == ["a", "b"]
+    assert [inputs.caption(i) for i in range(2)] == ["t1", "t2"] and inputs.labels.tolist() == [0, 0]

@@ -42,6 +42,7 @@ def parse_color(ctx, param, value):
 @click.option("--size", type=click.IntRange(8), help="Input resolution (default: the tokenizer's training size).")
 @click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help=RESIZE_HELP)
 @click.option("--background", default="255,255,255", show_default=True, callback=parse_color, help="R,G,B under transparent pixels and around padded images.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Encode only the first N inputs of the listing (to try settings on a large folder; a rerun with another limit is another run).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per device batch.")
 @click.option("--shard-size", type=click.IntRange(1), default=4096, show_default=True, help="Inputs per shard file.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8).")
@@ -57,7 +58,7 @@ def parse_color(ctx, param, value):
 @offline_option
 @json_option
 @batch_size_hint
-def encode(inputs, out_dir, files_from, model, size, resize, background, batch_size, shard_size, workers, maps_dir,
+def encode(inputs, out_dir, files_from, model, size, resize, background, limit, batch_size, shard_size, workers, maps_dir,
            max_pixels, num_workers, worker_id, compile_, channels_last, jpeg_decoder, resize_on, device, dtype, offline,
            as_json):
     """Encode images into token shards in OUT.
@@ -84,7 +85,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, batch_s
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
                          num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last,
-                         jpeg_decoder=jpeg_decoder, resize_on=resize_on)
+                         jpeg_decoder=jpeg_decoder, resize_on=resize_on, limit=limit)
     if compile_:
         compiling_note("the tokenizer's encoder")
     with progress(desc="encode", unit="img") as bar:

@@ -88,6 +88,12 @@ class _Strings:
         for i in range(len(self)):
             yield self[i]
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n strings."""
+        if n < len(self):
+            del self._buf[self._off[n]:]
+            del self._off[n + 1:]
+
 
 def normalize_key(path: str) -> str:
     """A path as written -> POSIX, no "." or empty parts ("./a//b.jpg" -> "a/b.jpg")."""
@@ -150,6 +156,17 @@ class Inputs(Sequence):
     def keys(self) -> Iterator[str]:
         for i in range(len(self)):
             yield self.key(i)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n inputs of the listing (labels, captions and class names as they were)."""
+        if n >= len(self):
+            return
+        self._rel.truncate(n)
+        del self._root[n:]
+        if self.labels is not None:
+            self.labels = self.labels[:n]
+        if self._captions is not None:
+            self._captions.truncate(n)
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):

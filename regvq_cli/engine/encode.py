@@ -53,6 +53,7 @@ class EncodeOptions:
     channels_last: bool = False  # channels-last convolutions (faster on CPUs; not bit for bit the default layout)
     jpeg_decoder: str = "pillow"  # or "nvjpeg": JPEGs decoded on the GPU (engine/jpeg.py)
     resize_on: str = "workers"  # or "device": the workers decode, the device resizes (engine/jpeg.py)
+    limit: int | None = None  # encode only the first `limit` inputs of the listing
 
 
 def default_loader_workers() -> int:
@@ -83,6 +84,8 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
                          + (f"{lower} or {upper}" if lower else f"{upper}"))
     grid = tokenizer.grid_size(size)
     listing = list_inputs(inputs, files_from=files_from, maps_dir=opts.maps_dir, stdin=stdin)
+    if opts.limit is not None:
+        listing.truncate(opts.limit)
     decoder = jpeg.pick_decoder(opts.jpeg_decoder, device)
     preprocessing = {"size": [size, size], "resize": opts.resize, "background": list(opts.background),
                      "max_pixels": opts.max_pixels}
