@@ -267,6 +267,25 @@ def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err.decode()
     assert b"Traceback" not in err and err.decode().strip().endswith("regvq: interrupted")
+    assert b"run the same command again to resume" in err
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_says_so_and_a_rerun_finishes_the_same_folder(tmp_path, tokenizer_dir, workers):
+    imgs = make_images(tmp_path / "imgs", 60, size=(64, 64))
+    cmd = [sys.executable, "-m", "regvq_cli", "encode", "--workers", workers, str(imgs), "-o", str(tmp_path / "tok"),
+           "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (tmp_path / "tok" / "shard-00000.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    p.terminate()  # SIGTERM, as `kill`, `timeout` or a scheduler sends it
+    out, err = p.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert p.returncode == 128 + signal.SIGTERM and b"Traceback" not in err, err.decode()
+    assert lines[-1] == "regvq: terminated (SIGTERM)" and "run the same command again to resume" in lines[-2], lines
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--shard-size", "2", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["shards_reused"] >= 1, r.stderr.decode()
 
 
 def test_resumed_work_is_planned_without_listing_every_index():

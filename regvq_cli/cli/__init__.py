@@ -76,6 +76,11 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             _quiet_broken_pipe()
             raise click.exceptions.Exit(SIGPIPE_EXIT) from None
+        except Terminated:  # said here: click would turn it into Abort after printing an empty line
+            if debug():
+                raise
+            click.echo("regvq: terminated (SIGTERM)", err=True)
+            raise click.exceptions.Exit(TERMINATED_EXIT) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
             raise
         except Exception as e:
@@ -149,6 +154,7 @@ def _adjust_verbosity(sign: int):
 
 
 SIGPIPE_EXIT = 141
+TERMINATED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -169,16 +175,30 @@ def cli(ctx, quiet, verbose):
     _common.set_verbosity(verbose - quiet)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler), raised in the main thread as Ctrl-C raises KeyboardInterrupt: the
+    command's cleanup runs (locks, temporary files, loader workers) and the CLI says why it stopped. The training
+    loops take SIGTERM over while they run, to finish the step and checkpoint first."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     """Console entry point: run the CLI with the error policy above."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = cli.main(args=argv, prog_name="regvq", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("regvq: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        if debug():
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns a KeyboardInterrupt into Abort
+        if debug() and isinstance(e, KeyboardInterrupt):
             raise
+        if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated):  # outside a command (its arguments)
+            click.echo("regvq: terminated (SIGTERM)", err=True)
+            sys.exit(TERMINATED_EXIT)
         click.echo("regvq: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:

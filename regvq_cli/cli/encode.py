@@ -95,8 +95,12 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
             bar.set_postfix(skipped=skipped, refresh=False)
             bar.refresh()
 
-        summary = encode_images(list(inputs), out_dir, tokenizer, dev, pick_dtype(dtype, dev), opts,
-                                files_from=files_from, stdin=sys.stdin, callback=callback)
+        try:
+            summary = encode_images(list(inputs), out_dir, tokenizer, dev, pick_dtype(dtype, dev), opts,
+                                    files_from=files_from, stdin=sys.stdin, callback=callback)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the complete shards are on disk
+            warn(f"stopped: the complete shards in {out_dir} are kept; run the same command again to resume")
+            raise
     for item in summary.get("skipped", [])[:20]:
         warn(f"skipped {item['key']}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:
