@@ -169,6 +169,25 @@ def test_init_starts_a_new_run_from_the_models_weights_and_a_rerun_resumes(tmp_p
     assert record["info"]["train_config"]["init"] == str(base_dir)
 
 
+def test_a_fine_tuned_run_resumed_with_another_quantizer_given_is_refused(tmp_path):
+    """--quantizer regvq is the default: on a run fine-tuned from a vq model, given explicitly on a rerun, the
+    trainer alone (architecture from the state) could not tell it from not given."""
+    from regvq_cli.engine.checkpoint import save_model
+    from regvq_cli.tokenizer.model import Tokenizer
+
+    imgs = make_images(tmp_path / "imgs", 2)
+    vq = save_model(Tokenizer(dataclasses.replace(PRESETS["tok-test"], quantizer="vq")), tmp_path / "vq")
+    run = tmp_path / "run"
+    assert invoke("train-tokenizer", imgs, "-o", run, "--init", vq, "--max-steps", "1", *FAST).returncode == 0
+    for init in (["--init", vq], []):  # the rerun names the init model or not
+        r = invoke("train-tokenizer", imgs, "-o", run, *init, "--quantizer", "regvq", "--max-steps", "2", *FAST)
+        line = r.stderr.decode().strip().splitlines()[-1]
+        assert r.returncode == 1 and line == (f"regvq: error: {run} was started with quantizer='vq', not 'regvq': "
+                                              "use the same settings or a new run directory"), line
+    r = invoke("train-tokenizer", imgs, "-o", run, "--quantizer", "vq", "--max-steps", "2", *FAST)
+    assert r.returncode == 0, r.stderr.decode()  # the run's own quantizer, given: fine
+
+
 def test_init_refuses_a_conflicting_architecture(tmp_path):
     from regvq_cli.engine.checkpoint import save_model
     from regvq_cli.errors import RegvqError

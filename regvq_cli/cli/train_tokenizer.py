@@ -163,7 +163,7 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     import shlex
     import sys
 
-    from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options
+    from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options, check_resume_options
     from regvq_cli.train.tokenizer import train_tokenizer as train
 
     check_option_conflicts(fields, quantizer_known=fields["init"] is None or
@@ -172,12 +172,13 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     if "perceptual_weights" in given:
         given["perceptual_weights"] = [given["perceptual_weights"]]
     cfg = TrainTokenizerConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
-    if cfg.init:
-        explicit = explicit_options(INIT_ARCH, given)
-        if resumable(run_dir):
+    explicit = explicit_options(INIT_ARCH, given)
+    if resumable(run_dir):
+        if cfg.init:
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
-        else:
-            check_init_options(cfg.init, explicit)
+        check_resume_options(run_dir, explicit)
+    elif cfg.init:
+        check_init_options(cfg.init, explicit)
     if cfg.compile:
         compiling_note("the tokenizer's encoder and decoder")
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:

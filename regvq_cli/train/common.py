@@ -258,10 +258,11 @@ def save_state(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a resume state; only tensors and plain containers (weights_only=True), never arbitrary pickles."""
+def load_state(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read a resume state; only tensors and plain containers (weights_only=True), never arbitrary pickles.
+    mmap=True maps the tensors instead of reading them (for a look at its settings)."""
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
+        return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         first = (str(e).splitlines() or ["an empty or cut-short file"])[0][:200]  # some errors have no message
         raise RegvqError(f"cannot read the resume state {path} ({type(e).__name__}: {first}); "
