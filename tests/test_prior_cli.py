@@ -607,6 +607,15 @@ def test_resuming_with_another_kind_preset_or_condition_names_the_option(work, t
         assert want in line and "new run directory" in line, line
 
 
+def test_a_fine_tuned_run_resumed_with_another_preset_given_is_refused(work, ar_model, tmp_path):
+    run = tmp_path / "run"
+    ok(train(work / "tokens", run, "--init", ar_model, "--max-steps", "1"))
+    line = one_line_error(train(work / "tokens", run, "--preset", "ar-small", "--max-steps", "2"))
+    assert line == (f"regvq: error: {run} was started with --preset ar-test, not ar-small: rerun with the same "
+                    "settings to resume it, or use a new run directory"), line
+    ok(train(work / "tokens", run, "--preset", "ar-test", "--max-steps", "2"))  # the run's own: fine
+
+
 def test_a_resume_on_data_of_another_size_says_so(work, tmp_path):
     ok(invoke("encode", "--workers", "0", work / "imgs" / "cat", "-o", tmp_path / "cats", "-m", work / "tok",
               "--device", "cpu"))

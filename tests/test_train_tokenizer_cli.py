@@ -182,8 +182,9 @@ def test_a_fine_tuned_run_resumed_with_another_quantizer_given_is_refused(tmp_pa
     for init in (["--init", vq], []):  # the rerun names the init model or not
         r = invoke("train-tokenizer", imgs, "-o", run, *init, "--quantizer", "regvq", "--max-steps", "2", *FAST)
         line = r.stderr.decode().strip().splitlines()[-1]
-        assert r.returncode == 1 and line == (f"regvq: error: {run} was started with quantizer='vq', not 'regvq': "
-                                              "use the same settings or a new run directory"), line
+        assert r.returncode == 1 and line == (f"regvq: error: {run} was started with --quantizer vq, not regvq: "
+                                              "rerun with the same settings to resume it, or use a new run "
+                                              "directory"), line
     r = invoke("train-tokenizer", imgs, "-o", run, "--quantizer", "vq", "--max-steps", "2", *FAST)
     assert r.returncode == 0, r.stderr.decode()  # the run's own quantizer, given: fine
 
@@ -278,7 +279,7 @@ def test_resuming_compares_the_architecture_the_options_give(tmp_path):
     # a cosine lookup is another model: refused, and nothing changes
     before = (run / "state.pt").read_bytes()
     r = invoke(*base, "--quantizer", "vq", "--vq-l2-norm", "--max-steps", "3")
-    assert r.returncode == 1 and b"vq_l2_norm" in r.stderr, r.stderr.decode()
+    assert r.returncode == 1 and b"--vq-l2-norm False, not True" in r.stderr, r.stderr.decode()
     assert (run / "state.pt").read_bytes() == before
     assert json.loads((run / "model" / "config.json").read_text())["config"]["vq_l2_norm"] is False
 

@@ -99,19 +99,21 @@ def train_prior(tokens, run_dir, as_json, **fields):
     import shlex
     import sys
 
-    from regvq_cli.priors.training import TrainPriorConfig, check_init_options
+    from regvq_cli.priors.training import TrainPriorConfig, check_init_options, recorded_setting
+    from regvq_cli.train.common import check_resume_settings
     from regvq_cli.priors.training import train_prior as train
 
     given = {k: v for k, v in fields.items() if v is not None}
-    explicit = explicit_options(("kind", "preset", "num_timesteps"), given) if given.get("init") else {}
-    if "preset" in explicit and "kind" not in explicit:
+    explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
+    if given.get("init") and "preset" in explicit and "kind" not in explicit:
         given["kind"] = explicit["preset"].split("-")[0]  # the default kind must not refuse the preset
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
-    if cfg.init:
-        if resumable(run_dir):
+    if resumable(run_dir):
+        if cfg.init:
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
-        else:
-            check_init_options(cfg.init, explicit)
+        check_resume_settings(run_dir, explicit, recorded_setting)
+    elif cfg.init:
+        check_init_options(cfg.init, explicit)
     if cfg.compile:
         compiling_note("the prior")
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:

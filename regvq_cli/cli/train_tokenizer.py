@@ -163,7 +163,8 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     import shlex
     import sys
 
-    from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options, check_resume_options
+    from regvq_cli.train.common import check_resume_settings
+    from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options, recorded_setting
     from regvq_cli.train.tokenizer import train_tokenizer as train
 
     check_option_conflicts(fields, quantizer_known=fields["init"] is None or
@@ -176,7 +177,7 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     if resumable(run_dir):
         if cfg.init:
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
-        check_resume_options(run_dir, explicit)
+        check_resume_settings(run_dir, explicit, recorded_setting)
     elif cfg.init:
         check_init_options(cfg.init, explicit)
     if cfg.compile:

@@ -268,6 +268,12 @@ def check_init_options(spec: str, values: dict) -> None:
         check_init_architecture(values, record["model_type"], record["config"], spec)
 
 
+def recorded_setting(state: dict, key: str):
+    """A run's ``kind``, ``preset`` or ``num_timesteps`` as its resume state records it (for
+    ``check_resume_settings``)."""
+    return state["config"].get(key) if key in ("kind", "preset") else state["prior_config"].get(key)
+
+
 def init_train_config(cfg: TrainPriorConfig, base: PriorConfig) -> TrainPriorConfig:
     """``cfg`` with the architecture of the init model's config ``base`` (a copy; ``cfg`` is not changed): a
     ``kind`` other than the default or a ``num_timesteps`` that differs is an error; ``kind`` and ``preset`` are

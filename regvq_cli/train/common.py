@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -267,6 +267,23 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu", mmap:
         first = (str(e).splitlines() or ["an empty or cut-short file"])[0][:200]  # some errors have no message
         raise RegvqError(f"cannot read the resume state {path} ({type(e).__name__}: {first}); "
                          "delete it to start over") from e
+
+
+def check_resume_settings(run_dir: str | Path, values: dict, recorded: Callable[[dict, str], object]) -> None:
+    """Refuse settings given explicitly on a rerun (``values``) that the run in ``run_dir`` was not started with;
+    ``recorded(state, key)`` reads a setting from its resume state (read memory-mapped: only its settings are
+    looked at). The trainers compare their settings with the state themselves, but a run fine-tuned with --init
+    takes its architecture from the state, where an option given at its default value cannot be told from one
+    not given."""
+    if not values:
+        return
+    state = load_state(Path(run_dir) / STATE_NAME, mmap=True)
+    for key, value in values.items():
+        have = recorded(state, key)
+        if plain_value(have) != plain_value(value):
+            raise RegvqError(f"{run_dir} was started with --{key.replace('_', '-')} {plain_value(have)}, not "
+                             f"{plain_value(value)}: rerun with the same settings to resume it, or use a new run "
+                             "directory")
 
 
 # ---- logging ----------------------------------------------------------------------------------------------

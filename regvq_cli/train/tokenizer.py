@@ -62,8 +62,8 @@ from ..tokenizer import losses as L
 from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
-from .common import (EMA, METRICS_NAME, STATE_NAME, MetricsWriter, adamw, autocast, load_optimizer_state, load_state,
-                     lr_at, maybe_compile, plain_value, seed_everything, set_lr, training_precision, unwrap)
+from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, load_optimizer_state, lr_at, maybe_compile,
+                     plain_value, seed_everything, set_lr, training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
 
@@ -253,20 +253,11 @@ def check_init_options(spec: str, values: dict) -> None:
         check_init_architecture(values, record["config"], spec)
 
 
-def check_resume_options(run_dir: str | Path, values: dict) -> None:
-    """Refuse architecture options (``preset`` and ARCH_FIELDS) given explicitly on a rerun that the run in
-    ``run_dir`` was not started with. The trainer compares its settings with the resume state itself, but a run
-    fine-tuned with --init takes its architecture from the state, where an option given at its default value (say
-    ``--quantizer regvq`` on a run fine-tuned from a vq model) cannot be told from one not given."""
-    if not values:
-        return
-    state = load_state(Path(run_dir) / STATE_NAME, mmap=True)
-    old, arch = state["config"], state.get("tokenizer_config") or state["config"]
-    for key, value in values.items():
-        have = old.get("preset") if key == "preset" else arch.get(key)
-        if plain_value(have) != plain_value(value):
-            raise RegvqError(f"{run_dir} was started with {key}={have!r}, not {value!r}: use the same settings or a "
-                             "new run directory")
+def recorded_setting(state: dict, key: str):
+    """A run's ``preset`` or ARCH_FIELDS value as its resume state records it (for ``check_resume_settings``)."""
+    if key == "preset":
+        return state["config"].get("preset")
+    return (state.get("tokenizer_config") or state["config"]).get(key)
 
 
 def init_train_config(cfg: TrainTokenizerConfig, base: TokenizerConfig) -> TrainTokenizerConfig:
