@@ -583,6 +583,12 @@ def test_out_that_cannot_be_written_is_refused_before_sampling(tmp_path):
     assert r.returncode == 2 and b"is a folder" in r.stderr, r.stderr.decode()
 
 
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_a_usage_error(prompt, tmp_path):
+    r = invoke("sample", "--prompt", "a red bird", "--prompt", prompt, "-o", tmp_path / "out")
+    assert r.returncode == 2 and b"an empty prompt" in r.stderr and not (tmp_path / "out").exists(), r.stderr
+
+
 def test_prompts_file_without_prompts_or_not_utf8(tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
     r = invoke("sample", "--prompts-from", tmp_path / "empty.txt", "-o", tmp_path / "x.png")

@@ -65,6 +65,9 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     import secrets
     import time
 
+    if any(not p.strip() for p in prompts):  # training drops empty captions: "" is no condition the prior learned
+        raise click.BadParameter("an empty prompt is no caption the prior was trained on: give some text",
+                                 param_hint="--prompt")
     prompts = list(prompts) + (read_prompts(prompts_from) if prompts_from else [])
     given = [(name, list(v)) for name, v in (("prompts", prompts), ("labels", classes), ("segmaps", seg_maps)) if v]
     if len(given) > 1:
