@@ -190,6 +190,10 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     assert sorted(os.listdir(tmp_path / "rec")) == [f"img{i:03d}.png" for i in range(7)]  # ranks split the shards
     assert json.loads(r.stdout)["decoded"] == 7  # one document, from rank 0, counting both ranks
+    cmd[cmd.index("--json")] = "--grid"  # one sheet: each rank would write its own part over the other's
+    cmd[cmd.index(str(tmp_path / "rec"))] = str(tmp_path / "sheet.png")
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0 and b"run one process" in r.stderr and not (tmp_path / "sheet.png").exists()
 
 
 def test_labels_and_captions_are_carried(tmp_path, tokenizer_dir):

@@ -252,6 +252,8 @@ def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=No
     """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several.
     `grid`: the (h, w) every grid must have (default: the tokenizer's at its training size)."""
     with dist.group(device) as (rank, world):
+        if grid_sheet and world > 1:  # each rank would write its own part of the sheet over the others'
+            raise RegvqError("--grid makes one contact sheet, which torchrun ranks cannot share; run one process")
         if source == "-":
             if world > 1:
                 raise RegvqError("decoding stdin cannot be split over torchrun ranks; run one process")
