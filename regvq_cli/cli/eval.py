@@ -21,7 +21,7 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     `what` (an option such as --ref) prefixes the error when DATA holds no image."""
     import torch
 
-    from regvq_cli.data.dataset import ImageDataset
+    from regvq_cli.data.dataset import ImageDataset, quiet_broken_connections
     from regvq_cli.data.inputs import list_inputs
     from regvq_cli.engine.encode import default_loader_workers
     from regvq_cli.errors import RegvqError
@@ -38,7 +38,8 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     if with_classes and listing.has_labels and (listing.labels[:n] >= 0).all():
         names = [listing.label_names[v] if listing.label_names else str(v) for v in listing.labels[:n].tolist()]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate,
-                                         num_workers=default_loader_workers() if workers is None else workers)
+                                         num_workers=default_loader_workers() if workers is None else workers,
+                                         worker_init_fn=quiet_broken_connections)
 
     def batches():
         for batch in loader:

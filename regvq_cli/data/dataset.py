@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,20 @@ from regvq_cli.data.images import (DEFAULT_MAX_PIXELS, ImageSkip, decode_image, 
                                   passthrough_jpeg)
 from regvq_cli.data.inputs import Inputs
 from regvq_cli.data.shards import ShardReader
+
+
+def quiet_broken_connections(worker_id: int) -> None:
+    """A DataLoader worker_init_fn: in the worker, a broken connection to the main process is not printed as a
+    traceback. Stopped by Ctrl-C or SIGTERM while a worker hands it a batch, the main process closes its end
+    mid-transfer, and the worker's resource-sharing thread (multiprocessing.resource_sharer, which reports through
+    sys.excepthook) printed ConnectionResetError under the command's own one-line message."""
+    default = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if not issubclass(exc_type, (ConnectionError, EOFError)):
+            default(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 class TokenDataset(Dataset):
