@@ -274,16 +274,20 @@ def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):
     assert b"run the same command again to resume" in err
 
 
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_sigterm_says_so_and_a_rerun_finishes_the_same_folder(tmp_path, tokenizer_dir, workers):
+@pytest.mark.parametrize("workers, group", [("0", False), ("2", False), ("2", True)],
+                         ids=["no-workers", "workers", "workers-and-group"])
+def test_sigterm_says_so_and_a_rerun_finishes_the_same_folder(tmp_path, tokenizer_dir, workers, group):
     imgs = make_images(tmp_path / "imgs", 60, size=(64, 64))
     cmd = [sys.executable, "-m", "regvq_cli", "encode", "--workers", workers, str(imgs), "-o", str(tmp_path / "tok"),
            "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1"]
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=group)
     deadline = time.time() + 120
     while not (tmp_path / "tok" / "shard-00000.safetensors").exists() and time.time() < deadline:
         time.sleep(0.01)
-    p.terminate()  # SIGTERM, as `kill`, `timeout` or a scheduler sends it
+    if group:  # a scheduler signals every process of the job, the loader workers too
+        os.killpg(p.pid, signal.SIGTERM)
+    else:  # as `kill` or `timeout` send it
+        p.terminate()
     out, err = p.communicate(timeout=60)
     lines = err.decode().strip().splitlines()
     assert p.returncode == 128 + signal.SIGTERM and b"Traceback" not in err, err.decode()

@@ -21,7 +21,7 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     `what` (an option such as --ref) prefixes the error when DATA holds no image."""
     import torch
 
-    from regvq_cli.data.dataset import ImageDataset, quiet_broken_connections
+    from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
     from regvq_cli.data.inputs import list_inputs
     from regvq_cli.engine.encode import default_loader_workers
     from regvq_cli.errors import RegvqError
@@ -39,7 +39,7 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
         names = [listing.label_names[v] if listing.label_names else str(v) for v in listing.labels[:n].tolist()]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate,
                                          num_workers=default_loader_workers() if workers is None else workers,
-                                         worker_init_fn=quiet_broken_connections)
+                                         worker_init_fn=quiet_loader_worker)
 
     def batches():
         for batch in loader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -16,11 +17,18 @@ from regvq_cli.data.inputs import Inputs
 from regvq_cli.data.shards import ShardReader
 
 
-def quiet_broken_connections(worker_id: int) -> None:
-    """A DataLoader worker_init_fn: in the worker, a broken connection to the main process is not printed as a
-    traceback. Stopped by Ctrl-C or SIGTERM while a worker hands it a batch, the main process closes its end
-    mid-transfer, and the worker's resource-sharing thread (multiprocessing.resource_sharer, which reports through
-    sys.excepthook) printed ConnectionResetError under the command's own one-line message."""
+def quiet_loader_worker(worker_id: int) -> None:
+    """A DataLoader worker_init_fn for the commands' image loaders, so that a command stopped by Ctrl-C or SIGTERM
+    ends with its own one-line message and no traceback:
+
+    - the worker ignores SIGTERM: a scheduler signals the whole process group, and a worker the signal killed made
+      the main process's loader shut-down print "DataLoader worker ... is killed by signal"; the main process stops
+      its workers itself (and a worker whose main process is gone exits on its own);
+    - a broken connection to the main process is not printed: stopped while a worker hands it a batch, the main
+      process closes its end mid-transfer, and the worker's resource-sharing thread (multiprocessing.resource_sharer,
+      which reports through sys.excepthook) printed ConnectionResetError.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     default = sys.excepthook
 
     def hook(exc_type, exc, tb):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regvq_cli.data.dataset import ImageDataset, quiet_broken_connections
+from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
 from regvq_cli.data.images import DEFAULT_MAX_PIXELS
 from regvq_cli.data.inputs import list_inputs
 from regvq_cli.data.shards import (OutputLock, RunInfo, completed_shards, inputs_fingerprint, plan_shards,
@@ -197,7 +197,7 @@ def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=Non
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,
         collate_fn=dataset.collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
-        persistent_workers=False, worker_init_fn=quiet_broken_connections,
+        persistent_workers=False, worker_init_fn=quiet_loader_worker,
     )
 
 
