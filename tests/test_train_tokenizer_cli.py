@@ -94,19 +94,23 @@ def test_compile_says_that_the_first_step_waits(tmp_path):
         assert plain.returncode == 1 and b"compiling" not in plain.stderr
 
 
-def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("workers, group", [("0", False), ("2", True)], ids=["process", "group-with-workers"])
+def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path, workers, group):
     imgs = make_images(tmp_path / "imgs", 4)
     args = ["train-tokenizer", str(imgs), "-o", str(tmp_path / "run"), "--preset", "tok-test", "--batch-size", "2",
-            "--workers", "0", "--perceptual-weight", "0", "--contrastive-weight", "0", "--log-every", "1",
+            "--workers", workers, "--perceptual-weight", "0", "--contrastive-weight", "0", "--log-every", "1",
             "--sample-every", "100000", "--checkpoint-every", "100000", "--device", "cpu"]
     metrics = tmp_path / "run" / "metrics.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "regvq_cli", *args, "--max-steps", "100000"],
-                            stderr=subprocess.PIPE, env={**os.environ, "REGVQ_DEBUG": ""})
+                            stderr=subprocess.PIPE, env={**os.environ, "REGVQ_DEBUG": ""}, start_new_session=group)
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and proc.poll() is None:
         assert time.time() < deadline, "training never logged a step"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    if group:  # a scheduler's pre-emption signals every process of the job, the loader workers too
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
     assert stderr.decode().strip().splitlines()[-1].startswith("regvq: stopped at step ")

@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from ..data.dataset import quiet_loader_worker
 from ..engine.resolve import TOKENIZER
 from ..errors import RegvqError
 from ..tokenizer import losses as L
@@ -456,6 +457,7 @@ class TokenizerTrainer(Trainer):
                 pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0,
                 prefetch_factor=4 if self.cfg.num_workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.cfg.seed),  # never touches the global RNG
+                worker_init_fn=quiet_loader_worker,  # a scheduler's SIGTERM to the group: the step finishes
             )
             self._batch_iter = iter(loader)
         images, skipped = next(self._batch_iter)
