@@ -21,14 +21,16 @@ def quiet_loader_worker(worker_id: int) -> None:
     """A DataLoader worker_init_fn for the commands' image loaders, so that a command stopped by Ctrl-C or SIGTERM
     ends with its own one-line message and no traceback:
 
-    - the worker ignores SIGTERM: a scheduler signals the whole process group, and a worker the signal killed made
-      the main process's loader shut-down print "DataLoader worker ... is killed by signal"; the main process stops
-      its workers itself (and a worker whose main process is gone exits on its own);
+    - SIGTERM ends the worker with exit status 0: a scheduler signals the whole process group, and a worker the
+      signal killed made torch raise "DataLoader worker ... is killed by signal" in the main process wherever it
+      was (a training step that was about to checkpoint, the loader's shut-down). The batches already prefetched
+      stay readable. (Ignoring the signal instead would hang the interpreter's exit, whose multiprocessing clean-up
+      stops loader workers still alive with SIGTERM and waits for them.)
     - a broken connection to the main process is not printed: stopped while a worker hands it a batch, the main
       process closes its end mid-transfer, and the worker's resource-sharing thread (multiprocessing.resource_sharer,
       which reports through sys.excepthook) printed ConnectionResetError.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
     default = sys.excepthook
 
     def hook(exc_type, exc, tb):
