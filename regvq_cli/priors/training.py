@@ -55,7 +55,7 @@ from regvq_cli.priors.presets import PRESETS, model_for
 from regvq_cli.engine.device import to_device
 from regvq_cli.engine.dist import barrier
 from regvq_cli.train.common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, lr_at, maybe_compile,
-                                    plain_value, seed_everything, set_lr)
+                                    plain_value, seed_everything, set_lr, started_otherwise)
 from regvq_cli.train.data import ShardedBatchSampler
 from regvq_cli.train.loop import Trainer
 
@@ -315,9 +315,7 @@ class PriorTrainer(Trainer):
         state = self._read_state()
         for key in ("kind", "preset") if state is not None else ():  # before any data or weights are read
             if state["config"].get(key) != getattr(cfg, key):
-                raise RegvqError(f"{self.run_dir} was started with --{key} {state['config'].get(key)}, not "
-                                 f"{getattr(cfg, key)}: rerun with the same settings to resume it, or use a new "
-                                 "run directory")
+                raise started_otherwise(self.run_dir, key, state["config"].get(key), getattr(cfg, key))
         fields = set(ShardReader(tokens_dir).fields)
         self.cond = self._resolve_cond(fields)
         want = {"class": {"labels"}, "text": {"captions"}, "segmap": {"segmaps"}}.get(self.cond, set())

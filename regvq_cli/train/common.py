@@ -281,9 +281,13 @@ def check_resume_settings(run_dir: str | Path, values: dict, recorded: Callable[
     for key, value in values.items():
         have = recorded(state, key)
         if plain_value(have) != plain_value(value):
-            raise RegvqError(f"{run_dir} was started with --{key.replace('_', '-')} {plain_value(have)}, not "
-                             f"{plain_value(value)}: rerun with the same settings to resume it, or use a new run "
-                             "directory")
+            raise started_otherwise(run_dir, key, have, value)
+
+
+def started_otherwise(run_dir, key: str, have, want) -> RegvqError:
+    """The error for a rerun whose option `key` is `want` where the run in `run_dir` was started with `have`."""
+    return RegvqError(f"{run_dir} was started with --{key.replace('_', '-')} {plain_value(have)}, not "
+                      f"{plain_value(want)}: rerun with the same settings to resume it, or use a new run directory")
 
 
 # ---- logging ----------------------------------------------------------------------------------------------
