@@ -308,6 +308,8 @@ def looks_like_model(path: str) -> bool:
     """A model folder (config.json or model.safetensors) or a .safetensors file, as the model resolver takes them."""
     import os
 
+    from regvq_cli.engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
     if os.path.isdir(path):
-        return any(os.path.exists(os.path.join(path, name)) for name in ("config.json", "model.safetensors"))
+        return any(os.path.exists(os.path.join(path, name)) for name in (CONFIG_NAME, WEIGHTS_NAME))
     return path.lower().endswith(".safetensors")
