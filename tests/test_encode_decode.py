@@ -340,6 +340,30 @@ def test_decode_never_writes_two_grids_to_one_file(tmp_path, tokenizer_dir):
     assert len(os.listdir(tmp_path / "rec2")) == 3
 
 
+
+def test_torchrun_ranks_name_clashing_files_as_one_process(tmp_path, tokenizer_dir):
+    """cat.jpg and cat.png in shards of two ranks: each rank claims the other's file names in the folder's order,
+    so together they write what one process writes, and neither overwrites the other's cat.png."""
+    from regvq_cli.engine.checkpoint import load_model
+    from regvq_cli.engine.decode import decode_tokens, shard_batches
+
+    imgs = make_images(tmp_path / "imgs", 3)
+    os.rename(imgs / "img000.png", imgs / "cat.png")
+    Image.open(imgs / "img001.png").save(imgs / "cat.jpg")
+    os.remove(imgs / "img001.png")
+    assert encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--shard-size", "1").returncode == 0
+    tok = load_model(tokenizer_dir)
+    cpu = torch.device("cpu")
+    one = decode_tokens(shard_batches(tmp_path / "tok", 4, None), tmp_path / "one", tok, cpu, torch.float32)
+    assert len(one["renamed"]) == 1
+    split = [decode_tokens(shard_batches(tmp_path / "tok", 4, None, rank, 2), tmp_path / "two", tok, cpu,
+                           torch.float32) for rank in (0, 1)]
+    assert [s["decoded"] for s in split] == [2, 1]
+    names = sorted(os.listdir(tmp_path / "one"))
+    assert len(names) == 3 and sorted(os.listdir(tmp_path / "two")) == names
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
 def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir, monkeypatch):
     """--grid onto a folder, or below a file, and PNGs into a file: one line naming --out, before any grid is
     decoded, and no temporary file left behind."""

@@ -27,8 +27,9 @@ from regvq_cli.errors import RegvqError
 
 
 class Batch:
-    def __init__(self, tokens: np.ndarray, keys: list[str], where: list[str]):
-        self.tokens, self.keys, self.where = tokens, keys, where  # where: "shard-00003.safetensors row 7"
+    def __init__(self, tokens: np.ndarray | None, keys: list[str], where: list[str]):
+        # tokens: [b, h, w], or None for rows another torchrun rank decodes; where: "shard-00003.safetensors row 7"
+        self.tokens, self.keys, self.where = tokens, keys, where
 
 
 def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None,
@@ -55,7 +56,10 @@ def _image_size(size) -> tuple[int, int] | None:
 
 
 def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-    """Batches of rows from a token folder or shard file; rank r takes the shards j with j % world == r."""
+    """Batches of rows from a token folder or shard file; rank r takes the shards j with j % world == r.
+
+    With several ranks, another rank's shard comes as one Batch of its keys with `tokens` None, so that every rank
+    sees every key in the same order and names the PNG files as one process would (see png_path)."""
     reader = ShardReader(source)
     left = limit if limit is not None else len(reader)
     for j, path in enumerate(reader.paths):
@@ -63,15 +67,19 @@ def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, wor
             return
         n = min(reader.counts[j], left)
         left -= n
-        if j % world != rank:
-            continue
         t = reader.shard(j)
         name = os.path.basename(path)
         offsets, blob = t["keys_offsets"], t["keys_blob"]
+
+        def keys(s, e):
+            return [blob[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8", "surrogateescape") for r in range(s, e)]
+
+        if j % world != rank:
+            yield Batch(None, keys(0, n), [])
+            continue
         for s in range(0, n, batch_size):
             e = min(s + batch_size, n)
-            keys = [blob[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8", "surrogateescape") for r in range(s, e)]
-            yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys, [f"{name} row {r}" for r in range(s, e)])
+            yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys(s, e), [f"{name} row {r}" for r in range(s, e)])
 
 
 def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
@@ -170,6 +178,10 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
     with ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1))) as pool:
         pending = []
         for batch in batches:
+            if batch.tokens is None:  # another torchrun rank's rows: only claim their file names
+                for key in batch.keys:
+                    png_path(out, key, taken)
+                continue
             error = None
             try:
                 check_tokens(batch, tokenizer.codebook_size, native)
