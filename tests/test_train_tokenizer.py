@@ -193,6 +193,30 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_a_rerun_resumes(tmp
     assert (resumed.run() / "config.json").exists() and resumed.step == 6
 
 
+def test_once_a_stop_is_asked_the_batches_exited_workers_never_made_come_from_this_process(tmp_path):
+    """A scheduler's SIGTERM to the process group ends the loader workers too; the step they leave without its
+    next micro-batches gets them from this process, the same batches the workers would have made."""
+    data = make_images(tmp_path / "imgs", n=8)
+    straight = TokenizerTrainer([data], tmp_path / "a", fast_cfg(num_workers=2, batch_size=2))
+    want = [straight._next_batch() for _ in range(4)]
+    straight._batch_iter = None
+    trainer = TokenizerTrainer([data], tmp_path / "b", fast_cfg(num_workers=2, batch_size=2))
+    got = [trainer._next_batch()]
+
+    def workers_gone():
+        raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
+        yield
+
+    trainer._batch_iter = workers_gone()
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # no stop asked: the loader's error stands
+        trainer._next_batch()
+    trainer._batch_iter, trainer.stop_request = workers_gone(), common.StopRequest()
+    trainer.stop_request.requested = True
+    got += [trainer._next_batch() for _ in range(3)]
+    assert trainer.batches == 4
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_files_that_go_bad_mid_run_stop_it_with_one_line(workers, tmp_path):
     from regvq_cli.cli import describe

@@ -94,14 +94,15 @@ def test_compile_says_that_the_first_step_waits(tmp_path):
         assert plain.returncode == 1 and b"compiling" not in plain.stderr
 
 
-@pytest.mark.parametrize("workers, group", [("0", False)], ids=["process"])
-def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path, workers, group):
-    # (with loader workers and the whole process group signalled, the step finishes from the prefetched batches in
-    # most runs, not all: a step that still needs a batch the workers never made stops with "exited unexpectedly")
+@pytest.mark.parametrize("workers, group, accum", [("0", False, "1"), ("2", True, "16")],
+                         ids=["process", "group-with-workers"])
+def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path, workers, group, accum):
+    # (with the group signalled the loader workers exit; 16 micro-batches a step outrun what they have prefetched,
+    # so the step's last batches are made in the process)
     imgs = make_images(tmp_path / "imgs", 4)
     args = ["train-tokenizer", str(imgs), "-o", str(tmp_path / "run"), "--preset", "tok-test", "--batch-size", "2",
-            "--workers", workers, "--perceptual-weight", "0", "--contrastive-weight", "0", "--log-every", "1",
-            "--sample-every", "100000", "--checkpoint-every", "100000", "--device", "cpu"]
+            "--workers", workers, "--grad-accum", accum, "--perceptual-weight", "0", "--contrastive-weight", "0",
+            "--log-every", "1", "--sample-every", "100000", "--checkpoint-every", "100000", "--device", "cpu"]
     metrics = tmp_path / "run" / "metrics.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "regvq_cli", *args, "--max-steps", "100000"],
                             stderr=subprocess.PIPE, env={**os.environ, "REGVQ_DEBUG": ""}, start_new_session=group)

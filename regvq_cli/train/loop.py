@@ -78,6 +78,7 @@ class Trainer:
         self.state_path = self.run_dir / STATE_NAME
         self.metrics: MetricsWriter | None = None  # the subclass creates it last
         self._batch_iter = None  # the subclass's batch stream; None: (re)start it at self.batches
+        self.stop_request: StopRequest | None = None  # while run() runs: whether SIGTERM or Ctrl-C asked it to stop
         self.window: dict[str, float] = {}  # sums of train_step's values since the last log
         self.pending: dict[str, torch.Tensor] = {}  # the same, for values still on the device (see _add_pending)
         self.window_steps = 0
@@ -282,6 +283,7 @@ class Trainer:
         self.metrics.keep_until(self.step)  # a killed run's records past its checkpoint are logged again
         try:
             with StopRequest() as request, self.run_settings():
+                self.stop_request = request
                 throughput = Throughput()
                 self.peak_flops = peak_flops(self.device)
                 step_flops, counted_phase = 0.0, _NOT_COUNTED

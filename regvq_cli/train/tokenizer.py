@@ -448,19 +448,31 @@ class TokenizerTrainer(Trainer):
     def data_size(self) -> tuple[int, str]:
         return len(self.inputs), "inputs"
 
+    def _loader(self, workers: int):
+        """The micro-batches from number ``self.batches`` on, made by ``workers`` processes (0: by this one)."""
+        sampler = ShardedBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank,
+                                      self.dist.world_size, self.cfg.seed, start_batch=self.batches)
+        return iter(torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.cfg.seed),  # never touches the global RNG
+            worker_init_fn=quiet_loader_worker,  # a scheduler's SIGTERM to the group: workers exit quietly
+        ))
+
     def _next_batch(self) -> torch.Tensor:
         if self._batch_iter is None:
-            sampler = ShardedBatchSampler(len(self.dataset), self.cfg.batch_size, self.dist.rank,
-                                          self.dist.world_size, self.cfg.seed, start_batch=self.batches)
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=collate,
-                pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.num_workers > 0,
-                prefetch_factor=4 if self.cfg.num_workers > 0 else None,
-                generator=torch.Generator().manual_seed(self.cfg.seed),  # never touches the global RNG
-                worker_init_fn=quiet_loader_worker,  # a scheduler's SIGTERM to the group: the step finishes
-            )
-            self._batch_iter = iter(loader)
-        images, skipped = next(self._batch_iter)
+            self._batch_iter = self._loader(self.cfg.num_workers)
+        try:
+            images, skipped = next(self._batch_iter)
+        except (RuntimeError, ConnectionError, EOFError):
+            if not (self.cfg.num_workers > 0 and self.stop_request is not None and self.stop_request.requested):
+                raise
+            # SIGTERM or Ctrl-C reached the whole process group, and the loader workers exited before making this
+            # batch: the step's other micro-batches are made here (the same ones: an item's augmentation depends
+            # only on its position), so the step finishes and checkpoints as the stop promises
+            self._batch_iter = self._loader(0)
+            images, skipped = next(self._batch_iter)
         for j in skipped:
             if j not in self.skipped:  # reported once, when first found (a resumed run knows the earlier ones)
                 self.skipped.add(j)
