@@ -170,7 +170,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert again.step == 4
     again.run()
     assert again.step == 4
-    with pytest.raises(RegvqError, match="quantizer"):
+    with pytest.raises(RegvqError, match="started with --quantizer regvq, not vq: rerun with the same settings"):
         TokenizerTrainer([data], tmp_path / "b", fast_cfg(max_steps=6, quantizer="vq", **kw))
 
 

@@ -64,7 +64,7 @@ from ..tokenizer.discriminator import DiscriminatorConfig, NLayerDiscriminator
 from ..tokenizer.model import Tokenizer, TokenizerConfig
 from ..tokenizer.presets import PRESETS
 from .common import (EMA, METRICS_NAME, MetricsWriter, adamw, autocast, load_optimizer_state, lr_at, maybe_compile,
-                     plain_value, seed_everything, set_lr, training_precision, unwrap)
+                     plain_value, seed_everything, set_lr, started_otherwise, training_precision, unwrap)
 from .data import AugmentedImages, ShardedBatchSampler, collate
 from .loop import Trainer
 
@@ -434,8 +434,7 @@ class TokenizerTrainer(Trainer):
         for key in ("preset", *ARCH_FIELDS):
             was, want = (old, self.cfg) if key == "preset" else (have, now)
             if plain_value(was.get(key)) != plain_value(getattr(want, key)):
-                raise RegvqError(f"{self.run_dir} was started with {key}={was.get(key)!r}, not "
-                                 f"{getattr(want, key)!r}: use the same settings or a new run directory")
+                raise started_otherwise(self.run_dir, key, was.get(key), getattr(want, key))
         if (state["disc"] is None) != (self.disc is None):
             raise RegvqError(f"{self.run_dir} was started {'with' if state['disc'] is not None else 'without'} "
                              "the GAN loss: keep the GAN weight's on/off setting or use a new run directory")
