@@ -53,7 +53,7 @@ OPTIONS = [
     ("--lr-schedule", "lr_schedule", click.Choice(["constant", "cosine"]), "constant", "Learning-rate schedule after warm-up."),
     ("--grad-clip", "grad_clip", FiniteFloatRange(0), 1.0, "Clip the gradient norm (0 turns it off)."),
     ("--max-steps", "max_steps", click.IntRange(0), 10_000, "Stop after this many steps (a rerun with more continues)."),
-    ("--time-limit", "time_limit", POSITIVE, None, "Stop after this many seconds of training, checkpoint and export."),
+    ("--time-limit", "time_limit", POSITIVE, None, "Seconds of training (summed over resumes): the run stops at the end of the step that passes them, checkpoints and exports."),
     ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
     ("--ema-decay", "ema_decay", FiniteFloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
     ("--compile/--no-compile", "compile", bool, False, "torch.compile the model: a minute or so of compilation first, then on an H200 1.7x the grids/s of an ar-b step (docs/performance.md)."),

@@ -78,7 +78,7 @@ OPTIONS = [
     ("--lr-schedule", "lr_schedule", click.Choice(["constant", "cosine"]), "constant", "Learning-rate schedule after warm-up."),
     ("--grad-clip", "grad_clip", FiniteFloatRange(min=0, min_open=True), None, "Clip gradient norm (default: off)."),
     ("--max-steps", "max_steps", click.IntRange(0), 10_000, "Stop after this many steps (a rerun with more continues)."),
-    ("--time-limit", "time_limit", FiniteFloatRange(min=0, min_open=True), None, "Stop after this many seconds, checkpoint and export."),
+    ("--time-limit", "time_limit", FiniteFloatRange(min=0, min_open=True), None, "Seconds of training (summed over resumes): the run stops at the end of the step that passes them, checkpoints and exports."),
     ("--grad-accum", "grad_accum", click.IntRange(1), 1, "Gradient accumulation steps."),
     ("--ema-decay", "ema_decay", FiniteFloatRange(0, 1), 0.999, "EMA decay of the exported weights."),
     ("--compile/--no-compile", "compile", bool, False, "torch.compile the encoder and decoder (all but the last convolution), channels-last on CUDA: a minute or so of compilation first, then on an H200 1.75x the images/s of a vqgan-f16 step with the discriminator (docs/performance.md)."),
