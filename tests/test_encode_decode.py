@@ -340,7 +340,6 @@ def test_decode_never_writes_two_grids_to_one_file(tmp_path, tokenizer_dir):
     assert len(os.listdir(tmp_path / "rec2")) == 3
 
 
-
 def test_torchrun_ranks_name_clashing_files_as_one_process(tmp_path, tokenizer_dir):
     """cat.jpg and cat.png in shards of two ranks: each rank claims the other's file names in the folder's order,
     so together they write what one process writes, and neither overwrites the other's cat.png."""
@@ -363,6 +362,7 @@ def test_torchrun_ranks_name_clashing_files_as_one_process(tmp_path, tokenizer_d
     assert len(names) == 3 and sorted(os.listdir(tmp_path / "two")) == names
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
 
 def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir, monkeypatch):
     """--grid onto a folder, or below a file, and PNGs into a file: one line naming --out, before any grid is

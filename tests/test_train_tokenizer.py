@@ -217,6 +217,7 @@ def test_once_a_stop_is_asked_the_batches_exited_workers_never_made_come_from_th
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
 
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_files_that_go_bad_mid_run_stop_it_with_one_line(workers, tmp_path):
     from regvq_cli.cli import describe

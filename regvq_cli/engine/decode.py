@@ -79,7 +79,8 @@ def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, wor
             continue
         for s in range(0, n, batch_size):
             e = min(s + batch_size, n)
-            yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys(s, e), [f"{name} row {r}" for r in range(s, e)])
+            where = [f"{name} row {r}" for r in range(s, e)]
+            yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys(s, e), where)
 
 
 def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
