@@ -175,6 +175,7 @@ def test_job_array_workers_then_merge_equal_one_process(tmp_path, tokenizer_dir)
 
 def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
     imgs = make_images(tmp_path / "imgs", 7)
+    Image.open(imgs / "img003.png").save(imgs / "img001.jpg")  # rows 1 and 2, in two ranks' shards: one PNG name
     args = ["-m", str(tokenizer_dir), "--shard-size", "2", "--workers", "0", "--device", "cpu"]
     assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
@@ -188,8 +189,11 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
            "decode", str(tmp_path / "two"), "-o", str(tmp_path / "rec"), "--device", "cpu", "--json"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr.decode()[-3000:]
-    assert sorted(os.listdir(tmp_path / "rec")) == [f"img{i:03d}.png" for i in range(7)]  # ranks split the shards
-    assert json.loads(r.stdout)["decoded"] == 7  # one document, from rank 0, counting both ranks
+    names = sorted([f"img{i:03d}.png" for i in range(7)] + ["img001.png.png"])
+    assert sorted(os.listdir(tmp_path / "rec")) == names  # ranks split the shards, and never write one file twice
+    summary = json.loads(r.stdout)  # one document, from rank 0, counting both ranks
+    assert summary["decoded"] == 8 and summary["renamed"] == [{"key": "img001.png", "file": "img001.png.png"}]
+    assert r.stderr.count(b"was written as") == 1
     cmd[cmd.index("--json")] = "--grid"  # one sheet: each rank would write its own part over the other's
     cmd[cmd.index(str(tmp_path / "rec"))] = str(tmp_path / "sheet.png")
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, warn
+from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, rank, warn
 
 
 @click.command()
@@ -94,10 +94,11 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
                                 compile=compile_, channels_last=channels_last, callback=lambda n: bar.update(n - bar.n),
                                 grid=rec_grid)
-    for item in summary["renamed"][:20]:
+    renamed = summary["renamed"] if rank() == 0 else []  # every rank's, gathered: rank 0 says them once
+    for item in renamed[:20]:
         warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")
-    if len(summary["renamed"]) > 20:
-        warn(f"... and {len(summary['renamed']) - 20} more grids written under another name (see --json)")
+    if len(renamed) > 20:
+        warn(f"... and {len(renamed) - 20} more grids written under another name (see --json)")
     if as_json:
         emit_json(summary)
     else:

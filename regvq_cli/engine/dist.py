@@ -67,6 +67,17 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def all_concat(items: list) -> list:
+    """Every rank's list (of picklable items) joined in rank order; the list itself when run alone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return items
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
 def shutdown() -> None:
     import torch.distributed as dist
 
