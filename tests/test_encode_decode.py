@@ -65,6 +65,30 @@ def test_channels_last_gives_the_default_layouts_tokens_and_pictures_within_roun
     assert layouts == [False, False, True, True]
 
 
+def test_encode_says_where_its_time_went(tmp_path, tokenizer_dir, monkeypatch):
+    """--json's timings split the command's seconds into phases, and -v prints them: slow decoding shows as the wait
+    for the first batch."""
+    from regvq_cli.data.dataset import ImageDataset
+
+    imgs = make_images(tmp_path / "imgs", 3)
+    decode_one = ImageDataset.__getitem__
+
+    def slowly(self, j):
+        time.sleep(0.3)
+        return decode_one(self, j)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", slowly)
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json", "-v")
+    assert r.returncode == 0, r.stderr.decode()
+    summary = json.loads(r.stdout)
+    t = summary["timings"]
+    assert set(t) == {"listing", "setup", "first_batch", "encoding", "finishing"} and min(t.values()) >= 0
+    assert abs(sum(t.values()) - summary["seconds"]) < 0.01
+    assert t["first_batch"] >= 0.9 > t["encoding"]  # the one batch's three images were decoded before it came
+    assert b"loaded in" in r.stderr and b"seconds: listing" in r.stderr
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir)  # without -v: no such lines
+    assert r.returncode == 0 and b"seconds:" not in r.stderr and b"loaded in" not in r.stderr
+
 def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     imgs = make_images(tmp_path / "imgs", 5)
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")

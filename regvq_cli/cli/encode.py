@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
-from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
+from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
                                    progress, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -81,7 +82,9 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
 
     dev = pick_device(device)
+    t = time.perf_counter()
     tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
+    detail(f"{tokenizer.regvq_id} loaded in {time.perf_counter() - t:.2f} s; encoding on {dev}")
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
                          num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last,
@@ -101,6 +104,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the complete shards are on disk
             warn(f"stopped: the complete shards in {out_dir} are kept; run the same command again to resume")
             raise
+    detail("seconds: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in summary["timings"].items()))
     for item in summary.get("skipped", [])[:20]:
         warn(f"skipped {item['key']}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:

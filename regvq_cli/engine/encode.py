@@ -86,6 +86,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     listing = list_inputs(inputs, files_from=files_from, maps_dir=opts.maps_dir, stdin=stdin)
     if opts.limit is not None:
         listing.truncate(opts.limit)
+    marks = {"listed": time.perf_counter()}  # when each phase ended (see "timings" below)
     decoder = jpeg.pick_decoder(opts.jpeg_decoder, device)
     preprocessing = {"size": [size, size], "resize": opts.resize, "background": list(opts.background),
                      "max_pixels": opts.max_pixels}
@@ -114,7 +115,9 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         done_before = set(completed_shards(out_dir, run))
         mine = shards_for_worker(plan_shards(len(listing), opts.shard_size), worker, workers)
         todo = [p for p in mine if p[0] not in done_before]
-        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback)
+        marks["loop"] = time.perf_counter()  # reset by _encode_shards when there is work: set up until then
+        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback, marks)
+        marks["encoded"] = time.perf_counter()
         stats["shards_reused"] = len(mine) - len(todo)
         counts = dist.all_sum([stats["encoded"], stats["skipped"]], device)
         stats["encoded"], stats["skipped"] = int(counts[0]), int(counts[1])
@@ -127,6 +130,13 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     finally:
         lock.release()
     elapsed = time.perf_counter() - t0
+    first = marks.get("first_batch", marks["encoded"])
+    # seconds per phase: listing the inputs; setting up (fingerprinting the inputs and the weights, the resume check,
+    # the tokenizer on its device, the loader); waiting for the first batch (loader workers starting and decoding
+    # it); encoding the rest; after the loop (waiting for the shard writes and the other ranks, the manifest)
+    timings = {"listing": marks["listed"] - t0, "setup": marks["loop"] - marks["listed"],
+               "first_batch": first - marks["loop"], "encoding": marks["encoded"] - first,
+               "finishing": t0 + elapsed - marks["encoded"]}
     summary = {
         "out_dir": str(out_dir),
         "inputs": len(listing),
@@ -135,6 +145,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "shards_written": stats["shards_written"],
         "shards_reused": stats["shards_reused"],
         "seconds": round(elapsed, 3),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
         "images_per_s": round(stats["encoded"] / max(stats["compute_seconds"], 1e-9), 2),
         "tokenizer": run.tokenizer_id,
         "grid": list(grid),
@@ -201,7 +212,8 @@ def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=Non
     )
 
 
-def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback) -> dict:
+def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback, marks) -> dict:
+    """Encode and write the shards `todo`; sets marks["loop"] (its start) and marks["first_batch"] (perf_counter)."""
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
     if not todo:
         return stats
@@ -211,10 +223,11 @@ def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, 
     order = iter([k for k, _, _ in todo])
     current, parts = next(order), _ShardParts()
     total = len(loader.dataset)
-    t_start = time.perf_counter()
+    t_start = marks["loop"] = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []
         for batch in loader:  # batches follow the shards in order (see _shard_batches)
+            marks.setdefault("first_batch", time.perf_counter())
             # images: uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when resized
             # or decoded there, on the device
             images, ok, reasons = jpeg.batch_pixels(batch, device, (size, size), opts.resize, opts.background,
