@@ -19,6 +19,10 @@ N=${N:-40000}; STEPS=${STEPS:-120}; W=${W:-15}; PRESET=${PRESET:-ar-b}; BS=${BS:
 TOK_STEPS=${TOK_STEPS:-60}; TOK_PRESET=${TOK_PRESET:-vqgan-f16}; TOK_BS=${TOK_BS:-32}
 JOBS=${JOBS:-encode prior tokenizer}; NPS=${NPS:-1 $GPUS}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+# Bytecode caches, as an installed package has them: where Python may not write them (PYTHONDONTWRITEBYTECODE, a
+# read-only site-packages) every process compiles torch's sources again, 3-4 s of each command's start-up on an
+# H200 host (docs/performance.md); they go under WORK, filled by a small encode before anything is timed.
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$WORK/pycache}
 mkdir -p "$OUT" "$WORK"
 run() { python3 -m torch.distributed.run --standalone --nproc-per-node "$1" -m regvq_cli -q "${@:2}"; }
 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
@@ -27,6 +31,8 @@ rate() {  # metrics.jsonl, its rate key, job name, processes: the mean rate afte
   python3 -c 'import json,sys; r=[json.loads(l)[sys.argv[2]] for l in open(sys.argv[1])]; r = r[1:] or r
 print(f"{sys.argv[3]}, {sys.argv[4]} process(es): {sum(r) / len(r):.1f} {sys.argv[2]} (after the first log window)")' "$@"
 }
+rm -rf "$WORK/warm-up"
+python3 -m regvq_cli -q encode "$WORK/jpegs" -o "$WORK/warm-up" --limit 64 --workers 1 ${DEV:-} ${ENCODE_OPTS:-}
 for np in $NPS; do
   [[ " $JOBS " == *" encode "* ]] || break
   rm -rf "$WORK/tokens$np"
