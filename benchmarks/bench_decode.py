@@ -63,6 +63,7 @@ def main(argv=None):
 
     gflop = tokenizer_gflop(tokenizer)[1]
     if device.type == "cuda":
+        torch.cuda.init()  # the allocator's statistics exist once CUDA is initialised
         torch.cuda.reset_peak_memory_stats(device)
     summary = decode_source(tmp / "tokens", tmp / "png", tokenizer, device, dtype, batch_size=args.batch_size)
     runner = prepare_tokenizer(tokenizer, device, dtype)

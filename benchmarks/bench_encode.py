@@ -126,9 +126,11 @@ def main(argv=None):
 
     gflop = tokenizer_gflop(tokenizer)[0]
     if device.type == "cuda":
+        torch.cuda.init()  # the allocator's statistics exist once CUDA is initialised (--loader-only did it before)
         torch.cuda.reset_peak_memory_stats(device)
     summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", tokenizer, device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
+              "timings": summary["timings"],
               **floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
               "peak_memory_gib": peak_memory_gib(device),
               "loader_only_images_per_s": loader_rate,
