@@ -197,10 +197,15 @@ def test_job_array_workers_then_merge_equal_one_process(tmp_path, tokenizer_dir)
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
 
 
-def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
+TWO_GPUS = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, TWO_GPUS])])
+def test_torchrun_two_ranks_equal_one_process(tmp_path, tokenizer_dir, device):
+    """gloo ranks on a CPU, or NCCL ranks on two GPUs: the shards of one process, and each rank decoding its own."""
     imgs = make_images(tmp_path / "imgs", 7)
     Image.open(imgs / "img003.png").save(imgs / "img001.jpg")  # rows 1 and 2, in two ranks' shards: one PNG name
-    args = ["-m", str(tokenizer_dir), "--shard-size", "2", "--workers", "0", "--device", "cpu"]
+    args = ["-m", str(tokenizer_dir), "--shard-size", "2", "--workers", "0", "--device", device]
     assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
            "encode", str(imgs), "-o", str(tmp_path / "two"), *args]
@@ -210,7 +215,7 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path, tokenizer_dir):
         if not name.startswith("."):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
-           "decode", str(tmp_path / "two"), "-o", str(tmp_path / "rec"), "--device", "cpu", "--json"]
+           "decode", str(tmp_path / "two"), "-o", str(tmp_path / "rec"), "--device", device, "--json"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     names = sorted([f"img{i:03d}.png" for i in range(7)] + ["img001.png.png"])

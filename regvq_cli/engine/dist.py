@@ -31,6 +31,10 @@ def join(device, timeout_s: float = 1800.0) -> tuple[int, int, bool]:
         raise RegvqError("this PyTorch build has no torch.distributed: run a single process")
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
+    if device.type == "cuda":  # this rank's GPU as the current one: object collectives put their tensors there
+        import torch
+
+        torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s), **kwargs)
     return rank, world, True
