@@ -276,6 +276,6 @@ def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=No
         summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, channels_last,
                                 callback, grid)
         summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
-        summary["renamed"] = dist.all_concat(summary["renamed"])
+        summary["renamed"] = [item for part in dist.all_gather(summary["renamed"]) for item in part]
         dist.barrier()
         return summary

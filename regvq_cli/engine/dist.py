@@ -71,15 +71,15 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def all_concat(items: list) -> list:
-    """Every rank's list (of picklable items) joined in rank order; the list itself when run alone."""
+def all_gather(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order; [obj] when run alone."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return items
+        return [obj]
     parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
+    dist.all_gather_object(parts, obj)  # through the current CUDA device under NCCL: join() set it to this rank's
+    return parts
 
 
 def shutdown() -> None:

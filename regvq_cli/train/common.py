@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..engine.dist import join, shutdown
+from ..engine.dist import all_gather, join, shutdown
 from ..errors import RegvqError
 
 STATE_NAME = "state.pt"
@@ -151,11 +151,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
 
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a one-element list with one process)."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    return all_gather(obj)
 
 
 def plain_value(value):
