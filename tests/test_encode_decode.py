@@ -89,6 +89,7 @@ def test_encode_says_where_its_time_went(tmp_path, tokenizer_dir, monkeypatch):
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir)  # without -v: no such lines
     assert r.returncode == 0 and b"seconds:" not in r.stderr and b"loaded in" not in r.stderr
 
+
 def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     imgs = make_images(tmp_path / "imgs", 5)
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")
