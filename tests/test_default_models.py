@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests.conftest import REPO, invoke
 
+
 def run(*args) -> str:
     r = invoke(*args)
     assert r.returncode == 0, r.stderr.decode()
