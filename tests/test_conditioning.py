@@ -43,7 +43,6 @@ def test_states_per_kind():
     assert s.tokens is None and s.spatial.shape == (2, 6, DIM)
 
 
-
 def test_training_mode_reads_no_device_values():
     """In training the encoder reads nothing back from the device (each read would make the step wait for it):
     ids off the host are not range-checked and the text mask is kept even when nothing is padded. Ids on the host
@@ -59,6 +58,7 @@ def test_training_mode_reads_no_device_values():
     full = TextStates(torch.randn(2, 4, 5), torch.ones(2, 4, dtype=torch.bool))
     text = encoder("text")
     assert text.train()(full, 2).mask.all() and text.eval()(full, 2).mask is None
+
 
 def test_long_text_is_truncated():
     text = TextStates(torch.randn(1, 9, 5), torch.ones(1, 9, dtype=torch.bool))

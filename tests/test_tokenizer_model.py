@@ -297,7 +297,6 @@ def test_compiled_group_norm_on_a_gpu_launches_the_scale_shift_kernel_and_is_gro
     assert "group_norm_scale_shift_kernel" not in "".join(code)
 
 
-
 @pytest.mark.gpu
 def test_bf16_decoder_on_a_gpu_takes_its_inference_forms_within_rounding(monkeypatch):
     """On a GPU a bf16 runner's decoder, which upsamples by transposed convolutions (eager and compiled) and,
