@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,23 @@ def test_encode_says_where_its_time_went(tmp_path, tokenizer_dir, monkeypatch):
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir)  # without -v: no such lines
     assert r.returncode == 0 and b"seconds:" not in r.stderr and b"loaded in" not in r.stderr
 
+
+def test_v_says_which_model_ran_and_vv_lasts_one_command(tmp_path, tokenizer_dir):
+    """-v names the model each command loaded, where from, its size and load time; -vv's debug logging is switched
+    off again by the next command in the same process."""
+    import logging
+
+    imgs = make_images(tmp_path / "imgs", 2)
+    assert encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir).returncode == 0
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec", "-v")
+    assert r.returncode == 0, r.stderr.decode()
+    assert re.search(rf"{re.escape(str(tokenizer_dir))}: [\d.]+M parameters, loaded in [\d.]+ s", r.stderr.decode())
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec2")
+    assert r.returncode == 0 and b"parameters" not in r.stderr
+    assert invoke("-vv", "shards", "info", tmp_path / "tok").returncode == 0
+    assert logging.getLogger("huggingface_hub").level == logging.DEBUG
+    assert invoke("shards", "info", tmp_path / "tok").returncode == 0
+    assert logging.getLogger("huggingface_hub").level == logging.NOTSET and not logging.getLogger("httpx").handlers
 
 def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     imgs = make_images(tmp_path / "imgs", 5)

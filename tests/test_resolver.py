@@ -95,6 +95,19 @@ def test_hub_download_then_offline_from_the_real_cache(tmp_path):
         assert b"# a card" in r.stdout
 
 
+def test_vv_shows_the_hubs_requests(tmp_path):
+    """-vv: the Hub client's HTTP requests as debug lines on stderr (not on stdout); none without it."""
+    with FakeHub() as hub:
+        hub.add("acme/tok", _model_files())
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        r = run_cli("-vv", "models", "show", "acme/tok", "--json", env=env)
+        assert r.returncode == 0, r.stderr.decode()
+        requests = [line for line in r.stderr.decode().splitlines() if line.startswith("regvq: debug: httpx")]
+        assert any("GET" in line and "acme/tok" in line for line in requests), r.stderr.decode()
+        assert json.loads(r.stdout)["record"]["model_type"] == "tiny"
+        r = run_cli("models", "show", "acme/tok", env=env)
+        assert r.returncode == 0 and b"regvq: debug" not in r.stderr
+
 def test_hub_offline_and_not_cached_names_the_id(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     r = run_cli("models", "show", "acme/missing@v2", env=env)

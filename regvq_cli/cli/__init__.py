@@ -125,7 +125,7 @@ def worker_original(text: str) -> str | None:
 
 
 QUIET_HELP = "Less output on stderr (-q: no progress bars or info; -qq: errors only)."
-VERBOSE_HELP = "More output on stderr (-v: details; -vv: debug)."
+VERBOSE_HELP = "More output on stderr (-v: details, such as the models loaded; -vv: also the Hub's requests)."
 
 
 def with_verbosity_options(cmd: click.Command) -> click.Command:

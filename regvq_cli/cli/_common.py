@@ -8,17 +8,39 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
+import time
 
 import click
 
 _verbosity = 0  # -2 errors only, -1 no progress/info, 0 normal, 1 details, 2 debug
 
 
+# what -vv shows: the Hub client's messages and its HTTP requests (httpx, or the httpx2 that newer huggingface_hub
+# releases use; urllib3 under requests)
+DEBUG_LOGGERS = ("regvq_cli", "huggingface_hub", "httpx", "httpx2", "urllib3")
+
+
+class _StderrHandler(logging.Handler):
+    """Log records as "regvq: debug: name: message" lines on whatever stderr is now (click's, under a test runner)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"regvq: debug: {record.name}: {record.getMessage()}", err=True)
+
+
 def set_verbosity(level: int) -> None:
     global _verbosity
     _verbosity = level
+    debug = level >= 2  # -vv: DEBUG_LOGGERS on stderr; off again for a later command in the same process
+    for name in DEBUG_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(handler)
+        if debug:
+            logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
 
 
 def verbosity() -> int:
@@ -45,6 +67,19 @@ def detail(message: str) -> None:
     """A detail line on stderr, shown with -v."""
     if _verbosity >= 1 and rank() == 0:
         click.echo(message, err=True)
+
+
+def load_model(spec: str, **kwargs):
+    """`engine.resolve.load(spec, **kwargs)`; with -v, says which model that resolved to, from where, its size and
+    how long it took."""
+    from regvq_cli.engine.resolve import load
+
+    t = time.perf_counter()
+    model = load(spec, **kwargs)
+    params = sum(p.numel() for p in model.parameters())
+    where = "" if str(model.regvq_path) == str(model.regvq_id) else f" from {model.regvq_path}"
+    detail(f"{model.regvq_id}{where}: {params / 1e6:.1f}M parameters, loaded in {time.perf_counter() - t:.2f} s")
+    return model
 
 
 def warn(message: str) -> None:

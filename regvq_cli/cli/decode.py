@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, model_option, offline_option, plural, progress, rank, warn
+from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
 
 
 @click.command()
@@ -39,7 +39,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     from regvq_cli.engine.checkpoint import file_sha256, weights_path
     from regvq_cli.engine.decode import decode_source, recorded_tokenizer
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.engine.resolve import TOKENIZER, load
+    from regvq_cli.engine.resolve import TOKENIZER
     from regvq_cli.errors import RegvqError
 
     if out == "-":
@@ -59,7 +59,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     if model is None and rec_id is None:
         raise click.UsageError("tokens on stdin carry no tokenizer: pass --model")
     try:
-        tokenizer = load(model or rec_id, offline=offline, expect=TOKENIZER)
+        tokenizer = load_model(model or rec_id, offline=offline, expect=TOKENIZER)
     except RegvqError as e:
         if model is None:
             raise RegvqError(f"the tokenizer recorded with the tokens ({rec_id}) cannot be loaded: {e}; pass --model") from None

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
-from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, model_option, offline_option,
+from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option,
                                    progress, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -79,12 +78,11 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
         raise click.BadParameter(f"must be below --num-workers ({num_workers})", param_hint="--worker-id")
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.encode import EncodeOptions, encode_images
-    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER
 
     dev = pick_device(device)
-    t = time.perf_counter()
-    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
-    detail(f"{tokenizer.regvq_id} loaded in {time.perf_counter() - t:.2f} s; encoding on {dev}")
+    tokenizer = load_model(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
+    detail(f"encoding on {dev} in {str(pick_dtype(dtype, dev)).removeprefix('torch.')}")
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
                          num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last,

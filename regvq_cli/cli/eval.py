@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, model_option, offline_option, plural, progress, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -106,11 +106,11 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     import os
 
     from regvq_cli.engine.device import pick_device
-    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER
     from regvq_cli.eval.recon import evaluate_recon
 
     dev = pick_device(device)
-    tokenizer = load(model or DEFAULT_TOKENIZER, device=dev, offline=offline, expect=TOKENIZER)
+    tokenizer = load_model(model or DEFAULT_TOKENIZER, device=dev, offline=offline, expect=TOKENIZER)
     size = size or tokenizer.config.image_size
     batches, n = image_batches(data, size, resize, batch_size, workers, limit)
     too_few = None
@@ -210,11 +210,11 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
     import torch
 
     from regvq_cli.cli.sample import load_tokenizer, token_batches
-    from regvq_cli.engine.resolve import PRIOR, load
+    from regvq_cli.engine.resolve import PRIOR
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.priors.conditioning import prepare_condition
 
-    prior = load(spec, device=device, offline=offline, expect=PRIOR)
+    prior = load_model(spec, device=device, offline=offline, expect=PRIOR)
     pc = prior.config
     if pc.cond not in ("none", "class"):
         raise click.UsageError(f"{spec} is {pc.cond}-conditioned: generate with `regvq sample ... -o DIR` and pass --samples DIR")
@@ -259,7 +259,7 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     import torch
 
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER, load
+    from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.errors import RegvqError
     from regvq_cli.eval.codebook import codebook_report, save_usage_plot
@@ -269,7 +269,7 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     if not data:
         raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
     dev = pick_device(device)
-    tokenizer = load(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
+    tokenizer = load_model(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
     n_codes = tokenizer.codebook_size
     hist = torch.zeros(n_codes, dtype=torch.long)
     if len(data) == 1 and os.path.isfile(os.path.join(data[0], "manifest.json")):

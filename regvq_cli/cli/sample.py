@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
-                                   SEED, json_option, model_option, offline_option, plural, progress, warn)
+                                   SEED, json_option, load_model, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -81,13 +81,13 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
 
     from regvq_cli.engine.decode import contact_sheet, save_png, write_png_to_stdout
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.engine.resolve import PRIOR, load
+    from regvq_cli.engine.resolve import PRIOR
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.priors.conditioning import prepare_condition
 
     dev = pick_device(device)
     compute_dtype = pick_dtype(dtype, dev)
-    prior = load(model or default_prior(kind), device=dev, offline=offline, expect=PRIOR)
+    prior = load_model(model or default_prior(kind), device=dev, offline=offline, expect=PRIOR)
     pc = prior.config
     if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
         raise click.UsageError("--steps and --sampler apply to diffusion priors only")
@@ -237,7 +237,7 @@ def default_prior(kind) -> str:
 def load_tokenizer(prior, spec, offline):
     """The tokenizer to decode with (--tokenizer, else the prior's recorded one) and its weights' sha256."""
     from regvq_cli.engine.checkpoint import file_sha256, weights_path
-    from regvq_cli.engine.resolve import TOKENIZER, load
+    from regvq_cli.engine.resolve import TOKENIZER
     from regvq_cli.errors import RegvqError
 
     pc = prior.config
@@ -245,12 +245,12 @@ def load_tokenizer(prior, spec, offline):
         if not pc.tokenizer:
             raise RegvqError("the prior records no tokenizer: pass --tokenizer")
         try:
-            tok = load(pc.tokenizer, offline=offline, expect=TOKENIZER)
+            tok = load_model(pc.tokenizer, offline=offline, expect=TOKENIZER)
         except RegvqError as e:
             raise RegvqError(f"the tokenizer recorded in the prior ({pc.tokenizer}) cannot be loaded: {e}; "
                              "pass --tokenizer") from None
     else:
-        tok = load(spec, offline=offline, expect=TOKENIZER)
+        tok = load_model(spec, offline=offline, expect=TOKENIZER)
     sha = file_sha256(weights_path(tok.regvq_path))
     if pc.tokenizer_sha256 and sha != pc.tokenizer_sha256:
         warn(f"{tok.regvq_id} is not the tokenizer the prior was trained on ({pc.tokenizer}); images may look wrong")
