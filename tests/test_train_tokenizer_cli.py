@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,20 @@ def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_pa
     assert r.returncode == 0, r.stderr.decode()
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()][-2:] == [step, step + 1]
 
+
+def test_v_prints_a_line_per_logged_window(tmp_path):
+    """-v: one line per metrics record (what a job's log keeps where no bar is drawn); none without it."""
+    imgs = make_images(tmp_path / "imgs", 4)
+    args = ["train-tokenizer", imgs, "--preset", "tok-test", "--batch-size", "2", "--workers", "0",
+            "--perceptual-weight", "0", "--contrastive-weight", "0", "--log-every", "2", "--sample-every", "0",
+            "--max-steps", "4", "--device", "cpu"]
+    r = invoke(*args, "-o", tmp_path / "a", "-v")
+    assert r.returncode == 0, r.stderr.decode()
+    lines = [line for line in r.stderr.decode().splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"]
+    assert all(re.search(r"loss [\d.e+-]+, usage_pct [\d.]+, perplexity [\d.]+, images_per_s", line) for line in lines)
+    r = invoke(*args, "-o", tmp_path / "b")
+    assert r.returncode == 0 and not any(line.startswith(b"step ") for line in r.stderr.splitlines())
 
 # ---- --init: fine-tuning from a model -----------------------------------------------------------------------
 

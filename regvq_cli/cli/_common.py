@@ -103,15 +103,22 @@ def progress(total=None, desc: str = "", unit: str = "it", **kwargs):
 @contextlib.contextmanager
 def training_progress(max_steps: int, keys: tuple[str, ...]):
     """A step bar for a training run; yields the `callback(step, metrics)` the trainers call (once per step, so
-    `callback.steps` counts the steps this process ran)."""
+    `callback.steps` counts the steps this process ran). With -v, also a line per logged window ("step 200/10000:
+    loss 0.0812, ..."), which stays in a job's log where no bar is drawn."""
     with progress(total=max_steps, desc="train", unit="step") as bar:
         def callback(step, metrics):
             callback.steps += 1
             bar.n = step
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in keys if k in metrics}, refresh=False)
+            shown = {k: f"{metrics[k]:.4g}" for k in keys if k in metrics}
+            bar.set_postfix(shown, refresh=False)
             bar.refresh()
+            if metrics.get("time") != callback.logged:  # a new metrics record: its wall-clock time differs
+                callback.logged = metrics.get("time")
+                if _verbosity >= 1 and rank() == 0:
+                    bar.write(f"step {step}/{max_steps}: " + ", ".join(f"{k} {v}" for k, v in shown.items()),
+                              file=sys.stderr)
 
-        callback.steps = 0
+        callback.steps, callback.logged = 0, None
         yield callback
 
 
