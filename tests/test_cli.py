@@ -220,3 +220,23 @@ def test_models_show_with_an_empty_name_is_a_usage_error():
     result = CliRunner().invoke(cli, ["models", "show", ""])
     assert result.exit_code == 2, result.output
     assert "MODEL" in result.stderr and "empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tenths_writes_a_line_per_tenth_passed_and_only_with_v():
+    from regvq_cli.cli import _common
+
+    class Bar:
+        lines: list = []
+
+        def write(self, line, file=None):
+            self.lines.append(line)
+
+    for level, expected in ((1, ["1 of 10 samples done", "5 of 10 samples done", "10 of 10 samples done"]), (0, [])):
+        _common.set_verbosity(level)
+        bar = Bar()
+        bar.lines = []
+        note = _common.tenths(bar, "samples")
+        for done in (1, 1, 5, 5, 10):
+            note(done, 10)
+        assert [line.split(" (")[0] for line in bar.lines] == expected
+    _common.set_verbosity(0)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
 from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option,
-                                   progress, rank, verbosity, warn)
+                                   progress, tenths, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
                "shorter side to SIZE, then center crop; pad = fit inside, letterbox on --background; stretch = "
@@ -91,21 +90,14 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     if compile_:
         compiling_note("the tokenizer's encoder")
     with progress(desc="encode", unit="img") as bar:
-        t0 = time.perf_counter()
+        note = tenths(bar, "inputs")
 
         def callback(done, skipped, total):  # this run's inputs (rank 0's share under torchrun)
             bar.total = total
             bar.n = done
             bar.set_postfix(skipped=skipped, refresh=False)
             bar.refresh()
-            tenths = done * 10 // max(total, 1)
-            if tenths > callback.tenths:  # -v: a line at every tenth, which a job's log keeps where no bar is drawn
-                callback.tenths = tenths
-                if verbosity() >= 1 and rank() == 0:
-                    rate = human_rate(done / max(time.perf_counter() - t0, 1e-9))
-                    bar.write(f"{done:,} of {total:,} inputs done, {skipped:,} skipped ({rate})", file=sys.stderr)
-
-        callback.tenths = 0
+            note(done, total, f", {skipped:,} skipped")
 
         try:
             summary = encode_images(list(inputs), out_dir, tokenizer, dev, pick_dtype(dtype, dev), opts,
