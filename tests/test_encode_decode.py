@@ -417,6 +417,24 @@ def test_torchrun_ranks_name_clashing_files_as_one_process(tmp_path, tokenizer_d
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
+def test_decode_counts_its_grids_for_the_bar_and_v_lines(tmp_path, tokenizer_dir):
+    """rows_for_rank gives the number of grids shard_batches hands a rank (with --limit and several ranks), which
+    the bar and -v's lines at every tenth count against."""
+    from regvq_cli.engine.decode import rows_for_rank, shard_batches
+
+    imgs = make_images(tmp_path / "imgs", 5)
+    assert encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--shard-size", "2").returncode == 0
+    for limit in (None, 1, 3, 4, 9):
+        for rank, world in ((0, 1), (0, 2), (1, 2), (2, 3)):
+            batches = shard_batches(tmp_path / "tok", 2, limit, rank, world)
+            got = sum(len(b.keys) for b in batches if b.tokens is not None)  # its own rows, not the others' names
+            assert rows_for_rank(tmp_path / "tok", limit, rank, world) == got, (limit, rank, world)
+    assert rows_for_rank("-", None) is None
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec", "--batch-size", "2", "-v")
+    assert r.returncode == 0, r.stderr.decode()
+    assert [line.split(" (")[0] for line in r.stderr.decode().splitlines() if "grids done" in line] == [
+        "2 of 5 grids done", "4 of 5 grids done", "5 of 5 grids done"]
+
 def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir, monkeypatch):
     """--grid onto a folder, or below a file, and PNGs into a file: one line naming --out, before any grid is
     decoded, and no temporary file left behind."""

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
+from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, tenths, warn
 
 
 @click.command()
@@ -37,8 +37,9 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     regvq decode tokens/ --limit 16 --grid -o - | display
     """
     from regvq_cli.engine.checkpoint import file_sha256, weights_path
-    from regvq_cli.engine.decode import decode_source, recorded_tokenizer
+    from regvq_cli.engine.decode import decode_source, recorded_tokenizer, rows_for_rank
     from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.dist import world_from_env
     from regvq_cli.engine.resolve import TOKENIZER
     from regvq_cli.errors import RegvqError
 
@@ -89,11 +90,18 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     dev = pick_device(device)
     if compile_:
         compiling_note("the tokenizer's decoder")
-    with progress(desc="decode", unit="img", total=limit) as bar:
+    total = rows_for_rank(tokens, limit, *world_from_env())  # this process's grids (None on stdin)
+    with progress(desc="decode", unit="img", total=total if total is not None else limit) as bar:
+        note = tenths(bar, "grids")
+
+        def callback(n):
+            bar.update(n - bar.n)
+            if total is not None:
+                note(n, total)
+
         summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
-                                compile=compile_, channels_last=channels_last, callback=lambda n: bar.update(n - bar.n),
-                                grid=rec_grid)
+                                compile=compile_, channels_last=channels_last, callback=callback, grid=rec_grid)
     renamed = summary["renamed"] if rank() == 0 else []  # every rank's, gathered: rank 0 says them once
     for item in renamed[:20]:
         warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")

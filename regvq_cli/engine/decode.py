@@ -83,6 +83,19 @@ def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, wor
             yield Batch(np.asarray(t["tokens"][s:e], dtype=np.int64), keys(s, e), where)
 
 
+def rows_for_rank(source, limit: int | None, rank: int = 0, world: int = 1) -> int | None:
+    """How many grids `shard_batches(source, ..., limit, rank, world)` gives this rank to decode; None for stdin."""
+    if source == "-":
+        return None
+    reader = ShardReader(source)
+    left, mine = limit if limit is not None else len(reader), 0
+    for j, count in enumerate(reader.counts):
+        n = max(0, min(count, left))
+        left -= n
+        mine += n if j % world == rank else 0
+    return mine
+
+
 def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
     """One JSON line -> (grid, key or None); RegvqError naming the line when it is no grid of `shape`."""
     try:
