@@ -102,17 +102,28 @@ def progress(total=None, desc: str = "", unit: str = "it", **kwargs):
 
 def tenths(bar, what: str):
     """`note(done, total, extra="")` for a loop drawing `bar`: with -v, a line each time `done` passes another tenth
-    of `total` ("2,000 of 10,000 images done (350.1 images/s)"), which a job's log keeps where no bar is drawn."""
+    of `total` ("2,000 of 10,000 images done (350.1 images/s)"), which a job's log keeps where no bar is drawn; none
+    while the total is unknown (None or 0)."""
     t0, passed = time.perf_counter(), [0]
 
-    def note(done: int, total: int, extra: str = "") -> None:
-        k = done * 10 // max(total, 1)
+    def note(done: int, total: int | None, extra: str = "") -> None:
+        k = done * 10 // total if total else 0  # an unknown total: no lines
         if k > passed[0]:
             passed[0] = k
             if _verbosity >= 1 and rank() == 0:
                 rate = human_rate(done / max(time.perf_counter() - t0, 1e-9))
                 bar.write(f"{done:,} of {total:,} {what} done{extra} ({rate})", file=sys.stderr)
     return note
+
+
+def counted(bar, what: str):
+    """`callback(done, total)` that moves `bar` to `done` and, with -v, writes `tenths`' lines."""
+    note = tenths(bar, what)
+
+    def callback(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+        note(done, total)
+    return callback
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, counted, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -126,7 +126,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
             tokenizer, batches, device=dev, feature_fn=None if no_fid else "default", image_size=size,
             batch_size=batch_size, resize=resize, ref_stats=ref_stats if have_stats else None,
             save_ref_stats=ref_stats if ref_stats and not have_stats else None, fid_method=fid_method, seed=seed,
-            data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=lambda done, total: bar.update(done - bar.n))
+            data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=counted(bar, "images"))
     if too_few and as_json:  # said on stderr already; the JSON result says why rFID is missing too
         result["warnings"].insert(0, too_few)
     show(result, as_json)
@@ -175,7 +175,7 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
         batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit, what="--ref")
         with progress(total=n, desc="reference", unit="img") as bar:
             saved = save_reference_stats(batches, save_ref_stats, device=dev, batch_size=batch_size, resize=resize,
-                                         seed=seed, ref_name=ref, callback=lambda done, total: bar.update(done - bar.n))
+                                         seed=seed, ref_name=ref, callback=counted(bar, "images"))
         if as_json:
             emit_json(saved)
         else:
@@ -200,7 +200,7 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
                               resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
                               data=samples, ref_name=ref, model=prior_spec, n_samples=n,
-                              callback=lambda done, total: bar.update(done - bar.n))
+                              callback=counted(bar, "images"))
     show(result, as_json)
 
 
