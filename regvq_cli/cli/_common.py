@@ -63,10 +63,13 @@ def compiling_note(what: str) -> None:
     info(f"compiling {what} with torch.compile: the first batch waits for it (about a minute)")
 
 
-def detail(message: str) -> None:
-    """A detail line on stderr, shown with -v."""
+def detail(message: str, bar=None) -> None:
+    """A detail line on stderr, shown with -v (through `bar`'s write, which keeps a drawn bar below it)."""
     if _verbosity >= 1 and rank() == 0:
-        click.echo(message, err=True)
+        if bar is not None:
+            bar.write(message, file=sys.stderr)
+        else:
+            click.echo(message, err=True)
 
 
 def load_model(spec: str, **kwargs):
@@ -110,9 +113,8 @@ def tenths(bar, what: str):
         k = done * 10 // total if total else 0  # an unknown total: no lines
         if k > passed[0]:
             passed[0] = k
-            if _verbosity >= 1 and rank() == 0:
-                rate = human_rate(done / max(time.perf_counter() - t0, 1e-9))
-                bar.write(f"{done:,} of {total:,} {what} done{extra} ({rate})", file=sys.stderr)
+            rate = human_rate(done / max(time.perf_counter() - t0, 1e-9))
+            detail(f"{done:,} of {total:,} {what} done{extra} ({rate})", bar)
     return note
 
 
@@ -120,7 +122,7 @@ def counted(bar, what: str):
     """`callback(done, total)` that moves `bar` to `done` and, with -v, writes `tenths`' lines."""
     note = tenths(bar, what)
 
-    def callback(done: int, total: int) -> None:
+    def callback(done: int, total: int | None) -> None:
         bar.update(done - bar.n)
         note(done, total)
     return callback
@@ -140,9 +142,7 @@ def training_progress(max_steps: int, keys: tuple[str, ...]):
             bar.refresh()
             if metrics.get("time") != callback.logged:  # a new metrics record: its wall-clock time differs
                 callback.logged = metrics.get("time")
-                if _verbosity >= 1 and rank() == 0:
-                    bar.write(f"step {step}/{max_steps}: " + ", ".join(f"{k} {v}" for k, v in shown.items()),
-                              file=sys.stderr)
+                detail(f"step {step}/{max_steps}: " + ", ".join(f"{k} {v}" for k, v in shown.items()), bar)
 
         callback.steps, callback.logged = 0, None
         yield callback

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, tenths, warn
+from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
 
 
 @click.command()
@@ -92,16 +92,10 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
         compiling_note("the tokenizer's decoder")
     total = rows_for_rank(tokens, limit, *world_from_env())  # this process's grids (None on stdin)
     with progress(desc="decode", unit="img", total=total if total is not None else limit) as bar:
-        note = tenths(bar, "grids")
-
-        def callback(n):
-            bar.update(n - bar.n)
-            if total is not None:
-                note(n, total)
-
+        count = counted(bar, "grids")
         summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
-                                compile=compile_, channels_last=channels_last, callback=callback, grid=rec_grid)
+                                compile=compile_, channels_last=channels_last, callback=lambda n: count(n, total), grid=rec_grid)
     renamed = summary["renamed"] if rank() == 0 else []  # every rank's, gathered: rank 0 says them once
     for item in renamed[:20]:
         warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")

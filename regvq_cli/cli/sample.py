@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, device_options, emit_json, human_rate, info,
-                                   SEED, json_option, load_model, model_option, offline_option, plural, progress, tenths, warn)
+from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, counted, device_options, emit_json, human_rate, info,
+                                   SEED, json_option, load_model, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -139,7 +139,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     t0 = time.perf_counter()
     try:
         with progress(total=total, desc="sample", unit="img") as bar:
-            note = tenths(bar, "samples")
+            count = counted(bar, "samples")
             for tokens in token_batches(prior, cond, rows, batch_size, generator, compute_dtype, options):
                 if writer is not None:
                     writer.add(tokens.cpu().numpy())
@@ -152,8 +152,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
                             files.append(os.path.join(out, f"{name}.png"))
                             save_png(img, files[-1])
                 done += len(tokens)
-                bar.update(len(tokens))
-                note(done, total)
+                count(done, total)
         if writer is not None:
             writer.finish()
     finally:
