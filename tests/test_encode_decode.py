@@ -229,11 +229,17 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, tokenizer_dir, device):
     assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
            "encode", str(imgs), "-o", str(tmp_path / "two"), *args]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     for name in os.listdir(tmp_path / "one"):
         if not name.startswith("."):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    summary = json.loads(r.stdout)  # rank 0's, counting both ranks (which drew the 4 shards between them)
+    assert (summary["encoded_this_run"], summary["shards_written"], summary["shards_reused"]) == (8, 4, 0)
+    r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)  # nothing left
+    summary = json.loads(r.stdout)
+    assert (summary["encoded_this_run"], summary["shards_written"], summary["shards_reused"]) == (0, 0, 4)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
            "decode", str(tmp_path / "two"), "-o", str(tmp_path / "rec"), "--device", device, "--json"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -350,15 +356,37 @@ def test_sigterm_says_so_and_a_rerun_finishes_the_same_folder(tmp_path, tokenize
 
 
 def test_resumed_work_is_planned_without_listing_every_index():
-    from regvq_cli.engine.encode import _Positions, _ShardBatches
+    from regvq_cli.engine.encode import _ShardBatches
 
     todo = [(1, 4, 8), (3, 12, 15), (4, 16, 17)]  # (shard, start, stop) left to do
-    positions = _Positions(todo)
-    assert [positions[j] for j in range(len(positions))] == [4, 5, 6, 7, 12, 13, 14, 16]
-    batches = _ShardBatches(todo, 3)
-    assert list(batches) == [[0, 1, 2], [3], [4, 5, 6], [7]] and len(batches) == 4  # never across shards
-    huge = _Positions([(0, 0, 10**9)])
-    assert len(huge) == 10**9 and huge[10**9 - 1] == 10**9 - 1
+    assert list(_ShardBatches(todo, 3)) == [[4, 5, 6], [7], [12, 13, 14], [16]]  # never across shards
+    huge = iter(_ShardBatches([(0, 0, 10**9)], 2))  # batches made as the loader asks: no list of every input
+    assert next(huge) == [0, 1] and next(huge) == [2, 3]
+
+
+def test_torchrun_ranks_draw_every_shard_left_exactly_once():
+    """_ClaimedShards over one counter (a store like torchrun's): ranks drawing in any interleaving get disjoint
+    shards that cover every shard not done before, a faster rank more of them; the done ones count as reused."""
+    import torch.distributed as tdist
+
+    from regvq_cli.data.shards import plan_shards
+    from regvq_cli.engine.dist import SharedCounter
+    from regvq_cli.engine.encode import _ClaimedShards
+
+    plan, done = plan_shards(23, 2), {0, 5, 6}  # 12 shards, three complete
+    store = tdist.HashStore()
+    ranks = [iter(_ClaimedShards(plan, done, SharedCounter(store, "shards"))) for _ in range(2)]
+    drawn = [[], []]
+    for step in range(40):  # rank 0 draws three shards for every one of rank 1's
+        r = 0 if step % 4 else 1
+        p = next(ranks[r], None)
+        if p is not None:
+            drawn[r].append(p[0])
+    assert sorted(drawn[0] + drawn[1]) == [k for k, _, _ in plan if k not in done]
+    assert len(drawn[0]) == 2 * len(drawn[1]) == 6
+    assert next(iter(_ClaimedShards(plan, done, SharedCounter(store, "shards"))), None) is None  # all drawn
+    again = [_ClaimedShards(plan, done, SharedCounter(store, "rerun")) for _ in range(2)]
+    assert len(list(again[0])) == 9 and list(again[1]) == [] and again[0].reused + again[1].reused == 3
 
 
 def test_compile_says_the_first_batch_waits_for_it(tmp_path, tokenizer_dir, monkeypatch):

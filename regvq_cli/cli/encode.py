@@ -92,7 +92,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     with progress(desc="encode", unit="img") as bar:
         note = tenths(bar, "inputs")
 
-        def callback(done, skipped, total):  # this run's inputs (rank 0's share under torchrun)
+        def callback(done, skipped, total):  # this run's inputs (all ranks' under torchrun)
             bar.total = total
             bar.n = done
             bar.set_postfix(skipped=skipped, refresh=False)

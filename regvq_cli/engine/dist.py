@@ -3,6 +3,7 @@ split their work by rank with it; training (`regvq_cli.train.common.setup_distri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 
@@ -80,6 +81,33 @@ def all_gather(obj) -> list:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)  # through the current CUDA device under NCCL: join() set it to this rank's
     return parts
+
+
+_counters_made: collections.Counter = collections.Counter()
+
+
+class SharedCounter:
+    """An integer every rank adds to, kept in the process group's key-value store (torchrun's rendezvous store):
+    `add(n)` returns the total after this addition, so `add(1) - 1` hands each value 0, 1, 2, ... to exactly one
+    caller of all ranks, whichever asks first. One round trip to the store per call (tens of microseconds on one
+    host)."""
+
+    def __init__(self, store, key: str):
+        self.store, self.key = store, key
+
+    def add(self, n: int = 1) -> int:
+        return int(self.store.add(self.key, n))
+
+
+def shared_counter(name: str) -> SharedCounter | None:
+    """A fresh SharedCounter of the process group, or None when there is none. Every rank must make the same
+    counters in the same order: the n-th `shared_counter(name)` of each rank is the same counter."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    _counters_made[name] += 1
+    return SharedCounter(dist.distributed_c10d._get_default_store(), f"regvq/{name}/{_counters_made[name]}")
 
 
 def shutdown() -> None:

@@ -1,10 +1,12 @@
 """Images -> token shards: the work behind `regvq encode`.
 
 The input order is fixed (sorted walk or `--files-from` order) and shard k holds a fixed slice of it, so the
-work splits cleanly: every worker (a torchrun rank, or a job-array worker) takes the shards with
-k % workers == worker, skips the ones already complete (resume), and writes each one atomically. Batches never
-straddle shards, so a shard's tokens do not depend on where a run started: a killed and resumed run writes the
-same bytes as an uninterrupted one.
+work splits cleanly by shard: a job-array worker takes the shards with k % workers == worker; torchrun ranks take
+the next shard not yet taken, one at a time, from a counter they share (`_ClaimedShards`), so a faster GPU takes
+more of them and the ranks finish together. Every worker skips the shards already complete (resume) and writes
+each one atomically. Batches never straddle shards, so a shard's tokens depend neither on where a run started nor
+on which process made them: a killed and resumed run, or a run on another number of processes, writes the same
+bytes as one uninterrupted process.
 
 Pipeline: DataLoader workers decode images on the CPU (pinned memory) while the device encodes the previous
 batch; token grids stay on the device until their shard is complete (one host sync per shard); shard files
@@ -14,12 +16,10 @@ the device, and with the nvjpeg decoder they pass plain JPEGs on undecoded (`eng
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import itertools
 import os
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,19 +113,25 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     lock = OutputLock(out_dir, worker=(worker, workers) if workers > 1 else None).acquire()
     try:
         done_before = set(completed_shards(out_dir, run))
-        mine = shards_for_worker(plan_shards(len(listing), opts.shard_size), worker, workers)
-        todo = [p for p in mine if p[0] not in done_before]
+        plan = plan_shards(len(listing), opts.shard_size)
+        if world > 1:  # torchrun: each rank takes the next shard left from a counter all ranks share
+            shards = _ClaimedShards(plan, done_before, dist.shared_counter("encode-shards"))
+        else:  # one process, or a job-array worker: its fixed share
+            shards = _FixedShards(plan, done_before, worker, workers)
+        left = shards.todo if world == 1 else [p for p in plan if p[0] not in done_before]  # of all ranks
+        total = sum(stop - start for _, start, stop in left)
         marks["loop"] = time.perf_counter()  # reset by _encode_shards when there is work: set up until then
-        stats = _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback, marks)
+        stats = _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts, size,
+                               _Progress(callback, total, shared=world > 1), marks)
         marks["encoded"] = time.perf_counter()
-        stats["shards_reused"] = len(mine) - len(todo)
-        counts = dist.all_sum([stats["encoded"], stats["skipped"]], device)
-        stats["encoded"], stats["skipped"] = int(counts[0]), int(counts[1])
+        stats["shards_reused"] = shards.reused
+        counts = dist.all_sum([stats[k] for k in _SUMMED], device)  # under torchrun: all ranks' counts
+        stats.update({k: int(v) for k, v in zip(_SUMMED, counts)})
         dist.barrier()
         manifest = None
         if rank == 0:  # under torchrun rank 0 alone; a job-array worker writes it if it finishes last
             have = set(completed_shards(out_dir))
-            if all(k in have for k, _, _ in plan_shards(len(listing), opts.shard_size)):
+            if all(k in have for k, _, _ in plan):
                 manifest = write_manifest(out_dir, run)
     finally:
         lock.release()
@@ -160,73 +166,107 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     return summary
 
 
-class _Positions(Sequence):
-    """The input indices of the shards to do, in order, computed on demand: position j -> input index.
+_SUMMED = ("encoded", "skipped", "shards_written", "shards_reused")  # the summary's counts
 
-    A list of them would cost tens of bytes per input, gigabytes for a hundred million files."""
 
-    def __init__(self, todo):
-        self.starts = [start for _, start, _ in todo]
-        self.offsets = list(itertools.accumulate((stop - start for _, start, stop in todo), initial=0))
+class _FixedShards:
+    """The shards left to a lone process or to job-array worker `worker` of `workers` (k % workers == worker), in
+    order; `reused`: how many of its shards were complete already."""
 
-    def __len__(self) -> int:
-        return self.offsets[-1]
+    def __init__(self, plan, done, worker: int, workers: int):
+        mine = shards_for_worker(plan, worker, workers)
+        self.todo = [p for p in mine if p[0] not in done]
+        self.reused = len(mine) - len(self.todo)
 
-    def __getitem__(self, j: int) -> int:
-        k = bisect.bisect_right(self.offsets, j) - 1
-        return self.starts[k] + j - self.offsets[k]
+    def __iter__(self):
+        return iter(self.todo)
+
+
+class _ClaimedShards:
+    """The shards of `plan` not in `done`, handed out one at a time to whichever torchrun rank asks first, through
+    `counter` (an `engine.dist.SharedCounter` every rank holds): a rank's loader takes its next shard when it needs
+    more inputs, so faster ranks take more shards than slower ones and all of them finish within about a shard of
+    each other. Every plan entry goes to exactly one rank; a rank that draws a shard complete before the run counts
+    it in `reused` and draws again. Iterate once."""
+
+    def __init__(self, plan, done, counter):
+        self.plan, self.done, self.counter = plan, done, counter
+        self.reused = 0
+
+    def __iter__(self):
+        while (j := self.counter.add(1) - 1) < len(self.plan):
+            if self.plan[j][0] in self.done:
+                self.reused += 1
+            else:
+                yield self.plan[j]
+
+
+class _Progress:
+    """This run's inputs done and skipped so far, for the caller's `callback(done, skipped, total)`: this
+    process's own, or with `shared` (torchrun) all ranks' together, through two counters in the process group's
+    store that each rank adds its batches to; then `total` is every rank's work too."""
+
+    def __init__(self, callback, total: int, shared: bool):
+        self.callback, self.total = callback, total
+        self.done = self.skipped = 0
+        self.counters = (dist.shared_counter("encode-done"), dist.shared_counter("encode-skipped")) if shared else None
+
+    def add(self, done: int, skipped: int) -> None:
+        if self.counters is None:
+            self.done, self.skipped = self.done + done, self.skipped + skipped
+        else:  # every rank adds, so that the one that draws the bar sees them all
+            self.done, self.skipped = self.counters[0].add(done), self.counters[1].add(skipped)
+        if self.callback is not None:
+            self.callback(self.done, self.skipped, self.total)
 
 
 class _ShardBatches:
-    """Dataset positions, batch by batch; batches never cross a shard boundary. Made lazily."""
+    """Input indices, batch by batch, shard after shard of `shards` ((k, start, stop), a list or drawn lazily);
+    batches never cross a shard boundary. Made lazily: no list of every input, whatever the run's size."""
 
-    def __init__(self, todo, batch_size: int):
-        self.sizes = [stop - start for _, start, stop in todo]
-        self.batch_size = batch_size
+    def __init__(self, shards, batch_size: int):
+        self.shards, self.batch_size = shards, batch_size
 
     def __iter__(self):
-        pos = 0
-        for n in self.sizes:
-            for b in range(0, n, self.batch_size):
-                yield list(range(pos + b, pos + min(b + self.batch_size, n)))
-            pos += n
-
-    def __len__(self) -> int:
-        return sum(-(-n // self.batch_size) for n in self.sizes)
+        for _, start, stop in self.shards:
+            for b in range(start, stop, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, stop)))
 
 
-def image_batches(listing, todo, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False):
-    """The decoding pipeline: a DataLoader over the inputs of the shards `todo` ((k, start, stop), in order),
-    batches that never cross a shard boundary, decoded by `opts.workers` processes: see `ImageDataset.collate`
+def image_batches(listing, shards, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False):
+    """The decoding pipeline: a DataLoader over the inputs of `shards` ((k, start, stop), in order; an iterable
+    drawn as the loader goes), batches that never cross a shard boundary, decoded by `opts.workers` processes: see
+    `ImageDataset.collate`
     (decoded uint8 images [n, 3, size, size], or with opts.resize_on == "device" at their decoded sizes, and
     with opts.jpeg_decoder == "nvjpeg" the bytes of plain JPEGs)."""
     dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
-                           segmap_size=segmap_size, indices=_Positions(todo),
+                           segmap_size=segmap_size,
                            jpeg_passthrough=opts.jpeg_decoder == "nvjpeg",
                            fit_on_device=opts.resize_on == "device")
     workers = default_loader_workers() if opts.workers is None else opts.workers
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=_ShardBatches(todo, opts.batch_size), num_workers=workers,
+        dataset, batch_sampler=_ShardBatches(shards, opts.batch_size), num_workers=workers,
         collate_fn=dataset.collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
         persistent_workers=False, worker_init_fn=quiet_loader_worker,
     )
 
 
-def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, size, callback, marks) -> dict:
-    """Encode and write the shards `todo`; sets marks["loop"] (its start) and marks["first_batch"] (perf_counter)."""
+def _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts, size, progress, marks) -> dict:
+    """Encode and write `shards` (an iterable of (k, start, stop)); sets marks["loop"] (its start) and
+    marks["first_batch"] (perf_counter)."""
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
-    if not todo:
+    shards = iter(shards)
+    first = next(shards, None)
+    if first is None:  # nothing left to this process: no loader workers started
         return stats
-    loader = image_batches(listing, todo, opts, size, run.segmap_size, pin_memory=device.type == "cuda")
+    loader = image_batches(listing, itertools.chain([first], shards), opts, size, run.segmap_size,
+                           pin_memory=device.type == "cuda")
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile, channels_last=opts.channels_last)
-    shard_of = {k: (start, stop) for k, start, stop in todo}
-    order = iter([k for k, _, _ in todo])
-    current, parts = next(order), _ShardParts()
-    total = len(loader.dataset)
+    parts = _ShardParts()
     t_start = marks["loop"] = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = []
-        for batch in loader:  # batches follow the shards in order (see _shard_batches)
+        for batch in loader:  # a shard's batches one after another, then the next shard's (see _ShardBatches)
             marks.setdefault("first_batch", time.perf_counter())
             # images: uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when resized
             # or decoded there, on the device
@@ -240,18 +280,18 @@ def _encode_shards(listing, run, todo, out_dir, tokenizer, device, dtype, opts, 
                 parts.tokens.append(runner.encode_uint8(images))
                 if run.segmap_size is not None:
                     parts.segmaps.append(batch["segmap"][ok].numpy())
-            stats["encoded"] += int(ok.sum())
-            stats["skipped"] += int((~ok).sum())
-            start, stop = shard_of[current]
-            if len(parts.index) + len(parts.skipped) == stop - start:
-                pending.append(writer.submit(_write, out_dir, current, run, listing, parts))
+            n_ok = int(ok.sum())
+            stats["encoded"] += n_ok
+            stats["skipped"] += len(ok) - n_ok
+            k = int(batch["i"][0]) // opts.shard_size  # the shard this batch belongs to: shard k starts at k * size
+            if len(parts.index) + len(parts.skipped) == min(opts.shard_size, len(listing) - k * opts.shard_size):
+                pending.append(writer.submit(_write, out_dir, k, run, listing, parts))
                 stats["shards_written"] += 1
                 for f in [f for f in pending if f.done()]:
                     f.result()  # surface a write error (a full disk) as soon as it happens
                     pending.remove(f)
-                current, parts = next(order, None), _ShardParts()
-            if callback is not None:
-                callback(stats["encoded"] + stats["skipped"], stats["skipped"], total)
+                parts = _ShardParts()
+            progress.add(len(ok), len(ok) - n_ok)
         for f in pending:
             f.result()
     stats["compute_seconds"] = time.perf_counter() - t_start
