@@ -235,10 +235,9 @@ class _ShardBatches:
 
 def image_batches(listing, shards, opts: EncodeOptions, size: int, segmap_size=None, pin_memory: bool = False):
     """The decoding pipeline: a DataLoader over the inputs of `shards` ((k, start, stop), in order; an iterable
-    drawn as the loader goes), batches that never cross a shard boundary, decoded by `opts.workers` processes: see
-    `ImageDataset.collate`
-    (decoded uint8 images [n, 3, size, size], or with opts.resize_on == "device" at their decoded sizes, and
-    with opts.jpeg_decoder == "nvjpeg" the bytes of plain JPEGs)."""
+    drawn as the loader goes), batches that never cross a shard boundary, decoded by `opts.workers` processes:
+    see `ImageDataset.collate` (decoded uint8 images [n, 3, size, size], or with opts.resize_on == "device" at
+    their decoded sizes, and with opts.jpeg_decoder == "nvjpeg" the bytes of plain JPEGs)."""
     dataset = ImageDataset(listing, size, opts.resize, opts.background, opts.max_pixels,
                            segmap_size=segmap_size,
                            jpeg_passthrough=opts.jpeg_decoder == "nvjpeg",
