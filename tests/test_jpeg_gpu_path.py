@@ -127,6 +127,20 @@ def test_resize_tensor_batches_like_one_by_one():
     assert torch.equal(jpeg.resize_tensor(chw(a[:32, :40].copy()), 32, 40, "stretch"), chw(a[:32, :40].copy()))
 
 
+def test_resize_batch_of_mixed_sizes_in_chunks_is_one_by_one(monkeypatch):
+    """Pictures of several sizes, in an order that is not by size, resized in chunks of a few (the weights made
+    once for the batch, padded to its largest picture): each equals the picture resized alone, in its place."""
+    rng = np.random.default_rng(1)
+    shapes = [(40, 70), (90, 33), (17, 17), (64, 64), (33, 90), (120, 45), (25, 61)]
+    pictures = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in shapes]
+    monkeypatch.setattr(jpeg, "_CHUNK_BYTES", 3 * 64 * 64 * 8 * 2)  # two 64x64 pictures a chunk
+    for policy in ("crop", "pad"):
+        out = jpeg.resize_batch(pictures, 32, 24, policy, (7, 8, 9))
+        assert out.shape == (len(pictures), 3, 32, 24)
+        for picture, got in zip(pictures, out):
+            assert torch.equal(got, jpeg.resize_batch([picture], 32, 24, policy, (7, 8, 9))[0])
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_apply_orientation_matches_exif_transpose(orientation):
     a = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)

@@ -132,6 +132,9 @@ def _axis_weights(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int
     return w * pasted[..., None]
 
 
+_CHUNK_BYTES = 1 << 28  # resize_batch's float64 copy of a chunk of pictures: at most 256 MiB (one picture at least)
+
+
 def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str = "crop",
                  background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
     """uint8 [3, h_i, w_i] pictures of any sizes (one device) -> uint8 [n, 3, out_h, out_w] with `load_image`'s
@@ -144,37 +147,40 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
     if not images:
         return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
     device = images[0].device
-    out = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)
-    bg = torch.tensor(background, dtype=torch.float64, device=device).view(1, 3, 1, 1)
     order = sorted(range(len(images)), key=lambda i: images[i].shape[-2] * images[i].shape[-1])  # less padding
+    shapes = [tuple(images[i].shape[-2:]) for i in order]
+    geo = []  # per picture, in `order`: (source w, h), box, resized size, crop, offset, its place in the batch
+    for i, (h, w) in zip(order, shapes):
+        box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
+        geo.append((w, h, *box, rw, rh, *crop, *offset, i))
+    (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = torch.tensor(
+        geo, dtype=torch.float64).to(device).unbind(1)  # one copy to the device for the whole batch
+    # the weights of every picture at once, padded to the batch's largest picture; a chunk reads its own columns
+    h_all, w_all = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    wx = _axis_weights(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, w_all)  # [n, out_w, w_all]
+    wy = _axis_weights(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, h_all)  # [n, out_h, h_all]
+    covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
+    bg = torch.tensor(background, dtype=torch.float64, device=device).view(1, 3, 1, 1)
+    resized = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)  # in `order`
     start = 0
-    while start < len(order):  # chunks whose float64 copy stays <= 256 MiB (one picture at least)
+    while start < len(order):  # chunks whose float64 copy stays within _CHUNK_BYTES (one picture at least)
         stop, h_max, w_max = start, 0, 0
         while stop < len(order):
-            h, w = images[order[stop]].shape[-2:]
-            if stop > start and (stop + 1 - start) * 3 * max(h_max, h) * max(w_max, w) * 8 > 1 << 28:
+            h, w = shapes[stop]
+            if stop > start and (stop + 1 - start) * 3 * max(h_max, h) * max(w_max, w) * 8 > _CHUNK_BYTES:
                 break
             h_max, w_max, stop = max(h_max, h), max(w_max, w), stop + 1
-        rows = order[start:stop]
-        x = torch.zeros((len(rows), 3, h_max, w_max), dtype=torch.float64, device=device)
-        geo = []  # per picture: (source w, h), box, resized size, crop, offset
-        for k, i in enumerate(rows):
-            h, w = images[i].shape[-2:]
-            x[k, :, :h, :w] = images[i]
-            box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
-            geo.append((w, h, *box, rw, rh, *crop, *offset))
-        g = torch.tensor(geo, dtype=torch.float64).to(device).unbind(1)
-        (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy) = g
-        wx = _axis_weights(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, w_max)  # [n, out_w, w_max]
-        wy = _axis_weights(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, h_max)  # [n, out_h, h_max]
+        x = torch.zeros((stop - start, 3, h_max, w_max), dtype=torch.float64, device=device)
+        for k in range(start, stop):
+            h, w = shapes[k]
+            x[k - start, :, :h, :w] = images[order[k]]
         # horizontal pass, rounded to 8 bits as Pillow stores it, then the vertical pass
-        t = (x @ wx.transpose(1, 2)[:, None]).add_(0.5).floor_().clamp_(0, 255)  # [n, 3, h_max, out_w]
-        y = wy[:, None] @ t  # [n, 3, out_h, out_w]
-        covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
-        y = torch.where(covered, y, bg)  # "pad": the background around the picture
-        out[torch.tensor(rows, device=device)] = y.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # half up
+        t = (x @ wx[start:stop, None, :, :w_max].transpose(-1, -2)).add_(0.5).floor_().clamp_(0, 255)
+        y = wy[start:stop, None, :, :h_max] @ t  # [chunk, 3, out_h, out_w]
+        y = torch.where(covered[start:stop], y, bg)  # "pad": the background around the picture
+        resized[start:stop] = y.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # half up
         start = stop
-    return out
+    return torch.empty_like(resized).index_copy_(0, place.long(), resized)  # back to the batch's order
 
 
 def resize_tensor(img: torch.Tensor, out_h: int, out_w: int, resize: str = "crop",
