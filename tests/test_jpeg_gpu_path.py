@@ -277,6 +277,33 @@ def test_nvjpeg_on_cuda_matches_the_pillow_path(tmp_path, monkeypatch):
     assert agree >= 0.9, agree
 
 
+@pytest.mark.gpu
+def test_device_pixels_do_not_make_the_host_wait(tmp_path):
+    """batch_pixels on CUDA with JPEGs for nvjpeg and pictures to resize: no copy in it waits for the device's
+    queue (under torch's sync debug mode any such wait raises), so the host prepares the next batch while the
+    device encodes this one."""
+    pytest.importorskip("torchvision")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    (tmp_path / "imgs").mkdir()
+    for i, size in enumerate([(300, 200), (256, 256), (97, 130)]):
+        photo("coffee.jpg", size).save(tmp_path / "imgs" / f"{i}.jpg", quality=90)
+        photo("chelsea.jpg", size).save(tmp_path / "imgs" / f"{i}.png")
+    ds = ImageDataset(list_inputs([str(tmp_path / "imgs")]), 128, "crop", jpeg_passthrough=True, fit_on_device=True)
+    batch = ds.collate([ds[j] for j in range(len(ds))])
+    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}  # as the loader's
+    assert batch["jpeg"].sum() == 3 and batch["raw"].sum() == 3
+    first, ok, _ = jpeg.batch_pixels(batch, torch.device("cuda"), (128, 128), "crop", (255, 255, 255), None)
+    assert ok.all()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again, _, _ = jpeg.batch_pixels(batch, torch.device("cuda"), (128, 128), "crop", (255, 255, 255), None)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(first, again)
+
+
 def test_bench_encode_with_the_device_decoder(tmp_path, capsys, stand_in):
     from tests.conftest import load_benchmark
 

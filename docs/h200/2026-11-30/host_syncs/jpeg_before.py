@@ -1,0 +1,239 @@
+"""Pixels made on the device for `regvq encode`: batched resizing, and JPEG decoding with nvjpeg (torchvision).
+
+On a many-core GPU host the CPU decoding workers, not the tokenizer, set the pace of `regvq encode`, and most
+of a worker's time goes to resizing (Pillow's bicubic: about 1.6 of 2.5 ms for a 256-512 px JPEG). Two steps
+move work to the device:
+
+- `--resize-on device`: the workers decode (and turn upright, composite alpha) but do not resize; a batch's
+  pictures travel at their decoded sizes and are resized at once by `resize_batch`.
+- `--jpeg-decoder nvjpeg`: the workers only read each plain JPEG's header (format, colour mode, size, EXIF
+  orientation, a complete stream: `data.images.passthrough_jpeg`) and hand its bytes on; the main process
+  decodes the batch's JPEGs in one `torchvision.io.decode_jpeg` call on the device and turns them upright.
+  Everything else (PNG, GIF, CMYK JPEGs, truncated files, ...) is decoded by Pillow in the workers, and a JPEG
+  that nvjpeg refuses is decoded by Pillow in the main process, so every input is encoded or skipped with
+  Pillow's reason.
+
+`resize_batch` applies `load_image`'s geometry (`resize_geometry`) with Pillow's bicubic weights as two batched
+matrix products: a few kernels per batch, not per picture. The pixels are close to Pillow's, not identical
+(see `resize_batch`; nvjpeg also has its own IDCT and chroma upsampling and no reduced-scale draft decode of
+large JPEGs). Tokens agree at most positions, not all.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from regvq_cli.data.images import ImageSkip, load_image, resize_geometry
+from regvq_cli.errors import RegvqError
+
+DECODERS = ("pillow", "nvjpeg")
+
+
+def nvjpeg_available(device) -> bool:
+    """True when `device` is a CUDA device and torchvision's JPEG decoder can be imported, in a version that
+    decodes a list of files in one call (0.20 or later)."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        import torchvision
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except Exception:  # not installed, or built for another torch (RuntimeError, OSError)
+        return False
+    major, minor = (int(v) for v in torchvision.__version__.split(".")[:2])
+    return (major, minor) >= (0, 20)
+
+
+def pick_decoder(name: str, device) -> str:
+    """--jpeg-decoder pillow | nvjpeg -> the same name, once it is known that the decoder can run here."""
+    if name not in DECODERS:
+        raise RegvqError(f"unknown JPEG decoder {name!r}; use {', '.join(DECODERS)}")
+    if name == "nvjpeg" and not nvjpeg_available(device):
+        if torch.device(device).type != "cuda":
+            raise RegvqError(f"--jpeg-decoder nvjpeg needs a CUDA device, not {device}; "
+                             "use --device cuda, or --jpeg-decoder pillow")
+        raise RegvqError("--jpeg-decoder nvjpeg needs torchvision 0.20 or later built for this torch "
+                         "(pip install torchvision), or use --jpeg-decoder pillow")
+    return name
+
+
+def nvjpeg_decode(datas: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """JPEG files (uint8 [n_bytes] CPU tensors) -> uint8 [3, h, w] RGB on `device`, as stored (no EXIF
+    orientation). One batched call; it raises for the whole batch if any stream fails."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+
+
+def decode_jpegs(datas: list[torch.Tensor], device) -> list[torch.Tensor | None]:
+    """`nvjpeg_decode` of a batch; when the batch call fails, one file at a time, None for each that fails."""
+    if not datas:
+        return []
+    try:
+        return list(nvjpeg_decode(datas, device))
+    except Exception:  # one bad stream fails the whole call and gives no partial results: find the bad ones
+        out = []
+        for data in datas:
+            try:
+                out.append(nvjpeg_decode([data], device)[0])
+            except Exception:
+                out.append(None)
+        return out
+
+
+def apply_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """uint8 [..., h, w] -> the picture upright for EXIF orientation 1..8 (PIL's ImageOps.exif_transpose);
+    other values leave it as is."""
+    if orientation == 2:  # mirrored
+        return img.flip(-1)
+    if orientation == 3:  # upside down
+        return img.flip(-2, -1)
+    if orientation == 4:  # upside down, mirrored
+        return img.flip(-2)
+    if orientation == 5:  # transposed
+        return img.transpose(-2, -1)
+    if orientation == 6:  # turned a quarter anticlockwise: turn it back clockwise
+        return img.rot90(-1, (-2, -1))
+    if orientation == 7:  # transposed across the other diagonal
+        return img.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # turned a quarter clockwise
+        return img.rot90(1, (-2, -1))
+    return img
+
+
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's BICUBIC kernel: Keys' cubic convolution with a = -0.5, zero beyond |x| >= 2."""
+    a, x = -0.5, x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _axis_weights(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int, n_max: int) -> torch.Tensor:
+    """Pillow's resampling along one axis as a matrix, for a batch: float [B, n_out, n_max] with row j the weights
+    of the source pixels for canvas position j (zero rows outside the pasted region).
+
+    Every argument but n_out / n_max is a float tensor [B]: the source length, the resized box [box0, box1) of
+    the source, the length it is resized to, the first kept position and the number kept of the resized line,
+    and where that part lands on the canvas. The taps and their normalisation follow Pillow's
+    `precompute_coeffs` (the kernel widened by the shrink factor, so shrinking is antialiased; source pixels
+    outside the box are read where the kernel reaches them, as Pillow does)."""
+    j = torch.arange(n_out, device=n_in.device, dtype=torch.float64)[None]  # [1, n_out]
+    pasted = (j >= offset[:, None]) & (j < (offset + n_kept)[:, None])  # [B, n_out]
+    scale = ((box1 - box0) / n_resized)[:, None]  # source pixels per resized pixel, [B, 1]
+    widen = scale.clamp(min=1.0)
+    center = box0[:, None] + (j - offset[:, None] + first[:, None] + 0.5) * scale  # [B, n_out], source coordinates
+    support = 2.0 * widen
+    lo = (center - support + 0.5).floor().clamp(min=0)[..., None]  # Pillow's xmin, inclusive
+    hi = torch.minimum((center + support + 0.5).floor(), n_in[:, None])[..., None]  # its xmax, exclusive
+    x = torch.arange(n_max, device=n_in.device, dtype=torch.float64)  # [n_max]
+    w = _bicubic((x + 0.5 - center[..., None]) / widen[..., None]) * ((x >= lo) & (x < hi))  # [B, n_out, n_max]
+    total = w.sum(-1, keepdim=True)
+    w = torch.where(total != 0, w / total, w)
+    return w * pasted[..., None]
+
+
+_CHUNK_BYTES = 1 << 28  # resize_batch's float64 copy of a chunk of pictures: at most 256 MiB (one picture at least)
+
+
+def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str = "crop",
+                 background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
+    """uint8 [3, h_i, w_i] pictures of any sizes (one device) -> uint8 [n, 3, out_h, out_w] with `load_image`'s
+    geometry and Pillow's bicubic kernel, as two batched matrix products: out = Wy @ x @ Wx^T per channel, with
+    the pictures zero-padded to the largest and the rows of Wy / Wx built for each picture's box, crop and
+    placement (`resize_geometry`). The horizontal pass is rounded to 8 bits before the vertical one, as in Pillow;
+    what differs is Pillow's fixed-point weights and, for shrinking by 3x or more, its box-filter `reducing_gap`
+    step (pure bicubic here). The arithmetic is float64: no TF32 or summation-order rounding to make a GPU's
+    pixels differ from the CPU's (bar exact ties)."""
+    if not images:
+        return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
+    device = images[0].device
+    order = sorted(range(len(images)), key=lambda i: images[i].shape[-2] * images[i].shape[-1])  # less padding
+    shapes = [tuple(images[i].shape[-2:]) for i in order]
+    geo = []  # per picture, in `order`: (source w, h), box, resized size, crop, offset, its place in the batch
+    for i, (h, w) in zip(order, shapes):
+        box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
+        geo.append((w, h, *box, rw, rh, *crop, *offset, i))
+    (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = torch.tensor(
+        geo, dtype=torch.float64).to(device).unbind(1)  # one copy to the device for the whole batch
+    # the weights of every picture at once, padded to the batch's largest picture; a chunk reads its own columns
+    h_all, w_all = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    wx = _axis_weights(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, w_all)  # [n, out_w, w_all]
+    wy = _axis_weights(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, h_all)  # [n, out_h, h_all]
+    covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
+    bg = torch.tensor(background, dtype=torch.float64, device=device).view(1, 3, 1, 1)
+    resized = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)  # in `order`
+    start = 0
+    while start < len(order):  # chunks whose float64 copy stays within _CHUNK_BYTES (one picture at least)
+        stop, h_max, w_max = start, 0, 0
+        while stop < len(order):
+            h, w = shapes[stop]
+            if stop > start and (stop + 1 - start) * 3 * max(h_max, h) * max(w_max, w) * 8 > _CHUNK_BYTES:
+                break
+            h_max, w_max, stop = max(h_max, h), max(w_max, w), stop + 1
+        x = torch.zeros((stop - start, 3, h_max, w_max), dtype=torch.float64, device=device)
+        for k in range(start, stop):
+            h, w = shapes[k]
+            x[k - start, :, :h, :w] = images[order[k]]
+        # horizontal pass, rounded to 8 bits as Pillow stores it, then the vertical pass
+        t = (x @ wx[start:stop, None, :, :w_max].transpose(-1, -2)).add_(0.5).floor_().clamp_(0, 255)
+        y = wy[start:stop, None, :, :h_max] @ t  # [chunk, 3, out_h, out_w]
+        y = torch.where(covered[start:stop], y, bg)  # "pad": the background around the picture
+        resized[start:stop] = y.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # half up
+        start = stop
+    return torch.empty_like(resized).index_copy_(0, place.long(), resized)  # back to the batch's order
+
+
+def resize_tensor(img: torch.Tensor, out_h: int, out_w: int, resize: str = "crop",
+                  background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
+    """uint8 [3, h, w] or [n, 3, h, w] (any device) -> uint8 [..., 3, out_h, out_w]: `resize_batch` of one size."""
+    if img.dim() == 3:
+        return resize_batch([img], out_h, out_w, resize, background)[0]
+    return resize_batch(list(img), out_h, out_w, resize, background)
+
+
+def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, background: tuple[int, int, int],
+                 max_pixels: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A batch of `ImageDataset.collate` -> (pixels, ok, reasons): pixels uint8 [n_ok, 3, H, W] in input order,
+    ok bool [b] and reasons [b] as the batch's, updated for the JPEGs decoded here.
+
+    The workers' resized images are copied over; their decoded but unresized pictures ("raw") go to the device
+    in one copy; the JPEG bytes are decoded on `device` and turned upright. Both kinds are then resized together
+    (`resize_batch`). A JPEG that nvjpeg refuses goes to `load_image` (Pillow), which decodes it or says why it
+    is skipped. With neither kind the batch's own (pinned) image tensor comes back as it is.
+    """
+    if not batch["jpeg"].any() and not batch["raw"].any():
+        return batch["image"], batch["ok"], batch["reason"]
+    out_h, out_w = size
+    ok, reasons = batch["ok"].clone(), list(batch["reason"])
+    fallback = {}  # row -> uint8 [3, out_h, out_w] on the device: JPEGs nvjpeg refused, decoded by Pillow
+    upright = {}  # row -> uint8 [3, h, w] on the device, upright, at its decoded size: resized together below
+    if batch["raw"].any():
+        flat = batch["raw_pixels"].to(device, non_blocking=True)
+        shapes = batch["raw_shapes"].tolist()
+        parts = flat.split([h * w * 3 for h, w in shapes])
+        for row, part, (h, w) in zip(batch["raw"].nonzero().flatten().tolist(), parts, shapes):
+            upright[row] = part.view(h, w, 3).permute(2, 0, 1)
+    rows = batch["jpeg"].nonzero().flatten().tolist()
+    datas = list(batch["jpeg_bytes"].split(batch["jpeg_sizes"].tolist()))  # uint8 [n_bytes] each
+    for row, data, img, orientation in zip(rows, datas, decode_jpegs(datas, device), batch["orientation"].tolist()):
+        if img is not None:
+            upright[row] = apply_orientation(img, orientation)
+            continue
+        try:
+            px = load_image(data.numpy().tobytes(), size, resize, background, max_pixels)  # uint8 [H, W, 3]
+            fallback[row] = torch.from_numpy(px).permute(2, 0, 1).to(device)
+        except ImageSkip as e:
+            ok[row], reasons[row] = False, e.reason
+    place = (ok.cumsum(0) - 1).tolist()  # row -> its index among the ok rows
+    pixels = torch.empty((int(ok.sum()), 3, out_h, out_w), dtype=torch.uint8, device=device)
+
+    def put(rows: list[int], images: torch.Tensor) -> None:  # one indexed copy for a group of rows
+        if rows:
+            pixels[torch.tensor([place[row] for row in rows], device=device)] = images
+
+    put((batch["ok"] & ~batch["jpeg"] & ~batch["raw"]).nonzero().flatten().tolist(),
+        batch["image"].to(device, non_blocking=True))  # resized by the workers
+    put(list(upright), resize_batch(list(upright.values()), out_h, out_w, resize, background))
+    for row, px in fallback.items():
+        pixels[place[row]] = px
+    return pixels, ok, reasons
