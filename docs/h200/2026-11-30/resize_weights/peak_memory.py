@@ -1,0 +1,26 @@
+"""The resident memory `resize_batch` adds at its peak, on the CPU, for 128 pictures of 256-512 px resized to
+256 px: `python docs/h200/2026-11-30/resize_weights/peak_memory.py before|now` (one process each; `before` loads
+the old function from jpeg_before.py beside this file)."""
+import importlib.util
+import random
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(2)
+if sys.argv[1] == "before":
+    spec = importlib.util.spec_from_file_location("jpeg_before", Path(__file__).with_name("jpeg_before.py"))
+    jpeg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jpeg)
+else:
+    from regvq_cli.engine import jpeg
+rng = random.Random(0)
+pictures = []
+for _ in range(128):
+    side = rng.randint(256, 512)
+    pictures.append(torch.randint(0, 256, (3, int(side * rng.uniform(0.75, 1)), side), dtype=torch.uint8))
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+jpeg.resize_batch(pictures, 256, 256, "crop")
+print(f"{sys.argv[1]}: peak resident memory grew {(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024:.0f} MB")
