@@ -116,9 +116,10 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         plan = plan_shards(len(listing), opts.shard_size)
         if world > 1:  # torchrun: each rank takes the next shard left from a counter all ranks share
             shards = _ClaimedShards(plan, done_before, dist.shared_counter("encode-shards"))
+            left = [p for p in plan if p[0] not in done_before]  # every rank's: the progress counts them all
         else:  # one process, or a job-array worker: its fixed share
             shards = _FixedShards(plan, done_before, worker, workers)
-        left = shards.todo if world == 1 else [p for p in plan if p[0] not in done_before]  # of all ranks
+            left = shards.todo
         total = sum(stop - start for _, start, stop in left)
         marks["loop"] = time.perf_counter()  # reset by _encode_shards when there is work: set up until then
         stats = _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts, size,
