@@ -16,7 +16,7 @@ from regvq_cli.cli.train_tokenizer import OPTIONS, PRESET_NAMES
 from regvq_cli.engine.resolve import load
 from regvq_cli.tokenizer.presets import PRESETS
 from regvq_cli.train.tokenizer import TrainTokenizerConfig
-from tests.conftest import invoke
+from tests.conftest import REPO, invoke
 from tests.test_encode_decode import make_images
 
 
@@ -122,6 +122,36 @@ def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_pa
     step = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert step >= 2 and not (tmp_path / "run" / "model").exists()
     r = invoke(*args, "--max-steps", step + 1)  # the same run folder: resumes from the stop, one step more
+    assert r.returncode == 0, r.stderr.decode()
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()][-2:] == [step, step + 1]
+
+
+def test_torchrun_group_sigterm_stops_both_ranks_at_one_step_with_a_checkpoint(tmp_path):
+    """A scheduler's pre-emption of a torchrun job: SIGTERM to the whole group (the agent, both ranks and their
+    loader workers). Each rank finishes the step in process where its workers are gone, both stop at the same
+    step and the checkpoint resumes (here in one process)."""
+    imgs = make_images(tmp_path / "imgs", 4)
+    args = ["train-tokenizer", str(imgs), "-o", str(tmp_path / "run"), "--preset", "tok-test", "--batch-size", "2",
+            "--workers", "2", "--grad-accum", "16", "--perceptual-weight", "0", "--contrastive-weight", "0",
+            "--log-every", "1", "--sample-every", "100000", "--checkpoint-every", "100000", "--device", "cpu"]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "regvq_cli", *args, "--max-steps", "100000"], cwd=REPO, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "REGVQ_DEBUG": "", "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and proc.poll() is None:
+        assert time.time() < deadline, "training never logged a step"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    err = stderr.decode()
+    step = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    stops = [line for line in err.splitlines() if line.startswith("regvq: stopped at step ")]
+    assert stops == [f"regvq: stopped at step {step} of 100000; its checkpoint is in {tmp_path / 'run' / 'state.pt'}: "
+                     "run the same command again to resume"] * 2, err[-3000:]
+    assert "regvq_cli/" not in err, err[-3000:]  # no traceback from a rank (torchrun's agent prints its own)
+    r = invoke(*args, "--max-steps", step + 1, "--workers", "0")
     assert r.returncode == 0, r.stderr.decode()
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()][-2:] == [step, step + 1]
 
