@@ -237,6 +237,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, tokenizer_dir, device):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     summary = json.loads(r.stdout)  # rank 0's, counting both ranks (which drew the 4 shards between them)
     assert (summary["encoded_this_run"], summary["shards_written"], summary["shards_reused"]) == (8, 4, 0)
+    assert len(summary["images_per_s_by_rank"]) == 2 and all(v >= 0 for v in summary["images_per_s_by_rank"])
     r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)  # nothing left
     summary = json.loads(r.stdout)
     assert (summary["encoded_this_run"], summary["shards_written"], summary["shards_reused"]) == (0, 0, 4)

@@ -126,7 +126,9 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
                                _Progress(callback, total, shared=world > 1), marks)
         marks["encoded"] = time.perf_counter()
         stats["shards_reused"] = shards.reused
-        counts = dist.all_sum([stats[k] for k in _SUMMED], device)  # under torchrun: all ranks' counts
+        # under torchrun: each rank's own rate (a slow GPU or host shows), then all ranks' counts
+        by_rank = dist.all_gather(round(stats["encoded"] / max(stats["compute_seconds"], 1e-9), 2))
+        counts = dist.all_sum([stats[k] for k in _SUMMED], device)
         stats.update({k: int(v) for k, v in zip(_SUMMED, counts)})
         dist.barrier()
         manifest = None
@@ -161,6 +163,8 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "workers": workers,
         "manifest": None,
     }
+    if world > 1:
+        summary["images_per_s_by_rank"] = by_rank
     if manifest is not None:
         summary.update(manifest=str(Path(out_dir) / "manifest.json"), total_encoded=manifest["count"],
                        total_skipped=manifest["num_skipped"], skipped=manifest["skipped"])
