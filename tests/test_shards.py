@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -200,8 +201,11 @@ def test_resume_and_workers_give_identical_folders(tmp_path):
 def test_resume_with_other_settings_refused(tmp_path):
     write_all(tmp_path, make_run(), ks={0})
     other = RunInfo("other-tok", "cd" * 32, (4, 5), 1024, 7, 3)
-    with pytest.raises(RegvqError, match="different run.*tokenizer_id"):
+    with pytest.raises(RegvqError, match="different run.*tokenizer_id") as refused:
         completed_shards(tmp_path, other)
+    # which value is whose, and a long one (a hash) cut inside its quotes
+    message = str(refused.value)
+    assert re.search(r'tokenizer_sha256 "[0-9a-f]{30,}\.\.\." in the folder, "(cd){15,}c?\.\.\." now', message)
     with pytest.raises(RegvqError, match="different run"):
         write_manifest(tmp_path, other)
 

@@ -554,7 +554,15 @@ def _run_difference(a: RunInfo, b: RunInfo) -> str:
             diff += [(f"{f}.{k}", x.get(k), y.get(k)) for k in {**x, **y} if x.get(k) != y.get(k)]
         elif da[f] != db[f]:
             diff.append((f, da[f], db[f]))
-    return ", ".join(f"{f} {json.dumps(u)[:60]} vs {json.dumps(v)[:60]}" for f, u, v in diff)
+    return "; ".join(f"{f} {_shown(u)} in the folder, {_shown(v)} now" for f, u, v in diff)
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value as JSON for a message, long ones (a hash, a list) cut with an ellipsis inside their quotes."""
+    text = json.dumps(value)
+    if len(text) <= limit:
+        return text
+    return text[:limit - 4] + ('..."' if text.startswith('"') else "...")
 
 
 def completed_shards(out_dir: str | os.PathLike, run: RunInfo | None = None) -> list[int]:
