@@ -86,8 +86,11 @@ class LazyGroup(click.Group):
         except Exception as e:
             if debug():
                 raise
+            from regvq_cli.cli._common import rank
             from regvq_cli.errors import TrainingStopped
 
+            if isinstance(e, TrainingStopped) and rank() != 0:  # every rank stopped at the same step: rank 0 says it
+                raise click.exceptions.Exit(e.exit_code) from None
             error = CliError(describe(e))
             if isinstance(e, TrainingStopped):  # stopped by a signal with a checkpoint: 128 + the signal, no "error:"
                 error.exit_code, error.label = e.exit_code, ""
