@@ -356,6 +356,36 @@ def test_sigterm_says_so_and_a_rerun_finishes_the_same_folder(tmp_path, tokenize
     assert r.returncode == 0 and json.loads(r.stdout)["shards_reused"] >= 1, r.stderr.decode()
 
 
+def test_torchrun_pre_empted_as_a_group_resumes_to_one_process_folder(tmp_path, tokenizer_dir):
+    """SIGTERM to a whole torchrun encode (agent, ranks, loader workers) once shards are written: rank 0 alone says
+    the complete shards are kept, each rank says it was terminated, and the same command resumes, drawing only the
+    shards left, into the folder one process writes."""
+    imgs = make_images(tmp_path / "imgs", 120, size=(64, 64))
+    args = [str(imgs), "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1", "--workers", "1",
+            "--device", "cpu"]
+    assert encode(*args, "-o", tmp_path / "one").returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
+           "encode", *args, "-o", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                         env=env)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "two").glob("shard-*.safetensors"))) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    ours = [line for line in err.decode().splitlines() if line.startswith("regvq")]
+    assert ours.count("regvq: terminated (SIGTERM)") == 2, err.decode()[-3000:]
+    assert sum("the complete shards in" in line for line in ours) == 1, ours
+    r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["shards_reused"] >= 2 and summary["shards_reused"] + summary["shards_written"] == 60
+    for name in os.listdir(tmp_path / "one"):
+        if not name.startswith("."):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
 def test_resumed_work_is_planned_without_listing_every_index():
     from regvq_cli.engine.encode import _ShardBatches
 

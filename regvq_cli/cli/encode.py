@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option,
+from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
                                    progress, tenths, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -103,7 +103,8 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
             summary = encode_images(list(inputs), out_dir, tokenizer, dev, pick_dtype(dtype, dev), opts,
                                     files_from=files_from, stdin=sys.stdin, callback=callback)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the complete shards are on disk
-            warn(f"stopped: the complete shards in {out_dir} are kept; run the same command again to resume")
+            if rank() == 0:  # under torchrun once, not from every rank
+                warn(f"stopped: the complete shards in {out_dir} are kept; run the same command again to resume")
             raise
     detail("seconds: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in summary["timings"].items()))
     for item in summary.get("skipped", [])[:20]:
