@@ -55,26 +55,33 @@ def _image_size(size) -> tuple[int, int] | None:
     return tuple(size) if ok else None
 
 
+def _shard_rows(reader: ShardReader, limit: int | None, rank: int, world: int):
+    """(j, n, mine) for the shards a run reads: shard j's first n rows (the whole folder or its first `limit` rows),
+    and whether rank `rank` of `world` decodes them (j % world == rank)."""
+    left = limit if limit is not None else len(reader)
+    for j, count in enumerate(reader.counts):
+        if left <= 0:
+            return
+        n = min(count, left)
+        left -= n
+        yield j, n, j % world == rank
+
+
 def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
     """Batches of rows from a token folder or shard file; rank r takes the shards j with j % world == r.
 
     With several ranks, another rank's shard comes as one Batch of its keys with `tokens` None, so that every rank
     sees every key in the same order and names the PNG files as one process would (see png_path)."""
     reader = ShardReader(source)
-    left = limit if limit is not None else len(reader)
-    for j, path in enumerate(reader.paths):
-        if left <= 0:
-            return
-        n = min(reader.counts[j], left)
-        left -= n
+    for j, n, mine in _shard_rows(reader, limit, rank, world):
         t = reader.shard(j)
-        name = os.path.basename(path)
+        name = os.path.basename(reader.paths[j])
         offsets, blob = t["keys_offsets"], t["keys_blob"]
 
         def keys(s, e):
             return [blob[offsets[r]:offsets[r + 1]].tobytes().decode("utf-8", "surrogateescape") for r in range(s, e)]
 
-        if j % world != rank:
+        if not mine:
             yield Batch(None, keys(0, n), [])
             continue
         for s in range(0, n, batch_size):
@@ -87,13 +94,7 @@ def rows_for_rank(source, limit: int | None, rank: int = 0, world: int = 1) -> i
     """How many grids `shard_batches(source, ..., limit, rank, world)` gives this rank to decode; None for stdin."""
     if source == "-":
         return None
-    reader = ShardReader(source)
-    left, mine = limit if limit is not None else len(reader), 0
-    for j, count in enumerate(reader.counts):
-        n = max(0, min(count, left))
-        left -= n
-        mine += n if j % world == rank else 0
-    return mine
+    return sum(n for _, n, mine in _shard_rows(ShardReader(source), limit, rank, world) if mine)
 
 
 def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
