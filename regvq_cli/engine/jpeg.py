@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from regvq_cli.data.images import ImageSkip, load_image, resize_geometry
+from regvq_cli.engine.device import to_device
 from regvq_cli.errors import RegvqError
 
 DECODERS = ("pillow", "nvjpeg")
@@ -132,17 +133,6 @@ def _axis_weights(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int
     return w * pasted[..., None]
 
 
-def _small_tensor(values, dtype, device) -> torch.Tensor:
-    """torch.tensor(values) on `device`, copied without making the host wait: from pageable memory a CUDA copy
-    first waits for every kernel already queued (the previous batch's encode), so the host could not prepare the
-    next batch while the device works. Pinned memory and an asynchronous copy instead (torch keeps the pinned
-    buffer until the copy is done)."""
-    t = torch.tensor(values, dtype=dtype)
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 _CHUNK_BYTES = 1 << 28  # resize_batch's float64 copy of a chunk of pictures: at most 256 MiB (one picture at least)
 
 
@@ -165,14 +155,14 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
         box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
         geo.append((w, h, *box, rw, rh, *crop, *offset, i))
     # one copy to the device for the whole batch
-    (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = _small_tensor(geo, torch.float64,
-                                                                                      device).unbind(1)
+    (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = to_device(
+        torch.tensor(geo, dtype=torch.float64), device).unbind(1)
     # the weights of every picture at once, padded to the batch's largest picture; a chunk reads its own columns
     h_all, w_all = max(s[0] for s in shapes), max(s[1] for s in shapes)
     wx = _axis_weights(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, w_all)  # [n, out_w, w_all]
     wy = _axis_weights(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, h_all)  # [n, out_h, h_all]
     covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
-    bg = _small_tensor(background, torch.float64, device).view(1, 3, 1, 1)
+    bg = to_device(torch.tensor(background, dtype=torch.float64), device).view(1, 3, 1, 1)
     resized = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)  # in `order`
     start = 0
     while start < len(order):  # chunks whose float64 copy stays within _CHUNK_BYTES (one picture at least)
@@ -241,7 +231,7 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
 
     def put(rows: list[int], images: torch.Tensor) -> None:  # one indexed copy for a group of rows
         if rows:
-            pixels[_small_tensor([place[row] for row in rows], torch.int64, device)] = images
+            pixels[to_device(torch.tensor([place[row] for row in rows]), device)] = images
 
     put((batch["ok"] & ~batch["jpeg"] & ~batch["raw"]).nonzero().flatten().tolist(),
         batch["image"].to(device, non_blocking=True))  # resized by the workers
