@@ -14,7 +14,8 @@
   autotuning on CUDA for the length of a training run; ``maybe_compile``: optional ``torch.compile``.
 - ``lr_at``: linear warmup, then constant or cosine; ``Throughput``: images and FLOPs per second;
   ``flop_counter`` / ``peak_flops``: a step's FLOPs and the GPU's peak, for MFU.
-- ``any_rank``, ``all_reduce_mean``, ``gather_objects``: small collectives that are identities with one process.
+- ``any_rank``, ``all_reduce_mean``: small collectives that are identities with one process (objects gather
+  through ``engine.dist.all_gather``).
 - ``StopRequest``: SIGTERM or a first Ctrl-C asks a training loop to stop after its step and checkpoint.
 - ``plain_value``: config values read from JSON (lists) in the form dataclasses hold them (tuples).
 """
@@ -38,7 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..engine.dist import all_gather, join, shutdown
+from ..engine.dist import join, shutdown
 from ..errors import RegvqError
 
 STATE_NAME = "state.pt"
@@ -147,11 +148,6 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(t)
     t /= get_world_size()
     return dict(zip(keys, t.tolist()))
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order (a one-element list with one process)."""
-    return all_gather(obj)
 
 
 def plain_value(value):

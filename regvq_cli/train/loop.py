@@ -51,10 +51,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..engine.dist import barrier
+from ..engine.dist import all_gather, barrier
 from ..errors import RegvqError, TrainingStopped
 from .common import (METRICS_NAME, STATE_NAME, MetricsWriter, StopRequest, Throughput, all_reduce_mean,
-                     any_rank, cleanup_distributed, flop_counter, gather_objects, load_optimizer_state,
+                     any_rank, cleanup_distributed, flop_counter, load_optimizer_state,
                      load_state, peak_flops, read_metrics, rng_state, save_state, seed_everything, set_rng_state,
                      setup_distributed)
 
@@ -123,7 +123,7 @@ class Trainer:
 
     # ---- resume state -----------------------------------------------------------------------------------------
     def _state(self) -> dict:
-        rngs = gather_objects(rng_state())  # every rank's RNG, restored per rank on resume
+        rngs = all_gather(rng_state())  # every rank's RNG, restored per rank on resume
         return {
             "format": self.state_format, "version": 1,
             "step": self.step, "batches": self.batches, "elapsed": self.elapsed,
