@@ -13,6 +13,13 @@ def world_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _group():
+    """torch.distributed when a process group is up in this process; None otherwise."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
 def join(device, timeout_s: float = 1800.0) -> tuple[int, int, bool]:
     """Join torchrun's process group if there is one (nccl on CUDA, gloo otherwise).
 
@@ -23,7 +30,7 @@ def join(device, timeout_s: float = 1800.0) -> tuple[int, int, bool]:
 
     from regvq_cli.errors import RegvqError
 
-    if dist.is_available() and dist.is_initialized():
+    if _group() is not None:
         return dist.get_rank(), dist.get_world_size(), False
     rank, world = world_from_env()
     if world == 1:
@@ -54,18 +61,15 @@ def group(device, timeout_s: float = 1800.0):
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    if (dist := _group()) is not None:
         dist.barrier()
 
 
 def all_sum(values: list[float], device) -> list[float]:
     """Sum a few numbers over ranks (counts for the summary)."""
     import torch
-    import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if (dist := _group()) is None:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -74,9 +78,7 @@ def all_sum(values: list[float], device) -> list[float]:
 
 def all_gather(obj) -> list:
     """Every rank's `obj` (picklable), in rank order; [obj] when run alone."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if (dist := _group()) is None:
         return [obj]
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)  # through the current CUDA device under NCCL: join() set it to this rank's
@@ -102,16 +104,12 @@ class SharedCounter:
 def shared_counter(name: str) -> SharedCounter | None:
     """A fresh SharedCounter of the process group, or None when there is none. Every rank must make the same
     counters in the same order: the n-th `shared_counter(name)` of each rank is the same counter."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if (dist := _group()) is None:
         return None
     _counters_made[name] += 1
     return SharedCounter(dist.distributed_c10d._get_default_store(), f"regvq/{name}/{_counters_made[name]}")
 
 
 def shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    if (dist := _group()) is not None:
         dist.destroy_process_group()
