@@ -9,11 +9,12 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 import time
 
 import click
+
+from regvq_cli.engine.dist import world_from_env
 
 _verbosity = 0  # -2 errors only, -1 no progress/info, 0 normal, 1 details, 2 debug
 
@@ -49,7 +50,7 @@ def verbosity() -> int:
 
 def rank() -> int:
     """This process's rank under torchrun (0 when run alone)."""
-    return int(os.environ.get("RANK", "0"))
+    return world_from_env()[0]
 
 
 def info(message: str) -> None:
