@@ -127,7 +127,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         marks["encoded"] = time.perf_counter()
         stats["shards_reused"] = shards.reused
         # under torchrun: each rank's own rate (a slow GPU or host shows), then all ranks' counts
-        by_rank = dist.all_gather(round(stats["encoded"] / max(stats["compute_seconds"], 1e-9), 2))
+        by_rank = dist.all_gather(_rate(stats))
         counts = dist.all_sum([stats[k] for k in _SUMMED], device)
         stats.update({k: int(v) for k, v in zip(_SUMMED, counts)})
         dist.barrier()
@@ -155,7 +155,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "shards_reused": stats["shards_reused"],
         "seconds": round(elapsed, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "images_per_s": round(stats["encoded"] / max(stats["compute_seconds"], 1e-9), 2),
+        "images_per_s": _rate(stats),  # all ranks' images over rank 0's loop time
         "tokenizer": run.tokenizer_id,
         "grid": list(grid),
         "codebook_size": run.codebook_size,
@@ -172,6 +172,11 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
 
 
 _SUMMED = ("encoded", "skipped", "shards_written", "shards_reused")  # the summary's counts
+
+
+def _rate(stats: dict) -> float:
+    """Images encoded per second of the loop, as the summary gives it."""
+    return round(stats["encoded"] / max(stats["compute_seconds"], 1e-9), 2)
 
 
 class _FixedShards:
