@@ -21,6 +21,22 @@ def run_cli(*args, env=None, input=None, cwd=None, timeout=300):
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
 
+def torchrun_cmd(*args) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m regvq_cli ARGS`, as a command line (torch's own module)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
+            *map(str, args)]
+
+
+def torchrun_env(**extra) -> dict[str, str]:
+    """The environment for torchrun_cmd: one thread per rank (two ranks share the machine's cores)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_torchrun(*args, timeout: int = 300):
+    """Run torchrun_cmd(ARGS) from the repository; returns the CompletedProcess (bytes)."""
+    return subprocess.run(torchrun_cmd(*args), cwd=REPO, capture_output=True, timeout=timeout, env=torchrun_env())
+
+
 def run_interpreted(script: str, timeout: int = 600):
     """Run `python -c SCRIPT` from the repository with Triton's interpreter on, which runs regvq's Triton kernels on
     the CPU (a process of its own: the interpreter is chosen when Triton compiles a kernel's definition); returns

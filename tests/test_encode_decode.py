@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from regvq_cli.engine.checkpoint import save_model
 from regvq_cli.tokenizer.model import Tokenizer
 from regvq_cli.tokenizer.presets import PRESETS
-from tests.conftest import REPO, invoke
+from tests.conftest import REPO, invoke, run_torchrun, torchrun_cmd, torchrun_env
 
 
 @pytest.fixture(scope="module")
@@ -227,10 +227,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, tokenizer_dir, device):
     Image.open(imgs / "img003.png").save(imgs / "img001.jpg")  # rows 1 and 2, in two ranks' shards: one PNG name
     args = ["-m", str(tokenizer_dir), "--shard-size", "2", "--workers", "0", "--device", device]
     assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
-           "encode", str(imgs), "-o", str(tmp_path / "two"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)
+    cmd = ["encode", imgs, "-o", tmp_path / "two", *args, "--json"]
+    r = run_torchrun(*cmd)
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     for name in os.listdir(tmp_path / "one"):
         if not name.startswith("."):
@@ -238,21 +236,18 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, tokenizer_dir, device):
     summary = json.loads(r.stdout)  # rank 0's, counting both ranks (which drew the 4 shards between them)
     assert (summary["encoded_this_run"], summary["shards_written"], summary["shards_reused"]) == (8, 4, 0)
     assert len(summary["images_per_s_by_rank"]) == 2 and all(v >= 0 for v in summary["images_per_s_by_rank"])
-    r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)  # nothing left
+    r = run_torchrun(*cmd)  # nothing left
     summary = json.loads(r.stdout)
     assert (summary["encoded_this_run"], summary["shards_written"], summary["shards_reused"]) == (0, 0, 4)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
-           "decode", str(tmp_path / "two"), "-o", str(tmp_path / "rec"), "--device", device, "--json"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run_torchrun("decode", tmp_path / "two", "-o", tmp_path / "rec", "--device", device, "--json")
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     names = sorted([f"img{i:03d}.png" for i in range(7)] + ["img001.png.png"])
     assert sorted(os.listdir(tmp_path / "rec")) == names  # ranks split the shards, and never write one file twice
     summary = json.loads(r.stdout)  # one document, from rank 0, counting both ranks
     assert summary["decoded"] == 8 and summary["renamed"] == [{"key": "img001.png", "file": "img001.png.png"}]
     assert r.stderr.count(b"was written as") == 1
-    cmd[cmd.index("--json")] = "--grid"  # one sheet: each rank would write its own part over the other's
-    cmd[cmd.index(str(tmp_path / "rec"))] = str(tmp_path / "sheet.png")
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # one sheet: each rank would write its own part over the other's
+    r = run_torchrun("decode", tmp_path / "two", "-o", tmp_path / "sheet.png", "--device", device, "--grid")
     assert r.returncode != 0 and b"run one process" in r.stderr and not (tmp_path / "sheet.png").exists()
 
 
@@ -364,11 +359,9 @@ def test_torchrun_pre_empted_as_a_group_resumes_to_one_process_folder(tmp_path, 
     args = [str(imgs), "-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1", "--workers", "1",
             "--device", "cpu"]
     assert encode(*args, "-o", tmp_path / "one").returncode == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "regvq_cli",
-           "encode", *args, "-o", str(tmp_path / "two")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                         env=env)
+    cmd = ["encode", *args, "-o", tmp_path / "two"]
+    p = subprocess.Popen(torchrun_cmd(*cmd), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True, env=torchrun_env())
     deadline = time.time() + 120
     while len(list((tmp_path / "two").glob("shard-*.safetensors"))) < 2 and time.time() < deadline:
         time.sleep(0.01)
@@ -377,7 +370,7 @@ def test_torchrun_pre_empted_as_a_group_resumes_to_one_process_folder(tmp_path, 
     ours = [line for line in err.decode().splitlines() if line.startswith("regvq")]
     assert ours.count("regvq: terminated (SIGTERM)") == 2, err.decode()[-3000:]
     assert sum("the complete shards in" in line for line in ours) == 1, ours
-    r = subprocess.run([*cmd, "--json"], cwd=REPO, capture_output=True, timeout=300, env=env)
+    r = run_torchrun(*cmd, "--json")
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     summary = json.loads(r.stdout)
     assert summary["shards_reused"] >= 2 and summary["shards_reused"] + summary["shards_written"] == 60

@@ -16,7 +16,7 @@ from regvq_cli.cli.train_tokenizer import OPTIONS, PRESET_NAMES
 from regvq_cli.engine.resolve import load
 from regvq_cli.tokenizer.presets import PRESETS
 from regvq_cli.train.tokenizer import TrainTokenizerConfig
-from tests.conftest import REPO, invoke
+from tests.conftest import REPO, invoke, torchrun_cmd, torchrun_env
 from tests.test_encode_decode import make_images
 
 
@@ -135,10 +135,8 @@ def test_torchrun_group_sigterm_stops_both_ranks_at_one_step_with_a_checkpoint(t
             "--workers", "2", "--grad-accum", "16", "--perceptual-weight", "0", "--contrastive-weight", "0",
             "--log-every", "1", "--sample-every", "100000", "--checkpoint-every", "100000", "--device", "cpu"]
     metrics = tmp_path / "run" / "metrics.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "regvq_cli", *args, "--max-steps", "100000"], cwd=REPO, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "REGVQ_DEBUG": "", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(torchrun_cmd(*args, "--max-steps", "100000"), cwd=REPO, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, start_new_session=True, env=torchrun_env(REGVQ_DEBUG=""))
     deadline = time.time() + 180
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and proc.poll() is None:
         assert time.time() < deadline, "training never logged a step"
