@@ -10,7 +10,7 @@ unset PYTHONDONTWRITEBYTECODE
 D=docs/h200/2026-11-30/host_syncs
 T=tests/test_jpeg_gpu_path.py::test_device_pixels_do_not_make_the_host_wait
 cp regvq_cli/engine/jpeg.py /tmp/jpeg_now.py
-cp $D/jpeg_before.py regvq_cli/engine/jpeg.py
+python3 docs/h200/2026-11-30/jpeg_at.py a75e41c > /tmp/jpeg_before.py && cp /tmp/jpeg_before.py regvq_cli/engine/jpeg.py
 python3 -m pytest -q -m gpu $T 2>&1 | grep -E 'passed|failed|Error' | tail -3 | sed 's/^/before: /' | tee "$OUT/gpu_test.txt"
 cp /tmp/jpeg_now.py regvq_cli/engine/jpeg.py
 python3 -m pytest -q -m gpu $T 2>&1 | tail -1 | sed 's/^/now: /' | tee -a "$OUT/gpu_test.txt"

@@ -1,7 +1,6 @@
 """The resident memory `resize_batch` adds at its peak, on the CPU, for 128 pictures of 256-512 px resized to
-256 px: `python docs/h200/2026-11-30/resize_weights/peak_memory.py before|now` (one process each; `before` loads
-the old function from jpeg_before.py beside this file)."""
-import importlib.util
+256 px: `python docs/h200/2026-11-30/resize_weights/peak_memory.py before|now` (one process each; `before` reads
+the old function from git through ../jpeg_at.py)."""
 import random
 import resource
 import sys
@@ -11,9 +10,10 @@ import torch
 
 torch.set_num_threads(2)
 if sys.argv[1] == "before":
-    spec = importlib.util.spec_from_file_location("jpeg_before", Path(__file__).with_name("jpeg_before.py"))
-    jpeg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(jpeg)
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from jpeg_at import BEFORE_WEIGHTS_ONCE, jpeg_at
+
+    jpeg = jpeg_at(BEFORE_WEIGHTS_ONCE)
 else:
     from regvq_cli.engine import jpeg
 rng = random.Random(0)

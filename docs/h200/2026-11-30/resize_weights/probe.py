@@ -1,8 +1,7 @@
 """`regvq encode` with `engine.jpeg.resize_batch` as it was before the weights were made once per batch
-(`before`, from jpeg_before.py beside this file) or as it is (`now`); the command's arguments follow:
+(`before`, read from git by ../jpeg_at.py) or as it is (`now`); the command's arguments follow:
 `python probe.py before -q encode ...`. With `compare`, instead: both versions on the same 8 batches of pictures
 decoded by nvjpeg (the JPEGs of the folder given), and how many output values differ."""
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,9 +9,10 @@ import torch
 
 from regvq_cli.engine import jpeg
 
-spec = importlib.util.spec_from_file_location("jpeg_before", Path(__file__).with_name("jpeg_before.py"))
-before = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(before)
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from jpeg_at import BEFORE_WEIGHTS_ONCE, jpeg_at  # noqa: E402
+
+before = jpeg_at(BEFORE_WEIGHTS_ONCE)
 
 if sys.argv[1] == "compare":
     files = sorted(Path(sys.argv[2]).glob("*.jpg"))[: 8 * 128]
