@@ -28,6 +28,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the tokenizer as CUDA graphs (default: as regvq does, on CUDA unless compiled)")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="the FLOP floor for the floor fraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -65,8 +67,9 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.init()  # the allocator's statistics exist once CUDA is initialised
         torch.cuda.reset_peak_memory_stats(device)
-    summary = decode_source(tmp / "tokens", tmp / "png", tokenizer, device, dtype, batch_size=args.batch_size)
-    runner = prepare_tokenizer(tokenizer, device, dtype)
+    summary = decode_source(tmp / "tokens", tmp / "png", tokenizer, device, dtype, batch_size=args.batch_size,
+                            cuda_graphs=args.cuda_graphs)
+    runner = prepare_tokenizer(tokenizer, device, dtype, cuda_graphs=args.cuda_graphs)
     batch = torch.from_numpy(tokens[: args.batch_size])
     runner.decode_uint8(batch)  # warm-up
     t = time.perf_counter()
@@ -78,7 +81,7 @@ def main(argv=None):
               "end_to_end": floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
               "model_only": floor_columns(model_ips, gflop, args.peak_tflops),
               "peak_memory_gib": peak_memory_gib(device), "device": str(device), "dtype": str(dtype),
-              "batch_size": args.batch_size, "model": args.preset if args.model.startswith(str(tmp)) else args.model,
+              "batch_size": args.batch_size, "cuda_graphs": runner.cuda_graphs, "model": args.preset if args.model.startswith(str(tmp)) else args.model,
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else

@@ -86,6 +86,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the tokenizer as CUDA graphs (default: as regvq does, on CUDA unless compiled)")
     p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
     p.add_argument("--resize-on", choices=["workers", "device"], default="workers")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
@@ -114,7 +116,7 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     opts = EncodeOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
-                         compile=args.compile, jpeg_decoder=args.jpeg_decoder,
+                         compile=args.compile, cuda_graphs=args.cuda_graphs, jpeg_decoder=args.jpeg_decoder,
                          resize_on=args.resize_on)
     decoder = pick_decoder(args.jpeg_decoder, device)
     n = sum(1 for _ in args.jpeg_dir.iterdir())
@@ -136,7 +138,7 @@ def main(argv=None):
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
-              "compile": args.compile, "jpeg_decoder": decoder, "resize_on": args.resize_on, "cpus": os.cpu_count(),
+              "compile": args.compile, "cuda_graphs": args.cuda_graphs, "jpeg_decoder": decoder, "resize_on": args.resize_on, "cpus": os.cpu_count(),
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else

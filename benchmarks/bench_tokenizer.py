@@ -127,6 +127,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the encode and decode functions")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the tokenizer as CUDA graphs (default: as regvq does, on CUDA unless compiled)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -154,7 +156,8 @@ def main(argv=None):
 
         model = Tokenizer(PRESETS[args.preset])
     size = args.image_size or model.config.image_size
-    runner = prepare_tokenizer(model, device, dtype, compile=args.compile, channels_last=args.channels_last)
+    runner = prepare_tokenizer(model, device, dtype, compile=args.compile, channels_last=args.channels_last,
+                               cuda_graphs=args.cuda_graphs)
     images = torch.rand(args.batch_size, 3, size, size, device=device) * 2 - 1
     with torch.inference_mode():
         indices = runner.encode(images)
@@ -178,7 +181,8 @@ def main(argv=None):
     result = {
         "model": args.model or args.preset, "image_size": size, "batch_size": args.batch_size, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "dtype": str(dtype),
-        "compile": args.compile, "channels_last": args.channels_last, "torch": torch.__version__,
+        "compile": args.compile, "channels_last": args.channels_last,
+        "cuda_graphs": runner.cuda_graphs, "torch": torch.__version__,
         "peak_memory_gib": peak_memory_gib(device),
         "rows": rows, **({"profile": profiles} if profiles else {}), "command": " ".join(["python"] + sys.argv),
     }

@@ -6,13 +6,13 @@
 #
 #   OUT=results GPUS=2 PHOTOS=../shared/data/photos bash benchmarks/scaling.sh
 #
-# N JPEGs (default 40000) of 256-512 px are made from PHOTOS first; W decoding workers per process (default 15);
-# STEPS prior steps (default 120) at BS grids per process (default 64); TOK_STEPS tokenizer steps (default 60) of
-# the TOK_PRESET preset (default vqgan-f16) at TOK_BS images per process (default 32). JOBS picks the jobs (default
-# "encode prior tokenizer"; prior needs encode's tokens), NPS the process counts (default "1 GPUS"). DEV="--device
-# cpu" runs it on a CPU. ENCODE_OPTS, TRAIN_OPTS and TOK_OPTS add options to the encode, train-prior and
-# train-tokenizer commands (e.g. ENCODE_OPTS="--jpeg-decoder nvjpeg", which decodes the JPEGs on each process's GPU
-# instead of the host's shared CPU cores; TRAIN_OPTS=--compile; TOK_OPTS=--no-compile).
+# N JPEGs (default 40000) of 256-512 px are made from PHOTOS first (kept in WORK for the next run); W decoding workers
+# per process (default 15); STEPS prior steps (default 120) at BS grids per process (default 64); TOK_STEPS tokenizer
+# steps (default 60) of the TOK_PRESET preset (default vqgan-f16) at TOK_BS images per process (default 32). JOBS
+# picks the jobs (default "encode prior tokenizer"; prior needs encode's tokens), NPS the process counts
+# (default "1 GPUS"). DEV="--device cpu" runs it on a CPU. ENCODE_OPTS, TRAIN_OPTS and TOK_OPTS add options to the encode,
+# train-prior and train-tokenizer commands (e.g. ENCODE_OPTS="--jpeg-decoder nvjpeg", which decodes the JPEGs on each
+# process's GPU instead of the host's shared CPU cores; TRAIN_OPTS=--compile; TOK_OPTS=--no-compile).
 set -euo pipefail
 OUT=${OUT:-results}; GPUS=${GPUS:-2}; PHOTOS=${PHOTOS:-../shared/data/photos}
 N=${N:-40000}; STEPS=${STEPS:-120}; W=${W:-15}; PRESET=${PRESET:-ar-b}; BS=${BS:-64}; WORK=${WORK:-/tmp/regvq-scaling}
@@ -25,8 +25,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$WORK/pycache}
 mkdir -p "$OUT" "$WORK"
 run() { python3 -m torch.distributed.run --standalone --nproc-per-node "$1" -m regvq_cli -q "${@:2}"; }
-python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
+if [[ $(find "$WORK/jpegs" -name '*.jpg' 2>/dev/null | wc -l) != "$N" ]]; then  # else: made by an earlier run
+  rm -rf "$WORK/jpegs"
+  python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
 make_jpegs(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))" "$PHOTOS" "$WORK/jpegs" "$N"
+fi
 rate() {  # metrics.jsonl, its rate key, job name, processes: the mean rate after the first log window
   python3 -c 'import json,sys; r=[json.loads(l)[sys.argv[2]] for l in open(sys.argv[1])]; r = r[1:] or r
 print(f"{sys.argv[3]}, {sys.argv[4]} process(es): {sum(r) / len(r):.1f} {sys.argv[2]} (after the first log window)")' "$@"

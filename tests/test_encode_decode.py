@@ -66,6 +66,38 @@ def test_channels_last_gives_the_default_layouts_tokens_and_pictures_within_roun
     assert layouts == [False, False, True, True]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_cuda_graphs_give_the_same_tokens_and_pictures_bit_for_bit(tmp_path, tokenizer_dir, monkeypatch, device):
+    """encode and decode with --cuda-graphs (the default on CUDA) and --no-cuda-graphs write the same tokens and
+    pictures, bit for bit: the same kernels, replayed; on a CPU the option is taken and changes nothing."""
+    from regvq_cli.engine import decode, encode as encode_engine, runtime
+
+    graphs = []  # whether each runner the commands made records graphs
+
+    def spy(*args, **kw):
+        runner = runtime.prepare_tokenizer(*args, **kw)
+        graphs.append(runner.cuda_graphs)
+        return runner
+
+    monkeypatch.setattr(decode, "prepare_tokenizer", spy)
+    monkeypatch.setattr(encode_engine, "prepare_tokenizer", spy)
+    imgs = make_images(tmp_path / "imgs", 8)
+    for name, flags in (("default", []), ("on", ["--cuda-graphs"]), ("off", ["--no-cuda-graphs"])):
+        common = ["--device", device, "--batch-size", "4", *flags]
+        r = encode(imgs, "-o", tmp_path / f"tok-{name}", "-m", tokenizer_dir, *common)
+        assert r.returncode == 0, r.stderr.decode()
+        r = invoke("decode", tmp_path / "tok-default", "-o", tmp_path / f"rec-{name}", *common)
+        assert r.returncode == 0, r.stderr.decode()
+    on_gpu = device == "cuda"
+    assert graphs == [on_gpu, on_gpu, on_gpu, on_gpu, False, False]
+    tokens = [load_file(str(tmp_path / f"tok-{d}" / "shard-00000.safetensors"))["tokens"] for d in ("default", "on", "off")]
+    assert np.array_equal(tokens[0], tokens[2]) and np.array_equal(tokens[1], tokens[2])
+    for f in sorted(os.listdir(tmp_path / "rec-off")):
+        off = np.asarray(Image.open(tmp_path / "rec-off" / f))
+        for d in ("default", "on"):
+            assert np.array_equal(np.asarray(Image.open(tmp_path / f"rec-{d}" / f)), off)
+
+
 def test_encode_says_where_its_time_went(tmp_path, tokenizer_dir, monkeypatch):
     """--json's timings split the command's seconds into phases, and -v prints them: slow decoding shows as the wait
     for the first batch."""

@@ -109,3 +109,79 @@ def test_compiled_runner_pads_a_short_batch_instead_of_compiling_again(monkeypat
     after_decode = len(graphs)
     assert torch.equal(compiled.decode(want[4:]), plain.decode(want[4:])) and len(graphs) == after_decode
     assert torch.equal(decoded, plain.decode(want[:4]))
+
+
+def test_cuda_graphs_are_for_cuda_devices_only():
+    """The default records CUDA graphs on a CUDA device unless compiled; on a CPU, asking for them changes nothing."""
+    model = Tokenizer(PRESETS["tok-test"]).eval()
+    assert not prepare_tokenizer(copy.deepcopy(model), "cpu", torch.float32).cuda_graphs
+    runner = prepare_tokenizer(model, "cpu", torch.float32, cuda_graphs=True)
+    assert not runner.cuda_graphs
+    images = smooth_images(3, 32)
+    assert torch.equal(runner.encode(images), model.encode(images))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_runner_replays_the_eager_runners_kernels():
+    """On CUDA the runner records its networks as CUDA graphs and replays them: tokens and images bit for bit the
+    eager runner's, batch after batch of new inputs (each copied into the graph's input); a short batch is padded
+    into the recorded graph (the eager runner's rows of the same padded batch), recording nothing new; a larger batch
+    records again."""
+    torch.manual_seed(0)
+    model = Tokenizer(PRESETS["small-f16"]).eval()
+    eager = prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, cuda_graphs=False)
+    graphed = prepare_tokenizer(model, "cuda", torch.bfloat16)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    assert not prepare_tokenizer(copy.deepcopy(model), "cuda", torch.bfloat16, compile=True).cuda_graphs
+    images = smooth_images(20, 64, seed=3)
+    for chunk in (images[:8], images[8:16]):
+        tokens = graphed.encode(chunk)
+        assert torch.equal(tokens, eager.encode(chunk))
+        assert torch.equal(graphed.decode(tokens), eager.decode(tokens))
+    pixels = ((images[:8] + 1) * 127.5).round().to(torch.uint8)
+    assert torch.equal(graphed.encode_uint8(pixels), eager.encode_uint8(pixels))
+    recorded = graphed._encode.graph
+    short = images[16:19]
+    padded = torch.cat([short, short.new_zeros((5, *short.shape[1:]))])
+    assert torch.equal(graphed.encode(short), eager.encode(padded)[:3])
+    assert graphed._encode.graph is recorded
+    assert torch.equal(graphed.encode(images[:12]), eager.encode(images[:12]))
+    assert graphed._encode.graph is not recorded and graphed._encode.key[0][0] == 12
+
+
+@pytest.mark.gpu
+def test_a_function_no_cuda_graph_can_hold_runs_eagerly():
+    """Recording fails where a function reads a value back to the host: its results are still right, then and on
+    later calls (eagerly), and recording another function afterwards works."""
+    from regvq_cli.engine.runtime import _Graphed
+
+    def syncing(x):
+        return x * float(x.sum())
+
+    x = torch.arange(4.0, device="cuda")
+    graphed = _Graphed(syncing)
+    assert torch.equal(graphed(x), syncing(x)) and graphed.off
+    assert torch.equal(graphed(x + 1), syncing(x + 1))
+    doubling = _Graphed(lambda t: t * 2)
+    assert torch.equal(doubling(x), x * 2) and doubling.graph is not None
+    assert torch.equal(doubling(x + 1), (x + 1) * 2)
+
+
+@pytest.mark.gpu
+def test_a_recorded_runner_holds_about_the_eager_runners_memory():
+    """The warm-up's activations are let go before the graph records its own: the recorded runner's peak of
+    reserved GPU memory stays within a quarter of the eager runner's (holding both would take about twice)."""
+    torch.manual_seed(0)
+    images = smooth_images(16, 256, seed=4)
+    peaks = {}
+    for graphs in (False, True):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        runner = prepare_tokenizer(Tokenizer(PRESETS["vqgan-f16"]).eval(), "cuda", torch.bfloat16, cuda_graphs=graphs)
+        for _ in range(3):
+            runner.encode(images)
+        torch.cuda.synchronize()
+        peaks[graphs] = torch.cuda.max_memory_reserved()
+        del runner
+    print(f"peak reserved: eager {peaks[False] / 2**30:.2f} GiB, recorded {peaks[True] / 2**30:.2f} GiB")
+    assert peaks[True] <= 1.25 * peaks[False]

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
+from regvq_cli.cli._common import CUDA_GRAPHS_HELP, batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
 
 
 @click.command()
@@ -20,11 +20,12 @@ from regvq_cli.cli._common import batch_size_hint, check_png_to_stdout, compilin
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Grids per device batch.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder.")
 @click.option("--channels-last", is_flag=True, help="Channels-last convolutions: about a third faster to decode on a CPU; results within rounding of the default layout, not bit for bit.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=None, help=CUDA_GRAPHS_HELP)
 @device_options
 @offline_option
 @json_option
 @batch_size_hint
-def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, channels_last, device, dtype, offline,
+def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, channels_last, cuda_graphs, device, dtype, offline,
            as_json):
     """Decode TOKENS back into images.
 
@@ -95,7 +96,8 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
         count = counted(bar, "grids")
         summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
-                                compile=compile_, channels_last=channels_last, callback=lambda n: count(n, total), grid=rec_grid)
+                                compile=compile_, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                                callback=lambda n: count(n, total), grid=rec_grid)
     renamed = summary["renamed"] if rank() == 0 else []  # every rank's, gathered: rank 0 says them once
     for item in renamed[:20]:
         warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
+from regvq_cli.cli._common import (CUDA_GRAPHS_HELP, OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
                                    progress, tenths, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -52,6 +52,7 @@ def parse_color(ctx, param, value):
 @click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
 @click.option("--channels-last", is_flag=True, help="Channels-last convolutions: a little faster to encode on a CPU; tokens as the default layout's but for a rare near-tie, not guaranteed bit for bit.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=None, help=CUDA_GRAPHS_HELP)
 @click.option("--jpeg-decoder", type=click.Choice(["pillow", "nvjpeg"]), default="pillow", show_default=True, help=JPEG_DECODER_HELP)
 @click.option("--resize-on", type=click.Choice(["workers", "device"]), default="workers", show_default=True, help=RESIZE_ON_HELP)
 @device_options
@@ -59,7 +60,7 @@ def parse_color(ctx, param, value):
 @json_option
 @batch_size_hint
 def encode(inputs, out_dir, files_from, model, size, resize, background, limit, batch_size, shard_size, workers, maps_dir,
-           max_pixels, num_workers, worker_id, compile_, channels_last, jpeg_decoder, resize_on, device, dtype, offline,
+           max_pixels, num_workers, worker_id, compile_, channels_last, cuda_graphs, jpeg_decoder, resize_on, device, dtype, offline,
            as_json):
     """Encode images into token shards in OUT.
 
@@ -85,7 +86,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     detail(f"encoding on {dev} in {str(pick_dtype(dtype, dev)).removeprefix('torch.')}")
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
-                         num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last,
+                         num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last, cuda_graphs=cuda_graphs,
                          jpeg_decoder=jpeg_decoder, resize_on=resize_on, limit=limit)
     if compile_:
         compiling_note("the tokenizer's encoder")

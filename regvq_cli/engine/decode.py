@@ -177,12 +177,14 @@ def png_path(out, key: str, taken: set[str]) -> str:
 
 
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
-                  compile: bool = False, channels_last: bool = False, callback=None, grid=None) -> dict:
+                  compile: bool = False, channels_last: bool = False, callback=None, grid=None,
+                  cuda_graphs: bool | None = None) -> dict:
     """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`, '-' for stdout).
 
     Every grid must be `grid` (h, w) (default: the tokenizer's at its training size). The summary's "renamed"
     lists {key, file} for the grids whose key's usual file name was already taken."""
-    runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile, channels_last=channels_last)
+    runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile, channels_last=channels_last,
+                               cuda_graphs=cuda_graphs)
     native = tuple(grid) if grid is not None else tokenizer.grid_size(tokenizer.config.image_size)
     written, sheet, t0 = 0, [], time.perf_counter()
     taken: set[str] = set()
@@ -275,7 +277,8 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 
 
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
-                  grid_cols=None, stdin=None, compile=False, channels_last=False, callback=None, grid=None) -> dict:
+                  grid_cols=None, stdin=None, compile=False, channels_last=False, callback=None, grid=None,
+                  cuda_graphs=None) -> dict:
     """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several.
     `grid`: the (h, w) every grid must have (default: the tokenizer's at its training size)."""
     with dist.group(device) as (rank, world):
@@ -288,7 +291,7 @@ def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=No
         else:
             batches = shard_batches(source, batch_size, limit, rank, world)
         summary = decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet, grid_cols, compile, channels_last,
-                                callback, grid)
+                                callback, grid, cuda_graphs)
         summary["decoded"] = int(dist.all_sum([summary["decoded"]], device)[0])
         summary["renamed"] = [item for part in dist.all_gather(summary["renamed"]) for item in part]
         dist.barrier()

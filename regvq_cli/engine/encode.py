@@ -51,6 +51,7 @@ class EncodeOptions:
     worker_id: int = 0
     compile: bool = False
     channels_last: bool = False  # channels-last convolutions (faster on CPUs; not bit for bit the default layout)
+    cuda_graphs: bool | None = None  # the tokenizer replayed as CUDA graphs; default: on a CUDA device unless compiled
     jpeg_decoder: str = "pillow"  # or "nvjpeg": JPEGs decoded on the GPU (engine/jpeg.py)
     resize_on: str = "workers"  # or "device": the workers decode, the device resizes (engine/jpeg.py)
     limit: int | None = None  # encode only the first `limit` inputs of the listing
@@ -270,7 +271,8 @@ def _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts
         return stats
     loader = image_batches(listing, itertools.chain([first], shards), opts, size, run.segmap_size,
                            pin_memory=device.type == "cuda")
-    runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile, channels_last=opts.channels_last)
+    runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile, channels_last=opts.channels_last,
+                               cuda_graphs=opts.cuda_graphs)
     parts = _ShardParts()
     t_start = marks["loop"] = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as writer:
