@@ -304,6 +304,31 @@ def test_device_pixels_do_not_make_the_host_wait(tmp_path):
     assert torch.equal(first, again)
 
 
+@pytest.mark.gpu
+def test_nvjpeg_never_writes_memory_queued_kernels_still_read():
+    """A buffer freed on the host while a queued kernel still has to read it: the decoded pictures must not land
+    in it before that kernel has run (torchvision decodes on a stream of its own, which does not wait for ours).
+    The device is kept busy so that the read is still queued when the decoder runs; on the code before the fix
+    the copy read decoded pixels instead of the buffer's 7s."""
+    pytest.importorskip("torchvision")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    buf = io.BytesIO()
+    photo("coffee.jpg", (320, 240)).save(buf, format="JPEG", quality=90)
+    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    device = torch.device("cuda")
+    jpeg.nvjpeg_decode([data], device)  # decoder and allocator warmed up
+    torch.cuda.synchronize()
+    for _ in range(3):
+        held = torch.full((3, 240, 320), 7, dtype=torch.uint8, device=device)  # a decoded picture's size
+        torch.cuda._sleep(200_000_000)  # the device busy for a while (about 0.1 s)
+        copy = held.clone()  # queued behind it: reads `held` once the device gets there
+        del held  # back to the allocator, free for the next allocation on this stream
+        jpeg.nvjpeg_decode([data], device)
+        torch.cuda.synchronize()
+        assert bool((copy == 7).all())
+
+
 def test_bench_encode_with_the_device_decoder(tmp_path, capsys, stand_in):
     from tests.conftest import load_benchmark
 

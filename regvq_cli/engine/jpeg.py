@@ -57,12 +57,29 @@ def pick_decoder(name: str, device) -> str:
     return name
 
 
+_decode_streams: dict = {}  # device -> the stream nvjpeg's outputs are made on
+
+
 def nvjpeg_decode(datas: list[torch.Tensor], device) -> list[torch.Tensor]:
     """JPEG files (uint8 [n_bytes] CPU tensors) -> uint8 [3, h, w] RGB on `device`, as stored (no EXIF
-    orientation). One batched call; it raises for the whole batch if any stream fails."""
+    orientation). One batched call; it raises for the whole batch if any stream fails.
+
+    torchvision makes its outputs on the current stream and writes them on a stream of its own without waiting for
+    the current stream: memory the host has freed while queued kernels still read it can be written under them (it
+    corrupted the resize's indices once the tokenizer's CUDA graphs let the host run a batch ahead). So they are made
+    on a stream kept for this, whose memory the allocator keeps apart, marked as used by the current stream, which
+    waits for the decode."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    device = torch.device(device)
+    here = torch.cuda.current_stream(device)
+    side = _decode_streams.setdefault(device, torch.cuda.Stream(device))
+    with torch.cuda.stream(side):
+        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    here.wait_stream(side)
+    for image in images:
+        image.record_stream(here)
+    return images
 
 
 def decode_jpegs(datas: list[torch.Tensor], device) -> list[torch.Tensor | None]:

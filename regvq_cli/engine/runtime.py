@@ -4,17 +4,16 @@
 while the quantizer (the code choice and the codebook lookup) stays in fp32, so the chosen codes are as close
 as possible to the fp32 model's. Images travel as uint8 and are normalised on the device, which moves 4x fewer
 bytes from host to device than float32. On a GPU the eager networks are recorded once per batch shape as a CUDA
-graph and replayed (`_Graphed`): the same kernels in one launch, where Python launching them one by one took
-about 10 ms of host time per batch of 128 for the default tokenizer, which held back `regvq encode`'s loop.
+graph and replayed (`_Graphed`): the same kernels in one launch instead of one Python launch per layer, which
+matters at small batches (the default tokenizer at the default batch of 32 on an H200: 7% more images/s from
+tensors, and `regvq encode` with Pillow workers 8%; docs/performance.md).
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-log = logging.getLogger(__name__)
+from regvq_cli.errors import RegvqError
 
 
 def compile_options() -> dict:
@@ -32,16 +31,13 @@ class _Graphed:
     input buffer and its output copied out (the next replay overwrites the buffer). The first call of a shape runs fn
     eagerly (that call's result, and the warm-up a recording needs: Triton compiling, cuDNN's choices, workspaces),
     then records. One graph at a time: a new shape drops the old one and its memory (the runner pads smaller batches
-    to the largest so far, so a run records once). Should recording fail (an operation a graph cannot hold), fn runs
-    eagerly from then on; an out-of-memory error is raised as it is."""
+    to the largest so far, so a run records once)."""
 
     def __init__(self, fn):
-        self.fn, self.off = fn, False
+        self.fn = fn
         self.key = self.graph = self.input = self.output = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.off:
-            return self.fn(x)
         if (x.shape, x.stride(), x.dtype, x.device) != self.key:
             return self._record(x)
         self.input.copy_(x)
@@ -50,25 +46,29 @@ class _Graphed:
 
     def _record(self, x: torch.Tensor) -> torch.Tensor:
         self.key = self.graph = self.input = self.output = None  # the old graph's memory goes back first
+        here = torch.cuda.current_stream(x.device)
         stream = torch.cuda.Stream(x.device)  # warm up on the stream the recording uses, as torch advises
-        stream.wait_stream(torch.cuda.current_stream(x.device))
+        stream.wait_stream(here)
         with torch.cuda.stream(stream):
             result = self.fn(x)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
-        result.record_stream(torch.cuda.current_stream(x.device))
-        try:  # (torch.cuda.graph empties the allocator's cache first: the warm-up's activations do not stay twice)
-            graph, static_in = torch.cuda.CUDAGraph(), torch.empty_strided(x.shape, x.stride(), dtype=x.dtype,
-                                                                            device=x.device)
-            with torch.cuda.graph(graph, stream=stream):
+        here.wait_stream(stream)
+        result.record_stream(here)
+        graph = torch.cuda.CUDAGraph()
+        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        try:
+            # torch.cuda.graph empties the allocator's cache first, so the warm-up's activations are not held twice.
+            # "thread_local": only this thread is barred from what a recording cannot hold; the loader's pinning
+            # thread and the shard writer go on using CUDA meanwhile.
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 static_out = self.fn(static_in)
         except torch.OutOfMemoryError:
             raise
-        except Exception as e:  # noqa: BLE001 - any failure to record leaves the eager path, which just worked
-            log.debug("CUDA graphs off for this runner: recording failed (%s)", e)
-            self.off = True
-            return result
-        self.key, self.graph, self.input, self.output = (x.shape, x.stride(), x.dtype, x.device), graph, static_in, \
-            static_out
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RegvqError(f"the tokenizer could not be recorded as a CUDA graph ({reason}); run with "
+                             "--no-cuda-graphs") from e
+        self.key = (x.shape, x.stride(), x.dtype, x.device)
+        self.graph, self.input, self.output = graph, static_in, static_out
         return result
 
 
