@@ -56,11 +56,7 @@ class _Graphed:
         graph = torch.cuda.CUDAGraph()
         static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         try:
-            # torch.cuda.graph empties the allocator's cache first, so the warm-up's activations are not held twice.
-            # "thread_local": only this thread is barred from what a recording cannot hold; the loader's pinning
-            # thread and the shard writer go on using CUDA meanwhile.
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                static_out = self.fn(static_in)
+            static_out = self._capture(graph, stream, static_in)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:
@@ -70,6 +66,14 @@ class _Graphed:
         self.key = (x.shape, x.stride(), x.dtype, x.device)
         self.graph, self.input, self.output = graph, static_in, static_out
         return result
+
+    def _capture(self, graph, stream, static_in: torch.Tensor) -> torch.Tensor:
+        """fn(static_in) recorded into `graph` on `stream` (the warm-up's); returns the graph's output buffer.
+        torch.cuda.graph empties the allocator's cache first, so the warm-up's activations are not held twice.
+        "thread_local": only this thread is barred from what a recording cannot hold; the loader's pinning thread
+        and the shard writer go on using CUDA meanwhile."""
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            return self.fn(static_in)
 
 
 class TokenizerRunner:

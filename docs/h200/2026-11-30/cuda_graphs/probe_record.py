@@ -1,4 +1,4 @@
-"""How the tokenizer runner records its CUDA graph, inside `regvq encode`'s loop: variants of `_Graphed._record`
+"""How the tokenizer runner records its CUDA graph, inside `regvq encode`'s loop: variants of `_Graphed._capture`
 patched into one process each, over the same JPEGs, each run's tokens compared with an eager run's.
 
     OUT=... PYTHONPATH=. python docs/h200/2026-11-30/cuda_graphs/probe_record.py JPEG_DIR VARIANT [encode options]
@@ -6,7 +6,9 @@ patched into one process each, over the same JPEGs, each run's tokens compared w
 VARIANT: eager (--no-cuda-graphs); context (torch.cuda.graph, as the package first did: it also empties the
 device's and the pinned host memory's caches); context_global (the same, capture_error_mode="global"); manual
 (capture_begin / capture_end on the warm-up's stream after a device synchronize, no cache emptied); manual_host (the
-same, the pinned host cache emptied as torch.cuda.graph does). Prints one JSON line.
+same, the pinned host cache emptied as torch.cuda.graph does). Prints one JSON line. (The runs in results/ patched
+the whole of `_record`, warm-up and recording, before the recording became a method of its own; the warm-up was
+the package's then as now.)
 """
 
 import json
@@ -19,42 +21,30 @@ import torch
 from regvq_cli.engine import runtime
 
 
-def record(variant):
-    def _record(self, x):
-        self.key = self.graph = self.input = self.output = None
-        here = torch.cuda.current_stream(x.device)
-        stream = torch.cuda.Stream(x.device)
-        stream.wait_stream(here)
-        with torch.cuda.stream(stream):
-            result = self.fn(x)
-        here.wait_stream(stream)
-        result.record_stream(here)
-        graph = torch.cuda.CUDAGraph()
-        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+def capture(variant):
+    """`_Graphed._capture` in the variant's way (the warm-up before it is the package's)."""
+    def _capture(self, graph, stream, static_in):
         if variant.startswith("context"):
             mode = "global" if variant == "context_global" else "thread_local"
             with torch.cuda.graph(graph, stream=stream, capture_error_mode=mode):
-                static_out = self.fn(static_in)
-        else:
-            torch.cuda.synchronize(x.device)
-            torch.cuda.empty_cache()
-            if variant == "manual_host":
-                torch._C._host_emptyCache()
-            with torch.cuda.stream(stream):
-                graph.capture_begin(capture_error_mode="thread_local")
-                static_out = self.fn(static_in)
-                graph.capture_end()
-        self.key = (x.shape, x.stride(), x.dtype, x.device)
-        self.graph, self.input, self.output = graph, static_in, static_out
-        return result
-    return _record
+                return self.fn(static_in)
+        torch.cuda.synchronize(static_in.device)
+        torch.cuda.empty_cache()
+        if variant == "manual_host":
+            torch._C._host_emptyCache()
+        with torch.cuda.stream(stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            out = self.fn(static_in)
+            graph.capture_end()
+        return out
+    return _capture
 
 
 def main():
     jpegs, variant, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
     out = os.path.join(os.environ.get("OUT", "/tmp"), f"tokens_{variant}")
     if variant != "eager":
-        runtime._Graphed._record = record(variant)
+        runtime._Graphed._capture = capture(variant)
     from click.testing import CliRunner
 
     from regvq_cli.cli import cli
