@@ -81,7 +81,8 @@ def main(argv=None):
               "end_to_end": floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
               "model_only": floor_columns(model_ips, gflop, args.peak_tflops),
               "peak_memory_gib": peak_memory_gib(device), "device": str(device), "dtype": str(dtype),
-              "batch_size": args.batch_size, "cuda_graphs": runner.cuda_graphs, "model": args.preset if args.model.startswith(str(tmp)) else args.model,
+              "batch_size": args.batch_size, "cuda_graphs": runner.cuda_graphs,
+              "model": args.preset if args.model.startswith(str(tmp)) else args.model,
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else

@@ -138,7 +138,8 @@ def main(argv=None):
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
-              "compile": args.compile, "cuda_graphs": args.cuda_graphs, "jpeg_decoder": decoder, "resize_on": args.resize_on, "cpus": os.cpu_count(),
+              "compile": args.compile, "cuda_graphs": args.cuda_graphs, "jpeg_decoder": decoder,
+              "resize_on": args.resize_on, "cpus": os.cpu_count(),
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)
     print(json.dumps(result, indent=2) if args.json else

@@ -296,11 +296,11 @@ class OutFolder(click.Path):
         return super().convert(value, param, ctx)
 
 
-# seeds torch.Generator.manual_seed takes (numpy's generators take any non-negative integer)
 CUDA_GRAPHS_HELP = ("Replay the tokenizer as one CUDA graph per batch instead of launching its layers one by one "
                     "(default: on with a CUDA device, unless --compile): the same kernels and results, less host time "
                     "a batch.")
 
+# seeds torch.Generator.manual_seed takes (numpy's generators take any non-negative integer)
 SEED = click.IntRange(0, 2**64 - 1)
 # the training commands' seeds: the data order seeds a generator with seed * 1,000,003, which must stay in its range
 TRAIN_SEED = click.IntRange(0, 2**32 - 1)

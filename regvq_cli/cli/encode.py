@@ -86,8 +86,8 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     detail(f"encoding on {dev} in {str(pick_dtype(dtype, dev)).removeprefix('torch.')}")
     opts = EncodeOptions(size=size, resize=resize, background=background, max_pixels=max_pixels,
                          batch_size=batch_size, shard_size=shard_size, workers=workers, maps_dir=maps_dir,
-                         num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                         jpeg_decoder=jpeg_decoder, resize_on=resize_on, limit=limit)
+                         num_workers=num_workers, worker_id=worker_id, compile=compile_, channels_last=channels_last,
+                         cuda_graphs=cuda_graphs, jpeg_decoder=jpeg_decoder, resize_on=resize_on, limit=limit)
     if compile_:
         compiling_note("the tokenizer's encoder")
     with progress(desc="encode", unit="img") as bar:
