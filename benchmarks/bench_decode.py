@@ -28,8 +28,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay the tokenizer as CUDA graphs (default: as regvq does, on CUDA unless compiled)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="the FLOP floor for the floor fraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

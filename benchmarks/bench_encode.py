@@ -86,8 +86,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay the tokenizer as CUDA graphs (default: as regvq does, on CUDA unless compiled)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
     p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
     p.add_argument("--resize-on", choices=["workers", "device"], default="workers")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")

@@ -127,8 +127,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the encode and decode functions")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay the tokenizer as CUDA graphs (default: as regvq does, on CUDA unless compiled)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -296,9 +296,9 @@ class OutFolder(click.Path):
         return super().convert(value, param, ctx)
 
 
-CUDA_GRAPHS_HELP = ("Replay the tokenizer as one CUDA graph per batch instead of launching its layers one by one "
-                    "(default: on with a CUDA device, unless --compile): the same kernels and results, less host time "
-                    "a batch.")
+CUDA_GRAPHS_HELP = ("Replay the tokenizer as one CUDA graph per batch instead of launching its layers one by one: "
+                    "the same kernels and results, less host time a batch. It does nothing with --compile or on a "
+                    "CPU.")
 
 # seeds torch.Generator.manual_seed takes (numpy's generators take any non-negative integer)
 SEED = click.IntRange(0, 2**64 - 1)

@@ -20,7 +20,7 @@ from regvq_cli.cli._common import CUDA_GRAPHS_HELP, batch_size_hint, check_png_t
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Grids per device batch.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder.")
 @click.option("--channels-last", is_flag=True, help="Channels-last convolutions: about a third faster to decode on a CPU; results within rounding of the default layout, not bit for bit.")
-@click.option("--cuda-graphs/--no-cuda-graphs", default=None, help=CUDA_GRAPHS_HELP)
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help=CUDA_GRAPHS_HELP)
 @device_options
 @offline_option
 @json_option

@@ -52,7 +52,7 @@ def parse_color(ctx, param, value):
 @click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
 @click.option("--channels-last", is_flag=True, help="Channels-last convolutions: a little faster to encode on a CPU; tokens as the default layout's but for a rare near-tie, not guaranteed bit for bit.")
-@click.option("--cuda-graphs/--no-cuda-graphs", default=None, help=CUDA_GRAPHS_HELP)
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help=CUDA_GRAPHS_HELP)
 @click.option("--jpeg-decoder", type=click.Choice(["pillow", "nvjpeg"]), default="pillow", show_default=True, help=JPEG_DECODER_HELP)
 @click.option("--resize-on", type=click.Choice(["workers", "device"]), default="workers", show_default=True, help=RESIZE_ON_HELP)
 @device_options

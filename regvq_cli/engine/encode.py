@@ -51,7 +51,7 @@ class EncodeOptions:
     worker_id: int = 0
     compile: bool = False
     channels_last: bool = False  # channels-last convolutions (faster on CPUs; not bit for bit the default layout)
-    cuda_graphs: bool | None = None  # the tokenizer replayed as CUDA graphs; default: on a CUDA device unless compiled
+    cuda_graphs: bool = True  # the eager tokenizer replayed as CUDA graphs (on a CUDA device; see engine/runtime.py)
     jpeg_decoder: str = "pillow"  # or "nvjpeg": JPEGs decoded on the GPU (engine/jpeg.py)
     resize_on: str = "workers"  # or "device": the workers decode, the device resizes (engine/jpeg.py)
     limit: int | None = None  # encode only the first `limit` inputs of the listing

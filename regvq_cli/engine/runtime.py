@@ -78,10 +78,10 @@ class _Graphed:
 
 class TokenizerRunner:
     """encode: images -> token ids; decode: token ids -> images; all under inference mode. `cuda_graphs`: replay the
-    networks as CUDA graphs (CUDA only; default: on a CUDA device when not compiled)."""
+    eager networks as CUDA graphs (on a CUDA device, when not compiled)."""
 
     def __init__(self, model, device, dtype=torch.float32, compile: bool = False, channels_last: bool = False,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool = True):
         self.model = model.eval().requires_grad_(False).to(device)
         self.device, self.dtype = torch.device(device), dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -94,9 +94,9 @@ class TokenizerRunner:
             options = compile_options()
             self._encode = torch.compile(self._encode_impl, dynamic=False, options=options)
             self._decode = torch.compile(self._decode_impl, dynamic=False, options=options)
-        if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and not compile
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        # the eager networks only: compiled code is not recorded (torch.compile's own graphs gained little, and
+        # recording over it is not tested); on a CPU there is nothing to record
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and not compile
         if self.cuda_graphs:
             self._encode, self._decode = _Graphed(self._encode), _Graphed(self._decode)
 
@@ -156,6 +156,6 @@ class TokenizerRunner:
 
 
 def prepare_tokenizer(model, device, dtype=torch.float32, compile: bool = False, channels_last: bool = False,
-                      cuda_graphs: bool | None = None):
+                      cuda_graphs: bool = True):
     return TokenizerRunner(model, device, dtype, compile=compile, channels_last=channels_last,
                            cuda_graphs=cuda_graphs)
