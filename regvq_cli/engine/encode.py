@@ -123,7 +123,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
             left = shards.todo
         total = sum(stop - start for _, start, stop in left)
         marks["loop"] = time.perf_counter()  # reset by _encode_shards when there is work: set up until then
-        stats = _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts, size,
+        stats = _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype, opts, size,
                                _Progress(callback, total, shared=world > 1), marks)
         marks["encoded"] = time.perf_counter()
         stats["shards_reused"] = shards.reused
@@ -261,9 +261,10 @@ def image_batches(listing, shards, opts: EncodeOptions, size: int, segmap_size=N
     )
 
 
-def _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts, size, progress, marks) -> dict:
-    """Encode and write `shards` (an iterable of (k, start, stop)); sets marks["loop"] (its start) and
-    marks["first_batch"] (perf_counter)."""
+def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype, opts, size, progress,
+                   marks) -> dict:
+    """Encode and write `shards` (an iterable of entries (k, start, stop) of the run's `plan`); sets marks["loop"]
+    (its start) and marks["first_batch"] (perf_counter)."""
     stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
     shards = iter(shards)
     first = next(shards, None)
@@ -294,8 +295,8 @@ def _encode_shards(listing, run, shards, out_dir, tokenizer, device, dtype, opts
             n_ok = int(ok.sum())
             stats["encoded"] += n_ok
             stats["skipped"] += len(ok) - n_ok
-            k = int(batch["i"][0]) // opts.shard_size  # the shard this batch belongs to: shard k starts at k * size
-            if len(parts.index) + len(parts.skipped) == min(opts.shard_size, len(listing) - k * opts.shard_size):
+            k, start, stop = plan[int(batch["i"][0]) // opts.shard_size]  # this batch's shard (k starts at k * size)
+            if len(parts.index) + len(parts.skipped) == stop - start:
                 pending.append(writer.submit(_write, out_dir, k, run, listing, parts))
                 stats["shards_written"] += 1
                 for f in [f for f in pending if f.done()]:
