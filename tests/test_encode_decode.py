@@ -141,6 +141,7 @@ def test_v_says_which_model_ran_and_vv_lasts_one_command(tmp_path, tokenizer_dir
     assert invoke("shards", "info", tmp_path / "tok").returncode == 0
     assert logging.getLogger("huggingface_hub").level == logging.NOTSET and not logging.getLogger("httpx").handlers
 
+
 def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     imgs = make_images(tmp_path / "imgs", 5)
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--json")
@@ -518,6 +519,7 @@ def test_decode_counts_its_grids_for_the_bar_and_v_lines(tmp_path, tokenizer_dir
     assert r.returncode == 0, r.stderr.decode()
     assert [line.split(" (")[0] for line in r.stderr.decode().splitlines() if "grids done" in line] == [
         "2 of 5 grids done", "4 of 5 grids done", "5 of 5 grids done"]
+
 
 def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir, monkeypatch):
     """--grid onto a folder, or below a file, and PNGs into a file: one line naming --out, before any grid is

@@ -108,6 +108,7 @@ def test_vv_shows_the_hubs_requests(tmp_path):
         r = run_cli("models", "show", "acme/tok", env=env)
         assert r.returncode == 0 and b"regvq: debug" not in r.stderr
 
+
 def test_hub_offline_and_not_cached_names_the_id(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     r = run_cli("models", "show", "acme/missing@v2", env=env)
