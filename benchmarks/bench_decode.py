@@ -30,6 +30,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last activations (default: as regvq, on for a GPU without --compile)")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="the FLOP floor for the floor fraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -68,8 +70,9 @@ def main(argv=None):
         torch.cuda.init()  # the allocator's statistics exist once CUDA is initialised
         torch.cuda.reset_peak_memory_stats(device)
     summary = decode_source(tmp / "tokens", tmp / "png", tokenizer, device, dtype, batch_size=args.batch_size,
-                            cuda_graphs=args.cuda_graphs)
-    runner = prepare_tokenizer(tokenizer, device, dtype, cuda_graphs=args.cuda_graphs)
+                            cuda_graphs=args.cuda_graphs, channels_last=args.channels_last)
+    runner = prepare_tokenizer(tokenizer, device, dtype, cuda_graphs=args.cuda_graphs,
+                               channels_last=args.channels_last)
     batch = torch.from_numpy(tokens[: args.batch_size])
     runner.decode_uint8(batch)  # warm-up
     t = time.perf_counter()
@@ -82,6 +85,7 @@ def main(argv=None):
               "model_only": floor_columns(model_ips, gflop, args.peak_tflops),
               "peak_memory_gib": peak_memory_gib(device), "device": str(device), "dtype": str(dtype),
               "batch_size": args.batch_size, "cuda_graphs": runner.cuda_graphs,
+              "channels_last": runner.channels_last,
               "model": args.preset if args.model.startswith(str(tmp)) else args.model,
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)

@@ -88,6 +88,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last activations (default: as regvq, on for a GPU without --compile)")
     p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
     p.add_argument("--resize-on", choices=["workers", "device"], default="workers")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
@@ -102,6 +104,7 @@ def main(argv=None):
     from regvq_cli.engine.encode import EncodeOptions, encode_images
     from regvq_cli.engine.jpeg import pick_decoder
     from regvq_cli.engine.resolve import load
+    from regvq_cli.engine.runtime import default_channels_last
 
     if args.make_jpegs and sum(1 for _ in args.jpeg_dir.glob("*.jpg")) != args.make_jpegs:  # else: made before
         t = time.perf_counter()
@@ -116,8 +119,8 @@ def main(argv=None):
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     opts = EncodeOptions(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
-                         compile=args.compile, cuda_graphs=args.cuda_graphs, jpeg_decoder=args.jpeg_decoder,
-                         resize_on=args.resize_on)
+                         compile=args.compile, cuda_graphs=args.cuda_graphs, channels_last=args.channels_last,
+                         jpeg_decoder=args.jpeg_decoder, resize_on=args.resize_on)
     decoder = pick_decoder(args.jpeg_decoder, device)
     n = sum(1 for _ in args.jpeg_dir.iterdir())
     tokenizer = load(args.model)
@@ -138,7 +141,9 @@ def main(argv=None):
               "loader_only_images_per_s": loader_rate,
               "model": args.model if args.model.startswith(str(tmp)) is False else args.preset,
               "batch_size": args.batch_size, "workers": args.workers, "device": str(device), "dtype": str(dtype),
-              "compile": args.compile, "cuda_graphs": args.cuda_graphs, "jpeg_decoder": decoder,
+              "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+              "channels_last": default_channels_last(device, args.compile) if args.channels_last is None
+              else args.channels_last, "jpeg_decoder": decoder,
               "resize_on": args.resize_on, "cpus": os.cpu_count(),
               "torch": torch.__version__, "command": " ".join(["python"] + sys.argv)}
     shutil.rmtree(tmp)

@@ -126,7 +126,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the encode and decode functions")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last activations (default: as regvq, on for a GPU without --compile)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
     p.add_argument("--iters", type=int, default=10)
@@ -181,7 +182,7 @@ def main(argv=None):
     result = {
         "model": args.model or args.preset, "image_size": size, "batch_size": args.batch_size, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "dtype": str(dtype),
-        "compile": args.compile, "channels_last": args.channels_last,
+        "compile": args.compile, "channels_last": runner.channels_last,
         "cuda_graphs": runner.cuda_graphs, "torch": torch.__version__,
         "peak_memory_gib": peak_memory_gib(device),
         "rows": rows, **({"profile": profiles} if profiles else {}), "command": " ".join(["python"] + sys.argv),

@@ -1,5 +1,6 @@
 """`regvq encode` / `decode` / `shards` end to end: inputs, bad files, crash safety, scale-out, strangers' data."""
 
+import filecmp
 import json
 import os
 import re
@@ -44,26 +45,30 @@ def test_channels_last_gives_the_default_layouts_tokens_and_pictures_within_roun
                                                                                       monkeypatch):
     from regvq_cli.engine import decode, encode as encode_engine, runtime
 
-    layouts = []  # what the engine asked the runner for, encode and decode alike
+    layouts = []  # what the engine asked the runner for, encode and decode alike, and what the runner took
 
     def spy(*args, **kw):
-        layouts.append(kw.get("channels_last"))
-        return runtime.prepare_tokenizer(*args, **kw)
+        runner = runtime.prepare_tokenizer(*args, **kw)
+        layouts.append((kw.get("channels_last"), runner.channels_last))
+        return runner
 
     monkeypatch.setattr(decode, "prepare_tokenizer", spy)
     monkeypatch.setattr(encode_engine, "prepare_tokenizer", spy)
     imgs = make_images(tmp_path / "imgs", 6)
-    for name, flags in (("plain", []), ("cl", ["--channels-last"])):
+    for name, flags in (("plain", []), ("nchw", ["--no-channels-last"]), ("cl", ["--channels-last"])):
         r = encode(imgs, "-o", tmp_path / f"tok-{name}", "-m", tokenizer_dir, *flags)
         assert r.returncode == 0, r.stderr.decode()
         r = invoke("decode", tmp_path / "tok-plain", "-o", tmp_path / f"rec-{name}", *flags)
         assert r.returncode == 0, r.stderr.decode()
     tokens = [load_file(str(tmp_path / d / "shard-00000.safetensors"))["tokens"] for d in ("tok-plain", "tok-cl")]
     assert np.array_equal(*tokens)  # these images have no near-tie
+    assert filecmp.cmp(tmp_path / "tok-plain" / "shard-00000.safetensors", tmp_path / "tok-nchw" / "shard-00000.safetensors",
+                       shallow=False)
     for f in sorted(os.listdir(tmp_path / "rec-plain")):
         a, b = (np.asarray(Image.open(tmp_path / d / f)).astype(int) for d in ("rec-plain", "rec-cl"))
         assert np.abs(a - b).max() <= 1  # another summation order: at most a rounding step apart
-    assert layouts == [False, False, True, True]
+    # on a CPU the default is NCHW (the runner's choice: default_channels_last)
+    assert layouts == [(None, False), (None, False), (False, False), (False, False), (True, True), (True, True)]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

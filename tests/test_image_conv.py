@@ -27,13 +27,16 @@ for C, CO, H, W in ((3, 16, 9, 13), (1, 32, 5, 70), (3, 128, 11, 8)):  # edges, 
     assert (got - want).abs().max() < 1e-4, (C, CO, (got - want).abs().max())
     nchw = image_conv(x, w, b, block=32, channels_last=False)  # the other layout
     assert nchw.is_contiguous() and (nchw - want).abs().max() < 1e-4, C
+    for other in (x.contiguous(memory_format=torch.channels_last), torch.randn(2, C, H, 2 * W)[..., ::2]):
+        other_want = F.conv2d(other, w, b, padding=1)  # an input of other strides: channels-last, columns apart
+        assert (image_conv(other, w, b) - other_want).abs().max() < 1e-4, C
     # in half precision: the products summed in float32, rounded once (fp16 here: the interpreter's dot of bf16
     # operands comes out wrong; the GPU test runs bf16)
     xh, wh, bh = x.half(), w.half(), b.half()
     want = F.conv2d(xh.float(), wh.float(), bh.float(), padding=1)
     assert (image_conv(xh, wh, bh).float() - want).abs().max() <= want.abs().max() / 512, C
 # the encoder of a half-precision tokenizer without gradients runs its first layer through the kernel: NCHW
-# eagerly, channels-last when compiled (here as if, which the interpreter cannot be)
+# eagerly, channels-last when compiled (here as if, which the interpreter cannot be) or with channels-last weights
 model = Tokenizer(PRESETS["tok-test"]).eval().to(torch.float16)
 images = torch.rand(2, 3, 32, 32, dtype=torch.float16) * 2 - 1
 conv = model.encoder.conv_in
@@ -45,6 +48,12 @@ for compiling in (False, True):
         got = conv(images)
     assert got.is_contiguous(memory_format=torch.channels_last) if compiling else got.is_contiguous()
     assert (got.float() - want).abs().max() <= want.abs().max() / 512
+torch.compiler.is_compiling = lambda: False
+conv.to(memory_format=torch.channels_last)
+with torch.no_grad():
+    got = conv(images)
+assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+assert (got.float() - want).abs().max() <= want.abs().max() / 512
 print("ok")
 """
 
@@ -52,9 +61,9 @@ print("ok")
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
 def test_image_conv_kernel_is_conv2d():
     """The kernel, run by Triton's interpreter on the CPU (a process of its own): F.conv2d with padding 1 in float32
-    (image edges, 1 or 3 channels, blocks of pixels across rows, a last block part outside), within a rounding of
-    the output in fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes it, writing NCHW
-    eagerly and channels-last compiled."""
+    (image edges, 1 or 3 channels, blocks of pixels across rows, a last block part outside, inputs of any strides),
+    within a rounding of the output in fp16, the output channels-last or NCHW; an fp16 encoder's first layer takes
+    it, writing NCHW eagerly and channels-last compiled or with its weight channels-last."""
     done = run_interpreted(KERNEL_CHECK)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
@@ -77,7 +86,7 @@ def test_image_conv_runs_the_kernel_only_for_half_precision_inference_where_it_c
     with torch.no_grad():  # or under no_grad, whatever requires one
         assert conv.requires_grad_(True).uses_kernel(x.clone().requires_grad_(True))
     conv.requires_grad_(False)
-    assert not conv.uses_kernel(x[..., ::2])  # rows not contiguous
+    assert conv.uses_kernel(x[..., ::2]) and conv.uses_kernel(x.contiguous(memory_format=torch.channels_last))
     for other in (ImageConv(4, 128, 3, padding=1), ImageConv(3, 96, 3, padding=1), ImageConv(3, 512, 3, padding=1),
                   ImageConv(3, 128, 3, padding=1, stride=2), ImageConv(3, 128, 3, padding=0)):
         xc = torch.zeros(2, other.in_channels, 8, 8, dtype=torch.bfloat16)

@@ -272,6 +272,106 @@ def test_group_norm_scale_shift_takes_the_kernel_only_without_gradients(monkeypa
     assert len(launched) == 2
 
 
+CHANNELS_LAST_CHECK = """
+import copy
+import torch
+import torch.nn.functional as F
+import regvq_cli.tokenizer.nets as nets
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS
+
+torch.manual_seed(0)
+# widths that are not powers of two, several spans of pixels (NORM_SPAN) and a last part-span, one pixel
+for B, C, G, H, W in ((2, 16, 4, 5, 7), (1, 24, 6, 40, 30), (3, 96, 24, 33, 33), (2, 8, 2, 1, 1)):
+    x = (torch.randn(B, C, H, W) * 3 + 50).contiguous(memory_format=torch.channels_last)  # far from zero
+    w, b = torch.rand(C) + 0.5, torch.randn(C)
+    want = F.group_norm(x.double(), G, w.double(), b.double(), 1e-6)
+    for silu in (False, True):
+        got = nets.group_norm_channels_last(x, G, w, b, 1e-6, silu=silu)
+        assert got.dtype == x.dtype and got.is_contiguous(memory_format=torch.channels_last)
+        err = (got.double() - (F.silu(want) if silu else want)).abs().max().item()
+        assert err < 1e-4, (B, C, H, W, silu, err)
+    # a picture's result does not depend on the batch it is in, bit for bit
+    assert torch.equal(nets.group_norm_channels_last(x[-1:], G, w, b, 1e-6), nets.group_norm_channels_last(x, G, w, b, 1e-6)[-1:])
+    xh, wh, bh = x.half(), w.half(), b.half()
+    half = nets.group_norm_channels_last(xh, G, wh, bh, 1e-6)  # half precision: rounded once, at the end
+    want = F.group_norm(xh.double(), G, wh.double(), bh.double(), 1e-6)
+    assert half.dtype == torch.float16 and (half.double() - want).abs().max() <= want.abs().max() / 1024
+# a channels-last network without gradients takes the kernels in every norm (here on the CPU, as if it were a
+# GPU): the encoder and decoder give the NCHW network's outputs within float32 rounding
+nets.FAST_FORMS_ON = {"cpu"}
+calls = []
+kernel = nets.group_norm_channels_last
+nets.group_norm_channels_last = lambda *a, **k: calls.append(k["silu"]) or kernel(*a, **k)
+model = Tokenizer(PRESETS["tok-test"]).eval().requires_grad_(False)
+cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+images = torch.rand(2, 3, 32, 32) * 2 - 1
+with torch.no_grad():
+    z, z_cl = model.encoder(images), cl.encoder(images.contiguous(memory_format=torch.channels_last))
+    n = len(calls)
+    assert n == sum(isinstance(m, nets.GroupNorm) for m in model.encoder.modules()) and any(calls) and not all(calls)
+    assert (z - z_cl).abs().max() < 1e-4
+    out, out_cl = model.decoder(z), cl.decoder(z.contiguous(memory_format=torch.channels_last))
+    assert len(calls) > n and (out - out_cl).abs().max() < 1e-4
+    n = len(calls)
+    model.encoder(images)  # NCHW: PyTorch's GroupNorm
+    assert len(calls) == n
+cl.encoder.requires_grad_(True)(images.contiguous(memory_format=torch.channels_last))  # training: PyTorch's
+assert len(calls) == n
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
+def test_group_norm_over_channels_last_activations_is_group_norm_and_silu():
+    """GroupNorm (+ SiLU) as the two Triton kernels eager inference takes over channels-last activations, run by
+    Triton's interpreter on the CPU (a process of its own): F.group_norm within float32 rounding for widths that are
+    not powers of two, far from zero and over several spans of pixels, in x's dtype and layout; a picture's result
+    the same bit for bit alone or in a batch; a channels-last network without gradients takes them in every norm and
+    gives the NCHW network's outputs, and NCHW or training does not take them."""
+    done = run_interpreted(CHANNELS_LAST_CHECK)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_runners_default_to_channels_last_on_a_gpu_where_triton_runs(monkeypatch):
+    """The runner's layout when none is asked for (engine.runtime.default_channels_last): channels-last on CUDA
+    where Triton runs and nothing is compiled; NCHW on a CPU, when compiled, or without Triton."""
+    from regvq_cli.engine import runtime
+
+    monkeypatch.setattr(runtime, "triton_runs_on", lambda device: True)
+    assert runtime.default_channels_last("cuda") and runtime.default_channels_last(torch.device("cuda", 0))
+    assert not runtime.default_channels_last("cuda", compile=True)
+    assert not runtime.default_channels_last("cpu")
+    monkeypatch.setattr(runtime, "triton_runs_on", lambda device: False)
+    assert not runtime.default_channels_last("cuda")
+    runner = runtime.prepare_tokenizer(Tokenizer(PRESETS["tok-test"]), "cpu")
+    assert runner.channels_last is False and runner.memory_format == torch.contiguous_format
+    runner = runtime.prepare_tokenizer(Tokenizer(PRESETS["tok-test"]), "cpu", channels_last=True)
+    assert runner.channels_last and runner.model.encoder.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+def test_channels_last_group_norm_on_a_gpu_is_group_norm_within_bf16_rounding():
+    """On a GPU, in bf16: GroupNorm + SiLU from the channels-last kernels is float64's F.group_norm within PyTorch's
+    own bf16 error, and a bf16 tokenizer runner takes channels-last by default."""
+    pytest.importorskip("triton")
+    import torch.nn.functional as F
+
+    from regvq_cli.engine.runtime import prepare_tokenizer
+    from regvq_cli.tokenizer.nets import group_norm_channels_last
+
+    torch.manual_seed(0)
+    for B, C, H, W, G in ((4, 128, 64, 64, 32), (2, 512, 16, 16, 32), (3, 96, 37, 29, 24)):
+        x = (torch.randn(B, C, H, W, device="cuda") * 2 + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(C, device="cuda").bfloat16(), torch.randn(C, device="cuda").bfloat16()
+        want = F.silu(F.group_norm(x.double(), G, w.double(), b.double(), 1e-6))
+        got = group_norm_channels_last(x, G, w, b, 1e-6, silu=True)
+        theirs = F.silu(F.group_norm(x.contiguous(), G, w, b, 1e-6))
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert (got.double() - want).abs().max() <= (theirs.double() - want).abs().max()
+    assert prepare_tokenizer(Tokenizer(PRESETS["tok-test"]), "cuda", torch.bfloat16).channels_last
+
+
 @pytest.mark.gpu
 def test_compiled_group_norm_on_a_gpu_launches_the_scale_shift_kernel_and_is_group_norm():
     """On a GPU, a compiled bf16 GroupNorm without gradients launches the scale/shift kernel from inductor's code

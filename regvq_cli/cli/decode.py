@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import CUDA_GRAPHS_HELP, batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
+from regvq_cli.cli._common import CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
 
 
 @click.command()
@@ -19,7 +19,7 @@ from regvq_cli.cli._common import CUDA_GRAPHS_HELP, batch_size_hint, check_png_t
 @click.option("--limit", type=click.IntRange(1), default=None, help="Decode only the first N grids.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Grids per device batch.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoder.")
-@click.option("--channels-last", is_flag=True, help="Channels-last convolutions: about a third faster to decode on a CPU; results within rounding of the default layout, not bit for bit.")
+@click.option("--channels-last/--no-channels-last", default=None, help=CHANNELS_LAST_HELP)
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help=CUDA_GRAPHS_HELP)
 @device_options
 @offline_option

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import (CUDA_GRAPHS_HELP, OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
+from regvq_cli.cli._common import (CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
                                    progress, tenths, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
@@ -51,7 +51,7 @@ def parse_color(ctx, param, value):
 @click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays); then run `regvq shards merge`.")
 @click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
-@click.option("--channels-last", is_flag=True, help="Channels-last convolutions: a little faster to encode on a CPU; tokens as the default layout's but for a rare near-tie, not guaranteed bit for bit.")
+@click.option("--channels-last/--no-channels-last", default=None, help=CHANNELS_LAST_HELP)
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help=CUDA_GRAPHS_HELP)
 @click.option("--jpeg-decoder", type=click.Choice(["pillow", "nvjpeg"]), default="pillow", show_default=True, help=JPEG_DECODER_HELP)
 @click.option("--resize-on", type=click.Choice(["workers", "device"]), default="workers", show_default=True, help=RESIZE_ON_HELP)

@@ -177,7 +177,7 @@ def png_path(out, key: str, taken: set[str]) -> str:
 
 
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
-                  compile: bool = False, channels_last: bool = False, callback=None, grid=None,
+                  compile: bool = False, channels_last: bool | None = None, callback=None, grid=None,
                   cuda_graphs: bool = True) -> dict:
     """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`, '-' for stdout).
 
@@ -277,7 +277,7 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 
 
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
-                  grid_cols=None, stdin=None, compile=False, channels_last=False, callback=None, grid=None,
+                  grid_cols=None, stdin=None, compile=False, channels_last=None, callback=None, grid=None,
                   cuda_graphs=True) -> dict:
     """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several.
     `grid`: the (h, w) every grid must have (default: the tokenizer's at its training size)."""

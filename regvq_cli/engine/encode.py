@@ -50,7 +50,7 @@ class EncodeOptions:
     num_workers: int = 1  # job-array split: this process is worker `worker_id` of `num_workers`
     worker_id: int = 0
     compile: bool = False
-    channels_last: bool = False  # channels-last convolutions (faster on CPUs; not bit for bit the default layout)
+    channels_last: bool | None = None  # channels-last activations; default: on a GPU (engine/runtime.py)
     cuda_graphs: bool = True  # the eager tokenizer replayed as CUDA graphs (on a CUDA device; see engine/runtime.py)
     jpeg_decoder: str = "pillow"  # or "nvjpeg": JPEGs decoded on the GPU (engine/jpeg.py)
     resize_on: str = "workers"  # or "device": the workers decode, the device resizes (engine/jpeg.py)

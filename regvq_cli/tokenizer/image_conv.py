@@ -26,7 +26,7 @@ BLOCK_PIXELS = 128
 
 def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block: int = BLOCK_PIXELS,
                num_warps: int = 4, channels_last: bool = True) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=1) for x [B, C, H, W] (rows contiguous) and weight [CO, C, 3, 3] with C * 9
+    """F.conv2d(x, weight, bias, padding=1) for x [B, C, H, W] (any strides) and weight [CO, C, 3, 3] with C * 9
     <= 32 and CO a power of two, all in one dtype; the result [B, CO, H, W] in that dtype, laid out channels-last
     (or NCHW-contiguous). `block` (pixels a program) and `num_warps` tune the launch."""
     from regvq_cli.tokenizer.image_conv_kernel import image_conv_kernel
@@ -40,7 +40,7 @@ def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block:
     stride = (H * W * CO, 1, W * CO, CO) if channels_last else (CO * H * W, H * W, W, 1)
     y = torch.empty_strided((B, CO, H, W), stride, device=x.device, dtype=x.dtype)
     image_conv_kernel[(cdiv(H * W, block), B)](  # (pixel blocks, images)
-        x, wt, bias, y, H, W, x.stride(0), x.stride(1), x.stride(2), C=C, CO=CO, BM=block,
+        x, wt, bias, y, H, W, x.stride(0), x.stride(1), x.stride(2), x.stride(3), C=C, CO=CO, BM=block,
         CHANNELS_LAST=channels_last, num_warps=num_warps)
     return y
 
@@ -48,13 +48,16 @@ def image_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, block:
 class ImageConv(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) of the encoder's first layer, which runs as `image_conv`'s
     kernel where it can: a 3x3 convolution with padding 1 of at most 3 channels into a power of two up to 256,
-    input (rows contiguous), weight and bias in one half-precision dtype on a device `available` accepts, and
-    nothing needing a gradient. Its output is channels-last in a network torch.compile is compiling and NCHW
-    eagerly, as cuDNN's would be there. Elsewhere (training, the CPU, float32) it is nn.Conv2d."""
+    input, weight and bias in one half-precision dtype on a device `available` accepts, and nothing needing a
+    gradient. Its output is channels-last in a network torch.compile is compiling or whose weights are
+    channels-last (the layout the next layers then read), and NCHW otherwise, as cuDNN's would be. Elsewhere
+    (training, the CPU, float32) it is nn.Conv2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_kernel(x):
-            return image_conv(x, self.weight, self.bias, channels_last=torch.compiler.is_compiling())
+            w = self.weight
+            channels_last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+            return image_conv(x, w, self.bias, channels_last=torch.compiler.is_compiling() or channels_last)
         return super().forward(x)
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
@@ -63,5 +66,5 @@ class ImageConv(nn.Conv2d):
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.bias is not None
                 and self.in_channels * 9 <= 32 and co & (co - 1) == 0 and co <= 256
                 and x.dtype in (torch.bfloat16, torch.float16) and self.weight.dtype == x.dtype
-                and self.bias.dtype == x.dtype and x.dim() == 4 and x.stride(-1) == 1
+                and self.bias.dtype == x.dtype and x.dim() == 4
                 and not needs_grad(x, self.weight, self.bias) and available(x.device))

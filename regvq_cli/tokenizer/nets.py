@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from regvq_cli.engine.device import needs_grad, next_power_of_two, triton_runs_on
+from regvq_cli.engine.device import cdiv, needs_grad, next_power_of_two, triton_runs_on
 from regvq_cli.tokenizer.image_conv import ImageConv
 
 # Device types where the networks take the forms measured faster there (docs/performance.md). Compiled: GroupNorm
@@ -37,23 +37,69 @@ def inference_form(x: torch.Tensor, *params: torch.Tensor, compiled: bool = True
 
 
 class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm (same parameters and state dict) that keeps a bf16 or fp16 input's dtype under autocast.
+    """nn.GroupNorm (same parameters and state dict) that keeps a bf16 or fp16 input's dtype under autocast, and can
+    apply SiLU to its output (`silu=True`: F.silu(norm(x)), the blocks' pattern) in the same pass where it has one.
 
     CUDA autocast runs group_norm in float32: in bf16 training every norm copied its input (a convolution's bf16
     output) up to float32, normalised it, SiLU ran in float32, and the next convolution copied the result back
     down, each a pass over a full-resolution activation, forward and backward. PyTorch's kernels accumulate the
     statistics of a bf16 input in float32 anyway, so under autocast this normalises in the input's dtype (the gain
     and bias cast to it) and the block stays in bf16. Outside autocast it is nn.GroupNorm. Compiled on CUDA it
-    computes its statistics per channel (group_norm_by_channels), which inductor turns into faster code.
+    computes its statistics per channel (group_norm_by_channels), which inductor turns into faster code. For
+    eager inference on a GPU over a channels-last activation it is two Triton kernels that keep that layout
+    (group_norm_channels_last), where PyTorch's kernel would copy it to NCHW.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
         if torch.compiler.is_compiling() and self.affine and x.dim() == 4 and x.device.type in FAST_FORMS_ON:
-            return group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
-        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+            y = group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
+        elif self.channels_last_form(x):
+            return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps, silu=silu)
+        elif x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
-                return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
-        return super().forward(x)
+                y = F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        else:
+            y = super().forward(x)
+        return F.silu(y) if silu else y
+
+    def channels_last_form(self, x: torch.Tensor) -> bool:
+        """Whether forward takes group_norm_channels_last: eager inference (nothing needing a gradient) on a device
+        in FAST_FORMS_ON where Triton runs, an affine norm, x [B, C, H, W] stored channels-last."""
+        return (self.affine and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous() and inference_form(x, self.weight, self.bias, compiled=False)
+                and triton_runs_on(x.device))
+
+
+# group_norm_channels_last's launches: pixels a program of the statistics sums (a fixed count, so that a picture's
+# statistics are summed in the same order whatever the batch), and values in a program's tile ([pixels, channels])
+NORM_SPAN, NORM_TILE = 1024, 4096
+
+
+def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                             silu: bool = False) -> torch.Tensor:
+    """F.group_norm of x [B, C, H, W] stored channels-last (and F.silu of that with `silu`), in x's dtype and layout:
+    two Triton kernels, for inference on a GPU.
+
+    Eagerly, PyTorch's GroupNorm copies a channels-last input to NCHW, and cuDNN's half-precision convolutions read
+    and write channels-last, so an NCHW network spends two conversions a convolution (the default tokenizer's encode
+    at batch 128 on an H200: 5 of 29.5 ms of kernels a batch of `regvq encode`). These keep the activations
+    channels-last: one pass reads x for each channel's shifted sums over its pixels (as channel_var_mean; the group's
+    statistics then follow as in group_norm_by_channels), one pass normalises it, with SiLU, in float32.
+    """
+    from regvq_cli.tokenizer.norm_silu_kernel import channel_sums_kernel, scale_shift_kernel
+
+    B, C, H, W = x.shape
+    P, CP = H * W, next_power_of_two(C)
+    BP = max(1, NORM_TILE // CP)  # pixels a tile
+    spans = cdiv(P, NORM_SPAN)
+    sums = torch.empty((B, spans, 2, C), dtype=torch.float32, device=x.device)
+    channel_sums_kernel[(B, spans)](x, sums, P, C, NORM_SPAN, spans, CP=CP, BP=min(BP, next_power_of_two(P)))
+    mean_d, mean_d2 = (sums.sum(1) / P).unbind(1)  # [B, C] each: the means of d and d * d, d = x - x[:, :, 0, 0]
+    var_c, mean_c = (mean_d2 - mean_d * mean_d).clamp_min(0), x[:, :, 0, 0].float() + mean_d
+    scale, shift = group_norm_scale_shift(var_c, mean_c, groups, weight, bias, eps)
+    y = torch.empty_like(x)  # channels-last, as x
+    scale_shift_kernel[(B, cdiv(P, BP))](x, scale, shift, y, P, C, CP=CP, BP=BP, SILU=silu)
+    return y
 
 
 def group_norm_by_channels(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
@@ -147,8 +193,8 @@ class ResnetBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(self.norm1(x, silu=True))  # [B, C_out, H, W]
+        h = self.conv2(self.dropout(self.norm2(h, silu=True)))
         return self.skip(x) + h
 
 
@@ -320,7 +366,7 @@ class Encoder(nn.Module):
         for level in self.levels:
             h = level(h)  # channels ch * mult, halved size after every level but the last
         h = self.mid(h)  # [B, ch * ch_mult[-1], R/f, R/f]
-        return self.conv_out(F.silu(self.norm_out(h)))  # [B, z_channels, R/f, R/f]
+        return self.conv_out(self.norm_out(h, silu=True))  # [B, z_channels, R/f, R/f]
 
 
 class Decoder(nn.Module):
@@ -353,7 +399,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))  # [B, ch * ch_mult[-1], R/f, R/f]
         for level in self.levels:
             h = level(h)  # doubled size after every level but the last
-        h = F.silu(self.norm_out(h))  # [B, ch * ch_mult[0], R, R]
+        h = self.norm_out(h, silu=True)  # [B, ch * ch_mult[0], R, R]
         w, b = self.conv_out.weight, self.conv_out.bias
         if 9 * w.shape[0] <= 32 and inference_form(h, w, b):
             return conv3x3_to_few_channels(h, w, b)
