@@ -223,6 +223,48 @@ def test_encode_with_the_device_decoder_skips_and_encodes_like_pillow(tmp_path, 
     assert r.returncode == 1 and b"preprocessing.jpeg_decoder null in the folder, \"nvjpeg\" now" in r.stderr
 
 
+def test_warm_up_makes_the_device_paths_first_calls(monkeypatch, stand_in):
+    """jpeg.warm_up decodes one small JPEG (with `decode`) and resizes one picture to the run's size; encode's
+    _warm_up runs the tokenizer once at the run's largest batch and warms the device paths only when a run takes
+    them."""
+    from regvq_cli.engine import encode as encode_engine
+
+    calls = []
+    decode, resize = jpeg.decode_jpegs, jpeg.resize_batch
+    monkeypatch.setattr(jpeg, "decode_jpegs", lambda datas, device: calls.append(("decode", len(datas)))
+                        or decode(datas, device))
+    monkeypatch.setattr(jpeg, "resize_batch", lambda images, h, w, *a: calls.append(("resize", images[0].shape, h, w))
+                        or resize(images, h, w, *a))
+    jpeg.warm_up("cpu", 24)
+    assert calls == [("decode", 1), ("resize", (3, 16, 16), 24, 24)]
+    calls.clear()
+    jpeg.warm_up("cpu", 24, decode=False)
+    assert calls == [("resize", (3, 16, 16), 24, 24)]
+
+    class Runner:
+        def encode_uint8(self, pixels):
+            calls.append(("encode", tuple(pixels.shape), pixels.dtype))
+
+    monkeypatch.setattr(jpeg, "warm_up", lambda device, size, decode: calls.append(("warm_up", size, decode)))
+    for decoder, resize_on, device_calls in (("pillow", "workers", []), ("pillow", "device", [("warm_up", 32, False)]),
+                                             ("nvjpeg", "device", [("warm_up", 32, True)])):
+        calls.clear()
+        opts = encode_engine.EncodeOptions(jpeg_decoder=decoder, resize_on=resize_on)
+        encode_engine._warm_up(Runner(), torch.device("cpu"), opts, 32, 5)
+        assert calls == [("encode", (5, 3, 32, 32), torch.uint8), *device_calls]
+
+
+def test_encode_warms_up_only_on_a_gpu(tmp_path, tokenizer_dir, monkeypatch):
+    from regvq_cli.engine import encode as encode_engine
+
+    warmed = []
+    monkeypatch.setattr(encode_engine, "_warm_up", lambda *args: warmed.append(args))
+    make_folder(tmp_path / "imgs")
+    r = invoke("encode", tmp_path / "imgs", "-o", tmp_path / "tok", "-m", tokenizer_dir, "--device", "cpu",
+               "--workers", "0")
+    assert r.returncode == 0 and warmed == [], r.stderr.decode()
+
+
 def test_nvjpeg_without_a_gpu_is_a_clean_error(tmp_path, tokenizer_dir):
     make_folder(tmp_path / "imgs")
     r = invoke("encode", tmp_path / "imgs", "-o", tmp_path / "tok", "-m", tokenizer_dir, "--device", "cpu",
@@ -302,6 +344,25 @@ def test_device_pixels_do_not_make_the_host_wait(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(first, again)
+
+
+@pytest.mark.gpu
+def test_warming_up_before_the_loop_changes_no_token(tmp_path, monkeypatch):
+    """On a GPU, encode's warm-up (the tokenizer recorded before the first batch, nvjpeg and the resize called once)
+    writes the same token files, bit for bit, as a run whose first batch pays for them."""
+    pytest.importorskip("torchvision")
+    from regvq_cli.engine import encode as encode_engine
+
+    make_folder(tmp_path / "imgs", scale=3)
+    args = ["encode", tmp_path / "imgs", "--device", "cuda", "--batch-size", "4", "--workers", "2",
+            "--jpeg-decoder", "nvjpeg", "--resize-on", "device"]
+    assert invoke(*args, "-o", tmp_path / "warm").returncode == 0
+    monkeypatch.setattr(encode_engine, "_warm_up", lambda *a: None)
+    assert invoke(*args, "-o", tmp_path / "cold").returncode == 0
+    names = sorted(p.name for p in (tmp_path / "warm").glob("shard-*"))
+    assert names and names == sorted(p.name for p in (tmp_path / "cold").glob("shard-*"))
+    for name in names:
+        assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes(), name
 
 
 @pytest.mark.gpu
