@@ -103,15 +103,13 @@ def decode_jpegs(datas: list[torch.Tensor], device) -> list[torch.Tensor | None]
 def warm_up(device, size: int, decode: bool = True) -> None:
     """The first calls a run of the device paths would otherwise pay for in its first batch: nvjpeg's decoder made
     (`decode`), on a small JPEG, and `resize_batch`'s float64 kernels loaded, on a picture resized to `size`."""
-    picture = torch.full((3, 16, 16), 128, dtype=torch.uint8, device=device)
     if decode:
         from PIL import Image
 
         buffer = io.BytesIO()
         Image.new("RGB", (16, 16), (128, 128, 128)).save(buffer, format="JPEG")
-        picture = decode_jpegs([torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)], device)[0]
-    if picture is not None:
-        resize_batch([picture], size, size)
+        decode_jpegs([torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)], device)
+    resize_batch([torch.full((3, 16, 16), 128, dtype=torch.uint8, device=device)], size, size)
 
 
 def apply_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:

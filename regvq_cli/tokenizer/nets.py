@@ -21,7 +21,8 @@ from regvq_cli.tokenizer.image_conv import ImageConv
 # Device types where the networks take the forms measured faster there (docs/performance.md). Compiled: GroupNorm
 # from statistics per channel (group_norm_by_channels; on the CPU inductor's code for it was slower than for
 # F.group_norm). For inference, compiled: attention over contiguous q, k, v (AttnBlock) and the decoder's last
-# convolution as a GEMM (conv3x3_to_few_channels).
+# convolution as a GEMM (conv3x3_to_few_channels). For eager inference over channels-last activations: GroupNorm +
+# SiLU as Triton kernels (group_norm_channels_last).
 FAST_FORMS_ON = {"cuda"}
 # For inference, eager or compiled: upsampling as one transposed convolution (Upsample), faster on both.
 TRANSPOSED_UPSAMPLING_ON = {"cuda", "cpu"}
