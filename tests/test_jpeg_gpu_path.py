@@ -7,6 +7,7 @@ test runs the real decoder.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 
@@ -24,7 +25,7 @@ from regvq_cli.engine.checkpoint import save_model
 from regvq_cli.errors import RegvqError
 from regvq_cli.tokenizer.model import Tokenizer
 from regvq_cli.tokenizer.presets import PRESETS
-from tests.conftest import REPO, invoke
+from tests.conftest import REPO, invoke, run_interpreted
 
 PHOTOS = REPO / "examples" / "images"
 REFUSED = b"a stream the decoder refuses"  # a JPEG comment that makes the stand-in decoder fail
@@ -139,6 +140,42 @@ def test_resize_batch_of_mixed_sizes_in_chunks_is_one_by_one(monkeypatch):
         assert out.shape == (len(pictures), 3, 32, 24)
         for picture, got in zip(pictures, out):
             assert torch.equal(got, jpeg.resize_batch([picture], 32, 24, policy, (7, 8, 9))[0])
+
+
+RESIZE_KERNELS_CHECK = """
+import numpy as np, torch
+import regvq_cli.engine.jpeg as jpeg
+
+rng = np.random.default_rng(0)
+# shrinking (by up to 25x: many taps), enlarging (2x exactly: ties), edges, one picture of other strides
+shapes = [(30, 42), (25, 25), (9, 12), (4, 100), (70, 6)]
+pictures = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in shapes]
+pictures.append(pictures[0].transpose(-2, -1))
+differ = total = 0
+for policy in ("crop", "shorter-crop", "pad", "stretch"):
+    for size in ((8, 8), (20, 24)):
+        got = jpeg.resize_batch(pictures, *size, policy, (10, 20, 30))  # the kernels, interpreted
+        jpeg.triton_runs_on = lambda device: False
+        want = jpeg.resize_batch(pictures, *size, policy, (10, 20, 30))  # the matrix products
+        jpeg.triton_runs_on = lambda device: True
+        assert got.shape == want.shape == (len(pictures), 3, *size) and got.dtype == torch.uint8
+        d = (got.int() - want.int()).abs()
+        assert d.max() <= 1, (policy, size, d.max())
+        differ, total = differ + int((d > 0).sum()), total + d.numel()
+        assert torch.equal(jpeg.resize_batch(pictures[2:3], *size, policy, (10, 20, 30))[0], got[2])  # alone
+assert differ <= total // 2000, (differ, total)  # float64 sums in another order: only exact ties differ
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
+def test_resize_kernels_are_the_matrix_products():
+    """resize_batch's Triton kernels (where Triton runs: a GPU, or here its interpreter on the CPU, a process of its
+    own) give the matrix products' pixels for every policy, shrinking with many taps and enlarging, a picture of
+    other strides among them, each picture the same alone or in the batch; at most one step apart where float64
+    sums in another order break an exact tie the other way (4 values of 39,168 when written)."""
+    done = run_interpreted(RESIZE_KERNELS_CHECK)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -13,8 +13,9 @@ move work to the device:
   that nvjpeg refuses is decoded by Pillow in the main process, so every input is encoded or skipped with
   Pillow's reason.
 
-`resize_batch` applies `load_image`'s geometry (`resize_geometry`) with Pillow's bicubic weights as two batched
-matrix products: a few kernels per batch, not per picture. The pixels are close to Pillow's, not identical
+`resize_batch` applies `load_image`'s geometry (`resize_geometry`) with Pillow's bicubic weights to a whole batch
+at once: on a GPU two Triton kernels (engine/resize_kernel.py), on the CPU two batched matrix products; a few kernels
+per batch, not per picture. The pixels are close to Pillow's, not identical
 (see `resize_batch`; nvjpeg also has its own IDCT and chroma upsampling and no reduced-scale draft decode of
 large JPEGs). Tokens agree at most positions, not all.
 """
@@ -26,7 +27,7 @@ import io
 import torch
 
 from regvq_cli.data.images import ImageSkip, load_image, resize_geometry
-from regvq_cli.engine.device import to_device
+from regvq_cli.engine.device import cdiv, next_power_of_two, to_device, triton_runs_on
 from regvq_cli.errors import RegvqError
 
 DECODERS = ("pillow", "nvjpeg")
@@ -140,28 +141,43 @@ def _bicubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-def _axis_weights(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int, n_max: int) -> torch.Tensor:
-    """Pillow's resampling along one axis as a matrix, for a batch: float [B, n_out, n_max] with row j the weights
-    of the source pixels for canvas position j (zero rows outside the pasted region).
+def _axis_taps(n_in, box0, box1, n_resized, first, n_kept, offset, n_out: int, taps: int):
+    """Pillow's resampling along one axis, for a batch, as taps: (lo, w), lo long [B, n_out] the first source pixel
+    that canvas position j reads and w float64 [B, n_out, taps] the weights of that pixel and the next taps - 1
+    (zero past the kernel's reach, and for positions outside the pasted region).
 
-    Every argument but n_out / n_max is a float tensor [B]: the source length, the resized box [box0, box1) of
-    the source, the length it is resized to, the first kept position and the number kept of the resized line,
-    and where that part lands on the canvas. The taps and their normalisation follow Pillow's
-    `precompute_coeffs` (the kernel widened by the shrink factor, so shrinking is antialiased; source pixels
-    outside the box are read where the kernel reaches them, as Pillow does)."""
+    Every argument but n_out / taps is a float64 tensor [B]: the source length, the resized box [box0, box1) of the
+    source, the length it is resized to, the first kept position and the number kept of the resized line, and where
+    that part lands on the canvas. The taps and their normalisation follow Pillow's `precompute_coeffs` (the kernel
+    widened by the shrink factor, so shrinking is antialiased; source pixels outside the box are read where the
+    kernel reaches them, as Pillow does). `taps` must cover the widest reach (`_taps_needed`)."""
     j = torch.arange(n_out, device=n_in.device, dtype=torch.float64)[None]  # [1, n_out]
     pasted = (j >= offset[:, None]) & (j < (offset + n_kept)[:, None])  # [B, n_out]
     scale = ((box1 - box0) / n_resized)[:, None]  # source pixels per resized pixel, [B, 1]
     widen = scale.clamp(min=1.0)
     center = box0[:, None] + (j - offset[:, None] + first[:, None] + 0.5) * scale  # [B, n_out], source coordinates
     support = 2.0 * widen
-    lo = (center - support + 0.5).floor().clamp(min=0)[..., None]  # Pillow's xmin, inclusive
-    hi = torch.minimum((center + support + 0.5).floor(), n_in[:, None])[..., None]  # its xmax, exclusive
-    x = torch.arange(n_max, device=n_in.device, dtype=torch.float64)  # [n_max]
-    w = _bicubic((x + 0.5 - center[..., None]) / widen[..., None]) * ((x >= lo) & (x < hi))  # [B, n_out, n_max]
+    lo = (center - support + 0.5).floor().clamp(min=0)  # Pillow's xmin, inclusive
+    hi = torch.minimum((center + support + 0.5).floor(), n_in[:, None])  # its xmax, exclusive
+    x = lo[..., None] + torch.arange(taps, device=n_in.device, dtype=torch.float64)  # [B, n_out, taps]
+    w = _bicubic((x + 0.5 - center[..., None]) / widen[..., None]) * (x < hi[..., None])
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / total, w)
-    return w * pasted[..., None]
+    return lo.long(), w * pasted[..., None]
+
+
+def _taps_needed(geo: list[tuple]) -> int:
+    """The most source pixels one output pixel reads along either axis, for `resize_batch`'s geometry rows: Pillow's
+    window [center - 2 * widen + 0.5, center + 2 * widen + 0.5) rounded down at both ends, widen = max(1, shrink)."""
+    widest = max(max(1.0, (x1 - x0) / rw, (y1 - y0) / rh) for _, _, x0, y0, x1, y1, rw, rh, *_ in geo)
+    return int(4 * widest) + 2
+
+
+def _dense(lo: torch.Tensor, w: torch.Tensor, n_max: int) -> torch.Tensor:
+    """Taps (lo [B, n_out], w [B, n_out, taps]) as the matrix float64 [B, n_out, n_max] whose row j holds canvas
+    position j's weights at their source pixels."""
+    at = (lo[..., None] + torch.arange(w.shape[-1], device=w.device)).clamp(max=n_max - 1)  # past n_max: zero weight
+    return torch.zeros((*lo.shape, n_max), dtype=w.dtype, device=w.device).scatter_add_(2, at, w)
 
 
 _CHUNK_BYTES = 1 << 28  # resize_batch's float64 copy of a chunk of pictures: at most 256 MiB (one picture at least)
@@ -170,12 +186,13 @@ _CHUNK_BYTES = 1 << 28  # resize_batch's float64 copy of a chunk of pictures: at
 def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str = "crop",
                  background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
     """uint8 [3, h_i, w_i] pictures of any sizes (one device) -> uint8 [n, 3, out_h, out_w] with `load_image`'s
-    geometry and Pillow's bicubic kernel, as two batched matrix products: out = Wy @ x @ Wx^T per channel, with
-    the pictures zero-padded to the largest and the rows of Wy / Wx built for each picture's box, crop and
-    placement (`resize_geometry`). The horizontal pass is rounded to 8 bits before the vertical one, as in Pillow;
-    what differs is Pillow's fixed-point weights and, for shrinking by 3x or more, its box-filter `reducing_gap`
-    step (pure bicubic here). The arithmetic is float64: no TF32 or summation-order rounding to make a GPU's
-    pixels differ from the CPU's (bar exact ties)."""
+    geometry and Pillow's bicubic kernel: each output pixel the weighted sum of the source pixels its taps reach
+    along x, rounded to 8 bits as in Pillow, then the same along y. What differs from Pillow is its fixed-point
+    weights and, for shrinking by 3x or more, its box-filter `reducing_gap` step (pure bicubic here). The arithmetic
+    is float64: no TF32 or single-precision rounding to make a GPU's pixels differ from the CPU's (bar exact ties).
+
+    Where Triton runs, two kernels read the taps (`_resize_by_taps`); elsewhere (the CPU) the passes are two batched
+    matrix products, out = Wy @ x @ Wx^T per channel, the pictures zero-padded to the largest of a chunk."""
     if not images:
         return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
     device = images[0].device
@@ -185,15 +202,19 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
     for i, (h, w) in zip(order, shapes):
         box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
         geo.append((w, h, *box, rw, rh, *crop, *offset, i))
+    taps = _taps_needed(geo)
     # one copy to the device for the whole batch
     (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = to_device(
         torch.tensor(geo, dtype=torch.float64), device).unbind(1)
-    # the weights of every picture at once, padded to the batch's largest picture; a chunk reads its own columns
+    lo_x, wx = _axis_taps(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, taps)  # [n, out_w], [n, out_w, taps]
+    lo_y, wy = _axis_taps(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, taps)
+    bg = to_device(torch.tensor(background, dtype=torch.float64), device)
+    if triton_runs_on(device):
+        return _resize_by_taps([images[i] for i in order], shapes, place, (lo_x, wx), (lo_y, wy), bg, out_h, out_w)
     h_all, w_all = max(s[0] for s in shapes), max(s[1] for s in shapes)
-    wx = _axis_weights(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, w_all)  # [n, out_w, w_all]
-    wy = _axis_weights(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, h_all)  # [n, out_h, h_all]
+    wx, wy = _dense(lo_x, wx, w_all), _dense(lo_y, wy, h_all)  # [n, out_w, w_all], [n, out_h, h_all]
     covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
-    bg = to_device(torch.tensor(background, dtype=torch.float64), device).view(1, 3, 1, 1)
+    bg = bg.view(1, 3, 1, 1)
     resized = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)  # in `order`
     start = 0
     while start < len(order):  # chunks whose float64 copy stays within _CHUNK_BYTES (one picture at least)
@@ -214,6 +235,37 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
         resized[start:stop] = y.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)  # half up
         start = stop
     return torch.empty_like(resized).index_copy_(0, place.long(), resized)  # back to the batch's order
+
+
+RESIZE_ROWS, RESIZE_COLUMNS = 8, 8  # source rows a program of the horizontal pass, output rows of the vertical one
+
+
+def _resize_by_taps(images, shapes, place, taps_x, taps_y, bg, out_h: int, out_w: int) -> torch.Tensor:
+    """`resize_batch` as two Triton kernels (engine/resize_kernel.py): the pictures, one after another in one flat
+    buffer, resized along x row by row into uint8 [n, 3, h_max, out_w] (rounded as Pillow's first pass), then along
+    y, each output pixel reading only its taps; each picture written at its place in the batch. A float64 sum of a
+    few taps instead of a product with mostly-zero matrices: on an H200 a batch of 128 JPEGs of 256-512 px took
+    about 5 ms of kernels the other way (docs/performance.md)."""
+    from regvq_cli.engine.resize_kernel import resize_columns_kernel, resize_rows_kernel
+
+    device, n = images[0].device, len(images)
+    sizes = [3 * h * w for h, w in shapes]
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    meta = to_device(torch.tensor([(s, h, w) for s, (h, w) in zip(starts, shapes)], dtype=torch.int64), device)
+    flat = torch.cat([image.reshape(-1) for image in images])  # uint8 [sum of 3 * h * w]
+    (lo_x, wx), (lo_y, wy) = taps_x, taps_y
+    h_max, j = max(h for h, _ in shapes), next_power_of_two(out_w)
+    tmp = torch.empty((n, 3, h_max, out_w), dtype=torch.uint8, device=device)
+    resize_rows_kernel[(n, cdiv(h_max, RESIZE_ROWS))](flat, meta, lo_x, wx, tmp, wx.shape[-1], h_max, out_w,
+                                                      BR=RESIZE_ROWS, BJ=j)
+    pasted_y, pasted_x = (wy.sum(-1) > 0).to(torch.uint8), (wx.sum(-1) > 0).to(torch.uint8)
+    out = torch.empty((n, 3, out_h, out_w), dtype=torch.uint8, device=device)
+    resize_columns_kernel[(n, cdiv(out_h, RESIZE_COLUMNS))](
+        tmp, meta, lo_y, wy, pasted_y, pasted_x, bg, place.long(), out, wy.shape[-1], h_max, out_h, out_w,
+        BI=RESIZE_COLUMNS, BJ=j)
+    return out
 
 
 def resize_tensor(img: torch.Tensor, out_h: int, out_w: int, resize: str = "crop",
