@@ -3,13 +3,15 @@ imported only when used.
 
 Both passes read a picture's taps: for output position j of an axis, the first source pixel LO[j] it reads and the
 weights W[j, 0..taps) of that pixel and the next ones (zero past the source's last pixel and for positions outside
-the pasted region). Sums are float64, products added tap by tap in order."""
+the pasted region). Sums are float64, products added tap by tap in order. `taps` and `H_MAX` change from batch to
+batch: Triton would compile a kernel again for each new divisibility of such an argument (by 16, or equal to 1),
+inside a run, so they are not specialised on."""
 
 import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["taps", "H_MAX"])
 def resize_rows_kernel(SRC, META, LO, W, TMP, taps, H_MAX, OUT_W, BR: tl.constexpr, BJ: tl.constexpr):
     # The horizontal pass. One program a (picture i, block of BR source rows). SRC: every picture's uint8 [3, h, w]
     # one after another; META [n, 3] int64: where picture i starts in SRC, its h and w. LO [n, OUT_W] int64 and W
@@ -34,7 +36,7 @@ def resize_rows_kernel(SRC, META, LO, W, TMP, taps, H_MAX, OUT_W, BR: tl.constex
                  mask=rows[:, None] & cols[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["taps", "H_MAX"])
 def resize_columns_kernel(TMP, META, LO, W, PASTED_Y, PASTED_X, BG, PLACE, OUT, taps, H_MAX, OUT_H, OUT_W,
                           BI: tl.constexpr, BJ: tl.constexpr):
     # The vertical pass. One program a (picture i, block of BI output rows). LO [n, OUT_H] int64 and W [n, OUT_H,

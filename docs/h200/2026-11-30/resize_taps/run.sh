@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# One H200, about 4 minutes; carry .carry/photos:   OUT=results bash docs/h200/2026-11-30/resize_taps/run.sh
+# One H200, about 4 minutes; carry .carry/photos:   OUT=results bash docs/h200/2026-11-30/resize_taps/run.sh [scaling]
 # resize_batch as two Triton kernels: the JPEG GPU tests; the resize alone against the matrix products
 # (compare.py); `regvq encode` of 40,000 JPEGs (nvjpeg + device resize, batch 128, 8 workers) with the kernels and
-# with the matrix products (matrices.py), alternating, and their tokens compared.
+# with the matrix products (matrices.py), alternating, and their tokens compared. `scaling` (on the 2-H200 host):
+# channels_last/run.sh's 1- and 2-GPU encode of 100,000 JPEGs instead.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
 unset PYTHONDONTWRITEBYTECODE
 mkdir -p "$OUT"
 D=docs/h200/2026-11-30/resize_taps
+if [[ ${1:-} == scaling ]]; then  # on the 2-H200 host: benchmarks/scaling.sh's encode on 1 and 2 GPUs
+  OUT=$OUT bash docs/h200/2026-11-30/channels_last/run.sh scaling
+  exit
+fi
 python3 -m pytest -q -m gpu tests/test_jpeg_gpu_path.py -p no:warnings --tb=short 2>&1 | grep -v DEBUG | tail -8 | tee "$OUT/gpu_tests.txt"
 python3 $D/compare.py 2>&1 | tail -3 | tee "$OUT/compare.txt"
 J=/tmp/jpegs
