@@ -23,6 +23,7 @@ large JPEGs). Tokens agree at most positions, not all.
 from __future__ import annotations
 
 import io
+import itertools
 
 import torch
 
@@ -249,10 +250,7 @@ def _resize_by_taps(images, shapes, place, taps_x, taps_y, bg, out_h: int, out_w
     from regvq_cli.engine.resize_kernel import resize_columns_kernel, resize_rows_kernel
 
     device, n = images[0].device, len(images)
-    sizes = [3 * h * w for h, w in shapes]
-    starts = [0]
-    for size in sizes[:-1]:
-        starts.append(starts[-1] + size)
+    starts = itertools.accumulate((3 * h * w for h, w in shapes), initial=0)  # where each picture starts in `flat`
     meta = to_device(torch.tensor([(s, h, w) for s, (h, w) in zip(starts, shapes)], dtype=torch.int64), device)
     flat = torch.cat([image.reshape(-1) for image in images])  # uint8 [sum of 3 * h * w]
     (lo_x, wx), (lo_y, wy) = taps_x, taps_y
