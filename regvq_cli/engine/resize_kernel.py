@@ -17,7 +17,7 @@ def resize_rows_kernel(SRC, META, LO, W, TMP, taps, H_MAX, OUT_W, BR: tl.constex
     # one after another; META [n, 3] int64: where picture i starts in SRC, its h and w. LO [n, OUT_W] int64 and W
     # [n, OUT_W, taps] float64: the taps along x. TMP [n, 3, H_MAX, OUT_W] uint8 out: each source row resized
     # along x, rounded half up to 8 bits as Pillow stores its first pass (rows past h left unwritten).
-    i, block = tl.program_id(0), tl.program_id(1)
+    i, block = tl.program_id(0).to(tl.int64), tl.program_id(1)  # offsets in int64: TMP can pass 2**31 bytes
     start, h, w = tl.load(META + i * 3), tl.load(META + i * 3 + 1), tl.load(META + i * 3 + 2)
     r = block * BR + tl.arange(0, BR)  # [BR] source rows
     j = tl.arange(0, BJ)  # [BJ] output columns
@@ -43,7 +43,7 @@ def resize_columns_kernel(TMP, META, LO, W, PASTED_Y, PASTED_X, BG, PLACE, OUT, 
     # taps] float64: the taps along y, over TMP's rows. PASTED_Y [n, OUT_H] and PASTED_X [n, OUT_W] uint8: the rows
     # and columns the picture covers; elsewhere the canvas takes BG [3] float64. OUT [n, 3, OUT_H, OUT_W] uint8, the
     # picture written at index PLACE[i], rounded half up.
-    i, block = tl.program_id(0), tl.program_id(1)
+    i, block = tl.program_id(0).to(tl.int64), tl.program_id(1)
     h = tl.load(META + i * 3 + 1)
     o = block * BI + tl.arange(0, BI)  # [BI] output rows
     j = tl.arange(0, BJ)  # [BJ] output columns
