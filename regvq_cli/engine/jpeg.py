@@ -243,25 +243,28 @@ RESIZE_ROWS, RESIZE_COLUMNS = 8, 8  # source rows a program of the horizontal pa
 
 def _resize_by_taps(images, shapes, place, taps_x, taps_y, bg, out_h: int, out_w: int) -> torch.Tensor:
     """`resize_batch` as two Triton kernels (engine/resize_kernel.py): the pictures, one after another in one flat
-    buffer, resized along x row by row into uint8 [n, 3, h_max, out_w] (rounded as Pillow's first pass), then along
-    y, each output pixel reading only its taps; each picture written at its place in the batch. A float64 sum of a
+    buffer, resized along x row by row into uint8 [3, h, out_w] each (rounded as Pillow's first pass), then along y,
+    each output pixel reading only its taps; each picture written at its place in the batch. A float64 sum of a
     few taps instead of a product with mostly-zero matrices: on an H200 a batch of 128 JPEGs of 256-512 px took
     about 5 ms of kernels the other way (docs/performance.md)."""
     from regvq_cli.engine.resize_kernel import resize_columns_kernel, resize_rows_kernel
 
     device, n = images[0].device, len(images)
-    starts = itertools.accumulate((3 * h * w for h, w in shapes), initial=0)  # where each picture starts in `flat`
-    meta = to_device(torch.tensor([(s, h, w) for s, (h, w) in zip(starts, shapes)], dtype=torch.int64), device)
+    # where each picture starts in `flat`, and where its rows resized along x start in `rows` (resize_kernel.py)
+    starts = itertools.accumulate((3 * h * w for h, w in shapes), initial=0)
+    rows_at = itertools.accumulate((3 * h * out_w for h, _ in shapes), initial=0)
+    meta = to_device(torch.tensor([(s, h, w, r) for s, r, (h, w) in zip(starts, rows_at, shapes)],
+                                  dtype=torch.int64), device)
     flat = torch.cat([image.reshape(-1) for image in images])  # uint8 [sum of 3 * h * w]
+    rows = torch.empty(3 * out_w * sum(h for h, _ in shapes), dtype=torch.uint8, device=device)
     (lo_x, wx), (lo_y, wy) = taps_x, taps_y
     h_max, j = max(h for h, _ in shapes), next_power_of_two(out_w)
-    tmp = torch.empty((n, 3, h_max, out_w), dtype=torch.uint8, device=device)
-    resize_rows_kernel[(n, cdiv(h_max, RESIZE_ROWS))](flat, meta, lo_x, wx, tmp, wx.shape[-1], h_max, out_w,
+    resize_rows_kernel[(n, cdiv(h_max, RESIZE_ROWS))](flat, meta, lo_x, wx, rows, wx.shape[-1], out_w,
                                                       BR=RESIZE_ROWS, BJ=j)
     pasted_y, pasted_x = (wy.sum(-1) > 0).to(torch.uint8), (wx.sum(-1) > 0).to(torch.uint8)
     out = torch.empty((n, 3, out_h, out_w), dtype=torch.uint8, device=device)
     resize_columns_kernel[(n, cdiv(out_h, RESIZE_COLUMNS))](
-        tmp, meta, lo_y, wy, pasted_y, pasted_x, bg, place.long(), out, wy.shape[-1], h_max, out_h, out_w,
+        rows, meta, lo_y, wy, pasted_y, pasted_x, bg, place.long(), out, wy.shape[-1], out_h, out_w,
         BI=RESIZE_COLUMNS, BJ=j)
     return out
 
