@@ -142,8 +142,9 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     elapsed = time.perf_counter() - t0
     first = marks.get("first_batch", marks["encoded"])
     # seconds per phase: listing the inputs; setting up (fingerprinting the inputs and the weights, the resume check,
-    # the tokenizer on its device, the loader); waiting for the first batch (loader workers starting and decoding
-    # it); encoding the rest; after the loop (waiting for the shard writes and the other ranks, the manifest)
+    # the tokenizer on its device, the loader, on a GPU the first calls of _warm_up); waiting for the first batch
+    # (loader workers starting and decoding it); encoding the rest; after the loop (waiting for the shard writes and
+    # the other ranks, the manifest)
     timings = {"listing": marks["listed"] - t0, "setup": marks["loop"] - marks["listed"],
                "first_batch": first - marks["loop"], "encoding": marks["encoded"] - first,
                "finishing": t0 + elapsed - marks["encoded"]}
