@@ -209,12 +209,14 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
         torch.tensor(geo, dtype=torch.float64), device).unbind(1)
     lo_x, wx = _axis_taps(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, taps)  # [n, out_w], [n, out_w, taps]
     lo_y, wy = _axis_taps(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, taps)
+    pasted_x, pasted_y = wx.sum(-1) > 0, wy.sum(-1) > 0  # [n, out_w], [n, out_h]: the canvas the picture covers
     bg = to_device(torch.tensor(background, dtype=torch.float64), device)
     if triton_runs_on(device):
-        return _resize_by_taps([images[i] for i in order], shapes, place, (lo_x, wx), (lo_y, wy), bg, out_h, out_w)
+        return _resize_by_taps([images[i] for i in order], shapes, place, (lo_x, wx), (lo_y, wy), (pasted_x, pasted_y),
+                               bg, out_h, out_w)
     h_all, w_all = max(s[0] for s in shapes), max(s[1] for s in shapes)
     wx, wy = _dense(lo_x, wx, w_all), _dense(lo_y, wy, h_all)  # [n, out_w, w_all], [n, out_h, h_all]
-    covered = (wy.sum(-1)[:, :, None] * wx.sum(-1)[:, None, :] > 0)[:, None]  # [n, 1, out_h, out_w]
+    covered = (pasted_y[:, :, None] & pasted_x[:, None, :])[:, None]  # [n, 1, out_h, out_w]
     bg = bg.view(1, 3, 1, 1)
     resized = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)  # in `order`
     start = 0
@@ -241,7 +243,7 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
 RESIZE_ROWS, RESIZE_COLUMNS = 8, 8  # source rows a program of the horizontal pass, output rows of the vertical one
 
 
-def _resize_by_taps(images, shapes, place, taps_x, taps_y, bg, out_h: int, out_w: int) -> torch.Tensor:
+def _resize_by_taps(images, shapes, place, taps_x, taps_y, pasted, bg, out_h: int, out_w: int) -> torch.Tensor:
     """`resize_batch` as two Triton kernels (engine/resize_kernel.py): the pictures, one after another in one flat
     buffer, resized along x row by row into uint8 [3, h, out_w] each (rounded as Pillow's first pass), then along y,
     each output pixel reading only its taps; each picture written at its place in the batch. A float64 sum of a
@@ -261,7 +263,7 @@ def _resize_by_taps(images, shapes, place, taps_x, taps_y, bg, out_h: int, out_w
     h_max, j = max(h for h, _ in shapes), next_power_of_two(out_w)
     resize_rows_kernel[(n, cdiv(h_max, RESIZE_ROWS))](flat, meta, lo_x, wx, rows, wx.shape[-1], out_w,
                                                       BR=RESIZE_ROWS, BJ=j)
-    pasted_y, pasted_x = (wy.sum(-1) > 0).to(torch.uint8), (wx.sum(-1) > 0).to(torch.uint8)
+    pasted_x, pasted_y = (p.to(torch.uint8) for p in pasted)
     out = torch.empty((n, 3, out_h, out_w), dtype=torch.uint8, device=device)
     resize_columns_kernel[(n, cdiv(out_h, RESIZE_COLUMNS))](
         rows, meta, lo_y, wy, pasted_y, pasted_x, bg, place.long(), out, wy.shape[-1], out_h, out_w,
