@@ -96,7 +96,7 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor,
     sums = torch.empty((B, spans, 2, C), dtype=torch.float32, device=x.device)
     channel_sums_kernel[(B, spans)](x, sums, P, C, NORM_SPAN, spans, CP=CP, BP=min(BP, next_power_of_two(P)))
     mean_d, mean_d2 = (sums.sum(1) / P).unbind(1)  # [B, C] each: the means of d and d * d, d = x - x[:, :, 0, 0]
-    var_c, mean_c = (mean_d2 - mean_d * mean_d).clamp_min(0), x[:, :, 0, 0].float() + mean_d
+    var_c, mean_c = shifted_var_mean(x[:, :, 0, 0].float(), mean_d, mean_d2)
     scale, shift = group_norm_scale_shift(var_c, mean_c, groups, weight, bias, eps)
     y = torch.empty_like(x)  # channels-last, as x
     scale_shift_kernel[(B, cdiv(P, BP))](x, scale, shift, y, P, C, CP=CP, BP=BP, SILU=silu)
@@ -138,7 +138,13 @@ def channel_var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = x.shape[2] * x.shape[3]
     first = x[:, :, 0, 0]  # [B, C]
     d = x - first[:, :, None, None]
-    mean_d, mean_d2 = d.sum((2, 3)) / n, (d * d).sum((2, 3)) / n
+    return shifted_var_mean(first, d.sum((2, 3)) / n, (d * d).sum((2, 3)) / n)
+
+
+def shifted_var_mean(first: torch.Tensor, mean_d: torch.Tensor,
+                     mean_d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variance and mean of each channel from the means of d and d * d, d its values less `first` (its first value):
+    the shift keeps the difference of the two from cancelling where the mean is far from zero."""
     return (mean_d2 - mean_d * mean_d).clamp_min(0), first + mean_d
 
 
