@@ -1,6 +1,7 @@
 """`regvq encode` / `decode` / `shards` end to end: inputs, bad files, crash safety, scale-out, strangers' data."""
 
 import filecmp
+import itertools
 import json
 import os
 import re
@@ -449,6 +450,44 @@ def test_torchrun_ranks_draw_every_shard_left_exactly_once():
     assert next(iter(_ClaimedShards(plan, done, SharedCounter(store, "shards"))), None) is None  # all drawn
     again = [_ClaimedShards(plan, done, SharedCounter(store, "rerun")) for _ in range(2)]
     assert len(list(again[0])) == 9 and list(again[1]) == [] and again[0].reused + again[1].reused == 3
+
+
+def test_pixels_made_ahead_come_in_order_and_errors_at_their_item():
+    """encode's device paths make a batch's pixels in a thread (_Ahead): every item once, in order, fn run off the
+    consuming thread; an error in fn or in the items reaches the consumer after the items before it; a consumer
+    that stops early leaves no thread running."""
+    import threading
+
+    from regvq_cli.engine.encode import _Ahead
+
+    threads = set()
+
+    def square(x):
+        threads.add(threading.current_thread())
+        if x == 7:
+            raise ValueError("bad item 7")
+        return x * x
+
+    assert list(_Ahead(range(7), square, "cpu")) == [(i, i * i) for i in range(7)]
+    assert threading.current_thread() not in threads
+    got = []
+    with pytest.raises(ValueError, match="bad item 7"):
+        for item in _Ahead(range(10), square, "cpu"):
+            got.append(item[0])
+    assert got == list(range(7))
+
+    def failing_items():
+        yield 1
+        raise OSError("loader died")
+
+    ahead = _Ahead(failing_items(), square, "cpu")
+    with pytest.raises(OSError, match="loader died"):
+        assert next(iter(ahead)) == (1, 1)
+        next(iter(ahead))
+    endless = _Ahead(itertools.count(), lambda x: x, "cpu")
+    assert next(iter(endless)) == (0, 0)
+    endless.close()
+    assert not endless._thread.is_alive()
 
 
 def test_compile_says_the_first_batch_waits_for_it(tmp_path, tokenizer_dir, monkeypatch):

@@ -7,9 +7,12 @@ test runs the real decoder.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -260,35 +263,36 @@ def test_encode_with_the_device_decoder_skips_and_encodes_like_pillow(tmp_path, 
     assert r.returncode == 1 and b"preprocessing.jpeg_decoder null in the folder, \"nvjpeg\" now" in r.stderr
 
 
-def test_warm_up_makes_the_device_paths_first_calls(monkeypatch, stand_in):
-    """jpeg.warm_up decodes one small JPEG (with `decode`) and resizes one picture to the run's size; encode's
-    _warm_up runs the tokenizer once at the run's largest batch and warms the device paths only when a run takes
-    them."""
+def test_device_paths_make_pixels_in_a_thread_started_before_the_tokenizer(tmp_path, tokenizer_dir, monkeypatch,
+                                                                           stand_in):
+    """With the resize or the decoding on the device, a batch's pixels are made by a thread (encode._Ahead) that
+    starts before the tokenizer is placed and warmed up, so that its first batch's one-time costs overlap that; the
+    workers' path makes none. Both write the tokens of a plain loop."""
     from regvq_cli.engine import encode as encode_engine
 
-    calls = []
-    decode, resize = jpeg.decode_jpegs, jpeg.resize_batch
-    monkeypatch.setattr(jpeg, "decode_jpegs", lambda datas, device: calls.append(("decode", len(datas)))
-                        or decode(datas, device))
-    monkeypatch.setattr(jpeg, "resize_batch", lambda images, h, w, *a: calls.append(("resize", images[0].shape, h, w))
-                        or resize(images, h, w, *a))
-    jpeg.warm_up("cpu", 24)
-    assert calls == [("decode", 1), ("resize", (3, 16, 16), 24, 24)]
-    calls.clear()
-    jpeg.warm_up("cpu", 24, decode=False)
-    assert calls == [("resize", (3, 16, 16), 24, 24)]
+    events = []
+    real_ahead, real_prepare = encode_engine._Ahead, encode_engine.prepare_tokenizer
 
-    class Runner:
-        def encode_uint8(self, pixels):
-            calls.append(("encode", tuple(pixels.shape), pixels.dtype))
+    class Ahead(real_ahead):
+        def __init__(self, *args):
+            events.append("pixels thread")
+            super().__init__(*args)
 
-    monkeypatch.setattr(jpeg, "warm_up", lambda device, size, decode: calls.append(("warm_up", size, decode)))
-    for decoder, resize_on, device_calls in (("pillow", "workers", []), ("pillow", "device", [("warm_up", 32, False)]),
-                                             ("nvjpeg", "device", [("warm_up", 32, True)])):
-        calls.clear()
-        opts = encode_engine.EncodeOptions(jpeg_decoder=decoder, resize_on=resize_on)
-        encode_engine._warm_up(Runner(), torch.device("cpu"), opts, 32, 5)
-        assert calls == [("encode", (5, 3, 32, 32), torch.uint8), *device_calls]
+    monkeypatch.setattr(encode_engine, "_Ahead", Ahead)
+    monkeypatch.setattr(encode_engine, "prepare_tokenizer",
+                        lambda *args, **kw: events.append("tokenizer") or real_prepare(*args, **kw))
+    make_folder(tmp_path / "imgs")
+    args = ["encode", tmp_path / "imgs", "-m", tokenizer_dir, "--device", "cpu", "--workers", "0", "--batch-size", "3"]
+    for resize_on, expected in (("workers", ["tokenizer"]), ("device", ["pixels thread", "tokenizer"])):
+        events.clear()
+        r = invoke(*args, "-o", tmp_path / resize_on, "--resize-on", resize_on)
+        assert r.returncode == 0 and events == expected, (resize_on, events, r.stderr.decode())
+    monkeypatch.setattr(encode_engine, "_Ahead", lambda items, fn, device: ((item, fn(item)) for item in items))
+    assert invoke(*args, "-o", tmp_path / "plain", "--resize-on", "device").returncode == 0
+    names = sorted(p.name for p in (tmp_path / "device").glob("shard-*"))
+    assert names and names == sorted(p.name for p in (tmp_path / "plain").glob("shard-*"))
+    for name in names:
+        assert (tmp_path / "device" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
 
 
 def test_encode_warms_up_only_on_a_gpu(tmp_path, tokenizer_dir, monkeypatch):
@@ -314,6 +318,23 @@ def test_pillow_is_always_available_and_unknown_names_are_refused():
     assert jpeg.pick_decoder("pillow", "cpu") == "pillow"
     with pytest.raises(RegvqError, match="unknown JPEG decoder"):
         jpeg.pick_decoder("auto", "cpu")
+
+
+def test_nvjpeg_without_torchvision_020_is_a_clean_error(monkeypatch):
+    """No torchvision, or one older than 0.20 (no batched decode): the decoder is unavailable and picking it says
+    what to install; nothing is imported or loaded for that."""
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    for version in (missing, lambda name: "0.19.1+cu121"):
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        jpeg._nvjpeg_op.cache_clear()
+        try:
+            assert jpeg._nvjpeg_op() is None and not jpeg.nvjpeg_available("cuda")
+            with pytest.raises(RegvqError, match="needs torchvision 0.20 or later"):
+                jpeg.pick_decoder("nvjpeg", torch.device("cuda"))
+        finally:
+            jpeg._nvjpeg_op.cache_clear()
 
 
 @pytest.mark.gpu
@@ -354,6 +375,30 @@ def test_nvjpeg_on_cuda_matches_the_pillow_path(tmp_path, monkeypatch):
     assert list(a) == list(b)
     agree = np.mean([(a[k] == b[k]).mean() for k in a])
     assert agree >= 0.9, agree
+
+
+@pytest.mark.gpu
+def test_nvjpeg_loads_without_importing_torchvision():
+    """The decoder's extension loads on its own (importing torchvision costs about a second of an encode's start-up)
+    and decodes as torchvision.io.decode_jpeg does."""
+    pytest.importorskip("torchvision")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    script = """
+import io, sys, torch
+from PIL import Image
+from regvq_cli.engine import jpeg
+buffer = io.BytesIO()
+Image.effect_noise((40, 24), 60).convert("RGB").save(buffer, "JPEG")
+data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+ours = jpeg.nvjpeg_decode([data], "cuda")[0]
+print("torchvision" in sys.modules)
+from torchvision.io import ImageReadMode, decode_jpeg
+print(torch.equal(ours, decode_jpeg([data], mode=ImageReadMode.RGB, device="cuda")[0]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.gpu

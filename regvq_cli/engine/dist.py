@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import threading
 
 
 def world_from_env() -> tuple[int, int]:
@@ -92,13 +93,17 @@ class SharedCounter:
     """An integer every rank adds to, kept in the process group's key-value store (torchrun's rendezvous store):
     `add(n)` returns the total after this addition, so `add(1) - 1` hands each value 0, 1, 2, ... to exactly one
     caller of all ranks, whichever asks first. One round trip to the store per call (tens of microseconds on one
-    host)."""
+    host). Safe to call from several threads of a rank (encode's loader draws shards in one, its progress adds in
+    another): the calls of a process take turns."""
+
+    _lock = threading.Lock()  # one store client a process; its calls one at a time
 
     def __init__(self, store, key: str):
         self.store, self.key = store, key
 
     def add(self, n: int = 1) -> int:
-        return int(self.store.add(self.key, n))
+        with self._lock:
+            return int(self.store.add(self.key, n))
 
 
 def shared_counter(name: str) -> SharedCounter | None:

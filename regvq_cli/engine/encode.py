@@ -16,9 +16,12 @@ the device, and with the nvjpeg decoder they pass plain JPEGs on undecoded (`eng
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,9 +145,9 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     elapsed = time.perf_counter() - t0
     first = marks.get("first_batch", marks["encoded"])
     # seconds per phase: listing the inputs; setting up (fingerprinting the inputs and the weights, the resume check,
-    # the tokenizer on its device, the loader, on a GPU the first calls of _warm_up); waiting for the first batch
-    # (loader workers starting and decoding it); encoding the rest; after the loop (waiting for the shard writes and
-    # the other ranks, the manifest)
+    # the tokenizer on its device, the loader, on a GPU the tokenizer's first call, _warm_up); waiting for the first
+    # batch (loader workers starting and decoding it; on the device paths its pixels made, nvjpeg's decoder with
+    # them); encoding the rest; after the loop (waiting for the shard writes and the other ranks, the manifest)
     timings = {"listing": marks["listed"] - t0, "setup": marks["loop"] - marks["listed"],
                "first_batch": first - marks["loop"], "encoding": marks["encoded"] - first,
                "finishing": t0 + elapsed - marks["encoded"]}
@@ -274,54 +277,113 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
     loader = image_batches(listing, itertools.chain([first], shards), opts, size, run.segmap_size,
                            pin_memory=device.type == "cuda")
     batches = iter(loader)  # the decoding workers start on the first batches
-    runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile, channels_last=opts.channels_last,
-                               cuda_graphs=opts.cuda_graphs)
-    if device.type == "cuda":  # meanwhile, the device's first calls: before the loop, not on its first batch
-        _warm_up(runner, device, opts, size, min(opts.batch_size, opts.shard_size, progress.total))
-    parts = _ShardParts()
-    t_start = marks["loop"] = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = []
-        for batch in batches:  # a shard's batches one after another, then the next shard's (see _ShardBatches)
-            marks.setdefault("first_batch", time.perf_counter())
-            # images: uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when resized
-            # or decoded there, on the device
-            images, ok, reasons = jpeg.batch_pixels(batch, device, (size, size), opts.resize, opts.background,
-                                                    opts.max_pixels)
-            for i, good, reason in zip(batch["i"].tolist(), ok.tolist(), reasons):
-                if not good:
-                    parts.skipped.append((listing.key(i), reason))
-            if ok.any():
-                parts.index += batch["i"][ok].tolist()
-                parts.tokens.append(runner.encode_uint8(images))
-                if run.segmap_size is not None:
-                    parts.segmaps.append(batch["segmap"][ok].numpy())
-            n_ok = int(ok.sum())
-            stats["encoded"] += n_ok
-            stats["skipped"] += len(ok) - n_ok
-            k, start, stop = plan[int(batch["i"][0]) // opts.shard_size]  # this batch's shard (k starts at k * size)
-            if len(parts.index) + len(parts.skipped) == stop - start:
-                pending.append(writer.submit(_write, out_dir, k, run, listing, parts))
-                stats["shards_written"] += 1
-                for f in [f for f in pending if f.done()]:
-                    f.result()  # surface a write error (a full disk) as soon as it happens
-                    pending.remove(f)
-                parts = _ShardParts()
-            progress.add(len(ok), len(ok) - n_ok)
-        for f in pending:
-            f.result()
+
+    def pixels(batch):  # uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when
+        # resized or decoded there, on the device; with ok [b] and the reasons for those skipped
+        return jpeg.batch_pixels(batch, device, (size, size), opts.resize, opts.background, opts.max_pixels)
+
+    if opts.jpeg_decoder == "nvjpeg" or opts.resize_on == "device":  # device work to make the pixels: a thread
+        # of its own, from now, so that its first batch's one-time costs (nvjpeg's decoder made, the resize's
+        # first launches) overlap the tokenizer's below
+        batches = _Ahead(batches, pixels, device)
+    else:
+        batches = ((batch, pixels(batch)) for batch in batches)
+    with contextlib.closing(batches):  # an error before or in the loop stops the thread too
+        runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile, channels_last=opts.channels_last,
+                                   cuda_graphs=opts.cuda_graphs)
+        if device.type == "cuda":  # meanwhile, the tokenizer's first call: before the loop, not on its first batch
+            _warm_up(runner, device, size, min(opts.batch_size, opts.shard_size, progress.total))
+        parts = _ShardParts()
+        t_start = marks["loop"] = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending = []
+            for batch, (images, ok, reasons) in batches:  # a shard's batches in turn, then the next's
+                marks.setdefault("first_batch", time.perf_counter())
+                for i, good, reason in zip(batch["i"].tolist(), ok.tolist(), reasons):
+                    if not good:
+                        parts.skipped.append((listing.key(i), reason))
+                if ok.any():
+                    parts.index += batch["i"][ok].tolist()
+                    parts.tokens.append(runner.encode_uint8(images))
+                    if run.segmap_size is not None:
+                        parts.segmaps.append(batch["segmap"][ok].numpy())
+                n_ok = int(ok.sum())
+                stats["encoded"] += n_ok
+                stats["skipped"] += len(ok) - n_ok
+                k, start, stop = plan[int(batch["i"][0]) // opts.shard_size]  # this batch's shard (at k * size)
+                if len(parts.index) + len(parts.skipped) == stop - start:
+                    pending.append(writer.submit(_write, out_dir, k, run, listing, parts))
+                    stats["shards_written"] += 1
+                    for f in [f for f in pending if f.done()]:
+                        f.result()  # surface a write error (a full disk) as soon as it happens
+                        pending.remove(f)
+                    parts = _ShardParts()
+                progress.add(len(ok), len(ok) - n_ok)
+            for f in pending:
+                f.result()
     stats["compute_seconds"] = time.perf_counter() - t_start
     return stats
 
 
-def _warm_up(runner, device, opts: EncodeOptions, size: int, rows: int) -> None:
+class _Ahead:
+    """(item, fn(item)) for the items of `items`, in order, with fn run by a thread of its own up to two items
+    ahead of the consumer. Encode's device paths make a batch's pixels so (`jpeg.batch_pixels`): nvjpeg's batched
+    decode holds its caller about 11 ms a batch of 128 on an H200 and the resize's host side a few more, which the
+    loop's thread spent before the tokenizer could start on the batch; now they overlap the batch before. The work
+    stays on the device's current stream, so each batch's kernels are queued before the tokenizer's that read them.
+    An error in `items` or fn is raised to the consumer at that item; `close()` stops the thread early."""
+
+    _END = object()
+
+    def __init__(self, items, fn, device):
+        device = torch.device(device)
+        index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" \
+            else None
+        self._queue, self._stop = queue.Queue(maxsize=1), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items, fn, index), name="regvq-pixels", daemon=True)
+        self._thread.start()
+
+    def _run(self, items, fn, index) -> None:
+        try:
+            if index is not None:  # the thread's own current device: Triton launches on its stream
+                torch.cuda.set_device(index)
+            for item in items:
+                if not self._put((item, fn(item))):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, raised there
+            self._put(_Failed(e))
+
+    def _put(self, value) -> bool:
+        while not self._stop.is_set():  # a consumer that stopped early takes nothing more: give up then
+            try:
+                self._queue.put(value, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def __iter__(self):
+        while (value := self._queue.get()) is not self._END:
+            if isinstance(value, _Failed):
+                raise value.error
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclasses.dataclass
+class _Failed:
+    error: BaseException
+
+
+def _warm_up(runner, device, size: int, rows: int) -> None:
     """Pay a GPU run's one-time costs while the decoding workers make the first batches: the tokenizer's first call
-    at the run's largest batch (`rows` images; cuDNN's choices, and the CUDA graph it records) and, on the device
-    paths, nvjpeg's decoder and the resize's first launches (on an H200 about 0.75, 0.64 and 0.18 s, which the
-    loop's first batch paid before)."""
+    at the run's largest batch (`rows` images; cuDNN's choices, and the CUDA graph it records; on an H200 about
+    0.75 s, which the loop's first batch paid before)."""
     runner.encode_uint8(torch.zeros((rows, 3, size, size), dtype=torch.uint8, device=device))
-    if opts.jpeg_decoder == "nvjpeg" or opts.resize_on == "device":
-        jpeg.warm_up(device, size, decode=opts.jpeg_decoder == "nvjpeg")
 
 
 @dataclasses.dataclass

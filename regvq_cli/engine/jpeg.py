@@ -8,7 +8,7 @@ move work to the device:
   pictures travel at their decoded sizes and are resized at once by `resize_batch`.
 - `--jpeg-decoder nvjpeg`: the workers only read each plain JPEG's header (format, colour mode, size, EXIF
   orientation, a complete stream: `data.images.passthrough_jpeg`) and hand its bytes on; the main process
-  decodes the batch's JPEGs in one `torchvision.io.decode_jpeg` call on the device and turns them upright.
+  decodes the batch's JPEGs in one call of torchvision's nvjpeg decoder on the device and turns them upright.
   Everything else (PNG, GIF, CMYK JPEGs, truncated files, ...) is decoded by Pillow in the workers, and a JPEG
   that nvjpeg refuses is decoded by Pillow in the main process, so every input is encoded or skipped with
   Pillow's reason.
@@ -22,8 +22,12 @@ large JPEGs). Tokens agree at most positions, not all.
 
 from __future__ import annotations
 
-import io
+import functools
+import importlib.machinery
+import importlib.metadata
+import importlib.util
 import itertools
+from pathlib import Path
 
 import torch
 
@@ -35,17 +39,39 @@ DECODERS = ("pillow", "nvjpeg")
 
 
 def nvjpeg_available(device) -> bool:
-    """True when `device` is a CUDA device and torchvision's JPEG decoder can be imported, in a version that
-    decodes a list of files in one call (0.20 or later)."""
-    if torch.device(device).type != "cuda":
-        return False
+    """True when `device` is a CUDA device and torchvision's batched JPEG decoder (0.20 or later, built for this
+    torch) can be loaded."""
+    return torch.device(device).type == "cuda" and _nvjpeg_op() is not None
+
+
+_RGB = 3  # torchvision.io.ImageReadMode.RGB's value
+
+
+@functools.cache
+def _nvjpeg_op():
+    """torchvision's batched nvjpeg decode, `torch.ops.image.decode_jpegs_cuda(datas, mode, device)` (what
+    `torchvision.io.decode_jpeg` calls for a list on a CUDA device), or None where there is none. Its extension is
+    loaded on its own where it can be: `import torchvision` imports its models and through them torch._dynamo,
+    about 1.1 s of an encode's start-up on an H200 host, for this one op. Otherwise through torchvision.io."""
     try:
-        import torchvision
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except Exception:  # not installed, or built for another torch (RuntimeError, OSError)
-        return False
-    major, minor = (int(v) for v in torchvision.__version__.split(".")[:2])
-    return (major, minor) >= (0, 20)
+        major, minor = (int(v) for v in importlib.metadata.version("torchvision").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    if (major, minor) < (0, 20):
+        return None
+    try:
+        folder = Path(importlib.util.find_spec("torchvision").origin).parent
+        loaders = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+        torch.ops.load_library(importlib.machinery.FileFinder(str(folder), loaders).find_spec("image").origin)
+        return torch.ops.image.decode_jpegs_cuda
+    except Exception:  # noqa: BLE001 -- a layout or a build this does not know: torchvision's own loading
+        pass
+    try:
+        import torchvision.io  # noqa: F401
+
+        return torch.ops.image.decode_jpegs_cuda
+    except Exception:  # noqa: BLE001 -- built for another torch (RuntimeError, OSError)
+        return None
 
 
 def pick_decoder(name: str, device) -> str:
@@ -73,13 +99,11 @@ def nvjpeg_decode(datas: list[torch.Tensor], device) -> list[torch.Tensor]:
     corrupted the resize's indices once the tokenizer's CUDA graphs let the host run a batch ahead). So they are made
     on a stream kept for this, whose memory the allocator keeps apart, marked as used by the current stream, which
     waits for the decode."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     device = torch.device(device)
     here = torch.cuda.current_stream(device)
     side = _decode_streams.setdefault(device, torch.cuda.Stream(device))
     with torch.cuda.stream(side):
-        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        images = _nvjpeg_op()(datas, _RGB, device)
     here.wait_stream(side)
     for image in images:
         image.record_stream(here)
@@ -100,18 +124,6 @@ def decode_jpegs(datas: list[torch.Tensor], device) -> list[torch.Tensor | None]
             except Exception:
                 out.append(None)
         return out
-
-
-def warm_up(device, size: int, decode: bool = True) -> None:
-    """The first calls a run of the device paths would otherwise pay for in its first batch: nvjpeg's decoder made
-    (`decode`), on a small JPEG, and `resize_batch`'s float64 kernels loaded, on a picture resized to `size`."""
-    if decode:
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.new("RGB", (16, 16), (128, 128, 128)).save(buffer, format="JPEG")
-        decode_jpegs([torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)], device)
-    resize_batch([torch.full((3, 16, 16), 128, dtype=torch.uint8, device=device)], size, size)
 
 
 def apply_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One H200 (16 CPU cores), about 5 minutes; carry .carry/photos:   OUT=results bash docs/h200/2026-12-01/pixels_thread/run.sh
+# encode's pixels made by a thread of their own (engine.encode._Ahead), nvjpeg's op loaded without importing
+# torchvision: the JPEG and encode GPU tests; `regvq encode` of 40,000 JPEGs (nvjpeg + device resize, batch 128,
+# 8 workers) as it is ("thread") and as before (before.py), alternating, timed whole by the shell as well, and
+# their tokens compared.
+set -uo pipefail
+export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
+unset PYTHONDONTWRITEBYTECODE
+mkdir -p "$OUT"
+D=docs/h200/2026-12-01/pixels_thread
+python3 -m pytest -q -m gpu tests/test_jpeg_gpu_path.py tests/test_encode_decode.py -p no:warnings --tb=short 2>&1 \
+  | grep -v DEBUG | tail -8 | tee "$OUT/gpu_tests.txt"
+J=/tmp/jpegs
+python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
+make_jpegs(Path('.carry/photos'), Path('$J'), 40000)"
+A=(-q encode $J --batch-size 128 --workers 8 --jpeg-decoder nvjpeg --resize-on device --json)
+python3 -m regvq_cli "${A[@]}" -o /tmp/warm --limit 512 > /dev/null
+python3 $D/before.py "${A[@]}" -o /tmp/warm2 --limit 512 > /dev/null
+for v in thread before thread2 before2; do
+  rm -rf /tmp/t_$v
+  s=$(date +%s.%N)
+  case $v in
+    thread*) python3 -m regvq_cli "${A[@]}" -o /tmp/t_$v > "$OUT/enc_$v.json" ;;
+    *) python3 $D/before.py "${A[@]}" -o /tmp/t_$v > "$OUT/enc_$v.json" ;;
+  esac
+  e=$(date +%s.%N)
+  python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(sys.argv[1], d['images_per_s'], d['seconds'], d['timings'], 'process', round(float(sys.argv[3]) - float(sys.argv[2]), 2), 's')" "$OUT/enc_$v.json" $s $e
+done
+python3 docs/h200/2026-11-30/norm_silu/agree.py /tmp/t_thread /tmp/t_before
+nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader
