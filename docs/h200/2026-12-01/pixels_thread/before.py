@@ -24,9 +24,14 @@ def warm_up(runner, device, size, rows):
     jpeg.resize_batch([torch.full((3, 16, 16), 128, dtype=torch.uint8, device=device)], size, size)
 
 
-jpeg._nvjpeg_op = nvjpeg_op
-encode._warm_up = warm_up
-encode._Ahead = lambda items, fn, device: ((item, fn(item)) for item in items)
-from regvq_cli.cli import main  # noqa: E402
+def patch():
+    jpeg._nvjpeg_op = nvjpeg_op
+    encode._warm_up = warm_up
+    encode._Ahead = lambda items, fn, device: ((item, fn(item)) for item in items)
 
-main(sys.argv[1:])
+
+if __name__ == "__main__":
+    patch()
+    from regvq_cli.cli import main
+
+    main(sys.argv[1:])

@@ -3,12 +3,24 @@
 # encode's pixels made by a thread of their own (engine.encode._Ahead), nvjpeg's op loaded without importing
 # torchvision: the JPEG and encode GPU tests; `regvq encode` of 40,000 JPEGs (nvjpeg + device resize, batch 128,
 # 8 workers) as it is ("thread") and as before (before.py), alternating, timed whole by the shell as well, and
-# their tokens compared.
+# their tokens compared. `profile`: profile.py over 10,000 JPEGs, both ways, instead.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
 unset PYTHONDONTWRITEBYTECODE
 mkdir -p "$OUT"
 D=docs/h200/2026-12-01/pixels_thread
+J=/tmp/jpegs
+if [[ ${1:-} == profile ]]; then  # profile.py over 10,000 of the JPEGs, as it is and as before
+  python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
+make_jpegs(Path('.carry/photos'), Path('$J'), 10000)"
+  A=(-q encode $J --batch-size 128 --workers 8 --jpeg-decoder nvjpeg --resize-on device --json)
+  python3 -m regvq_cli "${A[@]}" -o /tmp/warm --limit 512 > /dev/null
+  mkdir -p "$OUT/thread" "$OUT/before"
+  python3 $D/profile.py "$OUT/thread" "${A[@]}" -o /tmp/p_thread | tee "$OUT/profile_thread.txt"
+  python3 $D/profile.py "$OUT/before" --before "${A[@]}" -o /tmp/p_before | tee "$OUT/profile_before.txt"
+  rm -f "$OUT"/*/trace.json
+  exit
+fi
 python3 -m pytest -q -m gpu tests/test_jpeg_gpu_path.py tests/test_encode_decode.py -p no:warnings --tb=short 2>&1 \
   | grep -v DEBUG | tail -8 | tee "$OUT/gpu_tests.txt"
 J=/tmp/jpegs
