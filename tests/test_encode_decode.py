@@ -490,6 +490,22 @@ def test_pixels_made_ahead_come_in_order_and_errors_at_their_item():
     assert not endless._thread.is_alive()
 
 
+@pytest.mark.gpu
+def test_pixels_made_ahead_on_a_gpu_are_complete_when_taken():
+    """On a GPU _Ahead's thread queues its work on a stream of its own: what the consumer reads on its stream is
+    the finished result, however long the thread's kernels take."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from regvq_cli.engine.encode import _Ahead
+
+    def slow_fill(i):
+        torch.cuda._sleep(20_000_000)  # the thread's stream busy for a while before the values land
+        return torch.full((1 << 20,), float(i), device="cuda"), i
+
+    for i, (values, same) in _Ahead(range(4), slow_fill, "cuda"):
+        assert same == i and values.sum().item() == i * (1 << 20)
+
+
 def test_compile_says_the_first_batch_waits_for_it(tmp_path, tokenizer_dir, monkeypatch):
     """--compile on encode and decode: a line on stderr says the first batch waits for the compilation (so a minute
     without progress is not taken for a hang); none without --compile. (torch.compile made a no-op here: the

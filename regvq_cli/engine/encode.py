@@ -329,26 +329,32 @@ class _Ahead:
     """(item, fn(item)) for the items of `items`, in order, with fn run by a thread of its own up to two items
     ahead of the consumer. Encode's device paths make a batch's pixels so (`jpeg.batch_pixels`): nvjpeg's batched
     decode holds its caller about 11 ms a batch of 128 on an H200 and the resize's host side a few more, which the
-    loop's thread spent before the tokenizer could start on the batch; now they overlap the batch before. The work
-    stays on the device's current stream, so each batch's kernels are queued before the tokenizer's that read them.
-    An error in `items` or fn is raised to the consumer at that item; `close()` stops the thread early."""
+    loop's thread spent before the tokenizer could start on the batch; now they overlap the batch before.
+
+    On a GPU the thread queues its work on a stream of its own: on the consumer's stream the next batch's wait for
+    its JPEGs (nvjpeg's engine) would hold up the tokenizer's kernels for the batch before. The consumer's stream
+    waits for each item's work when it takes the item, and its device tensors are marked as used there (for the
+    allocator). An error in `items` or fn is raised to the consumer at that item; `close()` stops the thread."""
 
     _END = object()
 
     def __init__(self, items, fn, device):
-        device = torch.device(device)
-        index = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" \
-            else None
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._queue, self._stop = queue.Queue(maxsize=1), threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(items, fn, index), name="regvq-pixels", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(items, fn), name="regvq-pixels", daemon=True)
         self._thread.start()
 
-    def _run(self, items, fn, index) -> None:
+    def _run(self, items, fn) -> None:
         try:
-            if index is not None:  # the thread's own current device: Triton launches on its stream
-                torch.cuda.set_device(index)
             for item in items:
-                if not self._put((item, fn(item))):
+                if self.stream is None:
+                    value, done = fn(item), None
+                else:
+                    with torch.cuda.stream(self.stream):  # the stream's device the thread's too (Triton's launches)
+                        value = fn(item)
+                    done = self.stream.record_event()
+                if not self._put((item, value, done)):
                     return
             self._put(self._END)
         except BaseException as e:  # noqa: BLE001 -- handed to the consumer, raised there
@@ -364,10 +370,17 @@ class _Ahead:
         return False
 
     def __iter__(self):
-        while (value := self._queue.get()) is not self._END:
-            if isinstance(value, _Failed):
-                raise value.error
-            yield value
+        while (got := self._queue.get()) is not self._END:
+            if isinstance(got, _Failed):
+                raise got.error
+            item, value, done = got
+            if done is not None:
+                here = torch.cuda.current_stream(self.device)
+                here.wait_event(done)
+                for t in value if isinstance(value, tuple) else (value,):
+                    if isinstance(t, torch.Tensor) and t.device.type == "cuda":
+                        t.record_stream(here)  # freed here: not reused by the thread's stream before `here` is done
+            yield item, value
 
     def close(self) -> None:
         self._stop.set()

@@ -19,6 +19,7 @@ make_jpegs(Path('.carry/photos'), Path('$J'), 10000)"
   python3 $D/profile.py "$OUT/thread" "${A[@]}" -o /tmp/p_thread | tee "$OUT/profile_thread.txt"
   python3 $D/profile.py "$OUT/before" --before "${A[@]}" -o /tmp/p_before | tee "$OUT/profile_before.txt"
   rm -f "$OUT"/*/trace.json
+  python3 $D/ops.py 2>&1 | tee "$OUT/ops.txt"
   exit
 fi
 python3 -m pytest -q -m gpu tests/test_jpeg_gpu_path.py tests/test_encode_decode.py -p no:warnings --tb=short 2>&1 \
