@@ -9,8 +9,8 @@ export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
 unset PYTHONDONTWRITEBYTECODE
 mkdir -p "$OUT"
 D=docs/h200/2026-12-01/pixels_thread
-J=/tmp/jpegs
 if [[ ${1:-} == profile ]]; then  # profile.py over 10,000 of the JPEGs, as it is and as before
+  J=/tmp/jpegs10k
   python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_encode import make_jpegs
 make_jpegs(Path('.carry/photos'), Path('$J'), 10000)"
   A=(-q encode $J --batch-size 128 --workers 8 --jpeg-decoder nvjpeg --resize-on device --json)
