@@ -1,6 +1,6 @@
 """Where a GPU's time goes in `regvq encode` (nvjpeg + device resize): the CLI run in this process under
 torch.profiler, then from its trace the loop's GPU kernels by stream and by name, and how much of the loop's wall
-time some kernel was running (the union of their intervals): `python profile.py OUT [--before] encode ...`
+time some kernel was running (the union of their intervals): `python kernels.py OUT [--before] encode ...`
 (--before: as encode ran before the pixels thread, before.py)."""
 import collections
 import json
