@@ -453,9 +453,9 @@ def test_torchrun_ranks_draw_every_shard_left_exactly_once():
 
 
 def test_pixels_made_ahead_come_in_order_and_errors_at_their_item():
-    """encode's device paths make a batch's pixels in a thread (_Ahead): every item once, in order, fn run off the
-    consuming thread; an error in fn or in the items reaches the consumer after the items before it; a consumer
-    that stops early leaves no thread running."""
+    """encode's device paths make a batch's pixels in threads (_Ahead, one a step, chained): every item once, in
+    order, fn run off the consuming thread; an error in fn or in the items reaches the consumer after the values
+    before it; a consumer that stops early leaves no thread running, down the chain."""
     import threading
 
     from regvq_cli.engine.encode import _Ahead
@@ -468,42 +468,48 @@ def test_pixels_made_ahead_come_in_order_and_errors_at_their_item():
             raise ValueError("bad item 7")
         return x * x
 
-    assert list(_Ahead(range(7), square, "cpu")) == [(i, i * i) for i in range(7)]
+    assert list(_Ahead(range(7), square, "cpu")) == [i * i for i in range(7)]
     assert threading.current_thread() not in threads
+    assert list(_Ahead(_Ahead(range(5), square, "cpu"), lambda y: y + 1, "cpu")) == [i * i + 1 for i in range(5)]
     got = []
     with pytest.raises(ValueError, match="bad item 7"):
-        for item in _Ahead(range(10), square, "cpu"):
-            got.append(item[0])
-    assert got == list(range(7))
+        for value in _Ahead(_Ahead(range(10), square, "cpu"), lambda y: y, "cpu"):
+            got.append(value)
+    assert got == [i * i for i in range(7)]
 
     def failing_items():
         yield 1
         raise OSError("loader died")
 
-    ahead = _Ahead(failing_items(), square, "cpu")
+    values = iter(_Ahead(failing_items(), square, "cpu"))
+    assert next(values) == 1
     with pytest.raises(OSError, match="loader died"):
-        assert next(iter(ahead)) == (1, 1)
-        next(iter(ahead))
-    endless = _Ahead(itertools.count(), lambda x: x, "cpu")
-    assert next(iter(endless)) == (0, 0)
+        next(values)
+    inner = _Ahead(itertools.count(), lambda x: x, "cpu")
+    endless = _Ahead(inner, lambda x: x, "cpu")
+    assert next(iter(endless)) == 0
     endless.close()
-    assert not endless._thread.is_alive()
+    assert not endless._thread.is_alive() and not inner._thread.is_alive()
 
 
 @pytest.mark.gpu
 def test_pixels_made_ahead_on_a_gpu_are_complete_when_taken():
-    """On a GPU _Ahead's thread queues its work on a stream of its own: what the consumer reads on its stream is
-    the finished result, however long the thread's kernels take."""
+    """On a GPU each _Ahead thread queues its work on a stream of its own: what the consumer reads on its stream
+    is the finished result, however long the threads' kernels take, through a chain of two as encode has."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from regvq_cli.engine.encode import _Ahead
 
     def slow_fill(i):
         torch.cuda._sleep(20_000_000)  # the thread's stream busy for a while before the values land
-        return torch.full((1 << 20,), float(i), device="cuda"), i
+        return {"values": torch.full((1 << 20,), float(i), device="cuda")}, i
 
-    for i, (values, same) in _Ahead(range(4), slow_fill, "cuda"):
-        assert same == i and values.sum().item() == i * (1 << 20)
+    def slow_double(got):
+        torch.cuda._sleep(20_000_000)
+        return got[0]["values"] * 2, got[1]
+
+    for values, i in _Ahead(_Ahead(range(4), slow_fill, "cuda"), slow_double, "cuda"):
+        assert values.sum().item() == 2 * i * (1 << 20)
 
 
 def test_compile_says_the_first_batch_waits_for_it(tmp_path, tokenizer_dir, monkeypatch):

@@ -265,9 +265,9 @@ def test_encode_with_the_device_decoder_skips_and_encodes_like_pillow(tmp_path, 
 
 def test_device_paths_make_pixels_in_a_thread_started_before_the_tokenizer(tmp_path, tokenizer_dir, monkeypatch,
                                                                            stand_in):
-    """With the resize or the decoding on the device, a batch's pixels are made by a thread (encode._Ahead) that
-    starts before the tokenizer is placed and warmed up, so that its first batch's one-time costs overlap that; the
-    workers' path makes none. Both write the tokens of a plain loop."""
+    """With the resize or the decoding on the device, a batch's pixels are made by two threads (encode._Ahead: the
+    decoding, then the resize) that start before the tokenizer is placed and warmed up, so that the first batch's
+    one-time costs overlap that; the workers' path makes none. They write the tokens of a plain loop."""
     from regvq_cli.engine import encode as encode_engine
 
     events = []
@@ -283,11 +283,11 @@ def test_device_paths_make_pixels_in_a_thread_started_before_the_tokenizer(tmp_p
                         lambda *args, **kw: events.append("tokenizer") or real_prepare(*args, **kw))
     make_folder(tmp_path / "imgs")
     args = ["encode", tmp_path / "imgs", "-m", tokenizer_dir, "--device", "cpu", "--workers", "0", "--batch-size", "3"]
-    for resize_on, expected in (("workers", ["tokenizer"]), ("device", ["pixels thread", "tokenizer"])):
+    for resize_on, expected in (("workers", ["tokenizer"]), ("device", ["pixels thread"] * 2 + ["tokenizer"])):
         events.clear()
         r = invoke(*args, "-o", tmp_path / resize_on, "--resize-on", resize_on)
         assert r.returncode == 0 and events == expected, (resize_on, events, r.stderr.decode())
-    monkeypatch.setattr(encode_engine, "_Ahead", lambda items, fn, device: ((item, fn(item)) for item in items))
+    monkeypatch.setattr(encode_engine, "_Ahead", lambda items, fn, device: (fn(item) for item in items))
     assert invoke(*args, "-o", tmp_path / "plain", "--resize-on", "device").returncode == 0
     names = sorted(p.name for p in (tmp_path / "device").glob("shard-*"))
     assert names and names == sorted(p.name for p in (tmp_path / "plain").glob("shard-*"))

@@ -278,16 +278,20 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
                            pin_memory=device.type == "cuda")
     batches = iter(loader)  # the decoding workers start on the first batches
 
-    def pixels(batch):  # uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when
-        # resized or decoded there, on the device; with ok [b] and the reasons for those skipped
-        return jpeg.batch_pixels(batch, device, (size, size), opts.resize, opts.background, opts.max_pixels)
+    def pictures(batch):  # decoded, on the device (on the device paths), not yet resized
+        return batch, jpeg.batch_pictures(batch, device, (size, size), opts.resize, opts.background, opts.max_pixels)
 
-    if opts.jpeg_decoder == "nvjpeg" or opts.resize_on == "device":  # device work to make the pixels: a thread
-        # of its own, from now, so that its first batch's one-time costs (nvjpeg's decoder made, the resize's
-        # first launches) overlap the tokenizer's below
-        batches = _Ahead(batches, pixels, device)
+    def pixels(decoded):  # uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when
+        # resized or decoded there, on the device; with ok [b] and the reasons for those skipped
+        batch, pics = decoded
+        return batch, jpeg.place_pictures(pics, device, (size, size), opts.resize, opts.background)
+
+    if opts.jpeg_decoder == "nvjpeg" or opts.resize_on == "device":  # device work to make the pixels: each step
+        # in a thread of its own (see _Ahead), from now, so that the first batch's one-time costs (nvjpeg's decoder
+        # made, the resize's first launches) overlap the tokenizer's below
+        batches = _Ahead(_Ahead(batches, pictures, device), pixels, device)
     else:
-        batches = ((batch, pixels(batch)) for batch in batches)
+        batches = (pixels(pictures(batch)) for batch in batches)
     with contextlib.closing(batches):  # an error before or in the loop stops the thread too
         runner = prepare_tokenizer(tokenizer, device, dtype, compile=opts.compile, channels_last=opts.channels_last,
                                    cuda_graphs=opts.cuda_graphs)
@@ -326,36 +330,37 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
 
 
 class _Ahead:
-    """(item, fn(item)) for the items of `items`, in order, with fn run by a thread of its own up to two items
-    ahead of the consumer. Encode's device paths make a batch's pixels so (`jpeg.batch_pixels`): nvjpeg's batched
-    decode holds its caller about 11 ms a batch of 128 on an H200 and the resize's host side a few more, which the
-    loop's thread spent before the tokenizer could start on the batch; now they overlap the batch before.
+    """fn(item) for the items of `items`, in order, with fn run by a thread of its own up to two items ahead of the
+    consumer. Encode makes a batch's pixels on the device paths so, in two steps, each a thread: nvjpeg's batched
+    decode (`jpeg.batch_pictures`; its call returns when the batch is decoded, about 16 ms a batch of 128 JPEGs on
+    an H200), then the resize (`jpeg.place_pictures`; about 4 ms of host work). The loop's own thread spent both
+    before the tokenizer could start on a batch; now they overlap each other and the tokenizer's work.
 
-    On a GPU the thread queues its work on a stream of its own: on the consumer's stream the next batch's wait for
-    its JPEGs (nvjpeg's engine) would hold up the tokenizer's kernels for the batch before. The consumer's stream
-    waits for each item's work when it takes the item, and its device tensors are marked as used there (for the
-    allocator). An error in `items` or fn is raised to the consumer at that item; `close()` stops the thread."""
+    On a GPU each thread queues its work on a stream of its own: on the consumer's stream a batch's wait for its
+    JPEGs would hold up the kernels queued before it. The consumer's stream waits for each value's work when it
+    takes it, and the value's device tensors are marked as used there (for the allocator). An error in `items` or
+    fn is raised to the consumer at that item; `close()` stops the thread, and `items` where it can be closed."""
 
     _END = object()
 
     def __init__(self, items, fn, device):
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._items = items
         self._queue, self._stop = queue.Queue(maxsize=1), threading.Event()
         self._thread = threading.Thread(target=self._run, args=(items, fn), name="regvq-pixels", daemon=True)
         self._thread.start()
 
     def _run(self, items, fn) -> None:
         try:
-            for item in items:
-                if self.stream is None:
-                    value, done = fn(item), None
-                else:
-                    with torch.cuda.stream(self.stream):  # the stream's device the thread's too (Triton's launches)
-                        value = fn(item)
-                    done = self.stream.record_event()
-                if not self._put((item, value, done)):
-                    return
+            # the thread's current stream (and device: Triton launches there), for fn and for `items` when that is
+            # an _Ahead too, whose values this stream then waits for
+            with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+                for item in items:
+                    value = fn(item)
+                    done = self.stream.record_event() if self.stream is not None else None
+                    if not self._put((value, done)):
+                        return
             self._put(self._END)
         except BaseException as e:  # noqa: BLE001 -- handed to the consumer, raised there
             self._put(_Failed(e))
@@ -373,18 +378,35 @@ class _Ahead:
         while (got := self._queue.get()) is not self._END:
             if isinstance(got, _Failed):
                 raise got.error
-            item, value, done = got
+            value, done = got
             if done is not None:
                 here = torch.cuda.current_stream(self.device)
                 here.wait_event(done)
-                for t in value if isinstance(value, tuple) else (value,):
-                    if isinstance(t, torch.Tensor) and t.device.type == "cuda":
-                        t.record_stream(here)  # freed here: not reused by the thread's stream before `here` is done
-            yield item, value
+                for t in _device_tensors(value):
+                    t.record_stream(here)  # freed here: not reused by the thread's stream before `here` is done
+            yield value
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        if hasattr(self._items, "close"):
+            self._items.close()
+
+
+def _device_tensors(value):
+    """The CUDA tensors in value, in its tuples, lists, dicts and dataclasses."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cuda":
+            yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _device_tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _device_tensors(v)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _device_tensors(getattr(value, field.name))
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ large JPEGs). Tokens agree at most positions, not all.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.machinery
 import importlib.metadata
@@ -299,31 +300,59 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
     The workers' resized images are copied over; their decoded but unresized pictures ("raw") go to the device
     in one copy; the JPEG bytes are decoded on `device` and turned upright. Both kinds are then resized together
     (`resize_batch`). A JPEG that nvjpeg refuses goes to `load_image` (Pillow), which decodes it or says why it
-    is skipped. With neither kind the batch's own (pinned) image tensor comes back as it is.
+    is skipped. With neither kind the batch's own (pinned) image tensor comes back as it is. In two steps, which
+    encode runs in threads of their own: `batch_pictures`, then `place_pictures`.
     """
-    if not batch["jpeg"].any() and not batch["raw"].any():
-        return batch["image"], batch["ok"], batch["reason"]
-    out_h, out_w = size
+    return place_pictures(batch_pictures(batch, device, size, resize, background, max_pixels), device, size, resize,
+                          background)
+
+
+@dataclasses.dataclass
+class Pictures:
+    """A batch's pictures on the device before they are resized and placed (`batch_pictures`)."""
+
+    batch: dict  # as ImageDataset.collate made it
+    ok: torch.Tensor  # bool [b]: the batch's, less the JPEGs that neither nvjpeg nor Pillow decoded
+    reasons: list  # [b]: why each row not ok was skipped
+    upright: dict  # row -> uint8 [3, h, w] on the device, upright, at its decoded size
+    fallback: dict  # row -> uint8 [3, H, W] on the device: JPEGs nvjpeg refused, decoded and resized by Pillow
+
+
+def batch_pictures(batch: dict, device, size: tuple[int, int], resize: str, background: tuple[int, int, int],
+                   max_pixels: int | None) -> Pictures:
+    """`batch_pixels`' first step: the raw pictures copied to the device, the JPEGs decoded there (nvjpeg's call
+    returns when the batch is decoded) and turned upright, or by Pillow where nvjpeg refuses one."""
     ok, reasons = batch["ok"].clone(), list(batch["reason"])
-    fallback = {}  # row -> uint8 [3, out_h, out_w] on the device: JPEGs nvjpeg refused, decoded by Pillow
-    upright = {}  # row -> uint8 [3, h, w] on the device, upright, at its decoded size: resized together below
+    pictures = Pictures(batch, ok, reasons, upright={}, fallback={})
+    if not batch["jpeg"].any() and not batch["raw"].any():
+        return pictures
     if batch["raw"].any():
         flat = batch["raw_pixels"].to(device, non_blocking=True)
         shapes = batch["raw_shapes"].tolist()
         parts = flat.split([h * w * 3 for h, w in shapes])
         for row, part, (h, w) in zip(batch["raw"].nonzero().flatten().tolist(), parts, shapes):
-            upright[row] = part.view(h, w, 3).permute(2, 0, 1)
+            pictures.upright[row] = part.view(h, w, 3).permute(2, 0, 1)
     rows = batch["jpeg"].nonzero().flatten().tolist()
     datas = list(batch["jpeg_bytes"].split(batch["jpeg_sizes"].tolist()))  # uint8 [n_bytes] each
     for row, data, img, orientation in zip(rows, datas, decode_jpegs(datas, device), batch["orientation"].tolist()):
         if img is not None:
-            upright[row] = apply_orientation(img, orientation)
+            pictures.upright[row] = apply_orientation(img, orientation)
             continue
         try:
             px = load_image(data.numpy().tobytes(), size, resize, background, max_pixels)  # uint8 [H, W, 3]
-            fallback[row] = torch.from_numpy(px).permute(2, 0, 1).to(device)
+            pictures.fallback[row] = torch.from_numpy(px).permute(2, 0, 1).to(device)
         except ImageSkip as e:
             ok[row], reasons[row] = False, e.reason
+    return pictures
+
+
+def place_pictures(pictures: Pictures, device, size: tuple[int, int], resize: str,
+                   background: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`batch_pixels`' second step: the pictures resized together and every row's pixels in place."""
+    batch, ok = pictures.batch, pictures.ok
+    if not batch["jpeg"].any() and not batch["raw"].any():
+        return batch["image"], batch["ok"], batch["reason"]
+    out_h, out_w = size
     place = (ok.cumsum(0) - 1).tolist()  # row -> its index among the ok rows
     pixels = torch.empty((int(ok.sum()), 3, out_h, out_w), dtype=torch.uint8, device=device)
 
@@ -333,7 +362,8 @@ def batch_pixels(batch: dict, device, size: tuple[int, int], resize: str, backgr
 
     put((batch["ok"] & ~batch["jpeg"] & ~batch["raw"]).nonzero().flatten().tolist(),
         batch["image"].to(device, non_blocking=True))  # resized by the workers
+    upright = pictures.upright
     put(list(upright), resize_batch(list(upright.values()), out_h, out_w, resize, background))
-    for row, px in fallback.items():
+    for row, px in pictures.fallback.items():
         pixels[place[row]] = px
-    return pixels, ok, reasons
+    return pixels, ok, pictures.reasons

@@ -27,7 +27,7 @@ def warm_up(runner, device, size, rows):
 def patch():
     jpeg._nvjpeg_op = nvjpeg_op
     encode._warm_up = warm_up
-    encode._Ahead = lambda items, fn, device: ((item, fn(item)) for item in items)
+    encode._Ahead = lambda items, fn, device: (fn(item) for item in items)
 
 
 if __name__ == "__main__":

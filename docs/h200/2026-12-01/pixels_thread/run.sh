@@ -5,7 +5,7 @@
 # torchvision: the JPEG and encode GPU tests; `regvq encode` of 40,000 JPEGs (nvjpeg + device resize, batch 128,
 # 8 workers) as it is ("thread") and as before (before.py), alternating, timed whole by the shell as well, and
 # their tokens compared; then stages.py's host timings with 8 and 14 workers. `profile`: kernels.py over 10,000
-# JPEGs, both ways, and ops.py, instead.
+# JPEGs, both ways, and ops.py, instead. VARIANTS and STAGE_WORKERS pick the runs.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
 unset PYTHONDONTWRITEBYTECODE
@@ -33,7 +33,7 @@ A=(-q encode $J --batch-size 128 --workers 8 --jpeg-decoder nvjpeg --resize-on d
 python3 -m regvq_cli "${A[@]}" -o /tmp/warm --limit 512 > /dev/null
 python3 $D/before.py "${A[@]}" -o /tmp/warm2 --limit 512 > /dev/null
 show() { python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(sys.argv[1], d['images_per_s'], d['seconds'], d['timings'], 'process', round(float(sys.argv[3]) - float(sys.argv[2]), 2), 's')" "$@"; }
-for v in thread before thread2 before2; do
+for v in ${VARIANTS:-thread before thread2 before2}; do
   rm -rf /tmp/t_$v
   s=$(date +%s.%N)
   case $v in
@@ -43,7 +43,7 @@ for v in thread before thread2 before2; do
   show "$OUT/enc_$v.json" $s "$(date +%s.%N)"
 done
 python3 docs/h200/2026-11-30/norm_silu/agree.py /tmp/t_thread /tmp/t_before
-for w in 8 14; do
+for w in ${STAGE_WORKERS:-8 14}; do
   rm -rf /tmp/s_$w
   s=$(date +%s.%N)
   python3 $D/stages.py "${A[@]}" --workers $w -o /tmp/s_$w > "$OUT/stages_w$w.json"

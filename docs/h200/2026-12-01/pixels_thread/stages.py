@@ -1,14 +1,16 @@
-"""`regvq encode` with its pixels thread timed on the host: per batch, how long the thread waited for the loader's
-next batch, how long it took to make the pixels (of which nvjpeg's decode call and resize_batch), how long the loop
-waited for them, and the loop's time from one batch to the next (medians and totals, ms):
-`python stages.py encode ...` (the device paths, where encode makes the pixels in a thread)."""
+"""`regvq encode` with its pixel threads timed on the host (encode._Ahead: thread 1 decodes, thread 2 resizes):
+per batch, how long each thread waited for its items (`in1` the loader's batches, `in2` thread 1's), how long its
+step took (`step1`, of which nvjpeg's call `decode`; `step2`, of which `resize`), how long the loop waited for
+thread 2 (`out2`), and the loop's time from one batch to the next (medians and totals, ms):
+`python stages.py encode ...` (the device paths, where encode makes the pixels in threads)."""
+import collections
 import statistics
 import sys
 import time
 
 from regvq_cli.engine import encode, jpeg
 
-times = {k: [] for k in ("loader", "pixels", "decode", "resize", "waited", "loop")}
+times = collections.defaultdict(list)
 
 
 def timed(name, fn):
@@ -22,20 +24,25 @@ def timed(name, fn):
 
 jpeg.decode_jpegs = timed("decode", jpeg.decode_jpegs)
 jpeg.resize_batch = timed("resize", jpeg.resize_batch)
+made = 0
 
 
 class Timed(encode._Ahead):
     def __init__(self, items, fn, device):
-        def loader():
+        global made
+        made += 1
+        self.k = made
+
+        def waited_for(items):
             it = iter(items)
             while True:
                 t = time.perf_counter()
                 item = next(it, None)
                 if item is None:
                     return
-                times["loader"].append(time.perf_counter() - t)
+                times[f"in{self.k}"].append(time.perf_counter() - t)
                 yield item
-        super().__init__(loader(), timed("pixels", fn), device)
+        super().__init__(waited_for(items), timed(f"step{self.k}", fn), device)
 
     def __iter__(self):
         it, last = super().__iter__(), None
@@ -45,10 +52,11 @@ class Timed(encode._Ahead):
             if got is None:
                 return
             now = time.perf_counter()
-            times["waited"].append(now - t)
-            if last is not None:
-                times["loop"].append(now - last)
-            last = now
+            if self.k == 2:
+                times["out2"].append(now - t)
+                if last is not None:
+                    times["loop"].append(now - last)
+                last = now
             yield got
 
 
@@ -59,4 +67,4 @@ try:
     main(sys.argv[1:])
 finally:
     print(" ".join(f"{k} {1e3 * statistics.median(v):.2f} ({1e3 * sum(v):.0f} in {len(v)})"
-                   for k, v in times.items() if v), file=sys.stderr)
+                   for k, v in sorted(times.items()) if v), file=sys.stderr)
