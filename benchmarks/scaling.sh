@@ -39,9 +39,11 @@ python3 -m regvq_cli -q encode "$WORK/jpegs" -o "$WORK/warm-up" --limit 64 --wor
 for np in $NPS; do
   [[ " $JOBS " == *" encode "* ]] || break
   rm -rf "$WORK/tokens$np"
+  start=$(date +%s.%N)
   run "$np" encode "$WORK/jpegs" -o "$WORK/tokens$np" --batch-size 128 --workers "$W" --json ${DEV:-} ${ENCODE_OPTS:-} > "$OUT/encode_np$np.json"
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
-print("encode,", sys.argv[2], "process(es):", d["images_per_s"], "images/s,", d["seconds"], "s")' "$OUT/encode_np$np.json" "$np"
+  python3 -c 'import json,sys,time; d=json.load(open(sys.argv[1])); whole = time.time() - float(sys.argv[3])
+print("encode,", sys.argv[2], "process(es):", d["images_per_s"], "images/s,", d["seconds"], "s,", round(whole, 2),
+      "s from the shell (torchrun, imports, the process group)")' "$OUT/encode_np$np.json" "$np" "$start"
 done
 for np in $NPS; do
   [[ " $JOBS " == *" prior "* ]] || break
