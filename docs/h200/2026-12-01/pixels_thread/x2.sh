@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two H200s of one host (32 CPU cores), under 10 minutes; carry .carry/photos:
-#   OUT=results bash docs/h200/2026-12-01/pixels_thread/x2.sh
+#   OUT=results bash docs/h200/2026-12-01/pixels_thread/x2.sh   (GPUS=1 on one H200: the one-GPU run twice)
 # With encode's pixels made by two threads: benchmarks/scaling.sh's encode of 100,000 JPEGs (nvjpeg + device
 # resize, 8 workers a process) on 1 and 2 GPUs, each timed whole by the shell too; then the GPU tests other than
 # the JPEG and encode ones (run.sh runs those), for what time is left.
@@ -9,7 +9,7 @@ export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
 unset PYTHONDONTWRITEBYTECODE
 mkdir -p "$OUT"
 s=$(date +%s)
-GPUS=2 PHOTOS=.carry/photos N=100000 JOBS=encode W=8 OUT="$OUT/scaling" \
+GPUS=${GPUS:-2} PHOTOS=.carry/photos N=100000 JOBS=encode W=8 OUT="$OUT/scaling" \
   ENCODE_OPTS="--jpeg-decoder nvjpeg --resize-on device" bash benchmarks/scaling.sh > "$OUT/scaling.log" 2>&1
 grep '^encode' "$OUT/scaling.log" || tail -20 "$OUT/scaling.log"
 for f in "$OUT"/scaling/encode_np*.json; do
