@@ -11,7 +11,8 @@ bytes as one uninterrupted process.
 Pipeline: DataLoader workers decode images on the CPU (pinned memory) while the device encodes the previous
 batch; token grids stay on the device until their shard is complete (one host sync per shard); shard files
 are written by a background thread. With `resize_on="device"` the workers decode but leave the resizing to
-the device, and with the nvjpeg decoder they pass plain JPEGs on undecoded (`engine.jpeg`).
+the device, and with the nvjpeg decoder they pass plain JPEGs on undecoded (`engine.jpeg`); then two threads of
+this process make a batch's pixels on the device, one decoding, one resizing, ahead of the tokenizer (`_Ahead`).
 """
 
 from __future__ import annotations
