@@ -5,7 +5,7 @@
 # torchvision: the JPEG and encode GPU tests; `regvq encode` of 40,000 JPEGs (nvjpeg + device resize, batch 128,
 # 8 workers) as it is ("thread") and as before (before.py), alternating, timed whole by the shell as well, and
 # their tokens compared; then stages.py's host timings with 8 and 14 workers. `profile`: kernels.py over 10,000
-# JPEGs, both ways, and ops.py, instead. VARIANTS and STAGE_WORKERS pick the runs.
+# JPEGs, both ways, instead. VARIANTS and STAGE_WORKERS pick the runs.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONPYCACHEPREFIX=/tmp/pyc
 unset PYTHONDONTWRITEBYTECODE
@@ -21,7 +21,6 @@ make_jpegs(Path('.carry/photos'), Path('$J'), 10000)"
   python3 $D/kernels.py "$OUT/thread" "${A[@]}" -o /tmp/p_thread | tee "$OUT/profile_thread.txt"
   python3 $D/kernels.py "$OUT/before" --before "${A[@]}" -o /tmp/p_before | tee "$OUT/profile_before.txt"
   rm -f "$OUT"/*/trace.json
-  python3 $D/ops.py 2>&1 | tee "$OUT/ops.txt"
   exit
 fi
 python3 -m pytest -q -m gpu tests/test_jpeg_gpu_path.py tests/test_encode_decode.py -p no:warnings --tb=short 2>&1 \
