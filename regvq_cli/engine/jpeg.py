@@ -205,8 +205,9 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
     weights and, for shrinking by 3x or more, its box-filter `reducing_gap` step (pure bicubic here). The arithmetic
     is float64: no TF32 or single-precision rounding to make a GPU's pixels differ from the CPU's (bar exact ties).
 
-    Where Triton runs, two kernels read the taps (`_resize_by_taps`); elsewhere (the CPU) the passes are two batched
-    matrix products, out = Wy @ x @ Wx^T per channel, the pictures zero-padded to the largest of a chunk."""
+    Where Triton runs, two kernels make and read the taps (`_resize_in_kernels`); elsewhere (the CPU) the passes
+    are two batched matrix products, out = Wy @ x @ Wx^T per channel, the pictures zero-padded to the largest of a
+    chunk."""
     if not images:
         return torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
     device = images[0].device
@@ -217,19 +218,17 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
         box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
         geo.append((w, h, *box, rw, rh, *crop, *offset, i))
     taps = _taps_needed(geo)
-    # one copy to the device for the whole batch
-    (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = to_device(
-        torch.tensor(geo, dtype=torch.float64), device).unbind(1)
-    lo_x, wx = _axis_taps(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, taps)  # [n, out_w], [n, out_w, taps]
-    lo_y, wy = _axis_taps(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, taps)
-    pasted_x, pasted_y = wx.sum(-1) > 0, wy.sum(-1) > 0  # [n, out_w], [n, out_h]: the canvas the picture covers
+    geometry = to_device(torch.tensor(geo, dtype=torch.float64), device)  # [n, 15]: one copy for the whole batch
     bg = to_device(torch.tensor(background, dtype=torch.float64), device)
     if triton_runs_on(device):
-        return _resize_by_taps([images[i] for i in order], shapes, place, (lo_x, wx), (lo_y, wy), (pasted_x, pasted_y),
-                               bg, out_h, out_w)
+        return _resize_in_kernels([images[i] for i in order], shapes, geometry, taps, bg, out_h, out_w)
+    (w, h, x0, y0, x1, y1, rw, rh, cx0, cy0, cx1, cy1, ox, oy, place) = geometry.unbind(1)
+    lo_x, wx = _axis_taps(w, x0, x1, rw, cx0, cx1 - cx0, ox, out_w, taps)  # [n, out_w], [n, out_w, taps]
+    lo_y, wy = _axis_taps(h, y0, y1, rh, cy0, cy1 - cy0, oy, out_h, taps)
     h_all, w_all = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    # the canvas the picture covers: the positions whose weights sum to more than zero, [n, 1, out_h, out_w]
+    covered = ((wy.sum(-1) > 0)[:, :, None] & (wx.sum(-1) > 0)[:, None, :])[:, None]
     wx, wy = _dense(lo_x, wx, w_all), _dense(lo_y, wy, h_all)  # [n, out_w, w_all], [n, out_h, h_all]
-    covered = (pasted_y[:, :, None] & pasted_x[:, None, :])[:, None]  # [n, 1, out_h, out_w]
     bg = bg.view(1, 3, 1, 1)
     resized = torch.empty((len(images), 3, out_h, out_w), dtype=torch.uint8, device=device)  # in `order`
     start = 0
@@ -256,12 +255,14 @@ def resize_batch(images: list[torch.Tensor], out_h: int, out_w: int, resize: str
 RESIZE_ROWS, RESIZE_COLUMNS = 8, 8  # source rows a program of the horizontal pass, output rows of the vertical one
 
 
-def _resize_by_taps(images, shapes, place, taps_x, taps_y, pasted, bg, out_h: int, out_w: int) -> torch.Tensor:
+def _resize_in_kernels(images, shapes, geometry, taps: int, bg, out_h: int, out_w: int) -> torch.Tensor:
     """`resize_batch` as two Triton kernels (engine/resize_kernel.py): the pictures, one after another in one flat
     buffer, resized along x row by row into uint8 [3, h, out_w] each (rounded as Pillow's first pass), then along y,
-    each output pixel reading only its taps; each picture written at its place in the batch. A float64 sum of a
-    few taps instead of a product with mostly-zero matrices: on an H200 a batch of 128 JPEGs of 256-512 px took
-    about 5 ms of kernels the other way (docs/performance.md)."""
+    each output pixel reading only its taps; each picture written at its place in the batch. The kernels make the
+    taps from the geometry rows themselves: on an H200 the host's part of a batch of 128 was about 4.4 ms when it
+    made them with some hundred small tensor operations (`_axis_taps`), from threads that share the interpreter.
+    A float64 sum of a few taps instead of a product with mostly-zero matrices: on an H200 a batch of 128 JPEGs of
+    256-512 px took about 5 ms of kernels the other way (docs/performance.md)."""
     from regvq_cli.engine.resize_kernel import resize_columns_kernel, resize_rows_kernel
 
     device, n = images[0].device, len(images)
@@ -272,15 +273,13 @@ def _resize_by_taps(images, shapes, place, taps_x, taps_y, pasted, bg, out_h: in
                                   dtype=torch.int64), device)
     flat = torch.cat([image.reshape(-1) for image in images])  # uint8 [sum of 3 * h * w]
     rows = torch.empty(3 * out_w * sum(h for h, _ in shapes), dtype=torch.uint8, device=device)
-    (lo_x, wx), (lo_y, wy) = taps_x, taps_y
     h_max, j = max(h for h, _ in shapes), next_power_of_two(out_w)
-    resize_rows_kernel[(n, cdiv(h_max, RESIZE_ROWS))](flat, meta, lo_x, wx, rows, wx.shape[-1], out_w,
-                                                      BR=RESIZE_ROWS, BJ=j)
-    pasted_x, pasted_y = (p.to(torch.uint8) for p in pasted)
+    # no fused multiply-adds: each product and sum rounded as the CPU's separate operations round them
+    resize_rows_kernel[(n, cdiv(h_max, RESIZE_ROWS))](flat, meta, geometry, rows, taps, out_w, BR=RESIZE_ROWS,
+                                                      BJ=j, enable_fp_fusion=False)
     out = torch.empty((n, 3, out_h, out_w), dtype=torch.uint8, device=device)
-    resize_columns_kernel[(n, cdiv(out_h, RESIZE_COLUMNS))](
-        rows, meta, lo_y, wy, pasted_y, pasted_x, bg, place.long(), out, wy.shape[-1], out_h, out_w,
-        BI=RESIZE_COLUMNS, BJ=j)
+    resize_columns_kernel[(n, cdiv(out_h, RESIZE_COLUMNS))](rows, meta, geometry, bg, out, taps, out_h, out_w,
+                                                            BI=RESIZE_COLUMNS, BJ=j, enable_fp_fusion=False)
     return out
 
 
