@@ -16,15 +16,12 @@ take when they are at least OUT_W wide, whatever the batch's tallest)."""
 import triton
 import triton.language as tl
 
-GEO_ROW = 15  # jpeg.resize_batch's geometry row: see above
-
-
 @triton.jit
 def _axis(GEO, i, axis: tl.constexpr, pos):
     # Picture i's resampling along `axis` (0: x, 1: y) at canvas positions pos (int [B]), as jpeg._axis_taps makes
     # it: lo, the first source pixel a position reads, and hi, one past its last (float64 [B]); the kernel's centre
     # in source coordinates [B] and its width factor; whether each position lies in the pasted part.
-    g = GEO + i * 15
+    g = GEO + i * 15  # the picture's geometry row (15 fields, above)
     n_in, box0, box1 = tl.load(g + axis), tl.load(g + 2 + axis), tl.load(g + 4 + axis)
     n_resized, first, offset = tl.load(g + 6 + axis), tl.load(g + 8 + axis), tl.load(g + 12 + axis)
     n_kept = tl.load(g + 10 + axis) - first
