@@ -135,7 +135,7 @@ def main(argv=None):
         torch.cuda.reset_peak_memory_stats(device)
     summary = encode_images([str(args.jpeg_dir)], tmp / "tokens", tokenizer, device, dtype, opts)
     result = {"images": n, "images_per_s": summary["images_per_s"], "wall_s": summary["seconds"],
-              "timings": summary["timings"],
+              "timings": summary["timings"], "input_wait_s": summary["input_wait"],
               **floor_columns(summary["images_per_s"], gflop, args.peak_tflops),
               "peak_memory_gib": peak_memory_gib(device),
               "loader_only_images_per_s": loader_rate,
@@ -153,6 +153,7 @@ def main(argv=None):
           f"{result['floor_fraction']:.2g} of the FLOP floor"
           + (f", {result['peak_memory_gib']} GiB peak" if result["peak_memory_gib"] is not None else "") + ") "
           f"{device} {dtype} batch {args.batch_size} workers {args.workers} JPEG decoder {decoder} resize on {args.resize_on}"
+          + f"; the loop waited {result['input_wait_s']:.1f} s of {result['timings']['encoding']:.1f} s for input"
           + (f"; decoding pipeline alone: {loader_rate:.1f} images/s" if loader_rate else "")
           + f"\ncommand: {result['command']}")
 

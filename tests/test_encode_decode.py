@@ -124,8 +124,13 @@ def test_encode_says_where_its_time_went(tmp_path, tokenizer_dir, monkeypatch):
     assert set(t) == {"listing", "setup", "first_batch", "encoding", "finishing"} and min(t.values()) >= 0
     assert abs(sum(t.values()) - summary["seconds"]) < 0.01
     assert t["first_batch"] >= 0.9 > t["encoding"]  # the one batch's three images were decoded before it came
-    assert b"loaded in" in r.stderr and b"seconds: listing" in r.stderr
+    assert summary["input_wait"] == 0  # one batch: nothing after the first to wait for
+    assert b"loaded in" in r.stderr and b"seconds: listing" in r.stderr and b"s waiting for the next batch" in r.stderr
     assert b"3 of 3 inputs done, 0 skipped" in r.stderr  # a line at each tenth of the inputs (one batch here)
+    # with later batches to wait for, the loop's wait for them is part of its encoding time
+    r = encode(imgs, "-o", tmp_path / "tok3", "-m", tokenizer_dir, "--json", "--batch-size", "1", "--workers", "0")
+    summary = json.loads(r.stdout)
+    assert r.returncode == 0 and 0.5 <= summary["input_wait"] <= summary["timings"]["encoding"], summary
     r = encode(imgs, "-o", tmp_path / "tok2", "-m", tokenizer_dir)  # without -v: no such lines
     assert r.returncode == 0 and not any(w in r.stderr for w in (b"seconds:", b"loaded in", b"inputs done"))
 

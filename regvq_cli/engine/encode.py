@@ -161,6 +161,9 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "shards_reused": stats["shards_reused"],
         "seconds": round(elapsed, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        # of timings["encoding"], the seconds the loop waited for its next batch's pixels (the decoding workers, and
+        # on the device paths the pixel threads): most of it when they, not the tokenizer, are the limit
+        "input_wait": round(stats["input_wait_seconds"], 3),
         "images_per_s": _rate(stats),  # all ranks' images over rank 0's loop time
         "tokenizer": run.tokenizer_id,
         "grid": list(grid),
@@ -270,7 +273,7 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
                    marks) -> dict:
     """Encode and write `shards` (an iterable of entries (k, start, stop) of the run's `plan`); sets marks["loop"]
     (its start) and marks["first_batch"] (perf_counter)."""
-    stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0}
+    stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0, "input_wait_seconds": 0.0}
     shards = iter(shards)
     first = next(shards, None)
     if first is None:  # nothing left to this process: no loader workers started
@@ -302,8 +305,12 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
         t_start = marks["loop"] = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1) as writer:
             pending = []
+            waiting = None  # since when the loop waits for its next batch (from the end of the one before)
             for batch, (images, ok, reasons) in batches:  # a shard's batches in turn, then the next's
-                marks.setdefault("first_batch", time.perf_counter())
+                now = time.perf_counter()
+                marks.setdefault("first_batch", now)
+                if waiting is not None:
+                    stats["input_wait_seconds"] += now - waiting
                 for i, good, reason in zip(batch["i"].tolist(), ok.tolist(), reasons):
                     if not good:
                         parts.skipped.append((listing.key(i), reason))
@@ -324,6 +331,7 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
                         pending.remove(f)
                     parts = _ShardParts()
                 progress.add(len(ok), len(ok) - n_ok)
+                waiting = time.perf_counter()
             for f in pending:
                 f.result()
     stats["compute_seconds"] = time.perf_counter() - t_start
