@@ -19,6 +19,7 @@ def test_bench_encode_reports_the_command_and_the_decoding_pipeline_alone(tmp_pa
                 "--device", "cpu", "--loader-only", "--json"])
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 12 and r["images_per_s"] > 0 and r["loader_only_images_per_s"] > 0
+    assert 0 <= r["input_wait_s"] <= r["timings"]["encoding"]
     assert r["jpeg_decoder"] == "pillow" and r["resize_on"] == "workers"  # the defaults
     bench.main(["--jpeg-dir", str(tmp_path / "imgs"), "--preset", "tok-test", "--batch-size", "4", "--workers", "0",
                 "--device", "cpu", "--resize-on", "device", "--loader-only", "--json"])
