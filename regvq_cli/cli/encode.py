@@ -110,7 +110,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
             raise
     detail("seconds: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in summary["timings"].items()))
     detail(f"of {summary['timings']['encoding']:.2f} s encoding, {summary['input_wait']:.2f} s waiting for the next "
-           "batch's pixels (much of it: the decoding, not the tokenizer, sets the pace)")
+           "batch's pixels (when that is most of it, the decoding sets the pace, not the tokenizer)")
     for item in summary.get("skipped", [])[:20]:
         warn(f"skipped {item['key']}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:

@@ -162,7 +162,8 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "seconds": round(elapsed, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         # of timings["encoding"], the seconds the loop waited for its next batch's pixels (the decoding workers, and
-        # on the device paths the pixel threads): most of it when they, not the tokenizer, are the limit
+        # on the device paths the pixel threads; rank 0's under torchrun): most of it when they, not the tokenizer,
+        # are the limit
         "input_wait": round(stats["input_wait_seconds"], 3),
         "images_per_s": _rate(stats),  # all ranks' images over rank 0's loop time
         "tokenizer": run.tokenizer_id,
