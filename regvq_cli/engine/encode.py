@@ -283,13 +283,12 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
                            pin_memory=device.type == "cuda")
     batches = iter(loader)  # the decoding workers start on the first batches
 
-    def pictures(batch):  # decoded, on the device (on the device paths), not yet resized
-        return batch, jpeg.batch_pictures(batch, device, (size, size), opts.resize, opts.background, opts.max_pixels)
+    def pictures(batch):  # decoded, on the device (on the device paths), not yet resized; they carry the batch
+        return jpeg.batch_pictures(batch, device, (size, size), opts.resize, opts.background, opts.max_pixels)
 
-    def pixels(decoded):  # uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when
+    def pixels(pics):  # uint8 [n_ok, 3, size, size] in input order, on the host (pinned for a GPU) or, when
         # resized or decoded there, on the device; with ok [b] and the reasons for those skipped
-        batch, pics = decoded
-        return batch, jpeg.place_pictures(pics, device, (size, size), opts.resize, opts.background)
+        return pics.batch, jpeg.place_pictures(pics, device, (size, size), opts.resize, opts.background)
 
     if opts.jpeg_decoder == "nvjpeg" or opts.resize_on == "device":  # device work to make the pixels: each step
         # in a thread of its own (see _Ahead), from now, so that the first batch's one-time costs (nvjpeg's decoder
