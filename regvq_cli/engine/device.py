@@ -80,6 +80,14 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def stored_channels_last(t) -> bool:
+    """Whether a 4-d tensor is laid out channels-last and not NCHW-contiguous as well (a tensor with one channel,
+    or one pixel, is both): what a channels-last network's weights and activations are."""
+    import torch
+
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def needs_grad(*tensors) -> bool:
     """Whether autograd is recording and any of the tensors requires a gradient: training, where regvq's
     inference-only forms (kernels without a backward, the compiled tokenizer's rewritten layers) are not taken."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from regvq_cli.engine.device import cdiv, needs_grad, next_power_of_two, triton_runs_on
+from regvq_cli.engine.device import cdiv, needs_grad, next_power_of_two, stored_channels_last, triton_runs_on
 from regvq_cli.tokenizer.image_conv import ImageConv
 
 # Device types where the networks take the forms measured faster there (docs/performance.md). Compiled: GroupNorm
@@ -66,9 +66,8 @@ class GroupNorm(nn.GroupNorm):
     def channels_last_form(self, x: torch.Tensor) -> bool:
         """Whether forward takes group_norm_channels_last: eager inference (nothing needing a gradient) on a device
         in FAST_FORMS_ON where Triton runs, an affine norm, x [B, C, H, W] stored channels-last."""
-        return (self.affine and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-                and not x.is_contiguous() and inference_form(x, self.weight, self.bias, compiled=False)
-                and triton_runs_on(x.device))
+        return (self.affine and x.dim() == 4 and stored_channels_last(x)
+                and inference_form(x, self.weight, self.bias, compiled=False) and triton_runs_on(x.device))
 
 
 # group_norm_channels_last's launches: pixels a program of the statistics sums (a fixed count, so that a picture's
