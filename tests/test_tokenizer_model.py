@@ -333,6 +333,61 @@ def test_group_norm_over_channels_last_activations_is_group_norm_and_silu():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
+FOLDED_BIASES_CHECK = """
+import copy
+import torch
+import torch.nn.functional as F
+import regvq_cli.tokenizer.nets as nets
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS
+
+torch.manual_seed(0)
+cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+# the kernels against PyTorch's sums, bit for bit, for widths that are not powers of two and one pixel a row
+for dtype in (torch.float32, torch.float16):
+    for B, C, H, W in ((2, 16, 5, 7), (1, 24, 9, 1), (3, 96, 4, 4)):
+        h, s = cl(torch.randn(B, C, H, W).to(dtype)), cl(torch.randn(B, C, H, W).to(dtype))
+        hb, sb = torch.randn(C).to(dtype), torch.randn(C).to(dtype)
+        along = lambda b: b[:, None, None]
+        assert torch.equal(nets.add_biases_(h.clone(), hb, s, sb), (h + along(hb)) + (s + along(sb)))
+        assert torch.equal(nets.add_biases_(h.clone(), hb, s), (h + along(hb)) + s)
+        out = h.clone()
+        assert nets.add_biases_(out, hb) is out and torch.equal(out, h + along(hb))
+        padded = nets.pad_right_bottom(h)
+        assert torch.equal(padded, F.pad(h, (0, 1, 0, 1))) and padded.is_contiguous(memory_format=torch.channels_last)
+        w, b = torch.rand(C).to(dtype) + 0.5, torch.randn(C).to(dtype)
+        for silu in (False, True):
+            got = nets.group_norm_channels_last(h, C // 4, w, b, 1e-6, silu=silu, offset=hb)
+            assert torch.equal(got, nets.group_norm_channels_last(cl(h + along(hb)), C // 4, w, b, 1e-6, silu=silu))
+# a channels-last network without gradients folds every resampler's, block's and attention's biases (here on the
+# CPU, as if it were a GPU), and gives what it gives without folding them
+nets.FAST_FORMS_ON = {"cpu"}
+model = Tokenizer(PRESETS["tok-test"]).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+images = cl(torch.rand(2, 3, 32, 32) * 2 - 1)
+calls = []
+add = nets.add_biases_
+nets.add_biases_ = lambda *a: calls.append(len(a)) or add(*a)
+layers = (nets.ResnetBlock, nets.AttnBlock, nets.Downsample, nets.Upsample)
+with torch.no_grad():
+    z = model.encoder(images)
+    out = model.decoder(z)
+    assert len(calls) == sum(isinstance(m, layers) for m in model.modules()) and set(calls) == {2, 3, 4}
+    nets.folds_biases = lambda *a: False
+    assert torch.equal(model.encoder(images), z) and torch.equal(model.decoder(z), out)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
+def test_folded_convolution_biases_are_pytorchs_sums():
+    """The kernels that add a convolution's bias in the pass that reads its output next (the residual sum,
+    GroupNorm's offset) and that pad for the downsampler, run by Triton's interpreter on the CPU: PyTorch's sums
+    and F.pad bit for bit, in float32 and float16; a channels-last network without gradients folds the biases of
+    every block, attention, downsampler and upsampler, with the same outputs as without."""
+    done = run_interpreted(FOLDED_BIASES_CHECK)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 def test_runners_default_to_channels_last_on_a_gpu_where_triton_runs(monkeypatch):
     """The runner's layout when none is asked for (engine.runtime.default_channels_last): channels-last on CUDA
     where Triton runs and nothing is compiled; NCHW on a CPU, when compiled, or without Triton."""
@@ -370,6 +425,29 @@ def test_channels_last_group_norm_on_a_gpu_is_group_norm_within_bf16_rounding():
         assert got.is_contiguous(memory_format=torch.channels_last)
         assert (got.double() - want).abs().max() <= (theirs.double() - want).abs().max()
     assert prepare_tokenizer(Tokenizer(PRESETS["tok-test"]), "cuda", torch.bfloat16).channels_last
+
+
+@pytest.mark.gpu
+def test_folded_biases_on_a_gpu_give_the_same_tokens_and_pixels_bit_for_bit(monkeypatch):
+    """On a GPU in bf16, eager over channels-last activations, vqgan-f16 (random weights, attention included) with
+    its convolutions' biases folded into the passes that follow encodes to the same tokens and decodes to the same
+    pixels, bit for bit, as with PyTorch's own bias adds and padding."""
+    pytest.importorskip("triton")
+    import regvq_cli.tokenizer.nets as nets
+    from regvq_cli.engine.runtime import prepare_tokenizer
+
+    torch.manual_seed(0)
+    runner = prepare_tokenizer(Tokenizer(PRESETS["vqgan-f16"]), "cuda", torch.bfloat16, cuda_graphs=False)
+    assert runner.channels_last
+    images = torch.rand(3, 3, 256, 256, device="cuda") * 2 - 1
+    calls = []
+    add = nets.add_biases_
+    monkeypatch.setattr(nets, "add_biases_", lambda *a: calls.append(1) or add(*a))
+    tokens = runner.encode(images)
+    pixels = runner.decode(tokens)
+    assert len(calls) > 20
+    monkeypatch.setattr(nets, "folds_biases", lambda *a: False)
+    assert torch.equal(runner.encode(images), tokens) and torch.equal(runner.decode(tokens), pixels)
 
 
 @pytest.mark.gpu

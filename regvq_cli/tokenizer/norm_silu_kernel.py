@@ -3,14 +3,18 @@ when used.
 
 Both read an activation stored channels-last, [B, P, C] in memory (P = H * W pixels, C contiguous), a tile of
 [BP pixels, CP channels] at a time: neighbouring threads read neighbouring channels of one pixel, so every load is
-contiguous. CP is C rounded up to a power of two (the padding masked)."""
+contiguous. CP is C rounded up to a power of two (the padding masked). With OFFSET, both read x + OFFSET [C] per
+channel, rounded to x's dtype (a preceding convolution's bias, folded into these passes)."""
 
 import triton
 import triton.language as tl
 
+from regvq_cli.tokenizer.bias_pad_kernel import plus_bias
+
 
 @triton.jit
-def channel_sums_kernel(X, SUMS, P, C, SPAN, S, CP: tl.constexpr, BP: tl.constexpr):
+def channel_sums_kernel(X, OFFSET, SUMS, P, C, SPAN, S, CP: tl.constexpr, BP: tl.constexpr,
+                        HAS_OFFSET: tl.constexpr):
     # One program a (sample b, span s of SPAN pixels). SUMS [B, S, 2, C] float32 out: over the span's pixels, the sum
     # of d and of d * d, d = x - x[b, pixel 0] (each channel shifted by its first value, so that the sum of squares
     # does not cancel where a channel's mean is far from zero).
@@ -18,15 +22,20 @@ def channel_sums_kernel(X, SUMS, P, C, SPAN, S, CP: tl.constexpr, BP: tl.constex
     c = tl.arange(0, CP)
     used = c < C
     base = X + b.to(tl.int64) * P * C
-    first = tl.load(base + c, mask=used, other=0.0).to(tl.float32)  # [CP]
+    first = tl.load(base + c, mask=used, other=0.0)  # [CP]
+    if HAS_OFFSET:
+        first = plus_bias(first, OFFSET, c, used, X.dtype.element_ty)
+    first = first.to(tl.float32)
     total, squares = tl.zeros([BP, CP], tl.float32), tl.zeros([BP, CP], tl.float32)
     start = s * SPAN
     stop = tl.minimum(start + SPAN, P)
     for p0 in range(start, stop, BP):
         p = p0 + tl.arange(0, BP)
         inside = (p < stop)[:, None] & used[None, :]
-        x = tl.load(base + p.to(tl.int64)[:, None] * C + c[None, :], mask=inside, other=0.0).to(tl.float32)
-        d = tl.where(inside, x - first[None, :], 0.0)
+        x = tl.load(base + p.to(tl.int64)[:, None] * C + c[None, :], mask=inside, other=0.0)
+        if HAS_OFFSET:
+            x = plus_bias(x, OFFSET, c, used, X.dtype.element_ty)
+        d = tl.where(inside, x.to(tl.float32) - first[None, :], 0.0)
         total += d
         squares += d * d
     out = SUMS + ((b * S + s) * 2) * C + c
@@ -35,7 +44,8 @@ def channel_sums_kernel(X, SUMS, P, C, SPAN, S, CP: tl.constexpr, BP: tl.constex
 
 
 @triton.jit
-def scale_shift_kernel(X, SCALE, SHIFT, Y, P, C, CP: tl.constexpr, BP: tl.constexpr, SILU: tl.constexpr):
+def scale_shift_kernel(X, OFFSET, SCALE, SHIFT, Y, P, C, CP: tl.constexpr, BP: tl.constexpr, SILU: tl.constexpr,
+                       HAS_OFFSET: tl.constexpr):
     # One program a (sample b, block of BP pixels): y = x * scale[b] + shift[b] per channel, in float32, then SiLU
     # if asked, stored in Y's dtype, laid out as X. SCALE, SHIFT [B, C] float32.
     b, blk = tl.program_id(0), tl.program_id(1)
@@ -46,7 +56,10 @@ def scale_shift_kernel(X, SCALE, SHIFT, Y, P, C, CP: tl.constexpr, BP: tl.conste
     p = blk * BP + tl.arange(0, BP)
     inside = (p < P)[:, None] & used[None, :]
     at = b.to(tl.int64) * P * C + p.to(tl.int64)[:, None] * C + c[None, :]
-    y = tl.load(X + at, mask=inside, other=0.0).to(tl.float32) * scale[None, :] + shift[None, :]
+    x = tl.load(X + at, mask=inside, other=0.0)
+    if HAS_OFFSET:
+        x = plus_bias(x, OFFSET, c, used, X.dtype.element_ty)
+    y = x.to(tl.float32) * scale[None, :] + shift[None, :]
     if SILU:
         y = y * tl.sigmoid(y)
     tl.store(Y + at, y.to(Y.dtype.element_ty), mask=inside)

@@ -1,0 +1,47 @@
+"""The Triton kernels of nets.add_biases_ and nets.pad_right_bottom (which explain them), apart so that Triton is
+imported only when used.
+
+Both work on activations stored channels-last, [B, P, C] in memory (P = H * W pixels, C contiguous), so every load
+and store is contiguous. CP is C rounded up to a power of two (the padding masked)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def plus_bias(x, BIAS, c, used, dtype: tl.constexpr):
+    # x [..., CP] plus BIAS [C] per channel, the bias first rounded to dtype (as a half-precision convolution adds
+    # it), the sum taken in float32 and rounded to dtype: what PyTorch's add of the two gives, bit for bit
+    b = tl.load(BIAS + c, mask=used, other=0.0).to(dtype).to(tl.float32)
+    return (x.to(tl.float32) + b).to(dtype)
+
+
+@triton.jit
+def add_biases_kernel(Y, Y_BIAS, S, S_BIAS, N, C, CP: tl.constexpr, BP: tl.constexpr, SKIP: tl.constexpr,
+                      SKIP_BIAS: tl.constexpr):
+    # One program a block of BP pixels (of all N = B * H * W): Y = Y + Y_BIAS, then + S (+ S_BIAS) with SKIP, in
+    # place. Y, S [N, C]; the biases [C].
+    p = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+    c = tl.arange(0, CP)
+    used = c < C
+    inside = (p < N)[:, None] & used[None, :]
+    at = p[:, None] * C + c[None, :]
+    dtype = Y.dtype.element_ty
+    y = plus_bias(tl.load(Y + at, mask=inside, other=0.0), Y_BIAS, c, used, dtype)
+    if SKIP:
+        s = tl.load(S + at, mask=inside, other=0.0)
+        if SKIP_BIAS:
+            s = plus_bias(s, S_BIAS, c, used, dtype)
+        y = (y.to(tl.float32) + s.to(tl.float32)).to(dtype)
+    tl.store(Y + at, y, mask=inside)
+
+
+@triton.jit
+def pad_right_bottom_kernel(X, Y, H, W, C, BLOCK: tl.constexpr):
+    # One program a (block of BLOCK values of an output row, row r of H + 1, sample b). X [B, H, W, C] in, Y [B, H + 1,
+    # W + 1, C] out: x where r < H and the value's pixel < W, zero in the last row and the last pixel of every row.
+    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    r, b = tl.program_id(1), tl.program_id(2).to(tl.int64)
+    read = tl.where(r < H, W * C, 0)  # values of x in this row: none in the last
+    x = tl.load(X + (b * H + r) * W * C + j, mask=j < read, other=0.0)
+    tl.store(Y + (b * (H + 1) + r) * (W + 1) * C + j, x, mask=j < (W + 1) * C)
