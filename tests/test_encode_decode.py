@@ -573,6 +573,21 @@ def test_torchrun_ranks_name_clashing_files_as_one_process(tmp_path, tokenizer_d
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
+def test_decode_reads_the_token_folders_manifest_once(tmp_path, tokenizer_dir, monkeypatch):
+    """`regvq decode` of a token folder reads its manifest once (the recorded tokenizer, the count for the bar and
+    the batches all come from one reader): a run over millions of grids has a manifest of thousands of shards."""
+    from regvq_cli.data import shards
+
+    imgs = make_images(tmp_path / "imgs", 3)
+    assert encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, "--shard-size", "2").returncode == 0
+    reads = []
+    read = shards.read_manifest
+    monkeypatch.setattr(shards, "read_manifest", lambda path: reads.append(path) or read(path))
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec")
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(reads) == 1 and len(os.listdir(tmp_path / "rec")) == 3
+
+
 def test_decode_counts_its_grids_for_the_bar_and_v_lines(tmp_path, tokenizer_dir):
     """rows_for_rank gives the number of grids shard_batches hands a rank (with --limit and several ranks), which
     the bar and -v's lines at every tenth count against."""

@@ -38,7 +38,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     regvq decode tokens/ --limit 16 --grid -o - | display
     """
     from regvq_cli.engine.checkpoint import file_sha256, weights_path
-    from regvq_cli.engine.decode import decode_source, recorded_tokenizer, rows_for_rank
+    from regvq_cli.engine.decode import decode_source, open_tokens, recorded_tokenizer, rows_for_rank
     from regvq_cli.engine.device import pick_device, pick_dtype
     from regvq_cli.engine.dist import world_from_env
     from regvq_cli.engine.resolve import TOKENIZER
@@ -57,7 +57,8 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     elif not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; give a folder for the PNGs, or --grid for one contact sheet",
                                  param_hint="--out")
-    rec_id, rec_sha, rec_grid, rec_codes, rec_size = recorded_tokenizer(tokens)
+    source = open_tokens(tokens)  # its manifest read once, here
+    rec_id, rec_sha, rec_grid, rec_codes, rec_size = recorded_tokenizer(source)
     if model is None and rec_id is None:
         raise click.UsageError("tokens on stdin carry no tokenizer: pass --model")
     try:
@@ -91,10 +92,10 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     dev = pick_device(device)
     if compile_:
         compiling_note("the tokenizer's decoder")
-    total = rows_for_rank(tokens, limit, *world_from_env())  # this process's grids (None on stdin)
+    total = rows_for_rank(source, limit, *world_from_env())  # this process's grids (None on stdin)
     with progress(desc="decode", unit="img", total=total if total is not None else limit) as bar:
         count = counted(bar, "grids")
-        summary = decode_source(tokens, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
+        summary = decode_source(source, out, tokenizer, dev, pick_dtype(dtype, dev), batch_size=batch_size,
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
                                 compile=compile_, channels_last=channels_last, cuda_graphs=cuda_graphs,
                                 callback=lambda n: count(n, total), grid=rec_grid)

@@ -32,20 +32,26 @@ class Batch:
         self.tokens, self.keys, self.where = tokens, keys, where
 
 
+def open_tokens(source) -> ShardReader | str:
+    """A token folder or shard file as a ShardReader, which the functions below take in its place (so a run reads
+    its manifest once); "-" (stdin) and a ShardReader as they are."""
+    return source if source == "-" or isinstance(source, ShardReader) else ShardReader(source)
+
+
 def recorded_tokenizer(source) -> tuple[str | None, str | None, tuple[int, int] | None, int | None,
                                          tuple[int, int] | None]:
     """(tokenizer id, weights sha256, grid, codebook size, image size (h, w) the images were encoded at) recorded
     with a token folder or shard file; the size is None where none, or no pair of positive integers, is recorded."""
-    if source == "-":
+    reader = open_tokens(source)
+    if reader == "-":
         return None, None, None, None, None
-    reader = ShardReader(source)
     if reader.manifest is not None:
         t = reader.manifest["tokenizer"]
         size = reader.manifest["preprocessing"].get("size")
         return t.get("id"), t.get("sha256"), reader.grid, reader.codebook_size, _image_size(size)
     from regvq_cli.data.shards import read_shard
 
-    run = read_shard(source)["run"]
+    run = read_shard(reader.paths[0])["run"]  # a single shard file
     return run.tokenizer_id, run.tokenizer_sha256, run.grid, run.codebook_size, _image_size(run.preprocessing.get("size"))
 
 
@@ -72,7 +78,7 @@ def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, wor
 
     With several ranks, another rank's shard comes as one Batch of its keys with `tokens` None, so that every rank
     sees every key in the same order and names the PNG files as one process would (see png_path)."""
-    reader = ShardReader(source)
+    reader = open_tokens(source)
     for j, n, mine in _shard_rows(reader, limit, rank, world):
         t = reader.shard(j)
         name = os.path.basename(reader.paths[j])
@@ -92,9 +98,10 @@ def shard_batches(source, batch_size: int, limit: int | None, rank: int = 0, wor
 
 def rows_for_rank(source, limit: int | None, rank: int = 0, world: int = 1) -> int | None:
     """How many grids `shard_batches(source, ..., limit, rank, world)` gives this rank to decode; None for stdin."""
-    if source == "-":
+    reader = open_tokens(source)
+    if reader == "-":
         return None
-    return sum(n for _, n, mine in _shard_rows(ShardReader(source), limit, rank, world) if mine)
+    return sum(n for _, n, mine in _shard_rows(reader, limit, rank, world) if mine)
 
 
 def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
@@ -279,7 +286,8 @@ def save_png(pixels: np.ndarray, path: str) -> None:
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,
                   grid_cols=None, stdin=None, compile=False, channels_last=None, callback=None, grid=None,
                   cuda_graphs=True) -> dict:
-    """Decode a token folder, shard file or JSON-lines stream; split by torchrun rank when there are several.
+    """Decode a token folder or shard file (or open_tokens' reader of one) or a JSON-lines stream ("-"); split by
+    torchrun rank when there are several.
     `grid`: the (h, w) every grid must have (default: the tokenizer's at its training size)."""
     with dist.group(device) as (rank, world):
         if grid_sheet and world > 1:  # each rank would write its own part of the sheet over the others'
