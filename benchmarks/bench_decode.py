@@ -21,6 +21,9 @@ from pathlib import Path
 
 
 def main(argv=None):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
+    from runner_options import add_runner_options
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="vqgan-f16")
     p.add_argument("--model", default=None)
@@ -28,10 +31,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last activations (default: as regvq, on for a GPU without --compile)")
+    add_runner_options(p)
     p.add_argument("--peak-tflops", type=float, default=790.0, help="the FLOP floor for the floor fraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -62,7 +62,6 @@ def main(argv=None):
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_tokenizer import floor_columns, peak_memory_gib, tokenizer_gflop
 
     gflop = tokenizer_gflop(tokenizer)[1]

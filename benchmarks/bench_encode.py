@@ -74,6 +74,9 @@ def loader_images_per_s(folder: Path, size: int, opts, pin_memory: bool) -> floa
 
 
 def main(argv=None):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
+    from runner_options import add_runner_options
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jpeg-dir", type=Path, required=True)
     p.add_argument("--make-jpegs", type=int, default=0)
@@ -86,10 +89,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last activations (default: as regvq, on for a GPU without --compile)")
+    add_runner_options(p)
     p.add_argument("--jpeg-decoder", choices=["pillow", "nvjpeg"], default="pillow")
     p.add_argument("--resize-on", choices=["workers", "device"], default="workers")
     p.add_argument("--loader-only", action="store_true", help="also time the decoding pipeline without the model")
@@ -126,7 +126,6 @@ def main(argv=None):
     tokenizer = load(args.model)
     loader_rate = loader_images_per_s(args.jpeg_dir, tokenizer.config.image_size, opts, device.type == "cuda") \
         if args.loader_only else None
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_tokenizer import floor_columns, peak_memory_gib, tokenizer_gflop
 
     gflop = tokenizer_gflop(tokenizer)[0]

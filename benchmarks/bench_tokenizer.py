@@ -118,6 +118,9 @@ def timed(fn, arg, device, iters: int, warmup: int) -> float:
 
 
 def main(argv=None):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
+    from runner_options import add_runner_options
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="vqgan-f16", help="architecture preset (random weights)")
     p.add_argument("--model", default=None, help="a model folder / shipped name instead of a preset")
@@ -126,10 +129,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the encode and decode functions")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last activations (default: as regvq, on for a GPU without --compile)")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="replay the eager tokenizer as CUDA graphs on a CUDA device, as regvq does (default: on)")
+    add_runner_options(p)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -167,7 +167,6 @@ def main(argv=None):
         states = [busy_gpu_state(runner.encode, images, device), busy_gpu_state(runner.decode, indices, device)]
         profiles = {}
         if args.profile:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_sample import print_ranked, profiled
 
             profiles = {"encode": profiled(lambda: runner.encode(images), device, args.profile, args.batch_size,
