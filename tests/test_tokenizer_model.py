@@ -388,36 +388,6 @@ def test_folded_convolution_biases_are_pytorchs_sums():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
-FEW_CHANNELS_CHECK = """
-import torch
-import torch.nn.functional as F
-import regvq_cli.tokenizer.nets as nets
-
-torch.manual_seed(0)
-# widths below, at and past a step of input channels and not powers of two, 1 to 16 outputs, pixel counts that are
-# not whole blocks: F.conv2d's result rounded once to float16
-for B, C, O, H, W in ((2, 32, 3, 9, 7), (1, 24, 3, 5, 5), (2, 80, 1, 4, 6), (1, 128, 16, 3, 40), (1, 8, 3, 12, 12)):
-    x = torch.randn(B, C, H, W).half().contiguous(memory_format=torch.channels_last)
-    w, b = (torch.randn(O, C, 3, 3) / C ** 0.5).half(), torch.randn(O).half()
-    want = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-    got = nets.few_channels_conv(x, w, b)
-    assert got.shape == want.shape and got.dtype == torch.float16
-    assert got.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(got, want.half()) or (got.double() - want).abs().max() <= want.abs().max() / 1024
-    assert (got.double() - want).abs().max() <= (F.conv2d(x.float(), w.float(), b.float(), padding=1).half().double() - want).abs().max() + 1e-3
-print("ok")
-"""
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
-def test_few_channels_conv_kernel_is_conv2d():
-    """The decoder's last layer (many channels to RGB) as the Triton kernel eager GPU inference takes, run by
-    Triton's interpreter on the CPU: F.conv2d within float16 rounding for widths that are not powers of two, 1 to 16
-    outputs and part blocks of pixels, written channels-last."""
-    done = run_interpreted(FEW_CHANNELS_CHECK)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
-
-
 def test_runners_default_to_channels_last_on_a_gpu_where_triton_runs(monkeypatch):
     """The runner's layout when none is asked for (engine.runtime.default_channels_last): channels-last on CUDA
     where Triton runs and nothing is compiled; NCHW on a CPU, when compiled, or without Triton."""
@@ -473,42 +443,11 @@ def test_folded_biases_on_a_gpu_give_the_same_tokens_and_pixels_bit_for_bit(monk
     calls = []
     add = nets.add_biases_
     monkeypatch.setattr(nets, "add_biases_", lambda *a: calls.append(1) or add(*a))
-    # the last layer as cuDNN's either way (few_channels_conv rounds once, not bit for bit: its own test)
-    monkeypatch.setattr(nets, "few_channels_conv", lambda x, w, b: F.conv2d(x, w, b, padding=1))
     tokens = runner.encode(images)
     pixels = runner.decode(tokens)
     assert len(calls) > 20
     monkeypatch.setattr(nets, "folds_biases", lambda *a: False)
     assert torch.equal(runner.encode(images), tokens) and torch.equal(runner.decode(tokens), pixels)
-
-
-@pytest.mark.gpu
-def test_decoders_last_layer_on_a_gpu_is_the_few_channels_kernel_within_bf16_rounding(monkeypatch):
-    """On a GPU in bf16, eager over channels-last activations, the decoder's last layer is nets.few_channels_conv:
-    no farther from float64's F.conv2d than cuDNN's bf16 convolution, and vqgan-f16's decoded 8-bit pixels
-    (random weights) within one step of the cuDNN layer's."""
-    pytest.importorskip("triton")
-    import regvq_cli.tokenizer.nets as nets
-    from regvq_cli.engine.runtime import prepare_tokenizer
-
-    torch.manual_seed(0)
-    for B, C, H, W in ((8, 128, 256, 256), (4, 32, 64, 48), (2, 96, 17, 33)):
-        x = torch.randn(B, C, H, W, device="cuda").bfloat16().contiguous(memory_format=torch.channels_last)
-        w = (torch.randn(3, C, 3, 3, device="cuda") / C ** 0.5).bfloat16()
-        b = torch.randn(3, device="cuda").bfloat16()
-        want = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-        got = nets.few_channels_conv(x, w, b)
-        assert got.is_contiguous(memory_format=torch.channels_last)
-        assert (got.double() - want).abs().max() <= (F.conv2d(x, w, b, padding=1).double() - want).abs().max()
-    runner = prepare_tokenizer(Tokenizer(PRESETS["vqgan-f16"]), "cuda", torch.bfloat16, cuda_graphs=False)
-    tokens = torch.randint(0, 1024, (4, 16, 16), device="cuda")
-    calls = []
-    kernel = nets.few_channels_conv
-    monkeypatch.setattr(nets, "few_channels_conv", lambda *a: calls.append(1) or kernel(*a))
-    pixels = runner.decode_uint8(tokens)
-    assert calls == [1]
-    monkeypatch.setattr(nets, "few_channels_conv", lambda x, w, b: F.conv2d(x, w, b, padding=1))
-    assert (pixels.int() - runner.decode_uint8(tokens).int()).abs().max() <= 1
 
 
 @pytest.mark.gpu

@@ -381,34 +381,6 @@ def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
 
 
-# few_channels_conv's launch: pixels a program, and input channels a step of its products
-FEW_BLOCK, FEW_CHANNELS = 128, 64
-
-
-def few_channels_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """F.conv2d(x, w, b, padding=1) for x [B, C, H, W] stored channels-last in half precision and a 3x3 kernel w
-    [O, C, 3, 3] with O <= 16 (the decoder's last layer, to RGB), as one Triton kernel; the result [B, O, H, W]
-    channels-last, as cuDNN's would be.
-
-    cuDNN's kernels spend their tiles on the 3 output channels: at batch 128 on an H200 the default tokenizer's
-    last layer took 0.75 ms and vqgan-f16's 2.4 (docs/performance.md). Here each program multiplies a block of
-    pixels' neighbourhoods, tap by tap, by the [C, 16] weights of that tap on the tensor cores (the outputs padded
-    to 16), accumulating in float32 with the bias, and rounds once to x's dtype (cuDNN rounds the sum, then the sum
-    with the bias).
-    """
-    from regvq_cli.tokenizer.few_channels_conv_kernel import few_channels_conv_kernel
-
-    B, C, H, W = x.shape
-    O = w.shape[0]
-    wt = torch.zeros(9, C, 16, device=x.device, dtype=x.dtype)  # [tap, in, out]: the products' B, outputs padded
-    wt[:, :, :O] = w.permute(2, 3, 1, 0).reshape(9, C, O)
-    y = torch.empty((B, O, H, W), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    few_channels_conv_kernel[(cdiv(H * W, FEW_BLOCK), B)](x, wt, b, y, H, W, C, O=O, BM=FEW_BLOCK,
-                                                          CK=max(16, min(FEW_CHANNELS, next_power_of_two(C))),
-                                                          CHANNELS_LAST=stored_channels_last(y))
-    return y
-
-
 def conv3x3_to_few_channels(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """F.conv2d(x, w, b, padding=1) for x [B, C, H, W] and a 3x3 kernel w [O, C, 3, 3] with 9 * O <= 32 (the
     decoder's last layer, to RGB), as one GEMM and a pass of shifted sums.
@@ -529,8 +501,6 @@ class Decoder(nn.Module):
         w, b = self.conv_out.weight, self.conv_out.bias
         if 9 * w.shape[0] <= 32 and inference_form(h, w, b):
             return conv3x3_to_few_channels(h, w, b)
-        if w.shape[0] <= 16 and h.dtype in (torch.bfloat16, torch.float16) and folds_biases(h, w, b):
-            return few_channels_conv(h, w, b)  # eager, channels-last
         return self.conv_out(h)  # [B, out_channels, R, R]
 
     @property
