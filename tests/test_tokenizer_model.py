@@ -378,6 +378,22 @@ print("ok")
 """
 
 
+def test_add_biases_without_the_kernel_is_pytorchs_sums_into_h():
+    """Where the kernel does not run (here: NCHW tensors, or no Triton), add_biases_ is PyTorch's adds, written into
+    h like the kernel's: (h + h_bias) + (skip + skip_bias), each sum rounded to h's dtype."""
+    import regvq_cli.tokenizer.nets as nets
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        h, s = torch.randn(2, 6, 3, 5).to(dtype), torch.randn(2, 6, 3, 5).to(dtype)
+        hb, sb = torch.randn(6).to(dtype), torch.randn(6).to(dtype)
+        out = h.clone()
+        assert nets.add_biases_(out, hb, s, sb) is out
+        assert torch.equal(out, (h + hb[:, None, None]) + (s + sb[:, None, None]))
+        assert torch.equal(nets.add_biases_(h.clone(), hb, s), (h + hb[:, None, None]) + s)
+        assert torch.equal(nets.add_biases_(h.clone(), hb), h + hb[:, None, None])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package (the test extra)")
 def test_folded_convolution_biases_are_pytorchs_sums():
     """The kernels that add a convolution's bias in the pass that reads its output next (the residual sum,

@@ -243,10 +243,10 @@ def add_biases_(h: torch.Tensor, h_bias: torch.Tensor, skip: torch.Tensor | None
                                                   skip_bias if has_skip_bias else h_bias, B * H * W, C, CP=CP, BP=BP,
                                                   SKIP=has_skip, SKIP_BIAS=has_skip_bias)
         return h
-    h = h + h_bias.to(h.dtype)[:, None, None]
-    if skip is None:
-        return h
-    return h + (skip if skip_bias is None else skip + skip_bias.to(skip.dtype)[:, None, None])
+    h.add_(h_bias.to(h.dtype)[:, None, None])
+    if skip is not None:
+        h.add_(skip if skip_bias is None else skip + skip_bias.to(skip.dtype)[:, None, None])
+    return h
 
 
 # pad_right_bottom's launch: values of an output row a program
