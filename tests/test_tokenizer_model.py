@@ -341,18 +341,33 @@ import regvq_cli.tokenizer.nets as nets
 from regvq_cli.tokenizer.model import Tokenizer
 from regvq_cli.tokenizer.presets import PRESETS
 
+from regvq_cli.tokenizer.norm_silu_kernel import channel_sums_kernel
+
 torch.manual_seed(0)
 cl = lambda t: t.contiguous(memory_format=torch.channels_last)
-# the kernels against PyTorch's sums, bit for bit, for widths that are not powers of two and one pixel a row
+
+
+def fresh_sums(x):  # group_norm_channels_last's own first pass over x
+    B, C, H, W = x.shape
+    CP, BP, spans = nets.sums_launch(H * W, C)
+    sums = torch.empty(B, spans, 2, C)
+    channel_sums_kernel[(B, spans)](x, x, sums, H * W, C, nets.NORM_SPAN, spans, CP=CP, BP=BP, HAS_OFFSET=False)
+    return sums
+
+
+# the kernels against PyTorch's sums, bit for bit, for widths that are not powers of two, one pixel a row and
+# several spans of pixels (the last a part one); the sums add_biases_ leaves are the norm's own, bit for bit
 for dtype in (torch.float32, torch.float16):
-    for B, C, H, W in ((2, 16, 5, 7), (1, 24, 9, 1), (3, 96, 4, 4)):
+    for B, C, H, W in ((2, 16, 5, 7), (1, 24, 9, 1), (3, 96, 4, 4), (2, 24, 40, 30)):
         h, s = cl(torch.randn(B, C, H, W).to(dtype)), cl(torch.randn(B, C, H, W).to(dtype))
         hb, sb = torch.randn(C).to(dtype), torch.randn(C).to(dtype)
         along = lambda b: b[:, None, None]
-        assert torch.equal(nets.add_biases_(h.clone(), hb, s, sb), (h + along(hb)) + (s + along(sb)))
-        assert torch.equal(nets.add_biases_(h.clone(), hb, s), (h + along(hb)) + s)
+        for out, want in ((nets.add_biases_(h.clone(), hb, s, sb), (h + along(hb)) + (s + along(sb))),
+                          (nets.add_biases_(h.clone(), hb, s), (h + along(hb)) + s)):
+            assert torch.equal(out, want) and torch.equal(out.regvq_channel_sums, fresh_sums(want))
         out = h.clone()
         assert nets.add_biases_(out, hb) is out and torch.equal(out, h + along(hb))
+        assert torch.equal(out.regvq_channel_sums, fresh_sums(out))
         padded = nets.pad_right_bottom(h)
         assert torch.equal(padded, F.pad(h, (0, 1, 0, 1))) and padded.is_contiguous(memory_format=torch.channels_last)
         w, b = torch.rand(C).to(dtype) + 0.5, torch.randn(C).to(dtype)
@@ -360,8 +375,19 @@ for dtype in (torch.float32, torch.float16):
             got = nets.group_norm_channels_last(h, C // 4, w, b, 1e-6, silu=silu, offset=hb)
             assert torch.equal(got, nets.group_norm_channels_last(cl(h + along(hb)), C // 4, w, b, 1e-6, silu=silu))
 # a channels-last network without gradients folds every resampler's, block's and attention's biases (here on the
-# CPU, as if it were a GPU), and gives what it gives without folding them
+# CPU, as if it were a GPU), its norms after them take the sums left, and it gives what it gives without folding
 nets.FAST_FORMS_ON = {"cpu"}
+import regvq_cli.tokenizer.norm_silu_kernel as norm_kernels
+sums_passes = []
+
+
+class Counted:  # group_norm_channels_last's first pass, its launches counted
+    def __getitem__(self, grid):
+        sums_passes.append(grid)
+        return channel_sums_kernel[grid]
+
+
+norm_kernels.channel_sums_kernel = Counted()
 model = Tokenizer(PRESETS["tok-test"]).eval().requires_grad_(False).to(memory_format=torch.channels_last)
 images = cl(torch.rand(2, 3, 32, 32) * 2 - 1)
 calls = []
@@ -372,6 +398,8 @@ with torch.no_grad():
     z = model.encoder(images)
     out = model.decoder(z)
     assert len(calls) == sum(isinstance(m, layers) for m in model.modules()) and set(calls) == {2, 3, 4}
+    norms = sum(isinstance(m, nets.GroupNorm) for m in model.modules())
+    assert 0 < len(sums_passes) <= norms // 2, (len(sums_passes), norms)  # 15 of 33 in tok-test
     nets.folds_biases = lambda *a: False
     assert torch.equal(model.encoder(images), z) and torch.equal(model.decoder(z), out)
 print("ok")
@@ -398,8 +426,10 @@ def test_add_biases_without_the_kernel_is_pytorchs_sums_into_h():
 def test_folded_convolution_biases_are_pytorchs_sums():
     """The kernels that add a convolution's bias in the pass that reads its output next (the residual sum,
     GroupNorm's offset) and that pad for the downsampler, run by Triton's interpreter on the CPU: PyTorch's sums
-    and F.pad bit for bit, in float32 and float16; a channels-last network without gradients folds the biases of
-    every block, attention, downsampler and upsampler, with the same outputs as without."""
+    and F.pad bit for bit, in float32 and float16, and the channel sums the residual sum leaves are the next
+    norm's own, bit for bit; a channels-last network without gradients folds the biases of every block,
+    attention, downsampler and upsampler, its norms skip their own sums after those, with the same outputs as
+    without."""
     done = run_interpreted(FOLDED_BIASES_CHECK)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 

@@ -17,23 +17,37 @@ def plus_bias(x, BIAS, c, used, dtype: tl.constexpr):
 
 
 @triton.jit
-def add_biases_kernel(Y, Y_BIAS, S, S_BIAS, N, C, CP: tl.constexpr, BP: tl.constexpr, SKIP: tl.constexpr,
-                      SKIP_BIAS: tl.constexpr):
-    # One program a block of BP pixels (of all N = B * H * W): Y = Y + Y_BIAS, then + S (+ S_BIAS) with SKIP, in
-    # place. Y, S [N, C]; the biases [C].
-    p = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+def add_biases_kernel(Y, Y_BIAS, S, S_BIAS, FIRST, SUMS, P, C, SPAN, NS, CP: tl.constexpr, BP: tl.constexpr,
+                      SKIP: tl.constexpr, SKIP_BIAS: tl.constexpr):
+    # One program a (sample b, span s of SPAN pixels), as norm_silu_kernel.channel_sums_kernel: Y = Y + Y_BIAS, then
+    # + S (+ S_BIAS) with SKIP, in place (Y, S [B, P, C]; the biases [C]); and the result's sums as that kernel
+    # makes them, in the same order, into SUMS [B, NS, 2, C], from the result's first pixel FIRST [B, C] float32.
+    b, s = tl.program_id(0), tl.program_id(1)
     c = tl.arange(0, CP)
     used = c < C
-    inside = (p < N)[:, None] & used[None, :]
-    at = p[:, None] * C + c[None, :]
+    base = b.to(tl.int64) * P * C
     dtype = Y.dtype.element_ty
-    y = plus_bias(tl.load(Y + at, mask=inside, other=0.0), Y_BIAS, c, used, dtype)
-    if SKIP:
-        s = tl.load(S + at, mask=inside, other=0.0)
-        if SKIP_BIAS:
-            s = plus_bias(s, S_BIAS, c, used, dtype)
-        y = (y.to(tl.float32) + s.to(tl.float32)).to(dtype)
-    tl.store(Y + at, y, mask=inside)
+    first = tl.load(FIRST + b * C + c, mask=used, other=0.0)
+    total, squares = tl.zeros([BP, CP], tl.float32), tl.zeros([BP, CP], tl.float32)
+    start = s * SPAN
+    stop = tl.minimum(start + SPAN, P)
+    for p0 in range(start, stop, BP):
+        p = p0 + tl.arange(0, BP)
+        inside = (p < stop)[:, None] & used[None, :]
+        at = base + p.to(tl.int64)[:, None] * C + c[None, :]
+        y = plus_bias(tl.load(Y + at, mask=inside, other=0.0), Y_BIAS, c, used, dtype)
+        if SKIP:
+            x = tl.load(S + at, mask=inside, other=0.0)
+            if SKIP_BIAS:
+                x = plus_bias(x, S_BIAS, c, used, dtype)
+            y = (y.to(tl.float32) + x.to(tl.float32)).to(dtype)
+        tl.store(Y + at, y, mask=inside)
+        d = tl.where(inside, y.to(tl.float32) - first[None, :], 0.0)
+        total += d
+        squares += d * d
+    out = SUMS + ((b * NS + s) * 2) * C + c
+    tl.store(out, tl.sum(total, 0), mask=used)
+    tl.store(out + C, tl.sum(squares, 0), mask=used)
 
 
 @triton.jit

@@ -82,11 +82,18 @@ class GroupNorm(nn.GroupNorm):
 NORM_SPAN, NORM_TILE = 1024, 4096
 
 
+def sums_launch(P: int, C: int) -> tuple[int, int, int]:
+    """(CP, BP, spans) of a pass that sums each channel over P pixels as channel_sums_kernel does: C rounded up to a
+    power of two, pixels a tile, programs a picture (spans of NORM_SPAN pixels)."""
+    CP = next_power_of_two(C)
+    return CP, min(max(1, NORM_TILE // CP), next_power_of_two(P)), cdiv(P, NORM_SPAN)
+
+
 def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                              silu: bool = False, offset: torch.Tensor | None = None) -> torch.Tensor:
     """F.group_norm of x [B, C, H, W] stored channels-last (and F.silu of that with `silu`), in x's dtype and layout:
     two Triton kernels, for inference on a GPU. With `offset` [C], of x + offset (rounded to x's dtype), added as
-    the kernels read x.
+    the kernels read x. Without it, where add_biases_ wrote x, the sums it left on x stand for the first kernel's.
 
     Eagerly, PyTorch's GroupNorm copies a channels-last input to NCHW, and cuDNN's half-precision convolutions read
     and write channels-last, so an NCHW network spends two conversions a convolution (the default tokenizer's encode
@@ -97,20 +104,22 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: torch.Tensor,
     from regvq_cli.tokenizer.norm_silu_kernel import channel_sums_kernel, scale_shift_kernel
 
     B, C, H, W = x.shape
-    P, CP = H * W, next_power_of_two(C)
-    BP = max(1, NORM_TILE // CP)  # pixels a tile
-    spans = cdiv(P, NORM_SPAN)
-    sums = torch.empty((B, spans, 2, C), dtype=torch.float32, device=x.device)
+    P = H * W
+    CP, sums_bp, spans = sums_launch(P, C)
     has_offset = offset is not None
-    offset = offset if has_offset else x  # an unread pointer without it
-    channel_sums_kernel[(B, spans)](x, offset, sums, P, C, NORM_SPAN, spans, CP=CP, BP=min(BP, next_power_of_two(P)),
-                                    HAS_OFFSET=has_offset)
+    offset_in = offset if has_offset else x  # an unread pointer without it
+    sums = None if has_offset else getattr(x, "regvq_channel_sums", None)  # left by add_biases_
+    if sums is None:
+        sums = torch.empty((B, spans, 2, C), dtype=torch.float32, device=x.device)
+        channel_sums_kernel[(B, spans)](x, offset_in, sums, P, C, NORM_SPAN, spans, CP=CP, BP=sums_bp,
+                                        HAS_OFFSET=has_offset)
     mean_d, mean_d2 = (sums.sum(1) / P).unbind(1)  # [B, C] each: the means of d and d * d, d = x - x[:, :, 0, 0]
     first = x[:, :, 0, 0] + offset.to(x.dtype) if has_offset else x[:, :, 0, 0]
     var_c, mean_c = shifted_var_mean(first.float(), mean_d, mean_d2)
     scale, shift = group_norm_scale_shift(var_c, mean_c, groups, weight, bias, eps)
     y = torch.empty_like(x)  # channels-last, as x
-    scale_shift_kernel[(B, cdiv(P, BP))](x, offset, scale, shift, y, P, C, CP=CP, BP=BP, SILU=silu,
+    BP = max(1, NORM_TILE // CP)  # pixels a tile
+    scale_shift_kernel[(B, cdiv(P, BP))](x, offset_in, scale, shift, y, P, C, CP=CP, BP=BP, SILU=silu,
                                          HAS_OFFSET=has_offset)
     return y
 
@@ -220,28 +229,35 @@ def unbiased(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv._conv_forward(x, conv.weight, None)
 
 
-# add_biases_'s launch: values a program's tile ([pixels, channels])
-ADD_TILE = 4096
-
-
 def add_biases_(h: torch.Tensor, h_bias: torch.Tensor, skip: torch.Tensor | None = None,
                 skip_bias: torch.Tensor | None = None) -> torch.Tensor:
     """(h + h_bias) + (skip + skip_bias), written into h and returned: h [B, C, H, W] a convolution's output less
     its bias h_bias [C], `skip` a residual of h's shape, itself a convolution's output less its bias where skip_bias
-    is given. Each sum is taken in float32 and rounded to h's dtype, as PyTorch's adds are. Where h (and skip) are
-    stored channels-last and Triton runs, one kernel reads each once; otherwise PyTorch's adds."""
+    is given. Each sum is taken in float32 and rounded to h's dtype, as PyTorch's adds are.
+
+    Where h (and skip) are stored channels-last and Triton runs, one kernel reads each once, and as it writes the
+    result also sums each of its channels over the pixels exactly as group_norm_channels_last's first kernel would
+    (the same order, the same values): it leaves those sums on the result (`regvq_channel_sums`), and the
+    GroupNorm that reads it next (the next block's first, or the final one) skips that pass. Otherwise PyTorch's
+    adds."""
     tensors = (h,) if skip is None else (h, skip)
     if (all(stored_channels_last(t) for t in tensors) and triton_runs_on(h.device)
             and (skip is None or (skip.shape == h.shape and skip.dtype == h.dtype))):
         from regvq_cli.tokenizer.bias_pad_kernel import add_biases_kernel
 
         B, C, H, W = h.shape
-        CP = next_power_of_two(C)
-        BP = max(1, ADD_TILE // CP)  # pixels a tile
-        has_skip, has_skip_bias = skip is not None, skip_bias is not None
-        add_biases_kernel[(cdiv(B * H * W, BP),)](h, h_bias, skip if has_skip else h,
-                                                  skip_bias if has_skip_bias else h_bias, B * H * W, C, CP=CP, BP=BP,
-                                                  SKIP=has_skip, SKIP_BIAS=has_skip_bias)
+        CP, BP, spans = sums_launch(H * W, C)
+        # the result's first pixel, which the sums are taken from (the kernel overwrites h): the same sums, rounded
+        # alike, as torch operations on [B, C]
+        first = h[:, :, 0, 0] + h_bias.to(h.dtype)
+        if skip is not None:
+            first = first + (skip[:, :, 0, 0] if skip_bias is None else skip[:, :, 0, 0] + skip_bias.to(h.dtype))
+        sums = torch.empty((B, spans, 2, C), dtype=torch.float32, device=h.device)
+        add_biases_kernel[(B, spans)](h, h_bias, h if skip is None else skip,
+                                      h_bias if skip_bias is None else skip_bias, first.float(), sums, H * W, C,
+                                      NORM_SPAN, spans, CP=CP, BP=BP, SKIP=skip is not None,
+                                      SKIP_BIAS=skip_bias is not None)
+        h.regvq_channel_sums = sums
         return h
     h.add_(h_bias.to(h.dtype)[:, None, None])
     if skip is not None:
