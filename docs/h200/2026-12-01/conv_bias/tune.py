@@ -1,5 +1,5 @@
 """Memory throughput of the channels-last inference kernels (add_biases_, GroupNorm's two passes, the padding) on
-vqgan-f16's widest activation, [128, 128, 256, 256] bf16 (1.07 GB), for a few tile sizes and warp counts, against
+vqgan-f16's widest activation, [128, 128, 256, 256] bf16 (2.1 GB), for a few tile sizes and warp counts, against
 PyTorch's copy of the same tensor: `python tune.py` prints TB/s (bytes read and written / time) per launch."""
 import torch
 
