@@ -2,18 +2,13 @@
 imported only when used.
 
 Both work on activations stored channels-last, [B, P, C] in memory (P = H * W pixels, C contiguous), so every load
-and store is contiguous. CP is C rounded up to a power of two (the padding masked)."""
+and store is contiguous. CP is C rounded up to a power of two (the padding masked). add_biases_kernel sums its
+result with norm_silu_kernel's own functions, so that its sums are channel_sums_kernel's."""
 
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def plus_bias(x, BIAS, c, used, dtype: tl.constexpr):
-    # x [..., CP] plus BIAS [C] per channel, the bias first rounded to dtype (as a half-precision convolution adds
-    # it), the sum taken in float32 and rounded to dtype: what PyTorch's add of the two gives, bit for bit
-    b = tl.load(BIAS + c, mask=used, other=0.0).to(dtype).to(tl.float32)
-    return (x.to(tl.float32) + b).to(dtype)
+from regvq_cli.tokenizer.norm_silu_kernel import add_shifted, plus_bias, store_sums
 
 
 @triton.jit
@@ -42,12 +37,8 @@ def add_biases_kernel(Y, Y_BIAS, S, S_BIAS, FIRST, SUMS, P, C, SPAN, NS, CP: tl.
                 x = plus_bias(x, S_BIAS, c, used, dtype)
             y = (y.to(tl.float32) + x.to(tl.float32)).to(dtype)
         tl.store(Y + at, y, mask=inside)
-        d = tl.where(inside, y.to(tl.float32) - first[None, :], 0.0)
-        total += d
-        squares += d * d
-    out = SUMS + ((b * NS + s) * 2) * C + c
-    tl.store(out, tl.sum(total, 0), mask=used)
-    tl.store(out + C, tl.sum(squares, 0), mask=used)
+        total, squares = add_shifted(total, squares, y, first, inside)
+    store_sums(SUMS, b, s, NS, C, c, used, total, squares)
 
 
 @triton.jit

@@ -9,7 +9,28 @@ channel, rounded to x's dtype (a preceding convolution's bias, folded into these
 import triton
 import triton.language as tl
 
-from regvq_cli.tokenizer.bias_pad_kernel import plus_bias
+
+@triton.jit
+def plus_bias(x, BIAS, c, used, dtype: tl.constexpr):
+    # x [..., CP] plus BIAS [C] per channel, the bias first rounded to dtype (as a half-precision convolution adds
+    # it), the sum taken in float32 and rounded to dtype: what PyTorch's add of the two gives, bit for bit
+    b = tl.load(BIAS + c, mask=used, other=0.0).to(dtype).to(tl.float32)
+    return (x.to(tl.float32) + b).to(dtype)
+
+
+@triton.jit
+def add_shifted(total, squares, x, first, inside):
+    # a tile x [BP, CP] added to the running sums [BP, CP] of d and d * d, d = x - first (float32; zero outside)
+    d = tl.where(inside, x.to(tl.float32) - first[None, :], 0.0)
+    return total + d, squares + d * d
+
+
+@triton.jit
+def store_sums(SUMS, b, s, S, C, c, used, total, squares):
+    # the running sums, each summed over its tile's pixels, into SUMS [B, S, 2, C] at (sample b, span s)
+    out = SUMS + ((b * S + s) * 2) * C + c
+    tl.store(out, tl.sum(total, 0), mask=used)
+    tl.store(out + C, tl.sum(squares, 0), mask=used)
 
 
 @triton.jit
@@ -35,12 +56,8 @@ def channel_sums_kernel(X, OFFSET, SUMS, P, C, SPAN, S, CP: tl.constexpr, BP: tl
         x = tl.load(base + p.to(tl.int64)[:, None] * C + c[None, :], mask=inside, other=0.0)
         if HAS_OFFSET:
             x = plus_bias(x, OFFSET, c, used, X.dtype.element_ty)
-        d = tl.where(inside, x.to(tl.float32) - first[None, :], 0.0)
-        total += d
-        squares += d * d
-    out = SUMS + ((b * S + s) * 2) * C + c
-    tl.store(out, tl.sum(total, 0), mask=used)
-    tl.store(out + C, tl.sum(squares, 0), mask=used)
+        total, squares = add_shifted(total, squares, x, first, inside)
+    store_sums(SUMS, b, s, S, C, c, used, total, squares)
 
 
 @triton.jit
