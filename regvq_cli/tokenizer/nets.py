@@ -56,13 +56,13 @@ class GroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor, silu: bool = False, offset: torch.Tensor | None = None) -> torch.Tensor:
-        if offset is not None and not self.channels_last_form(x):
-            x, offset = x + offset.to(x.dtype)[:, None, None], None
-        if torch.compiler.is_compiling() and self.affine and x.dim() == 4 and x.device.type in FAST_FORMS_ON:
-            y = group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
-        elif self.channels_last_form(x):
+        if self.channels_last_form(x):
             return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps, silu=silu,
                                             offset=offset)
+        if offset is not None:
+            x = x + offset.to(x.dtype)[:, None, None]
+        if torch.compiler.is_compiling() and self.affine and x.dim() == 4 and x.device.type in FAST_FORMS_ON:
+            y = group_norm_by_channels(x, self.num_groups, self.weight, self.bias, self.eps)
         elif x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 y = F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
@@ -71,10 +71,17 @@ class GroupNorm(nn.GroupNorm):
         return F.silu(y) if silu else y
 
     def channels_last_form(self, x: torch.Tensor) -> bool:
-        """Whether forward takes group_norm_channels_last: eager inference (nothing needing a gradient) on a device
-        in FAST_FORMS_ON where Triton runs, an affine norm, x [B, C, H, W] stored channels-last."""
-        return (self.affine and x.dim() == 4 and stored_channels_last(x)
-                and inference_form(x, self.weight, self.bias, compiled=False) and triton_runs_on(x.device))
+        """Whether forward takes group_norm_channels_last: an affine norm of x [B, C, H, W] where eager inference
+        takes the channels-last kernels (eager_channels_last)."""
+        return self.affine and x.dim() == 4 and eager_channels_last(x, self.weight, self.bias)
+
+
+def eager_channels_last(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether a layer reading x takes regvq's channels-last Triton kernels (GroupNorm's, and with folds_biases
+    the bias sums and padding): eager inference (nothing among x and params needing a gradient, not compiling)
+    on a device in FAST_FORMS_ON where Triton runs, x stored channels-last."""
+    return (not torch.compiler.is_compiling() and stored_channels_last(x) and inference_form(x, *params, compiled=False)
+            and triton_runs_on(x.device))
 
 
 # group_norm_channels_last's launches: pixels a program of the statistics sums (a fixed count, so that a picture's
@@ -209,9 +216,8 @@ def group_norm(channels: int) -> GroupNorm:
 
 def folds_biases(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether a layer reading x leaves its convolution's bias to the pass that reads its output next (add_biases_,
-    GroupNorm's offset), and the downsampler pads with pad_right_bottom: eager inference (nothing among x and
-    params needing a gradient, not compiling) on a device in FAST_FORMS_ON where Triton runs, x stored
-    channels-last.
+    GroupNorm's offset), and the downsampler pads with pad_right_bottom: where GroupNorm takes its channels-last
+    kernels too (eager_channels_last). A switch of its own, so that a run can compare it with PyTorch's adds.
 
     There PyTorch adds a convolution's bias as a pass of its own after cuDNN's, with a kernel that does not
     vectorise its loads (the bias is broadcast over the pixels), and pads by zeroing a new tensor and copying x
@@ -220,8 +226,7 @@ def folds_biases(x: torch.Tensor, *params: torch.Tensor) -> bool:
     encodes 17,000 images/s instead of 10,500 (docs/performance.md). The results are the same bit for bit: the
     sums are taken and rounded as PyTorch's are.
     """
-    return (stored_channels_last(x) and not torch.compiler.is_compiling() and inference_form(x, *params, compiled=False)
-            and triton_runs_on(x.device))
+    return eager_channels_last(x, *params)
 
 
 def unbiased(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
