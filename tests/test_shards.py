@@ -387,6 +387,28 @@ def test_safe_output_path_keeps_ordinary_keys_and_refuses_symlink_escape(tmp_pat
     os.symlink(tmp_path, out / "link")
     with pytest.raises(RegvqError, match="outside"):
         safe_output_path(out, "link/x.jpg", ".png")
+    os.symlink(tmp_path / "elsewhere.png", out / "y.png")  # a link at the file itself
+    with pytest.raises(RegvqError, match="outside"):
+        safe_output_path(out, "y.jpg", ".png")
+
+
+def test_an_output_folder_resolves_each_folder_once_and_still_refuses_links(tmp_path, monkeypatch):
+    """OutputFolder names many files with one resolution of each folder they land in (not of every path's
+    components each time), and a link that was there before still stops a path."""
+    from regvq_cli.data.shards import OutputFolder
+
+    out = tmp_path / "out"
+    (out / "cat").mkdir(parents=True)
+    os.symlink(tmp_path, out / "link")
+    resolved = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p: resolved.append(p) or realpath(p))
+    folder = OutputFolder(out)
+    paths = [folder.path(f"cat/{i}.jpg", ".png") for i in range(50)] + [folder.path(f"{i}", ".png") for i in range(50)]
+    assert paths[0] == str(out / "cat" / "0.png") and paths[-1] == str(out / "49.png")
+    assert len(resolved) == 2  # the folder itself and cat/
+    with pytest.raises(RegvqError, match="outside"):
+        folder.path("link/x.jpg", ".png")
 
 
 def test_token_dataset_with_dataloader_workers(tmp_path):
