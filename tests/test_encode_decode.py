@@ -573,27 +573,6 @@ def test_torchrun_ranks_name_clashing_files_as_one_process(tmp_path, tokenizer_d
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
-def test_pngs_hold_the_exact_pixels_and_huffman_coding_makes_them_smaller(tmp_path, monkeypatch):
-    """save_png and the stdout writer are lossless (the same pixels back, the same bytes both ways), and
-    PNG_OPTIONS' Huffman-only deflate makes a smooth picture's file smaller than level 1's default strategy."""
-    import io
-
-    from regvq_cli.engine import decode
-
-    yy, xx = np.mgrid[0:96, 0:128]
-    noise = np.random.default_rng(0).integers(0, 4, (96, 128, 3))
-    pixels = (np.stack([xx * 2, yy * 2, xx + yy], -1) + noise).clip(0, 255).astype(np.uint8)
-    decode.save_png(pixels, str(tmp_path / "a.png"))
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), pixels)
-    out = io.BytesIO()
-    monkeypatch.setattr(decode.sys, "stdout", io.TextIOWrapper(out))
-    decode.write_png_to_stdout(pixels)
-    assert out.getvalue() == (tmp_path / "a.png").read_bytes()
-    plain = io.BytesIO()
-    Image.fromarray(pixels).save(plain, format="PNG", compress_level=1)
-    assert len(out.getvalue()) < len(plain.getvalue())
-
-
 def test_decode_reads_the_token_folders_manifest_once(tmp_path, tokenizer_dir, monkeypatch):
     """`regvq decode` of a token folder reads its manifest once (the recorded tokenizer, the count for the bar and
     the batches all come from one reader): a run over millions of grids has a manifest of thousands of shards."""

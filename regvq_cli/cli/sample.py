@@ -79,8 +79,9 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     import numpy as np
     import torch
 
-    from regvq_cli.engine.decode import contact_sheet, save_png, write_png_to_stdout
+    from regvq_cli.engine.decode import contact_sheet
     from regvq_cli.engine.device import pick_device, pick_dtype
+    from regvq_cli.engine.png import save_png, write_png_to_stdout
     from regvq_cli.engine.resolve import PRIOR
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.priors.conditioning import prepare_condition

@@ -8,23 +8,23 @@ tokenizer must match the shards' codebook size and grid.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 
-from regvq_cli.data.shards import ShardReader, safe_output_path
+from regvq_cli.data.shards import OutputFolder, ShardReader
 from regvq_cli.engine import dist
+from regvq_cli.engine.png import save_png, write_png_to_stdout, write_pngs
 from regvq_cli.engine.runtime import prepare_tokenizer
 from regvq_cli.errors import RegvqError
+
+
+PICTURES_A_TASK = 8  # PNG files a writer thread's task writes: 16 tasks for a batch of 128
 
 
 class Batch:
@@ -168,20 +168,21 @@ def check_tokens(batch: Batch, codebook_size: int, grid: tuple[int, int] | None)
         raise error
 
 
-def png_path(out, key: str, taken: set[str]) -> str:
-    """The PNG file for `key` under `out`, not one of the paths in `taken` (which it joins).
+def png_path(folder: OutputFolder, key: str, taken: set[str]) -> tuple[str, bool]:
+    """The PNG file for `key` under `folder`, not one of the paths in `taken` (which it joins), and whether that is
+    not the key's usual file name.
 
     Keys that differ only in their extension ("cat.jpg", "cat.png") or a key given twice would share a file: the
     later one keeps its extension in the name ("cat.png.png"), then takes a number ("same-2.png")."""
-    path = safe_output_path(out, key, ".png")
+    path = usual = folder.path(key, ".png")
     if path in taken:
-        base = safe_output_path(out, key)
+        base = folder.path(key)
         path, n = base + ".png", 1
         while path in taken:
             n += 1
             path = f"{base}-{n}.png"
     taken.add(path)
-    return path
+    return path, path != usual
 
 
 def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = False, grid_cols: int | None = None,
@@ -197,17 +198,17 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
     written, sheet, t0 = 0, [], time.perf_counter()
     taken: set[str] = set()
     renamed = []
-    if not grid_sheet:
-        os.makedirs(out, exist_ok=True)
-    # PNG compression (zlib, which releases the GIL) is the limit of a fast tokenizer on a GPU: one thread per core
+    folder = None if grid_sheet else OutputFolder(out)
+    error = None
+    # Deflating and writing the PNGs is the limit of a fast tokenizer on a GPU: threads, one a core, each writing
+    # tasks of PICTURES_A_TASK files (zlib runs without the interpreter's lock; the filtering is done on the device)
     with ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1))) as pool:
-        pending = []
+        pending = []  # (future, pictures), oldest first
         for batch in batches:
             if batch.tokens is None:  # another torchrun rank's rows: only claim their file names
                 for key in batch.keys:
-                    png_path(out, key, taken)
+                    png_path(folder, key, taken)
                 continue
-            error = None
             try:
                 check_tokens(batch, tokenizer.codebook_size, native)
             except RegvqError as e:  # the rows before the bad one are decoded and written, then the error
@@ -215,26 +216,35 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
                 batch = Batch(batch.tokens[:good], batch.keys[:good], batch.where[:good])
                 if not good:
                     raise
-            pixels = runner.decode_uint8(torch.from_numpy(batch.tokens)).numpy()  # [b, H, W, 3]
+            indices = torch.from_numpy(batch.tokens)
             if grid_sheet:
-                sheet.append(pixels)
+                sheet.append(runner.decode_uint8(indices).numpy())  # [b, H, W, 3]
             else:
-                for key, img in zip(batch.keys, pixels):
-                    path = png_path(out, key, taken)
-                    if path != safe_output_path(out, key, ".png"):
+                rows, arrived = runner.decode_png_rows(indices)  # [b, H, 1 + 3W], on a GPU still on its way
+                paths = []
+                for key in batch.keys:  # named while the device decodes
+                    path, is_renamed = png_path(folder, key, taken)
+                    if is_renamed:
                         renamed.append({"key": key, "file": os.path.relpath(path, out)})
-                    pending.append(pool.submit(save_png, img, path))
+                    folder.make_parent(path)
+                    paths.append(path)
+                if arrived is not None:
+                    arrived.synchronize()
+                rows = rows.numpy()
+                for start in range(0, len(paths), PICTURES_A_TASK):
+                    task = slice(start, start + PICTURES_A_TASK)
+                    pending.append((pool.submit(write_pngs, rows[task], paths[task]), len(paths[task])))
             written += len(batch.keys)
-            while len(pending) > 4 * len(batch.keys):  # bound the images waiting to be written
-                pending.pop(0).result()
+            while sum(n for _, n in pending) > 4 * len(batch.keys):  # bound the pictures waiting to be written
+                pending.pop(0)[0].result()
             if callback is not None:
                 callback(written)
             if error is not None:
-                for f in pending:
-                    f.result()
-                raise error
-        for f in pending:
-            f.result()
+                break
+        for task, _ in pending:
+            task.result()
+    if error is not None:
+        raise error
     if grid_sheet:
         if not sheet:
             raise RegvqError("nothing to decode: the input has no token grids")
@@ -260,36 +270,6 @@ def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> 
         r, c = divmod(i, cols)
         sheet[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
     return sheet
-
-
-# How the PNGs are compressed: the fastest deflate level, Huffman coding alone. PNG's filters leave small residuals,
-# which entropy coding compresses well, and the string matching of deflate's default strategy added time more than
-# bytes: on a 2-core CPU, 256 px pictures the default tokenizer decoded took 3.6 ms each (74 KB) against 4.5 ms
-# (89 KB) with level 1's default strategy, and `regvq decode` on an H200 host ran 5% faster (docs/performance.md).
-# Lossless either way: the same pixels.
-PNG_OPTIONS = {"format": "PNG", "compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
-
-
-def write_png_to_stdout(pixels: np.ndarray) -> None:
-    """Write uint8 [H, W, 3] pixels to stdout as one PNG, the bytes `save_png` would write to a file."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, **PNG_OPTIONS)
-    sys.stdout.flush()
-    sys.stdout.buffer.write(buf.getvalue())
-    sys.stdout.buffer.flush()
-
-
-def save_png(pixels: np.ndarray, path: str) -> None:
-    """Write uint8 [H, W, 3] pixels as a PNG, atomically (a temporary name, then a rename)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # "recon.png" has no folder part
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        Image.fromarray(pixels).save(tmp, **PNG_OPTIONS)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=None, grid_sheet=False,

@@ -155,8 +155,29 @@ class TokenizerRunner:
     @torch.inference_mode()
     def decode_uint8(self, indices: torch.Tensor) -> torch.Tensor:
         """long [B, h, w] -> uint8 [B, H, W, 3] on the CPU, ready for PNG writing."""
-        x = self.decode(indices)
-        return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        return self._pixels(self.decode(indices)).cpu()
+
+    @torch.inference_mode()
+    def decode_png_rows(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """long [B, h, w] -> uint8 [B, H, 1 + 3W] on the CPU: each picture's PNG scanlines, filtered on the device
+        (engine.png.filter_rows). On a GPU they arrive in pinned memory by an asynchronous copy, and the event that
+        comes with them marks their arrival: call its `synchronize()` before reading them (the caller names the
+        files meanwhile). None on a CPU."""
+        from regvq_cli.engine.png import filter_rows
+
+        rows = filter_rows(self._pixels(self.decode(indices)))
+        if self.device.type != "cuda":
+            return rows.cpu(), None
+        host = torch.empty(rows.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        arrived = torch.cuda.Event()
+        arrived.record()
+        return host, arrived
+
+    @staticmethod
+    def _pixels(x: torch.Tensor) -> torch.Tensor:
+        """A decoder's [-1, 1] output [B, 3, H, W] -> uint8 [B, H, W, 3], where x is."""
+        return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def default_channels_last(device, compile: bool = False) -> bool:
