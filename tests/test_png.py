@@ -129,3 +129,35 @@ def test_the_runners_png_rows_are_its_pictures_filtered():
     indices = torch.randint(0, tokenizer.codebook_size, (2, *tokenizer.grid_size(tokenizer.config.image_size)))
     rows, arrived = runner.decode_png_rows(indices)
     assert arrived is None and torch.equal(rows, png.filter_rows(runner.decode_uint8(indices)))
+
+
+def test_the_writer_threads_write_every_picture_after_its_rows_arrive(tmp_path):
+    """PngWriter's files hold the pictures whose rows it was handed, in tasks that first wait for the rows' arrival
+    event; leaving the block writes all of them."""
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(0, 256, (n, 5, 7, 3), dtype=np.uint8) for n in (11, 3)]
+
+    class Arrival:
+        waited = 0
+
+        def synchronize(self):
+            Arrival.waited += 1
+
+    paths = []
+    with png.PngWriter() as writer:
+        for b, pictures in enumerate(batches):
+            names = [str(tmp_path / f"{b}-{i}.png") for i in range(len(pictures))]
+            writer.write(png.filter_rows(torch.from_numpy(pictures)).numpy(), names, Arrival())
+            paths += names
+    assert Arrival.waited == 3  # tasks of up to 8 pictures: 2 for the first batch, 1 for the second
+    for path, picture in zip(paths, np.concatenate(batches)):
+        with Image.open(path) as image:
+            assert np.array_equal(np.asarray(image), picture)
+
+
+def test_a_writer_threads_error_reaches_the_caller(tmp_path):
+    rows = png.filter_rows(torch.zeros(2, 4, 4, 3, dtype=torch.uint8)).numpy()
+    with pytest.raises(FileNotFoundError):
+        with png.PngWriter() as writer:
+            writer.write(rows, [str(tmp_path / "a.png"), str(tmp_path / "missing" / "b.png")])
+    assert (tmp_path / "a.png").exists() and not (tmp_path / "missing").exists()

@@ -81,7 +81,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
 
     from regvq_cli.engine.decode import contact_sheet
     from regvq_cli.engine.device import pick_device, pick_dtype
-    from regvq_cli.engine.png import save_png, write_png_to_stdout
+    from regvq_cli.engine.png import PngWriter, save_png, write_png_to_stdout
     from regvq_cli.engine.resolve import PRIOR
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.priors.conditioning import prepare_condition
@@ -137,21 +137,22 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     if compile_:
         compiling_note("the prior's step")
     files, sheet, done = [], [], 0
+    if runner is not None and not single:
+        os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        with progress(total=total, desc="sample", unit="img") as bar:
+        with progress(total=total, desc="sample", unit="img") as bar, PngWriter() as pngs:
             count = counted(bar, "samples")
             for tokens in token_batches(prior, cond, rows, batch_size, generator, compute_dtype, options):
                 if writer is not None:
                     writer.add(tokens.cpu().numpy())
-                if runner is not None:
-                    pixels = runner.decode_uint8(tokens).numpy()  # [b, H, W, 3]
-                    if single:
-                        sheet.append(pixels)
-                    else:
-                        for name, img in zip(names[done:done + len(pixels)], pixels):
-                            files.append(os.path.join(out, f"{name}.png"))
-                            save_png(img, files[-1])
+                if runner is not None and single:
+                    sheet.append(runner.decode_uint8(tokens).numpy())  # [b, H, W, 3]
+                elif runner is not None:  # threads write the files while the next batch is sampled
+                    pictures, arrived = runner.decode_png_rows(tokens)  # [b, H, 1 + 3W]
+                    paths = [os.path.join(out, f"{name}.png") for name in names[done:done + len(tokens)]]
+                    pngs.write(pictures.numpy(), paths, arrived)
+                    files += paths
                 done += len(tokens)
                 count(done, total)
         if writer is not None:

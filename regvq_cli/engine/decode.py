@@ -12,19 +12,15 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from regvq_cli.data.shards import OutputFolder, ShardReader
 from regvq_cli.engine import dist
-from regvq_cli.engine.png import save_png, write_png_to_stdout, write_pngs
+from regvq_cli.engine.png import PngWriter, save_png, write_png_to_stdout
 from regvq_cli.engine.runtime import prepare_tokenizer
 from regvq_cli.errors import RegvqError
-
-
-PICTURES_A_TASK = 8  # PNG files a writer thread's task writes: 16 tasks for a batch of 128
 
 
 class Batch:
@@ -198,12 +194,12 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
     written, sheet, t0 = 0, [], time.perf_counter()
     taken: set[str] = set()
     renamed = []
-    folder = None if grid_sheet else OutputFolder(out)
+    folder = None
+    if not grid_sheet:
+        os.makedirs(out, exist_ok=True)
+        folder = OutputFolder(out)
     error = None
-    # Deflating and writing the PNGs is the limit of a fast tokenizer on a GPU: threads, one a core, each writing
-    # tasks of PICTURES_A_TASK files (zlib runs without the interpreter's lock; the filtering is done on the device)
-    with ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1))) as pool:
-        pending = []  # (future, pictures), oldest first
+    with PngWriter() as pngs:  # threads deflate and write while the device decodes the next batch
         for batch in batches:
             if batch.tokens is None:  # another torchrun rank's rows: only claim their file names
                 for key in batch.keys:
@@ -222,27 +218,18 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
             else:
                 rows, arrived = runner.decode_png_rows(indices)  # [b, H, 1 + 3W], on a GPU still on its way
                 paths = []
-                for key in batch.keys:  # named while the device decodes
+                for key in batch.keys:
                     path, is_renamed = png_path(folder, key, taken)
                     if is_renamed:
                         renamed.append({"key": key, "file": os.path.relpath(path, out)})
                     folder.make_parent(path)
                     paths.append(path)
-                if arrived is not None:
-                    arrived.synchronize()
-                rows = rows.numpy()
-                for start in range(0, len(paths), PICTURES_A_TASK):
-                    task = slice(start, start + PICTURES_A_TASK)
-                    pending.append((pool.submit(write_pngs, rows[task], paths[task]), len(paths[task])))
+                pngs.write(rows.numpy(), paths, arrived)
             written += len(batch.keys)
-            while sum(n for _, n in pending) > 4 * len(batch.keys):  # bound the pictures waiting to be written
-                pending.pop(0)[0].result()
             if callback is not None:
                 callback(written)
             if error is not None:
                 break
-        for task, _ in pending:
-            task.result()
     if error is not None:
         raise error
     if grid_sheet:

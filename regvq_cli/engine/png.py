@@ -14,6 +14,7 @@ import os
 import struct
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -77,9 +78,40 @@ def write_png_file(data: bytes, path: str) -> None:
         raise
 
 
-def write_pngs(rows: np.ndarray, paths: list[str]) -> None:
-    """Scanlines from `filter_rows` ([n, H, 1 + 3W]) to the n PNG files `paths`, in existing folders: one task of
-    `regvq decode`'s writer threads."""
+class PngWriter:
+    """Writes PNG files from `filter_rows` scanlines in threads, one a CPU core (at most 32), PICTURES_A_TASK files a
+    task. Deflating runs without the interpreter's lock, so the threads write while the caller makes the next
+    pictures. Leaving the `with` block writes every picture handed over, also when an error ends it."""
+
+    PICTURES_A_TASK = 8  # 16 tasks for a batch of 128
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1)))
+        self.pending = []  # (future, pictures), oldest first
+
+    def write(self, rows: np.ndarray, paths: list[str], arrived: torch.cuda.Event | None = None) -> None:
+        """Hand over scanlines [n, H, 1 + 3W] for the n files `paths`, in existing folders. With `arrived` (from
+        TokenizerRunner.decode_png_rows) the rows are still being copied: the threads wait for the event. Returns
+        once at most four times n pictures are still to be written, raising a thread's error."""
+        for start in range(0, len(paths), self.PICTURES_A_TASK):
+            task = slice(start, start + self.PICTURES_A_TASK)
+            self.pending.append((self.pool.submit(_write_task, rows[task], paths[task], arrived), len(paths[task])))
+        while sum(n for _, n in self.pending) > 4 * len(paths):
+            self.pending.pop(0)[0].result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        self.pool.shutdown(wait=True)
+        if kind is None:
+            for task, _ in self.pending:
+                task.result()
+
+
+def _write_task(rows: np.ndarray, paths: list[str], arrived) -> None:
+    if arrived is not None:
+        arrived.synchronize()
     for picture, path in zip(rows, paths):
         write_png_file(png_bytes(picture), path)
 
