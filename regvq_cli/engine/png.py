@@ -5,7 +5,7 @@ of its neighbours) and deflates them. The filtering is array arithmetic, so `fil
 the pixels are: `regvq decode` filters a batch on the GPU that decoded it, and its threads only deflate and write.
 Each file then costs a CPU thread one zlib call, which runs without the interpreter's lock. On an H200 host
 `regvq decode` of the default tokenizer's pictures went from 737-957 images/s (Pillow's writer, and the output paths
-resolved file by file) to 3,517-3,565 with the files in memory (docs/performance.md).
+resolved file by file) to 3,849-3,906 with the files in memory (docs/performance.md).
 """
 
 from __future__ import annotations
