@@ -161,8 +161,8 @@ class TokenizerRunner:
     def decode_png_rows(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """long [B, h, w] -> uint8 [B, H, 1 + 3W] on the CPU: each picture's PNG scanlines, filtered on the device
         (engine.png.filter_rows). On a GPU they arrive in pinned memory by an asynchronous copy, and the event that
-        comes with them marks their arrival: call its `synchronize()` before reading them (the caller names the
-        files meanwhile). None on a CPU."""
+        comes with them marks their arrival: wait for it (`synchronize()`) before reading them, as engine.png's
+        PngWriter does in its threads while the caller goes on. None on a CPU."""
         from regvq_cli.engine.png import filter_rows
 
         rows = filter_rows(self._pixels(self.decode(indices)))
