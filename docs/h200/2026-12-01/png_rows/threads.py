@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from regvq_cli.engine import png
-from regvq_cli.engine.png import filter_rows, png_bytes, write_rows
+from regvq_cli.engine.png import filter_rows, png_bytes, write_png_file
 
 folder = sys.argv[1] if len(sys.argv) > 1 else ".carry/photos"
 pictures = [np.asarray(Image.open(f).convert("RGB").resize((256, 256))) for f in sorted(glob.glob(f"{folder}/*.jpg"))]
@@ -24,6 +24,10 @@ rows = [filter_rows(torch.from_numpy(p.copy())).numpy() for p in pictures]
 
 def pillow(pixels, path):
     Image.fromarray(pixels).save(path, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
+
+
+def write_rows(rows, path):  # what one task of `regvq decode`'s writer threads does for each file
+    write_png_file(png_bytes(rows), path)
 
 
 def in_memory(rows, path):
