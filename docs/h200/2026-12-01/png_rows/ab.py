@@ -1,8 +1,9 @@
 """Run a script with `regvq decode`'s PNG writing as now (`rows`: scanlines filtered on the device, deflated by the
 threads), as before (`pillow`: uint8 pixels to Pillow's writer in the threads), as now with the interpreter's
 switch interval at 0.5 ms (`rows_si`), or as now deflated by zlib-ng (`rows_ng`, where it is importable):
-`python ab.py rows|pillow|rows_si|rows_ng SCRIPT ARGS...`. It patches engine.decode as it was when it ran (00f3cc5 and
-e16fd0e, a task a file); since a521603 the threads are engine.png.PngWriter, and `pillow` no longer applies."""
+`python ab.py rows|pillow|rows_si|rows_ng SCRIPT ARGS...`. It patches engine.decode as it was in the runs of run.sh (code
+not committed as such: a task a file, `decode.write_rows`, before 00f3cc5); since a521603 the threads are
+engine.png.PngWriter, and `pillow` no longer applies."""
 import runpy
 import sys
 import zlib
