@@ -161,3 +161,13 @@ def test_a_writer_threads_error_reaches_the_caller(tmp_path):
         with png.PngWriter() as writer:
             writer.write(rows, [str(tmp_path / "a.png"), str(tmp_path / "missing" / "b.png")])
     assert (tmp_path / "a.png").exists() and not (tmp_path / "missing").exists()
+
+
+def test_torchrun_processes_of_a_host_share_its_cores_for_writing(monkeypatch):
+    monkeypatch.setattr(png.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert png.writer_threads() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert png.writer_threads() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert png.writer_threads() == 1

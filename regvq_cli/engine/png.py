@@ -78,15 +78,22 @@ def write_png_file(data: bytes, path: str) -> None:
         raise
 
 
+def writer_threads() -> int:
+    """One writer thread a CPU core this process may use, shared with the other torchrun processes of its host
+    (LOCAL_WORLD_SIZE), at most 32."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(32, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
 class PngWriter:
-    """Writes PNG files from `filter_rows` scanlines in threads, one a CPU core (at most 32), PICTURES_A_TASK files a
-    task. Deflating runs without the interpreter's lock, so the threads write while the caller makes the next
-    pictures. Leaving the `with` block writes every picture handed over, also when an error ends it."""
+    """Writes PNG files from `filter_rows` scanlines in threads (`writer_threads`), PICTURES_A_TASK files a task.
+    Deflating runs without the interpreter's lock, so the threads write while the caller makes the next pictures.
+    Leaving the `with` block writes every picture handed over, also when an error ends it."""
 
     PICTURES_A_TASK = 8  # 16 tasks for a batch of 128
 
     def __init__(self):
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, os.cpu_count() or 1)))
+        self.pool = ThreadPoolExecutor(max_workers=writer_threads())
         self.pending = []  # (future, pictures), oldest first
 
     def write(self, rows: np.ndarray, paths: list[str], arrived: torch.cuda.Event | None = None) -> None:
