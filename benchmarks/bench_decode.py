@@ -68,7 +68,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.init()  # the allocator's statistics exist once CUDA is initialised
         torch.cuda.reset_peak_memory_stats(device)
-    # the model alone first, before the command's writer threads have loaded the host: its pictures to host memory
+    # the model alone (its pictures to host memory), first: before the command's writer threads load the host
     runner = prepare_tokenizer(tokenizer, device, dtype, cuda_graphs=args.cuda_graphs,
                                channels_last=args.channels_last)
     batch = torch.from_numpy(tokens[: args.batch_size])
