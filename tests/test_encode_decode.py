@@ -719,3 +719,18 @@ def test_encode_limit_takes_the_first_inputs_and_is_its_own_run(tmp_path, tokeni
     assert [ds[i]["key"] for i in range(len(ds))] == sorted(os.listdir(imgs))[:3]  # the first three of the listing
     r = encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir)  # all five: another run, refused
     assert r.returncode == 1 and b"different run" in r.stderr
+
+
+def test_the_default_decoding_workers_take_a_gpu_hosts_cores_only_where_they_are_the_limit(monkeypatch):
+    """For a GPU with Pillow decoding and resizing, every core but the main process's, shared among the torchrun
+    processes of the host; elsewhere one a core up to 8."""
+    from regvq_cli.engine import encode
+
+    monkeypatch.setattr(encode.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert encode.default_loader_workers() == 8
+    assert encode.default_loader_workers(pillow_on_gpu_host=True) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert encode.default_loader_workers(pillow_on_gpu_host=True) == 7
+    monkeypatch.setattr(encode.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert encode.default_loader_workers() == 2 and encode.default_loader_workers(pillow_on_gpu_host=True) == 1

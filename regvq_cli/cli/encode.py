@@ -46,7 +46,7 @@ def parse_color(ctx, param, value):
 @click.option("--limit", type=click.IntRange(1), default=None, help="Encode only the first N inputs of the listing (to try settings on a large folder; a rerun with another limit is another run).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per device batch.")
 @click.option("--shard-size", type=click.IntRange(1), default=4096, show_default=True, help="Inputs per shard file: the unit that torchrun ranks and job-array workers take, and that a rerun resumes from.")
-@click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8).")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8; for a GPU, with Pillow decoding and resizing: every core but one, up to 32).")
 @click.option("--maps", "maps_dir", type=click.Path(exists=True, file_okay=False), help="Folder of segmentation-map PNGs parallel to the inputs, carried into the shards.")
 @click.option("--max-pixels", type=click.IntRange(1), default=178_956_970, show_default=True, help="Skip images with more pixels than this (decompression bombs).")
 @click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays); then run `regvq shards merge`.")

@@ -61,8 +61,16 @@ class EncodeOptions:
     limit: int | None = None  # encode only the first `limit` inputs of the listing
 
 
-def default_loader_workers() -> int:
-    return max(0, min(8, (os.cpu_count() or 1)))
+def default_loader_workers(pillow_on_gpu_host: bool = False) -> int:
+    """Decoding workers when none are asked for: one a CPU core, up to 8. With `pillow_on_gpu_host` (the workers
+    decode and resize with Pillow for a GPU) they are the limit, so every core this process may use but one, which
+    the main process keeps, shared with the host's other torchrun processes (LOCAL_WORLD_SIZE), up to 32. Elsewhere
+    the limit is the tokenizer on a CPU, which wants the cores itself, or on the device paths the main process's
+    own thread (8 and 15 workers within each other's spread on a 16-core H200 host; docs/performance.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not pillow_on_gpu_host:
+        return max(0, min(8, cores))
+    return max(1, min(32, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1))
 
 
 def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions, files_from=None, stdin=None,
@@ -262,7 +270,9 @@ def image_batches(listing, shards, opts: EncodeOptions, size: int, segmap_size=N
                            segmap_size=segmap_size,
                            jpeg_passthrough=opts.jpeg_decoder == "nvjpeg",
                            fit_on_device=opts.resize_on == "device")
-    workers = default_loader_workers() if opts.workers is None else opts.workers
+    workers = opts.workers
+    if workers is None:  # pin_memory: the batches go to a GPU
+        workers = default_loader_workers(pin_memory and opts.jpeg_decoder == "pillow" and opts.resize_on == "workers")
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=_ShardBatches(shards, opts.batch_size), num_workers=workers,
         collate_fn=dataset.collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
