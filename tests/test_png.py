@@ -164,7 +164,9 @@ def test_a_writer_threads_error_reaches_the_caller(tmp_path):
 
 
 def test_torchrun_processes_of_a_host_share_its_cores_for_writing(monkeypatch):
-    monkeypatch.setattr(png.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    from regvq_cli.engine import dist
+
+    monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert png.writer_threads() == 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

@@ -14,6 +14,13 @@ def world_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_cores() -> int:
+    """The CPU cores this process may use, shared with the other torchrun processes of its host (LOCAL_WORLD_SIZE):
+    what its worker processes and threads divide."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def _group():
     """torch.distributed when a process group is up in this process; None otherwise."""
     import torch.distributed as dist

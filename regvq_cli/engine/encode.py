@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import os
 import queue
 import threading
 import time
@@ -62,15 +61,13 @@ class EncodeOptions:
 
 
 def default_loader_workers(pillow_on_gpu_host: bool = False) -> int:
-    """Decoding workers when none are asked for: one a CPU core, up to 8. With `pillow_on_gpu_host` (the workers
-    decode and resize with Pillow for a GPU) they are the limit, so every core this process may use but one, which
-    the main process keeps, shared with the host's other torchrun processes (LOCAL_WORLD_SIZE), up to 32. Elsewhere
+    """Decoding workers when none are asked for: one a CPU core of this process's share of the host
+    (dist.local_cores), up to 8. With `pillow_on_gpu_host` (the workers decode and resize with Pillow for a GPU)
+    they are the limit, so every core of that share but one, which the main process keeps, up to 32. Elsewhere
     the limit is the tokenizer on a CPU, which wants the cores itself, or on the device paths the main process's
     own thread (8 and 15 workers within each other's spread on a 16-core H200 host; docs/performance.md)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if not pillow_on_gpu_host:
-        return max(0, min(8, cores))
-    return max(1, min(32, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1))
+    cores = dist.local_cores()
+    return max(1, min(32, cores - 1)) if pillow_on_gpu_host else min(8, cores)
 
 
 def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions, files_from=None, stdin=None,

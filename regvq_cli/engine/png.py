@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regvq_cli.engine.dist import local_cores
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PAETH = 4  # the filter type byte that starts each filtered scanline
 
@@ -79,10 +81,8 @@ def write_png_file(data: bytes, path: str) -> None:
 
 
 def writer_threads() -> int:
-    """One writer thread a CPU core this process may use, shared with the other torchrun processes of its host
-    (LOCAL_WORLD_SIZE), at most 32."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(32, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+    """One writer thread a CPU core of this process's share of the host (dist.local_cores), at most 32."""
+    return min(32, local_cores())
 
 
 class PngWriter:
