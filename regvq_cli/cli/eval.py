@@ -15,10 +15,11 @@ def eval_group():
     """Measure tokenizers and generators; every result carries its protocol (--json for all of it)."""
 
 
-def image_batches(data, size, resize, batch_size, workers, limit, with_classes=False, what=None):
+def image_batches(data, size, resize, batch_size, workers, limit, with_classes=False, what=None, device=None):
     """uint8 [B, H, W, 3] batches of the images in DATA; unreadable files are reported and skipped. With
     with_classes, and a class for every image (sub-folders or a metadata label), (images, class names) pairs.
-    `what` (an option such as --ref) prefixes the error when DATA holds no image."""
+    `what` (an option such as --ref) prefixes the error when DATA holds no image. `device`: where the batches go (on a
+    GPU the decoding workers are the limit, and by default take every core but one)."""
     import torch
 
     from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
@@ -37,9 +38,10 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     names = None
     if with_classes and listing.has_labels and (listing.labels[:n] >= 0).all():
         names = [listing.label_names[v] if listing.label_names else str(v) for v in listing.labels[:n].tolist()]
+    if workers is None:
+        workers = default_loader_workers(device is not None and torch.device(device).type == "cuda")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate,
-                                         num_workers=default_loader_workers() if workers is None else workers,
-                                         worker_init_fn=quiet_loader_worker)
+                                         num_workers=workers, worker_init_fn=quiet_loader_worker)
 
     def batches():
         for batch in loader:
@@ -62,7 +64,7 @@ def shared_options(f=None, *, hide_no_fid=False):
         click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help="How images become SIZE x SIZE (see `regvq encode --help`)."),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images."),
-        click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8)."),
+        click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8; on a GPU, every core but one, up to 32)."),
         click.option("--no-fid", is_flag=True, hidden=hide_no_fid, help="Skip the Inception features (no FID/KID): fast."),
         click.option("--fid-method", type=click.Choice(["sqrtm", "eigh"]), default="sqrtm", show_default=True, help="Matrix square root of the Frechet distance (eigh: same value, faster)."),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the KID subsets."),
@@ -112,7 +114,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     dev = pick_device(device)
     tokenizer = load_model(model or DEFAULT_TOKENIZER, device=dev, offline=offline, expect=TOKENIZER)
     size = size or tokenizer.config.image_size
-    batches, n = image_batches(data, size, resize, batch_size, workers, limit)
+    batches, n = image_batches(data, size, resize, batch_size, workers, limit, device=dev)
     too_few = None
     if n < MIN_FID_IMAGES and not no_fid:
         # n counts the inputs listed; a bad one among them is skipped later, so this says inputs, not images
@@ -172,7 +174,7 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
         if ref_is_stats:
             raise click.UsageError("--ref is already statistics; give the reference images to compute them from")
         dev = pick_device(device)
-        batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit, what="--ref")
+        batches, n = image_batches([ref], size or 256, resize, batch_size, workers, limit, what="--ref", device=dev)
         with progress(total=n, desc="reference", unit="img") as bar:
             saved = save_reference_stats(batches, save_ref_stats, device=dev, batch_size=batch_size, resize=resize,
                                          seed=seed, ref_name=ref, callback=counted(bar, "images"))
@@ -190,12 +192,13 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     if samples is not None:
         size = size or 256
         sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit, with_classes=True,
-                                          what="--samples")
+                                          what="--samples", device=dev)
     else:
         sample_batches, n, size = prior_batches(prior_spec, num_samples, guidance, steps, sampler, batch_size, seed,
                                                 dev, pick_dtype(dtype, dev), offline)
     ref_source = (ref if ref_is_stats else
-                  image_batches([ref], size, resize, batch_size, workers, None, with_classes=True, what="--ref")[0])
+                  image_batches([ref], size, resize, batch_size, workers, None, with_classes=True, what="--ref",
+                                device=dev)[0])
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
                               resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
@@ -282,7 +285,8 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
             hist += torch.bincount(torch.from_numpy(reader.shard(j)["tokens"].astype("int64")).flatten(), minlength=n_codes)
     else:
         runner = prepare_tokenizer(tokenizer, dev, pick_dtype(dtype, dev))
-        batches, n = image_batches(data, size or tokenizer.config.image_size, "shorter-crop", batch_size, None, limit)
+        batches, n = image_batches(data, size or tokenizer.config.image_size, "shorter-crop", batch_size, None, limit,
+                                   device=dev)
         with progress(total=n, desc="codebook", unit="img") as bar:
             for batch in batches:
                 idx = runner.encode_uint8(batch.permute(0, 3, 1, 2))
