@@ -724,16 +724,16 @@ def test_encode_limit_takes_the_first_inputs_and_is_its_own_run(tmp_path, tokeni
 def test_the_default_decoding_workers_take_a_gpu_hosts_cores_only_where_they_are_the_limit(monkeypatch):
     """For a GPU with Pillow decoding and resizing, every core but the main process's; elsewhere one a core up to
     8; the torchrun processes of a host share its cores."""
-    from regvq_cli.engine import dist, encode
+    from regvq_cli.engine import dist
 
     monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert encode.default_loader_workers() == 8
-    assert encode.default_loader_workers(pillow_on_gpu_host=True) == 15
+    assert dist.default_loader_workers() == 8
+    assert dist.default_loader_workers(pillow_on_gpu_host=True) == 15
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert encode.default_loader_workers(pillow_on_gpu_host=True) == 7 and encode.default_loader_workers() == 8
+    assert dist.default_loader_workers(pillow_on_gpu_host=True) == 7 and dist.default_loader_workers() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert encode.default_loader_workers() == 4
+    assert dist.default_loader_workers() == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert encode.default_loader_workers() == 2 and encode.default_loader_workers(pillow_on_gpu_host=True) == 1
+    assert dist.default_loader_workers() == 2 and dist.default_loader_workers(pillow_on_gpu_host=True) == 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from regvq_cli.engine import dist
 from regvq_cli.errors import RegvqError, TrainingStopped
 from regvq_cli.train import common
 from regvq_cli.train.data import AugmentedImages, ShardedBatchSampler
@@ -191,6 +192,22 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_a_rerun_resumes(tmp
     resumed = TokenizerTrainer([data], tmp_path / "run", fast_cfg(max_steps=6, checkpoint_every=100))
     assert resumed.step == 3
     assert (resumed.run() / "config.json").exists() and resumed.step == 6
+
+
+def test_the_decoding_workers_are_two_on_a_cpu_unless_asked(tmp_path):
+    """The default of --workers: 2 on a CPU (the step wants the cores); a number asked for is kept, 0 included."""
+    data = make_images(tmp_path / "imgs", n=4)
+    assert TokenizerTrainer([data], tmp_path / "a", fast_cfg(num_workers=None)).workers == 2
+    assert TokenizerTrainer([data], tmp_path / "b", fast_cfg(num_workers=0)).workers == 0
+    assert TokenizerTrainer([data], tmp_path / "c", fast_cfg(num_workers=5)).workers == 5
+
+
+@pytest.mark.gpu
+def test_for_a_gpu_the_default_decoding_workers_are_the_hosts_cores_but_one(tmp_path):
+    """Two Pillow workers can hold a GPU's training back: the default there is encode's for a GPU."""
+    data = make_images(tmp_path / "imgs", n=4)
+    trainer = TokenizerTrainer([data], tmp_path / "a", fast_cfg(num_workers=None, device="cuda"))
+    assert trainer.workers == dist.default_loader_workers(pillow_on_gpu_host=True)
 
 
 def test_once_a_stop_is_asked_the_batches_exited_workers_never_made_come_from_this_process(tmp_path):

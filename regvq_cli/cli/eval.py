@@ -24,7 +24,7 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
 
     from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
     from regvq_cli.data.inputs import list_inputs
-    from regvq_cli.engine.encode import default_loader_workers
+    from regvq_cli.engine.dist import default_loader_workers
     from regvq_cli.errors import RegvqError
 
     try:

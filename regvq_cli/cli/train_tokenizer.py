@@ -87,7 +87,7 @@ OPTIONS = [
      "Precision of the perceptual/contrastive feature network: auto = bf16 on CUDA with --bf16 (faster), fp32 "
      "elsewhere; fp32 = always fp32. FID evaluation always computes in fp32."),
     ("--device", "device", str, None, "cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available, else cpu)."),
-    ("--workers", "num_workers", click.IntRange(0), 2, "Image-decoding processes."),
+    ("--workers", "num_workers", click.IntRange(0), None, "Image-decoding processes (default: 2; for a GPU, every core but one, up to 32: two can hold a GPU back)."),
     # bookkeeping
     ("--log-every", "log_every", click.IntRange(1), 50, "Write metrics.jsonl every N steps."),
     ("--sample-every", "sample_every", click.IntRange(0), 500, "Write a reconstruction grid to OUT/samples every N steps (0: never)."),

@@ -21,6 +21,17 @@ def local_cores() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+def default_loader_workers(pillow_on_gpu_host: bool = False) -> int:
+    """Image-decoding workers when none are asked for: one a CPU core of this process's share of the host
+    (local_cores), up to 8. With `pillow_on_gpu_host` (the workers decode and resize with Pillow for a GPU: the
+    default path of encode and eval, and tokenizer training's crops) they are the limit, so every core of that
+    share but one, which the main process keeps, up to 32. Elsewhere
+    the limit is the tokenizer on a CPU, which wants the cores itself, or on the device paths the main process's
+    own thread (8 and 15 workers within each other's spread on a 16-core H200 host; docs/performance.md)."""
+    cores = local_cores()
+    return max(1, min(32, cores - 1)) if pillow_on_gpu_host else min(8, cores)
+
+
 def _group():
     """torch.distributed when a process group is up in this process; None otherwise."""
     import torch.distributed as dist

@@ -60,16 +60,6 @@ class EncodeOptions:
     limit: int | None = None  # encode only the first `limit` inputs of the listing
 
 
-def default_loader_workers(pillow_on_gpu_host: bool = False) -> int:
-    """Decoding workers when none are asked for: one a CPU core of this process's share of the host
-    (dist.local_cores), up to 8. With `pillow_on_gpu_host` (the workers decode and resize with Pillow for a GPU)
-    they are the limit, so every core of that share but one, which the main process keeps, up to 32. Elsewhere
-    the limit is the tokenizer on a CPU, which wants the cores itself, or on the device paths the main process's
-    own thread (8 and 15 workers within each other's spread on a 16-core H200 host; docs/performance.md)."""
-    cores = dist.local_cores()
-    return max(1, min(32, cores - 1)) if pillow_on_gpu_host else min(8, cores)
-
-
 def encode_images(inputs, out_dir, tokenizer, device, dtype, opts: EncodeOptions, files_from=None, stdin=None,
                   callback=None) -> dict:
     """Encode `inputs` (folders, files, and/or a files_from list) into the token folder `out_dir`.
@@ -269,7 +259,7 @@ def image_batches(listing, shards, opts: EncodeOptions, size: int, segmap_size=N
                            fit_on_device=opts.resize_on == "device")
     workers = opts.workers
     if workers is None:  # pin_memory: the batches go to a GPU
-        workers = default_loader_workers(pin_memory and opts.jpeg_decoder == "pillow" and opts.resize_on == "workers")
+        workers = dist.default_loader_workers(pin_memory and opts.jpeg_decoder == "pillow" and opts.resize_on == "workers")
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=_ShardBatches(shards, opts.batch_size), num_workers=workers,
         collate_fn=dataset.collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,

@@ -57,6 +57,7 @@ import torch.nn as nn
 from PIL import Image
 
 from ..data.dataset import quiet_loader_worker
+from ..engine.dist import default_loader_workers
 from ..engine.resolve import TOKENIZER
 from ..errors import RegvqError
 from ..tokenizer import losses as L
@@ -137,7 +138,9 @@ class TrainTokenizerConfig:
     # data
     scale_range: tuple[float, float] = (1.0, 1.25)
     hflip: bool = True
-    num_workers: int = 2
+    # image-decoding processes; None: 2, or for a CUDA device every core of this process's share of the host but
+    # one, up to 32 (engine.dist.default_loader_workers: two Pillow workers can hold a GPU back)
+    num_workers: int | None = None
     # bookkeeping
     log_every: int = 50
     sample_every: int = 500
@@ -335,6 +338,9 @@ class TokenizerTrainer(Trainer):
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP would broadcast them, the EMA not)
 
         self.inputs = list_inputs(self.data)
+        self.workers = cfg.num_workers
+        if self.workers is None:
+            self.workers = default_loader_workers(True) if self.device.type == "cuda" else 2
         base, init_model = self._init_source(TOKENIZER, lambda state: TokenizerConfig(**state["tokenizer_config"]))
         if base is not None:
             self.cfg = cfg = init_train_config(self.cfg, base)
@@ -461,11 +467,11 @@ class TokenizerTrainer(Trainer):
 
     def _next_batch(self) -> torch.Tensor:
         if self._batch_iter is None:
-            self._batch_iter = self._loader(self.cfg.num_workers)
+            self._batch_iter = self._loader(self.workers)
         try:
             images, skipped = next(self._batch_iter)
         except (RuntimeError, ConnectionError, EOFError):
-            if not (self.cfg.num_workers > 0 and self.stop_request is not None and self.stop_request.requested):
+            if not (self.workers > 0 and self.stop_request is not None and self.stop_request.requested):
                 raise
             # SIGTERM or Ctrl-C reached the whole process group, and the loader workers exited before making this
             # batch: the step's other micro-batches are made here (the same ones: an item's augmentation depends
