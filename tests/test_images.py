@@ -292,3 +292,23 @@ def test_image_dataset_marks_skips(tmp_path):
     assert a["ok"] and a["image"].shape == (3, 8, 8) and int(a["image"][0, 4, 4]) == RED[0]
     assert a["segmap"].shape == (4, 4) and int(a["segmap"][0, 0]) == 4
     assert not b["ok"] and b["reason"] == "empty file" and "image" not in b
+
+
+def test_an_image_whose_map_is_missing_is_skipped_with_its_pixels(tmp_path):
+    """The picture reads, its map does not: the item is skipped and carries no pixels, so a batch stacks only the
+    pictures of the rows it keeps."""
+    from regvq_cli.data.dataset import ImageDataset
+    from regvq_cli.data.inputs import list_inputs
+
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        save(tmp_path / "imgs", name, solid())
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for name in ("a.png", "c.png"):
+        Image.fromarray(np.full((30, 40), 4, np.uint8)).save(maps / name)
+    ds = ImageDataset(list_inputs([str(tmp_path / "imgs")], maps_dir=str(maps)), 8, segmap_size=(4, 4))
+    items = [ds[j] for j in range(3)]
+    assert not items[1]["ok"] and "segmap" in items[1]["reason"] and "image" not in items[1]
+    batch = ds.collate(items)
+    assert batch["ok"].tolist() == [True, False, True] and batch["image"].shape == (2, 3, 8, 8)

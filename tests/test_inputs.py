@@ -151,6 +151,18 @@ def test_maps_dir(tmp_path):
         list_inputs([str(tmp_path / "img")], maps_dir=str(tmp_path / "nomaps"))
 
 
+def test_a_named_files_map_stays_in_the_maps_folder(tmp_path, monkeypatch):
+    """An absolute or climbing path as written still names a map under maps_dir, never the image itself."""
+    touch(tmp_path / "img", "x/a.jpg")
+    (tmp_path / "maps").mkdir()
+    monkeypatch.chdir(tmp_path / "img" / "x")
+    absolute = str(tmp_path / "img" / "x" / "a.jpg")
+    inp = list_inputs([absolute, "../x/a.jpg", "a.jpg"], maps_dir=str(tmp_path / "maps"))
+    maps = [x.map_path for x in inp]
+    assert maps[0] == os.path.join(str(tmp_path / "maps"), absolute.lstrip("/")[:-4] + ".png")
+    assert maps[1] == str(tmp_path / "maps" / "x" / "a.png") and maps[2] == str(tmp_path / "maps" / "a.png")
+
+
 def test_non_utf8_name_round_trips(tmp_path):
     name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 byte, not valid UTF-8
     (tmp_path / name).write_bytes(b"x")

@@ -133,7 +133,7 @@ class ImageDataset(Dataset):
                     raise ImageSkip("segmap missing: no maps folder given")
                 out["segmap"] = torch.from_numpy(load_segmap(mp, self.segmap_size, self.resize).astype(np.int64))
         except ImageSkip as e:
-            for key in ("jpeg", "orientation", "raw"):
+            for key in ("image", "jpeg", "orientation", "raw"):  # a picture read before its map failed too
                 out.pop(key, None)
             out.update(ok=False, reason=e.reason)  # no pixels: `collate` batches the readable ones
             if self.segmap_size is not None:

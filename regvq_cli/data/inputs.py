@@ -27,7 +27,9 @@ Labels (Hugging Face imagefolder conventions)
 
 Segmentation maps
     With `maps_dir`, the map of image "<rel>/<stem>.<ext>" is "<maps_dir>/<rel>/<stem>.png",
-    where <rel> is the image's folder relative to its input folder (a parallel tree). Maps
+    where <rel> is the image's folder relative to its input folder (a parallel tree). A named
+    file's <rel> is its folder as written, made relative: "/data/a/x.jpg" and "../a/x.jpg" both
+    look for "<maps_dir>/data/a/x.png" and "<maps_dir>/a/x.png" (no part leaves `maps_dir`). Maps
     are not checked here; a missing one is reported when it is loaded (`load_segmap`).
 
 Memory: per image a few bytes of UTF-8 path in one shared buffer, an offset and an input
@@ -151,7 +153,9 @@ class Inputs(Sequence):
     def map_path(self, i: int) -> str | None:
         if self.maps_dir is None:
             return None
-        return os.path.join(self.maps_dir, posixpath.splitext(self._rel[i])[0] + ".png")
+        # a named file's path as written may be absolute or climb out ("../x.jpg"): its map stays under maps_dir
+        rel = "/".join(p for p in normalize_key(self._rel[i]).split("/") if p not in ("", ".", ".."))
+        return os.path.join(self.maps_dir, posixpath.splitext(rel)[0] + ".png")
 
     def keys(self) -> Iterator[str]:
         for i in range(len(self)):
