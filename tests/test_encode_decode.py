@@ -187,6 +187,18 @@ def test_files_from_stdin_and_single_files(tmp_path, tokenizer_dir):
     assert keys["tokens"].dtype == np.uint16
 
 
+def test_files_from_find_print0_and_a_fifo_among_the_images(tmp_path, tokenizer_dir):
+    """`find -print0 | regvq encode --files-from -` takes the NUL-separated names; a FIFO named like an image is
+    skipped with its reason instead of blocking the run."""
+    imgs = make_images(tmp_path / "imgs", 2)
+    os.mkfifo(imgs / "pipe.png")
+    listing = "".join(f"{imgs / name}\0" for name in ("img000.png", "pipe.png", "img001.png"))
+    r = encode("--files-from", "-", "-o", tmp_path / "a", "-m", tokenizer_dir, input=listing.encode())
+    assert r.returncode == 0, r.stderr.decode()
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["count"] == 2 and [s["reason"] for s in m["skipped"]] == ["not a regular file (a pipe, socket or device)"]
+
+
 def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, tokenizer_dir):
     imgs = make_images(tmp_path / "imgs", 3)
     (imgs / "empty.png").write_bytes(b"")

@@ -162,6 +162,10 @@ def test_broken_files(tmp_path):
     assert skip_reason(str(tmp_path / "text.jpg")) == "not an image"
     assert skip_reason(str(tmp_path / "missing.jpg")) == "unreadable: No such file or directory"
     assert skip_reason(str(tmp_path)).startswith("unreadable: ")  # a folder
+    assert skip_reason(str(tmp_path / "a\0b.jpg")) == "unreadable: the path holds a NUL byte"  # find -print0's
+    os.mkfifo(tmp_path / "pipe.png")  # would block a reader until something wrote to it
+    assert skip_reason(str(tmp_path / "pipe.png")) == "not a regular file (a pipe, socket or device)"
+    assert skip_reason("/dev/zero") == "not a regular file (a pipe, socket or device)"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

@@ -186,6 +186,18 @@ def test_files_from_with_a_byte_order_mark(tmp_path, monkeypatch):
     assert keys(list_inputs([], files_from="-", stdin=io.StringIO("\ufeffa.jpg\n"))) == ["a.jpg"]
 
 
+def test_files_from_separated_by_nul_bytes_as_find_print0_writes(tmp_path, monkeypatch):
+    """Every character between two NULs is the path's: a newline or a trailing space in a name stays."""
+    monkeypatch.chdir(tmp_path)
+    listing = "a b.jpg \0new\nline.jpg\0c.jpg\0"
+    assert keys(list_inputs([], files_from="-", stdin=io.StringIO(listing))) == ["a b.jpg ", "new\nline.jpg", "c.jpg"]
+    assert keys(list_inputs([], files_from="-", stdin=io.StringIO("a.jpg\0b.jpg\n"))) == ["a.jpg", "b.jpg"]
+    (tmp_path / "list").write_bytes("\ufeffa.jpg\0b.jpg\0".encode())
+    assert keys(list_inputs([], files_from="list")) == ["a.jpg", "b.jpg"]
+    with pytest.raises(RegvqError, match="line 2 holds a NUL byte"):
+        list_inputs([], files_from="-", stdin=io.StringIO("a.jpg\nb.jpg\0c.jpg\0"))
+
+
 def test_truncate_keeps_the_first_items_with_their_labels_and_captions(tmp_path):
     touch(tmp_path, "a/1.jpg", "a/2.jpg", "b/3.jpg")
     (tmp_path / "metadata.jsonl").write_text("".join(

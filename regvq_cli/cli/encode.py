@@ -38,7 +38,7 @@ def parse_color(ctx, param, value):
 @click.command()
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("-o", "--out", "out_dir", required=True, type=OutFolder(), help="Output token folder.")
-@click.option("--files-from", type=click.Path(allow_dash=True), metavar="FILE", help="Read input paths from FILE, one per line ('-' for stdin).")
+@click.option("--files-from", type=click.Path(allow_dash=True), metavar="FILE", help="Read input paths from FILE, one per line or NUL-separated as `find -print0` writes them ('-' for stdin).")
 @model_option(help_text="Tokenizer: a shipped name, folder, .safetensors file or Hub id (default: the embedded default tokenizer).")
 @click.option("--size", type=click.IntRange(8), help="Input resolution (default: the tokenizer's training size).")
 @click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help=RESIZE_HELP)

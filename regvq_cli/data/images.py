@@ -39,6 +39,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from typing import Union
 
@@ -127,6 +128,23 @@ def resize_geometry(src_w: int, src_h: int, out_h: int, out_w: int, resize: str)
     raise ValueError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
 
 
+def _open_regular_file(path) -> io.IOBase:
+    """The file at `path` opened for reading, or ImageSkip: a pipe, socket or device among the images (a FIFO
+    named x.png) would block the reader or never end, and a path with a NUL byte cannot be opened at all."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, to be refused
+    except OSError as e:
+        raise ImageSkip(f"unreadable: {e.strerror or e}") from None
+    except ValueError:
+        raise ImageSkip("unreadable: the path holds a NUL byte") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageSkip("unreadable: Is a directory" if stat.S_ISDIR(mode) else
+                        "not a regular file (a pipe, socket or device)")
+    return os.fdopen(fd, "rb")
+
+
 def _open(src: Source) -> tuple[Image.Image, io.IOBase]:
     """Open a path or bytes with Pillow (header only), classifying failures."""
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -134,10 +152,7 @@ def _open(src: Source) -> tuple[Image.Image, io.IOBase]:
             raise ImageSkip("empty file")
         fp: io.IOBase = io.BytesIO(bytes(src))
     else:
-        try:
-            fp = open(src, "rb")  # noqa: SIM115 - closed by the caller
-        except OSError as e:
-            raise ImageSkip(f"unreadable: {e.strerror or e}") from None
+        fp = _open_regular_file(src)
     try:
         head = fp.read(1)
         if not head:

@@ -39,6 +39,7 @@ number, so a listing of 10^8 files takes a few GB, not tens.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import posixpath
@@ -286,15 +287,33 @@ def _read_files_from(files_from, stdin: TextIO | None) -> Iterable[str]:
     else:
         stream = files_from
     try:
-        for n, line in enumerate(stream):
+        lines = iter(stream)
+        first = next(lines, "").removeprefix("\ufeff")  # the byte order mark of a list saved as "UTF-8 with BOM"
+        if "\0" in first:
+            yield from _nul_separated(first, lines)
+            return
+        for n, line in enumerate(itertools.chain([first], lines)):
+            if "\0" in line:
+                raise RegvqError(f"--files-from line {n + 1} holds a NUL byte, the first line none: separate the "
+                                 "paths by newlines or by NUL bytes (find -print0), not both")
             line = line.rstrip()  # trailing spaces, tabs, \r\n
-            if n == 0:
-                line = line.removeprefix("\ufeff")  # the byte order mark of a list saved as "UTF-8 with BOM"
             if line:
                 yield line
     finally:
         if stream is not files_from and stream is not stdin and stream is not sys.stdin:
             stream.close()
+
+
+def _nul_separated(head: str, rest: Iterable[str]) -> Iterator[str]:
+    """The paths of a list separated by NUL bytes (`find -print0`), whose first line is `head`: every character
+    between two NULs belongs to the path, newlines and trailing spaces included."""
+    pending = head
+    for chunk in itertools.chain([""], rest):
+        *paths, pending = (pending + chunk).split("\0")
+        yield from (p for p in paths if p)
+    last = pending.rstrip("\r\n")  # a path after the last NUL, without the newline that may end the list
+    if last:
+        yield last
 
 
 class _Meta(NamedTuple):
@@ -312,8 +331,8 @@ def list_inputs(
     """List images from folders, files and a `files_from` list (see the module docstring).
 
     inputs     - folders and image files, in the order they are taken
-    files_from - a text file of paths (one per line), "-" for `stdin` (default sys.stdin),
-                 or an open text stream
+    files_from - a text file of paths (one per line, or each ended by a NUL byte as `find -print0`
+                 writes them), "-" for `stdin` (default sys.stdin), or an open text stream
     exts       - extensions taken inside folders (lower case, with the dot)
     maps_dir   - folder of segmentation maps parallel to the input folder(s)
 
