@@ -212,6 +212,30 @@ def quadrants(w, h):
     return im
 
 
+def test_a_long_thin_picture_is_enlarged_only_where_it_is_kept(tmp_path, monkeypatch):
+    """shorter-crop made the whole enlarged picture before cutting its centre (1 x 8,000 px: 256 x 2,048,000, GBs).
+    Past LARGE_RESIZE pixels only the kept part is made: the same picture and map within a level or a row."""
+    from regvq_cli.data import images
+
+    rng = np.random.default_rng(0)
+    for w, h in ((3, 900), (700, 5), (1, 400)):
+        path = save(tmp_path, f"thin{w}x{h}.png", Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+        whole = load_image(path, 32, resize="shorter-crop")
+        seg_path = str(tmp_path / f"map{w}x{h}.png")
+        Image.fromarray(rng.integers(0, 9, (h, w), dtype=np.uint8)).save(seg_path)
+        seg_whole = load_segmap(seg_path, 32, resize="shorter-crop")
+        monkeypatch.setattr(images, "LARGE_RESIZE", 4 * 32 * 32)  # these pictures now take the other way
+        part = load_image(path, 32, resize="shorter-crop")
+        seg_part = load_segmap(seg_path, 32, resize="shorter-crop")
+        monkeypatch.undo()
+        diff = np.abs(whole.astype(int) - part)
+        assert part.shape == (32, 32, 3) and diff.max() <= 2 and (diff > 0).mean() < 0.02, (w, h)
+        assert seg_part.shape == (32, 32) and (seg_part != seg_whole).any(axis=1).sum() <= 1  # a row at most
+        assert (seg_part != seg_whole).any(axis=0).sum() <= 1, (w, h)
+    huge = save(tmp_path, "huge.png", Image.fromarray(rng.integers(0, 256, (8000, 1, 3), dtype=np.uint8)))
+    assert load_image(huge, 256, resize="shorter-crop").shape == (256, 256, 3)  # 6 GB the whole way
+
+
 def test_resize_policies(tmp_path):
     wide = save(tmp_path, "wide.png", quadrants(80, 20))
     crop = load_image(wide, 10, resize="crop")

@@ -389,12 +389,42 @@ def _with_rgb(src: Source, out_h: int, out_w: int, resize: str, background, max_
             return use(to_rgb(_decode(im, max_pixels), background))
 
 
+# pixels of a resized picture past which `_fit` resizes only the part of it that is kept (48 MB of RGB)
+LARGE_RESIZE = 2 ** 24
+
+
+def _upscaled_crop(img: Image.Image, size: tuple[int, int], crop: tuple[int, int, int, int],
+                   resample=Image.Resampling.BICUBIC) -> Image.Image:
+    """`img.resize(size).crop(crop)` for an enlargement, without making the whole enlarged picture.
+
+    shorter-crop enlarges a long thin picture until its short side covers the output: 1 x 8,000 px became
+    256 x 2,048,000 (6 GB) before its centre was cut out. Bicubic: only the source rows the crop needs (and the
+    filter's reach of 2 rows) are taken, filtered along the rows, then along the columns, as Pillow's two-pass
+    resize does: the same picture but for a few values 1 or 2 levels apart (the filter positions are summed in
+    another order). Nearest (maps): the crop's source box in one pass, which may pick the neighbouring source row
+    or column at an exact tie."""
+    (src_w, src_h), (rw, rh) = img.size, size
+    sx, sy = src_w / rw, src_h / rh
+    left, top, right, bottom = crop
+    if resample == Image.Resampling.NEAREST:
+        return img.resize((right - left, bottom - top), resample, box=(left * sx, top * sy, right * sx, bottom * sy))
+    r0, r1 = max(0, math.floor(top * sy) - 3), min(src_h, math.ceil(bottom * sy) + 3)
+    rgb = img.crop((0, r0, src_w, r1))
+    rgb = rgb.resize((right - left, r1 - r0), Image.Resampling.BICUBIC, box=(left * sx, 0, right * sx, r1 - r0))
+    return rgb.resize((right - left, bottom - top), Image.Resampling.BICUBIC,
+                      box=(0, top * sy - r0, right - left, bottom * sy - r0))
+
+
 def _fit(rgb: Image.Image, out_h: int, out_w: int, resize: str, background) -> np.ndarray:
     """An RGB picture -> uint8 [out_h, out_w, 3] by `resize_geometry`, Pillow's bicubic and, for pad, the
     background canvas."""
     background = tuple(int(c) for c in background)
     box, (rw, rh), crop, offset = resize_geometry(rgb.size[0], rgb.size[1], out_h, out_w, resize)
-    if (rw, rh) != rgb.size or box != (0, 0) + rgb.size:
+    if rw * rh > LARGE_RESIZE and rw >= rgb.size[0] and rh >= rgb.size[1]:
+        rgb = _upscaled_crop(rgb, (rw, rh), crop)
+        rw, rh = rgb.size
+        crop = (0, 0, rw, rh)
+    elif (rw, rh) != rgb.size or box != (0, 0) + rgb.size:
         rgb = rgb.resize((rw, rh), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     if crop != (0, 0, rw, rh):
         rgb = rgb.crop(crop)
@@ -474,7 +504,11 @@ def load_segmap(
     box, (rw, rh), crop, offset = resize_geometry(w, h, out_h, out_w, resize)
     # NEAREST on the int32 image keeps every id exact (mode "I" holds both uint8 and int16).
     pil = Image.fromarray(ids.astype(np.int32), "I")
-    if (rw, rh) != (w, h) or box != (0, 0, w, h):
+    if rw * rh > LARGE_RESIZE and rw >= w and rh >= h:
+        pil = _upscaled_crop(pil, (rw, rh), crop, Image.Resampling.NEAREST)
+        rw, rh = pil.size
+        crop = (0, 0, rw, rh)
+    elif (rw, rh) != (w, h) or box != (0, 0, w, h):
         pil = pil.resize((rw, rh), Image.Resampling.NEAREST, box=box)
     out = np.asarray(pil.crop(crop) if crop != (0, 0, rw, rh) else pil)
     if resize == "pad" and (rw, rh) != (out_w, out_h):
