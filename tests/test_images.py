@@ -236,6 +236,16 @@ def test_a_long_thin_picture_is_enlarged_only_where_it_is_kept(tmp_path, monkeyp
     assert load_image(huge, 256, resize="shorter-crop").shape == (256, 256, 3)  # 6 GB the whole way
 
 
+def test_a_picture_that_runs_out_of_memory_is_skipped_not_the_run(tmp_path, monkeypatch):
+    from regvq_cli.data import images
+
+    def no_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(images, "_fit", no_memory)
+    assert skip_reason(save(tmp_path, "a.png", solid())).startswith("out of memory: ")
+
+
 def test_resize_policies(tmp_path):
     wide = save(tmp_path, "wide.png", quadrants(80, 20))
     crop = load_image(wide, 10, resize="crop")

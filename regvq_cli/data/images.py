@@ -386,7 +386,10 @@ def _with_rgb(src: Source, out_h: int, out_w: int, resize: str, background, max_
         with fp, im:
             if draft and (max_pixels is None or im.size[0] * im.size[1] <= max_pixels):
                 _draft(im, out_h, out_w, resize)
-            return use(to_rgb(_decode(im, max_pixels), background))
+            try:
+                return use(to_rgb(_decode(im, max_pixels), background))
+            except MemoryError:  # this picture, not the run: the next one may fit
+                raise ImageSkip("out of memory: too large to decode here") from None
 
 
 # pixels of a resized picture past which `_fit` resizes only the part of it that is kept (48 MB of RGB)
