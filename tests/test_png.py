@@ -79,6 +79,13 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_name_as_long_as_a_name_can_be_is_written(tmp_path):
+    """The temporary name does not lengthen the file's own: 255 bytes is the limit of most file systems."""
+    name = "y" * 251 + ".png"
+    png.save_png(pictures()["noise"], str(tmp_path / name))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_huffman_coding_makes_smaller_files_than_level_1s_default_strategy():
     """The filters' residuals of a smooth picture with a little noise (what a decoder makes) compress better with
     Huffman coding alone than with deflate level 1's string matching."""

@@ -11,6 +11,7 @@ resolved file by file) to 3,849-3,906 with the files in memory (docs/performance
 from __future__ import annotations
 
 import os
+import threading
 import struct
 import sys
 import zlib
@@ -68,8 +69,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def write_png_file(data: bytes, path: str) -> None:
-    """Write a PNG's bytes to `path`, whose folder exists, atomically (a temporary name, then a rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Write a PNG's bytes to `path`, whose folder exists, atomically (a temporary name, then a rename). The
+    temporary name is short, one a writer thread: the file's own name may already be as long as a name can be."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{threading.get_ident()}.png")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
