@@ -250,6 +250,36 @@ def test_kill_then_rerun_is_byte_identical(tmp_path, tokenizer_dir):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
 
 
+def test_a_rerun_encodes_again_the_shards_that_differ_from_the_manifest(tmp_path, tokenizer_dir):
+    """A changed shard still parses; the rerun of the finished run finds it by the manifest's sha256, encodes it
+    again and writes the manifest anew, so the folder is the first run's again and verifies."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    from regvq_cli.data.shards import verify
+
+    imgs = make_images(tmp_path / "imgs", 8)
+    args = ["-m", tokenizer_dir, "--shard-size", "4", "--json"]
+    r = encode(imgs, "-o", tmp_path / "tok", *args)
+    assert r.returncode == 0 and json.loads(r.stdout)["shards_changed"] == []
+    first = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir() if not p.name.startswith(".")}
+    shard = str(tmp_path / "tok" / "shard-00001.safetensors")
+    with safe_open(shard, "numpy") as f:
+        metadata = f.metadata()
+    tensors = load_file(shard)
+    tensors["tokens"][0, 0, 0] ^= 1  # one token changed, the file as valid as before
+    save_file(tensors, shard, metadata=metadata)
+    assert verify(tmp_path / "tok")  # the manifest catches it
+    r = encode(imgs, "-o", tmp_path / "tok", *args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["shards_changed"] == ["shard-00001.safetensors"]
+    assert b"shard-00001.safetensors differed from the manifest" in r.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir() if not p.name.startswith(".")} == first
+    assert verify(tmp_path / "tok") == []
+    r = encode(imgs, "-o", tmp_path / "tok", *args)
+    assert json.loads(r.stdout)["shards_changed"] == [] and json.loads(r.stdout)["shards_reused"] == 2
+
+
 def test_a_second_concurrent_run_is_refused(tmp_path, tokenizer_dir):
     from regvq_cli.data.shards import OutputLock
 
@@ -365,6 +395,10 @@ def test_verify_catches_a_flipped_byte(tmp_path, tokenizer_dir):
     assert r.stderr.decode().strip().splitlines()[-1].startswith("regvq: error: 1 problem in "), r.stderr
     r = encode(tmp_path / "imgs", "-o", tmp_path / "tok", "-m", tokenizer_dir)  # as the error says: it repairs
     assert r.returncode == 0 and invoke("shards", "verify", tmp_path / "tok").returncode == 0
+    (tmp_path / "tok" / "manifest.json").unlink()  # as after split jobs: the manifest's own advice, alone
+    r = invoke("shards", "verify", tmp_path / "tok")
+    assert r.returncode == 1 and r.stdout == b"" and r.stderr.decode().count("\n") == 1
+    assert b"no manifest.json" in r.stderr and b"regvq shards merge" in r.stderr
 
 
 def test_ctrl_c_ends_quietly(tmp_path, tokenizer_dir):

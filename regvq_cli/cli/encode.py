@@ -111,6 +111,9 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     detail("seconds: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in summary["timings"].items()))
     detail(f"of {summary['timings']['encoding']:.2f} s encoding, {summary['input_wait']:.2f} s waiting for the next "
            "batch's pixels (when that is most of it, the decoding sets the pace, not the tokenizer)")
+    if summary["shards_changed"]:
+        warn(f"{', '.join(summary['shards_changed'])} differed from the manifest of the finished run (sha256): "
+             "encoded again")
     for item in summary.get("skipped", [])[:20]:
         warn(f"skipped {item['key']}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:

@@ -45,8 +45,14 @@ def info_cmd(tokens, top, as_json):
 @json_option
 def verify(tokens, no_tokens, as_json):
     """Check every shard's sha256, count and tokens against the manifest; exit 1 on any problem."""
-    from regvq_cli.data.shards import verify as verify_folder
+    from regvq_cli.data.shards import read_manifest, verify as verify_folder
+    from regvq_cli.errors import RegvqError
 
+    try:
+        read_manifest(tokens)
+    except RegvqError:  # no manifest to check against: its message says what to run
+        if not as_json:
+            raise
     problems = verify_folder(tokens, check_tokens=not no_tokens)
     if as_json:
         emit_json({"ok": not problems, "problems": problems})
@@ -58,10 +64,9 @@ def verify(tokens, no_tokens, as_json):
     if not problems:
         info(f"{tokens}: ok")
         return
-    from regvq_cli.errors import RegvqError
-
-    raise RegvqError(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {tokens} (listed above): run the "
-                     "`regvq encode` command that wrote it again, which rewrites the shards that fail")
+    raise RegvqError(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {tokens} (listed above): the "
+                     "`regvq encode` command that wrote it, run again, encodes the shards that are missing or differ "
+                     "from the manifest again")
 
 
 @shards.command()

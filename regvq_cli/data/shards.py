@@ -44,6 +44,7 @@ Reading a shard without regvq:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -361,20 +362,22 @@ def _atomic_write(path: str, chunks: Iterable) -> str:
     return h.hexdigest()
 
 
-# sha256 of files this process wrote, so a merge in the same process does not read them again.
-_WRITTEN: dict[tuple[str, int, int, int], str] = {}
+# sha256 of files this process wrote or read, so a merge in the same process does not read them again (a file
+# changed since has another inode, size or modification time).
+_KNOWN: dict[tuple[str, int, int, int], str] = {}
 
 
 def _file_sha256(path: str) -> str:
     st = os.stat(path)
     cache_key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if cache_key in _WRITTEN:
-        return _WRITTEN[cache_key]
+    if cache_key in _KNOWN:
+        return _KNOWN[cache_key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
-    return h.hexdigest()
+    _KNOWN[cache_key] = h.hexdigest()
+    return _KNOWN[cache_key]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -458,7 +461,7 @@ def write_shard(
     path = os.path.join(out_dir, shard_name(k))
     digest = _atomic_write(path, [head, *arrays])
     st = os.stat(path)
-    _WRITTEN[(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+    _KNOWN[(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
     return {"file": shard_name(k), "count": n, "sha256": digest, "inputs": [start, stop]}
 
 
@@ -582,6 +585,37 @@ def completed_shards(out_dir: str | os.PathLike, run: RunInfo | None = None) -> 
                     "choose another -o or delete them"
                 )
     return sorted(good)
+
+
+def drop_changed_shards(out_dir: str | os.PathLike) -> list[str]:
+    """The shards of a finished run whose bytes differ from its manifest's sha256, removed with the manifest.
+
+    A rerun of the encode then writes them again, and a new manifest once every shard is there. Without this a
+    changed shard (damaged on disk, edited) still parsed as complete, and the rerun's manifest took its new sha256,
+    so that `regvq shards verify` passed it. A folder without a readable manifest is left as it is (an unfinished
+    run: its manifest is written at the end). Returns the removed shards' names. The manifest's file names are
+    checked to stay inside the folder (`read_manifest`)."""
+    out_dir = os.fspath(out_dir)
+    if not os.path.isfile(os.path.join(out_dir, MANIFEST)):
+        return []
+    try:
+        manifest = read_manifest(out_dir)
+    except RegvqError:
+        return []
+    changed = []
+    for entry in manifest["shards"]:
+        path = os.path.join(out_dir, entry["file"])
+        try:
+            if _file_sha256(path) != entry["sha256"]:
+                changed.append(entry["file"])
+        except FileNotFoundError:  # missing: the rerun writes it anyway
+            continue
+    for name in [*changed, MANIFEST] if changed else []:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+    if changed:
+        _fsync_dir(out_dir)
+    return changed
 
 
 def write_manifest(out_dir: str | os.PathLike, run: RunInfo | None = None) -> dict:

@@ -32,8 +32,8 @@ import torch
 from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
 from regvq_cli.data.images import DEFAULT_MAX_PIXELS
 from regvq_cli.data.inputs import list_inputs
-from regvq_cli.data.shards import (OutputLock, RunInfo, completed_shards, inputs_fingerprint, plan_shards,
-                                   shards_for_worker, write_manifest, write_shard)
+from regvq_cli.data.shards import (OutputLock, RunInfo, completed_shards, drop_changed_shards, inputs_fingerprint,
+                                   plan_shards, shards_for_worker, write_manifest, write_shard)
 from regvq_cli.engine import dist, jpeg
 from regvq_cli.engine.checkpoint import file_sha256, weights_path
 from regvq_cli.engine.runtime import prepare_tokenizer
@@ -112,6 +112,9 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     )
     lock = OutputLock(out_dir, worker=(worker, workers) if workers > 1 else None).acquire()
     try:
+        # a finished run's shards that differ from its manifest are encoded again (rank 0 checks; all ranks wait)
+        changed = drop_changed_shards(out_dir) if rank == 0 else []
+        dist.barrier()
         done_before = set(completed_shards(out_dir, run))
         plan = plan_shards(len(listing), opts.shard_size)
         if world > 1:  # torchrun: each rank takes the next shard left from a counter all ranks share
@@ -167,6 +170,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "device": str(device),
         "workers": workers,
         "manifest": None,
+        "shards_changed": changed,  # shards that differed from the finished run's manifest: encoded again
     }
     if world > 1:
         summary["images_per_s_by_rank"] = by_rank
