@@ -303,6 +303,20 @@ def test_job_array_workers_then_merge_equal_one_process(tmp_path, tokenizer_dir)
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
 
 
+def test_a_job_array_worker_reports_the_inputs_it_skipped(tmp_path, tokenizer_dir):
+    """Only the worker that finishes last writes the manifest; each one still lists the bad files it met."""
+    imgs = make_images(tmp_path / "imgs", 3)
+    (imgs / "img000.png").write_bytes(b"")  # shard 0 (worker 0's), then img001 | img002 in shard 1 (worker 1's)
+    args = ["-m", tokenizer_dir, "--shard-size", "2", "--num-workers", "2", "--json"]
+    r = encode(imgs, "-o", tmp_path / "split", *args, "--worker-id", "0")
+    assert r.returncode == 0, r.stderr.decode()
+    summary = json.loads(r.stdout)
+    assert summary["manifest"] is None and summary["skipped"] == [{"key": "img000.png", "reason": "empty file"}]
+    assert b"skipped img000.png: empty file" in r.stderr
+    r = encode(imgs, "-o", tmp_path / "split", *args, "--worker-id", "1")  # the last: the whole folder's
+    assert json.loads(r.stdout)["skipped"] == [{"key": "img000.png", "reason": "empty file"}]
+
+
 TWO_GPUS = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 
 

@@ -117,7 +117,8 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     for item in summary.get("skipped", [])[:20]:
         warn(f"skipped {item['key']}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:
-        warn(f"... and {len(summary['skipped']) - 20} more skipped inputs (see {summary['manifest']})")
+        where = summary["manifest"] or "--json"
+        warn(f"... and {len(summary['skipped']) - 20} more skipped inputs (see {where})")
     if as_json:
         emit_json(summary)
     else:

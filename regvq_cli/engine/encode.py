@@ -177,6 +177,8 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     if manifest is not None:
         summary.update(manifest=str(Path(out_dir) / "manifest.json"), total_encoded=manifest["count"],
                        total_skipped=manifest["num_skipped"], skipped=manifest["skipped"])
+    else:  # a job-array worker that did not finish last: the inputs it skipped itself, this run
+        summary["skipped"] = stats["skipped_items"]
     return summary
 
 
@@ -275,7 +277,8 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
                    marks) -> dict:
     """Encode and write `shards` (an iterable of entries (k, start, stop) of the run's `plan`); sets marks["loop"]
     (its start) and marks["first_batch"] (perf_counter)."""
-    stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0, "input_wait_seconds": 0.0}
+    stats = {"encoded": 0, "skipped": 0, "shards_written": 0, "compute_seconds": 0.0, "input_wait_seconds": 0.0,
+             "skipped_items": []}  # this process's skipped inputs, {key, reason}
     shards = iter(shards)
     first = next(shards, None)
     if first is None:  # nothing left to this process: no loader workers started
@@ -315,6 +318,7 @@ def _encode_shards(listing, run, plan, shards, out_dir, tokenizer, device, dtype
                 for i, good, reason in zip(batch["i"].tolist(), ok.tolist(), reasons):
                     if not good:
                         parts.skipped.append((listing.key(i), reason))
+                        stats["skipped_items"].append({"key": parts.skipped[-1][0], "reason": reason})
                 if ok.any():
                     parts.index += batch["i"][ok].tolist()
                     parts.tokens.append(runner.encode_uint8(images))
