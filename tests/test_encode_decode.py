@@ -702,8 +702,12 @@ def test_tokens_encoded_at_another_size_decode_at_that_size(tmp_path, tokenizer_
     r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec2", "-m", other)
     assert r.returncode == 0, r.stderr.decode()  # the same kind of tokenizer: a warning, pictures of 16 px
     line = json.dumps([[1] * 4] * 4)
-    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec3", input=line)
-    assert r.returncode == 1 and b"4x4 does not match the tokenizer's 8x8" in r.stderr  # stdin records no size
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec3", input=line)  # stdin records no size:
+    assert r.returncode == 0, r.stderr.decode()  # the grids' own, with a warning
+    assert Image.open(tmp_path / "rec3" / "000000.png").size == (16, 16)
+    assert b"the grids were 4x4, so the pictures 16x16 px: this tokenizer makes 8x8 grids" in r.stderr
+    r = invoke("decode", "-", "-m", tokenizer_dir, "-o", tmp_path / "rec5", input=json.dumps([[1] * 8] * 8))
+    assert r.returncode == 0 and b"the grids were" not in r.stderr
     f8 = save_model(Tokenizer(PRESETS["tok-test-f8"]), tmp_path / "f8")
     r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec4", "-m", f8)
     assert r.returncode == 1 and b"4x4" in r.stderr and b"None" not in r.stderr, r.stderr.decode()
@@ -712,8 +716,9 @@ def test_tokens_encoded_at_another_size_decode_at_that_size(tmp_path, tokenizer_
 def test_a_bad_line_on_stdin_keeps_the_grids_before_it(tmp_path, tokenizer_dir):
     """stdin cannot be read twice: the good lines before a malformed one are decoded, then the error names it."""
     good = json.dumps([[1] * 8] * 8)
-    for bad in ("{broken", json.dumps([[1] * 4] * 4)):
-        out = tmp_path / f"rec{len(bad)}"
+    others = [json.dumps([[1] * 8] * 7 + [[1] * 7 + [v]]) for v in (1.5, True, "1")]  # no integer ids: no rounding
+    for n, bad in enumerate(["{broken", json.dumps([[1] * 4] * 4), *others]):
+        out = tmp_path / f"rec{n}"
         r = invoke("decode", "-", "-m", tokenizer_dir, "-o", out, input=f"{good}\n{good}\n{bad}\n{good}\n")
         assert r.returncode == 1 and b"stdin line 3" in r.stderr, r.stderr.decode()
         assert sorted(os.listdir(out)) == ["000000.png", "000001.png"]

@@ -99,6 +99,12 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
                                 limit=limit, grid_sheet=grid_sheet, grid_cols=cols, stdin=sys.stdin,
                                 compile=compile_, channels_last=channels_last, cuda_graphs=cuda_graphs,
                                 callback=lambda n: count(n, total), grid=rec_grid)
+    own = tokenizer.grid_size(tokenizer.config.image_size)
+    if rec_grid is None and summary["grid"] and tuple(summary["grid"]) != own:  # stdin: grids of another size
+        h, w = summary["grid"]
+        f = tokenizer.downsample_factor
+        warn(f"the grids were {h}x{w}, so the pictures {h * f}x{w * f} px: this tokenizer makes {own[0]}x{own[1]} "
+             f"grids of its {own[0] * f} px pictures (grids from another tokenizer decode to noise)")
     renamed = summary["renamed"] if rank() == 0 else []  # every rank's, gathered: rank 0 says them once
     for item in renamed[:20]:
         warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")

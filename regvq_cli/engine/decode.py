@@ -108,8 +108,10 @@ def _json_line(line: str, lineno: int, shape) -> tuple[np.ndarray, object]:
     except ValueError as e:
         raise RegvqError(f"stdin line {lineno}: not JSON ({e}); expected a token grid [[...], ...]") from None
     grid, key = (obj.get("tokens"), obj.get("key")) if isinstance(obj, dict) else (obj, None)
+    rows_of_ints = isinstance(grid, list) and all(
+        isinstance(row, list) and all(type(v) is int for v in row) for row in grid)  # 1.5, true or "1" are no ids
     try:
-        arr = np.asarray(grid, dtype=np.int64)
+        arr = np.asarray(grid, dtype=np.int64) if rows_of_ints else np.zeros(0)
     except (TypeError, ValueError, OverflowError):
         arr = np.zeros(0)
     if arr.ndim != 2 or arr.size == 0:
@@ -186,11 +188,14 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
                   cuda_graphs: bool = True) -> dict:
     """Decode every batch to PNG files under the folder `out` (or one contact sheet PNG at `out`, '-' for stdout).
 
-    Every grid must be `grid` (h, w) (default: the tokenizer's at its training size). The summary's "renamed"
-    lists {key, file} for the grids whose key's usual file name was already taken."""
+    Every grid must be `grid` (h, w), the token folder's; None takes grids of any size (an h x w grid makes
+    pictures of h x w times the tokenizer's downsampling factor; JSON lines hold one size). The summary's "grid" is
+    the size of the grids decoded, and its "renamed" lists {key, file} for the grids whose key's usual file name was
+    already taken."""
     runner = prepare_tokenizer(tokenizer, device, dtype, compile=compile, channels_last=channels_last,
                                cuda_graphs=cuda_graphs)
-    native = tuple(grid) if grid is not None else tokenizer.grid_size(tokenizer.config.image_size)
+    native = tuple(grid) if grid is not None else None
+    decoded_grid = None
     written, sheet, t0 = 0, [], time.perf_counter()
     taken: set[str] = set()
     renamed = []
@@ -213,6 +218,7 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
                 if not good:
                     raise
             indices = torch.from_numpy(batch.tokens)
+            decoded_grid = decoded_grid or list(indices.shape[1:])
             if grid_sheet:
                 sheet.append(runner.decode_uint8(indices).numpy())  # [b, H, W, 3]
             else:
@@ -243,7 +249,8 @@ def decode_tokens(batches, out, tokenizer, device, dtype, grid_sheet: bool = Fal
             save_png(image, out)
     elapsed = time.perf_counter() - t0
     return {"decoded": written, "out": str(out), "seconds": round(elapsed, 3),
-            "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device), "renamed": renamed}
+            "images_per_s": round(written / max(elapsed, 1e-9), 2), "device": str(device), "grid": decoded_grid,
+            "renamed": renamed}
 
 
 def contact_sheet(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
@@ -264,7 +271,7 @@ def decode_source(source, out, tokenizer, device, dtype, batch_size=32, limit=No
                   cuda_graphs=True) -> dict:
     """Decode a token folder or shard file (or open_tokens' reader of one) or a JSON-lines stream ("-"); split by
     torchrun rank when there are several.
-    `grid`: the (h, w) every grid must have (default: the tokenizer's at its training size)."""
+    `grid`: the (h, w) every grid must have (None: any, as `decode_tokens`)."""
     with dist.group(device) as (rank, world):
         if grid_sheet and world > 1:  # each rank would write its own part of the sheet over the others'
             raise RegvqError("--grid makes one contact sheet, which torchrun ranks cannot share; run one process")
