@@ -4,6 +4,7 @@ import filecmp
 import itertools
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -278,6 +279,25 @@ def test_a_rerun_encodes_again_the_shards_that_differ_from_the_manifest(tmp_path
     assert verify(tmp_path / "tok") == []
     r = encode(imgs, "-o", tmp_path / "tok", *args)
     assert json.loads(r.stdout)["shards_changed"] == [] and json.loads(r.stdout)["shards_reused"] == 2
+
+
+def test_the_same_tokenizer_named_another_way_resumes_the_run(tmp_path, tokenizer_dir):
+    """A moved or copied model folder has another id but the same weights (sha256): the run resumes under the
+    folder's first name; other weights are still refused."""
+    imgs = make_images(tmp_path / "imgs", 4)
+    args = ["--shard-size", "2", "--json"]
+    assert encode(imgs, "-o", tmp_path / "tok", "-m", tokenizer_dir, *args).returncode == 0
+    first = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    (tmp_path / "tok" / "shard-00001.safetensors").unlink()
+    moved = shutil.copytree(tokenizer_dir, tmp_path / "moved")
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", moved, *args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["shards_reused"] == 1
+    assert json.loads((tmp_path / "tok" / "manifest.json").read_text()) == first
+    torch.manual_seed(1)
+    other = save_model(Tokenizer(PRESETS["tok-test"]), tmp_path / "other")
+    r = encode(imgs, "-o", tmp_path / "tok", "-m", other, *args)
+    assert r.returncode == 1 and b"different run" in r.stderr
 
 
 def test_a_second_concurrent_run_is_refused(tmp_path, tokenizer_dir):

@@ -587,6 +587,15 @@ def completed_shards(out_dir: str | os.PathLike, run: RunInfo | None = None) -> 
     return sorted(good)
 
 
+def same_tokenizer_named_as_before(out_dir: str | os.PathLike, run: RunInfo) -> RunInfo:
+    """`run` with the tokenizer id of the shards already in out_dir when their tokenizer has the same sha256: the
+    same weights named another way (a shipped name and its folder, a moved folder) resume the run."""
+    for shard in _scan(os.fspath(out_dir))[0].values():
+        if shard.run.tokenizer_sha256 == run.tokenizer_sha256 and shard.run.tokenizer_id != run.tokenizer_id:
+            return dataclasses.replace(run, tokenizer_id=shard.run.tokenizer_id)
+    return run
+
+
 def drop_changed_shards(out_dir: str | os.PathLike) -> list[str]:
     """The shards of a finished run whose bytes differ from its manifest's sha256, removed with the manifest.
 
