@@ -701,12 +701,15 @@ def test_decode_refuses_an_unusable_out_before_decoding(tmp_path, tokenizer_dir,
 
     monkeypatch.setattr(decode_engine, "prepare_tokenizer", no_decoding)
     for args in (["--grid", "-o", tmp_path / "sheet.png"], ["--grid", "-o", tmp_path / "afile" / "sheet.png"],
-                 ["-o", tmp_path / "afile"], ["-o", tmp_path / "afile" / "rec"]):
+                 ["-o", tmp_path / "afile"], ["-o", tmp_path / "afile" / "rec"],
+                 ["-o", tmp_path / "recon.png"]):  # the last: --grid forgotten
         r = invoke("decode", tmp_path / "tok", *args)
         assert r.returncode in (1, 2) and b"--out" in r.stderr, r.stderr.decode()
         assert b"decoded before" not in r.stderr and b"Traceback" not in r.stderr
     assert sorted(os.listdir(tmp_path / "sheet.png")) == [] and sorted(os.listdir(tmp_path)) == [
         "afile", "imgs", "sheet.png", "tok"]
+    r = invoke("decode", tmp_path / "tok", "-o", tmp_path / "rec", "--cols", "2")
+    assert b"--cols lays out the contact sheet: pass --grid too" in r.stderr
 
 
 def test_tokens_encoded_at_another_size_decode_at_that_size(tmp_path, tokenizer_dir):

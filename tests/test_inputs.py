@@ -44,6 +44,8 @@ def test_exts_filter_and_symlink_loop(tmp_path):
 def test_missing_input_is_error(tmp_path):
     with pytest.raises(RegvqError, match="does not exist"):
         list_inputs([str(tmp_path / "nope")])
+    with pytest.raises(RegvqError, match="pass --files-from -"):  # `... | regvq encode - -o tokens`
+        list_inputs(["-"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(RegvqError, match="no images"):
         list_inputs([str(tmp_path / "empty")])

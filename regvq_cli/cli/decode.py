@@ -57,6 +57,11 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     elif not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; give a folder for the PNGs, or --grid for one contact sheet",
                                  param_hint="--out")
+    elif not grid_sheet and out.lower().endswith(".png") and not os.path.isdir(out):
+        raise click.BadParameter(f"{out} would be a folder of PNGs named like a picture: pass --grid for one contact "
+                                 "sheet, or give a folder name", param_hint="--out")
+    if cols is not None and not grid_sheet:
+        raise click.BadParameter("--cols lays out the contact sheet: pass --grid too", param_hint="--cols")
     source = open_tokens(tokens)  # its manifest read once, here
     rec_id, rec_sha, rec_grid, rec_codes, rec_size = recorded_tokenizer(source)
     if model is None and rec_id is None:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from regvq_cli.cli._common import (CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
-                                   progress, tenths, warn)
+                                   plural, progress, tenths, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
                "shorter side to SIZE, then center crop; pad = fit inside, letterbox on --background; stretch = "
@@ -125,7 +125,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
         done = f"{summary['total_encoded']} encoded, {summary['total_skipped']} skipped" if summary["manifest"] else \
             "this worker's shards are done; run `regvq shards merge` once all workers finish"
         info(f"{summary['out_dir']}: {done} ({summary['encoded_this_run']} this run at "
-             f"{human_rate(summary['images_per_s'])}; {summary['shards_reused']} shards reused)")
+             f"{human_rate(summary['images_per_s'])}; {plural(summary['shards_reused'], 'shard')} reused)")
     if summary["manifest"] and summary["total_encoded"] == 0:
         from regvq_cli.errors import RegvqError
 

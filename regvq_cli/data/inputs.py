@@ -370,6 +370,8 @@ def list_inputs(
     for given in inputs:
         given = os.fspath(given)
         if not os.path.exists(given):
+            if given == "-":
+                raise RegvqError("input - does not exist: to read the input paths from stdin, pass --files-from -")
             raise RegvqError(f"input {given} does not exist; check the path")
         root_no = len(out.roots)
         if os.path.isdir(given):
