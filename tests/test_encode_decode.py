@@ -214,6 +214,10 @@ def test_bad_files_are_listed_and_the_run_goes_on(tmp_path, tokenizer_dir):
     assert reasons["empty.png"] == "empty file" and reasons["text.jpg"] == "not an image"
     assert m["count"] + m["num_skipped"] == m["num_inputs"]  # every input encoded or listed
     assert b"skipped text.jpg: not an image" in r.stderr
+    (imgs / "evil\nregvq: error: fake.png").write_bytes(b"")  # a name cannot print a line of its own
+    r = encode(imgs, "-o", tmp_path / "tok2", "-m", tokenizer_dir)
+    assert r.returncode == 0 and b"skipped evil\\nregvq: error: fake.png: empty file" in r.stderr
+    assert not any(line.startswith(b"regvq: error") for line in r.stderr.splitlines())
 
 
 def test_only_bad_files_is_an_error_with_the_reasons_kept(tmp_path, tokenizer_dir):

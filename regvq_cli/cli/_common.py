@@ -258,6 +258,12 @@ def human_rate(images_per_s: float) -> str:
     return f"{images_per_s:.1f} images/s"
 
 
+def shown(name: str) -> str:
+    """A file name or key as a log line can show it: newlines, other control characters and bytes that are not
+    UTF-8 escaped (\\n, \\x1b, \\udce9), so that a name cannot fake a line of its own."""
+    return name if name.isprintable() else name.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, warn
+from regvq_cli.cli._common import CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, shown, warn
 
 
 @click.command()
@@ -112,7 +112,7 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
              f"grids of its {own[0] * f} px pictures (grids from another tokenizer decode to noise)")
     renamed = summary["renamed"] if rank() == 0 else []  # every rank's, gathered: rank 0 says them once
     for item in renamed[:20]:
-        warn(f"{item['key']} was written as {item['file']}: an earlier grid had its file name")
+        warn(f"{shown(item['key'])} was written as {shown(item['file'])}: an earlier grid had its file name")
     if len(renamed) > 20:
         warn(f"... and {len(renamed) - 20} more grids written under another name (see --json)")
     if as_json:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from regvq_cli.cli._common import (CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, OutFolder, batch_size_hint, compiling_note, detail, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, rank,
-                                   plural, progress, tenths, warn)
+                                   plural, progress, shown, tenths, warn)
 
 RESIZE_HELP = ("How images become SIZE x SIZE: crop = center square crop, then resize; shorter-crop = resize the "
                "shorter side to SIZE, then center crop; pad = fit inside, letterbox on --background; stretch = "
@@ -115,7 +115,7 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
         warn(f"{', '.join(summary['shards_changed'])} differed from the manifest of the finished run (sha256): "
              "encoded again")
     for item in summary.get("skipped", [])[:20]:
-        warn(f"skipped {item['key']}: {item['reason']}")
+        warn(f"skipped {shown(item['key'])}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:
         where = summary["manifest"] or "--json"
         warn(f"... and {len(summary['skipped']) - 20} more skipped inputs (see {where})")

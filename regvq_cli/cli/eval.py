@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, counted, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, counted, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, shown, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -47,7 +47,7 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
         for batch in loader:
             for i, reason, ok in zip(batch["i"].tolist(), batch["reason"], batch["ok"].tolist()):
                 if not ok:
-                    warn(f"skipped {listing.key(i)}: {reason}")
+                    warn(f"skipped {shown(listing.key(i))}: {reason}")
             if batch["ok"].any():
                 images = batch["image"].permute(0, 2, 3, 1)  # the readable ones only, in order
                 yield images if names is None else (images, [names[i] for i in batch["i"][batch["ok"]].tolist()])

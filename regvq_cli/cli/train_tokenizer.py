@@ -15,7 +15,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
-                                   json_option, report_export, resumable, table_options, training_progress, warn)
+                                   json_option, report_export, resumable, shown, table_options, training_progress, warn)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
@@ -184,5 +184,5 @@ def train_tokenizer(data, run_dir, as_json, **fields):
         compiling_note("the tokenizer's encoder and decoder")
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback,
-                       on_skip=lambda path, reason: warn(f"skipped {path}: {reason}"), on_note=warn)
+                       on_skip=lambda path, reason: warn(f"skipped {shown(path)}: {reason}"), on_note=warn)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)
