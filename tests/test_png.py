@@ -74,9 +74,10 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(png.os, "replace", full)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as e:
         png.save_png(pictures()["noise"], str(tmp_path / "a.png"))
     assert list(tmp_path.iterdir()) == []
+    assert (e.value.errno, e.value.filename) == (28, str(tmp_path / "a.png"))  # the error names the picture
 
 
 def test_a_name_as_long_as_a_name_can_be_is_written(tmp_path):

@@ -76,9 +76,11 @@ def write_png_file(data: bytes, path: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # "No space left on device" names no file, a failed rename the temporary one
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 
