@@ -191,9 +191,12 @@ def _terminate(signum, frame):
 def main(argv=None):
     """Console entry point: run the CLI with the error policy above."""
     import signal
+    import warnings
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+    # torch's advice when --workers asks for more processes than cores, twice and past -q: the user chose them
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
     try:
         code = cli.main(args=argv, prog_name="regvq", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns a KeyboardInterrupt into Abort
