@@ -49,7 +49,7 @@ def parse_color(ctx, param, value):
 @click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8; for a GPU, with Pillow decoding and resizing: every core but one, up to 32).")
 @click.option("--maps", "maps_dir", type=click.Path(exists=True, file_okay=False), help="Folder of segmentation-map PNGs parallel to the inputs, carried into the shards.")
 @click.option("--max-pixels", type=click.IntRange(1), default=178_956_970, show_default=True, help="Skip images with more pixels than this (decompression bombs).")
-@click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays); then run `regvq shards merge`.")
+@click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True, help="Split the work over this many independent jobs (job arrays; the decoding processes are --workers); then run `regvq shards merge`.")
 @click.option("--worker-id", type=click.IntRange(0), default=0, show_default=True, help="Which job of --num-workers this is.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the tokenizer (pays off on large runs on a GPU).")
 @click.option("--channels-last/--no-channels-last", default=None, help=CHANNELS_LAST_HELP)
