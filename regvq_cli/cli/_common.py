@@ -289,6 +289,40 @@ def check_png_to_stdout(as_json: bool) -> None:
         raise click.UsageError("refusing to write a PNG to a terminal: redirect stdout (> image.png) or pass -o FILE")
 
 
+def check_png_name(out: str, folder_of_pngs: bool, option: str = "--out") -> None:
+    """A usage error for an output name that will not be what it looks like: a folder of PNGs named like a picture
+    (x.png, x.jpg), or a single picture not named .png (the files written are PNGs)."""
+    import os
+
+    from regvq_cli.data.inputs import IMAGE_EXTS
+
+    ext = os.path.splitext(out)[1].lower()
+    if folder_of_pngs and ext in IMAGE_EXTS and not os.path.isdir(out):
+        raise click.BadParameter(f"{out} would be a folder of PNGs named like a picture: pass --grid for one "
+                                 "contact sheet, or give a folder name", param_hint=option)
+    if not folder_of_pngs and ext != ".png":
+        raise click.BadParameter(f"{out}: the picture written is a PNG; name it .png", param_hint=option)
+
+
+def make_output_folder(folder: str, option: str = "--out") -> None:
+    """Make the folder an output goes to, before any work: a path below a file, or a folder that cannot be made,
+    is a one-line error naming the option."""
+    import os
+
+    from regvq_cli.errors import RegvqError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        part, why = os.path.abspath(folder), e.strerror or str(e)
+        while os.path.dirname(part) != part:  # makedirs says "File exists" where a part of the path is a file
+            if os.path.exists(part) and not os.path.isdir(part):
+                why = f"{part} is a file"
+                break
+            part = os.path.dirname(part)
+        raise RegvqError(f"cannot create the folder {folder} for {option}: {why}; choose another {option}") from None
+
+
 class OutFolder(click.Path):
     """click.Path for an output folder: '-', which other options and tools take for stdout, is refused rather than
     made a folder of that name."""

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from regvq_cli.cli._common import CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, batch_size_hint, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, model_option, offline_option, plural, progress, rank, shown, warn
+from regvq_cli.cli._common import CHANNELS_LAST_HELP, CUDA_GRAPHS_HELP, batch_size_hint, check_png_name, check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate, info, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, rank, shown, warn
 
 
 @click.command()
@@ -57,9 +57,8 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
     elif not grid_sheet and os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; give a folder for the PNGs, or --grid for one contact sheet",
                                  param_hint="--out")
-    elif not grid_sheet and out.lower().endswith(".png") and not os.path.isdir(out):
-        raise click.BadParameter(f"{out} would be a folder of PNGs named like a picture: pass --grid for one contact "
-                                 "sheet, or give a folder name", param_hint="--out")
+    else:
+        check_png_name(out, folder_of_pngs=not grid_sheet)
     if cols is not None and not grid_sheet:
         raise click.BadParameter("--cols lays out the contact sheet: pass --grid too", param_hint="--cols")
     source = open_tokens(tokens)  # its manifest read once, here
@@ -88,12 +87,8 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
                              "decode with the tokenizer that made them")
     if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
         warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
-    folder = None if out == "-" else os.path.dirname(os.path.abspath(out)) if grid_sheet else out
-    try:  # before decoding anything: a path below a file, or a folder that cannot be made, fails now
-        if folder is not None:
-            os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise RegvqError(f"cannot create the folder {folder} for --out: {e.strerror or e}; choose another --out") from None
+    if out != "-":  # before decoding anything: a path below a file, or a folder that cannot be made, fails now
+        make_output_folder(os.path.dirname(os.path.abspath(out)) if grid_sheet else out)
     dev = pick_device(device)
     if compile_:
         compiling_note("the tokenizer's decoder")

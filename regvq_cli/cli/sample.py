@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, counted, device_options, emit_json, human_rate, info,
-                                   SEED, json_option, load_model, model_option, offline_option, plural, progress, warn)
+from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_name, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, counted, device_options, emit_json, human_rate, info,
+                                   SEED, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -74,7 +74,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
         raise click.UsageError("give prompts, classes or segmentation maps, not several kinds at once")
     kind, values = given[0] if given else (None, [])
     total = max(1, len(values)) * num_samples
-    check_outputs(out, tokens_out, grid_sheet, as_json, total)
+    check_outputs(out, tokens_out, grid_sheet, cols, as_json, total)
 
     import numpy as np
     import torch
@@ -84,7 +84,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     from regvq_cli.engine.png import PngWriter, save_png, write_png_to_stdout
     from regvq_cli.engine.resolve import PRIOR
     from regvq_cli.engine.runtime import prepare_tokenizer
-    from regvq_cli.priors.conditioning import prepare_condition
+    from regvq_cli.priors.conditioning import class_id, prepare_condition
 
     dev = pick_device(device)
     compute_dtype = pick_dtype(dtype, dev)
@@ -112,8 +112,9 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     seed = secrets.randbelow(2**31) if seed is None else seed
     generator = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
     rows = np.arange(total) // num_samples  # the condition of each sample
-    named = [pc.class_names[int(v)] if kind == "labels" and str(v).isdigit() and pc.class_names
-             and int(v) < len(pc.class_names) else v for v in values]
+    # a class as the prior names it: "2" is the class named "2" where there is one (as the condition read it), else id 2
+    ids = [class_id(pc, v) for v in values] if kind == "labels" else []
+    named = [pc.class_names[i] if i < len(pc.class_names) else values[r] for r, i in enumerate(ids)] or values
     names = [f"{i:06d}" + (f"-{slug(named[r])}" if kind else "") for i, r in enumerate(rows)]
     writer = None
     if tokens_out is not None:
@@ -137,8 +138,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     if compile_:
         compiling_note("the prior's step")
     files, sheet, done = [], [], 0
-    if runner is not None and not single:
-        os.makedirs(out, exist_ok=True)
+    if runner is not None and out != "-":  # now, before sampling: a path below a file fails at once
+        make_output_folder(os.path.dirname(os.path.abspath(out)) if single else out)
     t0 = time.perf_counter()
     try:
         with progress(total=total, desc="sample", unit="img") as bar, PngWriter() as pngs:
@@ -200,16 +201,20 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def check_outputs(out, tokens_out, grid_sheet, as_json, total) -> None:
+def check_outputs(out, tokens_out, grid_sheet, cols, as_json, total) -> None:
     """Refuse output combinations that cannot work, before any model is loaded."""
     if out is None and tokens_out is None:
         raise click.UsageError("give -o (images) and/or --tokens-out (token grids)")
     single = out is not None and (out == "-" or out.lower().endswith(".png"))
     if grid_sheet and not single:
         raise click.BadParameter("with --grid, OUT is the contact sheet: a .png file or '-'", param_hint="--out")
+    if cols is not None and not grid_sheet:
+        raise click.BadParameter("--cols lays out the contact sheet: pass --grid too", param_hint="--cols")
     if out is not None and out != "-":
         import os
 
+        if not single:
+            check_png_name(out, folder_of_pngs=True)  # bird.jpg would be a folder
         if single and os.path.isdir(out):
             raise click.BadParameter(f"{out} is a folder: give a .png file name, or a folder name without .png",
                                      param_hint="--out")
