@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -20,6 +22,17 @@ def test_round_trip_folder_and_lone_file(tmp_path, tiny_model_type):
         loaded = load_model(source)
         assert loaded.config == model.config and not loaded.training
         assert torch.equal(loaded.inp.weight, model.inp.weight)
+
+
+def test_an_exported_model_is_readable_as_the_umask_allows(tmp_path, tiny_model_type):
+    """safetensors writes its files readable by their owner alone; a model folder's files all follow the umask."""
+    old = os.umask(0o022)
+    try:
+        folder = save_model(tiny_model_type(TinyConfig(width=6)), tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {
+        "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
 
 
 def test_non_contiguous_weights_are_saved(tmp_path, tiny_model_type):

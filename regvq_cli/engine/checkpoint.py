@@ -64,6 +64,7 @@ def save_model(model, folder, card: str | None = None, info: dict | None = None,
     with torch.no_grad():
         st_save_model(model, str(tmp), metadata={"regvq": json.dumps(record, sort_keys=True)},
                       force_contiguous=True)  # e.g. a model trained with channels-last weights
+    usual_permissions(tmp)
     os.replace(tmp, folder / WEIGHTS_NAME)
     if card is None and not (folder / CARD_NAME).exists():
         card = default_card(record, folder.name)
@@ -288,6 +289,14 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def usual_permissions(path) -> None:
+    """Give a file written by safetensors, which makes it readable by its owner alone (0600), the permissions
+    of any file this process makes (0644 under the usual umask 022): an exported model is for others to load."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
