@@ -77,6 +77,21 @@ def test_shipped_names_are_folders_with_weights():
         assert (REPO / "models" / name / "model.safetensors").is_file()
 
 
+def test_a_folder_here_that_only_bears_a_shipped_name_does_not_hide_the_model(tmp_path, monkeypatch):
+    """`mkdir regvq-tokenizer` (photos, say) beside a command that uses the default tokenizer: the shipped one
+    loads. A model folder of that name is the user's own and comes first."""
+    monkeypatch.chdir(tmp_path)
+    name = shipped_model_names()[0]
+    (tmp_path / name).mkdir()
+    assert resolve_model(name).source == "shipped"
+    (tmp_path / name).rmdir()
+    (tmp_path / name).write_text("not a model")
+    assert resolve_model(name).source == "shipped"
+    (tmp_path / name).unlink()
+    _write_model(tmp_path / name)
+    assert resolve_model(name).source == "local"
+
+
 def test_hub_download_then_offline_from_the_real_cache(tmp_path):
     """snapshot_download lays out a real HF cache from a local Hub; offline runs then resolve from it."""
     with FakeHub() as hub:

@@ -56,12 +56,17 @@ def resolve_model(spec: str, offline: bool = False) -> ResolvedModel:
             f"{spec}: refusing a pickle checkpoint ({path.suffix}): pickle files can run code when loaded; "
             "regvq loads weights only from safetensors model folders"
         )
+    shipped = spec in shipped_model_names()
     if path.exists():
-        if path.is_dir() or path.suffix == ".safetensors":
-            read_record(path)  # fail early and clearly on a folder or file that is not a regvq model
+        try:  # fail early and clearly on a folder or file that is not a regvq model
+            if not (path.is_dir() or path.suffix == ".safetensors"):
+                raise RegvqError(f"{spec}: not a model folder or a .safetensors file")
+            read_record(path)
             return ResolvedModel(str(path.resolve()), path, "local")
-        raise RegvqError(f"{spec}: not a model folder or a .safetensors file")
-    if spec in shipped_model_names():
+        except RegvqError:
+            if not shipped:  # else a folder or file here that only bears a shipped model's name (the default's)
+                raise
+    if shipped:
         return ResolvedModel(spec, shipped_models_dir() / spec, "shipped")
     if HUB_ID.match(spec):
         try:
