@@ -60,3 +60,31 @@ def test_outputs_that_cannot_work_are_refused_before_sampling(digit_classes, tmp
     r = invoke(*args, "-o", tmp_path / "afile" / "out")
     assert r.returncode == 1 and b"is a file; choose another --out" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_too_many_steps_is_a_usage_error_before_any_output(tmp_path):
+    root = tmp_path
+    torch.manual_seed(0)
+    tok = save_model(Tokenizer(TOKENIZERS["tok-test"]), root / "tok")
+    make_images(root / "imgs", 4)
+    ok(invoke("encode", "--workers", "0", root / "imgs", "-o", root / "tokens", "-m", tok, "--device", "cpu"))
+    r = ok(invoke("train-prior", root / "tokens", "-o", root / "diff", "--max-steps", "1", "--batch-size", "2",
+                  "--sample-every", "0", "--device", "cpu", "--json", "--kind", "diffusion",
+                  "--preset", "diffusion-test"))
+    model = json.loads(r.stdout)["model"]
+    r = invoke("sample", "-m", model, "--steps", "1000000", "--tokens-out", root / "dt", "--device", "cpu")
+    assert r.returncode == 2 and b"--steps" in r.stderr and b"timesteps" in r.stderr, r.stderr.decode()
+    assert not (root / "dt").exists()
+
+
+def test_a_failed_run_leaves_no_token_folder_it_made(digit_classes, tmp_path, monkeypatch):
+    from regvq_cli.cli import sample
+    from regvq_cli.errors import RegvqError
+
+    def fails(*args, **kw):
+        raise RegvqError("out of something")
+
+    monkeypatch.setattr(sample, "token_batches", fails)
+    r = invoke("sample", "-m", digit_classes, "--class", "1", "--tokens-out", tmp_path / "dt", "--device", "cpu")
+    assert r.returncode == 1 and b"out of something" in r.stderr
+    assert not (tmp_path / "dt").exists()

@@ -92,6 +92,11 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     pc = prior.config
     if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
         raise click.UsageError("--steps and --sampler apply to diffusion priors only")
+    if prior.model_type == "diffusion" and steps is not None:  # here, before any output is made
+        most, what = ((prior.num_timesteps, "timesteps") if (sampler or "vq") == "vq" else
+                      (pc.grid_size[0] * pc.grid_size[1], "tokens, maskgit's most"))
+        if steps > most:
+            raise click.BadParameter(f"{steps} is more than this prior's {most} ({what})", param_hint="--steps")
     if prior.model_type == "diffusion" and (attention == "triton" or kv_cache != "model"):
         raise click.UsageError("--attention and --kv-cache apply to AR priors only")
     if prior.model_type != "diffusion":
@@ -363,6 +368,9 @@ class TokenWriter:
         self.plan = plan_shards(len(keys), SHARD_SIZE)
         self.k = 0
         self.buffer = np.zeros((0, *pc.grid_size), dtype=np.int64)
+        import os
+
+        self.made = not os.path.exists(folder)  # a folder this run makes is removed again if it stays empty
         self.lock = OutputLock(folder).acquire()
         try:
             completed_shards(folder, self.run)
@@ -390,4 +398,12 @@ class TokenWriter:
         return write_manifest(self.folder, self.run)
 
     def close(self) -> None:
+        import os
+
         self.lock.release()
+        if self.made and self.k == 0:  # an error before the first shard: no folder holding only the lock file
+            try:
+                os.remove(os.path.join(self.folder, ".lock"))
+                os.rmdir(self.folder)
+            except OSError:
+                pass
