@@ -59,6 +59,7 @@ def test_model_option_completes_shipped_names_without_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, env=env, timeout=60)
     assert r.returncode == 0, r.stderr.decode()
     assert "regvq-alpha" in r.stdout.decode() and "regvq-beta" in r.stdout.decode() and "other" not in r.stdout.decode()
+    assert r.stdout.decode().splitlines()[0] == "file,regvq-"  # paths too: the shell's own completion of them
 
 
 def test_completions_shipped_are_current():

@@ -189,10 +189,14 @@ def emit_json(data) -> None:
 
 
 def complete_model(ctx, param, incomplete):
-    """Shell completion for --model: shipped model names, without importing torch."""
+    """Shell completion for --model, without importing torch: the shipped model names it begins, and paths (a run's
+    model folder, a .safetensors file), which the shell itself completes where no shipped name matches."""
+    from click.shell_completion import CompletionItem
+
     from regvq_cli.engine.resolve import shipped_model_names
 
-    return [name for name in shipped_model_names() if name.startswith(incomplete)]
+    return [CompletionItem(incomplete, type="file"),
+            *(CompletionItem(name) for name in shipped_model_names() if name.startswith(incomplete))]
 
 
 def model_option(default=None, help_text="Model: a shipped name (see `regvq models list`), a folder, a .safetensors file, or a Hub id org/name[@rev]."):
@@ -356,9 +360,7 @@ class ModelSpec(click.ParamType):
     name = "model"
 
     def shell_complete(self, ctx, param, incomplete):
-        from click.shell_completion import CompletionItem
-
-        return [CompletionItem(name) for name in complete_model(ctx, param, incomplete)]
+        return complete_model(ctx, param, incomplete)
 
 
 def explicit_options(names, given: dict) -> dict:
