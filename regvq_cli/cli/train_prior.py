@@ -99,10 +99,15 @@ def train_prior(tokens, run_dir, as_json, **fields):
     import shlex
     import sys
 
+    from regvq_cli.errors import RegvqError
     from regvq_cli.priors.training import TrainPriorConfig, check_init_options, recorded_setting
-    from regvq_cli.train.common import check_resume_settings
+    from regvq_cli.train.common import check_resume_settings, pick_training_device
     from regvq_cli.priors.training import train_prior as train
 
+    try:  # a usage error before any data, model or run folder (torch would fail only at the first tensor moved)
+        pick_training_device(fields["device"])
+    except RegvqError as e:
+        raise click.UsageError(str(e)) from None
     given = {k: v for k, v in fields.items() if v is not None}
     explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
     if given.get("init") and "preset" in explicit and "kind" not in explicit:

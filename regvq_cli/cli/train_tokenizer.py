@@ -163,12 +163,17 @@ def train_tokenizer(data, run_dir, as_json, **fields):
     import shlex
     import sys
 
-    from regvq_cli.train.common import check_resume_settings
+    from regvq_cli.errors import RegvqError
+    from regvq_cli.train.common import check_resume_settings, pick_training_device
     from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options, recorded_setting
     from regvq_cli.train.tokenizer import train_tokenizer as train
 
     check_option_conflicts(fields, quantizer_known=fields["init"] is None or
                            bool(explicit_options(["quantizer"], fields)))
+    try:  # a usage error before any data, model or run folder (torch would fail only at the first tensor moved)
+        pick_training_device(fields["device"])
+    except RegvqError as e:
+        raise click.UsageError(str(e)) from None
     given = {k: v for k, v in fields.items() if v is not None}
     if "perceptual_weights" in given:
         given["perceptual_weights"] = [given["perceptual_weights"]]

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..engine.device import pick_device
 from ..engine.dist import join, shutdown
 from ..errors import RegvqError
 
@@ -61,11 +62,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def _pick_device(device: str | None, local_rank: int) -> torch.device:
+def pick_training_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """The device to train on: an explicit one (a RegvqError for one torch does not know or this machine lacks,
+    rather than torch's failure when the first tensor moves), or cuda:LOCAL_RANK when CUDA exists, else the CPU."""
     if device not in (None, "", "auto"):
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local_rank)
+        dev = pick_device(device)
+        count = torch.cuda.device_count() if dev.type == "cuda" else 0
+        if dev.type == "cuda" and dev.index >= count:
+            last = f" to cuda:{count - 1}" if count > 1 else ""
+            raise RegvqError(f"--device {device}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                             f"(cuda:0{last})")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
@@ -78,7 +84,7 @@ def setup_distributed(device: str | None = None, timeout_s: float = 1800.0) -> D
     ``device``: None/"auto" (cuda:LOCAL_RANK when CUDA exists, else CPU) or an explicit device string.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_training_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     rank, world, created = join(dev, timeout_s)

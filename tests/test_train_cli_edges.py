@@ -1,0 +1,70 @@
+"""`regvq train-prior` and `regvq train-tokenizer` given what they cannot use: a device this machine lacks,
+files that are not what an option takes, options that do nothing with the others given, a run that diverges."""
+
+import json
+
+import pytest
+import torch
+
+from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS as TOKENIZERS
+from tests.conftest import invoke
+from tests.test_encode_decode import make_images
+
+TOKENIZER_FAST = ["--preset", "tok-test", "--max-steps", "1", "--batch-size", "4", "--workers", "0",
+                  "--perceptual-weight", "0", "--contrastive-weight", "0"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A tiny random tokenizer and two token folders of 4 images each: one with class labels, one with captions."""
+    root = tmp_path_factory.mktemp("train_edges")
+    torch.manual_seed(0)
+    tok = save_model(Tokenizer(TOKENIZERS["tok-test"]), root / "tok")
+    make_images(root / "imgs" / "cat", 2, seed=0)
+    make_images(root / "imgs" / "dog", 2, seed=1)
+    captioned = make_images(root / "captioned", 4, seed=2)
+    with open(captioned / "metadata.jsonl", "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"file_name": f"img{i:03d}.png", "text": f"a picture of {i % 2}"}) + "\n")
+    for name in ("imgs", "captioned"):
+        r = invoke("encode", "--workers", "0", root / name, "-o", root / f"{name}-tokens", "-m", tok, "--device", "cpu")
+        assert r.returncode == 0, r.stderr.decode()
+    return root
+
+
+def usage_error(r) -> str:
+    """The error line of a usage error (exit 2, no traceback)."""
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def prior(work, run, *args):
+    return invoke("train-prior", work / "imgs-tokens", "-o", run, "--preset", "ar-test", "--max-steps", "1",
+                  "--batch-size", "4", "--sample-every", "0", *args)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine without CUDA or MPS, whatever this one has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("device, said", [("cuda", "CUDA is not available here"), ("cuda:1", "CUDA is not available"),
+                                          ("mps", "MPS is not available here"), ("foo", "unknown device 'foo'")])
+def test_a_device_this_machine_lacks_is_a_usage_error(work, tmp_path, no_gpu, device, said):
+    assert said in usage_error(prior(work, tmp_path / "p", "--device", device))
+    r = invoke("train-tokenizer", work / "imgs", "-o", tmp_path / "t", *TOKENIZER_FAST, "--device", device)
+    assert said in usage_error(r)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_cuda_device_past_the_last_is_a_usage_error(work, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    line = usage_error(prior(work, tmp_path / "p", "--device", "cuda:3"))
+    assert "--device cuda:3: this machine has 1 CUDA device (cuda:0)" in line
+    assert not (tmp_path / "p").exists()
