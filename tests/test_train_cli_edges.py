@@ -68,3 +68,23 @@ def test_a_cuda_device_past_the_last_is_a_usage_error(work, tmp_path, monkeypatc
     line = usage_error(prior(work, tmp_path / "p", "--device", "cuda:3"))
     assert "--device cuda:3: this machine has 1 CUDA device (cuda:0)" in line
     assert not (tmp_path / "p").exists()
+
+
+def one_line_error(r) -> str:
+    err = r.stderr.decode()
+    assert r.returncode == 1 and len(err.strip().splitlines()) == 1 and err.startswith("regvq: error: "), err
+    return err.strip()
+
+
+def test_text_states_that_are_not_a_text_state_table_are_named_in_one_line(work, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not tensors\n")
+    for path, why in ((work / "tok" / "model.safetensors", "a safetensors file without caption states"),
+                      (text, "not a safetensors file")):
+        r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
+                   "--max-steps", "1", "--cond", "text", "--text-states", path)
+        line = one_line_error(r)
+        assert f"{path} is not a text-states file ({why})" in line and "text_states.safetensors" in line, line
+    r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
+               "--cond", "text", "--text-states", tmp_path / "missing.safetensors")
+    assert "missing.safetensors" in usage_error(r)

@@ -481,16 +481,22 @@ class TextStateTable:
 
     @classmethod
     def load(cls, path) -> "TextStateTable":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
+
+        def not_states(why: str) -> RegvqError:  # what the file should have been, and where one comes from
+            return RegvqError(f"{path} is not a text-states file ({why}); one is the text_states.safetensors that "
+                              "`regvq train-prior --cond text` writes in its run folder")
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+                if "captions" not in meta or not {"states", "mask"} <= set(f.keys()):
+                    raise not_states("a safetensors file without caption states")
                 states, mask = f.get_tensor("states"), f.get_tensor("mask")
+        except SafetensorError:
+            raise not_states("not a safetensors file") from None
         except (OSError, RuntimeError) as e:
             raise RegvqError(f"cannot read text states {path}: {e}") from None
-        if "captions" not in meta:
-            raise RegvqError(f"{path} is not a regvq text-states file (no captions in its metadata)")
         return cls(json.loads(meta["captions"]), TextStates(states, mask.bool()), meta.get("encoder", "?"),
                    int(meta.get("max_tokens", states.shape[1])))
 
