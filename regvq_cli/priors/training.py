@@ -256,14 +256,14 @@ def check_init_architecture(values: dict, kind: str, model_config: dict, spec: s
                              + hint.format("--num-timesteps"))
 
 
-def check_init_options(spec: str, values: dict) -> None:
+def check_init_options(spec: str, values: dict, offline: bool = False) -> None:
     """``check_init_architecture`` for the command line: ``values`` are the architecture options it was given
     explicitly. Reads the model's config only (no weights); a model that is not a prior is left to the trainer,
     whose loader says what it is."""
     from regvq_cli.engine.checkpoint import read_record
     from regvq_cli.engine.resolve import resolve_model
 
-    record = read_record(resolve_model(spec).path)
+    record = read_record(resolve_model(spec, offline=offline).path)
     if record["model_type"] in PRIOR:
         check_init_architecture(values, record["model_type"], record["config"], spec)
 
@@ -301,8 +301,8 @@ class PriorTrainer(Trainer):
     what = "prior"
     unit = "samples"
 
-    def __init__(self, tokens_dir, run_dir, cfg: TrainPriorConfig):
-        super().__init__(run_dir, cfg)
+    def __init__(self, tokens_dir, run_dir, cfg: TrainPriorConfig, offline: bool = False):
+        super().__init__(run_dir, cfg, offline)
         self.tokens_dir = str(tokens_dir)
 
         from regvq_cli.data.shards import ShardReader
@@ -370,7 +370,8 @@ class PriorTrainer(Trainer):
         else:
             path = self.run_dir / TEXT_STATES_NAME
             if self.main and not path.exists():
-                precompute_text_states(captions, path, cfg.text_encoder, cfg.text_max_tokens, device=self.device)
+                precompute_text_states(captions, path, cfg.text_encoder, cfg.text_max_tokens, device=self.device,
+                                       offline=self.offline)
             barrier()
             table = TextStateTable.load(path)
             if table.encoder != cfg.text_encoder or table.max_tokens != cfg.text_max_tokens:
@@ -587,7 +588,7 @@ class PriorTrainer(Trainer):
 
             if not tid:
                 raise RegvqError("the shards name no tokenizer")
-            tok = load(tid, device=self.device)
+            tok = load(tid, device=self.device, offline=self.offline)
             if sha and file_sha256(weights_path(tok.regvq_path)) != sha:
                 raise RegvqError(f"tokenizer {tid} does not match the sha256 recorded with the shards")
         except RegvqError as e:
@@ -651,12 +652,13 @@ def _save_row(images: torch.Tensor, path: Path) -> None:
 
 def train_prior(tokens_dir, run_dir, cfg: TrainPriorConfig | None = None,
                 callback: Callable[[int, dict], None] | None = None,
-                on_note: Callable[[str], None] | None = None) -> Path:
+                on_note: Callable[[str], None] | None = None, offline: bool = False) -> Path:
     """Train (or resume) a prior on a token folder; returns the exported model folder ``run_dir/model``.
 
     ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar);
-    ``on_note(message)`` on rank 0 for what a resume found (data of another size).
+    ``on_note(message)`` on rank 0 for what a resume found (data of another size). ``offline``: the init model,
+    a text encoder and the shards' tokenizer come from the Hugging Face cache only.
     """
-    trainer = PriorTrainer(tokens_dir, run_dir, cfg or TrainPriorConfig())
+    trainer = PriorTrainer(tokens_dir, run_dir, cfg or TrainPriorConfig(), offline)
     trainer.on_note = on_note
     return trainer.run(callback)

@@ -66,8 +66,9 @@ class Trainer:
     what = ""  # "tokenizer" | "prior": what the messages call the state
     unit = "images"  # the key of train_step's item count; the metrics get f"{unit}_per_s"
 
-    def __init__(self, run_dir: str | Path, cfg):
+    def __init__(self, run_dir: str | Path, cfg, offline: bool = False):
         self.cfg = copy.copy(cfg)  # fine-tuning fills in architecture fields; the caller's config stays as it was
+        self.offline = offline  # models from the Hugging Face cache only: never touch the network
         self.run_dir = Path(run_dir)
         self.dist = setup_distributed(cfg.device)
         self.device = self.dist.device
@@ -167,7 +168,7 @@ class Trainer:
         from ..engine.checkpoint import file_sha256, weights_path
         from ..engine.resolve import load
 
-        model = load(self.cfg.init, expect=expect)
+        model = load(self.cfg.init, expect=expect, offline=self.offline)
         self.init_info = {"spec": str(self.cfg.init), "id": model.regvq_id,
                           "sha256": file_sha256(weights_path(model.regvq_path))}
         return model.config, model
