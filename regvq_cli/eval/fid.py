@@ -319,8 +319,7 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats, method: str = "sqrtm") -> d
     n = min(a.n, b.n)
     if n < FID_MIN_IMAGES:
         raise RegvqError(
-            f"FID needs at least {FID_MIN_IMAGES} images per set, got {a.n} and {b.n}; "
-            "evaluate more images, or use KID, which is unbiased at small n"
+            f"FID needs at least {FID_MIN_IMAGES} images per set, got {a.n} and {b.n}; evaluate more images"
         )
     if method == "features":
         if a.features is None or b.features is None:

@@ -129,6 +129,11 @@ def evaluate_recon(
                 callback(n_done, n_total)
     if n_done == 0:
         raise RegvqError("no images to evaluate")
+    if need_features and n_done < fidlib.FID_MIN_IMAGES:
+        # unreadable files were skipped during the pass, so this shows only now; the other metrics hold
+        warnings.append(f"{n_done} {'image was' if n_done == 1 else 'images were'} readable, too few for rFID/KID "
+                        f"(at least {fidlib.FID_MIN_IMAGES} images); reporting the other metrics")
+        need_features, feature_fn = False, None  # the protocol then names no feature network, as with none
 
     protocol = make_protocol(
         n_images=n_done, image_size=image_hw, feature_fn=feature_fn, resize=resize, seed=seed, data=data, model=model

@@ -1,0 +1,42 @@
+"""Edge cases of `regvq eval recon | gen` and `regvq codebook`: few images, reused statistics, options that do not
+apply, token folders and plot paths."""
+
+import json
+
+import pytest
+import torch
+
+from regvq_cli.engine.checkpoint import save_model
+from regvq_cli.tokenizer.model import Tokenizer
+from regvq_cli.tokenizer.presets import PRESETS
+from tests.conftest import invoke
+from tests.test_encode_decode import make_images
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(Tokenizer(PRESETS["tok-test"]), tmp_path_factory.mktemp("tok") / "tok")
+
+
+def test_recon_with_too_few_readable_images_reports_the_other_metrics(tmp_path, tok):
+    imgs = make_images(tmp_path / "imgs", 8)
+    for i in range(2):  # 10 inputs listed, 8 readable: the shortage shows only during the pass
+        (imgs / f"broken{i}.png").write_bytes(b"\x89PNG broken")
+    r = invoke("eval", "recon", imgs, "-m", tok, "--json", "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    result = json.loads(r.stdout)
+    assert result["metrics"]["rfid"] is None and result["metrics"]["kid"] is None
+    assert result["metrics"]["psnr"] > 0 and result["metrics"]["codebook_size"] == 64
+    assert result["protocol"]["n_images"] == 8 and result["protocol"]["feature_network"] is None
+    assert any("8 images were readable, too few for rFID" in w for w in result["warnings"]), result["warnings"]
+
+
+def test_fid_below_the_minimum_suggests_nothing_the_cli_lacks():
+    from regvq_cli.errors import RegvqError
+    from regvq_cli.eval import fid as fidlib
+
+    small = fidlib.FeatureStats.from_features(torch.randn(8, 4))
+    with pytest.raises(RegvqError) as e:
+        fidlib.fid_from_stats(small, small)
+    assert "evaluate more images" in str(e.value) and "KID" not in str(e.value)
