@@ -135,3 +135,26 @@ def test_quiet_keeps_the_hubs_retry_lines_off_stderr(work, tmp_path):
     for flags in (["-q"], ["-qq"]):
         line = one_line_error(run(*flags))
         assert "cannot load text encoder 'org/encoder'" in line, line
+
+
+@pytest.mark.parametrize("args, clip", [([], False), (["--grad-clip", "0"], True),
+                                        (["--checkpoint-every", "1"], False)])
+def test_a_prior_run_that_diverges_says_what_is_kept_and_what_to_change(work, tmp_path, args, clip):
+    line = one_line_error(prior(work, tmp_path / "run", "--max-steps", "3", "--lr", "1e10", *args))
+    assert "the loss became nan" in line and "--lr" in line
+    assert ("--grad-clip" in line) == clip, line  # the prior clips at 1.0 unless told otherwise
+    kept = (tmp_path / "run" / "state.pt").exists()
+    assert ("the last checkpoint is kept" in line) == kept and ("no checkpoint was saved yet" in line) != kept, line
+    if args[:1] == ["--checkpoint-every"]:
+        assert kept
+
+
+@pytest.mark.parametrize("args", [[], ["--checkpoint-every", "1"]])
+def test_a_tokenizer_run_that_diverges_says_what_is_kept_and_what_to_change(work, tmp_path, args):
+    r = invoke("train-tokenizer", work / "imgs", "-o", tmp_path / "run", *TOKENIZER_FAST, "--max-steps", "3",
+               "--lr", "1e10", "--device", "cpu", *args)
+    line = one_line_error(r)
+    assert "the loss became nan" in line and "--grad-clip" in line  # no clip by default
+    kept = (tmp_path / "run" / "state.pt").exists()
+    assert ("the last checkpoint is kept" in line) == kept and ("no checkpoint was saved yet" in line) != kept, line
+    assert kept == bool(args)

@@ -210,8 +210,14 @@ class Trainer:
             self.pending = {}
         loss = self.window.get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise RegvqError(f"the loss became {loss} by step {self.step}: lower the learning rate (--lr) or clip "
-                             "the gradient norm (--grad-clip); the last checkpoint is kept, resume from it")
+            advice = "lower the learning rate (--lr)"
+            if not self.cfg.grad_clip:  # a clip already set is no advice: it did not stop this
+                advice += " or clip the gradient norm (--grad-clip)"
+            if self.state_path.exists():
+                then = "the last checkpoint is kept: rerun with that change to resume from it"
+            else:
+                then = "no checkpoint was saved yet: rerun with that change to start again"
+            raise RegvqError(f"the loss became {loss} by step {self.step}: {advice}; {then}")
 
     def _log(self, throughput: Throughput, evaluate: bool = False) -> dict[str, float]:
         """Average the window over its steps and the ranks, write one metrics record (with ``evaluate()``'s
