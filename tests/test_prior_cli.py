@@ -108,7 +108,7 @@ def test_bad_training_values_are_usage_errors(work, tmp_path):
     r = invoke("train-prior", work / "tokens", "-o", tmp_path / "run", "--cond-dropout", "1.5")
     assert r.returncode == 2 and b"cond-dropout" in r.stderr
     r = invoke("train-prior", work / "tokens", "-o", tmp_path / "run", "--kind", "ar", "--preset", "diffusion-test")
-    assert r.returncode == 1 and b"not for --kind ar" in r.stderr
+    assert r.returncode == 2 and b"--preset diffusion-test is for --kind diffusion, not ar" in r.stderr
 
 
 def test_sample_classes_to_a_folder_and_a_sheet(ar_model, tmp_path):

@@ -158,3 +158,14 @@ def test_a_tokenizer_run_that_diverges_says_what_is_kept_and_what_to_change(work
     kept = (tmp_path / "run" / "state.pt").exists()
     assert ("the last checkpoint is kept" in line) == kept and ("no checkpoint was saved yet" in line) != kept, line
     assert kept == bool(args)
+
+
+def test_a_preset_alone_gives_the_kind_and_a_kind_it_is_not_for_is_a_usage_error(work, tmp_path):
+    r = prior(work, tmp_path / "run", "--preset", "diffusion-test", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["model_type"] == "diffusion"
+    line = usage_error(prior(work, tmp_path / "other", "--preset", "diffusion-test", "--kind", "ar"))
+    assert "--preset diffusion-test is for --kind diffusion, not ar" in line and "ar-test" in line
+    assert not (tmp_path / "other").exists()
+

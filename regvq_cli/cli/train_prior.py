@@ -8,7 +8,8 @@ config.
 
 `--init MODEL` fine-tunes: the library takes the architecture from MODEL's config and checks its data fields
 against the tokens; this command also refuses a --kind, --preset or --num-timesteps given explicitly that MODEL
-does not have, before any weights are read. With --init, an explicit --preset alone implies its --kind.
+does not have, before any weights are read. An explicit --preset alone implies its --kind (with --init too);
+an explicit --kind it is not for is a usage error.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ POSITIVE = FiniteFloatRange(min=0, min_open=True)
 # (option, config field, click type, default, help). `None` as default: not set (the preset's / the library's).
 OPTIONS = [
     # model
-    ("--kind", "kind", click.Choice(["ar", "diffusion"]), "ar", "ar: a decoder-only transformer over raster order; diffusion: VQ-Diffusion mask-and-replace."),
+    ("--kind", "kind", click.Choice(["ar", "diffusion"]), "ar", "ar: a decoder-only transformer over raster order; diffusion: VQ-Diffusion mask-and-replace. Default: the kind of --preset where one is given, else ar."),
     ("--preset", "preset", click.Choice(PRESET_NAMES), None, "Architecture preset (default: <kind>-small)."),
     ("--dropout", "dropout", FiniteFloatRange(0, 1, max_open=True), None, "Dropout (default: the preset's)."),
     ("--num-timesteps", "num_timesteps", click.IntRange(1), None, "diffusion: number of timesteps T (default: the preset's)."),
@@ -74,6 +75,20 @@ OPTIONS = [
 ]
 
 
+def check_preset_kind(explicit: dict, given: dict) -> None:
+    """Take --kind from an explicit --preset that comes without one (the default kind must not refuse the preset);
+    a usage error where both are given and disagree."""
+    if "preset" not in explicit:
+        return
+    preset, implied = explicit["preset"], explicit["preset"].split("-")[0]
+    if "kind" not in explicit:
+        given["kind"] = implied
+    elif explicit["kind"] != implied:
+        kind = explicit["kind"]
+        presets = ", ".join(p for p in PRESET_NAMES if p.startswith(kind + "-"))
+        raise click.UsageError(f"--preset {preset} is for --kind {implied}, not {kind}: drop --kind, or choose one of "
+                               f"{presets}")
+
 
 @click.command("train-prior")
 @click.argument("tokens", type=click.Path(exists=True))
@@ -115,8 +130,7 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
         quiet_hub()
     given = {k: v for k, v in fields.items() if v is not None}
     explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
-    if given.get("init") and "preset" in explicit and "kind" not in explicit:
-        given["kind"] = explicit["preset"].split("-")[0]  # the default kind must not refuse the preset
+    check_preset_kind(explicit, given)
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
     if resumable(run_dir):
         if cfg.init:
