@@ -169,3 +169,23 @@ def test_a_preset_alone_gives_the_kind_and_a_kind_it_is_not_for_is_a_usage_error
     assert "--preset diffusion-test is for --kind diffusion, not ar" in line and "ar-test" in line
     assert not (tmp_path / "other").exists()
 
+
+@pytest.mark.parametrize("args, named, need", [
+    (["--seg-classes", "4"], "--seg-classes", "segmap"),  # --cond auto: the labels make it class
+    (["--cond", "class", "--text-states", "{states}"], "--text-states", "text"),
+    (["--cond", "none", "--text-encoder", "org/encoder"], "--text-encoder", "text"),
+    (["--cond", "none", "--text-max-tokens", "8"], "--text-max-tokens", "text"),
+])
+def test_a_conditions_option_under_another_condition_is_a_usage_error(work, tmp_path, args, named, need):
+    states = tmp_path / "states.safetensors"
+    states.write_bytes(b"")
+    line = usage_error(prior(work, tmp_path / "run", *[a.format(states=states) for a in args]))
+    assert f"{named} only acts with --cond {need}" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_text_options_act_where_the_shards_carry_captions(work, tmp_path):
+    r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
+               "--max-steps", "1", "--batch-size", "4", "--sample-every", "0", "--text-max-tokens", "8")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["config"]["text_max_tokens"] == 8

@@ -73,6 +73,9 @@ OPTIONS = [
     ("--decode-samples/--no-decode-samples", "decode_samples", bool, True, "Decode sample grids to PNG with the shards' tokenizer when it loads."),
     ("--seed", "seed", TRAIN_SEED, 0, "Random seed."),
 ]
+FLAGS = {name: flag for flag, name, *_ in OPTIONS}
+# options that only act under one condition: (fields, that condition)
+COND_ONLY = [(("text_encoder", "text_max_tokens", "text_states"), "text"), (("seg_classes",), "segmap")]
 
 
 def check_preset_kind(explicit: dict, given: dict) -> None:
@@ -88,6 +91,24 @@ def check_preset_kind(explicit: dict, given: dict) -> None:
         presets = ", ".join(p for p in PRESET_NAMES if p.startswith(kind + "-"))
         raise click.UsageError(f"--preset {preset} is for --kind {implied}, not {kind}: drop --kind, or choose one of "
                                f"{presets}")
+
+
+def check_cond_options(fields: dict, tokens, cfg) -> None:
+    """A usage error for a condition's option given on the command line (--seg-classes, --text-states, ...) where
+    another condition is trained, which would ignore it. With --init and --cond auto the model's condition decides,
+    which the command line cannot tell: not checked."""
+    from regvq_cli.data.shards import ShardReader
+    from regvq_cli.priors.training import resolve_cond
+
+    given = explicit_options([name for names, _ in COND_ONLY for name in names], fields)
+    if not given or (cfg.init and cfg.cond == "auto"):
+        return
+    cond = resolve_cond(cfg, set(ShardReader(tokens).fields), tokens)  # auto: what the shards carry
+    for names, need in COND_ONLY:
+        for name in names:
+            if name in given and cond != need:
+                why = "" if cfg.cond != "auto" else f" (--cond auto is {cond} for {tokens})"
+                raise click.UsageError(f"{FLAGS[name]} only acts with --cond {need}{why}: drop it, or set --cond {need}")
 
 
 @click.command("train-prior")
@@ -132,6 +153,7 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
     explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
     check_preset_kind(explicit, given)
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
+    check_cond_options(fields, tokens, cfg)
     if resumable(run_dir):
         if cfg.init:
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
