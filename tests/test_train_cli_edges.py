@@ -111,7 +111,7 @@ from regvq_cli.priors import conditioning
 def no_network(source, device, offline=False):
     from huggingface_hub.utils import logging
     logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
-    raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    raise OSError("We couldn't connect to the Hub to load the files")
 
 conditioning._HFTextEncoder = no_network
 from regvq_cli.cli import main

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -42,6 +43,10 @@ def set_verbosity(level: int) -> None:
         if debug:
             logger.addHandler(_StderrHandler())
         logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
+    if level < 0:  # -q: the Hugging Face Hub client's own warnings too (offline, two lines a request as it retries
+        # for most of a minute); it sets its level when first imported, from HF_HUB_VERBOSITY
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def verbosity() -> int:

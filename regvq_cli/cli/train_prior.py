@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
-                                   offline_option, report_export, resumable, table_options, training_progress, verbosity, warn)
+                                   offline_option, report_export, resumable, table_options, training_progress, warn)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
@@ -147,8 +147,6 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
         pick_training_device(fields["device"])
     except RegvqError as e:
         raise click.UsageError(str(e)) from None
-    if verbosity() < 0:
-        quiet_hub()
     given = {k: v for k, v in fields.items() if v is not None}
     explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
     check_preset_kind(explicit, given)
@@ -165,12 +163,3 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:
         folder = train(tokens, run_dir, cfg, callback=callback, on_note=warn, offline=offline)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)
-
-
-def quiet_hub() -> None:
-    """Keep the Hugging Face Hub client's warnings off stderr (for -q and -qq): they are its own log lines, through
-    its own handler, and without a network it writes two lines per request for most of a minute as it retries. A
-    failure still ends in regvq's one-line error."""
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()
