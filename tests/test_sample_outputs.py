@@ -88,3 +88,21 @@ def test_a_failed_run_leaves_no_token_folder_it_made(digit_classes, tmp_path, mo
     r = invoke("sample", "-m", digit_classes, "--class", "1", "--tokens-out", tmp_path / "dt", "--device", "cpu")
     assert r.returncode == 1 and b"out of something" in r.stderr
     assert not (tmp_path / "dt").exists()
+
+
+def test_offline_reaches_the_text_encoder(tmp_path, monkeypatch):
+    """sample --offline --prompt: the prompt's text encoder comes from the Hugging Face cache only, like the models."""
+    from regvq_cli.engine.resolve import DEFAULT_TEXT_PRIOR, shipped_model_names
+    from regvq_cli.errors import RegvqError
+    from regvq_cli.priors import conditioning
+
+    if DEFAULT_TEXT_PRIOR not in shipped_model_names():
+        pytest.skip("no embedded text prior")
+
+    def encode_texts(*args, offline=False, **kw):
+        raise RegvqError(f"text encoder asked with offline={offline}")
+
+    monkeypatch.setattr(conditioning, "encode_texts", encode_texts)
+    for flags, want in (([], b"offline=False"), (["--offline"], b"offline=True")):
+        r = invoke("sample", "--prompt", "a red bird", "--tokens-out", tmp_path / "t", "--device", "cpu", *flags)
+        assert r.returncode == 1 and want in r.stderr, r.stderr.decode()

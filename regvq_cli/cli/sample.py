@@ -112,7 +112,8 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     if out is not None or kind == "segmaps":
         tokenizer, tok_sha = load_tokenizer(prior, tokenizer_spec, offline)
     maps = load_maps(values, tokenizer.config.image_size) if kind == "segmaps" else None
-    cond = prepare_condition(pc, device=dev, **({kind: maps if kind == "segmaps" else values} if kind else {}))
+    cond = prepare_condition(pc, device=dev, offline=offline,
+                             **({kind: maps if kind == "segmaps" else values} if kind else {}))
 
     seed = secrets.randbelow(2**31) if seed is None else seed
     generator = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)

@@ -271,11 +271,12 @@ def _kind_of(cond) -> str:
 
 
 def prepare_condition(config: PriorConfig, *, labels=None, prompts=None, text_states=None, segmaps=None,
-                      device=None):
+                      device=None, offline: bool = False):
     """User-level inputs -> the raw condition the prior takes, checked against what it was trained for.
 
-    labels: class ids or names (list); prompts: list of strings (encoded with the prior's text encoder);
-    text_states: precomputed TextStates; segmaps: label maps [B, H, W] or [H, W] (tensor or numpy).
+    labels: class ids or names (list); prompts: list of strings (encoded with the prior's text encoder, from the
+    Hugging Face cache only with `offline`); text_states: precomputed TextStates; segmaps: label maps [B, H, W] or
+    [H, W] (tensor or numpy).
     """
     given = {k for k, v in (("labels", labels), ("prompts", prompts), ("text_states", text_states),
                             ("segmaps", segmaps)) if v is not None}
@@ -297,7 +298,7 @@ def prepare_condition(config: PriorConfig, *, labels=None, prompts=None, text_st
         if text_states is not None:
             return TextStates(*text_states)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return encode_texts(prompts, config.text_encoder, config.text_max_tokens, device=device)
+        return encode_texts(prompts, config.text_encoder, config.text_max_tokens, device=device, offline=offline)
     seg = torch.as_tensor(segmaps)
     if seg.dim() == 2:
         seg = seg[None]
