@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -263,7 +265,12 @@ def test_train_text_prior_from_precomputed_states(tmp_path):
     unique = sorted(set(c for c in captions if c))
     g = torch.Generator().manual_seed(0)
     states = TextStates(torch.randn(len(unique), 6, 10, generator=g), torch.ones(len(unique), 6, dtype=torch.bool))
-    TextStateTable(unique, states, "my-encoder", 6).save(tmp_path / "text.safetensors")
+    old = os.umask(0o022)
+    try:
+        TextStateTable(unique, states, "my-encoder", 6).save(tmp_path / "text.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "text.safetensors").stat().st_mode) == 0o644  # as the umask says, not 0600
     cfg = TrainPriorConfig(kind="ar", preset="ar-test", text_states=str(tmp_path / "text.safetensors"),
                            batch_size=4, max_steps=2, sample_every=2, num_samples=2, device="cpu", command="t")
     model = load_model(train_prior(tmp_path / "tokens", tmp_path / "run", cfg))

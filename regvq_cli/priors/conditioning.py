@@ -480,12 +480,15 @@ class TextStateTable:
     def save(self, path) -> Path:
         from safetensors.torch import save_file
 
+        from regvq_cli.engine.checkpoint import usual_permissions
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"captions": json.dumps(self.captions), "encoder": self.encoder, "max_tokens": str(self.max_tokens)}
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"states": self.states.half().contiguous(), "mask": self.mask.to(torch.uint8).contiguous()},
                   str(tmp), metadata=meta)
+        usual_permissions(tmp)  # safetensors makes it its owner's alone
         tmp.replace(path)
         return path
 
