@@ -40,3 +40,29 @@ def test_fid_below_the_minimum_suggests_nothing_the_cli_lacks():
     with pytest.raises(RegvqError) as e:
         fidlib.fid_from_stats(small, small)
     assert "evaluate more images" in str(e.value) and "KID" not in str(e.value)
+
+
+def test_recon_says_when_cached_statistics_come_from_other_images(tmp_path, tok):
+    one, other = make_images(tmp_path / "one", 10, seed=1), make_images(tmp_path / "other", 10, seed=2)
+    stats = tmp_path / "one.stats"
+    args = ("-m", tok, "--json", "--workers", "0", "--device", "cpu", "--fid-method", "eigh", "--ref-stats", stats)
+    assert invoke("eval", "recon", one, *args).returncode == 0 and stats.exists()
+    r = invoke("eval", "recon", other, *args)  # not refused: the same data set may sit under another path
+    assert r.returncode == 0, r.stderr.decode()
+    said = f"the statistics in {stats} were computed over {one}, not {other}"
+    assert said in r.stderr.decode() and any(said in w for w in json.loads(r.stdout)["warnings"]), r.stderr.decode()
+    from regvq_cli.cli.eval import same_paths
+
+    assert same_paths(f"{one}", f"{one}/") and same_paths("a/b c", "./a/b c/") and not same_paths("a", "a b")
+
+
+def test_recon_says_ref_stats_go_unused_without_rfid(tmp_path, tok):
+    stats = tmp_path / "s.stats"
+    # --no-fid; too few images listed for rFID; enough listed, too few readable
+    for n, broken, flags in ((10, 0, ["--no-fid"]), (2, 0, []), (8, 2, [])):
+        imgs = make_images(tmp_path / f"imgs{n}", n)
+        for i in range(broken):
+            (imgs / f"broken{i}.png").write_bytes(b"")
+        r = invoke("eval", "recon", imgs, "-m", tok, "--workers", "0", "--device", "cpu", "--ref-stats", stats, *flags)
+        assert r.returncode == 0, r.stderr.decode()
+        assert f"--ref-stats {stats} is unused" in r.stderr.decode() and not stats.exists(), r.stderr.decode()

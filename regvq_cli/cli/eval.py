@@ -115,23 +115,57 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
     tokenizer = load_model(model or DEFAULT_TOKENIZER, device=dev, offline=offline, expect=TOKENIZER)
     size = size or tokenizer.config.image_size
     batches, n = image_batches(data, size, resize, batch_size, workers, limit, device=dev)
-    too_few = None
+    notes = []  # said on stderr now, before the pass; the JSON result carries them too
     if n < MIN_FID_IMAGES and not no_fid:
         # n counts the inputs listed; a bad one among them is skipped later, so this says inputs, not images
-        too_few = (f"{plural(n, 'input')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least "
-                   f"{MIN_FID_IMAGES} images); reporting the other metrics")
-        warn(too_few)
+        notes.append(f"{plural(n, 'input')} {'is' if n == 1 else 'are'} too few for rFID/KID (at least "
+                     f"{MIN_FID_IMAGES} images); reporting the other metrics")
         no_fid = True
-    have_stats = ref_stats is not None and os.path.exists(ref_stats)
+    if ref_stats is not None:
+        notes += ref_stats_notes(ref_stats, data, no_fid)
+    for note in notes:
+        warn(note)
+    have_stats = ref_stats is not None and os.path.exists(ref_stats) and not no_fid
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_recon(
             tokenizer, batches, device=dev, feature_fn=None if no_fid else "default", image_size=size,
             batch_size=batch_size, resize=resize, ref_stats=ref_stats if have_stats else None,
             save_ref_stats=ref_stats if ref_stats and not have_stats else None, fid_method=fid_method, seed=seed,
             data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=counted(bar, "images"))
-    if too_few and as_json:  # said on stderr already; the JSON result says why rFID is missing too
-        result["warnings"].insert(0, too_few)
+    if ref_stats is not None and not no_fid and result["metrics"]["rfid"] is None:  # skipped files left too few
+        result["warnings"].append(unused_ref_stats(ref_stats))
+    if as_json:  # said on stderr already; the JSON result says why rFID is missing too
+        result["warnings"][:0] = notes
     show(result, as_json)
+
+
+def unused_ref_stats(path) -> str:
+    return f"--ref-stats {path} is unused: without rFID no statistics are read or written"
+
+
+def ref_stats_notes(path, data, no_fid) -> list[str]:
+    """Warnings about --ref-stats before the pass: unused without rFID, or statistics of other images. Other
+    images are not refused: the same data set may well sit under another path now."""
+    import os
+
+    from regvq_cli.eval.fid import read_stats_protocol
+
+    if no_fid:
+        return [unused_ref_stats(path)]
+    if not os.path.exists(path):
+        return []  # written by this run
+    made_from = read_stats_protocol(path).get("data")
+    if made_from is None or same_paths(made_from, " ".join(data)):  # None: written by a caller that named no data
+        return []
+    return [f"the statistics in {path} were computed over {made_from}, not {' '.join(data)}: rFID compares the "
+            "reconstructions with those images"]
+
+
+def same_paths(a: str, b: str) -> bool:
+    """Whether two recorded input lists name the same paths, up to spelling (imgs, ./imgs, imgs/)."""
+    import os
+
+    return [os.path.normpath(p) for p in a.split(" ")] == [os.path.normpath(p) for p in b.split(" ")]
 
 
 @eval_group.command()
