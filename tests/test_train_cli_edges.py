@@ -189,3 +189,12 @@ def test_the_text_options_act_where_the_shards_carry_captions(work, tmp_path):
                "--max-steps", "1", "--batch-size", "4", "--sample-every", "0", "--text-max-tokens", "8")
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["config"]["text_max_tokens"] == 8
+
+
+def test_train_tokenizer_offline_takes_an_init_model_from_the_cache_only(work, tmp_path, monkeypatch):
+    """--offline: an --init Hub id that is not cached is one line at once, never a request."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    r = invoke("train-tokenizer", work / "imgs", "-o", tmp_path / "run", *TOKENIZER_FAST, "--device", "cpu",
+               "--init", "acme/tokenizer", "--offline")
+    assert "acme/tokenizer is not in the Hugging Face cache" in one_line_error(r)
+    assert not (tmp_path / "run").exists()

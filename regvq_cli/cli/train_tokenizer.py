@@ -15,7 +15,7 @@ from __future__ import annotations
 import click
 
 from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
-                                   json_option, report_export, resumable, shown, table_options, training_progress, warn)
+                                   json_option, offline_option, report_export, resumable, shown, table_options, training_progress, warn)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
@@ -142,9 +142,10 @@ def check_option_conflicts(fields: dict, quantizer_known: bool) -> None:
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", "run_dir", required=True, type=OutFolder(), help="Run folder (rerun to resume).")
 @table_options(OPTIONS)
+@offline_option
 @json_option
 @batch_size_hint
-def train_tokenizer(data, run_dir, as_json, **fields):
+def train_tokenizer(data, run_dir, offline, as_json, **fields):
     """Train an image tokenizer on image folders DATA; export the EMA weights to OUT/model.
 
     \b
@@ -184,10 +185,11 @@ def train_tokenizer(data, run_dir, as_json, **fields):
             info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
         check_resume_settings(run_dir, explicit, recorded_setting)
     elif cfg.init:
-        check_init_options(cfg.init, explicit)
+        check_init_options(cfg.init, explicit, offline)
     if cfg.compile:
         compiling_note("the tokenizer's encoder and decoder")
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
         folder = train(list(data), run_dir, cfg, callback=callback,
-                       on_skip=lambda path, reason: warn(f"skipped {shown(path)}: {reason}"), on_note=warn)
+                       on_skip=lambda path, reason: warn(f"skipped {shown(path)}: {reason}"), on_note=warn,
+                       offline=offline)
     report_export(folder, run_dir, callback.steps, cfg.max_steps, as_json)

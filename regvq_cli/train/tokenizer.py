@@ -245,14 +245,14 @@ def check_init_architecture(values: dict, model_config: dict, spec: str) -> None
             raise RegvqError(f"--init {spec} has {key} {have}, not {value}; " + hint.format(flag))
 
 
-def check_init_options(spec: str, values: dict) -> None:
+def check_init_options(spec: str, values: dict, offline: bool = False) -> None:
     """``check_init_architecture`` for the command line: ``values`` are the architecture options it was given
     explicitly. Reads the model's config only (no weights); a model that is not a tokenizer is left to the
     trainer, whose loader says what it is."""
     from ..engine.checkpoint import read_record
     from ..engine.resolve import resolve_model
 
-    record = read_record(resolve_model(spec).path)
+    record = read_record(resolve_model(spec, offline).path)
     if record["model_type"] == "tokenizer":
         check_init_architecture(values, record["config"], spec)
 
@@ -324,10 +324,10 @@ class TokenizerTrainer(Trainer):
     what = "tokenizer"
     unit = "images"
 
-    def __init__(self, data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig):
+    def __init__(self, data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig, offline: bool = False):
         from ..data.inputs import list_inputs
 
-        super().__init__(run_dir, cfg)
+        super().__init__(run_dir, cfg, offline)
         self.data = [str(d) for d in data]
         out = self.run_dir.resolve()
         for d in self.data:
@@ -660,13 +660,14 @@ class TokenizerTrainer(Trainer):
 def train_tokenizer(data: list[str | Path], run_dir: str | Path, cfg: TrainTokenizerConfig | None = None,
                     callback: Callable[[int, dict], None] | None = None,
                     on_skip: Callable[[str, str], None] | None = None,
-                    on_note: Callable[[str], None] | None = None) -> Path:
+                    on_note: Callable[[str], None] | None = None, offline: bool = False) -> Path:
     """Train (or resume) a tokenizer on image folders; returns the exported model folder ``run_dir/model``.
+    With ``offline`` an --init model on the Hub comes from the Hugging Face cache only.
 
     ``callback(step, metrics)`` is called on rank 0 after every optimisation step (for a progress bar);
     ``on_skip(path, reason)`` once for each file this process finds it cannot decode (it is skipped);
     ``on_note(message)`` on rank 0 for what a resume found (data of another size).
     """
-    trainer = TokenizerTrainer(data, run_dir, cfg or TrainTokenizerConfig())
+    trainer = TokenizerTrainer(data, run_dir, cfg or TrainTokenizerConfig(), offline=offline)
     trainer.on_skip, trainer.on_note = on_skip, on_note
     return trainer.run(callback)
