@@ -19,6 +19,21 @@ def tok(tmp_path_factory):
     return save_model(Tokenizer(PRESETS["tok-test"]), tmp_path_factory.mktemp("tok") / "tok")
 
 
+@pytest.fixture(scope="module")
+def priors(tmp_path_factory, tok):
+    """An AR and a diffusion prior of one training step over the tokens of 4 images: {kind: model folder}."""
+    root = tmp_path_factory.mktemp("priors")
+    imgs = make_images(root / "imgs", 4)
+    assert invoke("encode", imgs, "-o", root / "tokens", "-m", tok, "--workers", "0", "--device", "cpu").returncode == 0
+    made = {}
+    for kind in ("ar", "diffusion"):
+        r = invoke("train-prior", root / "tokens", "-o", root / kind, "--kind", kind, "--preset", f"{kind}-test",
+                   "--max-steps", "1", "--batch-size", "4", "--sample-every", "0", "--device", "cpu", "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        made[kind] = json.loads(r.stdout)["model"]
+    return made
+
+
 def test_recon_with_too_few_readable_images_reports_the_other_metrics(tmp_path, tok):
     imgs = make_images(tmp_path / "imgs", 8)
     for i in range(2):  # 10 inputs listed, 8 readable: the shortage shows only during the pass
@@ -66,3 +81,28 @@ def test_recon_says_ref_stats_go_unused_without_rfid(tmp_path, tok):
         r = invoke("eval", "recon", imgs, "-m", tok, "--workers", "0", "--device", "cpu", "--ref-stats", stats, *flags)
         assert r.returncode == 0, r.stderr.decode()
         assert f"--ref-stats {stats} is unused" in r.stderr.decode() and not stats.exists(), r.stderr.decode()
+
+
+def test_gen_refuses_diffusion_options_for_an_ar_prior(tmp_path, priors):
+    ref = make_images(tmp_path / "ref", 10)
+    for flag in (["--steps", "4"], ["--sampler", "maskgit"]):  # as `regvq sample` refuses them
+        r = invoke("eval", "gen", "-m", priors["ar"], "-n", "10", "--ref", ref, "--device", "cpu", *flag)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and "--steps and --sampler apply to diffusion priors only" in err, err
+
+
+def test_gen_records_how_the_prior_sampled(tmp_path, priors):
+    ref = make_images(tmp_path / "ref", 10)
+    r = invoke("eval", "gen", "-m", priors["diffusion"], "-n", "10", "--steps", "2", "--sampler", "maskgit", "--cfg",
+               "1", "--batch-size", "5", "--seed", "3", "--ref", ref, "--fid-method", "eigh", "--workers", "0",
+               "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    protocol = json.loads(r.stdout)["protocol"]
+    assert protocol["sampling"] == {"cfg": 1.0, "steps": 2, "sampler": "maskgit", "temperature": 1.0, "top_k": 0,
+                                    "top_p": 1.0, "batch_size": 5}
+    assert protocol["seed"] == 3 and protocol["model"] == priors["diffusion"]
+
+
+def test_gen_seed_help_says_it_seeds_the_sampling():
+    assert b"of the sampling" in invoke("eval", "gen", "--help").stdout
+    assert b"of the sampling" not in invoke("eval", "recon", "--help").stdout

@@ -55,19 +55,21 @@ def image_batches(data, size, resize, batch_size, workers, limit, with_classes=F
     return batches(), n
 
 
-def shared_options(f=None, *, hide_no_fid=False):
-    """The options `eval recon` and `eval gen` share; `eval gen` hides --no-fid, which it refuses."""
+def shared_options(f=None, *, gen=False):
+    """The options `eval recon` and `eval gen` share; `eval gen` hides --no-fid, which it refuses, and its --seed
+    seeds the sampling too."""
     if f is None:
-        return lambda g: shared_options(g, hide_no_fid=hide_no_fid)
+        return lambda g: shared_options(g, gen=gen)
     for opt in reversed([
         click.option("--size", type=click.IntRange(8), default=None, help="Image size the metrics see (default: the tokenizer's, or 256)."),
         click.option("--resize", type=click.Choice(["crop", "shorter-crop", "pad", "stretch"]), default="shorter-crop", show_default=True, help="How images become SIZE x SIZE (see `regvq encode --help`)."),
         click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch."),
         click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images."),
         click.option("--workers", type=click.IntRange(0), default=None, help="Image-decoding processes (default: one per CPU core, up to 8; on a GPU, every core but one, up to 32)."),
-        click.option("--no-fid", is_flag=True, hidden=hide_no_fid, help="Skip the Inception features (no FID/KID): fast."),
+        click.option("--no-fid", is_flag=True, hidden=gen, help="Skip the Inception features (no FID/KID): fast."),
         click.option("--fid-method", type=click.Choice(["sqrtm", "eigh"]), default="sqrtm", show_default=True, help="Matrix square root of the Frechet distance (eigh: same value, faster)."),
-        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the KID subsets."),
+        click.option("--seed", type=SEED, default=0, show_default=True,
+                     help="Seed of the KID subsets, and of the sampling with --model." if gen else "Seed of the KID subsets."),
     ]):
         f = opt(f)
     return f
@@ -176,7 +178,7 @@ def same_paths(a: str, b: str) -> bool:
 @click.option("--steps", type=click.IntRange(1), default=None, help="With a diffusion --model: denoising steps.")
 @click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="With a diffusion --model: the sampler.")
 @click.option("--ref", "ref", required=True, type=click.Path(exists=True), help="Reference images (a folder) or cached statistics (.safetensors).")
-@shared_options(hide_no_fid=True)
+@shared_options(gen=True)
 @click.option("--save-ref-stats", type=click.Path(dir_okay=False), default=None, help="Write the reference statistics here for later runs.")
 @device_options
 @offline_option
@@ -223,26 +225,28 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
         raise click.UsageError("give either --samples DIR or --model PRIOR (or --save-ref-stats alone, to cache "
                                "the reference's statistics)")
     dev = pick_device(device)
+    sampling = None
     if samples is not None:
         size = size or 256
         sample_batches, n = image_batches([samples], size, resize, batch_size, workers, limit, with_classes=True,
                                           what="--samples", device=dev)
     else:
-        sample_batches, n, size = prior_batches(prior_spec, num_samples, guidance, steps, sampler, batch_size, seed,
-                                                dev, pick_dtype(dtype, dev), offline)
+        sample_batches, n, size, sampling = prior_batches(prior_spec, num_samples, guidance, steps, sampler,
+                                                          batch_size, seed, dev, pick_dtype(dtype, dev), offline)
     ref_source = (ref if ref_is_stats else
                   image_batches([ref], size, resize, batch_size, workers, None, with_classes=True, what="--ref",
                                 device=dev)[0])
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_gen(sample_batches, ref_source, device=dev, image_size=size, batch_size=batch_size,
                               resize=resize, save_ref_stats=save_ref_stats, fid_method=fid_method, seed=seed,
-                              data=samples, ref_name=ref, model=prior_spec, n_samples=n,
+                              data=samples, ref_name=ref, model=prior_spec, sampling=sampling, n_samples=n,
                               callback=counted(bar, "images"))
     show(result, as_json)
 
 
 def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, dtype, offline):
-    """uint8 [B, H, W, 3] batches sampled from a prior (classes in turn) and decoded; also n and the image size."""
+    """uint8 [B, H, W, 3] batches sampled from a prior (classes in turn) and decoded; also n, the image size and
+    the sampling settings for the protocol."""
     import numpy as np
     import torch
 
@@ -252,6 +256,8 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
     from regvq_cli.priors.conditioning import prepare_condition
 
     prior = load_model(spec, device=device, offline=offline, expect=PRIOR)
+    if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
+        raise click.UsageError("--steps and --sampler apply to diffusion priors only")  # as `regvq sample` says
     pc = prior.config
     if pc.cond not in ("none", "class"):
         raise click.UsageError(f"{spec} is {pc.cond}-conditioned: generate with `regvq sample ... -o DIR` and pass --samples DIR")
@@ -259,18 +265,21 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
     runner = prepare_tokenizer(tokenizer, device, dtype)
     cond = prepare_condition(pc, device=device, labels=list(range(pc.num_classes))) if pc.cond == "class" else None
     rows = np.arange(n) % (pc.num_classes if pc.cond == "class" else 1)
-    options = dict(cfg=guidance)
+    # eval gen offers no temperature, top-k or top-p: the samplers' defaults, named so the protocol records them
+    options = dict(cfg=guidance, temperature=1.0, top_k=0, top_p=1.0)
     if prior.model_type == "diffusion":
         options.update(steps=steps, sampler=sampler or "vq")
-    else:
-        options.update(cuda_graphs=device.type == "cuda")  # as `regvq sample` does
+    # what `regvq sample` needs to make the same tokens again (with the protocol's seed); batches draw in turn
+    sampling = dict(options, steps=options.get("steps"), sampler=options.get("sampler"), batch_size=batch_size)
+    if prior.model_type != "diffusion":
+        options.update(cuda_graphs=device.type == "cuda")  # as `regvq sample` does; the same tokens either way
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
     tokens = token_batches(prior, cond, rows, batch_size, generator, dtype, options)
     if pc.cond != "class":
-        return (runner.decode_uint8(t) for t in tokens), n, tokenizer.config.image_size
+        return (runner.decode_uint8(t) for t in tokens), n, tokenizer.config.image_size, sampling
     names = [pc.class_names[r] if pc.class_names else str(r) for r in rows.tolist()]  # the class of each sample
     batches = ((runner.decode_uint8(t), names[i * batch_size:i * batch_size + len(t)]) for i, t in enumerate(tokens))
-    return batches, n, tokenizer.config.image_size
+    return batches, n, tokenizer.config.image_size, sampling
 
 
 @click.command()

@@ -66,7 +66,7 @@ def _feature_network(feature_fn, device):
 
 def _stats_protocol(protocol: dict, n: int) -> dict:
     """The protocol cached reference statistics carry: the evaluation's, as the statistics' own data."""
-    return dict(protocol, n_images=n, n_ref=None, data=protocol["ref"], ref=None, model=None)
+    return dict(protocol, n_images=n, n_ref=None, data=protocol["ref"], ref=None, model=None, sampling=None)
 
 
 def save_reference_stats(
@@ -124,6 +124,7 @@ def evaluate_gen(
     data: str | None = None,
     ref_name: str | None = None,
     model: str | None = None,
+    sampling: dict | None = None,
     n_samples: int | None = None,
     callback: Callable[[int, int | None], None] | None = None,
 ) -> dict:
@@ -135,6 +136,7 @@ def evaluate_gen(
     save_ref_stats  write the reference statistics (with features, when small) here for reuse
     data, ref_name, model  identifiers recorded in the protocol (what the samples are, the reference,
                     the model that made them)
+    sampling  how the model sampled them (recorded in the protocol, so the samples can be made again)
     callback  callback(n_done, n_total) over samples and reference images together
     """
     if feature_fn is None:
@@ -188,6 +190,7 @@ def evaluate_gen(
         data=data,
         ref=ref_name if ref_name is not None else (str(ref) if is_stats_file(ref) else None),
         model=model,
+        sampling=sampling,
     )
     if ref_protocol is not None:
         fidlib.check_protocol(ref_protocol, protocol, what=f"the statistics in {ref}")

@@ -36,6 +36,8 @@ protocol (both kinds):
     regvq_version, torch_version
     seed                    seed of KID subsets (and of sampling, when a model made the samples)
     data, ref, model        free-form identifiers of the inputs given by the caller, or null
+    sampling                gen, when a model made the samples: how it sampled them (cfg, steps, sampler,
+                            temperature, top_k, top_p, batch_size; steps null: the sampler's default), else null
     quantized_8bit          always true: model outputs are rounded to 8 bits before any metric
 """
 
@@ -101,6 +103,7 @@ PROTOCOL_TYPES = {
     "data": _OPT_STR,
     "ref": _OPT_STR,
     "model": _OPT_STR,
+    "sampling": (dict, type(None)),
     "quantized_8bit": (bool,),
 }
 
@@ -133,6 +136,7 @@ def make_protocol(
     data: str | None = None,
     ref: str | None = None,
     model: str | None = None,
+    sampling: dict | None = None,
 ) -> dict:
     """Build the protocol block of a result (and of cached feature statistics)."""
     if image_size is not None:
@@ -149,6 +153,7 @@ def make_protocol(
         "data": None if data is None else str(data),
         "ref": None if ref is None else str(ref),
         "model": None if model is None else str(model),
+        "sampling": None if sampling is None else dict(sampling),
         "quantized_8bit": True,
     }
 
