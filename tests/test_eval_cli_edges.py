@@ -106,3 +106,20 @@ def test_gen_records_how_the_prior_sampled(tmp_path, priors):
 def test_gen_seed_help_says_it_seeds_the_sampling():
     assert b"of the sampling" in invoke("eval", "gen", "--help").stdout
     assert b"of the sampling" not in invoke("eval", "recon", "--help").stdout
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, tok):
+    """A token folder of 3 images, encoded with the 64-code test tokenizer."""
+    root = tmp_path_factory.mktemp("tokens")
+    imgs = make_images(root / "imgs", 3)
+    assert invoke("encode", imgs, "-o", root / "tokens", "-m", tok, "--workers", "0", "--device", "cpu").returncode == 0
+    return root / "tokens"
+
+
+def test_codebook_of_a_token_folder_alone_needs_no_model(tokens, tok, tmp_path):
+    r = invoke("codebook", tokens, "--json", "--plot", tmp_path / "use.png")  # not the 1024-code default tokenizer
+    assert r.returncode == 0, r.stderr.decode()
+    alone = json.loads(r.stdout)
+    assert alone["codebook_size"] == 64 and alone["n_tokens"] == 3 * 8 * 8 and (tmp_path / "use.png").exists()
+    assert json.loads(invoke("codebook", tok, tokens, "--json").stdout) == alone

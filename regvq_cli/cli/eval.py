@@ -298,7 +298,8 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     """Codebook health of tokenizer MODEL over DATA: usage histogram, dead codes, most and least used codes.
 
     DATA is image folders/files (encoded with MODEL) or a token folder from `regvq encode`. MODEL defaults to
-    the embedded default tokenizer: `regvq codebook imgs/` takes its one argument as DATA.
+    the embedded default tokenizer: `regvq codebook imgs/` takes its one argument as DATA. A token folder alone
+    needs no model: `regvq codebook tokens/` counts its codes against the codebook size recorded with them.
     """
     import os
 
@@ -311,17 +312,25 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     from regvq_cli.eval.codebook import codebook_report, save_usage_plot
 
     if not data and model is not None and os.path.exists(model) and not looks_like_model(model):
-        data, model = (model,), None  # one argument that is data: DATA, with the default tokenizer
+        data, model = (model,), None  # one argument that is data: DATA, with the default tokenizer for images
     if not data:
         raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
     dev = pick_device(device)
-    tokenizer = load_model(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
-    n_codes = tokenizer.codebook_size
-    hist = torch.zeros(n_codes, dtype=torch.long)
+    reader = None
     if len(data) == 1 and os.path.isfile(os.path.join(data[0], "manifest.json")):
         from regvq_cli.data.shards import ShardReader
 
         reader = ShardReader(data[0])
+    if reader is not None and model is None:
+        # counting codes needs the tokens alone, and they record their codebook size: no model to load or match
+        from regvq_cli.engine.decode import recorded_tokenizer
+
+        n_codes, made_by = reader.codebook_size, recorded_tokenizer(reader)[0] or data[0]
+    else:
+        tokenizer = load_model(model or DEFAULT_TOKENIZER, offline=offline, expect=TOKENIZER)
+        n_codes, made_by = tokenizer.codebook_size, tokenizer.regvq_id
+    hist = torch.zeros(n_codes, dtype=torch.long)
+    if reader is not None:
         if reader.codebook_size != n_codes:
             raise click.UsageError(f"the tokens use {reader.codebook_size} codes, the model {n_codes}")
         for j in range(len(reader.paths)):
@@ -339,7 +348,7 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
         raise RegvqError("no tokens to count: DATA held no usable image or token row")
     report = codebook_report(hist, top_k=top)
     if plot:
-        save_usage_plot(hist, plot, title=f"{tokenizer.regvq_id}: code usage")
+        save_usage_plot(hist, plot, title=f"{made_by}: code usage")
     if as_json:
         emit_json(report)
         return
