@@ -123,3 +123,9 @@ def test_codebook_of_a_token_folder_alone_needs_no_model(tokens, tok, tmp_path):
     alone = json.loads(r.stdout)
     assert alone["codebook_size"] == 64 and alone["n_tokens"] == 3 * 8 * 8 and (tmp_path / "use.png").exists()
     assert json.loads(invoke("codebook", tok, tokens, "--json").stdout) == alone
+
+
+def test_codebook_limit_counts_the_first_token_rows(tokens):
+    r = invoke("codebook", tokens, "--json", "--limit", "2")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["n_tokens"] == 2 * 8 * 8

@@ -289,7 +289,7 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="How many most/least used codes to list.")
 @click.option("--size", type=click.IntRange(8), default=None, help="Image size (default: the tokenizer's).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N images (token rows).")
 @device_options
 @offline_option
 @json_option
@@ -309,6 +309,7 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     from regvq_cli.engine.resolve import DEFAULT_TOKENIZER, TOKENIZER
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.errors import RegvqError
+    from regvq_cli.eval import metrics
     from regvq_cli.eval.codebook import codebook_report, save_usage_plot
 
     if not data and model is not None and os.path.exists(model) and not looks_like_model(model):
@@ -333,8 +334,10 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
     if reader is not None:
         if reader.codebook_size != n_codes:
             raise click.UsageError(f"the tokens use {reader.codebook_size} codes, the model {n_codes}")
-        for j in range(len(reader.paths)):
-            hist += torch.bincount(torch.from_numpy(reader.shard(j)["tokens"].astype("int64")).flatten(), minlength=n_codes)
+        from regvq_cli.engine.decode import shard_batches
+
+        for rows in shard_batches(reader, batch_size, limit):  # the first --limit rows, as `regvq decode` takes them
+            hist += metrics.code_histogram(torch.from_numpy(rows.tokens), n_codes)
     else:
         runner = prepare_tokenizer(tokenizer, dev, pick_dtype(dtype, dev))
         batches, n = image_batches(data, size or tokenizer.config.image_size, "shorter-crop", batch_size, None, limit,
