@@ -129,3 +129,9 @@ def test_codebook_limit_counts_the_first_token_rows(tokens):
     r = invoke("codebook", tokens, "--json", "--limit", "2")
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(r.stdout)["n_tokens"] == 2 * 8 * 8
+
+
+def test_codebook_plot_not_named_png_is_a_usage_error(tokens, tmp_path):
+    r = invoke("codebook", tokens, "--plot", tmp_path / "use.jpg")  # the bytes written are a PNG's
+    assert r.returncode == 2 and b"name it .png" in r.stderr and b"--plot" in r.stderr, r.stderr.decode()
+    assert not (tmp_path / "use.jpg").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, counted, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, shown, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, check_png_name, counted, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, shown, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -316,6 +316,8 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
         data, model = (model,), None  # one argument that is data: DATA, with the default tokenizer for images
     if not data:
         raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
+    if plot:
+        check_png_name(plot, folder_of_pngs=False, option="--plot")  # the plot is written as a PNG
     dev = pick_device(device)
     reader = None
     if len(data) == 1 and os.path.isfile(os.path.join(data[0], "manifest.json")):
