@@ -135,3 +135,14 @@ def test_codebook_plot_not_named_png_is_a_usage_error(tokens, tmp_path):
     r = invoke("codebook", tokens, "--plot", tmp_path / "use.jpg")  # the bytes written are a PNG's
     assert r.returncode == 2 and b"name it .png" in r.stderr and b"--plot" in r.stderr, r.stderr.decode()
     assert not (tmp_path / "use.jpg").exists()
+
+
+def test_codebook_plot_folder_is_made_or_refused_before_the_pass(tokens, tok, tmp_path):
+    r = invoke("codebook", tokens, "--plot", tmp_path / "new" / "use.png")
+    assert r.returncode == 0 and (tmp_path / "new" / "use.png").exists(), r.stderr.decode()
+    (tmp_path / "file").write_bytes(b"")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"")  # would be "no tokens to count" after a pass
+    r = invoke("codebook", tok, tmp_path / "imgs", "--plot", tmp_path / "file" / "use.png")
+    lines = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "for --plot" in lines[0] and "is a file" in lines[0], lines

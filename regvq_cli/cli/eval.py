@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, check_png_name, counted, device_options, emit_json, info, json_option, load_model, model_option, offline_option, plural, progress, shown, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, check_png_name, counted, device_options, emit_json, info, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, shown, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -318,6 +318,8 @@ def codebook(model, data, plot, top, size, batch_size, limit, device, dtype, off
         raise click.UsageError("give DATA: image folders, or a token folder written by `regvq encode`")
     if plot:
         check_png_name(plot, folder_of_pngs=False, option="--plot")  # the plot is written as a PNG
+        # its folder now, not after the whole pass: one below a file, or one that cannot be made, fails at once
+        make_output_folder(os.path.dirname(os.path.abspath(plot)), option="--plot")
     dev = pick_device(device)
     reader = None
     if len(data) == 1 and os.path.isfile(os.path.join(data[0], "manifest.json")):
