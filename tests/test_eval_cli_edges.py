@@ -146,3 +146,12 @@ def test_codebook_plot_folder_is_made_or_refused_before_the_pass(tokens, tok, tm
     r = invoke("codebook", tok, tmp_path / "imgs", "--plot", tmp_path / "file" / "use.png")
     lines = r.stderr.decode().strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "for --plot" in lines[0] and "is a file" in lines[0], lines
+
+
+def test_codebook_most_used_leaves_out_dead_codes_as_least_used_does(tokens):
+    r = invoke("codebook", tokens, "--json", "--top", "1000")
+    assert r.returncode == 0, r.stderr.decode()
+    report = json.loads(r.stdout)
+    used = report["codebook_size"] - report["dead_codes"]
+    assert len(report["most_used"]) == len(report["least_used"]) == used
+    assert all(count > 0 for _, count in report["most_used"])

@@ -31,8 +31,8 @@ def codebook_report(hist: torch.Tensor, top_k: int = 10) -> dict:
 
     Keys: codebook_size, n_tokens, usage (% of codes used), perplexity (exp entropy, 1..N),
     perplexity_ratio (perplexity / N: 1.0 is perfectly even use), entropy_bits, dead_codes (count),
-    dead_code_indices (ascending), most_used and least_used ([[index, count], ...]; least_used
-    leaves out dead codes).
+    dead_code_indices (ascending), most_used and least_used ([[index, count], ...]; both leave out
+    dead codes).
     """
     hist = torch.as_tensor(hist)
     n = hist.numel()

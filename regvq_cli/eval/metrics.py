@@ -159,9 +159,12 @@ def dead_codes(hist: torch.Tensor) -> list[int]:
 
 
 def most_used(hist: torch.Tensor, k: int = 10) -> list[tuple[int, int]]:
-    """The k most used codes as (index, count), by count descending, ties broken by lower index."""
+    """The k most used codes as (index, count), by count descending, ties broken by lower index.
+
+    Dead codes are left out, as in `least_used`: a k past the number of used codes lists the used ones only.
+    """
     counts = _check_hist(hist).tolist()
-    order = sorted(range(len(counts)), key=lambda i: (-counts[i], i))
+    order = sorted((i for i, c in enumerate(counts) if c > 0), key=lambda i: (-counts[i], i))
     return [(i, int(counts[i])) for i in order[:k]]
 
 
