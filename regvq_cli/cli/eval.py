@@ -127,12 +127,13 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
         notes += ref_stats_notes(ref_stats, data, no_fid)
     for note in notes:
         warn(note)
-    have_stats = ref_stats is not None and os.path.exists(ref_stats) and not no_fid
+    used = ref_stats is not None and not no_fid
+    have_stats = used and os.path.exists(ref_stats)
     with progress(total=n, desc="eval", unit="img") as bar:
         result = evaluate_recon(
             tokenizer, batches, device=dev, feature_fn=None if no_fid else "default", image_size=size,
             batch_size=batch_size, resize=resize, ref_stats=ref_stats if have_stats else None,
-            save_ref_stats=ref_stats if ref_stats and not have_stats else None, fid_method=fid_method, seed=seed,
+            save_ref_stats=ref_stats if used and not have_stats else None, fid_method=fid_method, seed=seed,
             data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=counted(bar, "images"))
     if ref_stats is not None and not no_fid and result["metrics"]["rfid"] is None:  # skipped files left too few
         result["warnings"].append(unused_ref_stats(ref_stats))
