@@ -135,7 +135,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
             batch_size=batch_size, resize=resize, ref_stats=ref_stats if have_stats else None,
             save_ref_stats=ref_stats if used and not have_stats else None, fid_method=fid_method, seed=seed,
             data=" ".join(data), model=tokenizer.regvq_id, n_total=n, callback=counted(bar, "images"))
-    if ref_stats is not None and not no_fid and result["metrics"]["rfid"] is None:  # skipped files left too few
+    if used and result["metrics"]["rfid"] is None:  # skipped files left too few images
         result["warnings"].append(unused_ref_stats(ref_stats))
     if as_json:  # said on stderr already; the JSON result says why rFID is missing too
         result["warnings"][:0] = notes
@@ -143,7 +143,7 @@ def recon(data, model, size, resize, batch_size, limit, workers, no_fid, fid_met
 
 
 def unused_ref_stats(path) -> str:
-    return f"--ref-stats {path} is unused: without rFID no statistics are read or written"
+    return f"--ref-stats {path} is unused: no rFID is computed, so its statistics are neither used nor written"
 
 
 def ref_stats_notes(path, data, no_fid) -> list[str]:
