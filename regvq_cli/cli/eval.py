@@ -251,14 +251,13 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
     import numpy as np
     import torch
 
-    from regvq_cli.cli.sample import load_tokenizer, token_batches
+    from regvq_cli.cli.sample import check_sampler_options, load_tokenizer, token_batches
     from regvq_cli.engine.resolve import PRIOR
     from regvq_cli.engine.runtime import prepare_tokenizer
     from regvq_cli.priors.conditioning import prepare_condition
 
     prior = load_model(spec, device=device, offline=offline, expect=PRIOR)
-    if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
-        raise click.UsageError("--steps and --sampler apply to diffusion priors only")  # as `regvq sample` says
+    check_sampler_options(prior, steps, sampler)
     pc = prior.config
     if pc.cond not in ("none", "class"):
         raise click.UsageError(f"{spec} is {pc.cond}-conditioned: generate with `regvq sample ... -o DIR` and pass --samples DIR")

@@ -90,13 +90,7 @@ def sample(model, prompts, prompts_from, classes, seg_maps, num_samples, seed, g
     compute_dtype = pick_dtype(dtype, dev)
     prior = load_model(model or default_prior(kind), device=dev, offline=offline, expect=PRIOR)
     pc = prior.config
-    if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
-        raise click.UsageError("--steps and --sampler apply to diffusion priors only")
-    if prior.model_type == "diffusion" and steps is not None:  # here, before any output is made
-        most, what = ((prior.num_timesteps, "timesteps") if (sampler or "vq") == "vq" else
-                      (pc.grid_size[0] * pc.grid_size[1], "tokens, maskgit's most"))
-        if steps > most:
-            raise click.BadParameter(f"{steps} is more than this prior's {most} ({what})", param_hint="--steps")
+    check_sampler_options(prior, steps, sampler)
     if prior.model_type == "diffusion" and (attention == "triton" or kv_cache != "model"):
         raise click.UsageError("--attention and --kv-cache apply to AR priors only")
     if prior.model_type != "diffusion":
@@ -205,6 +199,18 @@ def read_prompts(path: str) -> list[str]:
     if not prompts:
         raise click.BadParameter(f"{name} holds no prompts: give one prompt per line", param_hint="--prompts-from")
     return prompts
+
+
+def check_sampler_options(prior, steps, sampler) -> None:
+    """--steps and --sampler against the loaded prior, as usage errors before any output is made (sample, eval gen)."""
+    if prior.model_type != "diffusion" and (steps is not None or sampler is not None):
+        raise click.UsageError("--steps and --sampler apply to diffusion priors only")
+    if prior.model_type == "diffusion" and steps is not None:
+        grid = prior.config.grid_size
+        most, what = ((prior.num_timesteps, "timesteps") if (sampler or "vq") == "vq" else
+                      (grid[0] * grid[1], "tokens, maskgit's most"))
+        if steps > most:
+            raise click.BadParameter(f"{steps} is more than this prior's {most} ({what})", param_hint="--steps")
 
 
 def check_outputs(out, tokens_out, grid_sheet, cols, as_json, total) -> None:
