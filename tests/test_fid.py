@@ -1,6 +1,8 @@
 """FID, KID, precision/recall, cached statistics, `evaluate_gen`, and the Inception features."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +210,12 @@ def test_stats_cache_round_trip(tmp_path):
     stats.update(_gauss(30, 6, 15))
     proto = _protocol()
     path = tmp_path / "ref.safetensors"
-    assert fidlib.save_stats(path, stats, proto) is True
+    old = os.umask(0o022)
+    try:
+        assert fidlib.save_stats(path, stats, proto) is True
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as the umask says (safetensors alone: 0600)
     back, proto_back = fidlib.load_stats(path, expect=_protocol(n_images=999, seed=3))  # n and seed do not matter
     assert proto_back == json.loads(json.dumps(proto))
     assert back.n == 30

@@ -42,6 +42,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from safetensors import safe_open
 
+from regvq_cli.engine.checkpoint import usual_permissions
 from regvq_cli.errors import RegvqError
 
 FID_MIN_IMAGES = 10  # below this FID is refused
@@ -471,6 +472,7 @@ def save_stats(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    usual_permissions(tmp)  # safetensors makes it its owner's alone; statistics are shared like models
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
