@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 import time
 
@@ -44,9 +43,13 @@ def set_verbosity(level: int) -> None:
             logger.addHandler(_StderrHandler())
         logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
     if level < 0:  # -q: the Hugging Face Hub client's own warnings too (offline, two lines a request as it retries
-        # for most of a minute); it sets its level when first imported, from HF_HUB_VERBOSITY
-        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        # for most of a minute). It sets its logger's level when first imported, so it is imported now (about 10 ms);
+        # the next call above sets the level back for a later command in the same process
+        try:
+            from huggingface_hub.utils import logging as hub_logging
+        except ImportError:
+            return
+        hub_logging.set_verbosity_error()
 
 
 def verbosity() -> int:
