@@ -122,6 +122,14 @@ def test_gen_says_which_folder_has_no_images(tmp_path):
     assert r.returncode == 1 and b"--ref" in r.stderr and b"no images found" in r.stderr, r.stderr.decode()
 
 
+def test_gen_refuses_sampling_options_with_given_samples(tmp_path):
+    """--cfg, --steps, --sampler and --num-samples act on --model's sampling; with --samples they were ignored."""
+    make_images(tmp_path / "imgs", 10)
+    r = invoke("eval", "gen", "--samples", tmp_path / "imgs", "--ref", tmp_path / "imgs", "--device", "cpu",
+               "--cfg", "3", "--steps", "8")
+    assert r.returncode == 2 and b"--cfg, --steps sample from --model" in r.stderr, r.stderr.decode()
+
+
 def test_recon_text_says_one_image_and_names_no_missing_feature_network(tmp_path, tok):
     imgs = make_images(tmp_path / "imgs", 1)
     for flags in ([], ["--no-fid"]):

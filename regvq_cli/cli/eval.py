@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, check_png_name, counted, device_options, emit_json, info, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, shown, warn
+from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, check_png_name, counted, device_options, emit_json, explicit_options, info, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, shown, warn
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -225,6 +225,12 @@ def gen(samples, prior_spec, num_samples, guidance, steps, sampler, ref, size, r
     if (samples is None) == (prior_spec is None):
         raise click.UsageError("give either --samples DIR or --model PRIOR (or --save-ref-stats alone, to cache "
                                "the reference's statistics)")
+    flags = {"num_samples": "--num-samples", "guidance": "--cfg", "steps": "--steps", "sampler": "--sampler"}
+    sampling_given = explicit_options(flags, {"num_samples": num_samples, "guidance": guidance, "steps": steps,
+                                              "sampler": sampler})
+    if samples is not None and sampling_given:  # they would be ignored: the images are made already
+        raise click.UsageError(f"{', '.join(flags[k] for k in sampling_given)} sample from --model; with --samples "
+                               "the images are given: drop them")
     dev = pick_device(device)
     sampling = None
     if samples is not None:
