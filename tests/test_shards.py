@@ -483,3 +483,36 @@ def test_verify_reports_a_missing_or_broken_shard_once(tmp_path):
     assert len(problems) == 2 and all(p.startswith("shard-00000") for p in problems), problems
     first.unlink()
     assert verify(tmp_path) == ["shard-00000.safetensors: missing"]
+
+
+def _worker_that_closes_its_inherited_locks(ready, done):
+    from regvq_cli.data.shards import close_inherited_locks
+
+    close_inherited_locks()
+    ready.set()
+    done.wait(30)
+
+
+def test_a_forked_worker_does_not_hold_its_parents_lock(tmp_path):
+    """The lock ends with the process that took it: a loader worker (a forked child) closes its copy of the
+    descriptor, without unlocking the parent's, so a run killed with SIGKILL frees its folder at once."""
+    import multiprocessing
+
+    from regvq_cli.data import shards
+
+    ctx = multiprocessing.get_context("fork")
+    lock = OutputLock(tmp_path).acquire()
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_worker_that_closes_its_inherited_locks, args=(ready, done))
+    child.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(RegvqError, match="another regvq process"):  # the parent's lock stands
+            OutputLock(tmp_path).acquire()
+        fd = lock._fds.pop()
+        shards._LOCK_FDS.discard(fd)
+        os.close(fd)  # the parent's own descriptor gone, as when it is killed
+        OutputLock(tmp_path).acquire().release()  # free, with the child still alive
+    finally:
+        done.set()
+        child.join(30)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, default_collate
 from regvq_cli.data.images import (DEFAULT_MAX_PIXELS, ImageSkip, decode_image, load_image, load_segmap,
                                   passthrough_jpeg)
 from regvq_cli.data.inputs import Inputs
-from regvq_cli.data.shards import ShardReader
+from regvq_cli.data.shards import ShardReader, close_inherited_locks
 
 
 def quiet_loader_worker(worker_id: int) -> None:
@@ -29,8 +29,10 @@ def quiet_loader_worker(worker_id: int) -> None:
     - a broken connection to the main process is not printed: stopped while a worker hands it a batch, the main
       process closes its end mid-transfer, and the worker's resource-sharing thread (multiprocessing.resource_sharer,
       which reports through sys.excepthook) printed ConnectionResetError.
+    - the output folder's lock is not held by the worker's copy of its descriptor (`close_inherited_locks`).
     """
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    close_inherited_locks()  # the output folder's lock ends with the main process, not with its last worker
     default = sys.excepthook
 
     def hook(exc_type, exc, tb):

@@ -1089,6 +1089,21 @@ def _lock_holder(path: str) -> int | None:
     return None
 
 
+# descriptors of the output locks this process holds; a forked child (a loader worker) closes its copies of them
+_LOCK_FDS: set[int] = set()
+
+
+def close_inherited_locks() -> None:
+    """In a forked child: close its copies of the parent's lock descriptors. A lock lasts while any copy is open,
+    so the loader workers of a process killed with SIGKILL held its folder for the seconds they took to notice.
+    Closed, not unlocked: unlocking a copy would unlock the parent's lock too."""
+    while _LOCK_FDS:
+        try:
+            os.close(_LOCK_FDS.pop())
+        except OSError:
+            pass
+
+
 class OutputLock:
     """Keep two regvq processes from writing one output folder.
 
@@ -1121,6 +1136,7 @@ class OutputLock:
                 f"another regvq process is writing to {self.out_dir}{who}; wait for it or choose another -o"
             ) from None
         self._fds.append(fd)
+        _LOCK_FDS.add(fd)
 
     def acquire(self) -> OutputLock:
         try:
@@ -1157,6 +1173,7 @@ class OutputLock:
     def release(self) -> None:
         while self._fds:
             fd = self._fds.pop()
+            _LOCK_FDS.discard(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
