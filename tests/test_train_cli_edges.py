@@ -184,6 +184,15 @@ def test_a_conditions_option_under_another_condition_is_a_usage_error(work, tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_diffusion_options_for_an_ar_prior_are_a_usage_error(work, tmp_path):
+    """--num-timesteps and --aux-weight failed later, --sample-steps was ignored: both before any run folder."""
+    line = usage_error(prior(work, tmp_path / "run", "--num-timesteps", "10", "--sample-steps", "4"))
+    assert "--num-timesteps, --sample-steps only act with --kind diffusion" in line, line
+    line = usage_error(prior(work, tmp_path / "run", "--aux-weight", "0.1"))
+    assert "--aux-weight only acts with --kind diffusion" in line, line
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_text_options_act_where_the_shards_carry_captions(work, tmp_path):
     r = invoke("train-prior", work / "captioned-tokens", "-o", tmp_path / "run", "--preset", "ar-test",
                "--max-steps", "1", "--batch-size", "4", "--sample-every", "0", "--text-max-tokens", "8")

@@ -76,6 +76,7 @@ OPTIONS = [
 FLAGS = {name: flag for flag, name, *_ in OPTIONS}
 # options that only act under one condition: (fields, that condition)
 COND_ONLY = [(("text_encoder", "text_max_tokens", "text_states"), "text"), (("seg_classes",), "segmap")]
+DIFFUSION_ONLY = ("num_timesteps", "aux_weight", "sample_steps")
 
 
 def check_preset_kind(explicit: dict, given: dict) -> None:
@@ -91,6 +92,16 @@ def check_preset_kind(explicit: dict, given: dict) -> None:
         presets = ", ".join(p for p in PRESET_NAMES if p.startswith(kind + "-"))
         raise click.UsageError(f"--preset {preset} is for --kind {implied}, not {kind}: drop --kind, or choose one of "
                                f"{presets}")
+
+
+def check_kind_options(fields: dict, cfg) -> None:
+    """A usage error for a diffusion option given to an AR prior, which would ignore it or fail at its first use.
+    With --init the model's kind decides, which the trainer checks."""
+    given = explicit_options(DIFFUSION_ONLY, fields)
+    if given and cfg.kind == "ar" and not cfg.init:
+        flags = ", ".join(FLAGS[name] for name in given)
+        raise click.UsageError(f"{flags} only act{'s' if len(given) == 1 else ''} with --kind diffusion: drop "
+                               f"{'it' if len(given) == 1 else 'them'}, or pass --kind diffusion")
 
 
 def check_cond_options(fields: dict, tokens, cfg) -> None:
@@ -151,6 +162,7 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
     explicit = explicit_options(("kind", "preset", "num_timesteps"), given)
     check_preset_kind(explicit, given)
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
+    check_kind_options(fields, cfg)
     check_cond_options(fields, tokens, cfg)
     if resumable(run_dir):
         if cfg.init:
