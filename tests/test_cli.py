@@ -242,3 +242,27 @@ def test_tenths_writes_a_line_per_tenth_passed_and_only_with_v():
             note(done, 10)
         assert [line.split(" (")[0] for line in bar.lines] == expected
     _common.set_verbosity(0)
+
+
+def test_v_gives_a_tiny_models_size_in_its_own_unit(tmp_path, tiny_model_type):
+    """-v's line for a model of a few thousand parameters gives them in K, not as 0.0M."""
+    from regvq_cli.cli import _common
+    from regvq_cli.engine.checkpoint import save_model
+    from tests.tiny_model import TinyConfig
+
+    folder = save_model(tiny_model_type(TinyConfig(width=6)), tmp_path / "m")
+    lines = []
+    prev = _common.verbosity()
+    _common.set_verbosity(1)
+    try:
+        orig = _common.detail
+        _common.detail = lines.append
+        try:
+            model = _common.load_model(str(folder))
+        finally:
+            _common.detail = orig
+    finally:
+        _common.set_verbosity(prev)
+    params = sum(p.numel() for p in model.parameters())
+    assert params < 50_000 and lines and f": {_common.human_count(params)} parameters" in lines[0], lines
+    assert "0.0M" not in lines[0]

@@ -90,7 +90,7 @@ def load_model(spec: str, **kwargs):
     model = load(spec, **kwargs)
     params = sum(p.numel() for p in model.parameters())
     where = "" if str(model.regvq_path) == str(model.regvq_id) else f" from {model.regvq_path}"
-    detail(f"{model.regvq_id}{where}: {params / 1e6:.1f}M parameters, loaded in {time.perf_counter() - t:.2f} s")
+    detail(f"{model.regvq_id}{where}: {human_count(params)} parameters, loaded in {time.perf_counter() - t:.2f} s")
     return model
 
 
