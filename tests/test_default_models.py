@@ -24,6 +24,7 @@ def test_defaults_are_listed_with_cards_under_60_mb():
     listed = {m["name"]: m for m in json.loads(run("models", "list", "--json"))}
     for name, kind in DEFAULTS.items():
         assert listed[name]["kind"] == kind
+        assert listed[name]["grid"] == [16, 16]  # the tokenizer's at 256 px, and the priors' over them
         weights = REPO / "models" / name / "model.safetensors"
         assert weights.stat().st_size < 60e6
         card = run("models", "show", name)

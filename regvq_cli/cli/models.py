@@ -32,15 +32,27 @@ def describe_model(name: str, path: Path) -> dict:
         "parameters": count_parameters(weights_path(path)),
         "codebook_size": cfg.get("codebook_size", extra.get("codebook_size")),
         "resolution": cfg.get("image_size", extra.get("image_size")),
+        "grid": token_grid(cfg),
         "condition": cfg.get("cond", extra.get("cond")),
         "path": str(path),
     }
 
 
+def token_grid(cfg: dict) -> list[int] | None:
+    """[h, w] of the token grids a model makes (a tokenizer at its image size: a factor 2 per level after the
+    first) or takes (a prior); None when its config does not say."""
+    if cfg.get("grid_size"):
+        return list(cfg["grid_size"])
+    if cfg.get("image_size") and cfg.get("ch_mult"):
+        side = cfg["image_size"] // 2 ** (len(cfg["ch_mult"]) - 1)
+        return [side, side]
+    return None
+
+
 @models.command("list")
 @json_option
 def list_models(as_json):
-    """List the shipped models: name, kind, size on disk, parameters, codebook size, resolution."""
+    """List the shipped models: name, kind, size on disk, parameters, codebook size, resolution, token grid."""
     from regvq_cli.engine.resolve import shipped_model_names, shipped_models_dir
 
     rows = [describe_model(name, shipped_models_dir() / name) for name in shipped_model_names()]
@@ -50,10 +62,11 @@ def list_models(as_json):
     if not rows:
         info("no shipped models are installed")
         return
-    header = ("NAME", "KIND", "SIZE", "PARAMS", "CODES", "RES", "COND")
+    header = ("NAME", "KIND", "SIZE", "PARAMS", "CODES", "RES", "GRID", "COND")
     table = [header] + [
         (r["name"], r["kind"], human_size(r["size_bytes"]), human_count(r["parameters"]),
-         str(r["codebook_size"] or "-"), str(r["resolution"] or "-"), str(r["condition"] or "-"))
+         str(r["codebook_size"] or "-"), str(r["resolution"] or "-"), "x".join(map(str, r["grid"] or [])) or "-",
+         str(r["condition"] or "-"))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
