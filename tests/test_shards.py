@@ -312,6 +312,18 @@ def test_info_code_usage(tmp_path):
     assert abs(got["perplexity"] - 2.0) < 1e-9
     assert got["top_codes"] == [[0, 20], [3, 20]]
     assert got["tokenizer"]["id"] == "test-tok"
+    assert got["label_names"] is None and got["preprocessing"]["resize"] == "crop"
+
+
+def test_info_names_the_classes_and_the_pictures_preprocessing(tmp_path):
+    from tests.conftest import invoke
+
+    run = make_run(n=2, shard_size=2, codebook=8, labels=True, label_names=["cat", "dog"])
+    write_shard(tmp_path, 0, run, np.zeros((2, 4, 5), dtype=np.int64), ["a", "b"], labels=[0, 1])
+    write_manifest(tmp_path)
+    assert info(tmp_path)["label_names"] == ["cat", "dog"]
+    out = invoke("shards", "info", tmp_path).stdout.decode()
+    assert "labels     2 classes: cat, dog" in out and 'resize "crop", size [64, 64]' in out, out
 
 
 LOCK_HOLDER = """

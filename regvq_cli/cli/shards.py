@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from regvq_cli.cli._common import emit_json, info, json_option
@@ -31,6 +33,11 @@ def info_cmd(tokens, top, as_json):
         ("codebook", f"{data['codebook_size']} codes, {data['used_codes']} used ({100 * data['usage']:.1f}%), perplexity {data['perplexity']:.1f}"),
         ("fields", ", ".join(data["fields"])),
     ]
+    if data["label_names"]:
+        names = data["label_names"]
+        rows.append(("labels", f"{len(names)} classes: " + ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")))
+    if data.get("preprocessing"):
+        rows.append(("pictures", ", ".join(f"{k} {json.dumps(v)}" for k, v in data["preprocessing"].items())))
     if tok:
         rows.append(("tokenizer", f"{tok.get('id')} (sha256 {str(tok.get('sha256'))[:12]}...)"))
     if data["top_codes"]:

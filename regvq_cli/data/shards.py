@@ -984,13 +984,15 @@ def info(path: str | os.PathLike, top: int = 10) -> dict:
         "codebook_size": n_codes,
         "fields": reader.fields,
         "num_labels": None if reader.label_names is None else len(reader.label_names),
+        "label_names": None if reader.label_names is None else list(reader.label_names),
         "used_codes": int((hist > 0).sum()),
         "usage": float((hist > 0).sum() / n_codes),
         "perplexity": float(math.exp(entropy)),
         "top_codes": [[int(c), int(hist[c])] for c in order if hist[c] > 0],
     }
     if m is not None:
-        out.update(tokenizer=m["tokenizer"], skipped=len(m["skipped"]), num_inputs=m["num_inputs"], dtype=m["dtype"])
+        out.update(tokenizer=m["tokenizer"], skipped=len(m["skipped"]), num_inputs=m["num_inputs"], dtype=m["dtype"],
+                   preprocessing=m.get("preprocessing"))
     return out
 
 
