@@ -197,8 +197,8 @@ def test_models_list_and_show_a_shipped_model(monkeypatch, tmp_path):
     r = invoke("models", "list")
     assert r.returncode == 0, r.stderr.decode()
     header, row = r.stdout.decode().splitlines()
-    assert header.split() == ["NAME", "KIND", "SIZE", "PARAMS", "CODES", "RES", "COND"]
-    assert row.split()[:2] == ["regvq-tiny", "tokenizer"] and row.split()[-3:] == ["64", "32", "-"]
+    assert header.split() == ["NAME", "KIND", "SIZE", "PARAMS", "CODES", "RES", "GRID", "COND"]
+    assert row.split()[:2] == ["regvq-tiny", "tokenizer"] and row.split()[-4:] == ["64", "32", "8x8", "-"]
     r = invoke("models", "show", "regvq-tiny")
     assert r.returncode == 0 and b"A card." in r.stdout and b'"model_type": "tokenizer"' in r.stdout
     rows = json.loads(invoke("models", "list", "--json").stdout)
