@@ -578,22 +578,29 @@ def completed_shards(out_dir: str | os.PathLike, run: RunInfo | None = None) -> 
     """
     good, _ = _scan(os.fspath(out_dir))
     if run is not None:
-        for s in good.values():
-            if s.run != run:
-                raise RegvqError(
-                    f"{out_dir} holds shards from a different run ({_run_difference(s.run, run)}); "
-                    "choose another -o or delete them"
-                )
+        _refuse_other_runs(out_dir, good, run)
     return sorted(good)
 
 
-def same_tokenizer_named_as_before(out_dir: str | os.PathLike, run: RunInfo) -> RunInfo:
-    """`run` with the tokenizer id of the shards already in out_dir when their tokenizer has the same sha256: the
-    same weights named another way (a shipped name and its folder, a moved folder) resume the run."""
-    for shard in _scan(os.fspath(out_dir))[0].values():
-        if shard.run.tokenizer_sha256 == run.tokenizer_sha256 and shard.run.tokenizer_id != run.tokenizer_id:
-            return dataclasses.replace(run, tokenizer_id=shard.run.tokenizer_id)
-    return run
+def resume_run(out_dir: str | os.PathLike, run: RunInfo) -> tuple[RunInfo, list[int]]:
+    """`completed_shards(out_dir, run)` for an encode that goes on with the folder's shards, and the run it goes on
+    as: the same tokenizer weights (sha256) named another way (a shipped name and its folder, a moved folder) take
+    the name the shards have, so that the new shards match them."""
+    good, _ = _scan(os.fspath(out_dir))
+    named = next((s.run.tokenizer_id for s in good.values() if s.run.tokenizer_sha256 == run.tokenizer_sha256), None)
+    if named is not None:
+        run = dataclasses.replace(run, tokenizer_id=named)
+    _refuse_other_runs(out_dir, good, run)
+    return run, sorted(good)
+
+
+def _refuse_other_runs(out_dir, good: dict, run: RunInfo) -> None:
+    for s in good.values():
+        if s.run != run:
+            raise RegvqError(
+                f"{out_dir} holds shards from a different run ({_run_difference(s.run, run)}); "
+                "choose another -o or delete them"
+            )
 
 
 def drop_changed_shards(out_dir: str | os.PathLike) -> list[str]:

@@ -33,8 +33,7 @@ from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
 from regvq_cli.data.images import DEFAULT_MAX_PIXELS
 from regvq_cli.data.inputs import list_inputs
 from regvq_cli.data.shards import (OutputLock, RunInfo, completed_shards, drop_changed_shards, inputs_fingerprint,
-                                   plan_shards, same_tokenizer_named_as_before, shards_for_worker, write_manifest,
-                                   write_shard)
+                                   plan_shards, resume_run, shards_for_worker, write_manifest, write_shard)
 from regvq_cli.engine import dist, jpeg
 from regvq_cli.engine.checkpoint import file_sha256, weights_path
 from regvq_cli.engine.runtime import prepare_tokenizer
@@ -116,8 +115,8 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         # a finished run's shards that differ from its manifest are encoded again (rank 0 checks; all ranks wait)
         changed = drop_changed_shards(out_dir) if rank == 0 else []
         dist.barrier()
-        run = same_tokenizer_named_as_before(out_dir, run)
-        done_before = set(completed_shards(out_dir, run))
+        run, done = resume_run(out_dir, run)  # the same tokenizer named another way keeps the folder's name
+        done_before = set(done)
         plan = plan_shards(len(listing), opts.shard_size)
         if world > 1:  # torchrun: each rank takes the next shard left from a counter all ranks share
             shards = _ClaimedShards(plan, done_before, dist.shared_counter("encode-shards"))
