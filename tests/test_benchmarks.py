@@ -377,3 +377,27 @@ def test_bench_tokenizer_reads_the_gpus_clocks_from_nvidia_smi_while_it_is_busy(
     assert events == ["call", "call", "call", "read", "wait"]
     assert bench.busy_gpu_state(lambda x: events.append("call"), None, torch.device("cpu")) is None
     assert len(events) == 5
+
+
+BENCH_DECODE_LINEAR = """
+import json, sys
+sys.argv = ["bench_decode_linear.py"]
+from tests.conftest import load_benchmark
+bench = load_benchmark("bench_decode_linear")
+bench.main(["--preset", "ar-test", "--rows", "1", "3", "--configs", "4:32:1", "--device", "cpu",
+            "--dtype", "fp32", "--iters", "1", "--json"])
+"""
+
+
+def test_bench_decode_linear_times_each_layer_both_ways_and_checks_them():
+    """Run by Triton's interpreter on the CPU: every layer of the preset, each row count, the torch way and each
+    launch config, all agreeing with float32 arithmetic."""
+    pytest.importorskip("triton")
+    done = run_interpreted(BENCH_DECODE_LINEAR)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)["results"]
+    from regvq_cli.priors.presets import preset
+    layers = load_benchmark("bench_decode_linear").layers(preset("ar-test"))
+    assert {(r["layer"], r["rows"], r["impl"]) for r in results} == {
+        (name, rows, impl) for name, *_ in layers for rows in (1, 3) for impl in ("torch", "triton 4:32:1")}
+    assert all("error" not in r and r["us"] > 0 and r["max_abs_diff"] < 1e-4 for r in results), results

@@ -416,12 +416,36 @@ assert torch.equal(v8[:, :, last], vq) and torch.equal(vs[:, :, last], vqs)  # v
 # quantized values may then differ by one step where the rotated value lies at a rounding boundary
 assert torch.allclose(ks[:, :, last], kqs, rtol=1e-6, atol=0)
 assert (k8[:, :, last].int() - kq.int()).abs().max() <= 1
+# a few rows' linear layer, with the residual add and norm or SwiGLU's product before it folded in: K and N
+# not multiples of the blocks, 3 rows of a block of 4, three programs (the default under the interpreter is one)
+from functools import partial
+from regvq_cli.priors import decode_attention
+rows_linear = partial(decode_attention.rows_linear, block_n=4, block_k=32)
+w, g = torch.randn(10, 48), torch.rand(48) + 0.5
+for R in (1, 3):
+    x, y, xx = torch.randn(R, 48), torch.randn(R, 48), torch.randn(R, 96)
+    assert (rows_linear(x, w) - x @ w.t()).abs().max() < 1e-5
+    s, out = rows_linear(x, w, norm=g, add=y)
+    assert torch.equal(s, x + y) and (out - F.rms_norm(x + y, (48,), g, 1e-5) @ w.t()).abs().max() < 1e-5
+    s, out = rows_linear(x, w, norm=g, eps=0.5)
+    assert s is x and (out - F.rms_norm(x, (48,), g, 0.5) @ w.t()).abs().max() < 1e-5
+    gate, up = xx.chunk(2, dim=-1)
+    assert (rows_linear(xx, w, glu=True) - (F.silu(gate) * up) @ w.t()).abs().max() < 1e-5
+    xb, yb, wb, gb = x.bfloat16(), y.bfloat16(), w.bfloat16(), g.bfloat16()
+    s, out = rows_linear(xb, wb, norm=gb, add=yb)
+    torch.testing.assert_close(s, xb + yb)
+    torch.testing.assert_close(out, F.rms_norm(xb + yb, (48,), gb, 1e-5) @ wb.t(), atol=0.05, rtol=0.02)
 for kind in ("class", "text"):  # text: padded prefix positions
     m = peaked(kind)
-    for opts in (dict(), dict(cfg=3.0, top_k=6), dict(cfg=3.0, kv_dtype=torch.int8)):
-        want = sample_ar(m, raw_cond(kind), 2, generator=gen(0), **opts)
-        got = sample_ar(m, raw_cond(kind), 2, generator=gen(0), attention="triton", **opts)
-        assert torch.equal(got, want), (kind, opts)
+    # 2 and 4 rows: the few rows' layers; 3 images with guidance, 6 rows: the layers' own with add_rms_norm
+    for n, opts in ((2, dict()), (2, dict(cfg=3.0, top_k=6)), (2, dict(cfg=3.0, kv_dtype=torch.int8)),
+                    (3, dict(cfg=3.0))):
+        cond = raw_cond(kind)
+        if n == 3:  # a third condition: the first again
+            cond = type(cond)(*(torch.cat([t, t[:1]]) for t in cond)) if kind == "text" else cond[[0, 1, 0]]
+        want = sample_ar(m, cond, n, generator=gen(0), **opts)
+        got = sample_ar(m, cond, n, generator=gen(0), attention="triton", **opts)
+        assert torch.equal(got, want), (kind, n, opts)
 print("ok")
 """
 

@@ -29,7 +29,7 @@ from torch import nn
 from regvq_cli.errors import RegvqError
 from regvq_cli.priors.conditioning import CondStates, ConditionEncoder
 from regvq_cli.priors.config import PriorConfig
-from regvq_cli.priors.decode_attention import add_rms_norm, decode_attention, rope_table
+from regvq_cli.priors.decode_attention import FEW_ROWS, add_rms_norm, decode_attention, rope_table, rows_linear
 from regvq_cli.priors.layers import Linear, RMSNorm, SwiGLU, apply_rope, init_weights, mlp_hidden, rope_cos_sin
 
 
@@ -163,16 +163,25 @@ class Attention(nn.Module):
         self.proj = Linear(cfg.dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
 
+    def attend_step(self, qkv, cache: KVCache, layer: int, pos):
+        """A decode step's attention through the Triton kernel (`cache.kernel`): from the qkv projections [B, 3 *
+        dim] of image token x_pos (pos a 0-d or [1] position tensor; its cache position is prefix_len + pos), rotate
+        q and k, write k and v to the cache and attend: [B, dim], as the heads' outputs lie."""
+        B = qkv.shape[0]
+        hd = qkv.shape[1] // (3 * self.n_heads)
+        scales = None if cache.k_scale is None else (cache.k_scale[layer], cache.v_scale[layer])
+        y = decode_attention(qkv.view(B, 3, self.n_heads, hd), cache.rope, cache.k[layer], cache.v[layer], pos,
+                             cache.valid if cache.padded else None, scales=scales, offset=cache.prefix_len)
+        return y.view(B, self.n_heads * hd)
+
     def forward(self, x, cos, sin, mask, is_causal, cache, layer, pos0, window=None):
+        """x [B, n, dim] at cache positions pos0 .. pos0+n-1 (an int), or one decode step's token (pos0 a position
+        tensor [1]: its cache position, or with `cache.kernel` the image position, see attend_step)."""
         B, n, dim = x.shape
         hd = dim // self.n_heads
         qkv = self.qkv(x)  # [B, n, 3 * dim]
         if cache is not None and cache.kernel and torch.is_tensor(pos0):  # a decode step (n = 1) through the kernel
-            # rotates q and k, writes k, v at pos0 and attends: [B, H, hd], which is [B, 1, dim] as it lies
-            scales = None if cache.k_scale is None else (cache.k_scale[layer], cache.v_scale[layer])
-            y = decode_attention(qkv.view(B, 3, self.n_heads, hd), cache.rope, cache.k[layer], cache.v[layer],
-                                 pos0, cache.valid if cache.padded else None, scales=scales)
-            return self.proj(y.view(B, n, dim))
+            return self.proj(self.attend_step(qkv.view(B, 3 * dim), cache, layer, pos0).view(B, n, dim))
         qkv = qkv.view(B, n, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, n, hd]
         q, k = apply_rope(qkv[:2], cos, sin)  # q and k rotated together (half the kernels); each [B, H, n, hd]
         v = qkv[2]
@@ -310,21 +319,40 @@ class ARPrior(nn.Module):
         """
         cfg = self.config
         window = window or cache.max_len
-        p = (pos + cache.prefix_len).reshape(1)  # [1] cache position of x_pos
-        cos = sin = mask = None  # the kernel (cache.kernel) rotates from its tables and reads positions 0..p itself
-        if not cache.kernel:
-            cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd] each
-            keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
-            # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would
-            # convert a bool mask in every layer; this is built once per step)
-            mask = torch.zeros(keep.shape, dtype=cache.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
-            mask = mask[:, None, None, :]
         x = self.tok_emb(tokens)  # [B, 1, dim]
-        if cache.kernel and self.norm.weight.dtype == x.dtype:
+        if cache.kernel:  # the kernel rotates from its tables and reads positions 0 .. prefix_len + pos itself
+            p = pos.reshape(1)  # the image position: the kernel adds prefix_len (Attention.attend_step)
+            if self.norm.weight.dtype != x.dtype:  # (autocast: the layers' own ops)
+                for i, block in enumerate(self.blocks):
+                    x = block(x, None, None, None, False, cache, i, p)
+                return self.head(self.norm(x))[:, 0]
+            if x.shape[0] <= FEW_ROWS:
+                return self._few_rows_blocks(x[:, 0], cache, p)
             return self.head(self._kernel_blocks(x, cache, p))[:, 0]
+        p = (pos + cache.prefix_len).reshape(1)  # [1] cache position of x_pos
+        cos, sin = rope_cos_sin(p, cfg.dim // cfg.n_heads, cfg.rope_theta)  # [1, hd] each
+        keep = cache.valid[:, :window] & (torch.arange(window, device=p.device) <= p)  # [B, window]
+        # additive [B, 1, 1, window]: 0 at written positions but padded text, -inf elsewhere (SDPA would
+        # convert a bool mask in every layer; this is built once per step)
+        mask = torch.zeros(keep.shape, dtype=cache.dtype, device=p.device).masked_fill_(~keep, float("-inf"))
+        mask = mask[:, None, None, :]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, False, cache, i, p, window)
         return self.head(self.norm(x))[:, 0]
+
+    def _few_rows_blocks(self, x, cache: KVCache, p):
+        """The blocks, final norm and head of a decode step of a few rows x [B, dim] (B <= FEW_ROWS) through the
+        Triton kernels: five a layer (qkv, attention, proj, gate_up, down), each residual add and norm folded into
+        the linear layer after it and SwiGLU's silu(gate) * up into `down` (Block.forward's sums, rounded as its
+        ops round them). Returns the logits [B, V]."""
+        eps = self.config.norm_eps
+        branch = None  # the last branch's output, not yet added to the residual stream x
+        for i, block in enumerate(self.blocks):
+            x, qkv = rows_linear(x, block.attn.qkv.weight, norm=block.norm1.weight, add=branch, eps=eps)
+            y = rows_linear(block.attn.attend_step(qkv, cache, i, p), block.attn.proj.weight)
+            x, h = rows_linear(x, block.mlp.gate_up.weight, norm=block.norm2.weight, add=y, eps=eps)
+            branch = rows_linear(h, block.mlp.down.weight, glu=True)
+        return rows_linear(x, self.head.weight, norm=self.norm.weight, add=branch, eps=eps)[1]
 
     def _kernel_blocks(self, x, cache: KVCache, p):
         """The blocks of a decode step through the Triton kernels: Block.forward's sums, with each residual add

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from regvq_cli.engine.device import next_power_of_two
+from regvq_cli.engine.device import TRITON_INTERPRETED, cdiv, next_power_of_two
 from regvq_cli.engine.device import triton_runs_on as available  # noqa: F401  (whether the kernel can run on a device)
 from regvq_cli.priors.layers import rope_cos_sin
 
@@ -50,7 +50,7 @@ def rope_table(max_len: int, head_dim: int, theta: float, device=None):
 
 
 def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int | None = None,
-                     num_warps: int | None = None, num_stages: int | None = None, scales=None):
+                     num_warps: int | None = None, num_stages: int | None = None, scales=None, offset: int = 0):
     """One decode step's attention from its projections: rotate q and k (rotary embedding, as
     layers.apply_rope), append k and v at cache position `last`, and return softmax(q k^T / sqrt(hd)) v over
     positions 0 .. last (and, where `valid` [B, max_len] bool is given, only its True ones among the earlier
@@ -58,7 +58,9 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
 
     qkv [B, 3, H, hd]: the step's unrotated q, k and v (the qkv projection's output, a view); rope [max_len, 2,
     hd]: `rope_table`; k_cache, v_cache [B, H, max_len, hd], written in place at `last`; last a 1-element long
-    tensor on the device. The caches may hold another dtype than qkv's; int8 caches come with `scales`, the
+    tensor on the device, to which the kernel adds `offset` (a step passes its image position and the prefix's
+    length: computing their sum outside, a compiled step made it anew for every argument it was passed as, four
+    small kernels a layer). The caches may hold another dtype than qkv's; int8 caches come with `scales`, the
     float32 (k_scale, v_scale) [B, H, max_len] of ar.KVCache, and the new key and value are quantized as
     ar.quantize does before they are attended (a step attends what later steps read back), the query too (its
     products with the keys are then integer dot products, four bytes at a time: the plain path of ar.Attention
@@ -93,7 +95,7 @@ def decode_attention(qkv, rope, k_cache, v_cache, last, valid=None, block: int |
         block, num_warps, num_stages = launch_config(B * H)
     tuning = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     kernel()[(B * H,)](
-        qkv, rope, k_cache, v_cache, k_scale, v_scale, out, flag, last, 1.0 / D ** 0.5,
+        qkv, rope, k_cache, v_cache, k_scale, v_scale, out, flag, last, offset, 1.0 / D ** 0.5,
         qkv.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         k_scale.stride(0) if scales is not None else 0, k_scale.stride(1) if scales is not None else 0,
         out.stride(0), valid.stride(0) if valid is not None else 0,
@@ -119,3 +121,48 @@ def add_norm_kernel():
     from regvq_cli.priors.decode_attention_kernel import add_rms_norm_kernel
 
     return add_rms_norm_kernel
+
+
+# decode steps of at most this many rows (one image with guidance: 2) run their linear layers through rows_linear
+FEW_ROWS = 4
+
+
+def rows_linear(x, weight, *, norm=None, add=None, eps: float = 1e-5, glu: bool = False,
+                block_n: int | None = None, block_k: int = 256, num_warps: int = 4):
+    """weight [N, K] times each of a few rows a [R, K] (R <= FEW_ROWS), in one kernel: a decode step's linear layer
+    at batch 1, with the work before it folded in. a is x [R, K]; with `norm` (a gain [K]) rms_norm(x + add) *
+    norm, as add_rms_norm makes it (`add` may be None: the norm of x); with `glu`, silu(gate) * up of x [R, 2K] =
+    (gate, up), the SwiGLU's. Returns out [R, N], and with `norm` first x + add (the residual stream: x itself
+    without `add`).
+
+    Why: at batch 1 a step reads each weight once, a few MB in a few microseconds, and a chain of about 150 small
+    kernels (cuBLAS's GEMV, the residual add and norm, SiLU times up) spends more time starting and ending kernels
+    than reading. cuBLAS's kernels for one or two rows also use few of the GPU's SMs: BLOCK_N outputs a program
+    spreads a layer over hundreds (measured on an H200, docs/performance.md; the launch defaults are the best of
+    that sweep: `block_n` 4 outputs a program). All rows, weight and gain of one dtype, contiguous rows."""
+    R, K = x.shape[0], weight.shape[1]
+    N = weight.shape[0]
+    # (Triton's interpreter, which runs the kernels in the CPU tests, runs programs one by one: one there)
+    block_n = block_n or (next_power_of_two(N) if TRITON_INTERPRETED else 4)
+    if R > FEW_ROWS or x.dim() != 2 or x.shape[1] != (2 * K if glu else K) or x.stride(-1) != 1:
+        raise ValueError(f"rows_linear takes up to {FEW_ROWS} contiguous rows of {2 * K if glu else K} values")
+    if not weight.is_contiguous() or weight.dtype != x.dtype or (norm is not None and norm.dtype != x.dtype):
+        raise ValueError("rows_linear needs a contiguous weight and one dtype throughout")
+    if add is not None and (norm is None or add.shape != x.shape or add.stride(-1) != 1 or add.dtype != x.dtype):
+        raise ValueError("rows_linear adds `add` (x's shape and dtype) only before a norm")
+    out = x.new_empty(R, N)
+    stream = x.new_empty(R, K) if add is not None else x
+    other = add if add is not None else x  # unread without `add`
+    linear_kernel()[(cdiv(N, block_n),)](
+        x, other, norm if norm is not None else weight, weight, out, stream, R, N, eps,
+        x.stride(0), other.stride(0), out.stride(0), stream.stride(0),
+        K=K, KP=next_power_of_two(K), RP=next_power_of_two(R), BLOCK_N=block_n,
+        BLOCK_K=min(block_k, next_power_of_two(K)), NORM=norm is not None, ADD=add is not None, GLU=glu,
+        num_warps=num_warps)
+    return (stream, out) if norm is not None else out
+
+
+def linear_kernel():
+    from regvq_cli.priors.decode_attention_kernel import rows_linear_kernel
+
+    return rows_linear_kernel
