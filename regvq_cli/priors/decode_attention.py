@@ -128,18 +128,19 @@ FEW_ROWS = 4
 
 
 def rows_linear(x, weight, *, norm=None, add=None, eps: float = 1e-5, glu: bool = False,
-                block_n: int | None = None, block_k: int = 256, num_warps: int = 4):
+                block_n: int | None = None, block_k: int = 512, num_warps: int = 4):
     """weight [N, K] times each of a few rows a [R, K] (R <= FEW_ROWS), in one kernel: a decode step's linear layer
     at batch 1, with the work before it folded in. a is x [R, K]; with `norm` (a gain [K]) rms_norm(x + add) *
-    norm, as add_rms_norm makes it (`add` may be None: the norm of x); with `glu`, silu(gate) * up of x [R, 2K] =
-    (gate, up), the SwiGLU's. Returns out [R, N], and with `norm` first x + add (the residual stream: x itself
-    without `add`).
+    norm, as add_rms_norm makes it but for rounding (the kernel divides the products by the rms, see the kernel;
+    `add` may be None: the norm of x); with `glu`, silu(gate) * up of x [R, 2K] = (gate, up), the SwiGLU's.
+    Returns out [R, N], and with `norm` first x + add (the residual stream: x itself without `add`).
 
     Why: at batch 1 a step reads each weight once, a few MB in a few microseconds, and a chain of about 150 small
     kernels (cuBLAS's GEMV, the residual add and norm, SiLU times up) spends more time starting and ending kernels
     than reading. cuBLAS's kernels for one or two rows also use few of the GPU's SMs: BLOCK_N outputs a program
     spreads a layer over hundreds (measured on an H200, docs/performance.md; the launch defaults are the best of
-    that sweep: `block_n` 4 outputs a program). All rows, weight and gain of one dtype, contiguous rows."""
+    that sweep: 4 outputs a program, 512 inputs an iteration, 4 warps). All rows, weight and gain of one dtype,
+    contiguous rows."""
     R, K = x.shape[0], weight.shape[1]
     N = weight.shape[0]
     # (Triton's interpreter, which runs the kernels in the CPU tests, runs programs one by one: one there)
@@ -156,7 +157,7 @@ def rows_linear(x, weight, *, norm=None, add=None, eps: float = 1e-5, glu: bool 
     linear_kernel()[(cdiv(N, block_n),)](
         x, other, norm if norm is not None else weight, weight, out, stream, R, N, eps,
         x.stride(0), other.stride(0), out.stride(0), stream.stride(0),
-        K=K, KP=next_power_of_two(K), RP=next_power_of_two(R), BLOCK_N=block_n,
+        K=K, RP=next_power_of_two(R), BLOCK_N=block_n,
         BLOCK_K=min(block_k, next_power_of_two(K)), NORM=norm is not None, ADD=add is not None, GLU=glu,
         num_warps=num_warps)
     return (stream, out) if norm is not None else out

@@ -161,43 +161,43 @@ def add_rms_norm_kernel(X, Y, W, S, N, eps, s_x, s_y, s_s, s_n, D: tl.constexpr,
 
 @triton.jit
 def rows_linear_kernel(X, Y, G, W, O, S, R, N, eps, s_x, s_y, s_o, s_s,
-                       K: tl.constexpr, KP: tl.constexpr, RP: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, NORM: tl.constexpr, ADD: tl.constexpr, GLU: tl.constexpr):
+                       K: tl.constexpr, RP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       NORM: tl.constexpr, ADD: tl.constexpr, GLU: tl.constexpr):
     """out[r] = W a[r] for a few rows r < R (RP: R's power of two), BLOCK_N outputs a program, K inputs in
-    BLOCK_K chunks, in float32 and rounded to X's dtype once. a is x, or with NORM rms_norm(x (+ y with ADD)) * g
-    (program 0 stores x + y in S: the residual stream), or with GLU silu(x[:, :K]) * x[:, K:], each rounded to x's
-    dtype where torch's ops round theirs (add, F.rms_norm, silu, mul). KP: K's power of two."""
+    BLOCK_K chunks, accumulated in float32 and rounded to X's dtype once. a is x; or with NORM rms_norm(s) * g of
+    s = x (+ y with ADD, rounded to x's dtype as torch's add is; program 0 stores it in S: the residual stream);
+    or with GLU silu(x[:, :K]) * x[:, K:] (each rounded to x's dtype, as torch's silu and mul are).
+
+    The norm's 1 / rms(s) scales the sums at the end, W (s * g) / rms(s), rather than each input: its sum of
+    squares then accrues over the same chunks as the products, with no pass over the row before them (which,
+    before any weight was read, made the kernel half again slower at two rows). Exact in real arithmetic; in
+    float32 it rounds differently from F.rms_norm's normalised input, which torch rounds to x's dtype (bf16)."""
     dtype = X.dtype.element_ty
     r = tl.arange(0, RP)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_in, n_in = r < R, n < N
-    if NORM:  # the norm's 1 / rms per row, from the whole row (every program: a few KB, read from cache)
-        d = tl.arange(0, KP)
-        whole = rows_in[:, None] & (d < K)[None, :]
-        s = tl.load(X + r[:, None] * s_x + d[None, :], mask=whole, other=0.0)
-        if ADD:
-            s = (s.to(tl.float32) + tl.load(Y + r[:, None] * s_y + d[None, :], mask=whole, other=0.0)
-                 .to(tl.float32)).to(dtype)
-            if tl.program_id(0) == 0:
-                tl.store(S + r[:, None] * s_s + d[None, :], s, mask=whole)
-        sf = s.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(sf * sf, axis=1) / K + eps)  # [RP]
     acc = tl.zeros([RP, BLOCK_N], tl.float32)
+    squares = tl.zeros([RP], tl.float32)
     for k0 in tl.static_range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_in = k < K
         chunk = rows_in[:, None] & k_in[None, :]
+        w = tl.load(W + n[:, None] * K + k[None, :], mask=n_in[:, None] & k_in[None, :], other=0.0)
         a = tl.load(X + r[:, None] * s_x + k[None, :], mask=chunk, other=0.0)
         if NORM:
             if ADD:
                 a = (a.to(tl.float32) + tl.load(Y + r[:, None] * s_y + k[None, :], mask=chunk, other=0.0)
                      .to(tl.float32)).to(dtype)
-            a = (a.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)
-            a = (a * tl.load(G + k, mask=k_in, other=0.0).to(tl.float32)[None, :]).to(dtype)
+                if tl.program_id(0) == 0:
+                    tl.store(S + r[:, None] * s_s + k[None, :], a, mask=chunk)
+            a = a.to(tl.float32)
+            squares += tl.sum(a * a, axis=1)
+            a = a * tl.load(G + k, mask=k_in, other=0.0).to(tl.float32)[None, :]
         if GLU:
             gate = a.to(tl.float32)
             gate = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
             a = (gate * tl.load(X + r[:, None] * s_x + K + k[None, :], mask=chunk, other=0.0).to(tl.float32)).to(dtype)
-        w = tl.load(W + n[:, None] * K + k[None, :], mask=n_in[:, None] & k_in[None, :], other=0.0)
         acc += tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    if NORM:
+        acc = acc * tl.rsqrt(squares / K + eps)[:, None]
     tl.store(O + r[:, None] * s_o + n[None, :], acc.to(dtype), mask=rows_in[:, None] & n_in[None, :])
