@@ -118,11 +118,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    from regvq_cli.priors import decode_attention
     from regvq_cli.priors.presets import preset
 
-    # the kernel takes up to FEW_ROWS rows in the sampler; here any, to compare where the step changes ways
-    decode_attention.FEW_ROWS = max(decode_attention.FEW_ROWS, *a.rows)
     device, dtype = torch.device(a.device), {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
     results = [r for shape in layers(preset(a.preset)) for rows in a.rows
                for r in layer_rows(*shape, rows, device, dtype, a.configs, a.iters, int(a.l2_mb * 2 ** 20))]

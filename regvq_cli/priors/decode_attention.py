@@ -123,13 +123,15 @@ def add_norm_kernel():
     return add_rms_norm_kernel
 
 
-# decode steps of at most this many rows (one image with guidance: 2) run their linear layers through rows_linear
-FEW_ROWS = 4
+# decode steps of at most this many rows (one image with guidance: 2) run their linear layers through rows_linear;
+# at 4 rows, cuBLAS after add_rms_norm took less time for qkv and gate_up than rows_linear did, and the layers
+# together about as long (`benchmarks/bench_decode_linear.py`, docs/performance.md)
+FEW_ROWS = 2
 
 
 def rows_linear(x, weight, *, norm=None, add=None, eps: float = 1e-5, glu: bool = False,
                 block_n: int | None = None, block_k: int = 512, num_warps: int = 4):
-    """weight [N, K] times each of a few rows a [R, K] (R <= FEW_ROWS), in one kernel: a decode step's linear layer
+    """weight [N, K] times each of a few rows a [R, K] (a step's, up to FEW_ROWS), in one kernel: a decode step's linear layer
     at batch 1, with the work before it folded in. a is x [R, K]; with `norm` (a gain [K]) rms_norm(x + add) *
     norm, as add_rms_norm makes it but for rounding (the kernel divides the products by the rms, see the kernel;
     `add` may be None: the norm of x); with `glu`, silu(gate) * up of x [R, 2K] = (gate, up), the SwiGLU's.
@@ -145,8 +147,8 @@ def rows_linear(x, weight, *, norm=None, add=None, eps: float = 1e-5, glu: bool 
     N = weight.shape[0]
     # (Triton's interpreter, which runs the kernels in the CPU tests, runs programs one by one: one there)
     block_n = block_n or (next_power_of_two(N) if TRITON_INTERPRETED else 4)
-    if R > FEW_ROWS or x.dim() != 2 or x.shape[1] != (2 * K if glu else K) or x.stride(-1) != 1:
-        raise ValueError(f"rows_linear takes up to {FEW_ROWS} contiguous rows of {2 * K if glu else K} values")
+    if x.dim() != 2 or x.shape[1] != (2 * K if glu else K) or x.stride(-1) != 1:
+        raise ValueError(f"rows_linear takes rows of {2 * K if glu else K} values, contiguous")
     if not weight.is_contiguous() or weight.dtype != x.dtype or (norm is not None and norm.dtype != x.dtype):
         raise ValueError("rows_linear needs a contiguous weight and one dtype throughout")
     if add is not None and (norm is None or add.shape != x.shape or add.stride(-1) != 1 or add.dtype != x.dtype):
