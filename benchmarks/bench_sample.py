@@ -10,9 +10,10 @@ per image of what the sampler runs (its matmuls and attention counted with torch
 AR the whole loop, diffusion one denoiser step times the steps; guidance doubles the rows), the fraction of the FLOP
 floor (--peak-tflops, 790 for an H200 in dense bf16) and the peak GPU memory of the call. Weights are cast to
 --dtype. --cuda-graphs (CUDA only) adds rows `-graph`: sample_ar / sample_diffusion(cuda_graphs=True), whose time
-includes recording the graphs, as every call records its own (AR: the prefix pass and the step; diffusion: the
-denoiser). --keep adds rows `-kept`: the second call of one `ARSampler` or `DiffusionSampler`, which replays what
-the first recorded (what `regvq sample` does batch after batch). --compile adds rows with the AR decode step and
+includes recording the graphs, as every call records its own (AR: the step, the prefix pass running once
+eagerly; diffusion: the denoiser). --keep adds rows `-kept`: the third call of one `ARSampler` or
+`DiffusionSampler`, which replays what the first two recorded (the AR prefix pass is recorded by the second: what
+`regvq sample` does batch after batch). --compile adds rows with the AR decode step and
 draw or the diffusion denoiser compiled (`-compile`; the warm-up call pays for the compilation, the timed one does
 not). --profile N adds, per batch size and per path timed (eager, and `-graph` / `-compile` where asked for), the N
 operations that took the most time in one AR call with guidance (device kernels on a GPU, CPU operators on a CPU)
@@ -36,11 +37,12 @@ def variant(base: str, graphs: bool, comp: bool) -> str:
     return base + ("-graph" if graphs else "") + ("-compile" if comp else "")
 
 
-def timed(fn, device) -> tuple[float, float | None]:
-    """Seconds of one call after a warm-up call, and the peak GPU memory (GiB) of the timed call (None on a CPU)."""
+def timed(fn, device, warmups: int = 1) -> tuple[float, float | None]:
+    """Seconds of one call after `warmups` calls, and the peak GPU memory (GiB) of the timed call (None on a CPU)."""
     import torch
 
-    fn()  # warm-up (and compilation, kernel selection)
+    for _ in range(warmups):  # compilation, kernel selection, a kept sampler's recordings
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -196,9 +198,9 @@ def main(argv=None):
                         t, mem = timed(lambda: sample_ar(model, cond, b, **opts), device)
                         rows.append(row(args.ar, variant(ar_name, graphs, comp), cfg, None, b, t, gflop, mem,
                                         args.peak_tflops))
-                        if args.keep:  # the warm-up call records the passes, the timed one replays them
+                        if args.keep:  # the warm-up calls record the passes, the timed one replays them
                             kept = ARSampler(model, b, **opts)
-                            t, mem = timed(lambda: kept(cond), device)
+                            t, mem = timed(lambda: kept(cond), device, warmups=2)
                             del kept
                             rows.append(row(args.ar, variant(ar_name, graphs, comp) + "-kept", cfg, None, b, t,
                                             gflop, mem, args.peak_tflops))
@@ -225,7 +227,7 @@ def main(argv=None):
                                             steps * step_gflop, mem, args.peak_tflops))
                             if args.keep:
                                 kept = DiffusionSampler(model, b, **opts)
-                                t, mem = timed(lambda: kept(cond), device)
+                                t, mem = timed(lambda: kept(cond), device, warmups=2)
                                 del kept
                                 rows.append(row(args.diffusion, variant(sampler, graphs, comp) + "-kept", args.cfg,
                                                 steps, b, t, steps * step_gflop, mem, args.peak_tflops))

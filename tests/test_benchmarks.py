@@ -105,7 +105,7 @@ def test_bench_sample_kv_cache_int8_rows(capsys):
 
 
 def test_bench_sample_keep_adds_a_kept_samplers_rows(capsys):
-    """--keep adds, after each path's row, the second call of one kept sampler (AR and diffusion)."""
+    """--keep adds, after each path's row, the third call of one kept sampler (AR and diffusion)."""
     bench = load_benchmark("bench_sample")
     bench.main(["--ar", "ar-test", "--diffusion", "diffusion-test", "--device", "cpu", "--batch-sizes", "2",
                 "--steps", "2", "--codebook-size", "16", "--keep", "--json"])

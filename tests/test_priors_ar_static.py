@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
+import types
 import weakref
 
 import pytest
@@ -226,23 +227,23 @@ def no_collector():
 
 
 def record_graphs(monkeypatch) -> list:
-    """Stand in for the CUDA graph runner off CUDA: every pass runs eagerly, and the returned list gets each key a
-    real runner would record (a key's first run, and its first run again after `clear`)."""
+    """Stand in for the CUDA graph runner off CUDA: the real runner's choice of when to record, with every pass run
+    eagerly; the returned list gets each key as it would be recorded."""
     recorded = []
 
-    class Recorder(contextlib.nullcontext):
+    class Recorder(sampling._GraphedStep):
         def __init__(self, generator, device):
-            super().__init__()
-            self.graphs = set()
+            self.graphs, self.ran = {}, set()
 
-        def run(self, step, key):
-            if key not in self.graphs:
-                recorded.append(key)
-                self.graphs.add(key)
-            step(key)
+        def _record(self, step, key):
+            recorded.append(key)
+            return types.SimpleNamespace(replay=lambda: step(key))  # a replay runs the recorded pass again
 
-        def clear(self):
-            self.graphs.clear()
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
 
     monkeypatch.setattr(sampling, "_check_graphable", lambda device, generator: None)
     monkeypatch.setattr(sampling, "_GraphedStep", Recorder)
@@ -284,15 +285,21 @@ def test_an_ar_sampler_called_again_draws_what_fresh_calls_draw(kind, monkeypatc
                 assert torch.equal(got, sample_ar(m, cond, 2, generator=fresh, **opts)), (kind, graphs, opts, i)
                 assert seen == list(range(H * W))
                 prefixes.append((sampler.cache.prefix_len, sampler.cache.padded))
-                recordings.append(len(recorded) - before)
+                recordings.append(recorded[before:])
             if not graphs:
                 assert recorded == []
                 continue
-            # recorded on the first call, and again exactly when the prefix's length or padding changed
-            assert recordings[0] >= 2
-            assert recordings[1:] == [recordings[0] * (prefixes[i] != prefixes[i - 1]) for i in (1, 2)]
+            # a pass is recorded on its second run with the same prefix (length and padding): a first call records
+            # its steps, the prefix pass only a second call with the prefix of the first; all is recorded by then
+            assert recordings[0] and "prefix" not in recordings[0]
+            for i in (1, 2):
+                second_run = prefixes[i] == prefixes[i - 1] and "prefix" not in recordings[i - 1]
+                assert ("prefix" in recordings[i]) == second_run, (i, recordings)
+                assert len(set(recordings[i])) == len(recordings[i])
+            if prefixes[0] == prefixes[1] == prefixes[2]:
+                assert recordings[2] == []
             if kind == "text":  # the unpadded second prefix and the padded third were recorded again
-                assert prefixes[0] != prefixes[1] != prefixes[2] and recordings[1] == recordings[2] > 0
+                assert prefixes[0] != prefixes[1] != prefixes[2] and recordings[1] and recordings[2]
 
 
 def test_cuda_graphs_refused_off_cuda():

@@ -162,34 +162,44 @@ def _windows(cache) -> list[int]:
 class _GraphedStep:
     """`run(step, key)`: `step(key)` recorded once per key as a CUDA graph, then replayed; `with` it around a loop.
 
-    The first run of a key executes the step eagerly (a real step, and the warm-up a capture needs on its
-    stream), then records it. Recording executes nothing and leaves the generator's offset alone; each replay
-    advances it as the eager step would, so the tokens are those of the eager loop. The random draws use
-    `generator`, registered with every graph, or the default CUDA generator, which graphs always register. The
-    graphs stay recorded between `with` blocks (the kept samplers replay them call after call); `clear` drops
-    them. The step is an argument, not kept: a sampler that keeps this object and whose method is the step is then
-    freed as soon as it is dropped (no reference cycle holding its cache until the garbage collector runs).
+    A key's first run executes the step eagerly (a real step, and the warm-up a capture needs on its stream); its
+    second run records it and replays the recording, as do the later ones. A pass run once per call (the AR prefix
+    pass) is then recorded by a sampler's second call, not by a single call that would never replay it (at batch
+    1 its recording was about as long as running it). Recording executes nothing and leaves the generator's offset
+    alone; each replay advances it as the eager step would, so the tokens are those of the eager loop. The random
+    draws use `generator`, registered with every graph, or the default CUDA generator, which graphs always
+    register. The graphs stay recorded between `with` blocks (the kept samplers replay them call after call);
+    `clear` drops them. The step is an argument, not kept: a sampler that keeps this object and whose method is
+    the step is then freed as soon as it is dropped (no reference cycle holding its cache until the garbage
+    collector runs).
     """
 
     def __init__(self, generator, device):
         self.generator, self.device = generator, device
-        self.stream, self.pool, self.graphs = torch.cuda.Stream(device), torch.cuda.graph_pool_handle(), {}
+        self.stream, self.pool = torch.cuda.Stream(device), torch.cuda.graph_pool_handle()
+        self.graphs, self.ran = {}, set()  # key -> its recording; keys run eagerly once, not recorded yet
 
     def clear(self) -> None:
         self.graphs.clear()
+        self.ran.clear()
 
     def run(self, step, key) -> None:
         graph = self.graphs.get(key)
-        if graph is not None:
-            graph.replay()
-            return
-        step(key)
+        if graph is None:
+            if key not in self.ran:
+                self.ran.add(key)
+                step(key)
+                return
+            graph = self.graphs[key] = self._record(step, key)
+        graph.replay()
+
+    def _record(self, step, key) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
         if self.generator is not None:
             graph.register_generator_state(self.generator)
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             step(key)
-        self.graphs[key] = graph
+        return graph
 
     def __enter__(self):
         # captures cannot use the default stream: the whole loop runs on this one, after what was queued before
@@ -285,9 +295,9 @@ class ARSampler:
     """AR sampling of batches of n samples with one set of options, the state kept from call to call.
 
     `ARSampler(model, n, **options)(cond)` draws what `sample_ar(model, cond, n, **options)` draws. It makes the
-    KV cache and the loop's buffers once; with cuda_graphs its first call records the prefix pass and the step and
-    later calls replay them (on an H200, `ar-b` at batch 1 with guidance, making the cache, running the prefix
-    pass eagerly and recording took 21 of 135 ms per call). `regvq sample` keeps one for all its batches. It
+    KV cache and the loop's buffers once; with cuda_graphs its first call records the step (its prefix pass runs
+    eagerly), its second records the prefix pass, and later calls replay both (a single call pays for making the
+    cache, an eager prefix pass and step and the step's recording). `regvq sample` keeps one for all its batches. It
     holds the cache's memory (and the graphs') until it is dropped; condition states of other shapes (a prefix of
     another length or padding) are recorded again.
     """
