@@ -364,8 +364,8 @@ class ARSampler:
             graphs = self.graphs
             with graphs or contextlib.nullcontext():
                 # with graphs, the prefix pass (several hundred small kernels launched one by one, about 13 ms at
-                # batch 1) is recorded too; a recorded pass sets the cache's host-side fields only when it is
-                # recorded, to what they are after every pass of the same shapes
+                # batch 1) is recorded too, by the second call; a recorded pass sets the cache's host-side fields
+                # only when it is recorded, to what they are after every pass of the same shapes
                 _replayed(graphs, self._prefix, "prefix")
                 for i in range(N):
                     if i + 1 < N:
