@@ -68,6 +68,22 @@ def test_sampling_frequencies():
     assert (sample_logits(torch.tensor([[0.0, 3.0, 1.0]]), temperature=0) == 1).all()
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_a_temperature_near_zero_draws_what_greedy_draws(top_p):
+    """Dividing by a tiny temperature overflowed float32 to inf in many entries at once, and the draw took the first
+    of them (AR: a constant token; diffusion: NaN probabilities); the scaled logits now peak at 0, so the limit is
+    the greedy draw."""
+    c = torch.tensor([0, 1, 2])
+    greedy = sample_ar(ar(), c, 3, temperature=0)
+    assert torch.equal(sample_ar(ar(), c, 3, temperature=1e-40, top_p=top_p, generator=gen(1)), greedy)
+    for kw in ({"steps": 4}, {"sampler": "maskgit", "steps": 4}):
+        greedy = sample_diffusion(diffusion(), c, 3, temperature=0, generator=gen(2), **kw)
+        cold = sample_diffusion(diffusion(), c, 3, temperature=1e-40, top_p=top_p, generator=gen(2), **kw)
+        assert torch.equal(cold, greedy), kw
+    logits = torch.tensor([[2.0, 30.0, 29.0, -5.0]])
+    assert sample_logits(logits, temperature=1e-45, generator=gen()).item() == 1
+
+
 def test_ar_seed_reproducibility():
     m = ar()
     c = torch.tensor([0, 1, 2, 0])

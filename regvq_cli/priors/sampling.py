@@ -93,6 +93,14 @@ def guide(pred, cfg: float):
     return pred[n:] + cfg * (pred[:n] - pred[n:])
 
 
+def tempered(logits, temperature: float):
+    """logits [..., V] / temperature with each row's maximum moved to 0 first (the same distribution): near 0 the
+    others then go to -inf instead of all positive entries overflowing to +inf, so the limit is the greedy draw."""
+    if temperature == 1.0:
+        return logits
+    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+
+
 def _draw(logits, u, guided: bool, cfg: float, temperature: float, top_k: int, top_p: float):
     """`sample_logits` with its uniform noise u given (None at temperature 0). guided: logits [2n, V] are n
     conditional rows, then n null rows, mixed by cfg first. Tensor work only, so the AR sampler can compile it (a
@@ -102,7 +110,7 @@ def _draw(logits, u, guided: bool, cfg: float, temperature: float, top_k: int, t
         logits = guide(logits, cfg)  # [n, V]
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    return (filter_logits(logits / temperature, top_k, top_p) + _gumbel_from_uniform(u)).argmax(dim=-1)
+    return (filter_logits(tempered(logits, temperature), top_k, top_p) + _gumbel_from_uniform(u)).argmax(dim=-1)
 
 
 def _check_common(n: int, cfg: float, temperature: float, top_k: int, top_p: float):
@@ -462,9 +470,7 @@ class DiffusionSampler:
             logp = F.log_softmax(guide(logp, self.cfg), dim=-1)
         if self.temperature <= 0:
             return torch.where(F.one_hot(logp.argmax(-1), K).bool(), 0.0, float("-inf"))
-        if self.temperature != 1.0:
-            logp = logp / self.temperature
-        return F.log_softmax(filter_logits(logp, self.top_k, self.top_p), dim=-1)
+        return F.log_softmax(filter_logits(tempered(logp, self.temperature), self.top_k, self.top_p), dim=-1)
 
     @torch.no_grad()
     def __call__(self, cond, callback=None) -> torch.Tensor:
