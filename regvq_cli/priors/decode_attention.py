@@ -131,10 +131,11 @@ FEW_ROWS = 2
 
 def rows_linear(x, weight, *, norm=None, add=None, eps: float = 1e-5, glu: bool = False,
                 block_n: int | None = None, block_k: int = 512, num_warps: int = 4):
-    """weight [N, K] times each of a few rows a [R, K] (a step's, up to FEW_ROWS), in one kernel: a decode step's linear layer
-    at batch 1, with the work before it folded in. a is x [R, K]; with `norm` (a gain [K]) rms_norm(x + add) *
-    norm, as add_rms_norm makes it but for rounding (the kernel divides the products by the rms, see the kernel;
-    `add` may be None: the norm of x); with `glu`, silu(gate) * up of x [R, 2K] = (gate, up), the SwiGLU's.
+    """weight [N, K] times each of a few rows a [R, K] (a step's, up to FEW_ROWS), in one kernel: a decode step's
+    linear layer at batch 1, with the work before it folded in. a is x [R, K]; with `norm` (a gain [K])
+    rms_norm(x + add) * norm, as add_rms_norm makes it but for rounding (the kernel divides the products by the
+    rms, see the kernel; `add` may be None: the norm of x); with `glu`, silu(gate) * up of x [R, 2K] = (gate, up),
+    the SwiGLU's.
     Returns out [R, N], and with `norm` first x + add (the residual stream: x itself without `add`).
 
     Why: at batch 1 a step reads each weight once, a few MB in a few microseconds, and a chain of about 150 small
