@@ -233,7 +233,7 @@ def record_graphs(monkeypatch) -> list:
 
     class Recorder(sampling._GraphedStep):
         def __init__(self, generator, device):
-            self.graphs, self.ran = {}, set()
+            self.graphs = {}
 
         def _record(self, step, key):
             recorded.append(key)

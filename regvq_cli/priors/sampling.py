@@ -185,21 +185,19 @@ class _GraphedStep:
     def __init__(self, generator, device):
         self.generator, self.device = generator, device
         self.stream, self.pool = torch.cuda.Stream(device), torch.cuda.graph_pool_handle()
-        self.graphs, self.ran = {}, set()  # key -> its recording; keys run eagerly once, not recorded yet
+        self.graphs = {}  # key -> its recording, or None after its first (eager) run
 
     def clear(self) -> None:
         self.graphs.clear()
-        self.ran.clear()
 
     def run(self, step, key) -> None:
-        graph = self.graphs.get(key)
-        if graph is None:
-            if key not in self.ran:
-                self.ran.add(key)
-                step(key)
-                return
-            graph = self.graphs[key] = self._record(step, key)
-        graph.replay()
+        if key not in self.graphs:
+            self.graphs[key] = None
+            step(key)
+            return
+        if self.graphs[key] is None:
+            self.graphs[key] = self._record(step, key)
+        self.graphs[key].replay()
 
     def _record(self, step, key) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
