@@ -380,10 +380,17 @@ def explicit_options(names, given: dict) -> dict:
             if k in given and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
 
 
-def resumable(run_dir) -> bool:
-    """Whether the run folder holds a resume state (which takes precedence over --init)."""
+def check_run_start(run_dir, init, explicit: dict, offline: bool, recorded, check_init) -> None:
+    """Before a training command starts: a run folder with a resume state is resumed (--init is ignored) and the
+    options given explicitly must be those it was started with (``recorded(state, key)`` reads one); otherwise
+    ``check_init(init, explicit, offline)`` checks that --init's model takes them."""
     from pathlib import Path
 
-    from regvq_cli.train.common import STATE_NAME
+    from regvq_cli.train.common import STATE_NAME, check_resume_settings
 
-    return (Path(run_dir) / STATE_NAME).exists()
+    if (Path(run_dir) / STATE_NAME).exists():
+        if init:
+            info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
+        check_resume_settings(run_dir, explicit, recorded)
+    elif init:
+        check_init(init, explicit, offline)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info, json_option,
-                                   offline_option, report_export, resumable, table_options, training_progress, warn)
+from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint,
+                                   check_run_start, compiling_note, explicit_options, json_option, offline_option,
+                                   report_export, table_options, training_progress, warn)
 from regvq_cli.priors.config import DEFAULT_TEXT_ENCODER
 
 PRESET_NAMES = ["ar-test", "ar-small", "ar-m", "ar-b", "ar-l",
@@ -151,7 +152,7 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
 
     from regvq_cli.errors import RegvqError
     from regvq_cli.priors.training import TrainPriorConfig, check_init_options, recorded_setting
-    from regvq_cli.train.common import check_resume_settings, pick_training_device
+    from regvq_cli.train.common import pick_training_device
     from regvq_cli.priors.training import train_prior as train
 
     try:  # a usage error before any data, model or run folder (torch would fail only at the first tensor moved)
@@ -164,12 +165,7 @@ def train_prior(tokens, run_dir, offline, as_json, **fields):
     cfg = TrainPriorConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
     check_kind_options(fields, cfg)
     check_cond_options(fields, tokens, cfg)
-    if resumable(run_dir):
-        if cfg.init:
-            info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
-        check_resume_settings(run_dir, explicit, recorded_setting)
-    elif cfg.init:
-        check_init_options(cfg.init, explicit, offline)
+    check_run_start(run_dir, cfg.init, explicit, offline, recorded_setting, check_init_options)
     if cfg.compile:
         compiling_note("the prior")
     with training_progress(cfg.max_steps, ("loss", "samples_per_s", "mfu")) as callback:

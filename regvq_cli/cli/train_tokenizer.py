@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint, compiling_note, explicit_options, info,
-                                   json_option, offline_option, report_export, resumable, shown, table_options, training_progress, warn)
+from regvq_cli.cli._common import (OutFolder, TRAIN_SEED, FiniteFloatRange, ModelSpec, batch_size_hint,
+                                   check_run_start, compiling_note, explicit_options, json_option, offline_option,
+                                   report_export, shown, table_options, training_progress, warn)
 
 PRESET_NAMES = ["vqgan-f16", "vqgan-f8", "small-f16", "small-f8", "tok-test", "tok-test-f8"]
 # the architecture options that --init decides (TrainTokenizerConfig.ARCH_FIELDS, and the preset)
@@ -165,7 +166,7 @@ def train_tokenizer(data, run_dir, offline, as_json, **fields):
     import sys
 
     from regvq_cli.errors import RegvqError
-    from regvq_cli.train.common import check_resume_settings, pick_training_device
+    from regvq_cli.train.common import pick_training_device
     from regvq_cli.train.tokenizer import TrainTokenizerConfig, check_init_options, recorded_setting
     from regvq_cli.train.tokenizer import train_tokenizer as train
 
@@ -180,12 +181,7 @@ def train_tokenizer(data, run_dir, offline, as_json, **fields):
         given["perceptual_weights"] = [given["perceptual_weights"]]
     cfg = TrainTokenizerConfig(**given, command=shlex.join(["regvq"] + sys.argv[1:]))
     explicit = explicit_options(INIT_ARCH, given)
-    if resumable(run_dir):
-        if cfg.init:
-            info(f"{run_dir} has a resume state: resuming that run; --init is ignored")
-        check_resume_settings(run_dir, explicit, recorded_setting)
-    elif cfg.init:
-        check_init_options(cfg.init, explicit, offline)
+    check_run_start(run_dir, cfg.init, explicit, offline, recorded_setting, check_init_options)
     if cfg.compile:
         compiling_note("the tokenizer's encoder and decoder")
     with training_progress(cfg.max_steps, ("loss", "usage_pct", "perplexity", "images_per_s", "mfu")) as callback:
