@@ -152,10 +152,6 @@ class RunInfo:
             raise ValueError("num_inputs must be >= 0 and shard_size > 0")
 
     @property
-    def num_shards(self) -> int:
-        return len(plan_shards(self.num_inputs, self.shard_size))
-
-    @property
     def dtype(self) -> str:
         return token_dtype(self.codebook_size)
 

@@ -75,15 +75,6 @@ class CondStates:
         return CondStates(cat(a.tokens, b.tokens), mask, cat(a.spatial, b.spatial))
 
 
-def repeat_cond(cond, times: int):
-    """A raw condition with its batch repeated `times` times (rows [c0..cB-1, c0..cB-1, ...])."""
-    if cond is None:
-        return None
-    if isinstance(cond, TextStates):
-        return TextStates(cond.states.repeat(times, 1, 1), cond.mask.repeat(times, 1))
-    return cond.repeat(times, *([1] * (cond.dim() - 1)))
-
-
 class ConditionEncoder(nn.Module):
     """Learned part of the conditioning: class / segmap embeddings, text projection, and the null condition.
 

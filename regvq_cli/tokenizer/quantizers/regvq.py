@@ -37,8 +37,6 @@ deterministic argmax.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -157,8 +155,3 @@ class RegVQuantizer(nn.Module):
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """indices [B, h, w] -> codes [B, D, h, w]."""
         return lookup(indices, self.embedding.weight)
-
-    @property
-    def max_kl(self) -> float:
-        """KL of a one-code histogram, log N: the upper end of ``prior_kl``."""
-        return math.log(self.codebook_size)
