@@ -1,5 +1,6 @@
 """The CLI's conventions: instant help, exit codes, one-line errors, quiet pipes, completions."""
 
+import json
 import os
 import subprocess
 import sys
@@ -122,7 +123,9 @@ def test_closed_pipe_ends_quietly():
 def test_cli_runner_models_list_json_is_a_list():
     result = CliRunner().invoke(cli, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.lstrip().startswith("[")
+    rows = json.loads(result.stdout)
+    assert {"regvq-tokenizer", "regvq-text2img", "regvq-seg2img"} <= {row["name"] for row in rows}
+    assert all(row["kind"] in ("tokenizer", "ar", "diffusion") for row in rows)
 
 
 def test_cli_runner_turns_library_errors_into_exit_1(tmp_path):

@@ -181,11 +181,16 @@ def test_files_from_stdin_and_single_files(tmp_path, tokenizer_dir):
     listing = "\n".join(str(imgs / f"img{i:03d}.png") for i in (3, 1)) + "\n\n"
     r = encode("--files-from", "-", "-o", tmp_path / "a", "-m", tokenizer_dir, input=listing.encode())
     assert r.returncode == 0, r.stderr.decode()
+    from regvq_cli.data.shards import ShardReader
+
     keys = load_file(str(tmp_path / "a" / "shard-00000.safetensors"))
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["count"] == 2 and m["num_inputs"] == 2
-    r = encode(imgs / "img000.png", imgs / "img002.png", "-o", tmp_path / "b", "-m", tokenizer_dir)
+    # listed inputs keep the listing's order and their paths as keys; named files likewise
+    assert [row["key"] for row in ShardReader(tmp_path / "a")] == [str(imgs / "img003.png"), str(imgs / "img001.png")]
+    r = encode(imgs / "img002.png", imgs / "img000.png", "-o", tmp_path / "b", "-m", tokenizer_dir)
     assert r.returncode == 0 and json.loads((tmp_path / "b" / "manifest.json").read_text())["count"] == 2
+    assert [row["key"] for row in ShardReader(tmp_path / "b")] == [str(imgs / "img002.png"), str(imgs / "img000.png")]
     assert keys["tokens"].dtype == np.uint16
 
 

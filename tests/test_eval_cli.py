@@ -47,6 +47,8 @@ def test_gen_measures_fid_kid_precision_recall(tmp_path):
     result = json.loads(r.stdout)
     validate_result(result)
     assert result["metrics"]["fid"] > 0 and result["metrics"]["fid_biased"] is True
+    assert isinstance(result["metrics"]["kid"], float)
+    assert all(0 <= result["metrics"][k] <= 1 for k in ("precision", "recall"))
     assert result["protocol"]["feature_network"].startswith("inception")
 
     # the reference's statistics computed once, alone, then used in place of its images: the same numbers

@@ -195,10 +195,19 @@ def test_pixel_limit(tmp_path):
     assert load_image(ok, 8, max_pixels=900).shape == (8, 8, 3)
 
 
-@pytest.mark.skipif(os.getuid() == 0, reason="root reads files regardless of permissions")
-def test_permission_denied(tmp_path):
+def test_permission_denied(tmp_path, monkeypatch):
     path = save(tmp_path, "a.png", solid())
-    os.chmod(path, 0)
+    if os.getuid() == 0:  # root reads files whatever their mode: have the OS refuse this one
+        real_open = os.open
+
+        def refusing_open(p, *args, **kwargs):
+            if str(p) == str(path):
+                raise PermissionError(13, "Permission denied")
+            return real_open(p, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing_open)
+    else:
+        os.chmod(path, 0)
     try:
         assert skip_reason(path) == "unreadable: Permission denied"
     finally:
@@ -258,6 +267,16 @@ def test_resize_policies(tmp_path):
     assert stretch[5, 1, 0] > 200 and stretch[5, 8, 2] > 200
     shorter = load_image(wide, 10, resize="shorter-crop")
     assert np.abs(shorter.astype(int) - crop.astype(int)).max() <= 40
+    # a left-to-right ramp (red = 3 x column) tells the kept regions apart: crop and shorter-crop keep columns
+    # 30-50 of 80 (resized before or after cutting), stretch keeps them all
+    ramp = np.zeros((20, 80, 3), np.uint8)
+    ramp[..., 0] = 3 * np.arange(80)
+    ramp = save(tmp_path, "ramp.png", Image.fromarray(ramp))
+    red = {policy: load_image(ramp, 10, resize=policy)[5, :, 0].astype(int) for policy in ("crop", "shorter-crop",
+                                                                                          "stretch")}
+    assert abs(red["crop"][0] - 3 * 31) <= 6 and abs(red["crop"][-1] - 3 * 48) <= 6
+    assert np.abs(red["shorter-crop"] - red["crop"]).max() <= 6
+    assert abs(red["stretch"][0] - 3 * 4) <= 8 and abs(red["stretch"][-1] - 3 * 76) <= 8
     with pytest.raises(ValueError):
         load_image(wide, 10, resize="zoom")
 

@@ -77,8 +77,9 @@ def test_train_exports_and_a_rerun_resumes(work, ar_model):
     assert prior.config.tokenizer == str((work / "tok").resolve())
     steps = [json.loads(line)["step"] for line in (work / "ar" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
-    ok(train(work / "tokens", work / "ar", "--kind", "ar", "--cond", "class", "--preset", "ar-test",
-             "--max-steps", "4"))
+    r = ok(train(work / "tokens", work / "ar", "--kind", "ar", "--cond", "class", "--preset", "ar-test",
+                 "--max-steps", "4"))
+    assert json.loads(r.stdout)["steps_run"] == 1  # taken up at step 4, not started over
     steps = [json.loads(line)["step"] for line in (work / "ar" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 

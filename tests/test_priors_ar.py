@@ -232,7 +232,10 @@ def test_train_prior_resume_is_identical(tmp_path):
     tokens = write_class_shards(tmp_path / "tokens")
     full = load_weights(train_prior(tokens, tmp_path / "full", train_cfg(max_steps=6, sample_every=0)))
     train_prior(tokens, tmp_path / "split", train_cfg(max_steps=3, sample_every=0))
-    resumed = load_weights(train_prior(tokens, tmp_path / "split", train_cfg(max_steps=6, sample_every=0)))
+    steps = []  # the rerun must take up at step 4: a fresh 6-step run would give the same weights
+    resumed = load_weights(train_prior(tokens, tmp_path / "split", train_cfg(max_steps=6, sample_every=0),
+                                       callback=lambda step, metrics: steps.append(step)))
+    assert steps == [4, 5, 6]
     assert full.keys() == resumed.keys()
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)

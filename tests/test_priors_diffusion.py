@@ -150,6 +150,9 @@ def test_checkpoint_round_trip(tmp_path):
 def test_presets():
     for name in ("diffusion-test", "diffusion-small", "diffusion-m", "diffusion-b", "diffusion-l"):
         assert isinstance(PRESETS[name], DiffusionConfig)
+    # the AR presets' sizes, so that the two kinds compare at equal size
+    assert (PRESETS["diffusion-b"].n_layers, PRESETS["diffusion-b"].dim) == (12, 768)
+    assert (PRESETS["diffusion-l"].n_layers, PRESETS["diffusion-l"].dim) == (24, 1024)
 
 
 def test_diffusion_m_fits_the_shipped_models_60_mb_with_text_conditioning():

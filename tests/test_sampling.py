@@ -136,6 +136,10 @@ def test_text_prior_samples_with_guidance():
     cond = TextStates(torch.randn(2, 3, 6), torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool))
     out = sample_ar(m, cond, 2, cfg=3.0, generator=gen())
     assert out.shape == (2, 3, 3)
+    assert torch.equal(out, sample_ar(m, cond, 2, cfg=3.0, generator=gen()))  # the generator decides the draws
+    assert not torch.equal(out, sample_ar(m, cond, 2, cfg=1.0, generator=gen()))  # and guidance moves them
+    other = TextStates(torch.randn(2, 3, 6), cond.mask)
+    assert not torch.equal(out, sample_ar(m, other, 2, cfg=3.0, generator=gen()))  # so does the text
 
 
 def test_condition_broadcast_and_unconditional():

@@ -121,8 +121,9 @@ def test_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_pa
     assert b"again to resume" in stderr and b"Traceback" not in stderr
     step = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert step >= 2 and not (tmp_path / "run" / "model").exists()
-    r = invoke(*args, "--max-steps", step + 1)  # the same run folder: resumes from the stop, one step more
+    r = invoke(*args, "--max-steps", step + 1, "--json")  # the same run folder: resumes from the stop, one step more
     assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["steps_run"] == 1  # not a run started over, which would log the same last steps
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()][-2:] == [step, step + 1]
 
 

@@ -158,8 +158,8 @@ def training_progress(max_steps: int, keys: tuple[str, ...]):
 
 
 def report_export(folder, run_dir, steps_run: int, max_steps: int, as_json: bool) -> None:
-    """The end of a training command: the exported model's folder (JSON or a line), and a warning when this
-    invocation ran no step, so that re-exported or initial weights are not taken for trained ones. Rank 0's
+    """The end of a training command: the exported model's folder (JSON, with the steps this invocation ran, or a
+    line), and a warning when it ran no step, so that re-exported or initial weights are not taken for trained ones. Rank 0's
     alone: under torchrun the other ranks' progress callbacks never run, so their step counts stay 0."""
     if rank() != 0:
         return
@@ -167,7 +167,7 @@ def report_export(folder, run_dir, steps_run: int, max_steps: int, as_json: bool
         warn(f"no training step ran: the run was already at --max-steps ({max_steps}) or its --time-limit; "
              f"{folder} holds its weights as they were (a new run's: the initial ones)")
     if as_json:
-        emit_json({"model": str(folder), "run_dir": str(run_dir)})
+        emit_json({"model": str(folder), "run_dir": str(run_dir), "steps_run": steps_run})
     else:
         info(f"model exported to {folder}")
 
