@@ -426,6 +426,7 @@ def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
     assert _flags() == before  # TF32 and autotuning were for the run only
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in ("loss", "perceptual", "pcl", "g_loss"))
+    assert record["perceptual"] > 0 and record["pcl"] > 0  # the feature network's two losses were computed
 
 
 @pytest.mark.slow
