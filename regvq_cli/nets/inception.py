@@ -221,6 +221,34 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
+class _AvgPool2d(nn.AvgPool2d):
+    """nn.AvgPool2d that gives the right input gradient for a channels-last input on a GPU. On an H200 with torch
+    2.11, avg_pool2d's backward over a channels-last input returned a wrong gradient (cosine 0.46 with the true
+    one, fp32 and bf16 alike; docs/h200/2026-12-02/inception/results/pools.txt), and the loss copy's gradient
+    through the Inception blocks' pooled branches with it. Where a gradient is wanted there, the pool runs over an
+    NCHW copy and receives an NCHW gradient, the case that was right; the pooled maps are small (32-192 channels,
+    35 x 35 at most)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.is_cuda and x.requires_grad and x.dim() == 4 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        y = _ContiguousGrad.apply(super().forward(x.contiguous()))
+        return y.contiguous(memory_format=torch.channels_last)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose backward hands on its gradient NCHW-contiguous (for _AvgPool2d)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class _ConvThenAvgPool(nn.Module):
     """A branch's average pool then 1x1 convolution, computed the other way round: both are linear, and a pool that
     does not count padding averages with weights summing to 1 at every output pixel, so the two commute (bias
@@ -279,7 +307,7 @@ def _plain_block(block: nn.Module, dtype: torch.dtype) -> nn.Module:
     if kind == "MaxPool2d":
         return nn.MaxPool2d(block.kernel_size, block.stride, block.padding, block.dilation, ceil_mode=block.ceil_mode)
     if kind == "AvgPool2d":
-        return nn.AvgPool2d(block.kernel_size, block.stride, block.padding, block.ceil_mode, block.count_include_pad)
+        return _AvgPool2d(block.kernel_size, block.stride, block.padding, block.ceil_mode, block.count_include_pad)
     children = {name: _plain_block(child, dtype) for name, child in block.named_children()}
     if kind == "InceptionE":
         return _InceptionE(children)
