@@ -391,6 +391,21 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, tokenizer_dir, device):
     assert r.returncode != 0 and b"run one process" in r.stderr and not (tmp_path / "sheet.png").exists()
 
 
+def test_torchrun_two_ranks_with_the_pixels_threads_equal_one_process(tmp_path, tokenizer_dir):
+    """--resize-on device makes each batch's pixels in threads of the main process, a batch ahead: under torchrun
+    each rank's threads follow the shards that rank draws, and the folder is one process's, byte for byte."""
+    imgs = make_images(tmp_path / "imgs", 9)
+    args = ["-m", str(tokenizer_dir), "--shard-size", "2", "--batch-size", "1", "--workers", "0", "--device", "cpu",
+            "--resize-on", "device"]
+    assert encode(imgs, "-o", tmp_path / "one", *args).returncode == 0
+    r = run_torchrun("encode", imgs, "-o", tmp_path / "two", *args, "--json")
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert json.loads(r.stdout)["encoded_this_run"] == 9
+    for name in os.listdir(tmp_path / "one"):
+        if not name.startswith("."):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
 def test_labels_and_captions_are_carried(tmp_path, tokenizer_dir):
     for cls in ("cat", "dog"):
         make_images(tmp_path / "imgs" / cls, 2, seed=len(cls))
