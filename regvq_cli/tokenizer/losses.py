@@ -22,15 +22,17 @@ by the weights. The vanilla loss is mean_i l_i; summed over layers.
 
 PCL weights. At latent position i, w_i = ||e_sampled_i - e_argmax_i||^2: how far the stochastic code the
 decoder actually saw moved from the deterministic one (0 wherever the argmax code was used). The map w is
-resized (bilinear) to each feature layer, read at the sampled positions, and normalised there:
+resized (bilinear) to each feature layer, read at the sampled positions, and normalised over all of them, the
+batch's images together (mean_BS: an image whose sampled positions were none of them perturbed keeps ``floor``
+there, while the others carry more):
 
-    w'_i = floor + (1 - floor) * w_i / mean_S(w),         PCL = mean_i w'_i l_i
+    w'_i = floor + (1 - floor) * w_i / mean_BS(w),        PCL = mean_i w'_i l_i
 
 so that mean_i w'_i = 1 (the loss keeps the vanilla loss's scale) and all-equal weights give exactly the
 vanilla loss. The w_i = 0 case: positions whose code was not perturbed get weight ``floor`` (0.1 by default;
-0 restricts PCL to the perturbed positions), and if no sampled position of a layer is perturbed at all
-(mean_S(w) = 0: mask off, eval, or every Gumbel sample equal to the argmax), the weights fall back to 1, i.e.
-the vanilla loss. The loss is therefore always finite. The weights are detached: they calibrate where the
+0 restricts PCL to the perturbed positions), and if no sampled position of a layer is perturbed in the whole
+batch (mean_BS(w) = 0: mask off, eval, or every Gumbel sample equal to the argmax), the weights fall back to 1,
+i.e. the vanilla loss. The loss is therefore always finite. The weights are detached: they calibrate where the
 contrastive loss pulls, and a gradient through them would let the quantizer lower the loss by making its
 samples agree with the argmax, which defeats the stochastic regularization.
 """
@@ -104,7 +106,8 @@ def pcl_weights(sampled_codes: torch.Tensor, argmax_codes: torch.Tensor) -> torc
 
 
 def normalize_weights(w: torch.Tensor, floor: float) -> torch.Tensor:
-    """w'_i = floor + (1 - floor) * w_i / mean(w); all ones when mean(w) == 0 (see the module docstring)."""
+    """w'_i = floor + (1 - floor) * w_i / mean(w), the mean over all of w (the batch's sampled positions
+    together); all ones when mean(w) == 0 (see the module docstring)."""
     m = w.mean()
     scaled = floor + (1.0 - floor) * w / m.clamp_min(1e-12)
     return torch.where(m > 1e-12, scaled, torch.ones_like(w))  # no host sync on the GPU
