@@ -196,8 +196,15 @@ def test_files_from_separated_by_nul_bytes_as_find_print0_writes(tmp_path, monke
     assert keys(list_inputs([], files_from="-", stdin=io.StringIO("a.jpg\0b.jpg\n"))) == ["a.jpg", "b.jpg"]
     (tmp_path / "list").write_bytes("\ufeffa.jpg\0b.jpg\0".encode())
     assert keys(list_inputs([], files_from="list")) == ["a.jpg", "b.jpg"]
-    with pytest.raises(RegvqError, match="line 2 holds a NUL byte"):
-        list_inputs([], files_from="-", stdin=io.StringIO("a.jpg\nb.jpg\0c.jpg\0"))
+    # a first name with a newline in it: the NUL after it still says how the list is separated
+    listing = "new\nline.jpg\0c.jpg\0"
+    assert keys(list_inputs([], files_from="-", stdin=io.StringIO(listing))) == ["new\nline.jpg", "c.jpg"]
+    (tmp_path / "list").write_bytes(listing.encode())
+    assert keys(list_inputs([], files_from="list")) == ["new\nline.jpg", "c.jpg"]
+    # a NUL only after more than the longest path's worth of newline-separated names: the list mixes the two
+    names = [f"{i:08d}.jpg" for i in range(400)]
+    with pytest.raises(RegvqError, match="line 401 holds a NUL byte"):
+        list_inputs([], files_from="-", stdin=io.StringIO("\n".join(names) + "\nb.jpg\0c.jpg\0"))
 
 
 def test_truncate_keeps_the_first_items_with_their_labels_and_captions(tmp_path):

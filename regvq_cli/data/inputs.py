@@ -276,6 +276,9 @@ def _check_row(row, path: str, line: int) -> dict:
     return row
 
 
+_PATH_MAX = 4096  # Linux's longest path, in bytes
+
+
 def _read_files_from(files_from, stdin: TextIO | None) -> Iterable[str]:
     if files_from == "-":
         stream = stdin if stdin is not None else sys.stdin
@@ -288,14 +291,23 @@ def _read_files_from(files_from, stdin: TextIO | None) -> Iterable[str]:
         stream = files_from
     try:
         lines = iter(stream)
-        first = next(lines, "").removeprefix("\ufeff")  # the byte order mark of a list saved as "UTF-8 with BOM"
-        if "\0" in first:
-            yield from _nul_separated(first, lines)
+        # NUL-separated or not, by the list's first path: read up to a NUL or past the longest path there can be (a
+        # first path may hold newlines, so the first line alone does not tell)
+        head, size = [], 0
+        for line in lines:
+            head.append(line)
+            size += len(line)
+            if "\0" in line or size > _PATH_MAX:
+                break
+        if head:
+            head[0] = head[0].removeprefix("\ufeff")  # the byte order mark of a list saved as "UTF-8 with BOM"
+        if any("\0" in line for line in head):
+            yield from _nul_separated("".join(head), lines)
             return
-        for n, line in enumerate(itertools.chain([first], lines)):
+        for n, line in enumerate(itertools.chain(head, lines)):
             if "\0" in line:
-                raise RegvqError(f"--files-from line {n + 1} holds a NUL byte, the first line none: separate the "
-                                 "paths by newlines or by NUL bytes (find -print0), not both")
+                raise RegvqError(f"--files-from line {n + 1} holds a NUL byte, the lines before it none: separate "
+                                 "the paths by newlines or by NUL bytes (find -print0), not both")
             line = line.rstrip()  # trailing spaces, tabs, \r\n
             if line:
                 yield line
