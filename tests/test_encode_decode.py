@@ -343,6 +343,36 @@ def test_job_array_workers_then_merge_equal_one_process(tmp_path, tokenizer_dir)
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
 
 
+def test_a_job_array_worker_encodes_again_only_its_own_changed_shards(tmp_path, tokenizer_dir):
+    """A finished split run with a changed shard: the worker that encodes it writes it again; another worker leaves
+    it (and the manifest) as it is. A hand-edited manifest listing other files never gets them removed."""
+    from regvq_cli.data.shards import verify
+
+    imgs = make_images(tmp_path / "imgs", 4)
+    args = ["-m", tokenizer_dir, "--shard-size", "2", "--num-workers", "2", "--json"]
+    for w in ("0", "1"):
+        assert encode(imgs, "-o", tmp_path / "split", *args, "--worker-id", w).returncode == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "split").iterdir() if not p.name.startswith(".")}
+    shard = tmp_path / "split" / "shard-00000.safetensors"  # worker 0's
+    shard.write_bytes(shard.read_bytes()[:-1] + b" ")  # the header's padding: still a valid shard
+    r = encode(imgs, "-o", tmp_path / "split", *args, "--worker-id", "1")
+    assert r.returncode == 0, r.stderr.decode()
+    summary = json.loads(r.stdout)
+    assert summary["shards_changed"] == [] and summary["shards_changed_for_other_workers"] == [shard.name]
+    assert b"rerun those workers" in r.stderr
+    assert shard.exists() and verify(tmp_path / "split")  # the manifest stays, still saying so
+    r = encode(imgs, "-o", tmp_path / "split", *args, "--worker-id", "0")
+    assert r.returncode == 0 and json.loads(r.stdout)["shards_changed"] == ["shard-00000.safetensors"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "split").iterdir() if not p.name.startswith(".")} == first
+    # a manifest that lists a file of the user's: the rerun does not remove it
+    (tmp_path / "split" / "notes.txt").write_text("mine")
+    manifest = json.loads((tmp_path / "split" / "manifest.json").read_text())
+    manifest["shards"].append({"file": "notes.txt", "count": 0, "sha256": "0" * 64})
+    (tmp_path / "split" / "manifest.json").write_text(json.dumps(manifest))
+    encode(imgs, "-o", tmp_path / "split", "-m", tokenizer_dir, "--shard-size", "2")
+    assert (tmp_path / "split" / "notes.txt").read_text() == "mine"
+
+
 def test_a_job_array_worker_reports_the_inputs_it_skipped(tmp_path, tokenizer_dir):
     """Only the worker that finishes last writes the manifest; each one still lists the bad files it met."""
     imgs = make_images(tmp_path / "imgs", 3)

@@ -369,9 +369,18 @@ def test_worker_locks(tmp_path):
             OutputLock(tmp_path, worker=(0, 2)).acquire()
         with pytest.raises(RegvqError, match="another regvq process"):
             OutputLock(tmp_path).acquire()
+        # a worker of a split into another count would encode the same shards: refused, its temporary files kept
+        (tmp_path / ".tmp-4242-shard-00003.safetensors").write_bytes(b"being written")
+        with pytest.raises(RegvqError, match="workers of a split into 2 are writing to .*, not 3"):
+            OutputLock(tmp_path, worker=(0, 3)).acquire()
+        assert (tmp_path / ".tmp-4242-shard-00003.safetensors").exists()
+        with OutputLock(tmp_path, worker=(1, 2)):  # and the refused one held nothing
+            pass
     finally:
         p.kill()
         p.wait()
+    with OutputLock(tmp_path, worker=(0, 3)):  # a finished split's lock files refuse nothing
+        pass
 
 
 @pytest.mark.parametrize("key", [

@@ -114,6 +114,10 @@ def encode(inputs, out_dir, files_from, model, size, resize, background, limit, 
     if summary["shards_changed"]:
         warn(f"{', '.join(summary['shards_changed'])} differed from the manifest of the finished run (sha256): "
              "encoded again")
+    if summary["shards_changed_for_other_workers"]:
+        warn(f"{', '.join(summary['shards_changed_for_other_workers'])} differ from the manifest of the finished run "
+             f"(sha256) and belong to other workers (shard k is worker k mod {summary['workers']}'s): rerun those "
+             "workers to encode them again")
     for item in summary.get("skipped", [])[:20]:
         warn(f"skipped {shown(item['key'])}: {item['reason']}")
     if len(summary.get("skipped", [])) > 20:

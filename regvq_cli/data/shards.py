@@ -93,6 +93,7 @@ FORMAT = "regvq-tokens"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
+_WORKER_LOCK_RE = re.compile(r"^\.lock-(\d+)-of-(\d+)$")
 _TMP_RE = re.compile(r"^\.tmp-\d+-(?:shard-(\d{5,})\.safetensors|manifest\.json)$")
 
 # numpy dtype <-> safetensors dtype name
@@ -210,6 +211,11 @@ def shards_for_worker(plan: Sequence[tuple[int, int, int]], rank: int, world: in
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
+
+
+def shard_index(name: str) -> int:
+    """k of a shard file's name (shard_name's inverse)."""
+    return int(_SHARD_RE.match(name).group(1))
 
 
 # ----------------------------------------------------------------------------- strings
@@ -599,14 +605,13 @@ def _refuse_other_runs(out_dir, good: dict, run: RunInfo) -> None:
             )
 
 
-def drop_changed_shards(out_dir: str | os.PathLike) -> list[str]:
-    """The shards of a finished run whose bytes differ from its manifest's sha256, removed with the manifest.
+def changed_shards(out_dir: str | os.PathLike) -> list[str]:
+    """The shard files of a finished run whose bytes differ from its manifest's sha256 ([] for a folder without a
+    readable manifest: an unfinished run, whose manifest is written at the end).
 
-    A rerun of the encode then writes them again, and a new manifest once every shard is there. Without this a
-    changed shard (damaged on disk, edited) still parsed as complete, and the rerun's manifest took its new sha256,
-    so that `regvq shards verify` passed it. A folder without a readable manifest is left as it is (an unfinished
-    run: its manifest is written at the end). Returns the removed shards' names. The manifest's file names are
-    checked to stay inside the folder (`read_manifest`)."""
+    Without this check a changed shard (damaged on disk, edited) still parsed as complete, and a rerun's manifest
+    took its new sha256, so that `regvq shards verify` passed it. Only shard file names are looked at, whatever a
+    hand-edited manifest lists; those are checked to stay inside the folder (`read_manifest`)."""
     out_dir = os.fspath(out_dir)
     if not os.path.isfile(os.path.join(out_dir, MANIFEST)):
         return []
@@ -616,18 +621,25 @@ def drop_changed_shards(out_dir: str | os.PathLike) -> list[str]:
         return []
     changed = []
     for entry in manifest["shards"]:
-        path = os.path.join(out_dir, entry["file"])
+        if not _SHARD_RE.match(entry["file"]):
+            continue
         try:
-            if _file_sha256(path) != entry["sha256"]:
+            if _file_sha256(os.path.join(out_dir, entry["file"])) != entry["sha256"]:
                 changed.append(entry["file"])
         except FileNotFoundError:  # missing: the rerun writes it anyway
             continue
-    for name in [*changed, MANIFEST] if changed else []:
+    return changed
+
+
+def drop_shards(out_dir: str | os.PathLike, names: Sequence[str]) -> None:
+    """Remove these shards (`changed_shards`, to be encoded again) and the manifest, which no longer describes the
+    folder: the run writes a new one once every shard is there."""
+    out_dir = os.fspath(out_dir)
+    for name in [*names, MANIFEST] if names else []:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out_dir, name))
-    if changed:
+    if names:
         _fsync_dir(out_dir)
-    return changed
 
 
 def write_manifest(out_dir: str | os.PathLike, run: RunInfo | None = None) -> dict:
@@ -1156,8 +1168,36 @@ class OutputLock:
                 raise RegvqError(f"worker id {rank} must be in 0..{world - 1}")
             self._take(".lock", exclusive=False)
             self._take(f".lock-{rank}-of-{world}", exclusive=True)
+            self._refuse_other_splits(world)
         self._remove_stale_temp()
         return self
+
+    def _refuse_other_splits(self, world: int) -> None:
+        """A worker of a split into `world` alongside a live worker of a split into another count would encode the
+        same shards, and remove the other's temporary files as stale: refused."""
+        for name in os.listdir(self.out_dir):
+            m = _WORKER_LOCK_RE.match(name)
+            if not m or int(m.group(2)) == world:
+                continue
+            path = os.path.join(self.out_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken: nobody holds it (a finished split's file)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    continue
+                pid = _lock_holder(path)
+                self.release()
+                raise RegvqError(
+                    f"workers of a split into {m.group(2)} are writing to {self.out_dir}"
+                    f"{f' (pid {pid})' if pid else ''}, not {world}: give every worker the same --num-workers, "
+                    "or wait for them"
+                ) from None
+            finally:
+                os.close(fd)
 
     def _remove_stale_temp(self) -> None:
         for name in os.listdir(self.out_dir):

@@ -32,8 +32,9 @@ import torch
 from regvq_cli.data.dataset import ImageDataset, quiet_loader_worker
 from regvq_cli.data.images import DEFAULT_MAX_PIXELS
 from regvq_cli.data.inputs import list_inputs
-from regvq_cli.data.shards import (OutputLock, RunInfo, completed_shards, drop_changed_shards, inputs_fingerprint,
-                                   plan_shards, resume_run, shards_for_worker, write_manifest, write_shard)
+from regvq_cli.data.shards import (OutputLock, RunInfo, changed_shards, completed_shards, drop_shards,
+                                   inputs_fingerprint, plan_shards, resume_run, shard_index, shards_for_worker,
+                                   write_manifest, write_shard)
 from regvq_cli.engine import dist, jpeg
 from regvq_cli.engine.checkpoint import file_sha256, weights_path
 from regvq_cli.engine.runtime import prepare_tokenizer
@@ -112,8 +113,12 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
     )
     lock = OutputLock(out_dir, worker=(worker, workers) if workers > 1 else None).acquire()
     try:
-        # a finished run's shards that differ from its manifest are encoded again (rank 0 checks; all ranks wait)
-        changed = drop_changed_shards(out_dir) if rank == 0 else []
+        # a finished run's shards that differ from its manifest are encoded again (rank 0 checks; all ranks wait); a
+        # job-array worker encodes its own again, and leaves the others' and the manifest to their workers
+        changed = changed_shards(out_dir) if rank == 0 else []
+        others = [name for name in changed if shard_index(name) % workers != worker] if workers > 1 else []
+        changed = [name for name in changed if name not in others]
+        drop_shards(out_dir, changed)
         dist.barrier()
         run, done = resume_run(out_dir, run)  # the same tokenizer named another way keeps the folder's name
         done_before = set(done)
@@ -138,7 +143,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         manifest = None
         if rank == 0:  # under torchrun rank 0 alone; a job-array worker writes it if it finishes last
             have = set(completed_shards(out_dir))
-            if all(k in have for k, _, _ in plan):
+            if all(k in have for k, _, _ in plan) and not others:
                 manifest = write_manifest(out_dir, run)
     finally:
         lock.release()
@@ -172,6 +177,7 @@ def _encode_images(inputs, out_dir, tokenizer, device, dtype, opts, files_from, 
         "workers": workers,
         "manifest": None,
         "shards_changed": changed,  # shards that differed from the finished run's manifest: encoded again
+        "shards_changed_for_other_workers": others,  # a job-array worker's view: theirs to encode again
     }
     if world > 1:
         summary["images_per_s_by_rank"] = by_rank
