@@ -383,6 +383,22 @@ def test_worker_locks(tmp_path):
         pass
 
 
+def test_a_killed_workers_manifest_file_is_removed_by_any_worker_once_no_other_runs(tmp_path):
+    """Whichever worker finishes last writes the manifest; killed while it did, it leaves a temporary file that the
+    next worker to start removes, unless another worker is running (and may be writing it)."""
+    p = hold_lock(tmp_path, worker=(0, 2))
+    stale = tmp_path / ".tmp-999999-manifest.json"
+    stale.write_text("{")
+    try:
+        with OutputLock(tmp_path, worker=(1, 2)):
+            assert stale.exists()
+    finally:
+        p.kill()
+        p.wait()
+    with OutputLock(tmp_path, worker=(1, 2)):
+        assert not stale.exists()
+
+
 @pytest.mark.parametrize("key", [
     "../../etc/passwd", "/etc/passwd", "a/../../b.jpg", "..", ".", "", "\\..\\..\\x.jpg", "C:/x.jpg",
     "a/./b/../../../c.png", "x\0y/../z.jpg", "....//....//w.jpg", "~/.ssh/id", "a" * 300 + ".jpg",

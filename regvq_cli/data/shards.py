@@ -1175,31 +1175,41 @@ class OutputLock:
     def _refuse_other_splits(self, world: int) -> None:
         """A worker of a split into `world` alongside a live worker of a split into another count would encode the
         same shards, and remove the other's temporary files as stale: refused."""
+        for name, other in self._held_worker_locks():
+            if other != world:
+                pid = _lock_holder(os.path.join(self.out_dir, name))
+                self.release()
+                raise RegvqError(
+                    f"workers of a split into {other} are writing to {self.out_dir}"
+                    f"{f' (pid {pid})' if pid else ''}, not {world}: give every worker the same --num-workers, "
+                    "or wait for them"
+                )
+
+    def _held_worker_locks(self) -> list[tuple[str, int]]:
+        """(name, split count) of the workers' lock files that another live process holds."""
+        held = []
+        mine = f".lock-{self.worker[0]}-of-{self.worker[1]}" if self.worker else None
         for name in os.listdir(self.out_dir):
             m = _WORKER_LOCK_RE.match(name)
-            if not m or int(m.group(2)) == world:
+            if not m or name == mine:
                 continue
-            path = os.path.join(self.out_dir, name)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(os.path.join(self.out_dir, name), os.O_RDONLY)
             except OSError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken: nobody holds it (a finished split's file)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken: nobody holds it (a finished worker's file)
             except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    continue
-                pid = _lock_holder(path)
-                self.release()
-                raise RegvqError(
-                    f"workers of a split into {m.group(2)} are writing to {self.out_dir}"
-                    f"{f' (pid {pid})' if pid else ''}, not {world}: give every worker the same --num-workers, "
-                    "or wait for them"
-                ) from None
+                if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    held.append((name, int(m.group(2))))
             finally:
                 os.close(fd)
+        return held
 
     def _remove_stale_temp(self) -> None:
+        """Temporary files of killed runs: a worker removes its own shards', and a manifest's (which whichever
+        worker finishes last writes) when no other worker is running."""
+        others_running = None
         for name in os.listdir(self.out_dir):
             m = _TMP_RE.match(name)
             if not m:
@@ -1207,9 +1217,13 @@ class OutputLock:
             if self.worker is not None:
                 rank, world = self.worker
                 k = m.group(1)
-                mine = (int(k) % world == rank) if k is not None else rank == 0
-                if not mine:
+                if k is not None and int(k) % world != rank:
                     continue
+                if k is None:
+                    if others_running is None:
+                        others_running = bool(self._held_worker_locks())
+                    if others_running:
+                        continue
             try:
                 os.unlink(os.path.join(self.out_dir, name))
             except OSError:
