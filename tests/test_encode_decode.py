@@ -436,6 +436,29 @@ def test_torchrun_two_ranks_with_the_pixels_threads_equal_one_process(tmp_path, 
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("resize", ["shorter-crop", "crop", "pad"])
+def test_encoded_segmentation_maps_line_up_with_their_pictures_as_sampling_reads_them(tmp_path, tokenizer_dir,
+                                                                                       resize):
+    """A map is cropped (or padded) at the pictures' size and then nearest-resized to the token grid, as `regvq
+    sample` makes a map's condition: taken straight to the grid, a wide picture's crop moved by up to half a cell."""
+    from regvq_cli.data.images import load_segmap
+    from regvq_cli.data.shards import ShardReader
+    from regvq_cli.priors.conditioning import resize_segmap
+
+    make_images(tmp_path / "imgs", 1, size=(30, 100))  # wide: the crop's offset is 35 px of 100
+    (tmp_path / "maps").mkdir()
+    columns = np.tile(np.arange(100, dtype=np.uint8), (30, 1))  # each pixel's label: its column
+    Image.fromarray(columns, mode="L").save(tmp_path / "maps" / "img000.png")
+    r = encode(tmp_path / "imgs", "--maps", tmp_path / "maps", "-o", tmp_path / "tok", "-m", tokenizer_dir,
+               "--resize", resize)
+    assert r.returncode == 0, r.stderr.decode()
+    got = ShardReader(tmp_path / "tok")[0]["segmap"]
+    at_size = torch.from_numpy(load_segmap(tmp_path / "maps" / "img000.png", 32, resize).astype(np.int64))
+    assert np.array_equal(got, resize_segmap(at_size[None], (8, 8))[0].numpy())
+    straight = load_segmap(tmp_path / "maps" / "img000.png", (8, 8), resize)  # as encode made them before
+    assert not np.array_equal(got, straight)
+
+
 def test_labels_and_captions_are_carried(tmp_path, tokenizer_dir):
     for cls in ("cat", "dog"):
         make_images(tmp_path / "imgs" / cls, 2, seed=len(cls))

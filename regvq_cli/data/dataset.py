@@ -133,7 +133,7 @@ class ImageDataset(Dataset):
                 mp = self.inputs.map_path(i)
                 if mp is None:
                     raise ImageSkip("segmap missing: no maps folder given")
-                out["segmap"] = torch.from_numpy(load_segmap(mp, self.segmap_size, self.resize).astype(np.int64))
+                out["segmap"] = self._segmap(mp)
         except ImageSkip as e:
             for key in ("image", "jpeg", "orientation", "raw"):  # a picture read before its map failed too
                 out.pop(key, None)
@@ -141,6 +141,15 @@ class ImageDataset(Dataset):
             if self.segmap_size is not None:
                 out["segmap"] = torch.zeros(self.segmap_size, dtype=torch.int64)
         return out
+
+    def _segmap(self, path) -> torch.Tensor:
+        """The map at the pictures' size and crop, then nearest-resized to the token grid [h, w] int64: as `regvq
+        sample` makes a map's condition, so the prior trains on maps lined up with their pictures as it samples
+        with (resized straight to the grid, the crop's offset rounded to whole cells, not pixels)."""
+        from regvq_cli.priors.conditioning import resize_segmap
+
+        seg = torch.from_numpy(load_segmap(path, self.size, self.resize).astype(np.int64))
+        return resize_segmap(seg[None], self.segmap_size)[0]
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Items -> one batch for `regvq encode` (the default collate cannot stack the JPEGs' bytes).
