@@ -102,8 +102,9 @@ def test_fid_small_sample_rules():
         fidlib.fid_from_stats(small, ok)
     res = fidlib.fid_from_stats(ok, ok)
     assert res["fid_biased"] is True and "biased" in res["warning"]
-    # the flag depends on n alone: 2048 images are enough
-    big = fidlib.FeatureStats.from_moments(2048, ok.mu, ok.sigma)
+    # the flag depends on n alone: 2049 images can give a full-rank 2048-d covariance, 2048 cannot
+    assert fidlib.fid_from_stats(*[fidlib.FeatureStats.from_moments(2048, ok.mu, ok.sigma)] * 2)["fid_biased"]
+    big = fidlib.FeatureStats.from_moments(2049, ok.mu, ok.sigma)
     res = fidlib.fid_from_stats(big, big)
     assert res["fid_biased"] is False and res["warning"] is None
 
@@ -410,6 +411,21 @@ def _reference_numbers(features: np.ndarray) -> dict:
 def inception():
     needs_inception_weights()
     return fidlib.default_feature_network("cpu")
+
+
+def test_fid_features_are_computed_with_cudnns_tf32_off(inception, monkeypatch):
+    """PyTorch lets cuDNN round fp32 convolutions' inputs to TF32 by default; FID's features are true fp32."""
+    net, seen = inception.net, []
+    block = net._block
+
+    def spy(name):
+        seen.append(torch.backends.cudnn.allow_tf32)
+        return block(name)
+
+    monkeypatch.setattr(net, "_block", spy)
+    before = torch.backends.cudnn.allow_tf32
+    net(torch.zeros(1, 3, 299, 299))
+    assert seen and not any(seen) and torch.backends.cudnn.allow_tf32 == before
 
 
 def test_inception_features_match_stored_reference(inception):

@@ -46,7 +46,8 @@ from regvq_cli.engine.checkpoint import usual_permissions
 from regvq_cli.errors import RegvqError
 
 FID_MIN_IMAGES = 10  # below this FID is refused
-FID_UNBIASED_IMAGES = 2048  # below this FID is flagged as biased (the covariance is rank-deficient)
+# below this FID is flagged as biased: the covariance of n 2048-d features has rank at most n - 1
+FID_UNBIASED_IMAGES = 2049
 STATS_FORMAT = "regvq-feature-stats"
 STATS_FORMAT_VERSION = 1
 # protocol keys that must agree between two statistics before they may be compared

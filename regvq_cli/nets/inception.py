@@ -20,7 +20,8 @@ inputs smaller than ``min_size`` (the network's stride-2 valid convolutions need
 ``mixed_7``). The network is frozen and always in eval mode; gradients flow to its input.
 
 Precision. Both run the blocks as plain ops with autocast off, so the precision is whatever the weights and
-inputs are, never autocast's choice. A loaded network computes in fp32, as the FID protocol requires.
+inputs are, never autocast's choice. A loaded network computes in fp32, as the FID protocol requires (``forward``
+with cuDNN's TF32 off, which PyTorch allows by default).
 ``with_compute_dtype(torch.bfloat16)`` gives a copy for the training losses only (``InceptionLossCopy``): the
 same blocks as plain PyTorch modules, each convolution with its batch norm folded in (the file's batch norm has
 fixed statistics and no scale, so it is a per-channel scale of the weights and a bias), in ``dtype`` and
@@ -96,6 +97,14 @@ def _plain_ops(x: torch.Tensor):
         yield
 
 
+def _no_tf32():
+    """cuDNN's convolutions in true fp32 for FID features: PyTorch lets them round their inputs to TF32 by default
+    (training turns it on for all of a step, train.common)."""
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
+
+
 class InceptionFeatures(nn.Module):
     """Frozen TF-FID Inception-v3. ``forward``: images [B, 3, H, W] in [-1, 1] -> pool3 features [B, 2048].
     ``feature_maps``: intermediate maps of ``feature_layers`` (names from ``BLOCKS``)."""
@@ -131,7 +140,7 @@ class InceptionFeatures(nn.Module):
         return InceptionLossCopy(self, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _plain_ops(x):
+        with _plain_ops(x), _no_tf32():
             x = ((x.float() + 1) / 2).clamp(0, 1)
             if x.shape[-2:] != (299, 299):
                 x = tf_bilinear_resize(x, (299, 299))

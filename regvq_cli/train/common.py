@@ -433,8 +433,8 @@ def training_precision(device: torch.device):
     the perceptual/contrastive losses), which is coarser than TF32. What runs in fp32 — the quantizer (logits,
     softmax, code lookup, autocast off), the contrastive similarities, the fp32 parts of the losses — tolerates
     TF32's rounded inputs (10-bit mantissa, fp32 accumulation): it perturbs the logits far less than the Gumbel
-    noise and the stochastic masking do. Evaluation (regvq_cli.eval, FID) does not set these flags: it runs with
-    PyTorch's defaults (fp32 matmuls; note that cuDNN convolutions default to allowing TF32 anyway). cuDNN
+    noise and the stochastic masking do. Evaluation (regvq_cli.eval, FID) does not set these flags, and FID's
+    Inception features turn cuDNN's TF32 off (PyTorch's default allows it) while they are computed. cuDNN
     autotuning pays off because every training batch has the same shape (full batches at the training
     resolution).
     """
