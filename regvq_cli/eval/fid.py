@@ -352,11 +352,13 @@ def kernel_inception_distance(
     n_subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 0,
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """KID: unbiased squared MMD with the cubic polynomial kernel, over random subsets.
 
     Each of `n_subsets` rounds draws min(subset_size, n1, n2) samples without replacement from each set.
-    Returns (mean, std) over the rounds (std 0.0 for a single round). Deterministic for a given seed.
+    Returns (mean, std) over the rounds; std is None where one round is all there is (both sets no larger than a
+    subset, so that every round would draw them whole): 0.0 would read as a certainty. Deterministic for a given
+    seed.
     """
     x, y = _as_numpy64(feats1), _as_numpy64(feats2)
     if x.shape[1] != y.shape[1]:
@@ -375,7 +377,7 @@ def kernel_inception_distance(
         # unbiased: leave out the diagonal k(x_i, x_i) of the within-set terms
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         values[s] = within - 2 * k_xy.mean()
-    return float(values.mean()), float(values.std())
+    return float(values.mean()), (float(values.std()) if n_subsets > 1 else None)
 
 
 # -- precision / recall --------------------------------------------------------------------------

@@ -13,8 +13,10 @@ metrics, kind "recon" (the tokenizer reconstructs every image; images in [0, 1] 
                             8-bit values); an exact copy counts as PSNR_CAP_DB so the mean stays finite
     ssim, ssim_std          per-image SSIM (Wang et al. 2004, Gaussian 11 / 1.5), mean / std
     l1, l1_std              per-image mean absolute error on the [0, 1] scale, mean / std
-    rfid, rfid_biased       FID between originals and reconstructions; biased = fewer than 2049 images (a rank-deficient covariance)
-    kid, kid_std            KID between originals and reconstructions (mean / std over subsets)
+    rfid, rfid_biased       FID between originals and reconstructions; biased = fewer than 2049 images (the
+                            covariance rank-deficient)
+    kid, kid_std            KID between originals and reconstructions (mean / std over subsets; std None when
+                            both sets fit one subset)
     codebook_size           N
     codebook_usage          % of codes used at least once over all encoded images
     codebook_perplexity     exp(entropy) of the code histogram, in [1, N]
