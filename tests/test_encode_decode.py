@@ -186,6 +186,20 @@ def test_round_trip_folder_to_images(tmp_path, tokenizer_dir, monkeypatch):
     assert Image.open(tmp_path / "recon.png").size == Image.open(tmp_path / "sheet.png").size
 
 
+def test_decode_warns_when_the_recorded_tokenizer_has_other_weights_now(tmp_path, tokenizer_dir):
+    """Decoding with the tokenizer the manifest names (no --model): weights changed since the encode are said."""
+    tok = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, tok)
+    assert encode(make_images(tmp_path / "imgs", 2), "-o", tmp_path / "tokens", "-m", tok).returncode == 0
+    r = invoke("decode", tmp_path / "tokens", "-o", tmp_path / "rec")
+    assert r.returncode == 0 and b"warning" not in r.stderr, r.stderr.decode()
+    torch.manual_seed(1)  # the same architecture, other weights
+    other = save_model(Tokenizer(PRESETS["tok-test"]), tmp_path / "other")
+    shutil.copy(other / "model.safetensors", tok / "model.safetensors")
+    r = invoke("decode", tmp_path / "tokens", "-o", tmp_path / "rec2")
+    assert r.returncode == 0 and b"has other weights now than when it made them" in r.stderr, r.stderr.decode()
+
+
 def test_files_from_stdin_and_single_files(tmp_path, tokenizer_dir):
     imgs = make_images(tmp_path / "imgs", 4)
     listing = "\n".join(str(imgs / f"img{i:03d}.png") for i in (3, 1)) + "\n\n"

@@ -85,8 +85,10 @@ def decode(tokens, out, model, grid_sheet, cols, limit, batch_size, compile_, ch
             raise RegvqError(f"the tokens are {rec_grid[0]}x{rec_grid[1]} grids of {size[0]}x{size[1]} px pictures but "
                              f"{name} makes {'no whole grid' if made is None else '{}x{}'.format(*made)} of those; "
                              "decode with the tokenizer that made them")
-    if model is not None and rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
-        warn(f"{model} is not the tokenizer recorded with these tokens ({rec_id}); images may look wrong")
+    if rec_sha and rec_sha != file_sha256(weights_path(tokenizer.regvq_path)):
+        what = (f"{model} is not the tokenizer recorded with these tokens ({rec_id})" if model is not None else
+                f"{rec_id}, the tokenizer recorded with these tokens, has other weights now than when it made them")
+        warn(f"{what}; images may look wrong")
     if out != "-":  # before decoding anything: a path below a file, or a folder that cannot be made, fails now
         make_output_folder(os.path.dirname(os.path.abspath(out)) if grid_sheet else out)
     dev = pick_device(device)
