@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import stat
 
@@ -93,6 +94,22 @@ def test_newer_format_and_unknown_fields_are_refused(tmp_path, tiny_model_type):
     record["config"]["from_the_future"] = 1
     (folder / "config.json").write_text(json.dumps(record))
     with pytest.raises(RegvqError, match="from_the_future"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tied", "false", "tied is 'false' (str), where it takes bool"),  # a string would have been true
+    ("width", "4", "width is '4' (str), where it takes int"),
+    ("codebook_size", None, "codebook_size is None"),
+    ("codebook_size", 16.0, "codebook_size is 16.0"),
+    ("codebook_size", -5, "invalid tiny config: "),  # the right type, no model: torch's own words follow
+])
+def test_config_values_of_the_wrong_type_or_no_model_are_refused(tmp_path, tiny_model_type, field, value, message):
+    folder = save_model(tiny_model_type(TinyConfig()), tmp_path / "m")
+    record = json.loads((folder / "config.json").read_text())
+    record["config"][field] = value
+    (folder / "config.json").write_text(json.dumps(record))
+    with pytest.raises(RegvqError, match=re.escape(message)):
         load_model(folder)
 
 

@@ -58,6 +58,20 @@ def test_a_missing_path_that_reads_as_a_hub_id_says_both(tmp_path, monkeypatch):
         resolve_model("runs/tok-a", offline=True)
     with pytest.raises(RegvqError, match=r"acme/tok is not in the Hugging Face cache.*download it$"):
         resolve_model("acme/tok", offline=True)  # no acme/ here: a Hub id, said as before
+    # names the Hub does not allow, with the path hint where a runs/ folder is here
+    with pytest.raises(RegvqError, match=r"runs/tok-v2-: not a valid Hub id .*; nor is there a file or folder"):
+        resolve_model("runs/tok-v2-", offline=True)
+    with pytest.raises(RegvqError, match=r"^ab/a\.\.b: not a valid Hub id"):
+        resolve_model("ab/a..b", offline=True)
+
+
+def test_an_empty_model_name_is_refused_not_taken_for_the_default():
+    with pytest.raises(RegvqError, match="an empty model name"):
+        resolve_model(" ")
+    for args in (["encode", "x", "-o", "y", "-m", ""], ["sample", "--prompt", "a", "--tokenizer", ""],
+                 ["train-tokenizer", "x", "-o", "y", "--init", ""], ["codebook", "", "x"]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and b"an empty model name" in r.stderr, (args, r.stderr)
 
 
 def test_a_training_runs_folder_points_to_its_model(tmp_path):
@@ -178,6 +192,10 @@ def test_a_model_of_the_wrong_kind_is_named(tmp_path):
     with pytest.raises(RegvqError, match=r"is a tiny model; this command needs a prior \(from `regvq train-prior`\)"):
         load(str(folder), expect=PRIOR)
     with pytest.raises(RegvqError, match="needs a tokenizer"):
+        load(str(folder), expect=TOKENIZER)
+    record = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**record, "model_type": ""}))
+    with pytest.raises(RegvqError, match="is an untyped model; this command needs a tokenizer"):
         load(str(folder), expect=TOKENIZER)
 
 

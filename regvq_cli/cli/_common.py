@@ -208,8 +208,8 @@ def complete_model(ctx, param, incomplete):
 
 
 def model_option(default=None, help_text="Model: a shipped name (see `regvq models list`), a folder, a .safetensors file, or a Hub id org/name[@rev]."):
-    return click.option("-m", "--model", default=default, show_default=bool(default), help=help_text,
-                        shell_complete=complete_model)
+    return click.option("-m", "--model", type=ModelSpec(), default=default, show_default=bool(default),
+                        help=help_text)
 
 
 def device_options(f):
@@ -366,6 +366,12 @@ class ModelSpec(click.ParamType):
     """A model spec (shipped name, folder, .safetensors file, Hub id), completed with the shipped names."""
 
     name = "model"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():  # else `model or DEFAULT` would take the default
+            self.fail("an empty model name: give a shipped model's name, a model folder, a .safetensors file or a "
+                      "Hub id", param, ctx)
+        return value
 
     def shell_complete(self, ctx, param, incomplete):
         return complete_model(ctx, param, incomplete)

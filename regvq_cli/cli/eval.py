@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import SEED, FiniteFloatRange, batch_size_hint, check_png_name, counted, device_options, emit_json, explicit_options, info, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, shown, warn
+from regvq_cli.cli._common import (SEED, FiniteFloatRange, ModelSpec, batch_size_hint, check_png_name, counted,
+                                   device_options, emit_json, explicit_options, info, json_option, load_model,
+                                   make_output_folder, model_option, offline_option, plural, progress, shown, warn)
 
 
 MIN_FID_IMAGES = 10  # below this regvq_cli.eval.fid refuses FID; above it, under 2048 flags it as biased
@@ -173,7 +175,7 @@ def same_paths(a: str, b: str) -> bool:
 
 @eval_group.command()
 @click.option("--samples", type=click.Path(exists=True, file_okay=False), help="Folder of generated images.")
-@click.option("-m", "--model", "prior_spec", default=None, help="A prior to sample from instead of --samples (unconditional or class-conditional; classes in turn).")
+@click.option("-m", "--model", "prior_spec", type=ModelSpec(), default=None, help="A prior to sample from instead of --samples (unconditional or class-conditional; classes in turn).")
 @click.option("-n", "--num-samples", type=click.IntRange(1), default=1000, show_default=True, help="With --model: how many images to generate.")
 @click.option("--cfg", "guidance", type=FiniteFloatRange(0), default=1.5, show_default=True, help="With --model: classifier-free guidance scale.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="With a diffusion --model: denoising steps.")
@@ -289,7 +291,7 @@ def prior_batches(spec, n, guidance, steps, sampler, batch_size, seed, device, d
 
 
 @click.command()
-@click.argument("model", required=False)
+@click.argument("model", type=ModelSpec(), required=False)
 @click.argument("data", nargs=-1, type=click.Path(exists=True))
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the usage histogram as a PNG.")
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="How many most/least used codes to list.")

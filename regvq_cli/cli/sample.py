@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import click
 
-from regvq_cli.cli._common import (FiniteFloatRange, OutFolder, check_png_name, check_png_to_stdout, batch_size_hint, compiling_note, complete_model, counted, device_options, emit_json, human_rate, info,
-                                   SEED, json_option, load_model, make_output_folder, model_option, offline_option, plural, progress, warn)
+from regvq_cli.cli._common import (SEED, FiniteFloatRange, ModelSpec, OutFolder, batch_size_hint, check_png_name,
+                                   check_png_to_stdout, compiling_note, counted, device_options, emit_json, human_rate,
+                                   info, json_option, load_model, make_output_folder, model_option, offline_option,
+                                   plural, progress, warn)
 
 SHARD_SIZE = 4096  # samples per shard of --tokens-out
 
@@ -32,7 +34,7 @@ SHARD_SIZE = 4096  # samples per shard of --tokens-out
 @click.option("--steps", type=click.IntRange(1), default=None, help="diffusion: denoising steps (default: all timesteps for vq, 16 for maskgit).")
 @click.option("--sampler", type=click.Choice(["vq", "maskgit"]), default=None, help="diffusion: the reverse process (vq, the default) or MaskGIT confidence decoding.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Samples per device batch.")
-@click.option("--tokenizer", "tokenizer_spec", default=None, shell_complete=complete_model, help="Tokenizer to decode with (default: the one recorded in the prior).")
+@click.option("--tokenizer", "tokenizer_spec", type=ModelSpec(), default=None, help="Tokenizer to decode with (default: the one recorded in the prior).")
 @click.option("-o", "--out", default=None, type=click.Path(allow_dash=True), help="A folder for the PNGs, a .png file (one image, or the sheet with --grid), or '-' for one PNG on stdout.")
 @click.option("--grid", "grid_sheet", is_flag=True, help="Write all samples as one contact sheet PNG (OUT is a .png file or '-').")
 @click.option("--cols", type=click.IntRange(1), default=None, help="Columns of the contact sheet (default: square; at most the number of images).")

@@ -18,6 +18,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
+import typing
 from pathlib import Path
 
 from regvq_cli import __version__
@@ -196,7 +198,11 @@ def weights_path(path) -> Path:
 def build_model(record: dict):
     """An untrained model of the record's type and config (random weights)."""
     cls = _class_for(record)
-    return cls(config_from_dict(cls.config_class, record["config"], record["model_type"]))
+    config = config_from_dict(cls.config_class, record["config"], record["model_type"])
+    try:
+        return cls(config)
+    except (TypeError, ValueError, RuntimeError) as e:  # values of the right types that make no model (sizes < 0)
+        raise RegvqError(f"invalid {record['model_type']} config: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
 def config_from_dict(config_class, data: dict, what: str = "model"):
@@ -206,10 +212,44 @@ def config_from_dict(config_class, data: dict, what: str = "model"):
         raise RegvqError(
             f"the {what} config has unknown fields {', '.join(unknown)}; it was written by a newer regvq: upgrade regvq"
         )
+    hints = typing.get_type_hints(config_class)
+    for name, value in data.items():
+        if not _of_type(value, hints[name]):
+            raise RegvqError(f"invalid {what} config: {name} is {value!r} ({type(value).__name__}), where it takes "
+                             f"{_type_name(hints[name])}")
     try:
         return config_class(**data)
     except (TypeError, ValueError) as e:
         raise RegvqError(f"invalid {what} config: {e}") from None
+
+
+def _of_type(value, hint) -> bool:
+    """Whether a config.json value fits a config field's annotation (JSON arrays stand for tuples, ints for floats);
+    annotations of other kinds are not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_of_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_of_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_of_type(v, a) for v, a in zip(value, args))
+    return True
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
 def _class_for(record: dict):

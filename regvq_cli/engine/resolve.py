@@ -50,6 +50,9 @@ def shipped_model_names() -> list[str]:
 def resolve_model(spec: str, offline: bool = False) -> ResolvedModel:
     """Find the model that `spec` names; raise RegvqError with what to do when it cannot be found."""
     spec = str(spec)
+    if not spec.strip():
+        raise RegvqError("an empty model name: give a shipped model's name, a model folder, a .safetensors file or "
+                         "a Hub id org/name[@revision]")
     path = Path(spec).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise RegvqError(
@@ -100,7 +103,8 @@ def network_error(e: BaseException) -> bool:
 
 def _resolve_hub(spec: str, offline: bool) -> ResolvedModel:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     repo_id, _, revision = spec.partition("@")
     offline = offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -113,6 +117,8 @@ def _resolve_hub(spec: str, offline: bool) -> ResolvedModel:
         )
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise RegvqError(f"{spec}: no such model on the Hub (check the id and revision, and your HF token)") from None
+    except HFValidationError as e:  # a name the Hub does not allow ("a..b", "x--y", over 96 characters)
+        raise RegvqError(f"{spec}: not a valid Hub id ({str(e).splitlines()[0]})") from None
     except LocalEntryNotFoundError:
         if offline:
             raise RegvqError(
@@ -146,6 +152,7 @@ def load(spec: str, device=None, dtype=None, offline: bool = False, expect: tupl
         if kind not in expect:
             want = "a tokenizer (from `regvq train-tokenizer`)" if expect == TOKENIZER else \
                 "a prior (from `regvq train-prior`)" if expect == PRIOR else " or ".join(expect)
+            kind = kind or "untyped"
             raise RegvqError(f"{spec} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} model; this command needs {want}")
     model = load_model(ref.path, device=device, dtype=dtype)
     model.regvq_id = ref.id
