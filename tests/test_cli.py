@@ -102,13 +102,18 @@ def test_usage_error_exits_2():
     assert run_cli("no-such-command").returncode == 2
 
 
-def test_runtime_error_is_one_line_exit_1_and_traceback_only_in_debug(tmp_path):
+def test_runtime_error_is_one_line_exit_1_and_traceback_only_in_debug(tmp_path, monkeypatch):
     r = run_cli("models", "show", str(tmp_path / "nothing.pt"))
     assert r.returncode == 1
     lines = r.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("regvq: error: ") and "pickle" in lines[0]
     r = run_cli("models", "show", str(tmp_path / "nothing.pt"), env={"REGVQ_DEBUG": "1"})
     assert r.returncode == 1 and b"Traceback" in r.stderr
+    from regvq_cli.cli import debug
+
+    for off in ("", "0", "False", "no", "OFF"):
+        monkeypatch.setenv("REGVQ_DEBUG", off)
+        assert not debug(), off
 
 
 def test_closed_pipe_ends_quietly():

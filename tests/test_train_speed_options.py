@@ -555,6 +555,7 @@ def test_the_peak_that_mfu_divides_by(monkeypatch):
     assert peak_flops(torch.device("cuda")) is None  # unknown: TFLOP/s only, unless told
     monkeypatch.setenv("REGVQ_PEAK_TFLOPS", "165")
     assert peak_flops(torch.device("cuda")) == 165e12 and peak_flops(torch.device("cpu")) == 165e12
-    monkeypatch.setenv("REGVQ_PEAK_TFLOPS", "fast")
-    with pytest.raises(RegvqError, match="not a number"):
-        peak_flops(torch.device("cpu"))
+    for bad in ("fast", "nan", "-1", "0", "inf"):  # an MFU of NaN is no JSON, a negative one no fraction
+        monkeypatch.setenv("REGVQ_PEAK_TFLOPS", bad)
+        with pytest.raises(RegvqError, match="not a positive number"):
+            peak_flops(torch.device("cpu"))

@@ -36,7 +36,7 @@ COMMANDS = {
 
 
 def debug() -> bool:
-    return os.environ.get("REGVQ_DEBUG", "").strip() not in ("", "0", "false", "no")
+    return os.environ.get("REGVQ_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class CliError(click.ClickException):

@@ -364,10 +364,13 @@ def peak_flops(device: torch.device) -> float | None:
     env = os.environ.get("REGVQ_PEAK_TFLOPS")
     if env:
         try:
-            return float(env) * 1e12
+            peak = float(env)
         except ValueError:
-            raise RegvqError(f"REGVQ_PEAK_TFLOPS={env!r} is not a number: set it to the GPU's peak in TFLOP/s "
-                             "(e.g. 790)") from None
+            peak = math.nan
+        if not (math.isfinite(peak) and peak > 0):
+            raise RegvqError(f"REGVQ_PEAK_TFLOPS={env!r} is not a positive number: set it to the GPU's peak in "
+                             "TFLOP/s (e.g. 790)")
+        return peak * 1e12
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
