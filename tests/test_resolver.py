@@ -113,6 +113,7 @@ def test_hub_download_then_offline_from_the_real_cache(tmp_path):
         env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
         r = run_cli("models", "show", "acme/tok", "--json", env=env)
         assert r.returncode == 0, r.stderr.decode()
+        assert b"Fetching" not in r.stderr  # the Hub client's bars, like ours, only on a terminal
         shown = json.loads(r.stdout)
         assert shown["record"]["model_type"] == "tiny" and shown["card"] == "# a card\n"
         assert "/snapshots/" in shown["path"] and (tmp_path / "hf" / "hub" / "models--acme--tok").is_dir()

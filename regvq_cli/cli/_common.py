@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 import time
 
@@ -42,6 +43,13 @@ def set_verbosity(level: int) -> None:
         if debug:
             logger.addHandler(_StderrHandler())
         logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
+    if level < 0 or not sys.stderr.isatty():  # the Hub client's download bars follow ours
+        if "huggingface_hub" in sys.modules:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        else:  # read when it is imported
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if level < 0:  # -q: the Hugging Face Hub client's own warnings too (offline, two lines a request as it retries
         # for most of a minute). It sets its logger's level when first imported, so it is imported now (about 10 ms);
         # the next call above sets the level back for a later command in the same process
