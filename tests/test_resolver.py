@@ -178,6 +178,20 @@ def test_push_without_a_reachable_hub_is_one_line(tmp_path):
                                                  "Hugging Face Hub") and "\n" not in line, line
 
 
+def test_push_checks_the_id_and_the_whole_weights_file_before_anything(tmp_path):
+    folder = _write_model(tmp_path / "m")
+    (folder / "README.md").unlink()
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_test"}
+    r = run_cli("models", "push", folder, "acme/a..b", env=env)
+    assert r.returncode == 2 and b"expected a Hub id like org/name" in r.stderr, r.stderr
+    assert not (folder / "README.md").exists()  # no card written for a push that cannot be
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4])  # its header intact, its tensor cut short
+    r = run_cli("models", "push", folder, "acme/pushed", env=env)
+    assert r.returncode == 1 and b"the file may be truncated or corrupt" in r.stderr, r.stderr
+    assert not (folder / "README.md").exists()
+
+
 def test_missing_embedded_default_says_to_pass_a_model(monkeypatch, tmp_path):
     import regvq_cli.engine.resolve as resolve
 

@@ -117,15 +117,23 @@ def push(folder, repo_id, private, revision, message, token):
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from regvq_cli.engine.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, default_card, read_record
+    from regvq_cli.engine.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, default_card, read_record, read_weights
     from regvq_cli.engine.resolve import HUB_ID, network_error
     from regvq_cli.errors import RegvqError
 
-    if not HUB_ID.match(repo_id) or "@" in repo_id:
-        raise click.BadParameter("expected a Hub id like org/name", param_hint="REPO_ID")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not HUB_ID.match(repo_id) or "@" in repo_id:
+            raise HFValidationError("not org/name")
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise click.BadParameter(f"expected a Hub id like org/name ({str(e).splitlines()[0]})",
+                                 param_hint="REPO_ID") from None
     record = read_record(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise RegvqError(f"{folder} has no {WEIGHTS_NAME}; export the model first")
+    read_weights(folder)  # every byte, not only the header: a cut-short file is no model to publish
     if not (folder / CARD_NAME).is_file():
         (folder / CARD_NAME).write_text(default_card(record, repo_id.split("/")[-1]))
         info(f"wrote a model card to {folder / CARD_NAME}")

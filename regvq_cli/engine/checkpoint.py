@@ -258,24 +258,30 @@ def _class_for(record: dict):
     return model_class(record["model_type"])
 
 
+def read_weights(path) -> dict:
+    """The tensors of a model folder's or file's weights, every byte read: a RegvqError for a missing, cut-short
+    or corrupt file."""
+    from safetensors.torch import load_file
+
+    wpath = weights_path(path)
+    try:
+        return load_file(str(wpath))
+    except FileNotFoundError:
+        raise RegvqError(f"{path}: weights file {wpath.name} is missing") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise RegvqError(f"{wpath}: cannot read the weights ({e}); the file may be truncated or corrupt") from None
+
+
 def load_model(path, device=None, dtype=None):
     """Load a model folder or `.safetensors` file: build it from its config, then load the weights strictly.
 
     Returns the model in eval mode on `device` (default cpu), floating-point weights in `dtype` if given.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     record = read_record(path)
     model = build_model(record)
-    wpath = weights_path(path)
-    try:
-        state = load_file(str(wpath))
-    except FileNotFoundError:
-        raise RegvqError(f"{path}: weights file {wpath.name} is missing") from None
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise RegvqError(f"{wpath}: cannot read the weights ({e}); the file may be truncated or corrupt") from None
-    load_state_strict(model, state, str(wpath))
+    state = read_weights(path)
+    load_state_strict(model, state, str(weights_path(path)))
     model.eval()
     if dtype is not None:
         model.to(dtype=dtype)
