@@ -84,6 +84,22 @@ def test_train_exports_and_a_rerun_resumes(work, ar_model):
     assert steps == [1, 2, 3, 4]
 
 
+def test_a_run_that_decodes_its_samples_resumes_to_the_same_weights(work, tmp_path):
+    """Decoding samples loads the shards' tokenizer once a process, whose building draws from the global
+    generator: a run stopped and resumed must still train as one that was not."""
+    from safetensors.torch import load_file
+
+    args = ["--kind", "ar", "--preset", "ar-test", "--sample-every", "2", "--checkpoint-every", "2",
+            "--num-samples", "2"]
+    ok(train(work / "tokens", tmp_path / "full", *args, "--max-steps", "6"))
+    ok(train(work / "tokens", tmp_path / "split", *args, "--max-steps", "3"))  # the tokenizer loaded at step 2
+    ok(train(work / "tokens", tmp_path / "split", *args, "--max-steps", "6"))  # and again at 4, in this process
+    assert any(p.suffix == ".png" for p in (tmp_path / "split" / "samples").iterdir())  # samples were decoded
+    full = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+
+
 def test_a_run_with_no_step_to_take_says_so(work, tmp_path):
     r = ok(train(work / "tokens", tmp_path / "run", "--preset", "ar-test", "--max-steps", "0"))
     assert b"no training step ran" in r.stderr and b"initial" in r.stderr

@@ -588,7 +588,10 @@ class PriorTrainer(Trainer):
 
             if not tid:
                 raise RegvqError("the shards name no tokenizer")
-            tok = load(tid, device=self.device, offline=self.offline)
+            # building the model draws its initial weights from the global generators: a draw the run would
+            # otherwise make or not depending on where it was resumed (the same run, stopped once, trained otherwise)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                tok = load(tid, device=self.device, offline=self.offline)
             if sha and file_sha256(weights_path(tok.regvq_path)) != sha:
                 raise RegvqError(f"tokenizer {tid} does not match the sha256 recorded with the shards")
         except RegvqError as e:
