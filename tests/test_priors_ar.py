@@ -241,6 +241,22 @@ def test_train_prior_resume_is_identical(tmp_path):
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)
 
 
+def test_the_logged_rate_leaves_out_checkpoints_and_samples(tmp_path, monkeypatch):
+    """samples_per_s (and TFLOP/s, MFU) are the training's: a slow checkpoint write is not in the next window."""
+    import time
+
+    from regvq_cli.priors.training import PriorTrainer
+    from regvq_cli.train.common import read_metrics
+
+    trainer = PriorTrainer(write_class_shards(tmp_path / "tokens"), tmp_path / "run",
+                           train_cfg(max_steps=4, log_every=1, checkpoint_every=1, sample_every=0))
+    save = trainer.save
+    monkeypatch.setattr(trainer, "save", lambda: (time.sleep(0.5), save()))
+    trainer.run()
+    rates = [m["samples_per_s"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rates) == 4 and min(rates[1:]) > 8 / 0.5, rates  # 8 rows a step: one pause would cap it at 16
+
+
 def test_train_prior_steps_return_host_numbers_and_log_window_means(tmp_path, monkeypatch):
     """A step returns host numbers only (no wait for the device); the logged loss is the mean of its window."""
     from regvq_cli.priors.training import PriorTrainer

@@ -324,11 +324,13 @@ class Trainer:
                     checkpoint = self.step % cfg.checkpoint_every == 0 or done
                     if self.step % cfg.log_every == 0 or checkpoint:
                         self._log(throughput, evaluate=checkpoint and not interrupted)
+                    paused = time.perf_counter()
                     if cfg.sample_every > 0 and not interrupted and (self.step % cfg.sample_every == 0 or done):
                         self.sample()  # its seconds count: the time limit bounds the run's wall time
                     if checkpoint:
                         self._flush_pending()  # never save weights a non-finite loss has reached
                         self.save()
+                    throughput.t0 += time.perf_counter() - paused  # but not in the training's images/s and MFU
                     if callback is not None and self.main:
                         callback(self.step, {**self.last_metrics, **m, "step": self.step})
             if interrupted:
