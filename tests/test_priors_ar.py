@@ -241,6 +241,18 @@ def test_train_prior_resume_is_identical(tmp_path):
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0)
 
 
+def test_a_resume_with_another_batch_size_goes_on_from_the_same_place_in_the_data(tmp_path):
+    """The data position is a count of micro-batches: with another --batch-size it is counted again in the new
+    size (16 grids taken as 2 batches of 8 are 4 of 4), as for another number of ranks, and the run says so."""
+    from regvq_cli.priors.training import PriorTrainer, train_prior
+
+    tokens = write_class_shards(tmp_path / "tokens")
+    train_prior(tokens, tmp_path / "run", train_cfg(max_steps=2, batch_size=8, sample_every=0))
+    trainer = PriorTrainer(tokens, tmp_path / "run", train_cfg(max_steps=4, batch_size=4, sample_every=0))
+    assert trainer.step == 2 and trainer.batches == 4
+    assert any("took batches of 8 up to step 2; it goes on with 4" in note for note in trainer.notes)
+
+
 def test_the_logged_rate_leaves_out_checkpoints_and_samples(tmp_path, monkeypatch):
     """samples_per_s (and TFLOP/s, MFU) are the training's: a slow checkpoint write is not in the next window."""
     import time

@@ -185,11 +185,16 @@ class Trainer:
         if was is not None and now is not None and tuple(was) != tuple(now):  # files added or removed since
             self.notes.append(f"{self.run_dir} was trained on {was[0]} {was[1]} up to step {self.step}; the data "
                               f"holds {now[0]} now, and the run goes on with it as it is")
-        if state["world_size"] == self.dist.world_size:
+        # the data position in items: a global batch is the ranks' micro-batches together
+        was_batch = int(state.get("config", {}).get("batch_size", self.cfg.batch_size))
+        if was_batch != self.cfg.batch_size:
+            self.notes.append(f"{self.run_dir} took batches of {was_batch} up to step {self.step}; it goes on with "
+                              f"{self.cfg.batch_size} from the same place in the data")
+        if state["world_size"] == self.dist.world_size and was_batch == self.cfg.batch_size:
             set_rng_state(state["rng"][self.dist.rank])
-        else:  # a different number of ranks: the data position still holds; reseed per step
+        else:  # other ranks or batches: the data position still holds (in items); reseed per step
             seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
-            self.batches = self.batches * state["world_size"] // self.dist.world_size
+            self.batches = self.batches * state["world_size"] * was_batch // (self.dist.world_size * self.cfg.batch_size)
 
     # ---- logging and export -----------------------------------------------------------------------------------
     def _add_pending(self, values: dict) -> None:
