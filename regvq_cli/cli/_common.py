@@ -167,8 +167,9 @@ def training_progress(max_steps: int, keys: tuple[str, ...]):
 
 def report_export(folder, run_dir, steps_run: int, max_steps: int, as_json: bool) -> None:
     """The end of a training command: the exported model's folder (JSON, with the steps this invocation ran, or a
-    line), and a warning when it ran no step, so that re-exported or initial weights are not taken for trained ones. Rank 0's
-    alone: under torchrun the other ranks' progress callbacks never run, so their step counts stay 0."""
+    line), and a warning when it ran no step, so that re-exported or initial weights are not taken for trained
+    ones. Rank 0's alone: under torchrun the other ranks' progress callbacks never run, so their step counts stay
+    0."""
     if rank() != 0:
         return
     if steps_run == 0:

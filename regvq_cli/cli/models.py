@@ -115,17 +115,16 @@ def push(folder, repo_id, private, revision, message, token):
     Uploads config.json, model.safetensors and README.md; writes a model card first if the folder has none.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     from regvq_cli.engine.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, default_card, read_record, read_weights
     from regvq_cli.engine.resolve import HUB_ID, network_error
     from regvq_cli.errors import RegvqError
 
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        if not HUB_ID.match(repo_id) or "@" in repo_id:
-            raise HFValidationError("not org/name")
+    if not HUB_ID.match(repo_id) or "@" in repo_id:
+        raise click.BadParameter("expected a Hub id like org/name", param_hint="REPO_ID")
+    try:  # the Hub's own rules beside the shape ("a..b", "x--y", over 96 characters)
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise click.BadParameter(f"expected a Hub id like org/name ({str(e).splitlines()[0]})",

@@ -301,7 +301,7 @@ def _read_files_from(files_from, stdin: TextIO | None) -> Iterable[str]:
                 break
         if head:
             head[0] = head[0].removeprefix("\ufeff")  # the byte order mark of a list saved as "UTF-8 with BOM"
-        if any("\0" in line for line in head):
+        if head and "\0" in head[-1]:  # the reading stopped at the first NUL
             yield from _nul_separated("".join(head), lines)
             return
         for n, line in enumerate(itertools.chain(head, lines)):

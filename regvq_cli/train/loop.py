@@ -194,7 +194,8 @@ class Trainer:
             set_rng_state(state["rng"][self.dist.rank])
         else:  # other ranks or batches: the data position still holds (in items); reseed per step
             seed_everything(self.cfg.seed * 7919 + self.step, self.dist.rank)
-            self.batches = self.batches * state["world_size"] * was_batch // (self.dist.world_size * self.cfg.batch_size)
+            was_global, now_global = state["world_size"] * was_batch, self.dist.world_size * self.cfg.batch_size
+            self.batches = self.batches * was_global // now_global
 
     # ---- logging and export -----------------------------------------------------------------------------------
     def _add_pending(self, values: dict) -> None:
